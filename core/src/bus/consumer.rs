@@ -1,0 +1,422 @@
+//! The consumer runner every service uses to read a topic.
+//!
+//! - A consumer group member with auto-commit off.
+//! - Bounded concurrency: at most `concurrency` messages are taken from the broker and not
+//!   yet finished (running or queued), so memory and downstream load stay bounded.
+//! - Per-key ordering: messages with the same key (one transaction) are handled one after
+//!   another in offset order; different keys run in parallel.
+//! - An offset is committed only once every message at or below it is handled
+//!   ([`OffsetTracker`]); a crash replays from the first unfinished message.
+//! - [`HandlerError::Retry`] retries the message in place with capped exponential backoff
+//!   until it succeeds or the runner shuts down (it is then redelivered after restart);
+//!   [`HandlerError::Reject`] sends the original bytes and the reason to the DLQ and moves on.
+//! - Shutdown: stop taking messages, let running handlers finish (up to a grace period),
+//!   commit synchronously, leave the group.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::events::{Body, DeadLetter, Envelope};
+use super::offsets::{OffsetTracker, Ticket};
+use super::producer::client_config;
+use super::trace::{TraceParent, TRACEPARENT};
+use super::{BusError, Producer, Topic, Topics};
+use crate::config::KafkaConfig;
+
+/// One message as a handler sees it (owned: it outlives the broker's buffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Delivery {
+    fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let mut headers = BTreeMap::new();
+        if let Some(kafka_headers) = message.headers() {
+            for header in kafka_headers.iter() {
+                if let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                    headers.insert(header.key.to_owned(), value.to_owned());
+                }
+            }
+        }
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+        }
+    }
+
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+    }
+
+    pub fn traceparent(&self) -> Option<TraceParent> {
+        self.headers.get(TRACEPARENT).and_then(|h| TraceParent::parse(h))
+    }
+}
+
+/// What a handler tells the runner when it could not finish a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// A passing failure (database or broker unreachable, lock busy): try the same message
+    /// again later. Nothing after it in the partition is committed until it succeeds.
+    #[error("retry: {0}")]
+    Retry(String),
+    /// This message can never be handled (undecodable, refers to nothing): dead-letter it.
+    #[error("reject: {0}")]
+    Reject(String),
+}
+
+/// The work a service does per message. It must be idempotent: after a crash, messages
+/// since the last commit are delivered again.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError>;
+}
+
+/// How a runner behaves; see the module docs.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Full consumer group id.
+    pub group_id: String,
+    pub topics: Vec<Topic>,
+    /// Messages taken and not yet finished, at most.
+    pub concurrency: usize,
+    pub commit_interval: Duration,
+    pub retry_backoff_min: Duration,
+    pub retry_backoff_max: Duration,
+    /// How long shutdown waits for running handlers.
+    pub shutdown_grace: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn new(group_id: impl Into<String>, topics: Vec<Topic>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            topics,
+            concurrency: 64,
+            commit_interval: Duration::from_millis(500),
+            retry_backoff_min: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared between the runner and librdkafka's rebalance callbacks.
+struct RunnerContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl ClientContext for RunnerContext {}
+
+impl ConsumerContext for RunnerContext {
+    /// Before partitions are taken away, commit what was handled on them and forget them,
+    /// so the next owner starts right after our last handled message and our late
+    /// completions cannot commit on its behalf.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut tracker = lock(&self.tracker);
+            for element in revoked.elements() {
+                if let Some(offset) = tracker.revoke(element.topic(), element.partition()) {
+                    let _ = commit.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset));
+                }
+            }
+        }
+        if commit.count() > 0 {
+            if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(%error, "commit on partition revoke failed; the next owner replays from the last commit");
+            }
+        }
+        tracing::info!(partitions = revoked.count(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            tracing::info!(partitions = assigned.count(), "partitions assigned");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the tracker half-updated (every method
+    // is a few map operations), so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Job {
+    delivery: Delivery,
+    ticket: Ticket,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Everything a spawned message task needs.
+struct Worker {
+    handler: Arc<dyn Handler>,
+    producer: Producer,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    settings: ConsumerSettings,
+    shutdown: CancellationToken,
+    /// Jobs waiting behind a running job with the same key.
+    queues: Mutex<HashMap<Vec<u8>, VecDeque<Job>>>,
+}
+
+/// A consumer group member running one [`Handler`].
+pub struct ConsumerRunner {
+    consumer: StreamConsumer<RunnerContext>,
+    worker: Arc<Worker>,
+    topics: Topics,
+}
+
+impl ConsumerRunner {
+    /// Joins the group and subscribes (topics must exist: see [`super::ensure_topics`]).
+    pub fn new(
+        config: &KafkaConfig,
+        settings: ConsumerSettings,
+        handler: Arc<dyn Handler>,
+        producer: Producer,
+    ) -> Result<Self, BusError> {
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+        let consumer: StreamConsumer<RunnerContext> = client_config(config)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create_with_context(RunnerContext { tracker: tracker.clone() })?;
+        let topics = Topics::new(config.topic_prefix.clone());
+        let names: Vec<String> = settings.topics.iter().map(|t| topics.name(*t)).collect();
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer.subscribe(&name_refs)?;
+        let worker = Arc::new(Worker {
+            handler,
+            producer,
+            tracker,
+            settings,
+            shutdown: CancellationToken::new(),
+            queues: Mutex::new(HashMap::new()),
+        });
+        Ok(Self { consumer, worker, topics })
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains and commits.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
+        let permits = Arc::new(Semaphore::new(self.worker.settings.concurrency.max(1)));
+        let tasks = TaskTracker::new();
+        let mut commit_tick = tokio::time::interval(self.worker.settings.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let group = self.worker.settings.group_id.clone();
+        tracing::info!(%group, "consumer started");
+
+        loop {
+            let Some(held) = permit.take() else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = commit_tick.tick() => self.commit(CommitMode::Async, false),
+                    acquired = permits.clone().acquire_owned() => {
+                        permit = Some(acquired.map_err(|e| BusError::Other(e.to_string()))?);
+                    }
+                }
+                continue;
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = commit_tick.tick() => {
+                    self.commit(CommitMode::Async, false);
+                    permit = Some(held);
+                }
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        let delivery = Delivery::from_message(&message);
+                        drop(message);
+                        let ticket = lock(&self.worker.tracker).begin(&delivery.topic, delivery.partition, delivery.offset);
+                        self.dispatch(&tasks, Job { delivery, ticket, _permit: held });
+                    }
+                    Err(error) => {
+                        // Broker unreachable and the like: librdkafka reconnects by itself.
+                        tracing::warn!(%error, %group, "consumer error");
+                        permit = Some(held);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+
+        tracing::info!(%group, in_flight = lock(&self.worker.tracker).in_flight(), "consumer stopping");
+        self.worker.shutdown.cancel();
+        tasks.close();
+        if tokio::time::timeout(self.worker.settings.shutdown_grace, tasks.wait()).await.is_err() {
+            tracing::warn!(%group, "handlers still running after the grace period; their messages will be redelivered");
+        }
+        self.commit(CommitMode::Sync, true);
+        self.consumer.unsubscribe();
+        tracing::info!(%group, "consumer stopped");
+        Ok(())
+    }
+
+    /// Starts a job now, or queues it behind the running job with the same key.
+    fn dispatch(&self, tasks: &TaskTracker, job: Job) {
+        let worker = self.worker.clone();
+        let Some(key) = job.delivery.key.clone() else {
+            tasks.spawn(async move { worker.process(job).await });
+            return;
+        };
+        {
+            let mut queues = lock(&worker.queues);
+            if let Some(queue) = queues.get_mut(&key) {
+                queue.push_back(job);
+                return;
+            }
+            queues.insert(key.clone(), VecDeque::new());
+        }
+        tasks.spawn(async move {
+            let mut job = job;
+            loop {
+                worker.process(job).await;
+                let next = {
+                    let mut queues = lock(&worker.queues);
+                    match queues.get_mut(&key).and_then(VecDeque::pop_front) {
+                        Some(next) => next,
+                        None => {
+                            queues.remove(&key);
+                            break;
+                        }
+                    }
+                };
+                job = next;
+            }
+        });
+    }
+
+    fn commit(&self, mode: CommitMode, everything: bool) {
+        let offsets = {
+            let tracker = lock(&self.worker.tracker);
+            if everything {
+                tracker.committable_all()
+            } else {
+                tracker.committable()
+            }
+        };
+        if offsets.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &offsets {
+            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        match self.consumer.commit(&list, mode) {
+            Ok(()) => {
+                let mut tracker = lock(&self.worker.tracker);
+                for (partition, offset) in &offsets {
+                    tracker.committed(partition, *offset);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "offset commit failed; will retry"),
+        }
+    }
+
+    /// The deployment's topic names (for handlers that need them).
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+}
+
+impl Worker {
+    async fn process(&self, job: Job) {
+        let delivery = &job.delivery;
+        let trace_id = delivery.traceparent().map(|t| t.trace_id()).unwrap_or_default();
+        let span = tracing::info_span!("message", topic = %delivery.topic, partition = delivery.partition,
+            offset = delivery.offset, trace_id = %trace_id);
+        let handled = self.handle_until_done(delivery).instrument(span).await;
+        if handled {
+            lock(&self.tracker).complete(&job.ticket);
+        }
+    }
+
+    /// True once the message is handled or dead-lettered; false if shutdown came first.
+    async fn handle_until_done(&self, delivery: &Delivery) -> bool {
+        let mut backoff = self.settings.retry_backoff_min;
+        loop {
+            let attempt = AssertUnwindSafe(self.handler.handle(delivery)).catch_unwind().await;
+            let outcome = attempt.unwrap_or_else(|_| Err(HandlerError::Reject("handler panicked".to_owned())));
+            match outcome {
+                Ok(()) => {
+                    metrics::counter!("paygate_consumer_messages_total", "topic" => delivery.topic.clone(), "outcome" => "handled").increment(1);
+                    return true;
+                }
+                Err(HandlerError::Reject(reason)) => {
+                    metrics::counter!("paygate_consumer_messages_total", "topic" => delivery.topic.clone(), "outcome" => "dead_lettered").increment(1);
+                    tracing::warn!(%reason, "message rejected; sending to the DLQ");
+                    return self.dead_letter(delivery, &reason).await;
+                }
+                Err(HandlerError::Retry(reason)) => {
+                    metrics::counter!("paygate_consumer_messages_total", "topic" => delivery.topic.clone(), "outcome" => "retried").increment(1);
+                    tracing::warn!(%reason, backoff_ms = backoff.as_millis() as u64, "handler failed; retrying");
+                    if !self.pause(backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> bool {
+        let letter = Envelope::new(Body::DeadLetter(DeadLetter {
+            source_topic: delivery.topic.clone(),
+            partition: delivery.partition,
+            offset: delivery.offset,
+            key: delivery.key.clone().unwrap_or_default(),
+            payload: delivery.payload.clone(),
+            reason: reason.to_owned(),
+            consumer_group: self.settings.group_id.clone(),
+        }))
+        .encode_to_bytes();
+        let key = delivery.key.clone().unwrap_or_default();
+        let mut backoff = self.settings.retry_backoff_min;
+        loop {
+            match self.producer.send(Topic::Dlq, &String::from_utf8_lossy(&key), &letter, &delivery.headers).await {
+                Ok(_) => return true,
+                Err(error) => {
+                    tracing::warn!(%error, "could not write to the DLQ; retrying");
+                    if !self.pause(backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+                }
+            }
+        }
+    }
+
+    /// Sleeps, unless shutdown comes first (then false).
+    async fn pause(&self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(duration) => true,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Kafka: topics, the idempotent producer, topic creation, the consumer runner, and the
+//! versioned protobuf events that travel on it.
+
+mod admin;
+mod consumer;
+pub mod events;
+pub mod offsets;
+mod producer;
+mod topics;
+pub mod trace;
+
+pub use admin::ensure_topics;
+pub use consumer::{ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError};
+pub use producer::{Delivered, Producer};
+pub use topics::{Topic, Topics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("could not create topic {topic}: {code}")]
+    TopicCreation { topic: String, code: String },
+    #[error("{0}")]
+    Other(String),
+}

@@ -1,0 +1,173 @@
+//! Which offset of each partition may be committed when messages finish out of order.
+//!
+//! The rule: a partition's committed offset is the lowest offset still being handled (or,
+//! with nothing in flight, one past the highest handled). So a commit never covers a message
+//! that has not been handled durably, whatever order the handlers finish in, and a crash
+//! replays from the first unfinished message (handlers are idempotent).
+//!
+//! Partitions carry an epoch: when a partition is revoked and later assigned again, handlers
+//! still running from the earlier assignment cannot mark offsets in the new one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A topic and partition.
+pub type TopicPartition = (String, i32);
+
+/// Proof that a message was registered; hand it back to [`OffsetTracker::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub partition: TopicPartition,
+    pub offset: i64,
+    epoch: u64,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    epoch: u64,
+    in_flight: BTreeSet<i64>,
+    /// One past the highest offset seen (registered) so far.
+    next_after_seen: Option<i64>,
+    last_committed: Option<i64>,
+}
+
+impl PartitionState {
+    fn committable(&self) -> Option<i64> {
+        self.in_flight.first().copied().or(self.next_after_seen)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: BTreeMap<TopicPartition, PartitionState>,
+    next_epoch: u64,
+}
+
+impl OffsetTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a message as taken from the broker and not yet handled.
+    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> Ticket {
+        let key = (topic.to_owned(), partition);
+        let next_epoch = &mut self.next_epoch;
+        let state = self.partitions.entry(key.clone()).or_insert_with(|| {
+            *next_epoch += 1;
+            PartitionState { epoch: *next_epoch, ..PartitionState::default() }
+        });
+        state.in_flight.insert(offset);
+        state.next_after_seen = Some(state.next_after_seen.map_or(offset + 1, |n| n.max(offset + 1)));
+        Ticket { partition: key, offset, epoch: state.epoch }
+    }
+
+    /// Marks a message handled. A ticket from an earlier assignment is ignored.
+    pub fn complete(&mut self, ticket: &Ticket) {
+        if let Some(state) = self.partitions.get_mut(&ticket.partition) {
+            if state.epoch == ticket.epoch {
+                state.in_flight.remove(&ticket.offset);
+            }
+        }
+    }
+
+    /// Offsets that may be committed now and were not committed yet: `(partition, offset)`
+    /// where `offset` is the next message to read.
+    pub fn committable(&self) -> Vec<(TopicPartition, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(tp, state)| {
+                let offset = state.committable()?;
+                (state.last_committed != Some(offset)).then(|| (tp.clone(), offset))
+            })
+            .collect()
+    }
+
+    /// Every partition's committable offset, committed before or not (for the final,
+    /// synchronous commit at shutdown, which must not trust an earlier asynchronous one).
+    pub fn committable_all(&self) -> Vec<(TopicPartition, i64)> {
+        self.partitions.iter().filter_map(|(tp, state)| Some((tp.clone(), state.committable()?))).collect()
+    }
+
+    /// Records a successful commit so the same offset is not committed again.
+    pub fn committed(&mut self, partition: &TopicPartition, offset: i64) {
+        if let Some(state) = self.partitions.get_mut(partition) {
+            state.last_committed = Some(offset);
+        }
+    }
+
+    /// Forgets a revoked partition, returning the offset that may be committed for it.
+    pub fn revoke(&mut self, topic: &str, partition: i32) -> Option<i64> {
+        let state = self.partitions.remove(&(topic.to_owned(), partition))?;
+        state.committable().filter(|o| state.last_committed != Some(*o))
+    }
+
+    /// Messages taken but not yet handled, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|s| s.in_flight.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: i32) -> TopicPartition {
+        ("t".to_owned(), p)
+    }
+
+    #[test]
+    fn out_of_order_completion_never_skips_an_unhandled_offset() {
+        let mut tracker = OffsetTracker::new();
+        let tickets: Vec<Ticket> = (10..15).map(|o| tracker.begin("t", 0, o)).collect();
+        assert_eq!(tracker.committable(), vec![(tp(0), 10)]);
+        // 11, 13, 14 finish; 10 and 12 are still running.
+        for i in [1, 3, 4] {
+            tracker.complete(&tickets[i]);
+        }
+        assert_eq!(tracker.committable(), vec![(tp(0), 10)]);
+        tracker.complete(&tickets[0]);
+        assert_eq!(tracker.committable(), vec![(tp(0), 12)]);
+        tracker.complete(&tickets[2]);
+        assert_eq!(tracker.committable(), vec![(tp(0), 15)]);
+        tracker.committed(&tp(0), 15);
+        assert!(tracker.committable().is_empty());
+    }
+
+    #[test]
+    fn partitions_are_independent() {
+        let mut tracker = OffsetTracker::new();
+        let a = tracker.begin("t", 0, 5);
+        let _b = tracker.begin("t", 1, 7);
+        tracker.complete(&a);
+        assert_eq!(tracker.committable(), vec![(tp(0), 6), (tp(1), 7)]);
+        assert_eq!(tracker.in_flight(), 1);
+    }
+
+    #[test]
+    fn stale_tickets_from_a_revoked_assignment_are_ignored() {
+        let mut tracker = OffsetTracker::new();
+        let old = tracker.begin("t", 0, 3);
+        assert_eq!(tracker.revoke("t", 0), Some(3));
+        let fresh = tracker.begin("t", 0, 3);
+        tracker.complete(&old);
+        assert_eq!(tracker.committable(), vec![(tp(0), 3)], "old ticket must not complete the new assignment");
+        tracker.complete(&fresh);
+        assert_eq!(tracker.committable(), vec![(tp(0), 4)]);
+    }
+
+    proptest::proptest! {
+        /// Whatever order handlers finish in, the committable offset is exactly the lowest
+        /// unfinished one (or one past the last when all are done).
+        #[test]
+        fn committable_is_lowest_unfinished(order in proptest::sample::subsequence((0..40_i64).collect::<Vec<_>>(), 0..40)) {
+            let mut tracker = OffsetTracker::new();
+            let tickets: Vec<Ticket> = (0..40).map(|o| tracker.begin("t", 0, o)).collect();
+            let mut done = std::collections::BTreeSet::new();
+            for o in order {
+                tracker.complete(&tickets[o as usize]);
+                done.insert(o);
+                let expected = (0..40).find(|x| !done.contains(x)).unwrap_or(40);
+                proptest::prop_assert_eq!(tracker.committable(), vec![(tp(0), expected)]);
+            }
+        }
+    }
+}

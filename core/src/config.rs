@@ -1,0 +1,301 @@
+//! One typed configuration for every paygate process.
+//!
+//! Sources, later ones winning: built-in local defaults, an optional TOML file (path in
+//! `PAYGATE_CONFIG`), then `PAYGATE_*` environment variables. A variable is the upper-cased
+//! key path joined by `_`, the first `_` separating the section: `PAYGATE_DATABASE_URL` sets
+//! `database.url`, `PAYGATE_KAFKA_TOPIC_PREFIX` sets `kafka.topic_prefix`. Deeper keys use
+//! `__`: `PAYGATE_GATEWAYS_SANDBOX__BASE_URL` sets `gateways.sandbox.base_url`.
+//!
+//! A bad value stops start-up with a message naming the variable (or file key) and why.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming an optional TOML file.
+pub const CONFIG_FILE_VAR: &str = "PAYGATE_CONFIG";
+const ENV_PREFIX: &str = "PAYGATE_";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
+    pub log: LogConfig,
+    /// `[gateways.<name>]` tables, kept raw here and parsed by the gateway registry, which
+    /// owns what a gateway's settings mean.
+    #[serde(default)]
+    pub gateways: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host:port/db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before failing.
+    pub acquire_timeout_ms: u64,
+    /// Apply embedded migrations when a service starts.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key paygate writes, so several deployments (or tests) share one Redis.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list. Empty means "no broker": `paygate dev` then starts
+    /// an in-process mock cluster.
+    pub brokers: String,
+    /// Topic names are `<prefix>.transactions.pending` etc.
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Consumer group ids are `<group_prefix>.<service>`.
+    pub group_prefix: String,
+    /// How long the producer keeps retrying one message before reporting failure.
+    pub message_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing_subscriber::EnvFilter` directives; `RUST_LOG` overrides when set.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database: DatabaseConfig {
+                url: "postgres://postgres@127.0.0.1:5432/paygate".into(),
+                max_connections: 16,
+                acquire_timeout_ms: 5_000,
+                migrate_on_start: true,
+            },
+            redis: RedisConfig { url: "redis://127.0.0.1:6379".into(), key_prefix: "paygate".into() },
+            kafka: KafkaConfig {
+                brokers: "127.0.0.1:9092".into(),
+                topic_prefix: "paygate".into(),
+                partitions: 4,
+                replication_factor: 1,
+                group_prefix: "paygate".into(),
+                message_timeout_ms: 30_000,
+            },
+            log: LogConfig { format: LogFormat::Pretty, filter: "info".into() },
+            gateways: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the variable or key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Defaults, then the file named by `PAYGATE_CONFIG` (if set), then the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = std::env::var_os(CONFIG_FILE_VAR).map(PathBuf::from);
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the file and environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<PathBuf>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("{CONFIG_FILE_VAR}: no such file {}", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_FILE_VAR)
+            .collect();
+        for (key, value) in &vars {
+            let path = env_key_to_path(key);
+            figment = figment.merge(Serialized::default(&path, env_value(value)));
+        }
+        let config: Config = figment.extract().map_err(|e| describe(e, &vars, file.as_deref()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express; each names the variable to fix.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |var: &str, why: &str| Err(ConfigError(format!("PAYGATE_{var}: {why}")));
+        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
+            return fail("DATABASE_URL", "must be a postgres:// URL");
+        }
+        if self.database.max_connections == 0 {
+            return fail("DATABASE_MAX_CONNECTIONS", "must be at least 1");
+        }
+        if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
+            return fail("REDIS_URL", "must be a redis:// URL");
+        }
+        if self.kafka.partitions < 1 {
+            return fail("KAFKA_PARTITIONS", "must be at least 1");
+        }
+        if self.kafka.replication_factor < 1 {
+            return fail("KAFKA_REPLICATION_FACTOR", "must be at least 1");
+        }
+        let prefix_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !prefix_ok(&self.kafka.topic_prefix) {
+            return fail("KAFKA_TOPIC_PREFIX", "must be non-empty letters, digits, '.', '-' or '_'");
+        }
+        if !prefix_ok(&self.kafka.group_prefix) {
+            return fail("KAFKA_GROUP_PREFIX", "must be non-empty letters, digits, '.', '-' or '_'");
+        }
+        Ok(())
+    }
+}
+
+impl DatabaseConfig {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+/// `PAYGATE_KAFKA_TOPIC_PREFIX` → `kafka.topic_prefix`; `PAYGATE_GATEWAYS_X__BASE_URL` →
+/// `gateways.x.base_url`.
+fn env_key_to_path(var: &str) -> String {
+    let rest = var.trim_start_matches(ENV_PREFIX).to_ascii_lowercase();
+    let (section, key) = rest.split_once('_').unwrap_or((rest.as_str(), ""));
+    if key.is_empty() {
+        return section.to_owned();
+    }
+    format!("{section}.{}", key.replace("__", "."))
+}
+
+/// Environment values are strings; numbers and booleans are recognised so typed fields
+/// accept them, and anything else stays a string for serde to judge.
+fn env_value(raw: &str) -> figment::value::Value {
+    use figment::value::Value;
+    if let Ok(i) = raw.parse::<i64>() {
+        return Value::from(i);
+    }
+    match raw {
+        "true" => Value::from(true),
+        "false" => Value::from(false),
+        _ => Value::from(raw.to_owned()),
+    }
+}
+
+fn describe(error: figment::Error, vars: &[(String, String)], file: Option<&std::path::Path>) -> ConfigError {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let from_env = vars.iter().find(|(k, _)| env_key_to_path(k) == path).map(|(k, _)| k.clone());
+            let place = match (from_env, file) {
+                (Some(var), _) => var,
+                (None, Some(file)) if !path.is_empty() => format!("{} key {path}", file.display()),
+                (None, _) if !path.is_empty() => format!("PAYGATE_{}", path.replace('.', "_").to_ascii_uppercase()),
+                _ => "configuration".to_owned(),
+            };
+            format!("{place}: {}", e.kind)
+        })
+        .collect();
+    ConfigError(messages.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_local_stack() {
+        let config = Config::load_from(None, env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.database.url, "postgres://postgres@127.0.0.1:5432/paygate");
+        assert_eq!(config.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(config.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn environment_overrides_with_single_underscore_keys() {
+        let config = Config::load_from(
+            None,
+            env(&[
+                ("PAYGATE_KAFKA_BROKERS", "10.1.1.1:9092"),
+                ("PAYGATE_KAFKA_TOPIC_PREFIX", "t1"),
+                ("PAYGATE_DATABASE_MAX_CONNECTIONS", "3"),
+                ("PAYGATE_LOG_FORMAT", "json"),
+                ("OTHER_THING", "ignored"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.kafka.brokers, "10.1.1.1:9092");
+        assert_eq!(config.kafka.topic_prefix, "t1");
+        assert_eq!(config.database.max_connections, 3);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let cases = [
+            ("PAYGATE_DATABASE_MAX_CONNECTIONS", "lots"),
+            ("PAYGATE_LOG_FORMAT", "xml"),
+            ("PAYGATE_DATABASE_URL", "mysql://x"),
+            ("PAYGATE_KAFKA_PARTITIONS", "0"),
+            ("PAYGATE_REDIS_URL", "http://nope"),
+        ];
+        for (var, value) in cases {
+            let err = Config::load_from(None, env(&[(var, value)])).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(var), "{var}={value}: {err}");
+        }
+        let err = Config::load_from(None, env(&[("PAYGATE_DATABASE_PORT", "1")])).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("PAYGATE_DATABASE_PORT"));
+    }
+
+    #[test]
+    fn toml_file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("paygate-config-{}", uuid::Uuid::new_v4()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("paygate.toml");
+        let toml = "[kafka]\ntopic_prefix = \"from-file\"\npartitions = 8\n\n[gateways.sandbox-json]\nkind = \"json\"\nbase_url = \"http://127.0.0.1:1\"\n";
+        std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::load_from(Some(path.clone()), env(&[("PAYGATE_KAFKA_PARTITIONS", "2")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.kafka.topic_prefix, "from-file");
+        assert_eq!(config.kafka.partitions, 2);
+        assert_eq!(config.gateways["sandbox-json"]["kind"], "json");
+
+        std::fs::write(&path, "[kafka]\npartitions = \"many\"\n").unwrap_or_else(|e| panic!("{e}"));
+        let err = Config::load_from(Some(path.clone()), env(&[])).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("kafka.partitions"), "{err}");
+        let missing = Config::load_from(Some(dir.join("absent.toml")), env(&[])).err().map(|e| e.to_string());
+        assert!(missing.unwrap_or_default().contains(CONFIG_FILE_VAR));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,89 @@
+//! The transactional outbox: events written in the same commit as the state they announce,
+//! then published to Kafka by a relay. A crash between commit and publish loses nothing: the
+//! row waits until a relay publishes it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, Postgres};
+
+use super::DbError;
+use crate::bus::Topic;
+
+/// One message to publish: the logical topic, the partition key (a transaction id) and the
+/// encoded event, with headers such as `traceparent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub topic: Topic,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An outbox row waiting to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    pub id: i64,
+    pub message: OutboxMessage,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Adds a message to the outbox inside the caller's database transaction.
+pub async fn enqueue<'e>(exec: impl PgExecutor<'e>, message: &OutboxMessage) -> Result<i64, DbError> {
+    let headers = serde_json::to_value(&message.headers).map_err(|e| DbError::Corrupt {
+        table: "outbox",
+        detail: e.to_string(),
+    })?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(message.topic.suffix())
+    .bind(&message.key)
+    .bind(&message.payload)
+    .bind(headers)
+    .fetch_one(exec)
+    .await?;
+    Ok(id)
+}
+
+/// Locks up to `limit` unpublished rows, oldest first, for the rest of the caller's database
+/// transaction. `SKIP LOCKED` lets several relays share the work without publishing a row twice.
+pub async fn claim_batch(
+    db: &mut sqlx::Transaction<'_, Postgres>,
+    limit: i64,
+) -> Result<Vec<PendingRow>, DbError> {
+    let rows: Vec<(i64, String, String, Vec<u8>, serde_json::Value, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, topic, message_key, payload, headers, created_at FROM outbox
+         WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **db)
+    .await?;
+    rows.into_iter()
+        .map(|(id, topic, key, payload, headers, created_at)| {
+            let corrupt = |detail: String| DbError::Corrupt { table: "outbox", detail };
+            let topic = Topic::from_suffix(&topic).ok_or_else(|| corrupt(format!("unknown topic {topic:?}")))?;
+            let headers: BTreeMap<String, String> =
+                serde_json::from_value(headers).map_err(|e| corrupt(e.to_string()))?;
+            Ok(PendingRow { id, message: OutboxMessage { topic, key, payload, headers }, created_at })
+        })
+        .collect()
+}
+
+/// Stamps rows as published (inside the same database transaction that claimed them).
+pub async fn mark_published(db: &mut sqlx::Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), DbError> {
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **db)
+        .await?;
+    Ok(())
+}
+
+/// How many rows wait and how old the oldest is: the relay's lag.
+pub async fn backlog<'e>(exec: impl PgExecutor<'e>) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
+    let row: (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT count(*), min(created_at) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(exec)
+            .await?;
+    Ok(row)
+}

@@ -1,0 +1,14 @@
+//! The payment domain: values that parse and cannot hold an invalid state.
+
+mod ids;
+mod money;
+mod names;
+mod transaction;
+
+pub use ids::{ApiKeyId, DeliveryAttemptId, EventId, IdError, MerchantId, TransactionId, WebhookEndpointId};
+pub use money::{Amount, Currency, Money, MoneyError};
+pub use names::{CustomerReference, GatewayName, NameError};
+pub use transaction::{
+    Failure, InvalidTransition, NewTransaction, Transaction, TransactionKind, TransactionStatus, TransactionUpdate,
+    UnknownVariant,
+};

@@ -1,0 +1,378 @@
+//! A transaction and the one state machine every service obeys.
+//!
+//! ```text
+//! pending ──▶ submitting ──▶ submitted ──▶ succeeded | failed
+//!    │            │  ▲            │
+//!    │            ▼  │            ▼
+//!    └──────▶ retry_scheduled ◀───┘   (and retry_scheduled ──▶ succeeded | failed)
+//! ```
+//!
+//! [`TransactionStatus::can_transition_to`] is the single place that says which moves are
+//! allowed. Changes are computed here as a pure [`TransactionUpdate`]; the repository then
+//! writes it with `UPDATE … WHERE id = $1 AND version = $2`, so a stale writer changes nothing.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{CustomerReference, GatewayName, MerchantId, Money, TransactionId};
+
+/// Which way money moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionKind {
+    /// Money in: the customer pays the merchant (a charge at the provider).
+    Deposit,
+    /// Money out: the merchant pays the customer (a transfer/payout at the provider).
+    Withdrawal,
+}
+
+impl TransactionKind {
+    pub const ALL: [Self; 2] = [Self::Deposit, Self::Withdrawal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deposit => "deposit",
+            Self::Withdrawal => "withdrawal",
+        }
+    }
+}
+
+impl FromStr for TransactionKind {
+    type Err = UnknownVariant;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownVariant { kind: "transaction kind", value: s.to_owned() })
+    }
+}
+
+/// A string stored or sent where a known variant was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownVariant {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// Where a transaction is in its life. See the module docs for the diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionStatus {
+    /// Accepted and committed; waiting for the payment processor.
+    Pending,
+    /// Claimed by a processor; a provider call is (or may be) in progress.
+    Submitting,
+    /// The provider accepted it; waiting for its callback with the outcome.
+    Submitted,
+    /// An attempt failed in a way worth retrying; `next_attempt_at` says when.
+    RetryScheduled,
+    /// Terminal: the money moved.
+    Succeeded,
+    /// Terminal: the money did not move and will not.
+    Failed,
+}
+
+impl TransactionStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Submitting,
+        Self::Submitted,
+        Self::RetryScheduled,
+        Self::Succeeded,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Submitting => "submitting",
+            Self::Submitted => "submitted",
+            Self::RetryScheduled => "retry_scheduled",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+
+    /// The state machine: the only place that decides which moves are allowed.
+    ///
+    /// Why each non-obvious edge exists:
+    /// - `pending → failed`: a transaction no gateway can take (no route) fails without an attempt.
+    /// - `pending → retry_scheduled`: every route's breaker is open before the first claim.
+    /// - `submitting → succeeded | failed`: the provider answered with a final result, or its
+    ///   callback overtook our own `submitted` write.
+    /// - `submitted → retry_scheduled`: reconciliation of a transaction whose callback never
+    ///   came; the retry reuses the same idempotency reference, so it cannot execute twice.
+    /// - `retry_scheduled → succeeded | failed`: the callback of an earlier, ambiguous attempt
+    ///   arrives while a retry waits; or attempts are exhausted.
+    pub fn can_transition_to(self, next: Self) -> bool {
+        use TransactionStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Submitting | RetryScheduled | Failed)
+                | (Submitting, Submitted | RetryScheduled | Succeeded | Failed)
+                | (Submitted, RetryScheduled | Succeeded | Failed)
+                | (RetryScheduled, Submitting | Succeeded | Failed)
+        )
+    }
+}
+
+impl fmt::Display for TransactionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TransactionStatus {
+    type Err = UnknownVariant;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownVariant { kind: "transaction status", value: s.to_owned() })
+    }
+}
+
+/// A move the state machine forbids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("transaction {id} cannot go from {from} to {to}")]
+pub struct InvalidTransition {
+    pub id: TransactionId,
+    pub from: TransactionStatus,
+    pub to: TransactionStatus,
+}
+
+/// Why a transaction failed, in words a merchant can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Failure {
+    /// Stable machine-readable code, e.g. `declined`, `max_attempts_exceeded`.
+    pub code: String,
+    /// Human-readable detail (from the provider where it gave one).
+    pub message: String,
+}
+
+/// A payment as paygate records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub id: TransactionId,
+    pub merchant_id: MerchantId,
+    pub kind: TransactionKind,
+    pub money: Money,
+    pub customer: CustomerReference,
+    /// The gateway asked for by the merchant, or chosen by routing once processed.
+    pub gateway: Option<GatewayName>,
+    pub status: TransactionStatus,
+    /// Bumped by every change; the optimistic-concurrency guard.
+    pub version: i64,
+    /// Provider calls started so far (breaker-open deferrals do not count).
+    pub attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub provider_reference: Option<String>,
+    pub failure: Option<Failure>,
+    /// Where to tell the merchant of the outcome, besides its registered endpoints.
+    pub callback_url: Option<String>,
+    /// Small merchant-supplied JSON object, returned as given.
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a merchant asks for; everything else about a new transaction is decided here.
+#[derive(Debug, Clone)]
+pub struct NewTransaction {
+    pub merchant_id: MerchantId,
+    pub kind: TransactionKind,
+    pub money: Money,
+    pub customer: CustomerReference,
+    pub gateway: Option<GatewayName>,
+    pub callback_url: Option<String>,
+    pub metadata: serde_json::Value,
+}
+
+impl Transaction {
+    /// A freshly accepted transaction: `pending`, version 0, no attempts.
+    pub fn create(new: NewTransaction, now: DateTime<Utc>) -> Self {
+        Self {
+            id: TransactionId::new(),
+            merchant_id: new.merchant_id,
+            kind: new.kind,
+            money: new.money,
+            customer: new.customer,
+            gateway: new.gateway,
+            status: TransactionStatus::Pending,
+            version: 0,
+            attempts: 0,
+            next_attempt_at: None,
+            provider_reference: None,
+            failure: None,
+            callback_url: new.callback_url,
+            metadata: new.metadata,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Starts a change to `to`, refused when the state machine forbids it. The returned
+    /// update carries the version it expects to replace.
+    pub fn advance(&self, to: TransactionStatus, now: DateTime<Utc>) -> Result<TransactionUpdate, InvalidTransition> {
+        if !self.status.can_transition_to(to) {
+            return Err(InvalidTransition { id: self.id, from: self.status, to });
+        }
+        let mut next = self.clone();
+        next.status = to;
+        next.version = self.version + 1;
+        next.updated_at = now;
+        if to != TransactionStatus::RetryScheduled {
+            next.next_attempt_at = None;
+        }
+        Ok(TransactionUpdate { expected_version: self.version, next })
+    }
+}
+
+/// A computed change to one transaction, to be written only if the row still has
+/// `expected_version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "an update does nothing until the repository applies it"]
+pub struct TransactionUpdate {
+    pub expected_version: i64,
+    pub next: Transaction,
+}
+
+impl TransactionUpdate {
+    /// Counts a provider call that is about to start.
+    pub fn start_attempt(mut self) -> Self {
+        self.next.attempts += 1;
+        self
+    }
+
+    pub fn gateway(mut self, gateway: GatewayName) -> Self {
+        self.next.gateway = Some(gateway);
+        self
+    }
+
+    pub fn retry_at(mut self, at: DateTime<Utc>) -> Self {
+        self.next.next_attempt_at = Some(at);
+        self
+    }
+
+    pub fn provider_reference(mut self, reference: impl Into<String>) -> Self {
+        self.next.provider_reference = Some(reference.into());
+        self
+    }
+
+    pub fn failure(mut self, code: impl Into<String>, message: impl Into<String>) -> Self {
+        self.next.failure = Some(Failure { code: code.into(), message: message.into() });
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TransactionStatus::*;
+
+    fn sample() -> Transaction {
+        let new = NewTransaction {
+            merchant_id: MerchantId::new(),
+            kind: TransactionKind::Deposit,
+            money: Money::from_parts(1050, "USD").unwrap_or_else(|e| panic!("{e}")),
+            customer: CustomerReference::parse("cust_1").unwrap_or_else(|e| panic!("{e}")),
+            gateway: None,
+            callback_url: None,
+            metadata: serde_json::json!({}),
+        };
+        Transaction::create(new, Utc::now())
+    }
+
+    /// Every (from, to) pair, against the table DESIGN.md gives.
+    #[test]
+    fn state_machine_is_exactly_the_designed_one() {
+        let allowed: &[(TransactionStatus, TransactionStatus)] = &[
+            (Pending, Submitting),
+            (Pending, RetryScheduled),
+            (Pending, Failed),
+            (Submitting, Submitted),
+            (Submitting, RetryScheduled),
+            (Submitting, Succeeded),
+            (Submitting, Failed),
+            (Submitted, RetryScheduled),
+            (Submitted, Succeeded),
+            (Submitted, Failed),
+            (RetryScheduled, Submitting),
+            (RetryScheduled, Succeeded),
+            (RetryScheduled, Failed),
+        ];
+        let mut checked = 0;
+        for from in TransactionStatus::ALL {
+            for to in TransactionStatus::ALL {
+                let expected = allowed.contains(&(from, to));
+                assert_eq!(from.can_transition_to(to), expected, "{from} -> {to}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 36);
+    }
+
+    #[test]
+    fn terminal_states_never_change_and_self_moves_are_not_transitions() {
+        for from in TransactionStatus::ALL {
+            assert!(!from.can_transition_to(from), "{from} -> {from}");
+            if from.is_terminal() {
+                for to in TransactionStatus::ALL {
+                    assert!(!from.can_transition_to(to), "{from} -> {to}");
+                }
+            }
+        }
+        assert_eq!(
+            TransactionStatus::ALL.iter().filter(|s| s.is_terminal()).count(),
+            2
+        );
+    }
+
+    #[test]
+    fn advance_bumps_version_and_refuses_forbidden_moves() {
+        let tx = sample();
+        let update = tx.advance(Submitting, Utc::now()).map(|u| u.start_attempt());
+        let Ok(update) = update else { panic!("pending -> submitting refused") };
+        assert_eq!(update.expected_version, 0);
+        assert_eq!(update.next.version, 1);
+        assert_eq!(update.next.attempts, 1);
+        assert_eq!(update.next.status, Submitting);
+
+        let err = tx.advance(Succeeded, Utc::now()).map(|_| ()).err();
+        assert_eq!(err, Some(InvalidTransition { id: tx.id, from: Pending, to: Succeeded }));
+    }
+
+    #[test]
+    fn statuses_round_trip_as_text() {
+        for s in TransactionStatus::ALL {
+            assert_eq!(s.as_str().parse::<TransactionStatus>(), Ok(s));
+            assert_eq!(serde_json::to_value(s).ok(), Some(serde_json::json!(s.as_str())));
+        }
+        assert!("done".parse::<TransactionStatus>().is_err());
+        for k in TransactionKind::ALL {
+            assert_eq!(k.as_str().parse::<TransactionKind>(), Ok(k));
+        }
+    }
+
+    #[test]
+    fn retry_time_is_cleared_when_leaving_retry_scheduled() {
+        let tx = sample();
+        let Ok(scheduled) = tx.advance(RetryScheduled, Utc::now()).map(|u| u.retry_at(Utc::now())) else {
+            panic!("pending -> retry_scheduled refused")
+        };
+        assert!(scheduled.next.next_attempt_at.is_some());
+        let Ok(resumed) = scheduled.next.advance(Submitting, Utc::now()) else {
+            panic!("retry_scheduled -> submitting refused")
+        };
+        assert_eq!(resumed.next.next_attempt_at, None);
+    }
+}

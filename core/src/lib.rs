@@ -1,0 +1,20 @@
+//! paygate-core: what two or more paygate services share.
+//!
+//! - [`domain`]: money, ids, the transaction and its state machine;
+//! - [`config`]: the one typed configuration;
+//! - [`db`]: Postgres pool, migrations and repositories;
+//! - [`bus`]: Kafka producer, topic admin, the consumer runner, protobuf events;
+//! - [`lock`]: the Redis lease lock (an efficiency measure; versions are the guarantee);
+//! - [`telemetry`]: tracing set-up.
+
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod lock;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+
+#[cfg(feature = "testing")]
+pub mod testing;

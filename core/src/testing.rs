@@ -1,0 +1,52 @@
+//! Test support (feature `testing`): throw-away databases and unique names, so every
+//! integration test runs against the real Postgres, Redis and Kafka without seeing another
+//! test's state.
+
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+use crate::config::Config;
+use crate::db;
+
+/// Server URL used to create test databases; override with `PAYGATE_TEST_DATABASE_URL`.
+pub fn admin_database_url() -> String {
+    std::env::var("PAYGATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A short unique name: `<stem>_<12 hex>`.
+pub fn unique_name(stem: &str) -> String {
+    format!("{stem}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A fresh, migrated database named `pgt_…` on the test server. Databases are left behind
+/// (dropping needs every pooled connection gone); `scripts/test` drops them before a run.
+pub async fn fresh_database() -> Result<(PgPool, String), db::DbError> {
+    let admin_url = admin_database_url();
+    let name = unique_name("pgt");
+    let mut admin = PgConnection::connect(&admin_url).await?;
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    admin.close().await?;
+    let base = admin_url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(admin_url);
+    let url = format!("{base}/{name}");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(10).connect(&url).await?;
+    db::migrate(&pool).await?;
+    Ok((pool, url))
+}
+
+/// The default config pointed at a fresh database, a unique Redis prefix and unique Kafka
+/// topic and group prefixes. Brokers come from `PAYGATE_KAFKA_BROKERS` when set.
+pub async fn isolated_config() -> Result<(Config, PgPool), db::DbError> {
+    let (pool, url) = fresh_database().await?;
+    let mut config = Config::default();
+    config.database.url = url;
+    config.redis.key_prefix = unique_name("pgt");
+    config.kafka.topic_prefix = unique_name("pgt");
+    config.kafka.group_prefix = config.kafka.topic_prefix.clone();
+    config.kafka.partitions = 2;
+    if let Ok(brokers) = std::env::var("PAYGATE_KAFKA_BROKERS") {
+        config.kafka.brokers = brokers;
+    }
+    if let Ok(redis) = std::env::var("PAYGATE_REDIS_URL") {
+        config.redis.url = redis;
+    }
+    Ok((config, pool))
+}
