@@ -1,1 +1,144 @@
-//! paygate-gateways
+//! paygate-gateways: the one trait a payment provider integration implements, plus the
+//! registry that builds gateways from config, the circuit breaker, the built-in connectors
+//! and the conformance kit every connector must pass.
+//!
+//! See `gateways/README.md` for a walk-through of adding a provider.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use paygate_core::domain::{GatewayName, Money, Transaction, TransactionId};
+
+/// What the caller of [`PaymentGateway::deposit`] / [`PaymentGateway::withdraw`] should do
+/// after a failed attempt. Connectors must classify every failure into one of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The provider certainly did **not** execute the request: the connection was refused,
+    /// it answered 5xx or 429 before acting, or it said "try again". Safe to retry, here or
+    /// on another gateway. `retry_after` carries the provider's `Retry-After` when it sent one.
+    #[error("retryable: {reason}")]
+    Retryable { reason: String, retry_after: Option<Duration> },
+    /// The request was sent but no answer came back (timeout, connection reset mid-response):
+    /// the provider **may have executed it**. Retry only on the same gateway with the same
+    /// idempotency reference (our transaction id), never fail over to another provider.
+    #[error("ambiguous: {reason}")]
+    Ambiguous { reason: String },
+    /// The provider refused for good (declined, invalid account, unsupported currency).
+    /// Retrying cannot help; the transaction fails with `code`.
+    #[error("permanent ({code}): {reason}")]
+    Permanent { code: String, reason: String },
+}
+
+/// How the provider answered an accepted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitStatus {
+    /// Accepted; the final result will come in a callback.
+    Accepted,
+    /// The provider answered with a final success at once.
+    Succeeded,
+    /// The provider answered with a final failure at once (e.g. declined synchronously).
+    Failed { code: String, reason: String },
+}
+
+/// A provider's answer to a deposit or withdrawal it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitOutcome {
+    /// The provider's own id for the payment.
+    pub provider_reference: String,
+    pub status: SubmitStatus,
+}
+
+/// A provider callback exactly as received over HTTP. The body is raw because signatures
+/// are computed over the exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackRequest {
+    pub body: Bytes,
+    /// The `Content-Type` header's value, if any.
+    pub content_type: Option<String>,
+    /// Headers with lower-case names.
+    pub headers: BTreeMap<String, String>,
+    /// When paygate received it. Timestamp freshness is judged against this, not the
+    /// current time, so re-parsing a queued callback later gives the same answer.
+    pub received_at: DateTime<Utc>,
+}
+
+/// The outcome a provider reports in a callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportedStatus {
+    Succeeded,
+    Failed { code: String, reason: String },
+}
+
+/// A provider's answer to a status query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderStatus {
+    /// This gateway has no status query.
+    Unsupported,
+    /// The provider has no record of the transaction: it never executed.
+    NotFound,
+    /// Executing; the outcome will follow.
+    InProgress,
+    /// Done, with this result.
+    Final(ReportedStatus),
+}
+
+/// A parsed, authenticated callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackOutcome {
+    /// Our transaction id (the idempotency reference we sent).
+    pub transaction_id: TransactionId,
+    pub status: ReportedStatus,
+    pub provider_reference: String,
+    /// The provider's id for this event; a repeat of the same event is a duplicate.
+    pub provider_event_id: String,
+    /// What the provider says moved, so a mismatch with our record is caught.
+    pub money: Money,
+}
+
+/// Why a callback was refused. Mapped by the API to HTTP statuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    /// Missing, forged or stale signature (HTTP 401). Nothing in the body is believed.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Authentic but unparseable or missing fields (HTTP 400).
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// Not a content type this gateway speaks (HTTP 415).
+    #[error("unsupported content type: {0}")]
+    UnsupportedContentType(String),
+    /// Larger than the gateway accepts (HTTP 413).
+    #[error("callback body too large")]
+    TooLarge,
+}
+
+/// A payment provider integration. Implement this (one file) and add one line to the
+/// registry to add a provider.
+///
+/// Every attempt must send `transaction.id` as the provider's idempotency reference, so a
+/// retry after an [`GatewayError::Ambiguous`] failure cannot execute the payment twice.
+#[async_trait]
+pub trait PaymentGateway: Send + Sync {
+    /// The configured instance name (`[gateways.<name>]`).
+    fn name(&self) -> &GatewayName;
+
+    /// Money in: charge the customer.
+    async fn deposit(&self, transaction: &Transaction) -> Result<SubmitOutcome, GatewayError>;
+
+    /// Money out: pay the customer.
+    async fn withdraw(&self, transaction: &Transaction) -> Result<SubmitOutcome, GatewayError>;
+
+    /// Authenticates (signature, freshness) and parses a callback. Must never panic,
+    /// whatever the bytes.
+    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError>;
+
+    /// Asks the provider what became of a transaction, for reconciliation of one stuck
+    /// mid-flight. The default says the provider offers no status query; callers then
+    /// retry with the same idempotency reference, which the provider dedupes.
+    async fn status(&self, _transaction: &Transaction) -> Result<ProviderStatus, GatewayError> {
+        Ok(ProviderStatus::Unsupported)
+    }
+}
