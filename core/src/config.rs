@@ -27,6 +27,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub kafka: KafkaConfig,
     pub log: LogConfig,
+    pub api: ApiConfig,
     /// `[gateways.<name>]` tables, kept raw here and parsed by the gateway registry, which
     /// owns what a gateway's settings mean.
     #[serde(default)]
@@ -69,6 +70,30 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u64,
 }
 
+/// The API process: merchant REST API, provider callback ingress, outbox relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `host:port` to listen on; port 0 picks a free port (tests).
+    pub bind: String,
+    /// Largest merchant request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// Largest provider callback body accepted (413 above).
+    pub callback_max_body_bytes: usize,
+    /// Sustained requests per second allowed per API key (governor; 429 above).
+    pub rate_limit_per_second: u32,
+    /// Burst allowance per API key.
+    pub rate_limit_burst: u32,
+    /// Idempotency keys are remembered at least this long (Stripe: 24 h).
+    pub idempotency_retention_hours: u64,
+    /// TTL of the Redis cache-aside entry for `GET /v1/transactions/{id}`.
+    pub cache_ttl_ms: u64,
+    /// Outbox rows published per relay round.
+    pub outbox_batch_size: i64,
+    /// Relay poll interval when no NOTIFY arrives.
+    pub outbox_poll_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -105,6 +130,17 @@ impl Default for Config {
                 message_timeout_ms: 30_000,
             },
             log: LogConfig { format: LogFormat::Pretty, filter: "info".into() },
+            api: ApiConfig {
+                bind: "127.0.0.1:8080".into(),
+                max_body_bytes: 64 * 1024,
+                callback_max_body_bytes: 256 * 1024,
+                rate_limit_per_second: 2_000,
+                rate_limit_burst: 4_000,
+                idempotency_retention_hours: 24,
+                cache_ttl_ms: 2_000,
+                outbox_batch_size: 256,
+                outbox_poll_ms: 200,
+            },
             gateways: BTreeMap::new(),
         }
     }
@@ -171,6 +207,15 @@ impl Config {
         }
         if !prefix_ok(&self.kafka.group_prefix) {
             return fail("KAFKA_GROUP_PREFIX", "must be non-empty letters, digits, '.', '-' or '_'");
+        }
+        if self.api.idempotency_retention_hours < 24 {
+            return fail("API_IDEMPOTENCY_RETENTION_HOURS", "must be at least 24 (merchants rely on a day of replay)");
+        }
+        if self.api.rate_limit_per_second == 0 || self.api.rate_limit_burst == 0 {
+            return fail("API_RATE_LIMIT_PER_SECOND", "rate limit and burst must be at least 1");
+        }
+        if self.api.outbox_batch_size < 1 {
+            return fail("API_OUTBOX_BATCH_SIZE", "must be at least 1");
         }
         Ok(())
     }
