@@ -120,7 +120,10 @@ impl Default for Config {
                 acquire_timeout_ms: 5_000,
                 migrate_on_start: true,
             },
-            redis: RedisConfig { url: "redis://127.0.0.1:6379".into(), key_prefix: "paygate".into() },
+            redis: RedisConfig {
+                url: "redis://127.0.0.1:6379".into(),
+                key_prefix: "paygate".into(),
+            },
             kafka: KafkaConfig {
                 brokers: "127.0.0.1:9092".into(),
                 topic_prefix: "paygate".into(),
@@ -129,7 +132,10 @@ impl Default for Config {
                 group_prefix: "paygate".into(),
                 message_timeout_ms: 30_000,
             },
-            log: LogConfig { format: LogFormat::Pretty, filter: "info".into() },
+            log: LogConfig {
+                format: LogFormat::Pretty,
+                filter: "info".into(),
+            },
             api: ApiConfig {
                 bind: "127.0.0.1:8080".into(),
                 max_body_bytes: 64 * 1024,
@@ -166,7 +172,10 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = &file {
             if !path.is_file() {
-                return Err(ConfigError(format!("{CONFIG_FILE_VAR}: no such file {}", path.display())));
+                return Err(ConfigError(format!(
+                    "{CONFIG_FILE_VAR}: no such file {}",
+                    path.display()
+                )));
             }
             figment = figment.merge(Toml::file(path));
         }
@@ -178,7 +187,9 @@ impl Config {
             let path = env_key_to_path(key);
             figment = figment.merge(Serialized::default(&path, env_value(value)));
         }
-        let config: Config = figment.extract().map_err(|e| describe(e, &vars, file.as_deref()))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| describe(e, &vars, file.as_deref()))?;
         config.validate()?;
         Ok(config)
     }
@@ -186,7 +197,9 @@ impl Config {
     /// Rules serde cannot express; each names the variable to fix.
     fn validate(&self) -> Result<(), ConfigError> {
         let fail = |var: &str, why: &str| Err(ConfigError(format!("PAYGATE_{var}: {why}")));
-        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
+        if !(self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
             return fail("DATABASE_URL", "must be a postgres:// URL");
         }
         if self.database.max_connections == 0 {
@@ -201,18 +214,34 @@ impl Config {
         if self.kafka.replication_factor < 1 {
             return fail("KAFKA_REPLICATION_FACTOR", "must be at least 1");
         }
-        let prefix_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let prefix_ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
         if !prefix_ok(&self.kafka.topic_prefix) {
-            return fail("KAFKA_TOPIC_PREFIX", "must be non-empty letters, digits, '.', '-' or '_'");
+            return fail(
+                "KAFKA_TOPIC_PREFIX",
+                "must be non-empty letters, digits, '.', '-' or '_'",
+            );
         }
         if !prefix_ok(&self.kafka.group_prefix) {
-            return fail("KAFKA_GROUP_PREFIX", "must be non-empty letters, digits, '.', '-' or '_'");
+            return fail(
+                "KAFKA_GROUP_PREFIX",
+                "must be non-empty letters, digits, '.', '-' or '_'",
+            );
         }
         if self.api.idempotency_retention_hours < 24 {
-            return fail("API_IDEMPOTENCY_RETENTION_HOURS", "must be at least 24 (merchants rely on a day of replay)");
+            return fail(
+                "API_IDEMPOTENCY_RETENTION_HOURS",
+                "must be at least 24 (merchants rely on a day of replay)",
+            );
         }
         if self.api.rate_limit_per_second == 0 || self.api.rate_limit_burst == 0 {
-            return fail("API_RATE_LIMIT_PER_SECOND", "rate limit and burst must be at least 1");
+            return fail(
+                "API_RATE_LIMIT_PER_SECOND",
+                "rate limit and burst must be at least 1",
+            );
         }
         if self.api.outbox_batch_size < 1 {
             return fail("API_OUTBOX_BATCH_SIZE", "must be at least 1");
@@ -252,16 +281,25 @@ fn env_value(raw: &str) -> figment::value::Value {
     }
 }
 
-fn describe(error: figment::Error, vars: &[(String, String)], file: Option<&std::path::Path>) -> ConfigError {
+fn describe(
+    error: figment::Error,
+    vars: &[(String, String)],
+    file: Option<&std::path::Path>,
+) -> ConfigError {
     let messages: Vec<String> = error
         .into_iter()
         .map(|e| {
             let path = e.path.join(".");
-            let from_env = vars.iter().find(|(k, _)| env_key_to_path(k) == path).map(|(k, _)| k.clone());
+            let from_env = vars
+                .iter()
+                .find(|(k, _)| env_key_to_path(k) == path)
+                .map(|(k, _)| k.clone());
             let place = match (from_env, file) {
                 (Some(var), _) => var,
                 (None, Some(file)) if !path.is_empty() => format!("{} key {path}", file.display()),
-                (None, _) if !path.is_empty() => format!("PAYGATE_{}", path.replace('.', "_").to_ascii_uppercase()),
+                (None, _) if !path.is_empty() => {
+                    format!("PAYGATE_{}", path.replace('.', "_").to_ascii_uppercase())
+                }
                 _ => "configuration".to_owned(),
             };
             format!("{place}: {}", e.kind)
@@ -275,13 +313,19 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_are_the_local_stack() {
         let config = Config::load_from(None, env(&[])).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.database.url, "postgres://postgres@127.0.0.1:5432/paygate");
+        assert_eq!(
+            config.database.url,
+            "postgres://postgres@127.0.0.1:5432/paygate"
+        );
         assert_eq!(config.redis.url, "redis://127.0.0.1:6379");
         assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(config.log.format, LogFormat::Pretty);
@@ -316,10 +360,15 @@ mod tests {
             ("PAYGATE_REDIS_URL", "http://nope"),
         ];
         for (var, value) in cases {
-            let err = Config::load_from(None, env(&[(var, value)])).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = Config::load_from(None, env(&[(var, value)]))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains(var), "{var}={value}: {err}");
         }
-        let err = Config::load_from(None, env(&[("PAYGATE_DATABASE_PORT", "1")])).err().map(|e| e.to_string());
+        let err = Config::load_from(None, env(&[("PAYGATE_DATABASE_PORT", "1")]))
+            .err()
+            .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("PAYGATE_DATABASE_PORT"));
     }
 
@@ -330,16 +379,24 @@ mod tests {
         let path = dir.join("paygate.toml");
         let toml = "[kafka]\ntopic_prefix = \"from-file\"\npartitions = 8\n\n[gateways.sandbox-json]\nkind = \"json\"\nbase_url = \"http://127.0.0.1:1\"\n";
         std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-        let config = Config::load_from(Some(path.clone()), env(&[("PAYGATE_KAFKA_PARTITIONS", "2")]))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::load_from(
+            Some(path.clone()),
+            env(&[("PAYGATE_KAFKA_PARTITIONS", "2")]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.kafka.topic_prefix, "from-file");
         assert_eq!(config.kafka.partitions, 2);
         assert_eq!(config.gateways["sandbox-json"]["kind"], "json");
 
         std::fs::write(&path, "[kafka]\npartitions = \"many\"\n").unwrap_or_else(|e| panic!("{e}"));
-        let err = Config::load_from(Some(path.clone()), env(&[])).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Config::load_from(Some(path.clone()), env(&[]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("kafka.partitions"), "{err}");
-        let missing = Config::load_from(Some(dir.join("absent.toml")), env(&[])).err().map(|e| e.to_string());
+        let missing = Config::load_from(Some(dir.join("absent.toml")), env(&[]))
+            .err()
+            .map(|e| e.to_string());
         assert!(missing.unwrap_or_default().contains(CONFIG_FILE_VAR));
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -54,7 +54,12 @@ pub struct Lease {
 
 impl RedisLock {
     pub fn new(redis: ConnectionManager, prefix: impl Into<String>) -> Self {
-        Self { redis, prefix: prefix.into(), release: Script::new(RELEASE), extend: Script::new(EXTEND) }
+        Self {
+            redis,
+            prefix: prefix.into(),
+            release: Script::new(RELEASE),
+            extend: Script::new(EXTEND),
+        }
     }
 
     /// Connects a manager (which reconnects by itself) to `url`.
@@ -89,7 +94,12 @@ impl RedisLock {
 
     /// Tries until the lease is had or `wait` has passed (then `None`): bounded waiting, so
     /// a stuck holder delays others by at most its TTL and never blocks them forever.
-    pub async fn acquire(&self, name: &str, ttl: Duration, wait: Duration) -> Result<Option<Lease>, LockError> {
+    pub async fn acquire(
+        &self,
+        name: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<Lease>, LockError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(2);
         loop {
@@ -110,7 +120,12 @@ impl RedisLock {
     /// taken by someone else, whose lease is left alone).
     pub async fn release(&self, lease: Lease) -> Result<bool, LockError> {
         let mut conn = self.redis.clone();
-        let deleted: i64 = self.release.key(&lease.key).arg(&lease.token).invoke_async(&mut conn).await?;
+        let deleted: i64 = self
+            .release
+            .key(&lease.key)
+            .arg(&lease.token)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(deleted == 1)
     }
 
@@ -118,8 +133,13 @@ impl RedisLock {
     pub async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, LockError> {
         let mut conn = self.redis.clone();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let extended: i64 =
-            self.extend.key(&lease.key).arg(&lease.token).arg(ttl_ms).invoke_async(&mut conn).await?;
+        let extended: i64 = self
+            .extend
+            .key(&lease.key)
+            .arg(&lease.token)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(extended == 1)
     }
 }

@@ -21,13 +21,21 @@ impl ApiKey {
     pub fn generate() -> Self {
         let mut bytes = [0_u8; 32];
         rand::rng().fill_bytes(&mut bytes);
-        Self(format!("{API_KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+        Self(format!(
+            "{API_KEY_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        ))
     }
 
     /// Checks the form of a presented key before anything is looked up.
     pub fn parse(presented: &str) -> Result<Self, MalformedApiKey> {
-        let body = presented.strip_prefix(API_KEY_PREFIX).ok_or(MalformedApiKey)?;
-        let ok = body.len() == 43 && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let body = presented
+            .strip_prefix(API_KEY_PREFIX)
+            .ok_or(MalformedApiKey)?;
+        let ok = body.len() == 43
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             Ok(Self(presented.to_owned()))
         } else {
@@ -73,7 +81,14 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused() {
-        for bad in ["", "sk_", "pk_abc", "sk_short", &format!("sk_{}", "a".repeat(44)), &format!("sk_{}!", "a".repeat(42))] {
+        for bad in [
+            "",
+            "sk_",
+            "pk_abc",
+            "sk_short",
+            &format!("sk_{}", "a".repeat(44)),
+            &format!("sk_{}!", "a".repeat(42)),
+        ] {
             assert_eq!(ApiKey::parse(bad), Err(MalformedApiKey), "{bad}");
         }
     }

@@ -9,12 +9,16 @@ use crate::db;
 
 /// Server URL used to create test databases; override with `PAYGATE_TEST_DATABASE_URL`.
 pub fn admin_database_url() -> String {
-    std::env::var("PAYGATE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("PAYGATE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A short unique name: `<stem>_<12 hex>`.
 pub fn unique_name(stem: &str) -> String {
-    format!("{stem}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{stem}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// A fresh, migrated database named `pgt_…` on the test server. Databases are left behind
@@ -23,11 +27,19 @@ pub async fn fresh_database() -> Result<(PgPool, String), db::DbError> {
     let admin_url = admin_database_url();
     let name = unique_name("pgt");
     let mut admin = PgConnection::connect(&admin_url).await?;
-    admin.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
     admin.close().await?;
-    let base = admin_url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(admin_url);
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_owned())
+        .unwrap_or(admin_url);
     let url = format!("{base}/{name}");
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(10).connect(&url).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&url)
+        .await?;
     db::migrate(&pool).await?;
     Ok((pool, url))
 }

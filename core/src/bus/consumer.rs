@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -67,11 +69,15 @@ impl Delivery {
     }
 
     pub fn key_str(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| std::str::from_utf8(k).ok())
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
     }
 
     pub fn traceparent(&self) -> Option<TraceParent> {
-        self.headers.get(TRACEPARENT).and_then(|h| TraceParent::parse(h))
+        self.headers
+            .get(TRACEPARENT)
+            .and_then(|h| TraceParent::parse(h))
     }
 }
 
@@ -135,13 +141,19 @@ impl ConsumerContext for RunnerContext {
     /// so the next owner starts right after our last handled message and our late
     /// completions cannot commit on its behalf.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
         let mut commit = TopicPartitionList::new();
         {
             let mut tracker = lock(&self.tracker);
             for element in revoked.elements() {
                 if let Some(offset) = tracker.revoke(element.topic(), element.partition()) {
-                    let _ = commit.add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset));
+                    let _ = commit.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Offset(offset),
+                    );
                 }
             }
         }
@@ -163,7 +175,9 @@ impl ConsumerContext for RunnerContext {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave the tracker half-updated (every method
     // is a few map operations), so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Job {
@@ -206,7 +220,9 @@ impl ConsumerRunner {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .create_with_context(RunnerContext { tracker: tracker.clone() })?;
+            .create_with_context(RunnerContext {
+                tracker: tracker.clone(),
+            })?;
         let topics = Topics::new(config.topic_prefix.clone());
         let names: Vec<String> = settings.topics.iter().map(|t| topics.name(*t)).collect();
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -219,7 +235,11 @@ impl ConsumerRunner {
             shutdown: CancellationToken::new(),
             queues: Mutex::new(HashMap::new()),
         });
-        Ok(Self { consumer, worker, topics })
+        Ok(Self {
+            consumer,
+            worker,
+            topics,
+        })
     }
 
     /// Runs until `shutdown` is cancelled, then drains and commits.
@@ -269,7 +289,10 @@ impl ConsumerRunner {
         tracing::info!(%group, in_flight = lock(&self.worker.tracker).in_flight(), "consumer stopping");
         self.worker.shutdown.cancel();
         tasks.close();
-        if tokio::time::timeout(self.worker.settings.shutdown_grace, tasks.wait()).await.is_err() {
+        if tokio::time::timeout(self.worker.settings.shutdown_grace, tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(%group, "handlers still running after the grace period; their messages will be redelivered");
         }
         self.commit(CommitMode::Sync, true);
@@ -348,7 +371,10 @@ impl ConsumerRunner {
 impl Worker {
     async fn process(&self, job: Job) {
         let delivery = &job.delivery;
-        let trace_id = delivery.traceparent().map(|t| t.trace_id()).unwrap_or_default();
+        let trace_id = delivery
+            .traceparent()
+            .map(|t| t.trace_id())
+            .unwrap_or_default();
         let span = tracing::info_span!("message", topic = %delivery.topic, partition = delivery.partition,
             offset = delivery.offset, trace_id = %trace_id);
         let handled = self.handle_until_done(delivery).instrument(span).await;
@@ -361,8 +387,11 @@ impl Worker {
     async fn handle_until_done(&self, delivery: &Delivery) -> bool {
         let mut backoff = self.settings.retry_backoff_min;
         loop {
-            let attempt = AssertUnwindSafe(self.handler.handle(delivery)).catch_unwind().await;
-            let outcome = attempt.unwrap_or_else(|_| Err(HandlerError::Reject("handler panicked".to_owned())));
+            let attempt = AssertUnwindSafe(self.handler.handle(delivery))
+                .catch_unwind()
+                .await;
+            let outcome = attempt
+                .unwrap_or_else(|_| Err(HandlerError::Reject("handler panicked".to_owned())));
             match outcome {
                 Ok(()) => {
                     metrics::counter!("paygate_consumer_messages_total", "topic" => delivery.topic.clone(), "outcome" => "handled").increment(1);
@@ -399,7 +428,16 @@ impl Worker {
         let key = delivery.key.clone().unwrap_or_default();
         let mut backoff = self.settings.retry_backoff_min;
         loop {
-            match self.producer.send(Topic::Dlq, &String::from_utf8_lossy(&key), &letter, &delivery.headers).await {
+            match self
+                .producer
+                .send(
+                    Topic::Dlq,
+                    &String::from_utf8_lossy(&key),
+                    &letter,
+                    &delivery.headers,
+                )
+                .await
+            {
                 Ok(_) => return true,
                 Err(error) => {
                     tracing::warn!(%error, "could not write to the DLQ; retrying");

@@ -140,14 +140,26 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_check_version() {
-        let env = Envelope::new(Body::TransactionPending(TransactionPending { transaction_id: "txn_1".into(), version: 3 }));
+        let env = Envelope::new(Body::TransactionPending(TransactionPending {
+            transaction_id: "txn_1".into(),
+            version: 3,
+        }));
         let bytes = env.encode_to_bytes();
         assert_eq!(Envelope::decode_checked(&bytes).ok(), Some(env.clone()));
 
-        let future = Envelope { schema_version: SCHEMA_VERSION + 1, ..env.clone() };
-        assert!(matches!(Envelope::decode_checked(&future.encode_to_bytes()), Err(EventError::UnsupportedVersion(_))));
+        let future = Envelope {
+            schema_version: SCHEMA_VERSION + 1,
+            ..env.clone()
+        };
+        assert!(matches!(
+            Envelope::decode_checked(&future.encode_to_bytes()),
+            Err(EventError::UnsupportedVersion(_))
+        ));
         let empty = Envelope { body: None, ..env };
-        assert!(matches!(Envelope::decode_checked(&empty.encode_to_bytes()), Err(EventError::Empty)));
+        assert!(matches!(
+            Envelope::decode_checked(&empty.encode_to_bytes()),
+            Err(EventError::Empty)
+        ));
         assert!(Envelope::decode_checked(b"\xff\xff\xff garbage").is_err());
     }
 

@@ -53,11 +53,22 @@ impl OffsetTracker {
         let next_epoch = &mut self.next_epoch;
         let state = self.partitions.entry(key.clone()).or_insert_with(|| {
             *next_epoch += 1;
-            PartitionState { epoch: *next_epoch, ..PartitionState::default() }
+            PartitionState {
+                epoch: *next_epoch,
+                ..PartitionState::default()
+            }
         });
         state.in_flight.insert(offset);
-        state.next_after_seen = Some(state.next_after_seen.map_or(offset + 1, |n| n.max(offset + 1)));
-        Ticket { partition: key, offset, epoch: state.epoch }
+        state.next_after_seen = Some(
+            state
+                .next_after_seen
+                .map_or(offset + 1, |n| n.max(offset + 1)),
+        );
+        Ticket {
+            partition: key,
+            offset,
+            epoch: state.epoch,
+        }
     }
 
     /// Marks a message handled. A ticket from an earlier assignment is ignored.
@@ -84,7 +95,10 @@ impl OffsetTracker {
     /// Every partition's committable offset, committed before or not (for the final,
     /// synchronous commit at shutdown, which must not trust an earlier asynchronous one).
     pub fn committable_all(&self) -> Vec<(TopicPartition, i64)> {
-        self.partitions.iter().filter_map(|(tp, state)| Some((tp.clone(), state.committable()?))).collect()
+        self.partitions
+            .iter()
+            .filter_map(|(tp, state)| Some((tp.clone(), state.committable()?)))
+            .collect()
     }
 
     /// Records a successful commit so the same offset is not committed again.
@@ -97,7 +111,9 @@ impl OffsetTracker {
     /// Forgets a revoked partition, returning the offset that may be committed for it.
     pub fn revoke(&mut self, topic: &str, partition: i32) -> Option<i64> {
         let state = self.partitions.remove(&(topic.to_owned(), partition))?;
-        state.committable().filter(|o| state.last_committed != Some(*o))
+        state
+            .committable()
+            .filter(|o| state.last_committed != Some(*o))
     }
 
     /// Messages taken but not yet handled, over all partitions.
@@ -149,7 +165,11 @@ mod tests {
         assert_eq!(tracker.revoke("t", 0), Some(3));
         let fresh = tracker.begin("t", 0, 3);
         tracker.complete(&old);
-        assert_eq!(tracker.committable(), vec![(tp(0), 3)], "old ticket must not complete the new assignment");
+        assert_eq!(
+            tracker.committable(),
+            vec![(tp(0), 3)],
+            "old ticket must not complete the new assignment"
+        );
         tracker.complete(&fresh);
         assert_eq!(tracker.committable(), vec![(tp(0), 4)]);
     }

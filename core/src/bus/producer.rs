@@ -68,11 +68,20 @@ impl Producer {
     ) -> Result<Delivered, BusError> {
         let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len());
         for (name, value) in headers {
-            kafka_headers = kafka_headers.insert(Header { key: name, value: Some(value.as_bytes()) });
+            kafka_headers = kafka_headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
         }
-        let record = FutureRecord::to(topic).key(key).payload(payload).headers(kafka_headers);
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(kafka_headers);
         match self.inner.send(record, self.timeout).await {
-            Ok(delivery) => Ok(Delivered { partition: delivery.partition, offset: delivery.offset }),
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
             Err((error, _message)) => Err(BusError::Kafka(error)),
         }
     }

@@ -17,7 +17,12 @@ pub enum Topic {
 }
 
 impl Topic {
-    pub const ALL: [Topic; 4] = [Self::TransactionsPending, Self::CallbacksReceived, Self::TransactionsCompleted, Self::Dlq];
+    pub const ALL: [Topic; 4] = [
+        Self::TransactionsPending,
+        Self::CallbacksReceived,
+        Self::TransactionsCompleted,
+        Self::Dlq,
+    ];
 
     pub fn suffix(self) -> &'static str {
         match self {
@@ -47,7 +52,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn name(&self, topic: Topic) -> String {
@@ -56,7 +63,9 @@ impl Topics {
 
     /// The logical topic of a full name, if it belongs to this deployment.
     pub fn parse(&self, full: &str) -> Option<Topic> {
-        full.strip_prefix(&self.prefix)?.strip_prefix('.').and_then(Topic::from_suffix)
+        full.strip_prefix(&self.prefix)?
+            .strip_prefix('.')
+            .and_then(Topic::from_suffix)
     }
 }
 
@@ -67,7 +76,10 @@ mod tests {
     #[test]
     fn names_round_trip() {
         let topics = Topics::new("paygate");
-        assert_eq!(topics.name(Topic::TransactionsPending), "paygate.transactions.pending");
+        assert_eq!(
+            topics.name(Topic::TransactionsPending),
+            "paygate.transactions.pending"
+        );
         for t in Topic::ALL {
             assert_eq!(topics.parse(&topics.name(t)), Some(t));
             assert_eq!(Topics::new("other").parse(&topics.name(t)), None);

@@ -23,7 +23,11 @@ impl TraceParent {
         let mut rng = rand::rng();
         rng.fill_bytes(&mut trace_id);
         rng.fill_bytes(&mut parent_id);
-        Self { trace_id, parent_id, sampled: true }
+        Self {
+            trace_id,
+            parent_id,
+            sampled: true,
+        }
     }
 
     /// The same trace, a new span: what a hop passes on.
@@ -37,7 +41,8 @@ impl TraceParent {
     /// header from outside must not break processing).
     pub fn parse(header: &str) -> Option<Self> {
         let mut parts = header.trim().split('-');
-        let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() || version != "00" || flags.len() != 2 {
             return None;
         }
@@ -49,7 +54,11 @@ impl TraceParent {
             return None;
         }
         let flags = u8::from_str_radix(flags, 16).ok()?;
-        Some(Self { trace_id, parent_id, sampled: flags & 1 == 1 })
+        Some(Self {
+            trace_id,
+            parent_id,
+            sampled: flags & 1 == 1,
+        })
     }
 
     pub fn trace_id(&self) -> String {
@@ -59,7 +68,13 @@ impl TraceParent {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "00-{}-{}-{:02x}", hex::encode(self.trace_id), hex::encode(self.parent_id), u8::from(self.sampled))
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            hex::encode(self.trace_id),
+            hex::encode(self.parent_id),
+            u8::from(self.sampled)
+        )
     }
 }
 
@@ -85,11 +100,18 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_ignored() {
-        for bad in ["", "00", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-xyz-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"] {
+        for bad in [
+            "",
+            "00",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-xyz-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
-        assert!(TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_some());
+        assert!(
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_some()
+        );
     }
 }

@@ -30,19 +30,34 @@ pub async fn create<'e>(exec: impl PgExecutor<'e>, name: &str) -> Result<Merchan
             .bind(name)
             .fetch_one(exec)
             .await?;
-    Ok(Merchant { id, name: name.to_owned(), created_at })
+    Ok(Merchant {
+        id,
+        name: name.to_owned(),
+        created_at,
+    })
 }
 
-pub async fn get<'e>(exec: impl PgExecutor<'e>, id: MerchantId) -> Result<Option<Merchant>, DbError> {
-    let row: Option<(String, DateTime<Utc>)> = sqlx::query_as("SELECT name, created_at FROM merchants WHERE id = $1")
-        .bind(id.as_uuid())
-        .fetch_optional(exec)
-        .await?;
-    Ok(row.map(|(name, created_at)| Merchant { id, name, created_at }))
+pub async fn get<'e>(
+    exec: impl PgExecutor<'e>,
+    id: MerchantId,
+) -> Result<Option<Merchant>, DbError> {
+    let row: Option<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT name, created_at FROM merchants WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(exec)
+            .await?;
+    Ok(row.map(|(name, created_at)| Merchant {
+        id,
+        name,
+        created_at,
+    }))
 }
 
 /// Issues a new key for `merchant`. The returned secret is the only copy that will exist.
-pub async fn create_api_key<'e>(exec: impl PgExecutor<'e>, merchant: MerchantId) -> Result<(ApiKeyId, ApiKey), DbError> {
+pub async fn create_api_key<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+) -> Result<(ApiKeyId, ApiKey), DbError> {
     let key = ApiKey::generate();
     let id = ApiKeyId::new();
     sqlx::query("INSERT INTO api_keys (id, merchant_id, key_hash, prefix) VALUES ($1, $2, $3, $4)")
@@ -57,12 +72,16 @@ pub async fn create_api_key<'e>(exec: impl PgExecutor<'e>, merchant: MerchantId)
 
 /// Finds the live (not revoked) key with this secret. Looks up by hash, so the comparison
 /// is an index probe on a digest, not a string compare of secrets.
-pub async fn authenticate<'e>(exec: impl PgExecutor<'e>, presented: &ApiKey) -> Result<Option<Authenticated>, DbError> {
-    let row: Option<(uuid::Uuid, uuid::Uuid)> =
-        sqlx::query_as("SELECT id, merchant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-            .bind(&presented.hash()[..])
-            .fetch_optional(exec)
-            .await?;
+pub async fn authenticate<'e>(
+    exec: impl PgExecutor<'e>,
+    presented: &ApiKey,
+) -> Result<Option<Authenticated>, DbError> {
+    let row: Option<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        "SELECT id, merchant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(&presented.hash()[..])
+    .fetch_optional(exec)
+    .await?;
     Ok(row.map(|(key, merchant)| Authenticated {
         merchant_id: MerchantId::from_uuid(merchant),
         key_id: ApiKeyId::from_uuid(key),
@@ -71,9 +90,10 @@ pub async fn authenticate<'e>(exec: impl PgExecutor<'e>, presented: &ApiKey) -> 
 
 /// Revokes a key; returns whether a live key was revoked.
 pub async fn revoke_api_key<'e>(exec: impl PgExecutor<'e>, key: ApiKeyId) -> Result<bool, DbError> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-        .bind(key.as_uuid())
-        .execute(exec)
-        .await?;
+    let done =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(key.as_uuid())
+            .execute(exec)
+            .await?;
     Ok(done.rows_affected() == 1)
 }

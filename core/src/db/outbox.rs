@@ -29,7 +29,10 @@ pub struct PendingRow {
 }
 
 /// Adds a message to the outbox inside the caller's database transaction.
-pub async fn enqueue<'e>(exec: impl PgExecutor<'e>, message: &OutboxMessage) -> Result<i64, DbError> {
+pub async fn enqueue<'e>(
+    exec: impl PgExecutor<'e>,
+    message: &OutboxMessage,
+) -> Result<i64, DbError> {
     let headers = serde_json::to_value(&message.headers).map_err(|e| DbError::Corrupt {
         table: "outbox",
         detail: e.to_string(),
@@ -52,7 +55,14 @@ pub async fn claim_batch(
     db: &mut sqlx::Transaction<'_, Postgres>,
     limit: i64,
 ) -> Result<Vec<PendingRow>, DbError> {
-    let rows: Vec<(i64, String, String, Vec<u8>, serde_json::Value, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        Vec<u8>,
+        serde_json::Value,
+        DateTime<Utc>,
+    )> = sqlx::query_as(
         "SELECT id, topic, message_key, payload, headers, created_at FROM outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
@@ -61,17 +71,33 @@ pub async fn claim_batch(
     .await?;
     rows.into_iter()
         .map(|(id, topic, key, payload, headers, created_at)| {
-            let corrupt = |detail: String| DbError::Corrupt { table: "outbox", detail };
-            let topic = Topic::from_suffix(&topic).ok_or_else(|| corrupt(format!("unknown topic {topic:?}")))?;
+            let corrupt = |detail: String| DbError::Corrupt {
+                table: "outbox",
+                detail,
+            };
+            let topic = Topic::from_suffix(&topic)
+                .ok_or_else(|| corrupt(format!("unknown topic {topic:?}")))?;
             let headers: BTreeMap<String, String> =
                 serde_json::from_value(headers).map_err(|e| corrupt(e.to_string()))?;
-            Ok(PendingRow { id, message: OutboxMessage { topic, key, payload, headers }, created_at })
+            Ok(PendingRow {
+                id,
+                message: OutboxMessage {
+                    topic,
+                    key,
+                    payload,
+                    headers,
+                },
+                created_at,
+            })
         })
         .collect()
 }
 
 /// Stamps rows as published (inside the same database transaction that claimed them).
-pub async fn mark_published(db: &mut sqlx::Transaction<'_, Postgres>, ids: &[i64]) -> Result<(), DbError> {
+pub async fn mark_published(
+    db: &mut sqlx::Transaction<'_, Postgres>,
+    ids: &[i64],
+) -> Result<(), DbError> {
     sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
         .bind(ids)
         .execute(&mut **db)
@@ -80,7 +106,9 @@ pub async fn mark_published(db: &mut sqlx::Transaction<'_, Postgres>, ids: &[i64
 }
 
 /// How many rows wait and how old the oldest is: the relay's lag.
-pub async fn backlog<'e>(exec: impl PgExecutor<'e>) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
+pub async fn backlog<'e>(
+    exec: impl PgExecutor<'e>,
+) -> Result<(i64, Option<DateTime<Utc>>), DbError> {
     let row: (i64, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT count(*), min(created_at) FROM outbox WHERE published_at IS NULL")
             .fetch_one(exec)

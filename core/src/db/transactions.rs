@@ -9,8 +9,8 @@ use sqlx::{PgExecutor, PgPool};
 use super::outbox::{self, OutboxMessage};
 use super::DbError;
 use crate::domain::{
-    CustomerReference, Failure, GatewayName, MerchantId, Money, Transaction, TransactionId, TransactionStatus,
-    TransactionUpdate,
+    CustomerReference, Failure, GatewayName, MerchantId, Money, Transaction, TransactionId,
+    TransactionStatus, TransactionUpdate,
 };
 
 /// How long an idempotency key is remembered; Stripe keeps keys 24 hours, so do we (at least).
@@ -34,7 +34,10 @@ pub enum InsertOutcome {
     /// Committed: the transaction, its key and its outbox row.
     Created,
     /// The key was used before with the same request: here is the first response.
-    Replayed { status: u16, body: serde_json::Value },
+    Replayed {
+        status: u16,
+        body: serde_json::Value,
+    },
     /// The key was used before with a different request (Stripe answers 422).
     KeyReusedWithDifferentRequest,
     /// Another request with this key is being handled right now (Stripe answers 409).
@@ -80,7 +83,10 @@ pub async fn insert(
         match previous {
             Some((hash, status, body, true)) => {
                 return Ok(if hash == request.request_hash {
-                    InsertOutcome::Replayed { status: u16::try_from(status).unwrap_or(500), body }
+                    InsertOutcome::Replayed {
+                        status: u16::try_from(status).unwrap_or(500),
+                        body,
+                    }
                 } else {
                     InsertOutcome::KeyReusedWithDifferentRequest
                 });
@@ -150,7 +156,10 @@ async fn insert_row<'e>(exec: impl PgExecutor<'e>, t: &Transaction) -> Result<()
 /// transaction when it applied and `None` when another writer got there first (the caller
 /// reloads and decides again). This conditional write is what makes the Redis lock an
 /// optimisation rather than the guarantee.
-pub async fn apply<'e>(exec: impl PgExecutor<'e>, update: &TransactionUpdate) -> Result<Option<Transaction>, DbError> {
+pub async fn apply<'e>(
+    exec: impl PgExecutor<'e>,
+    update: &TransactionUpdate,
+) -> Result<Option<Transaction>, DbError> {
     let t = &update.next;
     let result = sqlx::query(
         "UPDATE transactions SET status = $3, version = $4, attempts = $5, next_attempt_at = $6, gateway = $7,
@@ -177,11 +186,15 @@ const COLUMNS: &str = "id, merchant_id, kind, amount, currency, customer_referen
     next_attempt_at, provider_reference, failure_code, failure_message, callback_url, metadata, created_at, updated_at";
 
 /// Any merchant's transaction, for the services (never for a merchant-facing read).
-pub async fn get<'e>(exec: impl PgExecutor<'e>, id: TransactionId) -> Result<Option<Transaction>, DbError> {
-    let row: Option<TransactionRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM transactions WHERE id = $1"))
-        .bind(id.as_uuid())
-        .fetch_optional(exec)
-        .await?;
+pub async fn get<'e>(
+    exec: impl PgExecutor<'e>,
+    id: TransactionId,
+) -> Result<Option<Transaction>, DbError> {
+    let row: Option<TransactionRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM transactions WHERE id = $1"))
+            .bind(id.as_uuid())
+            .fetch_optional(exec)
+            .await?;
     row.map(Transaction::try_from).transpose()
 }
 
@@ -191,12 +204,13 @@ pub async fn get_for_merchant<'e>(
     merchant: MerchantId,
     id: TransactionId,
 ) -> Result<Option<Transaction>, DbError> {
-    let row: Option<TransactionRow> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM transactions WHERE id = $1 AND merchant_id = $2"))
-            .bind(id.as_uuid())
-            .bind(merchant.as_uuid())
-            .fetch_optional(exec)
-            .await?;
+    let row: Option<TransactionRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM transactions WHERE id = $1 AND merchant_id = $2"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(exec)
+    .await?;
     row.map(Transaction::try_from).transpose()
 }
 
@@ -231,10 +245,12 @@ pub async fn list<'e>(
 
 /// Forgets idempotency keys past their retention. Returns how many were removed.
 pub async fn purge_idempotency_keys(pool: &PgPool, retention: Duration) -> Result<u64, DbError> {
-    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)")
-        .bind(retention.as_secs_f64())
-        .execute(pool)
-        .await?;
+    let done = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await?;
     Ok(done.rows_affected())
 }
 
@@ -263,20 +279,33 @@ struct TransactionRow {
 impl TryFrom<TransactionRow> for Transaction {
     type Error = DbError;
     fn try_from(row: TransactionRow) -> Result<Self, DbError> {
-        let corrupt = |detail: String| DbError::Corrupt { table: "transactions", detail };
+        let corrupt = |detail: String| DbError::Corrupt {
+            table: "transactions",
+            detail,
+        };
         Ok(Transaction {
             id: TransactionId::from_uuid(row.id),
             merchant_id: MerchantId::from_uuid(row.merchant_id),
             kind: row.kind.parse().map_err(|e| corrupt(format!("{e}")))?,
-            money: Money::from_parts(row.amount, &row.currency).map_err(|e| corrupt(format!("{e}")))?,
-            customer: CustomerReference::parse(&row.customer_reference).map_err(|e| corrupt(format!("{e}")))?,
-            gateway: row.gateway.as_deref().map(GatewayName::parse).transpose().map_err(|e| corrupt(format!("{e}")))?,
+            money: Money::from_parts(row.amount, &row.currency)
+                .map_err(|e| corrupt(format!("{e}")))?,
+            customer: CustomerReference::parse(&row.customer_reference)
+                .map_err(|e| corrupt(format!("{e}")))?,
+            gateway: row
+                .gateway
+                .as_deref()
+                .map(GatewayName::parse)
+                .transpose()
+                .map_err(|e| corrupt(format!("{e}")))?,
             status: row.status.parse().map_err(|e| corrupt(format!("{e}")))?,
             version: row.version,
             attempts: row.attempts,
             next_attempt_at: row.next_attempt_at,
             provider_reference: row.provider_reference,
-            failure: row.failure_code.map(|code| Failure { code, message: row.failure_message.unwrap_or_default() }),
+            failure: row.failure_code.map(|code| Failure {
+                code,
+                message: row.failure_message.unwrap_or_default(),
+            }),
             callback_url: row.callback_url,
             metadata: row.metadata,
             created_at: row.created_at,

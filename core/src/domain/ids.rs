@@ -153,8 +153,15 @@ mod tests {
     fn ids_of_another_kind_or_malformed_are_refused() {
         let merchant = MerchantId::new().to_string();
         assert!(TransactionId::parse(&merchant).is_err());
-        for bad in ["", "txn_", "txn_123", "txn-0192f4a1c2b37d8e9f0a1b2c3d4e5f60", "0192f4a1c2b37d8e9f0a1b2c3d4e5f60",
-            "txn_0192f4a1c2b37d8e9f0a1b2c3d4e5fzz", "txn_0192f4a1-c2b3-7d8e-9f0a-1b2c3d4e5f60"] {
+        for bad in [
+            "",
+            "txn_",
+            "txn_123",
+            "txn-0192f4a1c2b37d8e9f0a1b2c3d4e5f60",
+            "0192f4a1c2b37d8e9f0a1b2c3d4e5f60",
+            "txn_0192f4a1c2b37d8e9f0a1b2c3d4e5fzz",
+            "txn_0192f4a1-c2b3-7d8e-9f0a-1b2c3d4e5f60",
+        ] {
             assert!(TransactionId::parse(bad).is_err(), "{bad} accepted");
         }
     }

@@ -5,10 +5,12 @@ mod money;
 mod names;
 mod transaction;
 
-pub use ids::{ApiKeyId, DeliveryAttemptId, EventId, IdError, MerchantId, TransactionId, WebhookEndpointId};
+pub use ids::{
+    ApiKeyId, DeliveryAttemptId, EventId, IdError, MerchantId, TransactionId, WebhookEndpointId,
+};
 pub use money::{Amount, Currency, Money, MoneyError};
 pub use names::{CustomerReference, GatewayName, NameError};
 pub use transaction::{
-    Failure, InvalidTransition, NewTransaction, Transaction, TransactionKind, TransactionStatus, TransactionUpdate,
-    UnknownVariant,
+    Failure, InvalidTransition, NewTransaction, Transaction, TransactionKind, TransactionStatus,
+    TransactionUpdate, UnknownVariant,
 };

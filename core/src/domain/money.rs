@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 pub enum MoneyError {
     #[error("amount must be a positive integer number of minor units, got {0}")]
     NotPositive(i64),
-    #[error("amount must be an integer number of minor units (e.g. 1050 for 10.50), not a fraction")]
+    #[error(
+        "amount must be an integer number of minor units (e.g. 1050 for 10.50), not a fraction"
+    )]
     Fractional,
     #[error("amount does not fit in a 64-bit integer of minor units")]
     Overflow,
@@ -177,7 +179,10 @@ impl Money {
 
     /// Convenience for code that holds raw parts (database rows, provider messages).
     pub fn from_parts(minor_units: i64, currency_code: &str) -> Result<Self, MoneyError> {
-        Ok(Self::new(Amount::new(minor_units)?, Currency::parse(currency_code)?))
+        Ok(Self::new(
+            Amount::new(minor_units)?,
+            Currency::parse(currency_code)?,
+        ))
     }
 }
 
@@ -222,19 +227,37 @@ mod tests {
             Currency::parse("ZZZ"),
             Err(MoneyError::UnknownCurrency("ZZZ".into()))
         );
-        assert_eq!(Currency::parse("XAU"), Err(MoneyError::NotPayable("XAU".into())));
+        assert_eq!(
+            Currency::parse("XAU"),
+            Err(MoneyError::NotPayable("XAU".into()))
+        );
     }
 
     #[test]
     fn amounts_must_be_positive_integers() {
-        assert_eq!(Amount::from_json(&json!(1050)).map(Amount::minor_units), Ok(1050));
-        assert_eq!(Amount::from_json(&json!(0)), Err(MoneyError::NotPositive(0)));
-        assert_eq!(Amount::from_json(&json!(-5)), Err(MoneyError::NotPositive(-5)));
+        assert_eq!(
+            Amount::from_json(&json!(1050)).map(Amount::minor_units),
+            Ok(1050)
+        );
+        assert_eq!(
+            Amount::from_json(&json!(0)),
+            Err(MoneyError::NotPositive(0))
+        );
+        assert_eq!(
+            Amount::from_json(&json!(-5)),
+            Err(MoneyError::NotPositive(-5))
+        );
         assert_eq!(Amount::from_json(&json!(10.5)), Err(MoneyError::Fractional));
         assert_eq!(Amount::from_json(&json!(10.0)), Err(MoneyError::Fractional));
         assert_eq!(Amount::from_json(&json!(1e3)), Err(MoneyError::Fractional));
-        assert_eq!(Amount::from_json(&json!(u64::MAX)), Err(MoneyError::Overflow));
-        assert_eq!(Amount::from_json(&json!("1050")), Err(MoneyError::NotANumber));
+        assert_eq!(
+            Amount::from_json(&json!(u64::MAX)),
+            Err(MoneyError::Overflow)
+        );
+        assert_eq!(
+            Amount::from_json(&json!("1050")),
+            Err(MoneyError::NotANumber)
+        );
         assert_eq!(Amount::from_json(&json!(null)), Err(MoneyError::NotANumber));
         assert_eq!(
             Amount::from_json(&json!(i64::MAX)).map(Amount::minor_units),

@@ -46,7 +46,10 @@ impl FromStr for TransactionKind {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownVariant { kind: "transaction kind", value: s.to_owned() })
+            .ok_or_else(|| UnknownVariant {
+                kind: "transaction kind",
+                value: s.to_owned(),
+            })
     }
 }
 
@@ -137,7 +140,10 @@ impl FromStr for TransactionStatus {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownVariant { kind: "transaction status", value: s.to_owned() })
+            .ok_or_else(|| UnknownVariant {
+                kind: "transaction status",
+                value: s.to_owned(),
+            })
     }
 }
 
@@ -222,9 +228,17 @@ impl Transaction {
 
     /// Starts a change to `to`, refused when the state machine forbids it. The returned
     /// update carries the version it expects to replace.
-    pub fn advance(&self, to: TransactionStatus, now: DateTime<Utc>) -> Result<TransactionUpdate, InvalidTransition> {
+    pub fn advance(
+        &self,
+        to: TransactionStatus,
+        now: DateTime<Utc>,
+    ) -> Result<TransactionUpdate, InvalidTransition> {
         if !self.status.can_transition_to(to) {
-            return Err(InvalidTransition { id: self.id, from: self.status, to });
+            return Err(InvalidTransition {
+                id: self.id,
+                from: self.status,
+                to,
+            });
         }
         let mut next = self.clone();
         next.status = to;
@@ -233,7 +247,10 @@ impl Transaction {
         if to != TransactionStatus::RetryScheduled {
             next.next_attempt_at = None;
         }
-        Ok(TransactionUpdate { expected_version: self.version, next })
+        Ok(TransactionUpdate {
+            expected_version: self.version,
+            next,
+        })
     }
 }
 
@@ -269,7 +286,10 @@ impl TransactionUpdate {
     }
 
     pub fn failure(mut self, code: impl Into<String>, message: impl Into<String>) -> Self {
-        self.next.failure = Some(Failure { code: code.into(), message: message.into() });
+        self.next.failure = Some(Failure {
+            code: code.into(),
+            message: message.into(),
+        });
         self
     }
 }
@@ -332,7 +352,10 @@ mod tests {
             }
         }
         assert_eq!(
-            TransactionStatus::ALL.iter().filter(|s| s.is_terminal()).count(),
+            TransactionStatus::ALL
+                .iter()
+                .filter(|s| s.is_terminal())
+                .count(),
             2
         );
     }
@@ -340,22 +363,36 @@ mod tests {
     #[test]
     fn advance_bumps_version_and_refuses_forbidden_moves() {
         let tx = sample();
-        let update = tx.advance(Submitting, Utc::now()).map(|u| u.start_attempt());
-        let Ok(update) = update else { panic!("pending -> submitting refused") };
+        let update = tx
+            .advance(Submitting, Utc::now())
+            .map(|u| u.start_attempt());
+        let Ok(update) = update else {
+            panic!("pending -> submitting refused")
+        };
         assert_eq!(update.expected_version, 0);
         assert_eq!(update.next.version, 1);
         assert_eq!(update.next.attempts, 1);
         assert_eq!(update.next.status, Submitting);
 
         let err = tx.advance(Succeeded, Utc::now()).map(|_| ()).err();
-        assert_eq!(err, Some(InvalidTransition { id: tx.id, from: Pending, to: Succeeded }));
+        assert_eq!(
+            err,
+            Some(InvalidTransition {
+                id: tx.id,
+                from: Pending,
+                to: Succeeded
+            })
+        );
     }
 
     #[test]
     fn statuses_round_trip_as_text() {
         for s in TransactionStatus::ALL {
             assert_eq!(s.as_str().parse::<TransactionStatus>(), Ok(s));
-            assert_eq!(serde_json::to_value(s).ok(), Some(serde_json::json!(s.as_str())));
+            assert_eq!(
+                serde_json::to_value(s).ok(),
+                Some(serde_json::json!(s.as_str()))
+            );
         }
         assert!("done".parse::<TransactionStatus>().is_err());
         for k in TransactionKind::ALL {
@@ -366,7 +403,10 @@ mod tests {
     #[test]
     fn retry_time_is_cleared_when_leaving_retry_scheduled() {
         let tx = sample();
-        let Ok(scheduled) = tx.advance(RetryScheduled, Utc::now()).map(|u| u.retry_at(Utc::now())) else {
+        let Ok(scheduled) = tx
+            .advance(RetryScheduled, Utc::now())
+            .map(|u| u.retry_at(Utc::now()))
+        else {
             panic!("pending -> retry_scheduled refused")
         };
         assert!(scheduled.next.next_attempt_at.is_some());
