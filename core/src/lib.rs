@@ -8,6 +8,7 @@
 //! - [`telemetry`]: tracing set-up.
 
 pub mod bus;
+pub mod cache_keys;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -6,12 +6,14 @@ mod consumer;
 pub mod events;
 pub mod offsets;
 mod producer;
+pub mod relay;
 mod topics;
 pub mod trace;
 
 pub use admin::ensure_topics;
 pub use consumer::{ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError};
 pub use producer::{Delivered, Producer};
+pub use relay::{OutboxRelay, RelayHealth, RelaySettings};
 pub use topics::{Topic, Topics};
 
 #[derive(Debug, thiserror::Error)]

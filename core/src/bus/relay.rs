@@ -1,0 +1,170 @@
+//! The outbox relay: publishes committed outbox rows to Kafka, then stamps them.
+//!
+//! Any service may run one (the API does by default; the processors write outbox rows too):
+//! rows are claimed with `FOR UPDATE SKIP LOCKED`, so several relays share the work without
+//! publishing a row twice. A row is stamped only after the broker acknowledged it, in the
+//! same database transaction that claimed it; if the process dies in between, the row is
+//! published again by the next relay (at-least-once; consumers are idempotent). While the
+//! broker is unreachable, rows simply wait and [`RelayHealth`] reports the relay degraded.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::Producer;
+use crate::db::{outbox, DbError};
+
+/// The Postgres NOTIFY channel the outbox trigger signals on.
+pub const OUTBOX_CHANNEL: &str = "paygate_outbox";
+
+/// What `/readyz` and metrics read about a relay.
+#[derive(Debug, Default)]
+pub struct RelayHealth {
+    /// False after a round in which the broker refused or timed out.
+    broker_ok: AtomicBool,
+    published: AtomicI64,
+}
+
+impl RelayHealth {
+    pub fn broker_ok(&self) -> bool {
+        self.broker_ok.load(Ordering::Relaxed)
+    }
+
+    /// Rows published since start.
+    pub fn published(&self) -> i64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    pub batch_size: i64,
+    /// Poll interval when no NOTIFY arrives (NOTIFY can be missed while reconnecting).
+    pub poll_interval: Duration,
+    /// Pause after a failed round before trying again.
+    pub failure_backoff: Duration,
+}
+
+pub struct OutboxRelay {
+    pool: PgPool,
+    producer: Producer,
+    settings: RelaySettings,
+    health: Arc<RelayHealth>,
+}
+
+impl OutboxRelay {
+    pub fn new(pool: PgPool, producer: Producer, settings: RelaySettings) -> Self {
+        let health = Arc::new(RelayHealth {
+            broker_ok: AtomicBool::new(true),
+            published: AtomicI64::new(0),
+        });
+        Self {
+            pool,
+            producer,
+            settings,
+            health,
+        }
+    }
+
+    pub fn health(&self) -> Arc<RelayHealth> {
+        self.health.clone()
+    }
+
+    /// Runs until `shutdown`; a row claimed when shutdown comes is either stamped or left
+    /// for the next relay, never lost.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = self.listen().await;
+        tracing::info!(listening = listener.is_some(), "outbox relay started");
+        loop {
+            // Drain: keep publishing full batches back to back.
+            let published = match self.publish_batch().await {
+                Ok(n) => {
+                    self.health.broker_ok.store(true, Ordering::Relaxed);
+                    n
+                }
+                Err(error) => {
+                    self.health.broker_ok.store(false, Ordering::Relaxed);
+                    tracing::warn!(%error, "outbox relay round failed; rows wait for the next round");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(self.settings.failure_backoff) => continue,
+                    }
+                }
+            };
+            if published as i64 >= self.settings.batch_size {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            // Idle: wait for a NOTIFY, the poll interval, or shutdown.
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ok = notified => if !ok { listener = self.listen().await; },
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen(OUTBOX_CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    /// Publishes one batch; returns how many rows were published.
+    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        let mut db = self.pool.begin().await.map_err(DbError::from)?;
+        let rows = outbox::claim_batch(&mut db, self.settings.batch_size).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Send the batch concurrently (the producer batches on the wire; idempotence keeps
+        // per-partition order), then stamp only what the broker acknowledged.
+        let sends = rows.iter().map(|row| {
+            let m = &row.message;
+            self.producer.send(m.topic, &m.key, &m.payload, &m.headers)
+        });
+        let results = join_all(sends).await;
+        let mut acked = Vec::with_capacity(rows.len());
+        let mut first_error = None;
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(_) => acked.push(row.id),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        outbox::mark_published(&mut db, &acked).await?;
+        db.commit().await.map_err(DbError::from)?;
+        self.health
+            .published
+            .fetch_add(acked.len() as i64, Ordering::Relaxed);
+        metrics::counter!("paygate_outbox_published_total").increment(acked.len() as u64);
+        match first_error {
+            Some(error) => Err(RelayError::Broker(error.to_string())),
+            None => Ok(acked.len()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("broker: {0}")]
+    Broker(String),
+}

@@ -1,0 +1,324 @@
+//! Merchant webhook endpoints (where the dispatcher sends signed events) and the log of
+//! delivery attempts made to them.
+//!
+//! An endpoint's signing secret is stored as given: the dispatcher needs the secret itself to
+//! compute each delivery's HMAC. It is shown to the merchant once, at creation, and its
+//! `Debug` form never prints it.
+
+use std::fmt;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sqlx::PgExecutor;
+
+use super::DbError;
+use crate::domain::{DeliveryAttemptId, EventId, MerchantId, TransactionId, WebhookEndpointId};
+
+const SECRET_PREFIX: &str = "whsec_";
+/// Random bytes in a new secret (Svix/Standard Webhooks use 24 to 64).
+const SECRET_BYTES: usize = 32;
+
+/// An endpoint's signing secret: `whsec_` then the standard base64 of 32 random bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    pub fn generate() -> Self {
+        let mut bytes = [0_u8; SECRET_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(format!(
+            "{SECRET_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ))
+    }
+
+    /// The whole secret, `whsec_…`: for the one response that shows it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The key bytes to sign with (the base64 part decoded), as Standard Webhooks defines.
+    pub fn key_bytes(&self) -> Option<Vec<u8>> {
+        let encoded = self.0.strip_prefix(SECRET_PREFIX)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(whsec_…)")
+    }
+}
+
+/// A merchant's registered endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    pub id: WebhookEndpointId,
+    pub merchant_id: MerchantId,
+    pub url: String,
+    pub description: Option<String>,
+    pub secret: WebhookSecret,
+    pub created_at: DateTime<Utc>,
+    /// Set once deleted or disabled; a disabled endpoint receives nothing.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl WebhookEndpoint {
+    pub fn enabled(&self) -> bool {
+        self.disabled_at.is_none()
+    }
+}
+
+type EndpointRow = (
+    uuid::Uuid,
+    uuid::Uuid,
+    String,
+    Option<String>,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+const ENDPOINT_COLUMNS: &str = "id, merchant_id, url, description, secret, created_at, disabled_at";
+
+fn endpoint_from_row(row: EndpointRow) -> WebhookEndpoint {
+    let (id, merchant, url, description, secret, created_at, disabled_at) = row;
+    WebhookEndpoint {
+        id: WebhookEndpointId::from_uuid(id),
+        merchant_id: MerchantId::from_uuid(merchant),
+        url,
+        description,
+        secret: WebhookSecret(secret),
+        created_at,
+        disabled_at,
+    }
+}
+
+/// Registers an endpoint with a new secret. The caller has validated `url`.
+pub async fn create<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    url: &str,
+    description: Option<&str>,
+) -> Result<WebhookEndpoint, DbError> {
+    let id = WebhookEndpointId::new();
+    let secret = WebhookSecret::generate();
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO webhook_endpoints (id, merchant_id, url, description, secret) VALUES ($1, $2, $3, $4, $5)
+         RETURNING created_at",
+    )
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .bind(url)
+    .bind(description)
+    .bind(secret.expose())
+    .fetch_one(exec)
+    .await?;
+    Ok(WebhookEndpoint {
+        id,
+        merchant_id: merchant,
+        url: url.to_owned(),
+        description: description.map(str::to_owned),
+        secret,
+        created_at,
+        disabled_at: None,
+    })
+}
+
+/// How many enabled endpoints a merchant has (the API caps it).
+pub async fn count_enabled<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+) -> Result<i64, DbError> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_endpoints WHERE merchant_id = $1 AND disabled_at IS NULL",
+    )
+    .bind(merchant.as_uuid())
+    .fetch_one(exec)
+    .await?;
+    Ok(count)
+}
+
+/// A merchant's enabled endpoints, oldest first: what the dispatcher delivers to.
+pub async fn list_enabled<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+) -> Result<Vec<WebhookEndpoint>, DbError> {
+    let rows: Vec<EndpointRow> = sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE merchant_id = $1 AND disabled_at IS NULL ORDER BY id"
+    ))
+    .bind(merchant.as_uuid())
+    .fetch_all(exec)
+    .await?;
+    Ok(rows.into_iter().map(endpoint_from_row).collect())
+}
+
+/// One endpoint of this merchant (enabled or not); another merchant's is not found.
+pub async fn get_for_merchant<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    id: WebhookEndpointId,
+) -> Result<Option<WebhookEndpoint>, DbError> {
+    let row: Option<EndpointRow> = sqlx::query_as(&format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND merchant_id = $2"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(exec)
+    .await?;
+    Ok(row.map(endpoint_from_row))
+}
+
+/// Disables (deletes, for the merchant) an enabled endpoint; returns whether one was.
+pub async fn disable<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    id: WebhookEndpointId,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE webhook_endpoints SET disabled_at = now() WHERE id = $1 AND merchant_id = $2 AND disabled_at IS NULL",
+    )
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One HTTP attempt to deliver an event, as the dispatcher records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeliveryAttempt {
+    pub event_id: EventId,
+    pub transaction_id: TransactionId,
+    /// `None` for a delivery to the transaction's own `callback_url`.
+    pub endpoint_id: Option<WebhookEndpointId>,
+    pub url: String,
+    /// 1 for the first attempt of this event to this destination.
+    pub attempt: i32,
+    pub status_code: Option<i32>,
+    pub latency_ms: Option<i32>,
+    /// The start of the response body (the dispatcher bounds it).
+    pub response_excerpt: Option<String>,
+    /// Why no response was had (timeout, connection refused…).
+    pub error: Option<String>,
+}
+
+/// A recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    pub id: DeliveryAttemptId,
+    pub attempt: NewDeliveryAttempt,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn record_attempt<'e>(
+    exec: impl PgExecutor<'e>,
+    attempt: &NewDeliveryAttempt,
+) -> Result<DeliveryAttempt, DbError> {
+    let id = DeliveryAttemptId::new();
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO delivery_attempts (id, event_id, transaction_id, endpoint_id, url, attempt, status_code, latency_ms,
+             response_excerpt, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at",
+    )
+    .bind(id.as_uuid())
+    .bind(attempt.event_id.as_uuid())
+    .bind(attempt.transaction_id.as_uuid())
+    .bind(attempt.endpoint_id.map(|e| e.as_uuid()))
+    .bind(&attempt.url)
+    .bind(attempt.attempt)
+    .bind(attempt.status_code)
+    .bind(attempt.latency_ms)
+    .bind(attempt.response_excerpt.as_deref())
+    .bind(attempt.error.as_deref())
+    .fetch_one(exec)
+    .await?;
+    Ok(DeliveryAttempt {
+        id,
+        attempt: attempt.clone(),
+        created_at,
+    })
+}
+
+type AttemptRow = (
+    uuid::Uuid,
+    uuid::Uuid,
+    uuid::Uuid,
+    Option<uuid::Uuid>,
+    String,
+    i32,
+    Option<i32>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+);
+
+/// A transaction's delivery attempts, oldest first, at most `limit`. The caller has checked
+/// that the transaction belongs to the merchant asking.
+pub async fn list_attempts<'e>(
+    exec: impl PgExecutor<'e>,
+    transaction: TransactionId,
+    limit: i64,
+) -> Result<Vec<DeliveryAttempt>, DbError> {
+    let rows: Vec<AttemptRow> = sqlx::query_as(
+        "SELECT id, event_id, transaction_id, endpoint_id, url, attempt, status_code, latency_ms, response_excerpt,
+                error, created_at
+         FROM delivery_attempts WHERE transaction_id = $1 ORDER BY created_at, id LIMIT $2",
+    )
+    .bind(transaction.as_uuid())
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                id,
+                event,
+                txn,
+                endpoint,
+                url,
+                attempt,
+                status_code,
+                latency_ms,
+                response_excerpt,
+                error,
+                created_at,
+            )| {
+                DeliveryAttempt {
+                    id: DeliveryAttemptId::from_uuid(id),
+                    attempt: NewDeliveryAttempt {
+                        event_id: EventId::from_uuid(event),
+                        transaction_id: TransactionId::from_uuid(txn),
+                        endpoint_id: endpoint.map(WebhookEndpointId::from_uuid),
+                        url,
+                        attempt,
+                        status_code,
+                        latency_ms,
+                        response_excerpt,
+                        error,
+                    },
+                    created_at,
+                }
+            },
+        )
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_have_the_documented_form_and_never_debug_print() {
+        let secret = WebhookSecret::generate();
+        assert!(secret.expose().starts_with("whsec_"));
+        assert_eq!(secret.key_bytes().map(|b| b.len()), Some(SECRET_BYTES));
+        assert!(!format!("{secret:?}").contains(&secret.expose()[6..]));
+        assert_ne!(WebhookSecret::generate(), secret);
+    }
+}
