@@ -28,6 +28,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub log: LogConfig,
     pub api: ApiConfig,
+    pub processor: ProcessorConfig,
+    pub callbacks: CallbacksConfig,
+    pub dispatcher: DispatcherConfig,
     /// `[gateways.<name>]` tables, kept raw here and parsed by the gateway registry, which
     /// owns what a gateway's settings mean.
     #[serde(default)]
@@ -94,6 +97,89 @@ pub struct ApiConfig {
     pub outbox_poll_ms: u64,
 }
 
+/// The payment processor: pending transactions to provider calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Transactions handled at once (bounded worker pool).
+    pub concurrency: usize,
+    /// Lease on a transaction while one attempt runs; longer than the slowest provider call.
+    pub lock_ttl_ms: u64,
+    pub lock_wait_ms: u64,
+    /// Exponential backoff with full jitter: `random(0, min(cap, base * 2^attempt))`.
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    /// Provider calls per transaction before it fails with `max_attempts_exceeded`.
+    pub max_attempts: i32,
+    /// When every route's breaker is open, try again after this long (no attempt used).
+    pub breaker_deferral_ms: u64,
+    /// How often the retry scheduler looks for due transactions, and how many it takes.
+    pub scheduler_poll_ms: u64,
+    pub scheduler_batch: i64,
+    /// A transaction in `submitting`/`submitted` untouched this long is reconciled.
+    pub stuck_after_secs: u64,
+    /// Routing rules, first match wins; a transaction naming a gateway skips them.
+    #[serde(default)]
+    pub routes: Vec<RouteRule>,
+}
+
+/// One routing rule: which gateways (in priority order) take matching transactions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// `deposit` or `withdrawal`; absent matches both.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// ISO 4217 code; absent matches any.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// ISO 3166 alpha-2 country from the transaction's metadata `country`; absent matches any.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// Gateway names, highest priority first.
+    pub gateways: Vec<String>,
+    /// Whether a retryable failure or an open breaker moves on to the next gateway.
+    #[serde(default = "default_true")]
+    pub failover: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The callback processor: provider callbacks to state transitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    pub concurrency: usize,
+    pub lock_ttl_ms: u64,
+    pub lock_wait_ms: u64,
+}
+
+/// The callback dispatcher: signed merchant webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Deliveries in flight at once, over all endpoints.
+    pub concurrency: usize,
+    /// Deliveries in flight at once to one endpoint (bulkhead).
+    pub per_endpoint_concurrency: usize,
+    pub request_timeout_ms: u64,
+    /// Delay before each attempt, in seconds: the first is attempt 1.
+    pub retry_schedule_secs: Vec<u64>,
+    /// ± this percentage of jitter on each delay.
+    pub jitter_percent: u32,
+    /// A `Retry-After` longer than this is capped to it.
+    pub retry_after_max_secs: u64,
+    /// An endpoint failing without a success for this long is disabled.
+    pub disable_after_failing_secs: u64,
+    /// Deliver to loopback addresses (tests and `paygate dev` only).
+    pub allow_loopback: bool,
+    /// Deliver over plain http (tests and `paygate dev` only).
+    pub allow_http: bool,
+    pub scheduler_poll_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -146,6 +232,32 @@ impl Default for Config {
                 cache_ttl_ms: 2_000,
                 outbox_batch_size: 256,
                 outbox_poll_ms: 200,
+            },
+            processor: ProcessorConfig {
+                concurrency: 64,
+                lock_ttl_ms: 30_000,
+                lock_wait_ms: 2_000,
+                retry_base_ms: 1_000,
+                retry_cap_ms: 300_000,
+                max_attempts: 8,
+                breaker_deferral_ms: 5_000,
+                scheduler_poll_ms: 500,
+                scheduler_batch: 256,
+                stuck_after_secs: 300,
+                routes: Vec::new(),
+            },
+            callbacks: CallbacksConfig { concurrency: 64, lock_ttl_ms: 10_000, lock_wait_ms: 5_000 },
+            dispatcher: DispatcherConfig {
+                concurrency: 64,
+                per_endpoint_concurrency: 4,
+                request_timeout_ms: 10_000,
+                retry_schedule_secs: vec![0, 5, 300, 1_800, 7_200, 18_000, 36_000, 36_000],
+                jitter_percent: 20,
+                retry_after_max_secs: 3_600,
+                disable_after_failing_secs: 5 * 24 * 3_600,
+                allow_loopback: false,
+                allow_http: false,
+                scheduler_poll_ms: 500,
             },
             gateways: BTreeMap::new(),
         }
@@ -246,6 +358,23 @@ impl Config {
         if self.api.outbox_batch_size < 1 {
             return fail("API_OUTBOX_BATCH_SIZE", "must be at least 1");
         }
+        if self.processor.concurrency == 0 || self.callbacks.concurrency == 0 || self.dispatcher.concurrency == 0 {
+            return fail("PROCESSOR_CONCURRENCY", "every service concurrency must be at least 1");
+        }
+        if self.processor.max_attempts < 1 {
+            return fail("PROCESSOR_MAX_ATTEMPTS", "must be at least 1");
+        }
+        if self.dispatcher.retry_schedule_secs.is_empty() {
+            return fail("DISPATCHER_RETRY_SCHEDULE_SECS", "needs at least one delay (0 = at once)");
+        }
+        if self.dispatcher.per_endpoint_concurrency == 0 {
+            return fail("DISPATCHER_PER_ENDPOINT_CONCURRENCY", "must be at least 1");
+        }
+        for (i, rule) in self.processor.routes.iter().enumerate() {
+            if rule.gateways.is_empty() {
+                return Err(ConfigError(format!("processor.routes[{i}]: needs at least one gateway")));
+            }
+        }
         Ok(())
     }
 }
@@ -273,6 +402,13 @@ fn env_value(raw: &str) -> figment::value::Value {
     use figment::value::Value;
     if let Ok(i) = raw.parse::<i64>() {
         return Value::from(i);
+    }
+    // `0,5,300`: a list of integers (retry schedules).
+    if raw.contains(',') {
+        let numbers: Result<Vec<i64>, _> = raw.split(',').map(|p| p.trim().parse::<i64>()).collect();
+        if let Ok(numbers) = numbers {
+            return Value::from(numbers);
+        }
     }
     match raw {
         "true" => Value::from(true),
@@ -340,6 +476,8 @@ mod tests {
                 ("PAYGATE_KAFKA_TOPIC_PREFIX", "t1"),
                 ("PAYGATE_DATABASE_MAX_CONNECTIONS", "3"),
                 ("PAYGATE_LOG_FORMAT", "json"),
+                ("PAYGATE_DISPATCHER_RETRY_SCHEDULE_SECS", "0,1,2"),
+                ("PAYGATE_DISPATCHER_ALLOW_LOOPBACK", "true"),
                 ("OTHER_THING", "ignored"),
             ]),
         )
@@ -348,6 +486,8 @@ mod tests {
         assert_eq!(config.kafka.topic_prefix, "t1");
         assert_eq!(config.database.max_connections, 3);
         assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.dispatcher.retry_schedule_secs, vec![0, 1, 2]);
+        assert!(config.dispatcher.allow_loopback);
     }
 
     #[test]
