@@ -7,6 +7,7 @@
 //! - [`lock`]: the Redis lease lock (an efficiency measure; versions are the guarantee);
 //! - [`telemetry`]: tracing set-up.
 
+pub mod announce;
 pub mod bus;
 pub mod cache_keys;
 pub mod config;

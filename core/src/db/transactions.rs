@@ -67,6 +67,8 @@ pub async fn insert(
         .fetch_one(&mut *db)
         .await?;
         if !locked {
+            // Roll back now rather than on drop: sqlx rolls back dropped transactions lazily.
+            db.rollback().await?;
             return Ok(InsertOutcome::InFlight);
         }
         let retention_secs = request.retention.as_secs_f64();
@@ -82,6 +84,9 @@ pub async fn insert(
         .await?;
         match previous {
             Some((hash, status, body, true)) => {
+                // Release the advisory lock now: a dropped transaction is only rolled back
+                // lazily, and until then a sequential retry with this key would see "in flight".
+                db.rollback().await?;
                 return Ok(if hash == request.request_hash {
                     InsertOutcome::Replayed {
                         status: u16::try_from(status).unwrap_or(500),
@@ -126,8 +131,8 @@ async fn insert_row<'e>(exec: impl PgExecutor<'e>, t: &Transaction) -> Result<()
     sqlx::query(
         "INSERT INTO transactions (id, merchant_id, kind, amount, currency, customer_reference, gateway, status,
              version, attempts, next_attempt_at, provider_reference, failure_code, failure_message, callback_url,
-             metadata, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             metadata, created_at, updated_at, routed_gateway)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
     )
     .bind(t.id.as_uuid())
     .bind(t.merchant_id.as_uuid())
@@ -147,6 +152,7 @@ async fn insert_row<'e>(exec: impl PgExecutor<'e>, t: &Transaction) -> Result<()
     .bind(&t.metadata)
     .bind(t.created_at)
     .bind(t.updated_at)
+    .bind(t.routed_gateway.as_ref().map(GatewayName::as_str))
     .execute(exec)
     .await?;
     Ok(())
@@ -162,7 +168,7 @@ pub async fn apply<'e>(
 ) -> Result<Option<Transaction>, DbError> {
     let t = &update.next;
     let result = sqlx::query(
-        "UPDATE transactions SET status = $3, version = $4, attempts = $5, next_attempt_at = $6, gateway = $7,
+        "UPDATE transactions SET status = $3, version = $4, attempts = $5, next_attempt_at = $6, routed_gateway = $7,
              provider_reference = $8, failure_code = $9, failure_message = $10, updated_at = $11
          WHERE id = $1 AND version = $2",
     )
@@ -172,7 +178,7 @@ pub async fn apply<'e>(
     .bind(t.version)
     .bind(t.attempts)
     .bind(t.next_attempt_at)
-    .bind(t.gateway.as_ref().map(GatewayName::as_str))
+    .bind(t.routed_gateway.as_ref().map(GatewayName::as_str))
     .bind(t.provider_reference.as_deref())
     .bind(t.failure.as_ref().map(|f| f.code.as_str()))
     .bind(t.failure.as_ref().map(|f| f.message.as_str()))
@@ -182,8 +188,71 @@ pub async fn apply<'e>(
     Ok((result.rows_affected() == 1).then(|| t.clone()))
 }
 
+/// Applies `update` and, only if it applied, enqueues `announcement` in the same commit:
+/// the state change and the event that announces it are written together or not at all.
+pub async fn apply_and_announce(
+    pool: &PgPool,
+    update: &TransactionUpdate,
+    announcement: Option<&OutboxMessage>,
+) -> Result<Option<Transaction>, DbError> {
+    let mut db = pool.begin().await?;
+    let Some(applied) = apply(&mut *db, update).await? else {
+        return Ok(None);
+    };
+    if let Some(message) = announcement {
+        outbox::enqueue(&mut *db, message).await?;
+    }
+    db.commit().await?;
+    Ok(Some(applied))
+}
+
+/// Retries that are due: locks up to `limit` `retry_scheduled` rows whose time has come and
+/// pushes their `next_attempt_at` forward by `requeue_after` (without a version bump: it is
+/// scheduling, not state), so the next scan does not enqueue them again while their message
+/// is on its way. If the message is lost, they come due again after `requeue_after`.
+pub async fn take_due_retries(
+    pool: &PgPool,
+    limit: i64,
+    requeue_after: Duration,
+) -> Result<Vec<Transaction>, DbError> {
+    let rows: Vec<TransactionRow> = sqlx::query_as(&format!(
+        "UPDATE transactions SET next_attempt_at = now() + make_interval(secs => $2)
+         WHERE id IN (
+             SELECT id FROM transactions
+             WHERE status = 'retry_scheduled' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING {COLUMNS}"
+    ))
+    .bind(limit)
+    .bind(requeue_after.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Transaction::try_from).collect()
+}
+
+/// Transactions in `submitting`/`submitted` not updated for `older_than`: candidates for
+/// reconciliation (a crashed processor, a callback that never came).
+pub async fn stuck_in_flight(pool: &PgPool, older_than: Duration, limit: i64) -> Result<Vec<Transaction>, DbError> {
+    let rows: Vec<TransactionRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM transactions
+         WHERE status IN ('submitting', 'submitted') AND updated_at < now() - make_interval(secs => $1)
+         ORDER BY updated_at LIMIT $2"
+    ))
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Transaction::try_from).collect()
+}
+
+/// How many transactions wait for a retry (a gauge for metrics).
+pub async fn retry_queue_depth<'e>(exec: impl PgExecutor<'e>) -> Result<i64, DbError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM transactions WHERE status = 'retry_scheduled'").fetch_one(exec).await?)
+}
+
 const COLUMNS: &str = "id, merchant_id, kind, amount, currency, customer_reference, gateway, status, version, attempts,
-    next_attempt_at, provider_reference, failure_code, failure_message, callback_url, metadata, created_at, updated_at";
+    next_attempt_at, provider_reference, failure_code, failure_message, callback_url, metadata, created_at, updated_at,
+    routed_gateway";
 
 /// Any merchant's transaction, for the services (never for a merchant-facing read).
 pub async fn get<'e>(
@@ -274,6 +343,7 @@ struct TransactionRow {
     metadata: serde_json::Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    routed_gateway: Option<String>,
 }
 
 impl TryFrom<TransactionRow> for Transaction {
@@ -293,6 +363,12 @@ impl TryFrom<TransactionRow> for Transaction {
                 .map_err(|e| corrupt(format!("{e}")))?,
             gateway: row
                 .gateway
+                .as_deref()
+                .map(GatewayName::parse)
+                .transpose()
+                .map_err(|e| corrupt(format!("{e}")))?,
+            routed_gateway: row
+                .routed_gateway
                 .as_deref()
                 .map(GatewayName::parse)
                 .transpose()

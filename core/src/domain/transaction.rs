@@ -173,8 +173,10 @@ pub struct Transaction {
     pub kind: TransactionKind,
     pub money: Money,
     pub customer: CustomerReference,
-    /// The gateway asked for by the merchant, or chosen by routing once processed.
+    /// The gateway the merchant asked for; `None` lets routing rules choose.
     pub gateway: Option<GatewayName>,
+    /// The gateway of the latest provider attempt (set by the payment processor).
+    pub routed_gateway: Option<GatewayName>,
     pub status: TransactionStatus,
     /// Bumped by every change; the optimistic-concurrency guard.
     pub version: i64,
@@ -213,6 +215,7 @@ impl Transaction {
             money: new.money,
             customer: new.customer,
             gateway: new.gateway,
+            routed_gateway: None,
             status: TransactionStatus::Pending,
             version: 0,
             attempts: 0,
@@ -270,8 +273,22 @@ impl TransactionUpdate {
         self
     }
 
-    pub fn gateway(mut self, gateway: GatewayName) -> Self {
-        self.next.gateway = Some(gateway);
+    /// Gives back an attempt that never reached the provider (its breaker refused at the
+    /// last moment): breaker deferrals do not use up attempts.
+    pub fn refund_attempt(mut self) -> Self {
+        self.next.attempts = self.next.attempts.saturating_sub(1).max(0);
+        self
+    }
+
+    /// Clears the last attempt's error (a success, or a new attempt under way).
+    pub fn clear_failure(mut self) -> Self {
+        self.next.failure = None;
+        self
+    }
+
+    /// Records the gateway this attempt goes to.
+    pub fn routed_to(mut self, gateway: GatewayName) -> Self {
+        self.next.routed_gateway = Some(gateway);
         self
     }
 
