@@ -245,6 +245,17 @@ pub async fn stuck_in_flight(pool: &PgPool, older_than: Duration, limit: i64) ->
     rows.into_iter().map(Transaction::try_from).collect()
 }
 
+/// Notes that a stuck transaction was looked at (the provider says it is still executing),
+/// so reconciliation does not ask again at every scan. Not a state change: no version bump.
+pub async fn touch(pool: &PgPool, id: TransactionId, version: i64) -> Result<bool, DbError> {
+    let done = sqlx::query("UPDATE transactions SET updated_at = now() WHERE id = $1 AND version = $2")
+        .bind(id.as_uuid())
+        .bind(version)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// How many transactions wait for a retry (a gauge for metrics).
 pub async fn retry_queue_depth<'e>(exec: impl PgExecutor<'e>) -> Result<i64, DbError> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM transactions WHERE status = 'retry_scheduled'").fetch_one(exec).await?)
