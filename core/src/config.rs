@@ -220,7 +220,7 @@ impl Default for Config {
             },
             log: LogConfig {
                 format: LogFormat::Pretty,
-                filter: "info".into(),
+                filter: "info,sqlx=warn".into(),
             },
             api: ApiConfig {
                 bind: "127.0.0.1:8080".into(),
