@@ -1,1 +1,131 @@
-//! paygate-payment-processor
+//! paygate-payment-processor: consumes `transactions.pending` and gets each transaction
+//! executed by a provider at most once, through outages, timeouts and crashes.
+//!
+//! - [`handler`]: the Kafka consumer side (bounded worker pool of the core consumer runner);
+//! - [`attempt`]: claim under the lock with a version check, route, call through the
+//!   breaker, record the outcome;
+//! - [`routing`]: explicit gateway or rules, failover order;
+//! - [`backoff`]: exponential backoff with full jitter;
+//! - [`scheduler`]: due retries re-enqueued from Postgres, stuck transactions reconciled.
+
+pub mod attempt;
+pub mod backoff;
+mod handler;
+pub mod routing;
+pub mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer, RelaySettings, Topic};
+use paygate_core::config::Config;
+use paygate_core::db;
+use paygate_core::lock::RedisLock;
+use paygate_gateways::GatewayRegistry;
+use tokio_util::sync::CancellationToken;
+
+use crate::attempt::{Engine, Settings};
+use crate::backoff::Backoff;
+use crate::routing::Router;
+use crate::scheduler::SchedulerSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    #[error(transparent)]
+    Lock(#[from] paygate_core::lock::LockError),
+    #[error(transparent)]
+    Routes(#[from] routing::RouteConfigError),
+}
+
+/// The payment processor service, built and ready to run.
+pub struct PaymentProcessor {
+    engine: Arc<Engine>,
+    consumer: ConsumerRunner,
+    relay: OutboxRelay,
+    scheduler: SchedulerSettings,
+    pool: sqlx::PgPool,
+}
+
+impl PaymentProcessor {
+    /// Connects to Postgres, Redis and Kafka, applies migrations (if configured), creates
+    /// topics, and joins the consumer group.
+    pub async fn build(config: Config, registry: GatewayRegistry) -> Result<Self, ProcessorError> {
+        let pool = db::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            db::migrate(&pool).await?;
+        }
+        bus::ensure_topics(&config.kafka).await?;
+        let lock = RedisLock::connect(&config.redis.url, config.redis.key_prefix.clone()).await?;
+        let cache = redis::Client::open(config.redis.url.as_str())
+            .map_err(paygate_core::lock::LockError::from)?
+            .get_connection_manager()
+            .await
+            .map_err(paygate_core::lock::LockError::from)?;
+        let router = Router::new(&config.processor.routes, registry.names().cloned().collect())?;
+        let p = &config.processor;
+        let engine = Arc::new(Engine {
+            pool: pool.clone(),
+            registry,
+            router,
+            lock,
+            cache: Some(cache),
+            cache_prefix: config.redis.key_prefix.clone(),
+            settings: Settings {
+                lock_ttl: Duration::from_millis(p.lock_ttl_ms),
+                lock_wait: Duration::from_millis(p.lock_wait_ms),
+                backoff: Backoff { base: Duration::from_millis(p.retry_base_ms), cap: Duration::from_millis(p.retry_cap_ms) },
+                max_attempts: p.max_attempts,
+                breaker_deferral: Duration::from_millis(p.breaker_deferral_ms),
+            },
+        });
+        let producer = Producer::new(&config.kafka)?;
+        let mut settings = ConsumerSettings::new(
+            format!("{}.payment-processor", config.kafka.group_prefix),
+            vec![Topic::TransactionsPending],
+        );
+        settings.concurrency = p.concurrency;
+        let consumer = ConsumerRunner::new(
+            &config.kafka,
+            settings,
+            Arc::new(handler::PendingHandler { engine: engine.clone() }),
+            producer.clone(),
+        )?;
+        let relay = OutboxRelay::new(
+            pool.clone(),
+            producer,
+            RelaySettings {
+                batch_size: config.api.outbox_batch_size,
+                poll_interval: Duration::from_millis(config.api.outbox_poll_ms),
+                failure_backoff: Duration::from_secs(1),
+            },
+        );
+        let scheduler = SchedulerSettings {
+            poll: Duration::from_millis(p.scheduler_poll_ms),
+            batch: p.scheduler_batch,
+            requeue_after: Duration::from_millis(p.lock_ttl_ms.saturating_mul(2)).max(Duration::from_secs(10)),
+            stuck_after: Duration::from_secs(p.stuck_after_secs),
+        };
+        Ok(Self { engine, consumer, relay, scheduler, pool })
+    }
+
+    /// The attempt engine (tests drive it directly).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
+    }
+
+    /// Runs the consumer, the retry scheduler and an outbox relay until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
+        let scheduler = tokio::spawn(scheduler::run(self.pool.clone(), self.engine.clone(), self.scheduler, shutdown.clone()));
+        let relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        let consumed = self.consumer.run(shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = scheduler.await;
+        let _ = relay.await;
+        consumed?;
+        Ok(())
+    }
+}
