@@ -1,5 +1,6 @@
 //! Explicit topic creation at start-up: brokers (tansu among them) may not auto-create.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -10,54 +11,54 @@ use super::producer::client_config;
 use super::{BusError, Topic, Topics};
 use crate::config::KafkaConfig;
 
-/// Creates the four topics with the configured partitions, treating "already exists" as
-/// success, then waits until the broker lists them all.
+type Admin = Arc<AdminClient<DefaultClientContext>>;
+
+/// Makes sure the four topics exist: creates the missing ones with the configured
+/// partitions ("already exists" from a racing process is success), then waits until the
+/// broker lists them all. When they all exist already, no admin request is made (so a
+/// broker without CreateTopics, such as librdkafka's mock cluster with pre-made topics, works).
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), BusError> {
-    let admin: std::sync::Arc<AdminClient<DefaultClientContext>> =
-        std::sync::Arc::new(client_config(config).create()?);
+    let admin: Admin = Arc::new(client_config(config).create()?);
     let topics = Topics::new(config.topic_prefix.clone());
     let names: Vec<String> = Topic::ALL.iter().map(|t| topics.name(*t)).collect();
-    let new_topics: Vec<NewTopic<'_>> = names
+    let listed = list_topics(&admin).await?;
+    let missing: Vec<&String> = names.iter().filter(|n| !listed.contains(n)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|name| {
-            NewTopic::new(
-                name,
-                config.partitions,
-                TopicReplication::Fixed(config.replication_factor),
-            )
-        })
+        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(BusError::TopicCreation {
-                    topic: name,
-                    code: code.to_string(),
-                })
-            }
+            Err((name, code)) => return Err(BusError::TopicCreation { topic: name, code: code.to_string() }),
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let client = admin.clone();
-        let listed: Vec<String> = tokio::task::spawn_blocking(move || {
-            client
-                .inner()
-                .fetch_metadata(None, Duration::from_secs(5))
-                .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
-        })
-        .await
-        .map_err(|e| BusError::Other(e.to_string()))??;
+        let listed = list_topics(&admin).await?;
         if names.iter().all(|n| listed.contains(n)) {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(BusError::Other(format!(
-                "topics not visible after creation: {names:?}"
-            )));
+            return Err(BusError::Other(format!("topics not visible after creation: {names:?}")));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn list_topics(admin: &Admin) -> Result<Vec<String>, BusError> {
+    let client = admin.clone();
+    tokio::task::spawn_blocking(move || {
+        client
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
+    })
+    .await
+    .map_err(|e| BusError::Other(e.to_string()))?
+    .map_err(BusError::from)
 }
