@@ -1,1 +1,268 @@
-//! paygate-api
+//! paygate-api: the merchant REST API (`/v1`), the provider callback ingress
+//! (`/callbacks/{gateway}`), the outbox relay to Kafka, and `/healthz`, `/readyz`,
+//! `/metrics`, `/openapi.json`.
+//!
+//! [`Application::build`] connects to Postgres, Redis and Kafka, applies migrations when
+//! configured, ensures the topics and binds the listener; [`Application::run`] serves until
+//! the shutdown token is cancelled, then drains requests and stops the relay.
+//!
+//! Kafka being unreachable does not stop the API: payments are committed with their outbox
+//! rows and wait; `/readyz` reports `degraded` and callbacks get 503 until it is back.
+
+pub mod auth;
+pub mod body;
+pub mod cache;
+pub mod error;
+pub mod idempotency;
+pub mod metrics;
+pub mod openapi;
+pub mod rate_limit;
+pub mod relay;
+pub mod resources;
+pub mod routes;
+pub mod url_policy;
+pub mod validation;
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use paygate_core::bus::relay::{OutboxRelay, RelayHealth};
+use paygate_core::bus::{ensure_topics, Producer};
+use paygate_core::config::{ApiConfig, Config, KafkaConfig};
+use paygate_core::db;
+use paygate_gateways::GatewayRegistry;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, HttpError};
+
+/// How long start-up waits for topic creation before going on degraded (and retrying).
+const TOPICS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Provider callbacks wait at most this long for the broker's ack before a 503.
+const CALLBACK_PRODUCE_TIMEOUT_MS: u64 = 10_000;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub pool: PgPool,
+    pub cache: cache::TransactionCache,
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    pub registry: GatewayRegistry,
+    /// Produces authenticated callbacks; also probes the broker for `/readyz`.
+    pub producer: Producer,
+    pub relay_health: Arc<RelayHealth>,
+    pub topics_ready: Arc<AtomicBool>,
+    pub backlog: Arc<relay::Backlog>,
+    pub config: ApiConfig,
+    pub metrics: Option<PrometheusHandle>,
+    /// Hosts a webhook or callback URL may use over plain http.
+    pub http_hosts: Vec<&'static str>,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The API process, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    relay: OutboxRelay,
+    relay_producer: Producer,
+    kafka: KafkaConfig,
+}
+
+impl Application {
+    /// Builds with the gateways configured in `config.gateways`.
+    pub async fn build(config: Config) -> Result<Self, ApiError> {
+        let registry = GatewayRegistry::from_config(&config.gateways)
+            .map_err(|e| ApiError::Gateways(e.to_string()))?;
+        Self::build_with(config, registry).await
+    }
+
+    /// Builds with an explicit gateway registry (tests, embedders).
+    pub async fn build_with(config: Config, registry: GatewayRegistry) -> Result<Self, ApiError> {
+        let metrics = metrics::install();
+        let pool = db::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            db::migrate(&pool).await?;
+        }
+
+        let client = redis::Client::open(config.redis.url.as_str())?;
+        let redis_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(2);
+        let redis = ConnectionManager::new_with_config(client, redis_config).await?;
+        let cache = cache::TransactionCache::new(
+            redis,
+            config.redis.key_prefix.clone(),
+            Duration::from_millis(config.api.cache_ttl_ms),
+        );
+
+        let topics_ready = Arc::new(AtomicBool::new(false));
+        match tokio::time::timeout(TOPICS_TIMEOUT, ensure_topics(&config.kafka)).await {
+            Ok(Ok(())) => topics_ready.store(true, Ordering::Relaxed),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "could not ensure Kafka topics; starting degraded")
+            }
+            Err(_) => {
+                tracing::error!("Kafka did not answer topic creation in time; starting degraded")
+            }
+        }
+
+        let relay_producer = Producer::new(&config.kafka)?;
+        let mut callback_kafka = config.kafka.clone();
+        callback_kafka.message_timeout_ms = callback_kafka
+            .message_timeout_ms
+            .min(CALLBACK_PRODUCE_TIMEOUT_MS);
+        let producer = Producer::new(&callback_kafka)?;
+        let (relay, relay_health) = relay::relay(pool.clone(), relay_producer.clone(), &config.api);
+
+        let listener = TcpListener::bind(&config.api.bind)
+            .await
+            .map_err(|source| ApiError::Bind {
+                addr: config.api.bind.clone(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| ApiError::Bind {
+                addr: config.api.bind.clone(),
+                source,
+            })?
+            .port();
+
+        let state = AppState(Arc::new(Shared {
+            pool,
+            cache,
+            rate_limiter: Arc::new(rate_limit::RateLimiter::new(
+                config.api.rate_limit_per_second,
+                config.api.rate_limit_burst,
+            )),
+            registry,
+            producer,
+            relay_health,
+            topics_ready,
+            backlog: Arc::new(relay::Backlog::default()),
+            config: config.api.clone(),
+            metrics,
+            http_hosts: url_policy::DEFAULT_HTTP_HOSTS.to_vec(),
+        }));
+        Ok(Self {
+            listener,
+            port,
+            state,
+            relay,
+            relay_producer,
+            kafka: config.kafka,
+        })
+    }
+
+    /// The bound port (useful with `bind = "127.0.0.1:0"`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests reach the pool through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled; then stops accepting, finishes in-flight
+    /// requests, lets the relay finish its round and flushes the producers.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ApiError> {
+        let Self {
+            listener,
+            port,
+            state,
+            relay,
+            relay_producer,
+            kafka,
+        } = self;
+        tracing::info!(port, "paygate API listening");
+        let background = shutdown.child_token();
+
+        state.rate_limiter.spawn_cleanup(background.clone());
+        let sampler = relay::spawn_lag_sampler(
+            state.pool.clone(),
+            state.backlog.clone(),
+            background.clone(),
+        );
+        let purger = spawn_idempotency_purge(state.pool.clone(), &state.config, background.clone());
+        if !state.topics_ready.load(Ordering::Relaxed) {
+            spawn_topic_retry(kafka, state.topics_ready.clone(), background.clone());
+        }
+        let relay_task = tokio::spawn(relay.run(background.clone()));
+
+        let app = routes::router(state.clone());
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+
+        background.cancel();
+        let _ = relay_task.await;
+        let _ = sampler.await;
+        let _ = purger.await;
+        for producer in [&relay_producer, &state.producer] {
+            if let Err(error) = producer.flush(Duration::from_secs(5)) {
+                tracing::warn!(%error, "producer flush at shutdown");
+            }
+        }
+        tracing::info!("paygate API stopped");
+        served.map_err(ApiError::Serve)
+    }
+}
+
+/// Forgets idempotency keys past their retention, hourly.
+fn spawn_idempotency_purge(
+    pool: PgPool,
+    config: &ApiConfig,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let retention = Duration::from_secs(config.idempotency_retention_hours.saturating_mul(3600));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match db::transactions::purge_idempotency_keys(&pool, retention).await {
+                Ok(purged) if purged > 0 => {
+                    tracing::info!(purged, "expired idempotency keys purged")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "idempotency key purge failed"),
+            }
+        }
+    })
+}
+
+/// Keeps trying to create the topics after a degraded start.
+fn spawn_topic_retry(kafka: KafkaConfig, ready: Arc<AtomicBool>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(TOPICS_TIMEOUT, ensure_topics(&kafka)).await {
+                ready.store(true, Ordering::Relaxed);
+                tracing::info!("Kafka topics ensured");
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,226 @@
+//! The one error shape every response uses: `{"error": {"type", "code", "message", "param"}}`.
+//!
+//! `type` is the broad class a client branches on, `code` the precise machine-readable reason,
+//! `message` a sentence for a developer, `param` the request field at fault (or `null`).
+//! Internal failures are logged here with their detail and answered with a generic message:
+//! nothing about Postgres, Redis or Kafka ever reaches a client.
+
+use std::fmt;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The broad class of an error (Stripe's `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    /// The request was wrong: fix it before retrying.
+    InvalidRequestError,
+    /// No valid API key, or a forged provider callback.
+    AuthenticationError,
+    /// Too many requests for this API key; retry after `Retry-After` seconds.
+    RateLimitError,
+    /// An `Idempotency-Key` was reused with another request, or is in use right now.
+    IdempotencyError,
+    /// Our fault or a dependency's; safe to retry with the same `Idempotency-Key`.
+    ApiError,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    #[serde(rename = "type")]
+    pub kind: ErrorType,
+    /// Machine-readable reason, e.g. `amount_invalid`, `resource_missing`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The request parameter at fault, if one is.
+    pub param: Option<String>,
+}
+
+/// An error response on its way out.
+#[derive(Debug, Clone)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub kind: ErrorType,
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl HttpError {
+    pub fn new(
+        status: StatusCode,
+        kind: ErrorType,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// 400 about one request parameter.
+    pub fn invalid_param(code: &'static str, param: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorType::InvalidRequestError,
+            code,
+            message,
+        )
+        .param(param)
+    }
+
+    pub fn missing_param(param: &str) -> Self {
+        Self::invalid_param(
+            "parameter_missing",
+            param,
+            format!("missing required parameter: {param}"),
+        )
+    }
+
+    pub fn invalid_json(detail: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorType::InvalidRequestError,
+            "invalid_json",
+            format!("request body is not valid JSON: {detail}"),
+        )
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorType::AuthenticationError,
+            "invalid_api_key",
+            message,
+        )
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorType::InvalidRequestError,
+            "resource_missing",
+            format!("no such {what}"),
+        )
+    }
+
+    pub fn unsupported_media_type(expected: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorType::InvalidRequestError,
+            "unsupported_media_type",
+            format!("Content-Type must be {expected}"),
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::InvalidRequestError,
+            "body_too_large",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::RateLimitError,
+            "rate_limited",
+            "too many requests for this API key; retry after the Retry-After delay",
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
+    /// 503: a dependency is down; the caller should retry later.
+    pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::ApiError,
+            "service_unavailable",
+            message,
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
+    /// 500. The detail is logged, never sent.
+    pub fn internal(detail: impl fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorType::ApiError,
+            "internal_error",
+            "an internal error occurred; retry with the same Idempotency-Key",
+        )
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind,
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+                param: self.param.clone(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(delay) = self.retry_after {
+            // Whole seconds, rounded up, at least 1: a client that waits this long succeeds.
+            let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Database(#[from] paygate_core::db::DbError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Bus(#[from] paygate_core::bus::BusError),
+    #[error("gateways: {0}")]
+    Gateways(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}

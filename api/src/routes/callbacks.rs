@@ -1,0 +1,163 @@
+//! `POST /callbacks/{gateway}`: a provider reports an outcome.
+//!
+//! The gateway authenticates and parses the raw body first; only an authentic, well-formed
+//! callback is produced to `paygate.callbacks.received` (keyed by our transaction id), and
+//! 200 is answered only after the broker acknowledged it. Nothing is written to Postgres:
+//! the callback processor applies it. Unknown gateway 404, forged 401, too large 413,
+//! unsupported type 415, malformed 400, broker down 503 (the provider retries).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::Json;
+use chrono::Utc;
+use paygate_core::bus::events::{Body, CallbackReceived, Envelope};
+use paygate_core::bus::trace::TRACEPARENT;
+use paygate_core::bus::Topic;
+use paygate_core::domain::GatewayName;
+use paygate_gateways::{CallbackError, CallbackRequest};
+
+use crate::body;
+use crate::error::{ErrorType, HttpError};
+use crate::resources::CallbackAccepted;
+use crate::AppState;
+
+/// Receive a provider callback.
+#[utoipa::path(
+    post, path = "/callbacks/{gateway}", tag = "callbacks",
+    params(("gateway" = String, Path, description = "The configured gateway name")),
+    request_body(
+        description = "The provider's callback, exactly as it signed it",
+        content(
+            (Vec<u8> = "application/json"),
+            (Vec<u8> = "application/xml"),
+            (Vec<u8> = "text/xml"),
+            (Vec<u8> = "application/x-protobuf"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Authenticated and durably queued", body = CallbackAccepted),
+        (status = 400, description = "Authentic but malformed", body = crate::error::ErrorBody),
+        (status = 401, description = "Signature missing, forged or stale", body = crate::error::ErrorBody),
+        (status = 404, description = "No such gateway", body = crate::error::ErrorBody),
+        (status = 413, body = crate::error::ErrorBody),
+        (status = 415, body = crate::error::ErrorBody),
+        (status = 503, description = "Could not be queued; retry", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn receive(
+    State(state): State<AppState>,
+    gateway: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Json<CallbackAccepted>, HttpError> {
+    let Ok(Path(raw_name)) = gateway else {
+        return Err(HttpError::not_found("gateway"));
+    };
+    let name = GatewayName::parse(&raw_name).map_err(|_| HttpError::not_found("gateway"))?;
+    let gateway = state
+        .registry
+        .get(&name)
+        .ok_or_else(|| HttpError::not_found("gateway"))?;
+
+    let (headers, bytes) = body::read_raw(request, state.config.callback_max_body_bytes).await?;
+    let received_at = Utc::now();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Header names from the HTTP layer are already lower case.
+    let header_map: BTreeMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_owned(), v.to_owned()))
+        })
+        .collect();
+    let callback = CallbackRequest {
+        body: bytes.clone(),
+        content_type: content_type.clone(),
+        headers: header_map.clone(),
+        received_at,
+    };
+
+    // The trait forbids panics; a connector bug must still not take the request down
+    // without an answer, nor be mistaken for an authentic callback.
+    let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gateway.handle_callback(&callback)
+    }))
+    .map_err(|_| {
+        HttpError::internal(format!(
+            "gateway {name} panicked while verifying a callback"
+        ))
+    })?;
+    let outcome = verdict.map_err(|error| {
+        tracing::warn!(gateway = %name, %error, "provider callback refused");
+        metrics::counter!("paygate_callbacks_refused_total", "gateway" => name.to_string())
+            .increment(1);
+        refusal(error)
+    })?;
+
+    let trace = super::trace_from(&headers);
+    let event = Envelope::new(Body::CallbackReceived(CallbackReceived {
+        gateway: name.to_string(),
+        content_type: content_type.unwrap_or_default(),
+        body: bytes.to_vec(),
+        headers: header_map.into_iter().collect::<HashMap<_, _>>(),
+        received_at_unix_ms: received_at.timestamp_millis(),
+    }));
+    let kafka_headers = BTreeMap::from([(TRACEPARENT.to_owned(), trace.to_string())]);
+    let key = outcome.transaction_id.to_string();
+    if let Err(error) = state
+        .producer
+        .send(
+            Topic::CallbacksReceived,
+            &key,
+            &event.encode_to_bytes(),
+            &kafka_headers,
+        )
+        .await
+    {
+        tracing::error!(gateway = %name, transaction = %key, %error, "callback not queued; answering 503");
+        return Err(HttpError::unavailable(
+            "the callback could not be queued; retry later",
+            Duration::from_secs(5),
+        ));
+    }
+    tracing::info!(gateway = %name, transaction = %key, trace_id = %trace.trace_id(), "provider callback queued");
+    metrics::counter!("paygate_callbacks_queued_total", "gateway" => name.to_string()).increment(1);
+    Ok(Json(CallbackAccepted { received: true }))
+}
+
+/// The HTTP answer to a refused callback. A forged one learns nothing about why.
+fn refusal(error: CallbackError) -> HttpError {
+    match error {
+        CallbackError::Unauthenticated(_) => HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorType::AuthenticationError,
+            "signature_invalid",
+            "the callback signature could not be verified",
+        ),
+        CallbackError::Malformed(why) => HttpError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorType::InvalidRequestError,
+            "callback_malformed",
+            format!("malformed callback: {why}"),
+        ),
+        CallbackError::UnsupportedContentType(content_type) => HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorType::InvalidRequestError,
+            "unsupported_media_type",
+            format!("this gateway does not accept {content_type:?}"),
+        ),
+        CallbackError::TooLarge => HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::InvalidRequestError,
+            "body_too_large",
+            "the callback body is larger than this gateway accepts",
+        ),
+    }
+}

@@ -1,0 +1,284 @@
+//! Request bodies to domain values, field by field, so each error names its field.
+//!
+//! Bodies are read as a `serde_json::Value` first: a float, an overflow, a zero and a
+//! negative amount then get distinct messages (`Amount::from_json`) instead of serde's
+//! generic "invalid type".
+
+use paygate_core::domain::{Amount, Currency, CustomerReference, GatewayName, Money, MoneyError};
+use serde_json::{Map, Value};
+
+use crate::error::HttpError;
+use crate::url_policy;
+
+pub const METADATA_MAX_KEYS: usize = 20;
+pub const METADATA_MAX_KEY_CHARS: usize = 40;
+pub const METADATA_MAX_VALUE_CHARS: usize = 500;
+
+/// A valid `POST /v1/deposits` / `withdrawals` body.
+#[derive(Debug, Clone)]
+pub struct CreateTransaction {
+    pub money: Money,
+    pub customer: CustomerReference,
+    pub gateway: Option<GatewayName>,
+    pub callback_url: Option<String>,
+    pub metadata: Value,
+}
+
+const CREATE_FIELDS: &[&str] = &[
+    "amount",
+    "currency",
+    "customer",
+    "gateway",
+    "callback_url",
+    "metadata",
+];
+
+/// Checks a create body. `gateway_exists` says whether a named gateway is configured.
+pub fn create_transaction(
+    body: &Value,
+    gateway_exists: impl Fn(&GatewayName) -> bool,
+    http_hosts: &[&str],
+) -> Result<CreateTransaction, HttpError> {
+    let object = as_object(body)?;
+    refuse_unknown_fields(object, CREATE_FIELDS)?;
+
+    let amount = required(object, "amount")?;
+    let amount = Amount::from_json(amount)
+        .map_err(|e| HttpError::invalid_param("amount_invalid", "amount", e.to_string()))?;
+    let currency = required_str(object, "currency")?;
+    let currency = Currency::parse(currency).map_err(|e| {
+        let code = match e {
+            MoneyError::UnknownCurrency(_) | MoneyError::NotPayable(_) => "currency_unsupported",
+            _ => "currency_invalid",
+        };
+        HttpError::invalid_param(code, "currency", e.to_string())
+    })?;
+    let customer = required_str(object, "customer")?;
+    let customer = CustomerReference::parse(customer)
+        .map_err(|e| HttpError::invalid_param("customer_invalid", "customer", e.to_string()))?;
+
+    let gateway = match optional(object, "gateway") {
+        None => None,
+        Some(value) => {
+            let text = value.as_str().ok_or_else(|| not_a_string("gateway"))?;
+            let name = GatewayName::parse(text).map_err(|e| {
+                HttpError::invalid_param("gateway_invalid", "gateway", e.to_string())
+            })?;
+            if !gateway_exists(&name) {
+                return Err(HttpError::invalid_param(
+                    "gateway_unknown",
+                    "gateway",
+                    format!("no gateway named {text:?} is configured"),
+                ));
+            }
+            Some(name)
+        }
+    };
+    let callback_url = match optional(object, "callback_url") {
+        None => None,
+        Some(value) => {
+            let text = value.as_str().ok_or_else(|| not_a_string("callback_url"))?;
+            let url = url_policy::validate_destination_url(text, http_hosts)
+                .map_err(|why| HttpError::invalid_param("url_invalid", "callback_url", why))?;
+            Some(url.to_string())
+        }
+    };
+    let metadata = match optional(object, "metadata") {
+        None => Value::Object(Map::new()),
+        Some(value) => metadata(value)?,
+    };
+    Ok(CreateTransaction {
+        money: Money::new(amount, currency),
+        customer,
+        gateway,
+        callback_url,
+        metadata,
+    })
+}
+
+/// A valid `POST /v1/webhook-endpoints` body.
+#[derive(Debug, Clone)]
+pub struct CreateWebhookEndpoint {
+    pub url: String,
+    pub description: Option<String>,
+}
+
+pub fn create_webhook_endpoint(
+    body: &Value,
+    http_hosts: &[&str],
+) -> Result<CreateWebhookEndpoint, HttpError> {
+    let object = as_object(body)?;
+    refuse_unknown_fields(object, &["url", "description"])?;
+    let url = required_str(object, "url")?;
+    let url = url_policy::validate_destination_url(url, http_hosts)
+        .map_err(|why| HttpError::invalid_param("url_invalid", "url", why))?;
+    let description = match optional(object, "description") {
+        None => None,
+        Some(value) => {
+            let text = value.as_str().ok_or_else(|| not_a_string("description"))?;
+            if text.chars().count() > 500 || text.chars().any(char::is_control) {
+                return Err(HttpError::invalid_param(
+                    "description_invalid",
+                    "description",
+                    "description must be at most 500 characters without control characters",
+                ));
+            }
+            Some(text.to_owned())
+        }
+    };
+    Ok(CreateWebhookEndpoint {
+        url: url.to_string(),
+        description,
+    })
+}
+
+fn as_object(body: &Value) -> Result<&Map<String, Value>, HttpError> {
+    body.as_object().ok_or_else(|| {
+        HttpError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            crate::error::ErrorType::InvalidRequestError,
+            "body_invalid",
+            "request body must be a JSON object",
+        )
+    })
+}
+
+fn refuse_unknown_fields(object: &Map<String, Value>, known: &[&str]) -> Result<(), HttpError> {
+    let mut unknown: Vec<&String> = object
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(field) => Err(HttpError::invalid_param(
+            "parameter_unknown",
+            field,
+            format!("unknown parameter: {field} (allowed: {})", known.join(", ")),
+        )),
+    }
+}
+
+/// A present, non-null field.
+fn optional<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    object.get(field).filter(|v| !v.is_null())
+}
+
+fn required<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a Value, HttpError> {
+    optional(object, field).ok_or_else(|| HttpError::missing_param(field))
+}
+
+fn required_str<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, HttpError> {
+    required(object, field)?
+        .as_str()
+        .ok_or_else(|| not_a_string(field))
+}
+
+fn not_a_string(field: &str) -> HttpError {
+    HttpError::invalid_param(
+        "parameter_invalid_string",
+        field,
+        format!("{field} must be a string"),
+    )
+}
+
+fn metadata(value: &Value) -> Result<Value, HttpError> {
+    let invalid = |why: String| HttpError::invalid_param("metadata_invalid", "metadata", why);
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid("metadata must be a JSON object".to_owned()))?;
+    if object.len() > METADATA_MAX_KEYS {
+        return Err(invalid(format!(
+            "metadata may have at most {METADATA_MAX_KEYS} keys"
+        )));
+    }
+    for (key, value) in object {
+        if key.is_empty() || key.chars().count() > METADATA_MAX_KEY_CHARS {
+            return Err(invalid(format!(
+                "metadata keys must be 1 to {METADATA_MAX_KEY_CHARS} characters"
+            )));
+        }
+        match value {
+            Value::String(s) if s.chars().count() > METADATA_MAX_VALUE_CHARS => {
+                return Err(invalid(format!(
+                    "metadata values must be at most {METADATA_MAX_VALUE_CHARS} characters"
+                )));
+            }
+            Value::Object(_) | Value::Array(_) => {
+                return Err(invalid(
+                    "metadata values must be strings, numbers, booleans or null".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(value.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(body: Value) -> Result<CreateTransaction, HttpError> {
+        create_transaction(
+            &body,
+            |g| g.as_str() == "sandbox-json",
+            url_policy::DEFAULT_HTTP_HOSTS,
+        )
+    }
+
+    fn param_of(body: Value) -> Option<String> {
+        check(body).err().and_then(|e| e.param)
+    }
+
+    #[test]
+    fn each_error_names_its_field() {
+        let ok = json!({"amount": 1050, "currency": "USD", "customer": "c1"});
+        assert!(check(ok.clone()).is_ok());
+        let with = |field: &str, value: Value| {
+            let mut body = ok.clone();
+            body[field] = value;
+            body
+        };
+        assert_eq!(
+            param_of(with("amount", json!(10.5))).as_deref(),
+            Some("amount")
+        );
+        assert_eq!(
+            param_of(with("amount", json!("10"))).as_deref(),
+            Some("amount")
+        );
+        assert_eq!(
+            param_of(with("currency", json!("ZZZ"))).as_deref(),
+            Some("currency")
+        );
+        assert_eq!(
+            param_of(with("currency", json!(840))).as_deref(),
+            Some("currency")
+        );
+        assert_eq!(
+            param_of(with("customer", json!(""))).as_deref(),
+            Some("customer")
+        );
+        assert_eq!(
+            param_of(with("gateway", json!("nope"))).as_deref(),
+            Some("gateway")
+        );
+        assert_eq!(
+            param_of(with("callback_url", json!("http://x.example/"))).as_deref(),
+            Some("callback_url")
+        );
+        assert_eq!(
+            param_of(with("metadata", json!({"a": {"b": 1}}))).as_deref(),
+            Some("metadata")
+        );
+        assert_eq!(param_of(with("extra", json!(1))).as_deref(), Some("extra"));
+        assert_eq!(
+            param_of(json!({"currency": "USD", "customer": "c"})).as_deref(),
+            Some("amount")
+        );
+        assert!(check(with("gateway", json!("sandbox-json"))).is_ok());
+        assert!(check(with("gateway", Value::Null)).is_ok());
+    }
+}

@@ -1,0 +1,269 @@
+//! The callback ingress with the real connectors and their own signing helpers: valid,
+//! forged, tampered, malformed, wrong type and oversize callbacks in each of the three
+//! formats, and a broker outage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use paygate_core::bus::events::{Body, Envelope};
+use paygate_core::bus::Topic;
+use paygate_core::domain::{GatewayName, Money, TransactionId, TransactionKind};
+use paygate_gateways::callback::{CallbackFields, SignedCallback};
+use paygate_gateways::{
+    json, protobuf, soap, GatewayRegistry, GatewaySettings, PaymentGateway, ReportedStatus, Secret,
+};
+
+use crate::helpers::*;
+
+const WEBHOOK_SECRET: &str = "whsec_test_provider_secret";
+
+#[derive(Clone, Copy, Debug)]
+enum Format {
+    Json,
+    Soap,
+    Protobuf,
+}
+
+impl Format {
+    const ALL: [Format; 3] = [Format::Json, Format::Soap, Format::Protobuf];
+
+    fn gateway(self) -> &'static str {
+        match self {
+            Format::Json => "psp-json",
+            Format::Soap => "psp-soap",
+            Format::Protobuf => "psp-proto",
+        }
+    }
+
+    fn sign(self, secret: &str, fields: &CallbackFields) -> SignedCallback {
+        let secret = Secret::new(secret);
+        match self {
+            Format::Json => json::signed_callback(&secret, fields),
+            Format::Soap => soap::signed_callback(&secret, fields),
+            Format::Protobuf => protobuf::signed_callback(&secret, fields),
+        }
+    }
+
+    /// `body` signed correctly, whatever it contains.
+    fn sign_raw(self, body: Vec<u8>) -> SignedCallback {
+        let secret = Secret::new(WEBHOOK_SECRET);
+        match self {
+            Format::Json => json::sign_body(&secret, Bytes::from(body)),
+            Format::Soap => soap::sign_body(&secret, Bytes::from(body), Utc::now()),
+            Format::Protobuf => protobuf::sign_body(&secret, body),
+        }
+    }
+}
+
+fn registry() -> anyhow::Result<GatewayRegistry> {
+    let mut gateways: Vec<Arc<dyn PaymentGateway>> = Vec::new();
+    for format in Format::ALL {
+        let name = GatewayName::parse(format.gateway())?;
+        let url = url::Url::parse("http://127.0.0.1:1/")?;
+        let kind = match format {
+            Format::Json => "json",
+            Format::Soap => "soap",
+            Format::Protobuf => "protobuf",
+        };
+        let settings = GatewaySettings::new(
+            name,
+            kind,
+            url,
+            Secret::new("sk_provider"),
+            Secret::new(WEBHOOK_SECRET),
+        );
+        gateways.push(paygate_gateways::registry::build(settings)?);
+    }
+    Ok(GatewayRegistry::from_gateways(gateways))
+}
+
+fn fields(transaction_id: TransactionId) -> anyhow::Result<CallbackFields> {
+    Ok(CallbackFields {
+        transaction_id,
+        kind: TransactionKind::Deposit,
+        status: ReportedStatus::Succeeded,
+        provider_reference: format!("prov_{}", &transaction_id.to_string()[4..16]),
+        event_id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
+        money: Money::from_parts(1050, "USD")?,
+        sent_at: Utc::now(),
+    })
+}
+
+async fn send(
+    app: &TestApp,
+    gateway: &str,
+    callback: &SignedCallback,
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = app
+        .client
+        .post(app.url(&format!("/callbacks/{gateway}")))
+        .header("content-type", &callback.content_type)
+        .body(callback.body.clone());
+    for (name, value) in &callback.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    Ok(request.send().await?)
+}
+
+#[tokio::test]
+async fn each_format_valid_forged_malformed_wrong_type_and_oversize() -> TestResult {
+    let app = spawn_with(|_| {}, registry()?).await?;
+    let mut accepted = Vec::new();
+    for format in Format::ALL {
+        let gateway = format.gateway();
+        let id = TransactionId::new();
+        let valid = format.sign(WEBHOOK_SECRET, &fields(id)?);
+
+        let response = send(&app, gateway, &valid).await?;
+        assert_eq!(response.status(), 200, "{format:?} valid");
+        accepted.push((id, gateway, valid.clone()));
+
+        let forged = format.sign("whsec_not_the_secret", &fields(TransactionId::new())?);
+        let response = send(&app, gateway, &forged).await?;
+        assert_eq!(response.status(), 401, "{format:?} forged");
+        assert_eq!(error_of(response).await?.0, "authentication_error");
+
+        // A valid signature over other bytes: the body was tampered with.
+        let mut tampered = valid.clone();
+        let mut body = tampered.body.to_vec();
+        if let Some(pos) = body.iter().position(|b| *b == b'5') {
+            body[pos] = b'9';
+        } else if let Some(last) = body.last_mut() {
+            *last ^= 0x01;
+        }
+        tampered.body = Bytes::from(body);
+        let response = send(&app, gateway, &tampered).await?;
+        assert!(
+            matches!(response.status().as_u16(), 400 | 401),
+            "{format:?} tampered: {}",
+            response.status()
+        );
+        if response.status() == 400 {
+            // Only acceptable when the change broke the outer framing before any trust.
+            assert!(
+                matches!(format, Format::Protobuf),
+                "{format:?} tampered must be 401"
+            );
+        }
+
+        // Authentic but malformed: correctly signed garbage / truncated documents.
+        let truncated = match format {
+            Format::Soap => valid.body[..valid.body.len() / 2].to_vec(),
+            Format::Json => valid.body[..valid.body.len() / 2].to_vec(),
+            Format::Protobuf => b"\xff\xfe garbage, not a PaymentEvent".to_vec(),
+        };
+        let response = send(&app, gateway, &format.sign_raw(truncated)).await?;
+        assert_eq!(response.status(), 400, "{format:?} malformed");
+        assert_eq!(error_of(response).await?.1, "callback_malformed");
+
+        // Unsigned garbage is never believed.
+        let response = app
+            .client
+            .post(app.url(&format!("/callbacks/{gateway}")))
+            .header("content-type", &valid.content_type)
+            .body(vec![0xde_u8, 0xad, 0xbe, 0xef])
+            .send()
+            .await?;
+        assert!(
+            matches!(response.status().as_u16(), 400 | 401),
+            "{format:?} garbage: {}",
+            response.status()
+        );
+
+        let mut wrong_type = valid.clone();
+        wrong_type.content_type = "text/plain".into();
+        let response = send(&app, gateway, &wrong_type).await?;
+        assert_eq!(response.status(), 415, "{format:?} wrong type");
+
+        // Past the gateway's own limit (64 KiB) and past the API's (api.callback_max_body_bytes).
+        for size in [100 * 1024, app.config.api.callback_max_body_bytes + 1] {
+            let mut big = valid.clone();
+            big.body = Bytes::from(vec![b' '; size]);
+            let response = send(&app, gateway, &big).await?;
+            assert_eq!(response.status(), 413, "{format:?} {size} bytes");
+        }
+    }
+
+    // Exactly the valid ones were queued, keyed by their transaction, raw and whole.
+    let messages = consume_topic(
+        &app.config,
+        Topic::CallbacksReceived,
+        3,
+        Duration::from_secs(30),
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert_eq!(messages.len(), 3, "only authenticated callbacks are queued");
+    for (id, gateway, valid) in accepted {
+        let (_, payload) = messages
+            .iter()
+            .find(|(key, _)| *key == id.to_string())
+            .ok_or_else(|| anyhow::anyhow!("no message keyed {id}"))?;
+        let Some(Body::CallbackReceived(event)) = Envelope::decode_checked(payload)?.body else {
+            anyhow::bail!("not a CallbackReceived");
+        };
+        assert_eq!(event.gateway, gateway);
+        assert_eq!(event.content_type, valid.content_type);
+        assert_eq!(event.body, valid.body.to_vec());
+        for (name, value) in &valid.headers {
+            assert_eq!(
+                event.headers.get(&name.to_ascii_lowercase()),
+                Some(value),
+                "{gateway}: header {name}"
+            );
+        }
+        assert!(event.received_at_unix_ms > 0);
+    }
+    // Nothing written to Postgres by the ingress.
+    assert_eq!(app.count("transactions").await?, 0);
+    assert_eq!(app.count("outbox").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_gateway_is_404() -> TestResult {
+    let app = spawn_with(|_| {}, registry()?).await?;
+    for path in ["/callbacks/nowhere", "/callbacks/NOT%20A%20NAME"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await?;
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(error_of(response).await?.1, "resource_missing");
+    }
+    Ok(())
+}
+
+/// With the broker unreachable, an authentic callback is not acknowledged: 503 with
+/// Retry-After, so the provider sends it again.
+#[tokio::test]
+async fn broker_down_is_503_for_every_format() -> TestResult {
+    let app = spawn_with(
+        |config| {
+            config.kafka.brokers = "127.0.0.1:1".into();
+            config.kafka.message_timeout_ms = 1_000;
+        },
+        registry()?,
+    )
+    .await?;
+    for format in Format::ALL {
+        let valid = format.sign(WEBHOOK_SECRET, &fields(TransactionId::new())?);
+        let response = send(&app, format.gateway(), &valid).await?;
+        assert_eq!(response.status(), 503, "{format:?}");
+        assert!(response.headers().get("retry-after").is_some());
+        assert_eq!(error_of(response).await?.1, "service_unavailable");
+        // Forged is still 401 first: authentication does not depend on the broker.
+        let forged = format.sign("whsec_wrong", &fields(TransactionId::new())?);
+        assert_eq!(
+            send(&app, format.gateway(), &forged).await?.status(),
+            401,
+            "{format:?}"
+        );
+    }
+    Ok(())
+}

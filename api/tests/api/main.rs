@@ -1,0 +1,14 @@
+//! Integration tests of the API service: real HTTP against the real Postgres, Redis and
+//! Kafka (tansu), each test with its own database, Redis prefix and topics.
+
+mod auth;
+mod bench;
+mod callbacks;
+mod helpers;
+mod idempotency;
+mod operations;
+mod outbox;
+mod rate_limit;
+mod transactions;
+mod validation;
+mod webhook_endpoints;
