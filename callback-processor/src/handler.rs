@@ -1,0 +1,216 @@
+//! The Kafka handler: one `CallbackReceived` envelope → parse with the gateway → settle
+//! under the Redis lock keyed by transaction id → drop the API's cache entry.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::DateTime;
+use paygate_core::bus::events::{Body, CallbackReceived, Envelope};
+use paygate_core::bus::{Delivery, Handler, HandlerError};
+use paygate_core::cache_keys::transaction_cache_key;
+use paygate_core::config::Config;
+use paygate_core::domain::{GatewayName, TransactionId};
+use paygate_core::lock::{Lease, RedisLock};
+use paygate_gateways::{CallbackRequest, GatewayRegistry};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::decide::Outcome;
+use crate::settle::{settle, ReceivedCallback, SettleError, Settled};
+
+/// Reasons sent to the DLQ and logs are cut to this many characters (a connector's error
+/// could quote input; a callback body must never reach a log).
+const MAX_REASON_CHARS: usize = 200;
+
+/// Settles callbacks; the [`Handler`] the consumer runner drives.
+pub struct CallbackHandler {
+    pool: PgPool,
+    registry: GatewayRegistry,
+    lock: RedisLock,
+    redis: ConnectionManager,
+    cache_prefix: String,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+}
+
+/// The lock name (under `<redis.key_prefix>:lock:`) that serialises work on one
+/// transaction; the payment processor uses the same name, so a callback and an attempt on
+/// one transaction do not run at once.
+pub fn lock_name(id: TransactionId) -> String {
+    format!("txn:{id}")
+}
+
+impl CallbackHandler {
+    pub fn new(
+        pool: PgPool,
+        registry: GatewayRegistry,
+        redis: ConnectionManager,
+        config: &Config,
+    ) -> Self {
+        Self {
+            pool,
+            registry,
+            lock: RedisLock::new(redis.clone(), config.redis.key_prefix.clone()),
+            redis,
+            cache_prefix: config.redis.key_prefix.clone(),
+            lock_ttl: Duration::from_millis(config.callbacks.lock_ttl_ms),
+            lock_wait: Duration::from_millis(config.callbacks.lock_wait_ms),
+        }
+    }
+
+    /// Handles one delivery and says what became of it. `Reject` for a message that can
+    /// never be settled (dead-lettered), `Retry` for a passing failure.
+    pub async fn process(&self, delivery: &Delivery) -> Result<Settled, HandlerError> {
+        let callback = self.parse(delivery)?;
+        let id = callback.outcome.transaction_id;
+        let lease = self.lock(id).await?;
+        let settled = settle(&self.pool, &callback).await;
+        if let Some(lease) = lease {
+            match self.lock.release(lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(transaction = %id, "lock lease expired before release; the version check kept the write safe")
+                }
+                Err(error) => {
+                    tracing::warn!(transaction = %id, %error, "could not release lock; it expires by itself")
+                }
+            }
+        }
+        let settled = match settled {
+            Ok(settled) => settled,
+            Err(SettleError::UnknownTransaction(id)) => {
+                count("unknown");
+                tracing::warn!(gateway = %callback.gateway, transaction = %id, "callback for an unknown transaction; dead-lettering");
+                return Err(HandlerError::Reject(format!("unknown transaction {id}")));
+            }
+            Err(error) => return Err(HandlerError::Retry(error.to_string())),
+        };
+        // After the commit; also after a duplicate, which covers a crash between a commit
+        // and this DEL. A failure only leaves the entry to its short TTL.
+        if matches!(settled.outcome, Outcome::Applied | Outcome::Duplicate) {
+            self.invalidate_cache(id).await;
+        }
+        report(&callback, &settled);
+        Ok(settled)
+    }
+
+    /// Decodes the envelope and authenticates and parses the callback with its gateway,
+    /// exactly as the API did (freshness is judged against the receipt time, so a queued
+    /// callback parses the same later).
+    fn parse(&self, delivery: &Delivery) -> Result<ReceivedCallback, HandlerError> {
+        let envelope = Envelope::decode_checked(&delivery.payload)
+            .map_err(|e| reject("invalid", format!("undecodable event: {e}")))?;
+        let Some(Body::CallbackReceived(received)) = envelope.body else {
+            return Err(reject("invalid", "not a CallbackReceived event".to_owned()));
+        };
+        let CallbackReceived {
+            gateway,
+            content_type,
+            body,
+            headers,
+            received_at_unix_ms,
+        } = received;
+        let name = GatewayName::parse(&gateway)
+            .map_err(|_| reject("invalid", "malformed gateway name".to_owned()))?;
+        let connector = self
+            .registry
+            .get(&name)
+            .ok_or_else(|| reject("invalid", format!("gateway {name} is not configured")))?;
+        let received_at = DateTime::from_timestamp_millis(received_at_unix_ms)
+            .ok_or_else(|| reject("invalid", "receipt time out of range".to_owned()))?;
+        let request = CallbackRequest {
+            body: Bytes::from(body),
+            content_type: Some(content_type).filter(|c| !c.is_empty()),
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect::<BTreeMap<_, _>>(),
+            received_at,
+        };
+        let outcome = connector
+            .handle_callback(&request)
+            .map_err(|e| reject("invalid", format!("callback refused by {name}: {e}")))?;
+        if let Some(key) = delivery.key_str() {
+            if key != outcome.transaction_id.to_string() {
+                tracing::warn!(gateway = %name, transaction = %outcome.transaction_id, "message key is not the callback's transaction id");
+            }
+        }
+        Ok(ReceivedCallback {
+            gateway: name,
+            outcome,
+            received_at,
+            traceparent: delivery.traceparent(),
+        })
+    }
+
+    /// The lease on the transaction. Busy past `lock_wait` → retry later. Redis down →
+    /// proceed without it: the lock only saves work, the version check and the unique
+    /// event id keep the data right, and callbacks keep flowing.
+    async fn lock(&self, id: TransactionId) -> Result<Option<Lease>, HandlerError> {
+        match self
+            .lock
+            .acquire(&lock_name(id), self.lock_ttl, self.lock_wait)
+            .await
+        {
+            Ok(Some(lease)) => Ok(Some(lease)),
+            Ok(None) => Err(HandlerError::Retry(format!(
+                "transaction {id} is locked by another worker"
+            ))),
+            Err(error) => {
+                metrics::counter!("paygate_callbacks_unlocked_total").increment(1);
+                tracing::warn!(transaction = %id, %error, "redis lock unavailable; settling without it (the version check is the guarantee)");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn invalidate_cache(&self, id: TransactionId) {
+        let key = transaction_cache_key(&self.cache_prefix, id);
+        let mut conn = self.redis.clone();
+        let deleted: Result<i64, _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+        if let Err(error) = deleted {
+            tracing::warn!(transaction = %id, %error, "could not drop the cached transaction; it expires by its TTL");
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for CallbackHandler {
+    async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
+        self.process(delivery).await.map(|_| ())
+    }
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!("paygate_callbacks_total", "outcome" => outcome).increment(1);
+}
+
+fn reject(outcome: &'static str, reason: String) -> HandlerError {
+    count(outcome);
+    let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    HandlerError::Reject(reason)
+}
+
+fn report(callback: &ReceivedCallback, settled: &Settled) {
+    count(settled.outcome.as_str());
+    let gateway = &callback.gateway;
+    let transaction = settled.transaction.id;
+    let event = &callback.outcome.provider_event_id;
+    let detail = settled.detail.as_deref().unwrap_or("");
+    match settled.outcome {
+        Outcome::Applied => tracing::info!(%gateway, %transaction, provider_event_id = %event,
+            status = %settled.transaction.status, version = settled.transaction.version, "callback applied"),
+        Outcome::Duplicate if settled.needs_review => tracing::warn!(%gateway, %transaction,
+            provider_event_id = %event, needs_review = true, detail, "duplicate callback with different content"),
+        Outcome::Duplicate => {
+            tracing::debug!(%gateway, %transaction, provider_event_id = %event, "duplicate callback acknowledged")
+        }
+        Outcome::Late => tracing::info!(%gateway, %transaction, provider_event_id = %event, detail,
+            "late callback recorded, not applied"),
+        Outcome::Conflict | Outcome::Mismatch => tracing::warn!(%gateway, %transaction,
+            provider_event_id = %event, outcome = %settled.outcome, needs_review = settled.needs_review, detail,
+            "callback flagged for review, not applied"),
+    }
+}

@@ -1,0 +1,219 @@
+//! Settling one authenticated callback in Postgres: the decision, the version-checked
+//! update, the callback log row and the completed event, all in ONE database transaction.
+//!
+//! The Redis lock (taken by the handler) keeps two workers from doing this at once for one
+//! transaction; it is not what keeps the data right. What does:
+//! - `UPDATE … WHERE version = $expected`: a writer holding a stale snapshot (a lock holder
+//!   paused past its lease) changes nothing and decides again on a fresh load;
+//! - the unique `(gateway, provider_event_id)` in `callback_log`: a second delivery of the
+//!   same event, even one racing the first, finds it logged and does nothing;
+//! - the outbox row written in the same commit: the completed event cannot be lost between
+//!   the commit and the publish, whatever process dies when.
+
+use chrono::{DateTime, Utc};
+use paygate_core::announce;
+use paygate_core::bus::trace::TraceParent;
+use paygate_core::db::outbox;
+use paygate_core::db::{transactions, DbError};
+use paygate_core::domain::{GatewayName, Transaction, TransactionId};
+use paygate_gateways::{CallbackOutcome, ReportedStatus};
+use sqlx::PgPool;
+
+use crate::callback_log::{self, Entry, NewEntry};
+use crate::decide::{decide, target_status, Decision, Outcome};
+
+/// How many times a callback is re-decided on a fresh load after losing a version race
+/// before the message is retried later (each loss means another writer made progress).
+pub const MAX_STALE_ATTEMPTS: usize = 8;
+
+/// An authenticated, parsed callback, ready to settle.
+#[derive(Debug, Clone)]
+pub struct ReceivedCallback {
+    /// The gateway it came through (`/callbacks/{gateway}`).
+    pub gateway: GatewayName,
+    pub outcome: CallbackOutcome,
+    pub received_at: DateTime<Utc>,
+    /// Trace context to carry onto the completed event.
+    pub traceparent: Option<TraceParent>,
+}
+
+/// What settling did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub outcome: Outcome,
+    pub needs_review: bool,
+    /// Why it was not applied (for a late, conflicting or mismatched callback).
+    pub detail: Option<String>,
+    /// The transaction as it stands afterwards.
+    pub transaction: Transaction,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// No such transaction: the callback can never be applied (dead-lettered).
+    #[error("unknown transaction {0}")]
+    UnknownTransaction(TransactionId),
+    /// Lost the version race this many times in a row: try the message again later.
+    #[error("transaction {id} changed under us {attempts} times in a row")]
+    Contended { id: TransactionId, attempts: usize },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Loads the transaction and settles the callback against it, reloading and deciding again
+/// whenever another writer got there first.
+pub async fn settle(pool: &PgPool, callback: &ReceivedCallback) -> Result<Settled, SettleError> {
+    let id = callback.outcome.transaction_id;
+    for _ in 0..MAX_STALE_ATTEMPTS {
+        let snapshot = transactions::get(pool, id)
+            .await?
+            .ok_or(SettleError::UnknownTransaction(id))?;
+        if let Some(settled) = settle_against(pool, callback, &snapshot, Utc::now()).await? {
+            return Ok(settled);
+        }
+        metrics::counter!("paygate_callbacks_stale_snapshot_total").increment(1);
+        tracing::info!(transaction = %id, version = snapshot.version, "transaction changed since it was loaded; deciding again");
+    }
+    Err(SettleError::Contended {
+        id,
+        attempts: MAX_STALE_ATTEMPTS,
+    })
+}
+
+/// One attempt against `snapshot`, in one database transaction. `Ok(None)` means the
+/// snapshot is stale (the row's version moved on): nothing was written, and the caller
+/// reloads and decides again. This is what refuses a lock holder whose lease ran out.
+pub async fn settle_against(
+    pool: &PgPool,
+    callback: &ReceivedCallback,
+    snapshot: &Transaction,
+    now: DateTime<Utc>,
+) -> Result<Option<Settled>, DbError> {
+    let cb = &callback.outcome;
+    let mut db = pool.begin().await?;
+
+    if let Some(existing) =
+        callback_log::find(&mut *db, &callback.gateway, &cb.provider_event_id).await?
+    {
+        let needs_review = check_duplicate(&mut db, &existing, callback).await?;
+        db.commit().await?;
+        return Ok(Some(Settled {
+            outcome: Outcome::Duplicate,
+            needs_review,
+            detail: Some(format!(
+                "event already settled as {} (log row {})",
+                existing.outcome, existing.id
+            )),
+            transaction: snapshot.clone(),
+        }));
+    }
+
+    let decision = decide(snapshot, &callback.gateway, cb, now);
+    let (outcome, needs_review, detail) = match &decision {
+        Decision::Apply(_) => (Outcome::Applied, false, None),
+        Decision::Record {
+            outcome,
+            needs_review,
+            detail,
+        } => (*outcome, *needs_review, Some(detail.clone())),
+    };
+    let failure_code = match &cb.status {
+        ReportedStatus::Failed { code, .. } => Some(code.as_str()),
+        ReportedStatus::Succeeded => None,
+    };
+    let entry = NewEntry {
+        gateway: &callback.gateway,
+        provider_event_id: &cb.provider_event_id,
+        transaction_id: snapshot.id,
+        reported_status: target_status(&cb.status),
+        failure_code,
+        provider_reference: Some(cb.provider_reference.as_str()).filter(|r| !r.is_empty()),
+        reported_money: cb.money,
+        outcome,
+        needs_review,
+        detail: detail.as_deref(),
+        status_before: snapshot.status,
+        version_before: snapshot.version,
+        received_at: callback.received_at,
+    };
+    if callback_log::insert(&mut *db, &entry).await?.is_none() {
+        // Another worker logged this very event and committed while we decided.
+        db.rollback().await?;
+        return Ok(Some(Settled {
+            outcome: Outcome::Duplicate,
+            needs_review: false,
+            detail: Some("event settled concurrently".to_owned()),
+            transaction: snapshot.clone(),
+        }));
+    }
+
+    match decision {
+        Decision::Apply(update) => {
+            let Some(next) = transactions::apply(&mut *db, &update).await? else {
+                db.rollback().await?;
+                return Ok(None);
+            };
+            if next.status.is_terminal() {
+                outbox::enqueue(&mut *db, &announce::completed(&next, callback.traceparent))
+                    .await?;
+            }
+            db.commit().await?;
+            Ok(Some(Settled {
+                outcome: Outcome::Applied,
+                needs_review: false,
+                detail: None,
+                transaction: next,
+            }))
+        }
+        Decision::Record { .. } => {
+            // The decision was made on `snapshot`; record it only if that is still the
+            // current version, and keep it current until we commit.
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM transactions WHERE id = $1 FOR SHARE")
+                    .bind(snapshot.id.as_uuid())
+                    .fetch_optional(&mut *db)
+                    .await?;
+            if current != Some(snapshot.version) {
+                db.rollback().await?;
+                return Ok(None);
+            }
+            db.commit().await?;
+            Ok(Some(Settled {
+                outcome,
+                needs_review,
+                detail,
+                transaction: snapshot.clone(),
+            }))
+        }
+    }
+}
+
+/// A repeat of a logged event. The provider signed it, so the same event id with other
+/// content is a provider bug worth a person's attention: the logged row is flagged.
+async fn check_duplicate(
+    db: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    existing: &Entry,
+    callback: &ReceivedCallback,
+) -> Result<bool, DbError> {
+    let cb = &callback.outcome;
+    let same = existing.transaction_id == cb.transaction_id
+        && existing.reported_status == target_status(&cb.status).as_str()
+        && existing.reported_amount == cb.money.amount.minor_units()
+        && existing.reported_currency == cb.money.currency.code();
+    if same {
+        return Ok(existing.needs_review);
+    }
+    tracing::warn!(
+        gateway = %callback.gateway,
+        provider_event_id = %cb.provider_event_id,
+        log_row = existing.id,
+        "provider event id reused with different content; flagged for review"
+    );
+    callback_log::flag_for_review(
+        &mut **db,
+        existing.id,
+        "the same event id was delivered again with different content",
+    )
+    .await?;
+    Ok(true)
+}

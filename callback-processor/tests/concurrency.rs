@@ -1,0 +1,268 @@
+//! Exactly one effect under contention, and a stale lock holder refused by the version check.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{declined, fields, Format, Harness};
+use futures::future::join_all;
+use paygate_callback_processor::handler::lock_name;
+use paygate_callback_processor::{
+    settle, settle_against, CallbackHandler, Outcome, ReceivedCallback,
+};
+use paygate_core::bus::Topic;
+use paygate_core::cache_keys::transaction_cache_key;
+use paygate_core::db;
+use paygate_core::domain::TransactionStatus;
+use paygate_core::lock::RedisLock;
+use paygate_gateways::ReportedStatus;
+
+/// 20 deliveries of one callback at the same moment (two handler instances with their own
+/// pools, as two processes would be, plus the same 20 through Kafka): one transition, one
+/// log row, one completed event on the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_deliveries_of_one_callback_apply_exactly_once() -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let tx = h
+        .transaction(Format::Json, TransactionStatus::Submitted)
+        .await?;
+    let cache_key = transaction_cache_key(&h.config.redis.key_prefix, tx.id);
+    let mut redis = h.redis.clone();
+    let _: () = redis::cmd("SET")
+        .arg(&cache_key)
+        .arg("{\"stale\":true}")
+        .query_async(&mut redis)
+        .await?;
+
+    let second_pool = db::connect(&h.config.database).await?;
+    let handlers = [
+        Arc::new(CallbackHandler::new(
+            h.pool.clone(),
+            h.registry.clone(),
+            h.redis.clone(),
+            &h.config,
+        )),
+        Arc::new(CallbackHandler::new(
+            second_pool,
+            h.registry.clone(),
+            h.redis.clone(),
+            &h.config,
+        )),
+    ];
+    let callback = fields(&tx, ReportedStatus::Succeeded, "evt_concurrent_1");
+    let delivery = h.delivery(Format::Json, &callback);
+
+    let completed = h.watch(Topic::TransactionsCompleted).await?;
+    let processor = h.start_processor().await?;
+    // The same 20 through Kafka as well, racing the direct deliveries.
+    for _ in 0..20 {
+        h.produce(Format::Json, &callback).await?;
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(20));
+    let tasks = (0..20).map(|i| {
+        let handler = handlers[i % 2].clone();
+        let delivery = delivery.clone();
+        let start = start.clone();
+        tokio::spawn(async move {
+            start.wait().await;
+            // A busy lock is a Retry: the runner would back off and deliver again.
+            loop {
+                match handler.process(&delivery).await {
+                    Err(paygate_core::bus::HandlerError::Retry(_)) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => return other,
+                }
+            }
+        })
+    });
+    let results = join_all(tasks).await;
+    let mut outcomes = Vec::new();
+    for result in results {
+        outcomes.push(result?.map_err(|e| anyhow::anyhow!("{e}"))?.outcome);
+    }
+    let applied = outcomes.iter().filter(|o| **o == Outcome::Applied).count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Duplicate)
+        .count();
+
+    // A later callback with the same key is handled after the 20 Kafka copies (per-key
+    // order): once it is logged, they have all been handled.
+    h.produce(
+        Format::Json,
+        &fields(&tx, ReportedStatus::Succeeded, "evt_marker"),
+    )
+    .await?;
+    common::eventually(Duration::from_secs(60), "the marker callback", || async {
+        Ok((h.log(tx.id).await?.len() >= 2).then_some(()))
+    })
+    .await?;
+    completed
+        .wait_for(tx.id, 1, Duration::from_secs(60))
+        .await?;
+    // Give a second completed event, if there were one, time to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    processor.shutdown().await?;
+
+    let after = h.reload(tx.id).await?;
+    let log = h.log(tx.id).await?;
+    let published = completed.count_key(tx.id);
+    let cached: Option<String> = redis::cmd("GET")
+        .arg(&cache_key)
+        .query_async(&mut redis)
+        .await?;
+    completed.stop().await?;
+
+    // Kafka's copies may win the race, so the direct ones are at most one applied.
+    assert!(applied <= 1, "applied {applied} times: {outcomes:?}");
+    assert_eq!(applied + duplicates, 20, "{outcomes:?}");
+    assert_eq!(after.status, TransactionStatus::Succeeded);
+    assert_eq!(after.version, tx.version + 1, "exactly one transition");
+    let rows: Vec<_> = log
+        .iter()
+        .map(|e| (e.provider_event_id.as_str(), e.outcome))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("evt_concurrent_1", Outcome::Applied),
+            ("evt_marker", Outcome::Late)
+        ],
+        "one callback log row for the 40 deliveries"
+    );
+    eprintln!("direct deliveries: {applied} applied, {duplicates} duplicates");
+    assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
+    assert_eq!(published, 1, "one completed event on the topic");
+    assert_eq!(cached, None, "the cached transaction was dropped");
+    Ok(())
+}
+
+/// Holder A takes the lock with a short lease, loads the transaction and "pauses" past its
+/// lease; B takes the lock and applies another outcome. A's write against its stale
+/// snapshot is refused; deciding again on a fresh load, A's callback is recorded as a
+/// conflict and the newer state stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_holder_paused_past_its_lease_cannot_overwrite_the_newer_state() -> anyhow::Result<()>
+{
+    let h = Harness::new().await?;
+    let tx = h
+        .transaction(Format::Soap, TransactionStatus::Submitted)
+        .await?;
+    let lock = RedisLock::new(h.redis.clone(), h.config.redis.key_prefix.clone());
+    let lease = Duration::from_millis(300);
+
+    let Some(lease_a) = lock.try_acquire(&lock_name(tx.id), lease).await? else {
+        anyhow::bail!("lock unexpectedly held");
+    };
+    let snapshot_a = h.reload(tx.id).await?;
+    let callback_a = ReceivedCallback {
+        gateway: Format::Soap.gateway(),
+        outcome: outcome_of(
+            &h,
+            Format::Soap,
+            &fields(&tx, ReportedStatus::Succeeded, "evt_a"),
+        )?,
+        received_at: Utc::now(),
+        traceparent: None,
+    };
+
+    // A pauses; its lease runs out and B takes the lock.
+    tokio::time::sleep(lease * 2).await;
+    let Some(lease_b) = lock
+        .try_acquire(&lock_name(tx.id), Duration::from_secs(10))
+        .await?
+    else {
+        anyhow::bail!("B could not take an expired lock");
+    };
+    let callback_b = ReceivedCallback {
+        gateway: Format::Soap.gateway(),
+        outcome: outcome_of(&h, Format::Soap, &fields(&tx, declined(), "evt_b"))?,
+        received_at: Utc::now(),
+        traceparent: None,
+    };
+    let b = settle(&h.pool, &callback_b).await?;
+    assert_eq!(b.outcome, Outcome::Applied);
+    assert_eq!(b.transaction.status, TransactionStatus::Failed);
+    assert!(lock.release(lease_b).await?);
+
+    // A wakes up and writes against its snapshot: refused, nothing written.
+    let refused = settle_against(&h.pool, &callback_a, &snapshot_a, Utc::now()).await?;
+    assert_eq!(refused, None, "a stale snapshot must change nothing");
+    let now = h.reload(tx.id).await?;
+    assert_eq!(now.status, TransactionStatus::Failed);
+    assert_eq!(now.version, tx.version + 1);
+    assert_eq!(h.log(tx.id).await?.len(), 1, "A wrote no log row");
+
+    // A's own loop reloads and decides again: recorded as a conflict, never applied.
+    let a = settle(&h.pool, &callback_a).await?;
+    assert_eq!(a.outcome, Outcome::Conflict);
+    assert!(a.needs_review);
+    assert!(!lock.release(lease_a).await?, "A's lease was long gone");
+
+    let after = h.reload(tx.id).await?;
+    assert_eq!(after.status, TransactionStatus::Failed);
+    assert_eq!(after.version, tx.version + 1);
+    assert_eq!(after.failure.map(|f| f.code), Some("declined".to_owned()));
+    let log = h.log(tx.id).await?;
+    let outcomes: Vec<_> = log
+        .iter()
+        .map(|e| (e.provider_event_id.as_str(), e.outcome, e.needs_review))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("evt_b", Outcome::Applied, false),
+            ("evt_a", Outcome::Conflict, true)
+        ]
+    );
+    assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
+    Ok(())
+}
+
+/// A stale snapshot is refused for a decision that records too (not only for one that
+/// applies): a callback judged on an old version is judged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_decision_on_a_stale_snapshot_is_also_refused() -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let tx = h
+        .transaction(Format::Protobuf, TransactionStatus::Submitted)
+        .await?;
+    let mut wrong = fields(&tx, ReportedStatus::Succeeded, "evt_mismatch");
+    wrong.money = paygate_core::domain::Money::from_parts(1, "USD")?;
+    let callback = ReceivedCallback {
+        gateway: Format::Protobuf.gateway(),
+        outcome: outcome_of(&h, Format::Protobuf, &wrong)?,
+        received_at: Utc::now(),
+        traceparent: None,
+    };
+    let stale = h.reload(tx.id).await?;
+    // Someone else moves the transaction on.
+    let update = stale.advance(TransactionStatus::RetryScheduled, Utc::now())?;
+    assert!(db::transactions::apply(&h.pool, &update).await?.is_some());
+
+    assert_eq!(
+        settle_against(&h.pool, &callback, &stale, Utc::now()).await?,
+        None
+    );
+    assert!(h.log(tx.id).await?.is_empty());
+    let settled = settle(&h.pool, &callback).await?;
+    assert_eq!(settled.outcome, Outcome::Mismatch);
+    assert_eq!(h.log(tx.id).await?[0].status_before, "retry_scheduled");
+    Ok(())
+}
+
+/// Parses a signed callback with the real connector, as the handler does.
+fn outcome_of(
+    h: &Harness,
+    format: Format,
+    fields: &paygate_gateways::CallbackFields,
+) -> anyhow::Result<paygate_gateways::CallbackOutcome> {
+    let gateway = h
+        .registry
+        .get(&format.gateway())
+        .ok_or_else(|| anyhow::anyhow!("gateway missing"))?;
+    Ok(gateway.handle_callback(&format.sign(fields).to_request(Utc::now()))?)
+}
