@@ -39,7 +39,7 @@ pub struct CallbackHandler {
 /// transaction; the payment processor uses the same name, so a callback and an attempt on
 /// one transaction do not run at once.
 pub fn lock_name(id: TransactionId) -> String {
-    format!("txn:{id}")
+    paygate_core::lock::transaction_lock(id)
 }
 
 impl CallbackHandler {

@@ -30,6 +30,12 @@ else
     return 0
 end"#;
 
+/// The lock every service takes before changing a transaction (`txn:<id>`): one name, so
+/// the payment processor and the callback processor exclude each other.
+pub fn transaction_lock(id: crate::domain::TransactionId) -> String {
+    format!("txn:{id}")
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
 pub struct LockError(#[from] redis::RedisError);

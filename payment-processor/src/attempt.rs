@@ -371,7 +371,7 @@ impl Engine {
 }
 
 fn lock_name(id: TransactionId) -> String {
-    format!("txn:{id}")
+    paygate_core::lock::transaction_lock(id)
 }
 
 /// The gateways this attempt may use, in order.
