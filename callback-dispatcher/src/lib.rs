@@ -1,1 +1,131 @@
-//! paygate-callback-dispatcher
+//! paygate-callback-dispatcher: completed transactions become signed merchant webhooks,
+//! delivered at least once.
+//!
+//! ```text
+//! Kafka transactions.completed ──▶ handler ──(event + deliveries, one PG commit)──▶ Postgres
+//!                                                                                    │
+//!        scheduler: due deliveries, FOR UPDATE SKIP LOCKED, leased ◀─────────────────┘
+//!            │ bounded worker pool, ≤ per_endpoint_concurrency per destination
+//!            ▼
+//!        SSRF guard ─▶ sign (Standard Webhooks) ─▶ POST ─▶ attempt row ─▶ next state
+//! ```
+//!
+//! - [`ssrf::check_destination`]: the destination policy, also for the API at registration;
+//! - [`signing`]: Standard Webhooks signatures (with rotation);
+//! - the repository is `paygate_core::db::webhook_deliveries` (`redeliver` for the API).
+//!
+//! Config (`[dispatcher]`): `concurrency`, `per_endpoint_concurrency`, `request_timeout_ms`,
+//! `retry_schedule_secs` (one entry per attempt; the first, the delay before attempt 1, is
+//! 0: deliveries are due when recorded), `jitter_percent`, `retry_after_max_secs`,
+//! `disable_after_failing_secs`, `allow_loopback`, `allow_http`, `scheduler_poll_ms`.
+
+pub mod payload;
+pub mod retry;
+pub mod sender;
+pub mod signing;
+pub mod ssrf;
+
+mod handler;
+mod metrics;
+mod scheduler;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, Producer, Topic};
+use paygate_core::config::Config;
+use paygate_core::db::{self, DbError};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use ssrf::{check_destination, CheckedDestination, DestinationPolicy, Refused};
+
+/// A claimed delivery stays its worker's this long beyond the request timeout; after that a
+/// crashed worker's delivery is claimed again.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// How often the backlog gauge is refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+}
+
+/// The callback dispatcher service: [`Dispatcher::build`] then [`Dispatcher::run`].
+pub struct Dispatcher {
+    pool: sqlx::PgPool,
+    consumer: ConsumerRunner,
+    scheduler: scheduler::Scheduler,
+}
+
+impl Dispatcher {
+    /// Connects to Postgres (migrating when configured), creates the topics and joins the
+    /// consumer group of `transactions.completed`.
+    pub async fn build(config: Config) -> Result<Self, DispatcherError> {
+        let pool = db::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            db::migrate(&pool).await?;
+        }
+        bus::ensure_topics(&config.kafka).await?;
+        let settings = &config.dispatcher;
+        let wake = Arc::new(Notify::new());
+        let handler = Arc::new(handler::CompletedHandler {
+            pool: pool.clone(),
+            wake: wake.clone(),
+        });
+        let mut consumer_settings = ConsumerSettings::new(
+            format!("{}.callback-dispatcher", config.kafka.group_prefix),
+            vec![Topic::TransactionsCompleted],
+        );
+        consumer_settings.concurrency = settings.concurrency.max(1);
+        let producer = Producer::new(&config.kafka)?;
+        let consumer = ConsumerRunner::new(&config.kafka, consumer_settings, handler, producer)?;
+        let timeout = Duration::from_millis(settings.request_timeout_ms.max(1));
+        let deliverer = Arc::new(worker::Deliverer {
+            pool: pool.clone(),
+            sender: sender::Sender {
+                timeout,
+                policy: DestinationPolicy::from_config(settings),
+            },
+            retry: retry::RetryPolicy::from_config(settings),
+            disable_after: Duration::from_secs(settings.disable_after_failing_secs),
+        });
+        let scheduler = scheduler::Scheduler {
+            pool: pool.clone(),
+            deliverer,
+            concurrency: settings.concurrency.max(1),
+            per_destination: settings.per_endpoint_concurrency.max(1),
+            poll: Duration::from_millis(settings.scheduler_poll_ms.max(10)),
+            lease: timeout + LEASE_MARGIN,
+            wake,
+            shutdown_grace: timeout + Duration::from_secs(1),
+        };
+        Ok(Self {
+            pool,
+            consumer,
+            scheduler,
+        })
+    }
+
+    /// Consumes, schedules and delivers until `shutdown` is cancelled; then stops taking
+    /// work, lets attempts in flight finish (up to the request timeout) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), DispatcherError> {
+        let backlog = tokio::spawn(scheduler::report_backlog(
+            self.pool.clone(),
+            BACKLOG_EVERY,
+            shutdown.clone(),
+        ));
+        let (consumed, ()) = tokio::join!(
+            self.consumer.run(shutdown.clone()),
+            self.scheduler.run(shutdown.clone())
+        );
+        shutdown.cancel();
+        let _ = backlog.await;
+        consumed?;
+        Ok(())
+    }
+}

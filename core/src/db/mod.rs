@@ -4,6 +4,7 @@
 pub mod merchants;
 pub mod outbox;
 pub mod transactions;
+pub mod webhook_deliveries;
 pub mod webhook_endpoints;
 
 use sqlx::postgres::PgPoolOptions;

@@ -1,0 +1,79 @@
+//! The webhook body: `{"type", "id", "created_at", "data": {transaction}}`, the transaction
+//! shown as the API shows it (`GET /v1/transactions/{id}`).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use paygate_core::db::webhook_deliveries::EventType;
+use paygate_core::domain::{
+    EventId, Failure, Transaction, TransactionId, TransactionKind, TransactionStatus,
+};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    id: EventId,
+    created_at: String,
+    data: TransactionData<'a>,
+}
+
+/// Field for field the API's transaction resource.
+#[derive(Serialize)]
+struct TransactionData<'a> {
+    id: TransactionId,
+    object: &'static str,
+    #[serde(rename = "type")]
+    kind: TransactionKind,
+    amount: i64,
+    currency: &'static str,
+    customer: &'a str,
+    gateway: Option<&'a str>,
+    status: TransactionStatus,
+    attempts: i32,
+    provider_reference: Option<&'a str>,
+    failure: Option<&'a Failure>,
+    callback_url: Option<&'a str>,
+    metadata: &'a serde_json::Value,
+    created_at: String,
+    updated_at: String,
+}
+
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The exact JSON body of an event (recorded once, then sent byte for byte on every attempt).
+pub fn event_body(
+    id: EventId,
+    event_type: EventType,
+    transaction: &Transaction,
+    created_at: DateTime<Utc>,
+) -> Result<String, serde_json::Error> {
+    let payload = Payload {
+        event_type: event_type.as_str(),
+        id,
+        created_at: timestamp(created_at),
+        data: TransactionData {
+            id: transaction.id,
+            object: "transaction",
+            kind: transaction.kind,
+            amount: transaction.money.amount.minor_units(),
+            currency: transaction.money.currency.code(),
+            customer: transaction.customer.as_str(),
+            gateway: transaction
+                .routed_gateway
+                .as_ref()
+                .or(transaction.gateway.as_ref())
+                .map(|g| g.as_str()),
+            status: transaction.status,
+            attempts: transaction.attempts,
+            provider_reference: transaction.provider_reference.as_deref(),
+            failure: transaction.failure.as_ref(),
+            callback_url: transaction.callback_url.as_deref(),
+            metadata: &transaction.metadata,
+            created_at: timestamp(transaction.created_at),
+            updated_at: timestamp(transaction.updated_at),
+        },
+    };
+    serde_json::to_string(&payload)
+}

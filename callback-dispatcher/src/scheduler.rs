@@ -1,0 +1,159 @@
+//! The scheduler: claims due deliveries from Postgres and runs them on a bounded worker
+//! pool with a per-destination limit (bulkhead), so a slow or dead endpoint holds at most
+//! `per_endpoint_concurrency` workers and never delays other merchants' deliveries.
+//!
+//! Everything it needs is in Postgres: a restart, or a second dispatcher, carries on from
+//! the rows (`FOR UPDATE SKIP LOCKED` shares them; a lease covers a crashed worker).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use paygate_core::db::webhook_deliveries::{self, ClaimLimits};
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics;
+use crate::worker::Deliverer;
+
+pub(crate) struct Scheduler {
+    pub pool: PgPool,
+    pub deliverer: Arc<Deliverer>,
+    pub concurrency: usize,
+    pub per_destination: usize,
+    pub poll: Duration,
+    pub lease: Duration,
+    /// Rung when new deliveries are recorded or a worker frees up.
+    pub wake: Arc<Notify>,
+    /// How long shutdown waits for attempts in flight.
+    pub shutdown_grace: Duration,
+}
+
+type InFlight = Arc<Mutex<HashMap<String, usize>>>;
+
+fn lock(in_flight: &InFlight) -> MutexGuard<'_, HashMap<String, usize>> {
+    // A few map operations under the lock: a poisoned lock still holds a usable map.
+    in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Counts a delivery in flight to its destination until dropped (also on panic).
+struct InFlightGuard {
+    in_flight: InFlight,
+    destination: String,
+    wake: Arc<Notify>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut map = lock(&self.in_flight);
+        if let Some(count) = map.get_mut(&self.destination) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.destination);
+            }
+        }
+        drop(map);
+        self.wake.notify_one();
+    }
+}
+
+impl Scheduler {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let in_flight: InFlight = Arc::new(Mutex::new(HashMap::new()));
+        let tasks = TaskTracker::new();
+        tracing::info!(
+            concurrency = self.concurrency,
+            per_destination = self.per_destination,
+            "webhook scheduler started"
+        );
+        while !shutdown.is_cancelled() {
+            let free = slots.available_permits();
+            let mut more = false;
+            if free > 0 {
+                let snapshot = lock(&in_flight).clone();
+                let limits = ClaimLimits {
+                    max: free,
+                    lease: self.lease,
+                    per_destination: self.per_destination.max(1),
+                    in_flight: &snapshot,
+                };
+                match webhook_deliveries::claim_due(&self.pool, limits).await {
+                    Ok(claimed) => {
+                        more = claimed.len() == free;
+                        for delivery in claimed {
+                            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                                // Only this loop takes permits, so this cannot happen; the
+                                // delivery would be taken again when its lease runs out.
+                                tracing::error!("no free worker for a claimed delivery");
+                                break;
+                            };
+                            *lock(&in_flight)
+                                .entry(delivery.destination.clone())
+                                .or_insert(0) += 1;
+                            let guard = InFlightGuard {
+                                in_flight: in_flight.clone(),
+                                destination: delivery.destination.clone(),
+                                wake: self.wake.clone(),
+                            };
+                            let deliverer = self.deliverer.clone();
+                            tasks.spawn(async move {
+                                let _permit = permit;
+                                let _guard = guard;
+                                deliverer.deliver(delivery).await;
+                            });
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not claim due webhook deliveries; retrying");
+                    }
+                }
+            }
+            if more {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), "webhook scheduler stopping");
+        tasks.close();
+        if tokio::time::timeout(self.shutdown_grace, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("webhook attempts still running after the grace period; they are retried after their lease");
+        }
+        tracing::info!("webhook scheduler stopped");
+    }
+}
+
+/// Publishes the backlog gauge per destination every `every`, until shutdown.
+pub(crate) async fn report_backlog(pool: PgPool, every: Duration, shutdown: CancellationToken) {
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        match webhook_deliveries::backlog_by_destination(&pool).await {
+            Ok(rows) => {
+                let now: Vec<String> = rows.iter().map(|(d, _)| d.clone()).collect();
+                for gone in seen.iter().filter(|d| !now.contains(d)) {
+                    metrics::backlog(gone.clone(), 0);
+                }
+                for (destination, count) in rows {
+                    metrics::backlog(destination, count);
+                }
+                seen = now;
+            }
+            Err(error) => tracing::warn!(%error, "could not read the webhook backlog"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,796 @@
+//! The dispatcher end to end: real Postgres and tansu, a real HTTP receiver (axum on
+//! 127.0.0.1:0), TransactionCompleted envelopes produced to the completed topic.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::Router;
+use base64::Engine;
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use paygate_callback_dispatcher::{check_destination, DestinationPolicy, Dispatcher, Refused};
+use paygate_core::bus::events::{Body, Envelope, TransactionCompleted};
+use paygate_core::bus::{Producer, Topic};
+use paygate_core::config::Config;
+use paygate_core::db::outbox::OutboxMessage;
+use paygate_core::db::webhook_deliveries::{self, DeliveryState};
+use paygate_core::db::{merchants, transactions, webhook_endpoints};
+use paygate_core::domain::{
+    CustomerReference, MerchantId, Money, NewTransaction, Transaction, TransactionKind,
+    TransactionStatus,
+};
+use paygate_core::testing::isolated_config;
+use sha2::Sha256;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type TestResult = Result<(), Error>;
+
+// ---------------------------------------------------------------- the receiver
+
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Behaviour {
+    /// These statuses for the first requests, then 200.
+    FailFirst(Vec<u16>),
+    Always(u16),
+    /// Never answers.
+    Hang,
+}
+
+struct ReceiverState {
+    behaviour: Behaviour,
+    log: Mutex<Vec<Received>>,
+    count: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    base: String,
+    port: u16,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    async fn start(behaviour: Behaviour) -> Result<Self, Error> {
+        let state = Arc::new(ReceiverState {
+            behaviour,
+            log: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+        });
+        let app = Router::new().fallback(receive).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            state,
+        })
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.state.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let n = state.count.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut log) = state.log.lock() {
+        log.push(Received {
+            path: uri.path().to_owned(),
+            headers,
+            body,
+            at: Instant::now(),
+        });
+    }
+    let status = match &state.behaviour {
+        Behaviour::FailFirst(statuses) => statuses.get(n).copied().unwrap_or(200),
+        Behaviour::Always(status) => *status,
+        Behaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(3_600)).await;
+            200
+        }
+    };
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, format!("receiver says {status} to request {}", n + 1))
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Standard Webhooks verification written here from the spec, apart from the crate's own.
+fn independently_verifies(secret: &str, received: &Received, body: &[u8]) -> bool {
+    let Some(encoded) = secret.strip_prefix("whsec_") else {
+        return false;
+    };
+    let Ok(key) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+        return false;
+    };
+    let signed_content = format!(
+        "{}.{}.",
+        received.header("webhook-id"),
+        received.header("webhook-timestamp")
+    );
+    mac.update(signed_content.as_bytes());
+    mac.update(body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    received
+        .header("webhook-signature")
+        .split(' ')
+        .any(|candidate| candidate == expected)
+}
+
+async fn test_config(schedule: &[u64]) -> Result<(Config, PgPool), Error> {
+    let (mut config, pool) = isolated_config().await?;
+    let d = &mut config.dispatcher;
+    d.allow_loopback = true;
+    d.allow_http = true;
+    d.retry_schedule_secs = schedule.to_vec();
+    d.jitter_percent = 0;
+    d.scheduler_poll_ms = 50;
+    d.request_timeout_ms = 3_000;
+    d.concurrency = 16;
+    d.per_endpoint_concurrency = 1;
+    config.database.max_connections = 8;
+    Ok((config, pool))
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), paygate_callback_dispatcher::DispatcherError>>,
+}
+
+impl Running {
+    async fn start(config: &Config) -> Result<Self, Error> {
+        let dispatcher = Dispatcher::build(config.clone()).await?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(dispatcher.run(stop.clone()));
+        Ok(Self { stop, task })
+    }
+
+    async fn stop(self) -> TestResult {
+        self.stop.cancel();
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// A transaction committed and moved to `status` (terminal), as the processors would.
+async fn completed_transaction(
+    pool: &PgPool,
+    merchant: MerchantId,
+    callback_url: Option<String>,
+    status: TransactionStatus,
+) -> Result<Transaction, Error> {
+    let tx = Transaction::create(
+        NewTransaction {
+            merchant_id: merchant,
+            kind: TransactionKind::Deposit,
+            money: Money::from_parts(1050, "USD")?,
+            customer: CustomerReference::parse("cust_42")?,
+            gateway: None,
+            callback_url,
+            metadata: serde_json::json!({"order": "A-1"}),
+        },
+        Utc::now(),
+    );
+    let announcement = OutboxMessage {
+        topic: Topic::TransactionsPending,
+        key: tx.id.to_string(),
+        payload: b"pending".to_vec(),
+        headers: Default::default(),
+    };
+    transactions::insert(pool, &tx, None, &announcement).await?;
+    let done = match status {
+        TransactionStatus::Failed => {
+            let update = tx
+                .advance(TransactionStatus::Failed, Utc::now())?
+                .failure("declined", "The card was declined");
+            transactions::apply(pool, &update).await?
+        }
+        _ => {
+            let submitting = transactions::apply(
+                pool,
+                &tx.advance(TransactionStatus::Submitting, Utc::now())?,
+            )
+            .await?
+            .ok_or("submitting not applied")?;
+            let update = submitting
+                .advance(TransactionStatus::Succeeded, Utc::now())?
+                .provider_reference("prov_1");
+            transactions::apply(pool, &update).await?
+        }
+    };
+    Ok(done.ok_or("terminal update not applied")?)
+}
+
+async fn publish_completed(producer: &Producer, tx: &Transaction) -> TestResult {
+    let envelope = Envelope::new(Body::TransactionCompleted(TransactionCompleted {
+        transaction_id: tx.id.to_string(),
+        merchant_id: tx.merchant_id.to_string(),
+        status: tx.status.as_str().to_owned(),
+        version: tx.version,
+    }));
+    producer
+        .send(
+            Topic::TransactionsCompleted,
+            &tx.id.to_string(),
+            &envelope.encode_to_bytes(),
+            &BTreeMap::new(),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F) -> TestResult
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("timed out waiting for: {what}").into())
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(-1)
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- the tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once() -> TestResult {
+    let (config, pool) = test_config(&[0, 1, 1]).await?;
+    let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        merchant,
+        &format!("{}/endpoint", receiver.base),
+        Some("main"),
+    )
+    .await?;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(
+        &pool,
+        merchant,
+        Some(format!("{}/callback", receiver.base)),
+        TransactionStatus::Succeeded,
+    )
+    .await?;
+    // The completion is emitted twice (a replay): the merchant must be told once.
+    publish_completed(&producer, &tx).await?;
+    publish_completed(&producer, &tx).await?;
+
+    eventually("both destinations told", WAIT, || async {
+        receiver.received().len() >= 2
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(receiver.received().len(), 2, "one delivery per destination");
+    assert_eq!(count(&pool, "SELECT count(*) FROM webhook_events").await, 1);
+
+    let at_endpoint = receiver.on("/endpoint");
+    let at_callback = receiver.on("/callback");
+    assert_eq!((at_endpoint.len(), at_callback.len()), (1, 1));
+    let hit = &at_endpoint[0];
+    let payload = hit.json();
+    let event_id = hit.header("webhook-id");
+    assert!(event_id.starts_with("evt_"), "{event_id}");
+    assert_eq!(payload["id"], event_id.as_str());
+    assert_eq!(payload["type"], "transaction.succeeded");
+    assert_eq!(payload["data"]["id"], tx.id.to_string());
+    assert_eq!(payload["data"]["status"], "succeeded");
+    assert_eq!(payload["data"]["amount"], 1050);
+    assert_eq!(payload["data"]["currency"], "USD");
+    assert_eq!(payload["data"]["metadata"]["order"], "A-1");
+    assert_eq!(
+        event_id,
+        webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded).to_string()
+    );
+    assert_eq!(
+        at_callback[0].header("webhook-id"),
+        event_id,
+        "one event, one id"
+    );
+    assert_eq!(hit.header("content-type"), "application/json");
+    let ts: i64 = hit.header("webhook-timestamp").parse()?;
+    assert!((Utc::now().timestamp() - ts).abs() < 60);
+
+    // The endpoint's own secret signs the endpoint delivery…
+    assert!(independently_verifies(
+        endpoint.secret.expose(),
+        hit,
+        &hit.body
+    ));
+    // …a tampered body does not verify…
+    let tampered = String::from_utf8(hit.body.to_vec())?.replace("1050", "9050");
+    assert_ne!(tampered.as_bytes(), &hit.body[..]);
+    assert!(!independently_verifies(
+        endpoint.secret.expose(),
+        hit,
+        tampered.as_bytes()
+    ));
+    // …and the merchant's default secret signs the callback_url delivery.
+    let default_secret = webhook_deliveries::merchant_default_secret(&pool, merchant).await?;
+    assert!(independently_verifies(
+        default_secret.expose(),
+        &at_callback[0],
+        &at_callback[0].body
+    ));
+    assert!(!independently_verifies(
+        endpoint.secret.expose(),
+        &at_callback[0],
+        &at_callback[0].body
+    ));
+
+    let attempts = webhook_endpoints::list_attempts(&pool, tx.id, 100).await?;
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts.iter().all(|a| a.attempt.status_code == Some(200)));
+    dispatcher.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_attempt() -> TestResult {
+    let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
+    let receiver = Receiver::start(Behaviour::FailFirst(vec![500, 503, 500])).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let endpoint =
+        webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None)
+            .await?;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Failed).await?;
+    publish_completed(&producer, &tx).await?;
+
+    eventually("four attempts", WAIT, || async {
+        receiver.received().len() >= 4
+    })
+    .await?;
+    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Failed);
+    eventually("delivery succeeded", WAIT, || async {
+        webhook_deliveries::deliveries_for_event(&pool, event)
+            .await
+            .map(|d| d.len() == 1 && d[0].state == DeliveryState::Succeeded)
+            .unwrap_or(false)
+    })
+    .await?;
+
+    let received = receiver.received();
+    assert_eq!(received.len(), 4);
+    for hit in &received {
+        assert_eq!(
+            hit.header("webhook-id"),
+            event.to_string(),
+            "same id every attempt"
+        );
+        assert_eq!(hit.body, received[0].body, "same body every attempt");
+        assert!(independently_verifies(
+            endpoint.secret.expose(),
+            hit,
+            &hit.body
+        ));
+    }
+    assert_eq!(received[0].json()["type"], "transaction.failed");
+    assert_eq!(received[0].json()["data"]["failure"]["code"], "declined");
+    // The schedule (0, 1 s, 1 s, 1 s) spaces the attempts.
+    for pair in received.windows(2) {
+        assert!(pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(900));
+    }
+
+    let log = webhook_endpoints::list_attempts(&pool, tx.id, 100).await?;
+    let numbers: Vec<i32> = log.iter().map(|a| a.attempt.attempt).collect();
+    let statuses: Vec<Option<i32>> = log.iter().map(|a| a.attempt.status_code).collect();
+    assert_eq!(numbers, vec![1, 2, 3, 4]);
+    assert_eq!(statuses, vec![Some(500), Some(503), Some(500), Some(200)]);
+    assert!(log
+        .iter()
+        .all(|a| a.attempt.endpoint_id == Some(endpoint.id)));
+    assert!(log.iter().all(|a| a.attempt.latency_ms.is_some()));
+    assert_eq!(
+        log[0].attempt.response_excerpt.as_deref(),
+        Some("receiver says 500 to request 1")
+    );
+    dispatcher.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint() -> TestResult {
+    let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
+    let receiver = Receiver::start(Behaviour::Always(410)).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let endpoint =
+        webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None)
+            .await?;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
+    publish_completed(&producer, &tx).await?;
+
+    eventually("endpoint disabled", WAIT, || async {
+        webhook_endpoints::get_for_merchant(&pool, merchant, endpoint.id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|e| !e.enabled())
+    })
+    .await?;
+    assert_eq!(
+        webhook_deliveries::endpoint_disabled_reason(&pool, endpoint.id)
+            .await?
+            .as_deref(),
+        Some("gone")
+    );
+    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
+    let deliveries = webhook_deliveries::deliveries_for_event(&pool, event).await?;
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].state, DeliveryState::Disabled);
+    assert_eq!(deliveries[0].last_status_code, Some(410));
+
+    // Nothing more goes to it: not a retry, not the next event.
+    let next = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
+    publish_completed(&producer, &next).await?;
+    eventually("second event recorded", WAIT, || async {
+        count(&pool, "SELECT count(*) FROM webhook_events").await == 2
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(receiver.received().len(), 1, "a 410 is not retried");
+    assert_eq!(
+        webhook_endpoints::list_attempts(&pool, tx.id, 100)
+            .await?
+            .len(),
+        1
+    );
+    assert!(webhook_endpoints::list_attempts(&pool, next.id, 100)
+        .await?
+        .is_empty());
+    dispatcher.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_endpoint_does_not_delay_another_endpoint() -> TestResult {
+    let (config, pool) = test_config(&[0, 60]).await?;
+    let timeout = Duration::from_millis(config.dispatcher.request_timeout_ms);
+    let slow = Receiver::start(Behaviour::Hang).await?;
+    let fast = Receiver::start(Behaviour::FailFirst(vec![])).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let slow_endpoint =
+        webhook_endpoints::create(&pool, merchant, &format!("{}/slow", slow.base), None).await?;
+    webhook_endpoints::create(&pool, merchant, &format!("{}/fast", fast.base), None).await?;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let mut txs = Vec::new();
+    for _ in 0..3 {
+        let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
+        publish_completed(&producer, &tx).await?;
+        txs.push(tx);
+    }
+
+    eventually("fast endpoint told of all three", WAIT, || async {
+        fast.received().len() >= 3
+    })
+    .await?;
+    eventually("slow endpoint reached", WAIT, || async {
+        !slow.received().is_empty()
+    })
+    .await?;
+    let slow_first = slow.received()[0].at;
+    let fast_last = fast
+        .received()
+        .iter()
+        .map(|r| r.at)
+        .max()
+        .ok_or("no fast request")?;
+    assert!(
+        fast_last < slow_first + timeout,
+        "the fast endpoint waited for the hanging one ({:?} after it started)",
+        fast_last.saturating_duration_since(slow_first)
+    );
+    // The bulkhead: one attempt at a time to the hanging endpoint.
+    assert_eq!(slow.received().len(), 1);
+
+    // The hanging attempt ends at the timeout and is logged as such.
+    eventually("slow attempt timed out", WAIT, || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM delivery_attempts WHERE endpoint_id = $1 AND error LIKE 'timed out%'",
+        )
+        .bind(slow_endpoint.id.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .map(|n| n >= 1)
+        .unwrap_or(false)
+    })
+    .await?;
+    dispatcher.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() -> TestResult {
+    let (config, pool) = test_config(&[0, 3]).await?;
+    let receiver = Receiver::start(Behaviour::FailFirst(vec![500])).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None).await?;
+    let first = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
+    publish_completed(&producer, &tx).await?;
+    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
+
+    eventually("first attempt logged", WAIT, || async {
+        webhook_endpoints::list_attempts(&pool, tx.id, 10)
+            .await
+            .map(|a| a.len() == 1)
+            .unwrap_or(false)
+    })
+    .await?;
+    first.stop().await?;
+    let pending = webhook_deliveries::deliveries_for_event(&pool, event).await?;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].state, DeliveryState::Pending);
+    assert!(pending[0].next_attempt_at > Utc::now());
+
+    // The retry falls due while no dispatcher runs.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(receiver.received().len(), 1);
+
+    let second = Running::start(&config).await?;
+    eventually("delivered after restart", WAIT, || async {
+        webhook_deliveries::deliveries_for_event(&pool, event)
+            .await
+            .map(|d| d.len() == 1 && d[0].state == DeliveryState::Succeeded)
+            .unwrap_or(false)
+    })
+    .await?;
+    assert_eq!(receiver.received().len(), 2);
+    let log = webhook_endpoints::list_attempts(&pool, tx.id, 10).await?;
+    let statuses: Vec<Option<i32>> = log.iter().map(|a| a.attempt.status_code).collect();
+    assert_eq!(statuses, vec![Some(500), Some(200)]);
+    assert_eq!(count(&pool, "SELECT count(*) FROM webhook_events").await, 1);
+    second.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_destinations_are_refused_before_connecting() -> TestResult {
+    let (mut config, pool) = test_config(&[0, 1, 1]).await?;
+    config.dispatcher.allow_loopback = false;
+    let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
+    let port = receiver.port;
+
+    // The guard on its own, as the API calls it at registration.
+    let strict = DestinationPolicy::STRICT;
+    let no_loopback = DestinationPolicy::from_config(&config.dispatcher);
+    for url in [
+        format!("https://127.0.0.1:{port}/hook"),
+        "https://10.0.0.1/hook".to_owned(),
+        "https://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("https://localhost:{port}/hook"),
+        "https://[fd00:ec2::254]/latest".to_owned(),
+    ] {
+        for policy in [strict, no_loopback] {
+            let verdict = check_destination(&url, policy).await;
+            assert!(
+                matches!(verdict, Err(Refused::Forbidden { .. })),
+                "{url}: {verdict:?}"
+            );
+        }
+    }
+    assert!(matches!(
+        check_destination(&format!("http://127.0.0.1:{port}/"), strict).await,
+        Err(Refused::Scheme(_))
+    ));
+    let dev = DestinationPolicy {
+        allow_loopback: true,
+        allow_http: true,
+    };
+    assert!(check_destination(&format!("http://localhost:{port}/"), dev)
+        .await
+        .is_ok());
+    assert!(check_destination("http://10.0.0.1/", dev).await.is_err());
+
+    // And at delivery: nothing reaches the receiver; every refusal is in the attempt log.
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    for url in [
+        format!("http://localhost:{port}/by-name"),
+        format!("http://127.0.0.1:{port}/by-ip"),
+        "http://10.0.0.1/private".to_owned(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        webhook_endpoints::create(&pool, merchant, &url, None).await?;
+    }
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(
+        &pool,
+        merchant,
+        Some(format!("http://[::ffff:127.0.0.1]:{port}/mapped")),
+        TransactionStatus::Succeeded,
+    )
+    .await?;
+    publish_completed(&producer, &tx).await?;
+    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
+    eventually("all five deliveries failed", WAIT, || async {
+        webhook_deliveries::deliveries_for_event(&pool, event)
+            .await
+            .map(|d| d.len() == 5 && d.iter().all(|d| d.state == DeliveryState::Failed))
+            .unwrap_or(false)
+    })
+    .await?;
+    let log = webhook_endpoints::list_attempts(&pool, tx.id, 100).await?;
+    assert_eq!(log.len(), 5, "one attempt each, not retried");
+    for attempt in &log {
+        assert_eq!(attempt.attempt.status_code, None);
+        let error = attempt.attempt.error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("refused by the destination policy"),
+            "{error}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        receiver.received().is_empty(),
+        "the guard must refuse before connecting"
+    );
+    dispatcher.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_rotating(
+) -> TestResult {
+    let (config, pool) = test_config(&[0, 1, 1]).await?;
+    let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let other = merchants::create(&pool, "other").await?.id;
+    let endpoint =
+        webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None)
+            .await?;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
+    publish_completed(&producer, &tx).await?;
+    eventually("first delivery", WAIT, || async {
+        receiver.received().len() == 1
+    })
+    .await?;
+    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
+
+    let rotated = webhook_deliveries::rotate_endpoint_secret(
+        &pool,
+        merchant,
+        endpoint.id,
+        Duration::from_secs(3_600),
+    )
+    .await?
+    .ok_or("endpoint not rotated")?;
+    assert!(webhook_deliveries::redeliver(&pool, other, event)
+        .await?
+        .is_none());
+    let replay = webhook_deliveries::redeliver(&pool, merchant, event)
+        .await?
+        .ok_or("event not found")?;
+    assert_eq!((replay.generation, replay.deliveries), (1, 1));
+
+    eventually("redelivered", WAIT, || async {
+        receiver.received().len() == 2
+    })
+    .await?;
+    let received = receiver.received();
+    let again = &received[1];
+    assert_eq!(again.header("webhook-id"), event.to_string());
+    assert_eq!(
+        again.body, received[0].body,
+        "a replay sends the same event"
+    );
+    assert_eq!(again.header("webhook-signature").split(' ').count(), 2);
+    assert!(independently_verifies(rotated.expose(), again, &again.body));
+    assert!(independently_verifies(
+        endpoint.secret.expose(),
+        again,
+        &again.body
+    ));
+
+    eventually("both generations succeeded", WAIT, || async {
+        webhook_deliveries::deliveries_for_event(&pool, event)
+            .await
+            .map(|d| {
+                d.iter().map(|d| d.generation).collect::<Vec<_>>() == vec![0, 1]
+                    && d.iter().all(|d| d.state == DeliveryState::Succeeded)
+            })
+            .unwrap_or(false)
+    })
+    .await?;
+    dispatcher.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
+    let (mut config, pool) = test_config(&[0, 1, 1, 1, 1, 1]).await?;
+    config.dispatcher.disable_after_failing_secs = 1;
+    let receiver = Receiver::start(Behaviour::Always(500)).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let endpoint =
+        webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None)
+            .await?;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
+    publish_completed(&producer, &tx).await?;
+
+    eventually("endpoint disabled", WAIT, || async {
+        webhook_deliveries::endpoint_disabled_reason(&pool, endpoint.id)
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("failing")
+    })
+    .await?;
+    // Failing since attempt 1; attempt 2, a second later, finds it failing for 1 s.
+    let attempts = webhook_endpoints::list_attempts(&pool, tx.id, 100)
+        .await?
+        .len();
+    assert_eq!(attempts, 2);
+    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
+    let deliveries = webhook_deliveries::deliveries_for_event(&pool, event).await?;
+    assert_eq!(deliveries[0].state, DeliveryState::Disabled);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(receiver.received().len(), 2, "no attempt after disabling");
+    dispatcher.stop().await
+}
