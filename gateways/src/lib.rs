@@ -4,6 +4,28 @@
 //!
 //! See `gateways/README.md` for a walk-through of adding a provider.
 
+pub mod breaker;
+pub mod callback;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod http;
+pub mod json;
+#[cfg(test)]
+mod proptests;
+pub mod protobuf;
+pub mod registry;
+pub mod secret;
+pub mod soap;
+#[cfg(test)]
+mod test_support;
+
+pub use breaker::{
+    Breaker, BreakerError, BreakerSettings, BreakerSnapshot, BreakerState, Rejection,
+};
+pub use callback::{CallbackFields, SignedCallback};
+pub use registry::{GatewayRegistry, GatewaySettings, RegisteredGateway, RegistryError};
+pub use secret::Secret;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -20,7 +42,10 @@ pub enum GatewayError {
     /// it answered 5xx or 429 before acting, or it said "try again". Safe to retry, here or
     /// on another gateway. `retry_after` carries the provider's `Retry-After` when it sent one.
     #[error("retryable: {reason}")]
-    Retryable { reason: String, retry_after: Option<Duration> },
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// The request was sent but no answer came back (timeout, connection reset mid-response):
     /// the provider **may have executed it**. Retry only on the same gateway with the same
     /// idempotency reference (our transaction id), never fail over to another provider.

@@ -1,0 +1,719 @@
+//! The conformance kit: one suite every [`PaymentGateway`] must pass against a sandbox
+//! reachable over HTTP (`paygate-sandbox`). Knobs are driven through the sandbox's admin
+//! API, so this crate does not depend on the sandbox crate.
+//!
+//! The gateway under test must be configured with `base_url = {sandbox}/{gateway name}` and
+//! the sandbox's secrets. The kit points that account's callbacks at a capture listener of
+//! its own, so callbacks are checked exactly as paygate would receive them.
+//!
+//! ```ignore
+//! let report = conformance::run(gateway.as_ref(), &ConformanceConfig::new(sandbox.base_url())).await;
+//! assert!(report.passed(), "{report}");
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use capture_guard::Shutdown;
+use chrono::Utc;
+use paygate_core::domain::{
+    CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionKind,
+};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::{
+    CallbackError, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus, ReportedStatus,
+    SubmitStatus,
+};
+
+/// Where the sandbox is and how patient to be.
+#[derive(Debug, Clone)]
+pub struct ConformanceConfig {
+    /// Sandbox root, e.g. `http://127.0.0.1:8090` (admin API under `/_admin`).
+    pub sandbox_url: String,
+    /// How long the sandbox hangs for the timeout checks; must exceed the gateway's timeout.
+    pub hang: Duration,
+    /// How long to wait for a callback.
+    pub callback_wait: Duration,
+    /// Whether the format carries a signed timestamp (then a replay an hour later must be
+    /// refused).
+    pub checks_timestamp: bool,
+}
+
+impl ConformanceConfig {
+    pub fn new(sandbox_url: impl Into<String>) -> Self {
+        Self {
+            sandbox_url: sandbox_url.into(),
+            hang: Duration::from_secs(5),
+            callback_wait: Duration::from_secs(5),
+            checks_timestamp: true,
+        }
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// All checks for one gateway.
+#[derive(Debug, Clone)]
+pub struct ConformanceReport {
+    pub gateway: GatewayName,
+    pub checks: Vec<Check>,
+}
+
+impl ConformanceReport {
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+}
+
+impl fmt::Display for ConformanceReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "conformance of {}:", self.gateway)?;
+        for check in &self.checks {
+            writeln!(
+                f,
+                "  [{}] {}: {}",
+                if check.passed { "ok" } else { "FAIL" },
+                check.name,
+                check.detail
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A callback as the capture listener received it.
+#[derive(Debug, Clone)]
+struct Captured {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Captured {
+    fn request(&self) -> CallbackRequest {
+        let headers = self
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_owned()))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>();
+        CallbackRequest {
+            body: self.body.clone(),
+            content_type: headers.get("content-type").cloned(),
+            headers,
+            received_at: Utc::now(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    received: Mutex<Vec<Captured>>,
+    notify: Notify,
+}
+
+mod capture_guard {
+    /// Stops the capture listener when dropped.
+    pub struct Shutdown(pub Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for Shutdown {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+async fn capture(
+    State(inbox): State<Arc<Inbox>>,
+    Path(_gateway): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    inbox
+        .received
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Captured { headers, body });
+    inbox.notify.notify_waiters();
+    StatusCode::OK
+}
+
+struct Kit<'a> {
+    gateway: &'a dyn PaymentGateway,
+    config: &'a ConformanceConfig,
+    http: reqwest::Client,
+    inbox: Arc<Inbox>,
+    capture_url: String,
+    checks: Vec<Check>,
+}
+
+/// Runs the suite. Never panics on a misbehaving gateway or sandbox: failures are checks.
+pub async fn run(gateway: &dyn PaymentGateway, config: &ConformanceConfig) -> ConformanceReport {
+    let name = gateway.name().clone();
+    let fail = |detail: String| ConformanceReport {
+        gateway: name.clone(),
+        checks: vec![Check {
+            name: "setup",
+            passed: false,
+            detail,
+        }],
+    };
+    let inbox = Arc::new(Inbox::default());
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("cannot bind capture listener: {e}")),
+    };
+    let capture_url = match listener.local_addr() {
+        Ok(addr) => format!("http://{addr}"),
+        Err(e) => return fail(e.to_string()),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let _stop = Shutdown(Some(stop_tx));
+    let app = Router::new()
+        .route("/callbacks/{gateway}", post(capture))
+        .with_state(Arc::clone(&inbox));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut kit = Kit {
+        gateway,
+        config,
+        http,
+        inbox,
+        capture_url,
+        checks: Vec::new(),
+    };
+    kit.all().await;
+    let _ = kit.http.delete(kit.admin_url()).send().await;
+    ConformanceReport {
+        gateway: name,
+        checks: kit.checks,
+    }
+}
+
+fn transaction(kind: TransactionKind, minor_units: i64) -> Option<Transaction> {
+    Some(Transaction::create(
+        NewTransaction {
+            merchant_id: MerchantId::new(),
+            kind,
+            money: Money::from_parts(minor_units, "USD").ok()?,
+            customer: CustomerReference::parse("cust_conformance").ok()?,
+            gateway: None,
+            callback_url: None,
+            metadata: json!({}),
+        },
+        Utc::now(),
+    ))
+}
+
+impl Kit<'_> {
+    fn record(&mut self, name: &'static str, result: Result<String, String>) {
+        let (passed, detail) = match result {
+            Ok(detail) => (true, detail),
+            Err(detail) => (false, detail),
+        };
+        self.checks.push(Check {
+            name,
+            passed,
+            detail,
+        });
+    }
+
+    fn admin_url(&self) -> String {
+        format!(
+            "{}/_admin/accounts/{}/knobs",
+            self.config.sandbox_url.trim_end_matches('/'),
+            self.gateway.name()
+        )
+    }
+
+    /// Sets the account's knobs: a clean base (callbacks to us, no delay) plus `extra`.
+    async fn knobs(&self, extra: Value) -> Result<(), String> {
+        let mut knobs = json!({
+            "callback_base_url": self.capture_url,
+            "callback_delay_ms": 0,
+            "hang_ms": u64::try_from(self.config.hang.as_millis()).unwrap_or(u64::MAX),
+            "callback_max_attempts": 1,
+        });
+        if let (Value::Object(base), Value::Object(extra)) = (&mut knobs, extra) {
+            base.extend(extra);
+        }
+        let response = self
+            .http
+            .put(self.admin_url())
+            .json(&knobs)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("sandbox refused knobs: {}", response.status()));
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<Value, String> {
+        let url = format!(
+            "{}/_admin/accounts/{}/stats",
+            self.config.sandbox_url.trim_end_matches('/'),
+            self.gateway.name()
+        );
+        self.http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn clear(&self) {
+        self.inbox
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Waits until `count` callbacks are captured (or the wait runs out); returns them.
+    async fn callbacks(&self, count: usize) -> Vec<Captured> {
+        let deadline = tokio::time::Instant::now() + self.config.callback_wait;
+        loop {
+            let notified = self.inbox.notify.notified();
+            let received = self
+                .inbox
+                .received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if received.len() >= count || tokio::time::Instant::now() >= deadline {
+                return received;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    async fn submit(&self, tx: &Transaction) -> Result<crate::SubmitOutcome, GatewayError> {
+        match tx.kind {
+            TransactionKind::Deposit => self.gateway.deposit(tx).await,
+            TransactionKind::Withdrawal => self.gateway.withdraw(tx).await,
+        }
+    }
+
+    /// Submits with clean knobs and returns the one callback it produced.
+    async fn executed_with_callback(
+        &self,
+        kind: TransactionKind,
+        extra: Value,
+    ) -> Result<(Transaction, Captured), String> {
+        self.knobs(extra).await?;
+        self.clear();
+        let tx = transaction(kind, 1050).ok_or("cannot build a transaction")?;
+        let outcome = self
+            .submit(&tx)
+            .await
+            .map_err(|e| format!("{} failed: {e}", kind.as_str()))?;
+        if outcome.provider_reference.is_empty()
+            || matches!(outcome.status, SubmitStatus::Failed { .. })
+        {
+            return Err(format!("unexpected outcome {outcome:?}"));
+        }
+        let captured = self.callbacks(1).await;
+        let first = captured.into_iter().next().ok_or("no callback arrived")?;
+        Ok((tx, first))
+    }
+
+    async fn all(&mut self) {
+        let mut genuine = None;
+        for kind in TransactionKind::ALL {
+            let name = match kind {
+                TransactionKind::Deposit => "deposit_succeeds_and_callback_parses",
+                TransactionKind::Withdrawal => "withdrawal_succeeds_and_callback_parses",
+            };
+            let result = match self.executed_with_callback(kind, json!({})).await {
+                Ok((tx, captured)) => match self.gateway.handle_callback(&captured.request()) {
+                    Ok(o)
+                        if o.transaction_id == tx.id
+                            && o.status == ReportedStatus::Succeeded
+                            && o.money == tx.money
+                            && !o.provider_event_id.is_empty() =>
+                    {
+                        genuine.get_or_insert((tx.clone(), captured.clone()));
+                        Ok(format!("{:?}", o.status))
+                    }
+                    other => Err(format!("callback parsed as {other:?}")),
+                },
+                Err(e) => Err(e),
+            };
+            self.record(name, result);
+        }
+        self.status_checks(genuine.as_ref().map(|(tx, _)| tx)).await;
+        self.error_classes().await;
+        self.lost_response().await;
+        match genuine {
+            Some((tx, captured)) => self.hostile_callbacks(&tx, &captured),
+            None => self.record(
+                "hostile_callbacks",
+                Err("no genuine callback to start from".into()),
+            ),
+        }
+        self.callback_knobs().await;
+    }
+
+    async fn status_checks(&mut self, executed: Option<&Transaction>) {
+        if let Some(tx) = executed {
+            let result = match self.gateway.status(tx).await {
+                Ok(
+                    ProviderStatus::Final(ReportedStatus::Succeeded) | ProviderStatus::Unsupported,
+                ) => Ok("final succeeded".into()),
+                other => Err(format!("status of an executed payment: {other:?}")),
+            };
+            self.record("status_of_executed_payment", result);
+        }
+        let result = match transaction(TransactionKind::Deposit, 1050) {
+            Some(tx) => match self.gateway.status(&tx).await {
+                Ok(ProviderStatus::NotFound | ProviderStatus::Unsupported) => {
+                    Ok("not found".into())
+                }
+                other => Err(format!("status of an unknown payment: {other:?}")),
+            },
+            None => Err("cannot build a transaction".into()),
+        };
+        self.record("status_of_unknown_payment", result);
+    }
+
+    /// Runs one submit under `knobs` and checks the error class and that nothing executed.
+    async fn expect_error(
+        &mut self,
+        name: &'static str,
+        knobs: Value,
+        expected: fn(&GatewayError) -> bool,
+        may_execute: bool,
+    ) {
+        let result = async {
+            self.knobs(knobs).await?;
+            let before = self.stats().await?;
+            let tx =
+                transaction(TransactionKind::Deposit, 2000).ok_or("cannot build a transaction")?;
+            let outcome = self.submit(&tx).await;
+            let after = self.stats().await?;
+            let executed = after["executions"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before["executions"].as_u64().unwrap_or(0));
+            match outcome {
+                Err(e) if expected(&e) && (may_execute || executed == 0) => Ok(e.to_string()),
+                Err(e) if expected(&e) => Err(format!("{e}, but the sandbox executed it")),
+                other => Err(format!("got {other:?}")),
+            }
+        }
+        .await;
+        self.record(name, result);
+    }
+
+    async fn error_classes(&mut self) {
+        self.expect_error(
+            "decline_is_permanent",
+            json!({"decline_rate": 1.0}),
+            |e| matches!(e, GatewayError::Permanent { .. }),
+            false,
+        )
+        .await;
+        self.expect_error(
+            "server_error_is_retryable",
+            json!({"error_rate": 1.0}),
+            |e| matches!(e, GatewayError::Retryable { .. }),
+            false,
+        )
+        .await;
+        self.expect_error(
+            "rate_limit_is_retryable_with_retry_after",
+            json!({"rate_limit_rate": 1.0}),
+            |e| {
+                matches!(
+                    e,
+                    GatewayError::Retryable {
+                        retry_after: Some(_),
+                        ..
+                    }
+                )
+            },
+            false,
+        )
+        .await;
+        self.expect_error(
+            "outage_is_retryable",
+            json!({"outage": true}),
+            |e| matches!(e, GatewayError::Retryable { .. }),
+            false,
+        )
+        .await;
+        self.expect_error(
+            "timeout_is_ambiguous",
+            json!({"timeout_rate": 1.0}),
+            |e| matches!(e, GatewayError::Ambiguous { .. }),
+            false,
+        )
+        .await;
+    }
+
+    /// Executed but the answer is lost: `Ambiguous`; the retry with the same reference is
+    /// answered from the provider's record, and the provider executed exactly once.
+    async fn lost_response(&mut self) {
+        let result = async {
+            self.knobs(json!({"lost_response_rate": 1.0})).await?;
+            self.clear();
+            let before = self.stats().await?;
+            let tx =
+                transaction(TransactionKind::Deposit, 3000).ok_or("cannot build a transaction")?;
+            match self.submit(&tx).await {
+                Err(GatewayError::Ambiguous { .. }) => {}
+                other => return Err(format!("first attempt: {other:?}")),
+            }
+            self.knobs(json!({})).await?;
+            let retry = self.submit(&tx).await.map_err(|e| format!("retry: {e}"))?;
+            let after = self.stats().await?;
+            let delta = |k: &str| {
+                after[k]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(before[k].as_u64().unwrap_or(0))
+            };
+            let callbacks = self.callbacks(1).await.len();
+            // A moment more, to catch a second execution's callback.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let callbacks = callbacks.max(
+                self.inbox
+                    .received
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len(),
+            );
+            if delta("executions") == 1 && delta("duplicates_suppressed") == 1 && callbacks == 1 {
+                Ok(format!(
+                    "retry answered {:?} from the record; executed once",
+                    retry.status
+                ))
+            } else {
+                Err(format!(
+                    "executions +{}, duplicates_suppressed +{}, callbacks {callbacks}",
+                    delta("executions"),
+                    delta("duplicates_suppressed")
+                ))
+            }
+        }
+        .await;
+        self.record("lost_response_is_ambiguous_and_retry_executes_once", result);
+    }
+
+    fn hostile_callbacks(&mut self, tx: &Transaction, genuine: &Captured) {
+        let base = genuine.request();
+        let refused = |request: &CallbackRequest, gateway: &dyn PaymentGateway| {
+            gateway.handle_callback(request).err()
+        };
+
+        // Tampered body, signature kept.
+        let mut tampered = base.clone();
+        let mut body = tampered.body.to_vec();
+        if let Some(i) = body.len().checked_div(2).filter(|_| !body.is_empty()) {
+            body[i] ^= 0x01;
+        }
+        tampered.body = Bytes::from(body);
+        let r = match refused(&tampered, self.gateway) {
+            Some(e) => Ok(e.to_string()),
+            None => Err("a tampered body was believed".into()),
+        };
+        self.record("tampered_body_refused", r);
+
+        // Forged signature headers (every header but content-type corrupted).
+        let mut forged = base.clone();
+        let mut any = false;
+        for (name, value) in forged.headers.iter_mut() {
+            if name != "content-type" && name.contains("signature") {
+                *value = value.chars().rev().collect();
+                any = true;
+            }
+        }
+        if any {
+            let r = match refused(&forged, self.gateway) {
+                Some(CallbackError::Unauthenticated(m)) => Ok(m),
+                other => Err(format!("forged signature gave {other:?}")),
+            };
+            self.record("forged_signature_unauthenticated", r);
+        }
+
+        if self.config.checks_timestamp {
+            let mut late = base.clone();
+            late.received_at += chrono::Duration::hours(1);
+            let r = match refused(&late, self.gateway) {
+                Some(CallbackError::Unauthenticated(m)) => Ok(m),
+                other => Err(format!("an hour-old callback gave {other:?}")),
+            };
+            self.record("stale_timestamp_refused", r);
+        }
+
+        let garbage: Vec<u8> = (0..512u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let cases: Vec<(&'static str, Bytes, Option<String>)> = vec![
+            (
+                "empty_body_refused",
+                Bytes::new(),
+                base.content_type.clone(),
+            ),
+            (
+                "truncated_body_refused",
+                base.body.slice(..base.body.len() / 2),
+                base.content_type.clone(),
+            ),
+            (
+                "garbage_body_refused",
+                Bytes::from(garbage),
+                base.content_type.clone(),
+            ),
+            (
+                "wrong_json_refused",
+                Bytes::from_static(br#"{"hello":"world"}"#),
+                base.content_type.clone(),
+            ),
+            (
+                "huge_body_refused",
+                Bytes::from(vec![b'a'; 4 * 1024 * 1024]),
+                base.content_type.clone(),
+            ),
+            (
+                "wrong_content_type_refused",
+                base.body.clone(),
+                Some("text/plain".into()),
+            ),
+        ];
+        for (name, body, content_type) in cases {
+            let mut request = base.clone();
+            request.body = body;
+            request.content_type = content_type.clone();
+            if let Some(ct) = content_type {
+                request.headers.insert("content-type".into(), ct);
+            }
+            let r = match (name, refused(&request, self.gateway)) {
+                ("huge_body_refused", Some(CallbackError::TooLarge)) => Ok("too large".into()),
+                ("huge_body_refused", other) => Err(format!("{other:?}")),
+                ("wrong_content_type_refused", Some(CallbackError::UnsupportedContentType(m))) => {
+                    Ok(m)
+                }
+                ("wrong_content_type_refused", other) => Err(format!("{other:?}")),
+                (_, Some(e)) => Ok(e.to_string()),
+                (_, None) => Err(format!("believed a {name} callback for {}", tx.id)),
+            };
+            self.record(name, r);
+        }
+    }
+
+    async fn callback_knobs(&mut self) {
+        // Authentic but unparseable (wrong JSON shape / truncated XML / garbage protobuf).
+        let r = match self
+            .executed_with_callback(
+                TransactionKind::Deposit,
+                json!({"malformed_callback_rate": 1.0}),
+            )
+            .await
+        {
+            Ok((_, captured)) => match self.gateway.handle_callback(&captured.request()) {
+                Err(CallbackError::Malformed(m)) => Ok(m),
+                other => Err(format!("signed malformed callback gave {other:?}")),
+            },
+            Err(e) => Err(e),
+        };
+        self.record("signed_malformed_callback_is_malformed", r);
+
+        let r = match self
+            .executed_with_callback(
+                TransactionKind::Deposit,
+                json!({"amount_mismatch_rate": 1.0}),
+            )
+            .await
+        {
+            Ok((tx, captured)) => match self.gateway.handle_callback(&captured.request()) {
+                Ok(o) if o.transaction_id == tx.id && o.money != tx.money => {
+                    Ok(format!("reported {} for {}", o.money, tx.money))
+                }
+                other => Err(format!("mismatched amount callback gave {other:?}")),
+            },
+            Err(e) => Err(e),
+        };
+        self.record("amount_mismatch_reported", r);
+
+        let r = match self
+            .executed_with_callback(
+                TransactionKind::Withdrawal,
+                json!({"callback_failure_rate": 1.0}),
+            )
+            .await
+        {
+            Ok((tx, captured)) => match self.gateway.handle_callback(&captured.request()) {
+                Ok(o)
+                    if o.transaction_id == tx.id
+                        && matches!(o.status, ReportedStatus::Failed { .. }) =>
+                {
+                    Ok(format!("{:?}", o.status))
+                }
+                other => Err(format!("failure callback gave {other:?}")),
+            },
+            Err(e) => Err(e),
+        };
+        self.record("failure_callback_reported", r);
+
+        let r = async {
+            let (tx, _) = self
+                .executed_with_callback(
+                    TransactionKind::Deposit,
+                    json!({"duplicate_callback_rate": 1.0}),
+                )
+                .await?;
+            let captured = self.callbacks(2).await;
+            let outcomes: Vec<_> = captured
+                .iter()
+                .map(|c| self.gateway.handle_callback(&c.request()))
+                .collect();
+            match outcomes.as_slice() {
+                [Ok(a), Ok(b)]
+                    if a.transaction_id == tx.id && a.provider_event_id == b.provider_event_id =>
+                {
+                    Ok(format!("both carry event {}", a.provider_event_id))
+                }
+                other => Err(format!("duplicates parsed as {other:?}")),
+            }
+        }
+        .await;
+        self.record("duplicate_callbacks_share_event_id", r);
+    }
+}

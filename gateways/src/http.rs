@@ -1,0 +1,218 @@
+//! HTTP plumbing every connector shares: the client, and the rules that turn transport
+//! failures and status codes into [`GatewayError`] classes.
+//!
+//! The classification is the money-safety core of a connector:
+//! - nothing was sent (connect refused, DNS, connect timeout) → `Retryable`;
+//! - sent, no complete answer (read timeout, connection dropped) → `Ambiguous`;
+//! - `408`, `429` (with its `Retry-After`) and `5xx` → `Retryable`, **except `504`**: a
+//!   gateway timeout from a proxy in front of the provider means the provider may have
+//!   executed, so it is `Ambiguous`;
+//! - other `4xx` → `Permanent` (the connector parses the provider's code and message);
+//! - a `2xx` we cannot read → `Ambiguous` (the provider acted on *something*).
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::{Response, StatusCode};
+
+use crate::registry::{GatewaySettings, RegistryError};
+use crate::GatewayError;
+
+/// Provider responses larger than this are not read (a misbehaving provider cannot make
+/// us buffer unbounded memory).
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// A client with the gateway's timeouts and no redirects (a redirect from a payment API is
+/// a misconfiguration, and following one could resend a payment elsewhere).
+pub fn client(settings: &GatewaySettings) -> Result<reqwest::Client, RegistryError> {
+    reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| settings.field_error("base_url", format!("cannot build HTTP client: {e}")))
+}
+
+/// Classifies a failure of `send()` (no response head was received).
+pub fn classify_send_error(error: &reqwest::Error) -> GatewayError {
+    if error.is_connect() {
+        GatewayError::Retryable {
+            reason: format!("cannot connect: {}", source_chain(error)),
+            retry_after: None,
+        }
+    } else if error.is_builder() {
+        GatewayError::Permanent {
+            code: "invalid_request".into(),
+            reason: source_chain(error),
+        }
+    } else if error.is_timeout() {
+        GatewayError::Ambiguous {
+            reason: "request sent but no response before the timeout".into(),
+        }
+    } else {
+        GatewayError::Ambiguous {
+            reason: format!(
+                "request sent but the exchange failed: {}",
+                source_chain(error)
+            ),
+        }
+    }
+}
+
+/// The error for a status that means "not executed, try again" or "unknown", or `None`
+/// for `2xx` and the `4xx` statuses the connector must interpret itself.
+pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<GatewayError> {
+    let reason = |what: &str| format!("provider answered {status}: {what}");
+    match status.as_u16() {
+        200..=299 => None,
+        408 => Some(GatewayError::Retryable {
+            reason: reason("request timeout"),
+            retry_after: retry_after(headers),
+        }),
+        429 => Some(GatewayError::Retryable {
+            reason: reason("rate limited"),
+            retry_after: retry_after(headers),
+        }),
+        504 => Some(GatewayError::Ambiguous {
+            reason: reason("gateway timeout; the provider may have executed"),
+        }),
+        500..=599 => Some(GatewayError::Retryable {
+            reason: reason("server error"),
+            retry_after: retry_after(headers),
+        }),
+        400..=499 => None,
+        _ => Some(GatewayError::Permanent {
+            code: format!("http_{}", status.as_u16()),
+            reason: reason("unexpected status"),
+        }),
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let delta = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Reads a response body up to [`MAX_RESPONSE_BYTES`]. A failure mid-body is `Ambiguous`
+/// for a success status (the provider acted) and `Retryable` for a retryable one.
+pub async fn read_body(
+    mut response: Response,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>), GatewayError> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(GatewayError::Ambiguous {
+                        reason: format!("{status} response larger than {MAX_RESPONSE_BYTES} bytes"),
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok((status, headers, body)),
+            Err(error) => {
+                return Err(match classify_status(status, &headers) {
+                    Some(retryable @ GatewayError::Retryable { .. }) => retryable,
+                    _ => GatewayError::Ambiguous {
+                        reason: format!("{status} response cut off: {}", source_chain(&error)),
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// Sends and reads, classifying transport failures.
+pub async fn exchange(
+    request: reqwest::RequestBuilder,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>), GatewayError> {
+    let response = request.send().await.map_err(|e| classify_send_error(&e))?;
+    read_body(response).await
+}
+
+/// A short, quoted excerpt of a body for error messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    format!("{text:?}")
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderValue, RETRY_AFTER};
+
+    #[test]
+    fn statuses_map_to_the_documented_classes() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        let class = |code: u16, h: &HeaderMap| {
+            StatusCode::from_u16(code)
+                .ok()
+                .and_then(|s| classify_status(s, h))
+        };
+        assert_eq!(
+            class(429, &headers),
+            Some(GatewayError::Retryable {
+                reason: "provider answered 429 Too Many Requests: rate limited".into(),
+                retry_after: Some(Duration::from_secs(7))
+            })
+        );
+        assert!(matches!(
+            class(500, &HeaderMap::new()),
+            Some(GatewayError::Retryable {
+                retry_after: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            class(503, &HeaderMap::new()),
+            Some(GatewayError::Retryable { .. })
+        ));
+        assert!(matches!(
+            class(504, &HeaderMap::new()),
+            Some(GatewayError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            class(302, &HeaderMap::new()),
+            Some(GatewayError::Permanent { .. })
+        ));
+        assert_eq!(class(200, &HeaderMap::new()), None);
+        assert_eq!(class(402, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn retry_after_accepts_http_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+}

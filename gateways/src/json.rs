@@ -1,0 +1,389 @@
+//! JSON over HTTP, shaped like Paystack's API.
+//!
+//! - Auth: `Authorization: Bearer <secret_key>`.
+//! - Deposit = a charge: `POST {base}/transaction/charge`; withdrawal = a transfer:
+//!   `POST {base}/transfer`. Both carry our transaction id as `reference` (Paystack's
+//!   idempotency key) and again as an `Idempotency-Key` header.
+//! - Answers: `{"status": true, "message": …, "data": {"id", "reference", "status":
+//!   "pending"|"success"|"failed", …}}`; refusals are `4xx` with `{"status": false,
+//!   "message", "code"}`.
+//! - Status query: `GET {base}/transaction/verify/{reference}` or
+//!   `GET {base}/transfer/verify/{reference}` (`404` = never executed).
+//! - Webhooks: `{"event": "charge.success" | "charge.failed" | "transfer.success" |
+//!   "transfer.failed", "event_id", "sent_at", "data": {…}}`, signed with
+//!   `x-paystack-signature: hex(HMAC-SHA512(webhook_secret, raw body))`. Because the whole
+//!   body is signed, its `sent_at` is too, and stale events are refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use paygate_core::domain::{GatewayName, Transaction, TransactionKind};
+use url::Url;
+
+use crate::callback::{self, CallbackFields, SignedCallback};
+use crate::http;
+use crate::registry::{GatewaySettings, RegistryError};
+use crate::secret::Secret;
+use crate::{
+    CallbackError, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus,
+    ReportedStatus, SubmitOutcome, SubmitStatus,
+};
+
+/// The provider's wire format, shared with the sandbox that plays this provider.
+pub mod wire {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Serialize};
+
+    pub const CONTENT_TYPE: &str = "application/json";
+    pub const SIGNATURE_HEADER: &str = "x-paystack-signature";
+    pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+    pub const CHARGE_PATH: &str = "transaction/charge";
+    pub const TRANSFER_PATH: &str = "transfer";
+    pub const CHARGE_VERIFY_PATH: &str = "transaction/verify/";
+    pub const TRANSFER_VERIFY_PATH: &str = "transfer/verify/";
+
+    /// A deposit.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ChargeRequest {
+        /// Our transaction id: the idempotency reference.
+        pub reference: String,
+        /// Minor units.
+        pub amount: i64,
+        pub currency: String,
+        pub customer: String,
+    }
+
+    /// A withdrawal.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TransferRequest {
+        pub source: String,
+        pub reference: String,
+        pub amount: i64,
+        pub currency: String,
+        pub recipient: String,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum PaymentState {
+        Pending,
+        Success,
+        Failed,
+    }
+
+    /// Every answer's envelope.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ApiResponse<T> {
+        pub status: bool,
+        pub message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub data: Option<T>,
+        /// Machine-readable refusal code (`declined`, `invalid_amount`, …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub code: Option<String>,
+    }
+
+    /// A charge or transfer as the provider reports it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PaymentData {
+        /// The provider's id for the payment.
+        pub id: String,
+        pub reference: String,
+        pub status: PaymentState,
+        pub amount: i64,
+        pub currency: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gateway_response: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub failure_code: Option<String>,
+    }
+
+    /// A webhook.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct WebhookEvent {
+        /// `charge.success`, `charge.failed`, `transfer.success`, `transfer.failed`.
+        pub event: String,
+        pub event_id: String,
+        pub sent_at: DateTime<Utc>,
+        pub data: PaymentData,
+    }
+}
+
+use wire::{ApiResponse, PaymentData, PaymentState, WebhookEvent};
+
+/// The JSON connector.
+pub struct JsonGateway {
+    name: GatewayName,
+    base_url: Url,
+    client: reqwest::Client,
+    secret_key: Secret,
+    webhook_secret: Secret,
+    callback_tolerance: Duration,
+    max_callback_bytes: usize,
+}
+
+impl JsonGateway {
+    pub fn new(settings: GatewaySettings) -> Result<Self, RegistryError> {
+        settings.deny_extra()?;
+        Ok(Self {
+            client: http::client(&settings)?,
+            name: settings.name,
+            base_url: settings.base_url,
+            secret_key: settings.secret_key,
+            webhook_secret: settings.webhook_secret,
+            callback_tolerance: settings.callback_tolerance,
+            max_callback_bytes: settings.max_callback_bytes,
+        })
+    }
+
+    /// The registry's constructor.
+    pub fn from_settings(
+        settings: GatewaySettings,
+    ) -> Result<Arc<dyn PaymentGateway>, RegistryError> {
+        Ok(Arc::new(Self::new(settings)?))
+    }
+
+    fn url(&self, path: &str) -> Result<Url, GatewayError> {
+        self.base_url
+            .join(path)
+            .map_err(|e| GatewayError::Permanent {
+                code: "invalid_request".into(),
+                reason: format!("bad URL: {e}"),
+            })
+    }
+
+    async fn submit<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        tx: &Transaction,
+    ) -> Result<SubmitOutcome, GatewayError> {
+        let request = self
+            .client
+            .post(self.url(path)?)
+            .bearer_auth(self.secret_key.expose())
+            .header(wire::IDEMPOTENCY_HEADER, tx.id.to_string())
+            .json(body);
+        let (status, headers, body) = http::exchange(request).await?;
+        if let Some(error) = http::classify_status(status, &headers) {
+            return Err(error);
+        }
+        if !status.is_success() {
+            return Err(refusal(status, &body));
+        }
+        let data = success_data(&body)?;
+        if data.reference != tx.id.to_string() {
+            return Err(GatewayError::Ambiguous {
+                reason: format!("answer names reference {:?}", data.reference),
+            });
+        }
+        let status = match data.status {
+            PaymentState::Pending => SubmitStatus::Accepted,
+            PaymentState::Success => SubmitStatus::Succeeded,
+            PaymentState::Failed => {
+                let (code, reason) = failure(&data);
+                return Err(GatewayError::Permanent { code, reason });
+            }
+        };
+        Ok(SubmitOutcome {
+            provider_reference: data.id,
+            status,
+        })
+    }
+}
+
+/// A `4xx`'s code and message as `Permanent`.
+fn refusal(status: reqwest::StatusCode, body: &[u8]) -> GatewayError {
+    match serde_json::from_slice::<ApiResponse<serde_json::Value>>(body) {
+        Ok(answer) => GatewayError::Permanent {
+            code: answer
+                .code
+                .unwrap_or_else(|| format!("http_{}", status.as_u16())),
+            reason: answer.message,
+        },
+        Err(_) => GatewayError::Permanent {
+            code: format!("http_{}", status.as_u16()),
+            reason: http::excerpt(body),
+        },
+    }
+}
+
+fn success_data(body: &[u8]) -> Result<PaymentData, GatewayError> {
+    let answer: ApiResponse<PaymentData> =
+        serde_json::from_slice(body).map_err(|e| GatewayError::Ambiguous {
+            reason: format!("unreadable success answer ({e}): {}", http::excerpt(body)),
+        })?;
+    answer.data.ok_or_else(|| GatewayError::Ambiguous {
+        reason: "success answer without data".into(),
+    })
+}
+
+fn failure(data: &PaymentData) -> (String, String) {
+    (
+        data.failure_code
+            .clone()
+            .unwrap_or_else(|| callback::DEFAULT_FAILURE_CODE.into()),
+        data.gateway_response
+            .clone()
+            .unwrap_or_else(|| "declined by provider".into()),
+    )
+}
+
+#[async_trait]
+impl PaymentGateway for JsonGateway {
+    fn name(&self) -> &GatewayName {
+        &self.name
+    }
+
+    async fn deposit(&self, tx: &Transaction) -> Result<SubmitOutcome, GatewayError> {
+        let body = wire::ChargeRequest {
+            reference: tx.id.to_string(),
+            amount: tx.money.amount.minor_units(),
+            currency: tx.money.currency.code().into(),
+            customer: tx.customer.as_str().to_owned(),
+        };
+        self.submit(wire::CHARGE_PATH, &body, tx).await
+    }
+
+    async fn withdraw(&self, tx: &Transaction) -> Result<SubmitOutcome, GatewayError> {
+        let body = wire::TransferRequest {
+            source: "balance".into(),
+            reference: tx.id.to_string(),
+            amount: tx.money.amount.minor_units(),
+            currency: tx.money.currency.code().into(),
+            recipient: tx.customer.as_str().to_owned(),
+        };
+        self.submit(wire::TRANSFER_PATH, &body, tx).await
+    }
+
+    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
+        callback::check_envelope(request, self.max_callback_bytes, &[wire::CONTENT_TYPE])?;
+        verify(&self.webhook_secret, request)?;
+        let event: WebhookEvent =
+            serde_json::from_slice(&request.body).map_err(callback::malformed)?;
+        callback::check_fresh(event.sent_at, request.received_at, self.callback_tolerance)?;
+        let status = match (event.event.as_str(), event.data.status) {
+            ("charge.success" | "transfer.success", PaymentState::Success) => {
+                ReportedStatus::Succeeded
+            }
+            ("charge.failed" | "transfer.failed", PaymentState::Failed) => {
+                let (code, reason) = failure(&event.data);
+                ReportedStatus::Failed { code, reason }
+            }
+            (other, state) => {
+                return Err(callback::malformed(format!(
+                    "event {other:?} with data status {state:?}"
+                )))
+            }
+        };
+        Ok(CallbackOutcome {
+            transaction_id: callback::parse_reference(&event.data.reference)?,
+            status,
+            provider_reference: callback::non_empty("data.id", &event.data.id)?,
+            provider_event_id: callback::non_empty("event_id", &event.event_id)?,
+            money: callback::parse_money(event.data.amount, &event.data.currency)?,
+        })
+    }
+
+    async fn status(&self, tx: &Transaction) -> Result<ProviderStatus, GatewayError> {
+        let path = match tx.kind {
+            TransactionKind::Deposit => wire::CHARGE_VERIFY_PATH,
+            TransactionKind::Withdrawal => wire::TRANSFER_VERIFY_PATH,
+        };
+        let request = self
+            .client
+            .get(self.url(&format!("{path}{}", tx.id))?)
+            .bearer_auth(self.secret_key.expose());
+        let (status, headers, body) = http::exchange(request).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(ProviderStatus::NotFound);
+        }
+        if let Some(error) = http::classify_status(status, &headers) {
+            return Err(error);
+        }
+        if !status.is_success() {
+            return Err(refusal(status, &body));
+        }
+        let data = success_data(&body)?;
+        Ok(match data.status {
+            PaymentState::Pending => ProviderStatus::InProgress,
+            PaymentState::Success => ProviderStatus::Final(ReportedStatus::Succeeded),
+            PaymentState::Failed => {
+                let (code, reason) = failure(&data);
+                ProviderStatus::Final(ReportedStatus::Failed { code, reason })
+            }
+        })
+    }
+}
+
+/// The signing rule: `x-paystack-signature` = hex HMAC-SHA512 of the raw body.
+pub fn sign_body(webhook_secret: &Secret, body: Bytes) -> SignedCallback {
+    let signature = hex::encode(callback::hmac_sha512(
+        webhook_secret.expose().as_bytes(),
+        &[&body],
+    ));
+    SignedCallback {
+        content_type: wire::CONTENT_TYPE.into(),
+        headers: vec![(wire::SIGNATURE_HEADER.into(), signature)],
+        body,
+    }
+}
+
+fn verify(webhook_secret: &Secret, request: &CallbackRequest) -> Result<(), CallbackError> {
+    let signature = callback::decode_hex_signature(callback::required_header(
+        request,
+        wire::SIGNATURE_HEADER,
+    )?)?;
+    callback::verify_sha512(
+        webhook_secret.expose().as_bytes(),
+        &[&request.body],
+        &signature,
+    )
+}
+
+/// The webhook body for `fields`.
+pub fn event(fields: &CallbackFields) -> WebhookEvent {
+    let prefix = match fields.kind {
+        TransactionKind::Deposit => "charge",
+        TransactionKind::Withdrawal => "transfer",
+    };
+    let (suffix, status, gateway_response, failure_code) = match &fields.status {
+        ReportedStatus::Succeeded => (
+            "success",
+            PaymentState::Success,
+            Some("Approved".to_owned()),
+            None,
+        ),
+        ReportedStatus::Failed { code, reason } => (
+            "failed",
+            PaymentState::Failed,
+            Some(reason.clone()),
+            Some(code.clone()),
+        ),
+    };
+    WebhookEvent {
+        event: format!("{prefix}.{suffix}"),
+        event_id: fields.event_id.clone(),
+        sent_at: fields.sent_at,
+        data: PaymentData {
+            id: fields.provider_reference.clone(),
+            reference: fields.transaction_id.to_string(),
+            status,
+            amount: fields.money.amount.minor_units(),
+            currency: fields.money.currency.code().into(),
+            gateway_response,
+            failure_code,
+        },
+    }
+}
+
+/// A correctly signed webhook for `fields`, as the provider would send it.
+pub fn signed_callback(webhook_secret: &Secret, fields: &CallbackFields) -> SignedCallback {
+    let body = serde_json::to_vec(&event(fields)).unwrap_or_default();
+    sign_body(webhook_secret, Bytes::from(body))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+use super::*;
+use crate::test_support::{fields, settings, transaction, WEBHOOK_SECRET};
+use chrono::{Duration as Span, Utc};
+
+fn gateway() -> JsonGateway {
+    JsonGateway::new(settings("json", "http://127.0.0.1:9/acct")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn signed_webhooks_parse_and_forgeries_do_not() {
+    let g = gateway();
+    let tx = transaction(TransactionKind::Deposit);
+    let now = Utc::now();
+    let signed = signed_callback(
+        &Secret::new(WEBHOOK_SECRET),
+        &fields(&tx, ReportedStatus::Succeeded, now),
+    );
+    assert_eq!(signed.headers[0].0, wire::SIGNATURE_HEADER);
+    assert_eq!(
+        signed.headers[0].1.len(),
+        128,
+        "hex of a 64-byte HMAC-SHA512"
+    );
+    let outcome = g
+        .handle_callback(&signed.to_request(now))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (outcome.transaction_id, outcome.money, outcome.status),
+        (tx.id, tx.money, ReportedStatus::Succeeded)
+    );
+
+    let forged = signed_callback(
+        &Secret::new("guess"),
+        &fields(&tx, ReportedStatus::Succeeded, now),
+    );
+    assert!(matches!(
+        g.handle_callback(&forged.to_request(now)),
+        Err(CallbackError::Unauthenticated(_))
+    ));
+    assert!(matches!(
+        g.handle_callback(&signed.to_request(now + Span::minutes(10))),
+        Err(CallbackError::Unauthenticated(_))
+    ));
+
+    let wrong_shape = sign_body(
+        &Secret::new(WEBHOOK_SECRET),
+        Bytes::from_static(br#"{"event":"charge.success"}"#),
+    );
+    assert!(matches!(
+        g.handle_callback(&wrong_shape.to_request(now)),
+        Err(CallbackError::Malformed(_))
+    ));
+}
+
+#[test]
+fn event_and_status_must_agree() {
+    let g = gateway();
+    let tx = transaction(TransactionKind::Withdrawal);
+    let now = Utc::now();
+    let mut event = event(&fields(&tx, ReportedStatus::Succeeded, now));
+    assert_eq!(event.event, "transfer.success");
+    event.data.status = PaymentState::Failed;
+    let body = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+    let signed = sign_body(&Secret::new(WEBHOOK_SECRET), body);
+    assert!(matches!(
+        g.handle_callback(&signed.to_request(now)),
+        Err(CallbackError::Malformed(_))
+    ));
+}
+
+#[test]
+fn refusals_carry_the_provider_code() {
+    let body =
+        br#"{"status":false,"message":"Insufficient balance","code":"insufficient_balance"}"#;
+    assert_eq!(
+        refusal(reqwest::StatusCode::BAD_REQUEST, body),
+        GatewayError::Permanent {
+            code: "insufficient_balance".into(),
+            reason: "Insufficient balance".into()
+        }
+    );
+    assert!(
+        matches!(refusal(reqwest::StatusCode::BAD_REQUEST, b"<html>"), GatewayError::Permanent { code, .. } if code == "http_400")
+    );
+    assert!(matches!(
+        success_data(b"{\"status\":true}"),
+        Err(GatewayError::Ambiguous { .. })
+    ));
+}
+
+#[tokio::test]
+async fn connection_refused_is_retryable() {
+    // Port 9 (discard) is closed on test machines.
+    let g = gateway();
+    let result = g.deposit(&transaction(TransactionKind::Deposit)).await;
+    assert!(
+        matches!(result, Err(GatewayError::Retryable { .. })),
+        "{result:?}"
+    );
+}

@@ -1,0 +1,336 @@
+//! What every protocol shares: knob lookup, the idempotency record, the decision for one
+//! payment request, stats. Protocol modules only translate wire formats to and from this.
+//!
+//! Locks are `std` mutexes held for a map operation only, never across an await, so the
+//! sandbox keeps up with benchmark load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use paygate_core::domain::{GatewayName, Money, TransactionId, TransactionKind};
+use paygate_gateways::{ReportedStatus, Secret};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::delivery::{self, Delivery};
+use crate::knobs::{Counters, Knobs, KnobsReport, StatsReport};
+
+/// Which provider the request came in as; decides the callback format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Json,
+    Soap,
+    Protobuf,
+}
+
+/// A parsed payment request, whatever its wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub account: GatewayName,
+    pub protocol: Protocol,
+    pub kind: TransactionKind,
+    pub reference: TransactionId,
+    pub money: Money,
+    pub customer: String,
+}
+
+/// What the provider holds for one reference.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub order: Order,
+    pub provider_reference: String,
+    pub state: RecordState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// Executed; the outcome is decided and will be announced by callback.
+    Pending { outcome: ReportedStatus },
+    /// The outcome has been announced (or was a synchronous decline).
+    Final(ReportedStatus),
+}
+
+/// How to answer a payment request.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Outage,
+    ServerError,
+    RateLimited,
+    /// Hung for `hang_ms` (executed or not); answer 504.
+    Hung,
+    Declined(Record),
+    Accepted(Record),
+    /// The reference was used with other parameters.
+    Conflict,
+}
+
+/// Settings the engine needs from the sandbox's.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub callback_base_url: String,
+    pub secret_key: Secret,
+    pub webhook_secret: Secret,
+    pub knobs: Knobs,
+}
+
+pub struct Engine {
+    pub settings: EngineSettings,
+    knobs: RwLock<KnobsReport>,
+    records: Mutex<HashMap<(GatewayName, TransactionId), Record>>,
+    total: Counters,
+    accounts: RwLock<BTreeMap<String, Arc<Counters>>>,
+    sequence: AtomicU64,
+    pub(crate) http: reqwest::Client,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    pub fn new(settings: EngineSettings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(256)
+            .build()?;
+        Ok(Self {
+            knobs: RwLock::new(KnobsReport {
+                global: settings.knobs.clone(),
+                accounts: BTreeMap::new(),
+            }),
+            settings,
+            records: Mutex::new(HashMap::new()),
+            total: Counters::default(),
+            accounts: RwLock::new(BTreeMap::new()),
+            sequence: AtomicU64::new(1_000_000),
+            http,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The knobs in force for `account`.
+    pub fn knobs(&self, account: &str) -> Knobs {
+        let report = self.knobs.read().unwrap_or_else(|p| p.into_inner());
+        report
+            .accounts
+            .get(account)
+            .unwrap_or(&report.global)
+            .clone()
+    }
+
+    pub fn knobs_report(&self) -> KnobsReport {
+        self.knobs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_global_knobs(&self, knobs: Knobs) {
+        self.knobs.write().unwrap_or_else(|p| p.into_inner()).global = knobs;
+    }
+
+    /// `None` removes the account's override.
+    pub fn set_account_knobs(&self, account: &str, knobs: Option<Knobs>) {
+        let mut report = self.knobs.write().unwrap_or_else(|p| p.into_inner());
+        match knobs {
+            Some(knobs) => report.accounts.insert(account.to_owned(), knobs),
+            None => report.accounts.remove(account),
+        };
+    }
+
+    /// Bumps one counter for the account and the total.
+    pub fn count(&self, account: &str, counter: fn(&Counters) -> &AtomicU64) {
+        counter(&self.total).fetch_add(1, Ordering::Relaxed);
+        let existing = self
+            .accounts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(account)
+            .cloned();
+        let counters = match existing {
+            Some(c) => c,
+            None => {
+                let mut accounts = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+                Arc::clone(accounts.entry(account.to_owned()).or_default())
+            }
+        };
+        counter(&counters).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> StatsReport {
+        let accounts = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        StatsReport {
+            total: self.total.snapshot(),
+            accounts: accounts
+                .iter()
+                .map(|(k, v)| (k.clone(), v.snapshot()))
+                .collect(),
+        }
+    }
+
+    /// Forgets records, counters and account knobs (global knobs stay).
+    pub fn reset(&self) {
+        lock(&self.records).clear();
+        self.accounts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.knobs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .accounts
+            .clear();
+        self.total.reset();
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn record(&self, account: &GatewayName, reference: &TransactionId) -> Option<Record> {
+        lock(&self.records)
+            .get(&(account.clone(), *reference))
+            .cloned()
+    }
+
+    /// Marks a pending record's outcome as announced.
+    pub(crate) fn announce(&self, account: &GatewayName, reference: &TransactionId) {
+        if let Some(record) = lock(&self.records).get_mut(&(account.clone(), *reference)) {
+            if let RecordState::Pending { outcome } = &record.state {
+                record.state = RecordState::Final(outcome.clone());
+            }
+        }
+    }
+
+    /// Waits the knob's latency; for every request, status queries included.
+    pub async fn latency(&self, knobs: &Knobs) {
+        let ms = if knobs.latency_max_ms > knobs.latency_min_ms {
+            rand::rng().random_range(knobs.latency_min_ms..=knobs.latency_max_ms)
+        } else {
+            knobs.latency_min_ms
+        };
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+
+    /// Decides and, when it executes, records the payment and schedules its callback.
+    pub async fn submit(self: &Arc<Self>, order: Order) -> Decision {
+        let account = order.account.as_str().to_owned();
+        let knobs = self.knobs(&account);
+        self.latency(&knobs).await;
+        if knobs.outage {
+            self.count(&account, |c| &c.outage_rejections);
+            return Decision::Outage;
+        }
+        if chance(knobs.rate_limit_rate) {
+            self.count(&account, |c| &c.rate_limited);
+            return Decision::RateLimited;
+        }
+        if chance(knobs.error_rate) {
+            self.count(&account, |c| &c.errors_injected);
+            return Decision::ServerError;
+        }
+        if chance(knobs.timeout_rate) {
+            self.count(&account, |c| &c.timeouts_injected);
+            self.hang(&knobs).await;
+            return Decision::Hung;
+        }
+        let decision = self.execute(order, &knobs);
+        if matches!(decision, Decision::Accepted(_)) && chance(knobs.lost_response_rate) {
+            self.count(&account, |c| &c.lost_responses);
+            self.hang(&knobs).await;
+            return Decision::Hung;
+        }
+        decision
+    }
+
+    async fn hang(&self, knobs: &Knobs) {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(knobs.hang_ms)) => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
+    /// The idempotent core: one execution per (account, reference), decided under the lock.
+    fn execute(self: &Arc<Self>, order: Order, knobs: &Knobs) -> Decision {
+        let account = order.account.as_str().to_owned();
+        let key = (order.account.clone(), order.reference);
+        let (decision, fresh) = {
+            let mut records = lock(&self.records);
+            if let Some(existing) = records.get(&key) {
+                let decision = if existing.order != order {
+                    Decision::Conflict
+                } else if matches!(existing.state, RecordState::Final(ReportedStatus::Failed { ref code, .. }) if code == "declined")
+                {
+                    Decision::Declined(existing.clone())
+                } else {
+                    Decision::Accepted(existing.clone())
+                };
+                (decision, false)
+            } else {
+                let provider_reference = match order.protocol {
+                    Protocol::Json => self.next_id().to_string(),
+                    Protocol::Soap => format!("SOAP-{}", self.next_id()),
+                    Protocol::Protobuf => format!("pb_{}", self.next_id()),
+                };
+                let declined = chance(knobs.decline_rate);
+                let state = if declined {
+                    RecordState::Final(ReportedStatus::Failed {
+                        code: "declined".into(),
+                        reason: "Do not honor".into(),
+                    })
+                } else if chance(knobs.callback_failure_rate) {
+                    RecordState::Pending {
+                        outcome: ReportedStatus::Failed {
+                            code: "insufficient_funds".into(),
+                            reason: "Insufficient funds".into(),
+                        },
+                    }
+                } else {
+                    RecordState::Pending {
+                        outcome: ReportedStatus::Succeeded,
+                    }
+                };
+                let record = Record {
+                    order,
+                    provider_reference,
+                    state,
+                };
+                records.insert(key, record.clone());
+                (
+                    if declined {
+                        Decision::Declined(record)
+                    } else {
+                        Decision::Accepted(record)
+                    },
+                    true,
+                )
+            }
+        };
+        match (&decision, fresh) {
+            (_, false) => self.count(&account, |c| &c.duplicates_suppressed),
+            (Decision::Declined(_), true) => self.count(&account, |c| &c.declines),
+            (Decision::Accepted(record), true) => {
+                self.count(&account, |c| &c.executions);
+                if knobs.callbacks_enabled {
+                    delivery::schedule(
+                        self,
+                        Delivery::plan(record, knobs, self.next_id(), Utc::now()),
+                    );
+                }
+            }
+            _ => {}
+        }
+        decision
+    }
+}
+
+/// True with probability `rate`.
+pub fn chance(rate: f64) -> bool {
+    rate > 0.0 && (rate >= 1.0 || rand::rng().random_bool(rate))
+}

@@ -1,0 +1,19 @@
+//! `paygate-sandbox`: fake payment providers. Settings from flags or `SANDBOX_*` variables.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let settings = paygate_sandbox::SandboxArgs::parse().into_settings()?;
+    let sandbox = paygate_sandbox::Sandbox::build(settings).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    sandbox.run(shutdown).await
+}
