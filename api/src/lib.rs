@@ -33,6 +33,7 @@ use paygate_core::bus::relay::{OutboxRelay, RelayHealth};
 use paygate_core::bus::{ensure_topics, Producer};
 use paygate_core::config::{ApiConfig, Config, KafkaConfig};
 use paygate_core::db;
+use paygate_core::destination::DestinationPolicy;
 use paygate_gateways::GatewayRegistry;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::PgPool;
@@ -62,8 +63,10 @@ pub struct Shared {
     pub backlog: Arc<relay::Backlog>,
     pub config: ApiConfig,
     pub metrics: Option<PrometheusHandle>,
-    /// Hosts a webhook or callback URL may use over plain http.
-    pub http_hosts: Vec<&'static str>,
+    /// The SSRF guard's policy for webhook and callback URLs: the dispatcher's own
+    /// (`DestinationPolicy::from_config(&config.dispatcher)`), so the API never accepts a URL
+    /// the dispatcher would refuse.
+    pub destinations: DestinationPolicy,
 }
 
 impl Deref for AppState {
@@ -158,7 +161,7 @@ impl Application {
             backlog: Arc::new(relay::Backlog::default()),
             config: config.api.clone(),
             metrics,
-            http_hosts: url_policy::DEFAULT_HTTP_HOSTS.to_vec(),
+            destinations: DestinationPolicy::from_config(&config.dispatcher),
         }));
         Ok(Self {
             listener,

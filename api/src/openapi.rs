@@ -1,19 +1,21 @@
 //! The OpenAPI 3.1 document, generated from the handlers and types (utoipa), served at
 //! `/openapi.json` and checked in as `api/openapi.json` (a test fails when it is stale;
-//! regenerate with `UPDATE_OPENAPI=1 cargo test -p paygate-api --test openapi`).
+//! regenerate with `UPDATE_OPENAPI=1 cargo test -p paygate-api --test api openapi`).
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{callbacks, deposits, health, transactions, webhook_endpoints};
+use crate::routes::{
+    callbacks, deposits, events, health, transactions, webhook_endpoints, webhook_secret,
+};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "paygate API",
-        description = "Merchant API (deposits, withdrawals, transactions, webhook endpoints), provider callback ingress and operations endpoints. Amounts are integer minor units with an ISO 4217 currency. Every error is `{\"error\": {\"type\", \"code\", \"message\", \"param\"}}`.",
+        description = "Merchant API (deposits, withdrawals, transactions, webhook endpoints, signing secrets, event redelivery), provider callback ingress and operations endpoints. Amounts are integer minor units with an ISO 4217 currency. Every error is `{\"error\": {\"type\", \"code\", \"message\", \"param\"}}`.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -22,10 +24,15 @@ use crate::routes::{callbacks, deposits, health, transactions, webhook_endpoints
         transactions::list,
         transactions::retrieve,
         transactions::deliveries,
+        transactions::events,
         webhook_endpoints::create,
         webhook_endpoints::list,
         webhook_endpoints::retrieve,
         webhook_endpoints::delete,
+        webhook_endpoints::rotate_secret,
+        webhook_secret::retrieve,
+        webhook_secret::rotate,
+        events::redeliver,
         callbacks::receive,
         health::healthz,
         health::readyz,
@@ -34,7 +41,7 @@ use crate::routes::{callbacks, deposits, health, transactions, webhook_endpoints
     modifiers(&BearerAuth),
     tags(
         (name = "transactions", description = "Deposits, withdrawals and their state"),
-        (name = "webhook_endpoints", description = "Where paygate tells you of outcomes"),
+        (name = "webhook_endpoints", description = "Where paygate tells you of outcomes: endpoints, signing secrets, event redelivery"),
         (name = "callbacks", description = "Provider callback ingress"),
         (name = "operations", description = "Health, readiness, metrics"),
     )

@@ -1,7 +1,10 @@
 //! What the API shows: transactions, webhook endpoints and delivery attempts as JSON, ids in
 //! their external `prefix_…` form, money as integer minor units with its currency.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
+use paygate_core::db::webhook_deliveries::{Redelivery, SigningSecret, WebhookEvent};
 use paygate_core::db::webhook_endpoints::{DeliveryAttempt, WebhookEndpoint};
 use paygate_core::domain::{
     DeliveryAttemptId, EventId, Failure, Transaction, TransactionId, TransactionKind,
@@ -202,6 +205,118 @@ impl From<&DeliveryAttempt> for DeliveryAttemptResource {
 pub struct DeliveryAttemptList {
     pub object: String,
     pub data: Vec<DeliveryAttemptResource>,
+}
+
+/// A webhook signing secret (`whsec_…`): the merchant's default secret (deliveries to a
+/// transaction's `callback_url`) or, with `endpoint_id`, an endpoint's. `Debug` never prints
+/// the secret.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookSecretResource {
+    /// Always `webhook_secret`.
+    #[schema(example = "webhook_secret")]
+    pub object: String,
+    /// The endpoint this secret signs for; null for the merchant's default secret.
+    pub endpoint_id: Option<WebhookEndpointId>,
+    /// The current signing secret. Verify `webhook-signature` with it (Standard Webhooks).
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    pub secret: String,
+    /// Only in a rotation's answer: until about this time the previous secret keeps
+    /// signing too (a second, space-separated `v1,…` signature).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+impl WebhookSecretResource {
+    pub fn new(
+        secret: &SigningSecret,
+        endpoint_id: Option<WebhookEndpointId>,
+        previous_secret_expires_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            object: "webhook_secret".to_owned(),
+            endpoint_id,
+            secret: secret.expose().to_owned(),
+            previous_secret_expires_at,
+        }
+    }
+}
+
+impl fmt::Debug for WebhookSecretResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSecretResource")
+            .field("endpoint_id", &self.endpoint_id)
+            .field("secret", &"whsec_…")
+            .field(
+                "previous_secret_expires_at",
+                &self.previous_secret_expires_at,
+            )
+            .finish()
+    }
+}
+
+/// A webhook event: what paygate tells (and retells on redelivery) about a transaction's
+/// outcome. `id` is the `webhook-id` header of every delivery of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookEventResource {
+    pub id: EventId,
+    /// Always `event`.
+    #[schema(example = "event")]
+    pub object: String,
+    /// `transaction.succeeded` or `transaction.failed`.
+    #[serde(rename = "type")]
+    #[schema(example = "transaction.succeeded")]
+    pub event_type: String,
+    pub transaction_id: TransactionId,
+    pub created_at: DateTime<Utc>,
+    /// The body every delivery of this event sends (`{type, id, created_at, data}`).
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+impl From<&WebhookEvent> for WebhookEventResource {
+    fn from(e: &WebhookEvent) -> Self {
+        Self {
+            id: e.id,
+            object: "event".to_owned(),
+            event_type: e.event_type.as_str().to_owned(),
+            transaction_id: e.transaction_id,
+            created_at: e.created_at,
+            payload: serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// The webhook events of a transaction, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WebhookEventList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<WebhookEventResource>,
+}
+
+/// The answer to `POST /v1/events/{id}/redeliver`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RedeliveryResource {
+    /// Always `redelivery`.
+    #[schema(example = "redelivery")]
+    pub object: String,
+    pub event_id: EventId,
+    /// 1 for the event's first redelivery, 2 for the next, and so on.
+    pub generation: i32,
+    /// Destinations a fresh delivery was scheduled to, due at once (the merchant's enabled
+    /// endpoints and the transaction's `callback_url`); 0 when none is left.
+    pub destinations_scheduled: usize,
+}
+
+impl From<&Redelivery> for RedeliveryResource {
+    fn from(r: &Redelivery) -> Self {
+        Self {
+            object: "redelivery".to_owned(),
+            event_id: r.event_id,
+            generation: r.generation,
+            destinations_scheduled: r.deliveries,
+        }
+    }
 }
 
 /// The answer to an accepted provider callback.

@@ -4,6 +4,7 @@
 //! negative amount then get distinct messages (`Amount::from_json`) instead of serde's
 //! generic "invalid type".
 
+use paygate_core::destination::DestinationPolicy;
 use paygate_core::domain::{Amount, Currency, CustomerReference, GatewayName, Money, MoneyError};
 use serde_json::{Map, Value};
 
@@ -33,11 +34,13 @@ const CREATE_FIELDS: &[&str] = &[
     "metadata",
 ];
 
-/// Checks a create body. `gateway_exists` says whether a named gateway is configured.
-pub fn create_transaction(
+/// Checks a create body. `gateway_exists` says whether a named gateway is configured; a
+/// `callback_url` must pass the SSRF guard under `destinations` (checked last: it may
+/// resolve a name).
+pub async fn create_transaction(
     body: &Value,
     gateway_exists: impl Fn(&GatewayName) -> bool,
-    http_hosts: &[&str],
+    destinations: DestinationPolicy,
 ) -> Result<CreateTransaction, HttpError> {
     let object = as_object(body)?;
     refuse_unknown_fields(object, CREATE_FIELDS)?;
@@ -76,16 +79,20 @@ pub fn create_transaction(
     };
     let callback_url = match optional(object, "callback_url") {
         None => None,
-        Some(value) => {
-            let text = value.as_str().ok_or_else(|| not_a_string("callback_url"))?;
-            let url = url_policy::validate_destination_url(text, http_hosts)
-                .map_err(|why| HttpError::invalid_param("url_invalid", "callback_url", why))?;
-            Some(url.to_string())
-        }
+        Some(value) => Some(value.as_str().ok_or_else(|| not_a_string("callback_url"))?),
     };
     let metadata = match optional(object, "metadata") {
         None => Value::Object(Map::new()),
         Some(value) => metadata(value)?,
+    };
+    let callback_url = match callback_url {
+        None => None,
+        Some(text) => Some(
+            url_policy::check_url(text, destinations, "callback_url")
+                .await?
+                .url
+                .to_string(),
+        ),
     };
     Ok(CreateTransaction {
         money: Money::new(amount, currency),
@@ -103,15 +110,15 @@ pub struct CreateWebhookEndpoint {
     pub description: Option<String>,
 }
 
-pub fn create_webhook_endpoint(
+/// Checks a registration body; the `url` must pass the SSRF guard under `destinations`
+/// (checked last: it may resolve a name).
+pub async fn create_webhook_endpoint(
     body: &Value,
-    http_hosts: &[&str],
+    destinations: DestinationPolicy,
 ) -> Result<CreateWebhookEndpoint, HttpError> {
     let object = as_object(body)?;
     refuse_unknown_fields(object, &["url", "description"])?;
     let url = required_str(object, "url")?;
-    let url = url_policy::validate_destination_url(url, http_hosts)
-        .map_err(|why| HttpError::invalid_param("url_invalid", "url", why))?;
     let description = match optional(object, "description") {
         None => None,
         Some(value) => {
@@ -126,6 +133,7 @@ pub fn create_webhook_endpoint(
             Some(text.to_owned())
         }
     };
+    let url = url_policy::check_url(url, destinations, "url").await?.url;
     Ok(CreateWebhookEndpoint {
         url: url.to_string(),
         description,
@@ -221,11 +229,16 @@ mod tests {
     use serde_json::json;
 
     fn check(body: Value) -> Result<CreateTransaction, HttpError> {
-        create_transaction(
+        // The guard under the strict policy; no test URL here needs a DNS lookup.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        runtime.block_on(create_transaction(
             &body,
             |g| g.as_str() == "sandbox-json",
-            url_policy::DEFAULT_HTTP_HOSTS,
-        )
+            DestinationPolicy::STRICT,
+        ))
     }
 
     fn param_of(body: Value) -> Option<String> {
@@ -236,6 +249,18 @@ mod tests {
     fn each_error_names_its_field() {
         let ok = json!({"amount": 1050, "currency": "USD", "customer": "c1"});
         assert!(check(ok.clone()).is_ok());
+        assert!(check(with_url(&ok, "https://8.8.8.8/cb")).is_ok());
+        for refused in [
+            "https://127.0.0.1/cb",
+            "https://10.0.0.1/cb",
+            "https://169.254.169.254/latest/meta-data/",
+        ] {
+            assert_eq!(
+                param_of(with_url(&ok, refused)).as_deref(),
+                Some("callback_url"),
+                "{refused}"
+            );
+        }
         let with = |field: &str, value: Value| {
             let mut body = ok.clone();
             body[field] = value;
@@ -280,5 +305,11 @@ mod tests {
         );
         assert!(check(with("gateway", json!("sandbox-json"))).is_ok());
         assert!(check(with("gateway", Value::Null)).is_ok());
+    }
+
+    fn with_url(body: &Value, url: &str) -> Value {
+        let mut body = body.clone();
+        body["callback_url"] = json!(url);
+        body
     }
 }

@@ -10,7 +10,8 @@
 //!        SSRF guard ─▶ sign (Standard Webhooks) ─▶ POST ─▶ attempt row ─▶ next state
 //! ```
 //!
-//! - [`ssrf::check_destination`]: the destination policy, also for the API at registration;
+//! - [`check_destination`] (re-exported from `paygate_core::destination`): the SSRF guard,
+//!   shared with the API, which applies it at registration;
 //! - [`signing`]: Standard Webhooks signatures (with rotation);
 //! - the repository is `paygate_core::db::webhook_deliveries` (`redeliver` for the API).
 //!
@@ -23,7 +24,6 @@ pub mod payload;
 pub mod retry;
 pub mod sender;
 pub mod signing;
-pub mod ssrf;
 
 mod handler;
 mod metrics;
@@ -39,7 +39,9 @@ use paygate_core::db::{self, DbError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use ssrf::{check_destination, CheckedDestination, DestinationPolicy, Refused};
+pub use paygate_core::destination::{
+    check_destination, CheckedDestination, DestinationPolicy, Refused,
+};
 
 /// A claimed delivery stays its worker's this long beyond the request timeout; after that a
 /// crashed worker's delivery is claimed again.

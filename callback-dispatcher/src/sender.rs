@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use paygate_core::destination::{check_destination, DestinationPolicy, Refused};
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
 use crate::retry::parse_retry_after;
 use crate::signing::{SignedHeaders, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-use crate::ssrf::{check_destination, DestinationPolicy, Refused};
 
 /// Bytes of the response body kept in the attempt log.
 pub const EXCERPT_BYTES: usize = 4 * 1024;

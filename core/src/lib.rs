@@ -3,6 +3,7 @@
 //! - [`domain`]: money, ids, the transaction and its state machine;
 //! - [`config`]: the one typed configuration;
 //! - [`db`]: Postgres pool, migrations and repositories;
+//! - [`destination`]: the SSRF guard for webhook destinations (API and dispatcher);
 //! - [`bus`]: Kafka producer, topic admin, the consumer runner, protobuf events;
 //! - [`lock`]: the Redis lease lock (an efficiency measure; versions are the guarantee);
 //! - [`telemetry`]: tracing set-up.
@@ -12,6 +13,7 @@ pub mod bus;
 pub mod cache_keys;
 pub mod config;
 pub mod db;
+pub mod destination;
 pub mod domain;
 pub mod lock;
 pub mod secret;

@@ -111,8 +111,9 @@ async fn create(
     let request = validation::create_transaction(
         &body,
         |name| state.registry.get(name).is_some(),
-        &state.http_hosts,
-    )?;
+        state.destinations,
+    )
+    .await?;
     let transaction = Transaction::create(
         NewTransaction {
             merchant_id: merchant.id,

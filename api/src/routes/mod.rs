@@ -3,9 +3,11 @@
 
 pub mod callbacks;
 pub mod deposits;
+pub mod events;
 pub mod health;
 pub mod transactions;
 pub mod webhook_endpoints;
+pub mod webhook_secret;
 
 use axum::http::HeaderMap;
 use axum::middleware;
@@ -31,10 +33,18 @@ pub fn router(state: AppState) -> Router {
             "/v1/webhook-endpoints",
             post(webhook_endpoints::create).get(webhook_endpoints::list),
         )
+        .route("/v1/transactions/{id}/events", get(transactions::events))
         .route(
             "/v1/webhook-endpoints/{id}",
             get(webhook_endpoints::retrieve).delete(webhook_endpoints::delete),
         )
+        .route(
+            "/v1/webhook-endpoints/{id}/rotate-secret",
+            post(webhook_endpoints::rotate_secret),
+        )
+        .route("/v1/webhook-secret", get(webhook_secret::retrieve))
+        .route("/v1/webhook-secret/rotate", post(webhook_secret::rotate))
+        .route("/v1/events/{id}/redeliver", post(events::redeliver))
         .route("/callbacks/{gateway}", post(callbacks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

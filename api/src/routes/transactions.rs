@@ -1,5 +1,6 @@
-//! Reading transactions: one (cache-aside through Redis), a keyset-paginated list, and the
-//! delivery attempts of one. A merchant sees only its own: another's id is 404.
+//! Reading transactions: one (cache-aside through Redis), a keyset-paginated list, the
+//! webhook events of one (their ids are what `POST /v1/events/{id}/redeliver` takes) and its
+//! delivery attempts. A merchant sees only its own: another's id is 404.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -13,6 +14,7 @@ use crate::cache::Entry;
 use crate::error::HttpError;
 use crate::resources::{
     DeliveryAttemptList, DeliveryAttemptResource, TransactionList, TransactionResource,
+    WebhookEventList, WebhookEventResource,
 };
 use crate::AppState;
 
@@ -129,6 +131,41 @@ pub async fn deliveries(
     Ok(Json(DeliveryAttemptList {
         object: "list".to_owned(),
         data: attempts.iter().map(DeliveryAttemptResource::from).collect(),
+    }))
+}
+
+/// The webhook events of a transaction (at most one per terminal outcome), oldest first.
+#[utoipa::path(
+    get, path = "/v1/transactions/{id}/events", tag = "transactions",
+    params(("id" = String, Path, description = "Transaction id, `txn_…`")),
+    responses(
+        (status = 200, body = WebhookEventList),
+        (status = 400, description = "Malformed id", body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<WebhookEventList>, HttpError> {
+    let id = parse_id(id)?;
+    db::transactions::get_for_merchant(&state.pool, merchant.id, id)
+        .await
+        .map_err(HttpError::internal)?
+        .ok_or_else(|| HttpError::not_found("transaction"))?;
+    let events = db::webhook_deliveries::events_for_transaction(&state.pool, id)
+        .await
+        .map_err(HttpError::internal)?;
+    Ok(Json(WebhookEventList {
+        object: "list".to_owned(),
+        data: events
+            .iter()
+            .filter(|e| e.merchant_id == merchant.id)
+            .map(WebhookEventResource::from)
+            .collect(),
     }))
 }
 

@@ -1,10 +1,15 @@
 //! `/v1/webhook-endpoints`: register (the signing secret is returned once), list, retrieve,
-//! delete (disables: past deliveries keep their endpoint).
+//! delete (disables: past deliveries keep their endpoint), rotate the signing secret.
+//!
+//! A URL is accepted only if the SSRF guard the dispatcher uses admits it
+//! ([`crate::url_policy`]).
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
+use paygate_core::db::webhook_deliveries;
 use paygate_core::db::webhook_endpoints as repo;
 use paygate_core::domain::WebhookEndpointId;
 
@@ -13,6 +18,7 @@ use crate::body::JsonBody;
 use crate::error::{ErrorType, HttpError};
 use crate::resources::{
     CreateWebhookEndpointRequest, DeletedResource, WebhookEndpointList, WebhookEndpointResource,
+    WebhookSecretResource,
 };
 use crate::validation;
 use crate::AppState;
@@ -26,7 +32,7 @@ pub const MAX_ENDPOINTS: i64 = 16;
     request_body = CreateWebhookEndpointRequest,
     responses(
         (status = 201, description = "Created; `secret` is shown only in this response", body = WebhookEndpointResource),
-        (status = 400, body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid body, or a `url` the SSRF guard refuses (internal address, not https, unresolvable host); `param` is `url`", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
@@ -36,7 +42,7 @@ pub async fn create(
     merchant: Merchant,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<WebhookEndpointResource>), HttpError> {
-    let request = validation::create_webhook_endpoint(&body, &state.http_hosts)?;
+    let request = validation::create_webhook_endpoint(&body, state.destinations).await?;
     let count = repo::count_enabled(&state.pool, merchant.id)
         .await
         .map_err(HttpError::internal)?;
@@ -139,6 +145,37 @@ pub async fn delete(
         object: "webhook_endpoint".to_owned(),
         deleted: true,
     }))
+}
+
+/// Rotate a webhook endpoint's signing secret. The new secret is returned (only here); the
+/// previous one keeps signing, as a second `v1,…` signature, for the overlap window.
+#[utoipa::path(
+    post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "webhook_endpoints",
+    params(("id" = String, Path, description = "Endpoint id, `we_…`")),
+    responses(
+        (status = 200, description = "Rotated; `secret` is the new one", body = WebhookSecretResource),
+        (status = 400, description = "Malformed id", body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 404, description = "No such enabled endpoint for this merchant", body = crate::error::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    merchant: Merchant,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, HttpError> {
+    let id = parse_id(id)?;
+    let overlap = crate::routes::webhook_secret::ROTATION_OVERLAP;
+    let expires_at = crate::routes::webhook_secret::overlap_end();
+    let secret = webhook_deliveries::rotate_endpoint_secret(&state.pool, merchant.id, id, overlap)
+        .await
+        .map_err(HttpError::internal)?
+        .ok_or_else(|| HttpError::not_found("webhook endpoint"))?;
+    tracing::info!(endpoint = %id, merchant = %merchant.id, "webhook endpoint secret rotated");
+    Ok(crate::routes::webhook_secret::no_store(Json(
+        WebhookSecretResource::new(&secret, Some(id), Some(expires_at)),
+    )))
 }
 
 fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<WebhookEndpointId, HttpError> {

@@ -35,6 +35,31 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
     spawn_with(|_| {}, GatewayRegistry::default()).await
 }
 
+/// The app with the dispatcher's destination policy relaxed as in tests and `paygate dev`
+/// (`allow_loopback`, `allow_http`), for tests that register loopback URLs.
+pub async fn spawn_loopback_app() -> anyhow::Result<TestApp> {
+    spawn_with(
+        |config| {
+            config.dispatcher.allow_loopback = true;
+            config.dispatcher.allow_http = true;
+        },
+        GatewayRegistry::default(),
+    )
+    .await
+}
+
+/// The app with the production destination policy: public `https` only.
+pub async fn spawn_strict_app() -> anyhow::Result<TestApp> {
+    spawn_with(
+        |config| {
+            config.dispatcher.allow_loopback = false;
+            config.dispatcher.allow_http = false;
+        },
+        GatewayRegistry::default(),
+    )
+    .await
+}
+
 pub async fn spawn_with(
     configure: impl FnOnce(&mut Config),
     registry: GatewayRegistry,

@@ -4,6 +4,7 @@
 mod auth;
 mod bench;
 mod callbacks;
+mod events;
 mod helpers;
 mod idempotency;
 mod operations;
@@ -12,3 +13,4 @@ mod rate_limit;
 mod transactions;
 mod validation;
 mod webhook_endpoints;
+mod webhook_secrets;

@@ -245,9 +245,9 @@ async fn the_validation_matrix_names_each_field_and_writes_nothing() -> TestResu
 
 #[tokio::test]
 async fn accepted_transactions_show_external_ids_and_integer_money() -> TestResult {
-    let app = spawn_app().await?;
+    let app = spawn_loopback_app().await?;
     let merchant = app.merchant().await?;
-    let body = json!({"amount": 1050, "currency": "JPY", "customer": "acct_9", "callback_url": "https://merchant.example/cb",
+    let body = json!({"amount": 1050, "currency": "JPY", "customer": "acct_9", "callback_url": "https://127.0.0.1:8443/cb",
         "metadata": {"order": "A-1", "n": 3}});
     let response = app
         .post("/v1/withdrawals", &merchant.key, &body)
@@ -269,7 +269,7 @@ async fn accepted_transactions_show_external_ids_and_integer_money() -> TestResu
     assert_eq!(created["currency"], "JPY");
     assert_eq!(created["status"], "pending");
     assert_eq!(created["metadata"], json!({"order": "A-1", "n": 3}));
-    assert_eq!(created["callback_url"], "https://merchant.example/cb");
+    assert_eq!(created["callback_url"], "https://127.0.0.1:8443/cb");
     let fetched: serde_json::Value = app
         .get(&format!("/v1/transactions/{id}"), &merchant.key)
         .send()

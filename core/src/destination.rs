@@ -1,5 +1,7 @@
 //! The SSRF guard: the one function that decides whether paygate may send a webhook to a
-//! URL, used at endpoint registration (by the API) and before every delivery attempt.
+//! URL, used by the API (endpoint registration, a transaction's `callback_url`) and by the
+//! callback dispatcher before every delivery attempt. It lives in core so both use the same
+//! rule without one service importing the other.
 //!
 //! [`check_destination`] parses the URL, requires `https` (unless `allow_http`), refuses
 //! credentials in the URL, resolves the host and refuses the URL if **any** address it
@@ -17,7 +19,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use paygate_core::config::DispatcherConfig;
+use crate::config::DispatcherConfig;
 use url::{Host, Url};
 
 /// How long name resolution may take before the destination counts as unreachable.
