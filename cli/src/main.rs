@@ -1,5 +1,6 @@
 //! `paygate`: one binary for operators and developers.
 //!
+//! - `paygate dev`: the whole pipeline in this process (see `paygate_cli::dev`);
 //! - `paygate migrate`: apply the embedded database migrations;
 //! - `paygate topics create`: create the Kafka topics (brokers may not auto-create);
 //! - `paygate merchants create --name …`: create a merchant and print its API key once;
@@ -7,11 +8,21 @@
 
 mod merchants;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use paygate_cli::dev::{self, redact};
 use paygate_core::config::Config;
 
+/// How long `paygate dev` waits for its services to stop after Ctrl-C.
+const DEV_STOP_GRACE: Duration = Duration::from_secs(30);
+
 #[derive(Parser)]
-#[command(name = "paygate", version, about = "paygate: a Kafka-driven payment gateway pipeline")]
+#[command(
+    name = "paygate",
+    version,
+    about = "paygate: a Kafka-driven payment gateway pipeline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +30,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything in this process for a quick look: migrations, the four services, the
+    /// sandbox providers, an embedded Kafka broker (unless PAYGATE_KAFKA_BROKERS is set), a
+    /// demo merchant and a demo webhook receiver. Ctrl-C stops it.
+    Dev {
+        /// Port of the API.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Port of the sandbox providers (and their admin API).
+        #[arg(long, default_value_t = 8090)]
+        sandbox_port: u16,
+        /// Port of the demo webhook receiver.
+        #[arg(long, default_value_t = 8099)]
+        receiver_port: u16,
+    },
     /// Apply database migrations to PAYGATE_DATABASE_URL.
     Migrate,
     /// Kafka topic administration.
@@ -61,12 +86,34 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
+        Command::Dev {
+            port,
+            sandbox_port,
+            receiver_port,
+        } => {
+            let options = dev::DevOptions {
+                api_port: port,
+                sandbox_port,
+                receiver_port,
+                embedded_kafka: std::env::var_os("PAYGATE_KAFKA_BROKERS").is_none(),
+            };
+            let shutdown = paygate_core::shutdown::on_signal();
+            // Ctrl-C during start-up abandons it (nothing is spawned before it completes).
+            let stack = tokio::select! {
+                started = dev::start(config, options, shutdown.clone()) => started?,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            println!("{}", stack.banner());
+            stack.wait(DEV_STOP_GRACE).await?;
+        }
         Command::Migrate => {
             let pool = paygate_core::db::connect(&config.database).await?;
             paygate_core::db::migrate(&pool).await?;
             println!("migrations applied to {}", redact(&config.database.url));
         }
-        Command::Topics { action: TopicsAction::Create } => {
+        Command::Topics {
+            action: TopicsAction::Create,
+        } => {
             paygate_core::bus::ensure_topics(&config.kafka).await?;
             println!(
                 "topics {}.* ready on {} ({} partitions)",
@@ -76,16 +123,4 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Merchants { action } => merchants::run(action, &config).await?,
     }
     Ok(())
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -31,7 +31,10 @@ pub async fn run(action: Action, config: &Config) -> anyhow::Result<()> {
     match action {
         Action::Create { name } => {
             let name = name.trim();
-            anyhow::ensure!((1..=200).contains(&name.chars().count()), "--name must be 1 to 200 characters");
+            anyhow::ensure!(
+                (1..=200).contains(&name.chars().count()),
+                "--name must be 1 to 200 characters"
+            );
             let mut tx = pool.begin().await?;
             let merchant = merchants::create(&mut *tx, name).await?;
             let (key_id, key) = merchants::create_api_key(&mut *tx, merchant.id).await?;
@@ -43,7 +46,10 @@ pub async fn run(action: Action, config: &Config) -> anyhow::Result<()> {
         }
         Action::AddKey { merchant } => {
             let id = merchant.parse().with_context(|| "--merchant")?;
-            anyhow::ensure!(merchants::get(&pool, id).await?.is_some(), "no merchant {id}");
+            anyhow::ensure!(
+                merchants::get(&pool, id).await?.is_some(),
+                "no merchant {id}"
+            );
             let (key_id, key) = merchants::create_api_key(&pool, id).await?;
             println!("key id    {key_id}");
             println!("api key   {}", key.expose());

@@ -1,0 +1,826 @@
+//! `paygate dev`: the whole pipeline in one process, for a quick look.
+//!
+//! [`start`] checks the ports, makes sure the database exists and is migrated, checks Redis,
+//! starts an embedded Kafka-protocol broker (librdkafka's mock cluster) unless a broker is
+//! configured, starts the sandbox providers, the API, the payment processor, the callback
+//! processor, the callback dispatcher and a small demo webhook receiver, all on one
+//! [`CancellationToken`], and creates a demo merchant (with an API key) whose webhook
+//! endpoint is the receiver. [`DevStack::banner`] says how to use it; [`DevStack::wait`]
+//! runs until the token is cancelled (Ctrl-C) or a service stops, then stops everything
+//! within a bound.
+//!
+//! Nothing is spawned until every part has been built, so a failed start leaves nothing
+//! running behind it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use paygate_callback_dispatcher::signing;
+use paygate_core::bus::Topic;
+use paygate_core::config::{Config, KafkaConfig, RouteRule};
+use paygate_core::db::webhook_deliveries::SigningSecret;
+use paygate_core::db::{self, merchants, webhook_endpoints};
+use paygate_core::domain::MerchantId;
+use paygate_gateways::GatewayRegistry;
+use serde_json::json;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgPool};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The gateways `paygate dev` configures on the sandbox when the config names none:
+/// (gateway name = sandbox account, connector kind).
+pub const DEV_GATEWAYS: [(&str, &str); 3] = [
+    ("sandbox-json", "json"),
+    ("sandbox-soap", "soap"),
+    ("sandbox-proto", "protobuf"),
+];
+/// The default route's order (all transactions, with failover).
+const DEV_ROUTE: [&str; 3] = ["sandbox-json", "sandbox-proto", "sandbox-soap"];
+/// Where the demo receiver listens for webhooks.
+pub const RECEIVER_PATH: &str = "/webhooks";
+/// How far a webhook's timestamp may be from the receiver's clock (Standard Webhooks: 5 min).
+const WEBHOOK_TOLERANCE_SECS: i64 = 300;
+/// Bound on each connectivity check and on each service's start.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+const SERVICE_BUILD_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the printed hints say to start Postgres, Redis and a broker.
+const STACK_HINT: &str = "start the local stack with `scripts/stack up`";
+
+/// The ports of `paygate dev` (0 picks a free one) and where Kafka comes from.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// The API (`--port`).
+    pub api_port: u16,
+    /// The sandbox providers and their admin API (`--sandbox-port`).
+    pub sandbox_port: u16,
+    /// The demo webhook receiver (`--receiver-port`).
+    pub receiver_port: u16,
+    /// Start librdkafka's in-process mock cluster instead of using `config.kafka.brokers`
+    /// (what `paygate dev` does when `PAYGATE_KAFKA_BROKERS` is not set).
+    pub embedded_kafka: bool,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        Self {
+            api_port: 8080,
+            sandbox_port: 8090,
+            receiver_port: 8099,
+            embedded_kafka: true,
+        }
+    }
+}
+
+/// One webhook the demo receiver got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedWebhook {
+    /// `webhook-id` (the event id; a redelivery repeats it).
+    pub webhook_id: String,
+    /// `type` of the body, e.g. `transaction.succeeded`.
+    pub event_type: Option<String>,
+    /// `data.id` of the body.
+    pub transaction_id: Option<String>,
+    /// `data.status` of the body.
+    pub status: Option<String>,
+    /// Whether the Standard Webhooks signature verified with the endpoint's secret.
+    pub verified: bool,
+}
+
+/// A running dev stack.
+pub struct DevStack {
+    pub api_addr: SocketAddr,
+    pub sandbox_addr: SocketAddr,
+    pub receiver_addr: SocketAddr,
+    pub merchant_id: MerchantId,
+    /// The demo merchant's API key (`sk_…`), created at this start; printed once on purpose.
+    pub api_key: String,
+    /// The brokers the services use (the mock cluster's address when embedded).
+    pub kafka_brokers: String,
+    pub embedded_kafka: bool,
+    database: String,
+    gateways: Vec<String>,
+    routes: Vec<RouteRule>,
+    received: Arc<Mutex<Vec<ReceivedWebhook>>>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    running: HashSet<&'static str>,
+    /// Kept alive for the whole run; dropped (after the services) to stop the broker.
+    kafka: Option<EmbeddedKafka>,
+}
+
+/// Starts the whole pipeline. `shutdown` stops it (also cancelled when a service stops).
+pub async fn start(
+    mut config: Config,
+    options: DevOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<DevStack> {
+    // Ports first: cheapest to check and the likeliest thing to be wrong.
+    let receiver_listener = bind_port(options.receiver_port, "--receiver-port").await?;
+    let receiver_addr = receiver_listener
+        .local_addr()
+        .context("demo receiver address")?;
+    // The sandbox must know the API's address (for callbacks) and the API the sandbox's (the
+    // gateways' base URLs), so the API's port is settled here and bound again by the API.
+    let api_port = probe_port(options.api_port, "--port")?;
+    probe_port(options.sandbox_port, "--sandbox-port")?;
+    let api_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
+    let sandbox = paygate_sandbox::Sandbox::build(paygate_sandbox::SandboxSettings {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, options.sandbox_port)),
+        callback_base_url: format!("http://{api_addr}"),
+        ..paygate_sandbox::SandboxSettings::default()
+    })
+    .await
+    .map_err(|e| {
+        anyhow!(
+            "the sandbox cannot listen on 127.0.0.1:{}: {e:#}; choose another port with --sandbox-port",
+            options.sandbox_port
+        )
+    })?;
+    let sandbox_addr = sandbox.addr();
+
+    let pool = prepare_database(&config).await?;
+    check_redis(&config).await?;
+
+    let kafka = if options.embedded_kafka {
+        let embedded = EmbeddedKafka::start(&config.kafka).await?;
+        config.kafka.brokers = embedded.bootstrap.clone();
+        Some(embedded)
+    } else {
+        check_kafka(&config.kafka).await?;
+        None
+    };
+
+    config.api.bind = api_addr.to_string();
+    // Migrations ran above; the services need not run them again.
+    config.database.migrate_on_start = false;
+    // The demo receiver is a plain-http loopback URL.
+    config.dispatcher.allow_loopback = true;
+    config.dispatcher.allow_http = true;
+    if config.gateways.is_empty() {
+        config.gateways = sandbox_gateways(&sandbox);
+    }
+    if config.processor.routes.is_empty() {
+        config.processor.routes = vec![default_route()];
+    }
+    let registry = GatewayRegistry::from_config(&config.gateways)
+        .map_err(|e| anyhow!("invalid gateway configuration: {e}"))?;
+    let gateways: Vec<String> = registry.names().map(|n| n.to_string()).collect();
+
+    // The API first: it installs the process's Prometheus recorder, which the other
+    // services' metrics then report to.
+    let api = service_build(
+        "the API",
+        &config.kafka,
+        paygate_api::Application::build_with(config.clone(), registry.clone()),
+    )
+    .await?
+    .map_err(|e| match e {
+        paygate_api::ApiError::Bind { addr, source } => {
+            anyhow!("the API cannot listen on {addr}: {source}; choose another port with --port")
+        }
+        other => anyhow!("the API did not start: {other}"),
+    })?;
+    let payments = service_build(
+        "the payment processor",
+        &config.kafka,
+        paygate_payment_processor::PaymentProcessor::build(config.clone(), registry.clone()),
+    )
+    .await?
+    .map_err(|e| anyhow!("the payment processor did not start: {e}"))?;
+    let callbacks = service_build(
+        "the callback processor",
+        &config.kafka,
+        paygate_callback_processor::CallbackProcessor::build(config.clone(), registry.clone()),
+    )
+    .await?
+    .map_err(|e| anyhow!("the callback processor did not start: {e}"))?;
+    let dispatcher = service_build(
+        "the callback dispatcher",
+        &config.kafka,
+        paygate_callback_dispatcher::Dispatcher::build(config.clone()),
+    )
+    .await?
+    .map_err(|e| anyhow!("the callback dispatcher did not start: {e}"))?;
+
+    let receiver_url = format!("http://{receiver_addr}{RECEIVER_PATH}");
+    let demo = create_demo_merchant(&pool, &receiver_url).await?;
+    pool.close().await;
+
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let receiver = receiver_router(Arc::new(Receiver {
+        secret: demo.secret,
+        received: received.clone(),
+        seen: Mutex::new(HashSet::new()),
+    }));
+
+    let mut tasks = JoinSet::new();
+    let mut running = HashSet::new();
+    let mut spawn = |name: &'static str,
+                     task: std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>,
+    >| {
+        running.insert(name);
+        tasks.spawn(async move { (name, task.await) });
+    };
+    spawn("sandbox", Box::pin(sandbox.run(shutdown.clone())));
+    let token = shutdown.clone();
+    spawn(
+        "api",
+        Box::pin(async move { api.run(token).await.map_err(anyhow::Error::from) }),
+    );
+    let token = shutdown.clone();
+    spawn(
+        "payment-processor",
+        Box::pin(async move { payments.run(token).await.map_err(anyhow::Error::from) }),
+    );
+    let token = shutdown.clone();
+    spawn(
+        "callback-processor",
+        Box::pin(async move { callbacks.run(token).await.map_err(anyhow::Error::from) }),
+    );
+    let token = shutdown.clone();
+    spawn(
+        "callback-dispatcher",
+        Box::pin(async move { dispatcher.run(token).await.map_err(anyhow::Error::from) }),
+    );
+    let token = shutdown.clone();
+    spawn(
+        "demo-receiver",
+        Box::pin(async move {
+            axum::serve(receiver_listener, receiver)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+    );
+
+    Ok(DevStack {
+        api_addr,
+        sandbox_addr,
+        receiver_addr,
+        merchant_id: demo.merchant_id,
+        api_key: demo.api_key,
+        kafka_brokers: config.kafka.brokers.clone(),
+        embedded_kafka: options.embedded_kafka,
+        database: redact(&config.database.url),
+        gateways,
+        routes: config.processor.routes.clone(),
+        received,
+        shutdown,
+        tasks,
+        running,
+        kafka,
+    })
+}
+
+impl DevStack {
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    pub fn sandbox_url(&self) -> String {
+        format!("http://{}", self.sandbox_addr)
+    }
+
+    pub fn receiver_url(&self) -> String {
+        format!("http://{}{RECEIVER_PATH}", self.receiver_addr)
+    }
+
+    /// The token that stops everything.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Every webhook the demo receiver got so far, oldest first.
+    pub fn received_webhooks(&self) -> Vec<ReceivedWebhook> {
+        self.received
+            .lock()
+            .map(|list| list.clone())
+            .unwrap_or_default()
+    }
+
+    /// What `paygate dev` prints once everything runs: URLs, the API key, and curls.
+    pub fn banner(&self) -> String {
+        let api = self.api_url();
+        let sandbox = self.sandbox_url();
+        let key = &self.api_key;
+        let kafka = if self.embedded_kafka {
+            format!(
+                "embedded mock cluster at {} (in memory; set PAYGATE_KAFKA_BROKERS to use a real broker)",
+                self.kafka_brokers
+            )
+        } else {
+            self.kafka_brokers.clone()
+        };
+        let routes: Vec<String> = self
+            .routes
+            .iter()
+            .map(|rule| {
+                let mut filter = Vec::new();
+                if let Some(kind) = &rule.kind {
+                    filter.push(kind.clone());
+                }
+                if let Some(currency) = &rule.currency {
+                    filter.push(currency.clone());
+                }
+                if let Some(country) = &rule.country {
+                    filter.push(format!("country {country}"));
+                }
+                let filter = if filter.is_empty() {
+                    "all transactions".to_owned()
+                } else {
+                    filter.join(" ")
+                };
+                let failover = if rule.failover { ", with failover" } else { "" };
+                format!("{filter} → {}{failover}", rule.gateways.join(", "))
+            })
+            .collect();
+        let idempotency_key = format!("demo-{}", uuid::Uuid::new_v4().simple());
+        format!(
+            "\
+paygate dev is running: API, payment processor, callback processor, callback dispatcher,
+sandbox providers and a demo webhook receiver, in this process. Ctrl-C stops everything.
+
+  API               {api}
+  OpenAPI           {api}/openapi.json
+  metrics           {api}/metrics
+  health            {api}/readyz
+  sandbox admin     {sandbox}/_admin/knobs
+  sandbox stats     {sandbox}/_admin/stats
+  demo receiver     {receiver}  (logs every webhook it gets, with its signature check)
+  Postgres          {database}
+  Kafka             {kafka}
+  gateways          {gateways}
+  routing           {routes}
+
+  demo merchant     {merchant}
+  API key           {key}
+                    (shown once: a new demo merchant and key are made at every start)
+
+Make a deposit (10.50 USD):
+
+  curl -sS -X POST {api}/v1/deposits \\
+    -H \"Authorization: Bearer {key}\" \\
+    -H \"Content-Type: application/json\" \\
+    -H \"Idempotency-Key: {idempotency_key}\" \\
+    -d '{{\"amount\":1050,\"currency\":\"USD\",\"customer\":\"cust_42\"}}'
+
+Read it back (TXN_ID = the \"id\" of the response above; \"status\" goes pending → succeeded):
+
+  curl -sS {api}/v1/transactions/$TXN_ID -H \"Authorization: Bearer {key}\"
+
+or list the latest: curl -sS {api}/v1/transactions -H \"Authorization: Bearer {key}\"
+",
+            receiver = self.receiver_url(),
+            database = self.database,
+            gateways = self.gateways.join(", "),
+            routes = routes.join("; "),
+            merchant = self.merchant_id,
+        )
+    }
+
+    /// Runs until the shutdown token is cancelled or a service stops on its own (which
+    /// cancels the token), then waits at most `grace` for everything to stop. An error
+    /// names each service that failed or did not stop in time.
+    pub async fn wait(mut self, grace: Duration) -> anyhow::Result<()> {
+        let mut failures = Vec::new();
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => {}
+            Some(joined) = self.tasks.join_next() => {
+                // A task that ends because the token was just cancelled stopped normally.
+                let early = !self.shutdown.is_cancelled();
+                record(joined, &mut self.running, &mut failures, early);
+                self.shutdown.cancel();
+            }
+        }
+        tracing::info!("paygate dev: stopping");
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(joined)) => record(joined, &mut self.running, &mut failures, false),
+                Ok(None) => break,
+                Err(_) => {
+                    let mut late: Vec<&str> = self.running.iter().copied().collect();
+                    late.sort_unstable();
+                    failures.push(format!(
+                        "did not stop within {} s: {}",
+                        grace.as_secs(),
+                        late.join(", ")
+                    ));
+                    self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        // The services are gone: the embedded broker can go too.
+        if let Some(kafka) = self.kafka.take() {
+            kafka.stop().await;
+        }
+        if failures.is_empty() {
+            tracing::info!("paygate dev: stopped");
+            Ok(())
+        } else {
+            Err(anyhow!(failures.join("; ")))
+        }
+    }
+
+    /// Cancels the token and waits (at most `grace`) for everything to stop.
+    pub async fn stop(self, grace: Duration) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait(grace).await
+    }
+}
+
+fn record(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+    running: &mut HashSet<&'static str>,
+    failures: &mut Vec<String>,
+    early: bool,
+) {
+    match joined {
+        Ok((name, result)) => {
+            running.remove(name);
+            match result {
+                Ok(()) if early => {
+                    tracing::warn!(service = name, "stopped on its own; stopping everything");
+                    failures.push(format!("{name} stopped unexpectedly"));
+                }
+                Ok(()) => tracing::info!(service = name, "stopped"),
+                Err(error) => {
+                    tracing::error!(service = name, error = %format!("{error:#}"), "failed");
+                    failures.push(format!("{name} failed: {error:#}"));
+                }
+            }
+        }
+        Err(error) => failures.push(format!("a service task ended abnormally: {error}")),
+    }
+}
+
+/// Binds `127.0.0.1:port` (the caller keeps the listener).
+async fn bind_port(port: u16, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .map_err(|e| port_error(port, flag, &e))
+}
+
+/// Checks that `127.0.0.1:port` is free and returns it (a free one when `port` is 0).
+fn probe_port(port: u16, flag: &str) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .map_err(|e| port_error(port, flag, &e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| port_error(port, flag, &e))?
+        .port();
+    Ok(port)
+}
+
+fn port_error(port: u16, flag: &str, error: &std::io::Error) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow!("port {port} is already in use; choose another with {flag} <port>")
+    } else {
+        anyhow!(
+            "cannot listen on 127.0.0.1:{port}: {error}; choose another port with {flag} <port>"
+        )
+    }
+}
+
+/// Creates the configured database when it does not exist (connecting to the `postgres`
+/// database of the same server), then opens a pool and applies the migrations.
+async fn prepare_database(config: &Config) -> anyhow::Result<PgPool> {
+    let url = &config.database.url;
+    let shown = redact(url);
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| anyhow!("PAYGATE_DATABASE_URL {shown} is not usable: {e}"))?;
+    let server = format!("{}:{}", options.get_host(), options.get_port());
+    let unreachable = |error: &dyn std::fmt::Display| {
+        anyhow!(
+            "Postgres is unreachable at {server} ({error}); {STACK_HINT}, or point PAYGATE_DATABASE_URL at a running server"
+        )
+    };
+    if let Some(name) = options.get_database().map(str::to_owned) {
+        let admin = options
+            .clone()
+            .database("postgres")
+            .disable_statement_logging();
+        let mut conn = tokio::time::timeout(CHECK_TIMEOUT, admin.connect())
+            .await
+            .map_err(|_| unreachable(&"no answer within 5 s"))?
+            .map_err(|e| unreachable(&e))?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut conn)
+                .await
+                .with_context(|| format!("Postgres at {server}: looking up database {name}"))?;
+        if !exists {
+            let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+            match sqlx::query(&create).execute(&mut conn).await {
+                Ok(_) => tracing::info!(database = %name, "created the database"),
+                // Someone else created it meanwhile.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+                Err(e) => {
+                    return Err(anyhow!(
+                        "Postgres at {server}: cannot create database {name}: {e}"
+                    ))
+                }
+            }
+        }
+        let _ = conn.close().await;
+    }
+    let pool = tokio::time::timeout(CHECK_TIMEOUT, db::connect(&config.database))
+        .await
+        .map_err(|_| unreachable(&"no answer within 5 s"))?
+        .map_err(|e| unreachable(&e))?;
+    db::migrate(&pool)
+        .await
+        .with_context(|| format!("applying migrations to {shown}"))?;
+    Ok(pool)
+}
+
+/// Fails with a clear message when Redis does not answer a PING.
+async fn check_redis(config: &Config) -> anyhow::Result<()> {
+    let shown = redact(&config.redis.url);
+    let unreachable = |error: &dyn std::fmt::Display| {
+        anyhow!(
+            "Redis is unreachable at {shown} ({error}); {STACK_HINT}, or point PAYGATE_REDIS_URL at a running server"
+        )
+    };
+    let client = redis::Client::open(config.redis.url.as_str())
+        .map_err(|e| anyhow!("PAYGATE_REDIS_URL {shown} is not usable: {e}"))?;
+    let ping = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    tokio::time::timeout(CHECK_TIMEOUT, ping)
+        .await
+        .map_err(|_| unreachable(&"no answer within 5 s"))?
+        .map_err(|e| unreachable(&e))?;
+    Ok(())
+}
+
+/// With a real broker: the topics exist (creating them if needed), or a clear message.
+async fn check_kafka(kafka: &KafkaConfig) -> anyhow::Result<()> {
+    let unreachable = |error: &dyn std::fmt::Display| {
+        anyhow!(
+            "Kafka is unreachable at {} ({error}); {STACK_HINT} (tansu on 127.0.0.1:9092), or unset PAYGATE_KAFKA_BROKERS to use the embedded broker",
+            kafka.brokers
+        )
+    };
+    tokio::time::timeout(
+        SERVICE_BUILD_TIMEOUT,
+        paygate_core::bus::ensure_topics(kafka),
+    )
+    .await
+    .map_err(|_| unreachable(&"no answer within 30 s"))?
+    .map_err(|e| unreachable(&e))
+}
+
+/// A service's `build`, bounded: it waits for Kafka, which may never answer.
+async fn service_build<T>(
+    what: &str,
+    kafka: &KafkaConfig,
+    build: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(SERVICE_BUILD_TIMEOUT, build)
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "{what} did not start within {} s: is Kafka reachable at {}? {STACK_HINT}, or unset PAYGATE_KAFKA_BROKERS to use the embedded broker",
+                SERVICE_BUILD_TIMEOUT.as_secs(),
+                kafka.brokers
+            )
+        })
+}
+
+/// `[gateways.*]` for the three sandbox accounts.
+fn sandbox_gateways(sandbox: &paygate_sandbox::Sandbox) -> BTreeMap<String, serde_json::Value> {
+    DEV_GATEWAYS
+        .iter()
+        .map(|(name, kind)| {
+            let table = json!({
+                "kind": kind,
+                "base_url": sandbox.account_url(name),
+                "secret_key": paygate_sandbox::DEFAULT_SECRET_KEY,
+                "webhook_secret": paygate_sandbox::DEFAULT_WEBHOOK_SECRET,
+            });
+            ((*name).to_owned(), table)
+        })
+        .collect()
+}
+
+/// Every transaction to the sandbox gateways, with failover.
+fn default_route() -> RouteRule {
+    RouteRule {
+        kind: None,
+        currency: None,
+        country: None,
+        gateways: DEV_ROUTE.iter().map(|g| (*g).to_owned()).collect(),
+        failover: true,
+    }
+}
+
+struct DemoMerchant {
+    merchant_id: MerchantId,
+    api_key: String,
+    secret: SigningSecret,
+}
+
+/// A merchant, its API key and its webhook endpoint (the demo receiver), in one commit.
+async fn create_demo_merchant(pool: &PgPool, receiver_url: &str) -> anyhow::Result<DemoMerchant> {
+    let mut tx = pool.begin().await.context("creating the demo merchant")?;
+    let merchant = merchants::create(&mut *tx, "paygate dev demo")
+        .await
+        .context("creating the demo merchant")?;
+    let (_key_id, key) = merchants::create_api_key(&mut *tx, merchant.id)
+        .await
+        .context("creating the demo API key")?;
+    let endpoint = webhook_endpoints::create(
+        &mut *tx,
+        merchant.id,
+        receiver_url,
+        Some("paygate dev demo receiver"),
+    )
+    .await
+    .context("registering the demo webhook endpoint")?;
+    tx.commit().await.context("creating the demo merchant")?;
+    Ok(DemoMerchant {
+        merchant_id: merchant.id,
+        api_key: key.expose().to_owned(),
+        secret: SigningSecret::from(&endpoint.secret),
+    })
+}
+
+/// The demo webhook receiver: verifies each delivery's signature and logs it.
+struct Receiver {
+    secret: SigningSecret,
+    received: Arc<Mutex<Vec<ReceivedWebhook>>>,
+    seen: Mutex<HashSet<String>>,
+}
+
+fn receiver_router(receiver: Arc<Receiver>) -> Router {
+    Router::new()
+        .route(RECEIVER_PATH, post(receive))
+        .with_state(receiver)
+}
+
+async fn receive(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let webhook_id = header(signing::HEADER_ID);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default();
+    let verdict = signing::verify(
+        &receiver.secret,
+        &webhook_id,
+        &header(signing::HEADER_TIMESTAMP),
+        &header(signing::HEADER_SIGNATURE),
+        &body,
+        now,
+        WEBHOOK_TOLERANCE_SECS,
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let webhook = ReceivedWebhook {
+        webhook_id: webhook_id.clone(),
+        event_type: text(&parsed["type"]),
+        transaction_id: text(&parsed["data"]["id"]),
+        status: text(&parsed["data"]["status"]),
+        verified: verdict.is_ok(),
+    };
+    let repeat = receiver
+        .seen
+        .lock()
+        .map(|mut seen| !seen.insert(webhook_id.clone()))
+        .unwrap_or(false);
+    let event = webhook.event_type.as_deref().unwrap_or("(no type)");
+    let transaction = webhook
+        .transaction_id
+        .as_deref()
+        .unwrap_or("(no transaction)");
+    match &verdict {
+        Ok(()) => tracing::info!(
+            webhook_id = %webhook_id,
+            repeat,
+            "demo receiver: {event} for {transaction}, signature verified"
+        ),
+        Err(error) => tracing::warn!(
+            webhook_id = %webhook_id,
+            repeat,
+            "demo receiver: {event} for {transaction}, signature NOT verified ({error})"
+        ),
+    }
+    if let Ok(mut list) = receiver.received.lock() {
+        list.push(webhook);
+    }
+    if verdict.is_ok() {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+/// librdkafka's mock cluster on a thread of its own (it is not `Send`), with the four topics
+/// created (it does not support CreateTopics; `ensure_topics` then finds them). Dropping or
+/// stopping it shuts the cluster down.
+struct EmbeddedKafka {
+    bootstrap: String,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EmbeddedKafka {
+    async fn start(kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        let names: Vec<String> = Topic::ALL
+            .iter()
+            .map(|t| format!("{}.{}", kafka.topic_prefix, t.suffix()))
+            .collect();
+        let partitions = kafka.partitions;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("paygate-dev-kafka".into())
+            .spawn(move || {
+                let cluster = match rdkafka::mocking::MockCluster::new(1) {
+                    Ok(cluster) => cluster,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start the mock cluster: {e}")));
+                        return;
+                    }
+                };
+                for name in &names {
+                    if let Err(e) = cluster.create_topic(name, partitions, 1) {
+                        let _ = ready_tx.send(Err(format!("cannot create topic {name}: {e}")));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Until stopped, or the handle is dropped.
+                let _ = stop_rx.recv();
+                drop(cluster);
+            })
+            .context("starting the embedded Kafka thread")?;
+        let ready = tokio::task::spawn_blocking(move || ready_rx.recv())
+            .await
+            .context("embedded Kafka")?;
+        let bootstrap = match ready {
+            Ok(Ok(bootstrap)) => bootstrap,
+            Ok(Err(message)) => return Err(anyhow!("embedded Kafka: {message}")),
+            Err(_) => return Err(anyhow!("embedded Kafka: the broker thread ended")),
+        };
+        tracing::info!(%bootstrap, "embedded Kafka (librdkafka mock cluster) started");
+        Ok(Self {
+            bootstrap,
+            stop,
+            thread,
+        })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        let joined = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || thread.join()),
+        )
+        .await;
+        if joined.is_err() {
+            tracing::warn!("the embedded Kafka broker did not stop within 5 s");
+        }
+    }
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
