@@ -54,7 +54,13 @@ impl From<&Transaction> for TransactionResource {
             amount: t.money.amount.minor_units(),
             currency: t.money.currency.code().to_owned(),
             customer: t.customer.as_str().to_owned(),
-            gateway: t.gateway.as_ref().map(|g| g.as_str().to_owned()),
+            // The gateway that took (or is taking) it; before the first attempt, the one
+            // the merchant asked for. The webhook payload shows the same.
+            gateway: t
+                .routed_gateway
+                .as_ref()
+                .or(t.gateway.as_ref())
+                .map(|g| g.as_str().to_owned()),
             status: t.status,
             attempts: t.attempts,
             provider_reference: t.provider_reference.clone(),

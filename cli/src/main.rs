@@ -4,7 +4,8 @@
 //! - `paygate migrate`: apply the embedded database migrations;
 //! - `paygate topics create`: create the Kafka topics (brokers may not auto-create);
 //! - `paygate merchants create --name …`: create a merchant and print its API key once;
-//! - `paygate merchants revoke-key --key …`: revoke a key.
+//! - `paygate merchants revoke-key --key …`: revoke a key;
+//! - `paygate bench accept --key …`: accept throughput and latency of a running API.
 
 mod merchants;
 
@@ -56,6 +57,17 @@ enum Command {
         #[command(subcommand)]
         action: merchants::Action,
     },
+    /// Benchmarks against a running paygate (e.g. `paygate dev` in another terminal).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// `POST /v1/deposits` throughput and accept latency (p50/p90/p99/max).
+    Accept(paygate_cli::bench::AcceptArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +133,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             );
         }
         Command::Merchants { action } => merchants::run(action, &config).await?,
+        Command::Bench {
+            which: BenchCommand::Accept(args),
+        } => {
+            let json = args.json.clone();
+            let report = paygate_cli::bench::accept(args).await?;
+            paygate_cli::bench::print(&report);
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+                println!("  written to {}", path.display());
+            }
+        }
     }
     Ok(())
 }

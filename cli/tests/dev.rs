@@ -227,13 +227,11 @@ async fn deposit_and_settle(stack: &DevStack, within: Duration) -> anyhow::Resul
     Ok(status)
 }
 
-/// `paygate dev` started a second time on the same database. Fails today: the sandbox numbers
-/// provider references and callback event ids from 1000000 in every process
-/// (sandbox/src/engine.rs `sequence`), so the second run's first callback reuses
-/// `evt_1000001`, which the callback log already holds for `sandbox-json` with other content:
-/// it is flagged for review and never applied, and the deposit stays `submitted`.
+/// `paygate dev` started a second time on the same database still settles payments. This
+/// once failed: the sandbox numbered provider references and callback event ids from a
+/// constant in every process, so the second run's first callback reused an event id the
+/// callback log already held with other content; it was flagged for review and never applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails until the sandbox's ids are unique across restarts (see the doc comment)"]
 async fn a_second_dev_run_on_the_same_database_still_settles_payments() -> anyhow::Result<()> {
     paygate_core::telemetry::init(&paygate_core::config::Config::default().log);
     let (config, _pool) = isolated_config().await?;

@@ -10,7 +10,9 @@ use crate::db::outbox::OutboxMessage;
 use crate::domain::Transaction;
 
 fn headers(trace: Option<TraceParent>) -> BTreeMap<String, String> {
-    let trace = trace.map(|t| t.child()).unwrap_or_else(TraceParent::new_root);
+    let trace = trace
+        .map(|t| t.child())
+        .unwrap_or_else(TraceParent::new_root);
     BTreeMap::from([(TRACEPARENT.to_owned(), trace.to_string())])
 }
 

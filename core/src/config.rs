@@ -246,7 +246,11 @@ impl Default for Config {
                 stuck_after_secs: 300,
                 routes: Vec::new(),
             },
-            callbacks: CallbacksConfig { concurrency: 64, lock_ttl_ms: 10_000, lock_wait_ms: 5_000 },
+            callbacks: CallbacksConfig {
+                concurrency: 64,
+                lock_ttl_ms: 10_000,
+                lock_wait_ms: 5_000,
+            },
             dispatcher: DispatcherConfig {
                 concurrency: 64,
                 per_endpoint_concurrency: 4,
@@ -358,21 +362,32 @@ impl Config {
         if self.api.outbox_batch_size < 1 {
             return fail("API_OUTBOX_BATCH_SIZE", "must be at least 1");
         }
-        if self.processor.concurrency == 0 || self.callbacks.concurrency == 0 || self.dispatcher.concurrency == 0 {
-            return fail("PROCESSOR_CONCURRENCY", "every service concurrency must be at least 1");
+        if self.processor.concurrency == 0
+            || self.callbacks.concurrency == 0
+            || self.dispatcher.concurrency == 0
+        {
+            return fail(
+                "PROCESSOR_CONCURRENCY",
+                "every service concurrency must be at least 1",
+            );
         }
         if self.processor.max_attempts < 1 {
             return fail("PROCESSOR_MAX_ATTEMPTS", "must be at least 1");
         }
         if self.dispatcher.retry_schedule_secs.is_empty() {
-            return fail("DISPATCHER_RETRY_SCHEDULE_SECS", "needs at least one delay (0 = at once)");
+            return fail(
+                "DISPATCHER_RETRY_SCHEDULE_SECS",
+                "needs at least one delay (0 = at once)",
+            );
         }
         if self.dispatcher.per_endpoint_concurrency == 0 {
             return fail("DISPATCHER_PER_ENDPOINT_CONCURRENCY", "must be at least 1");
         }
         for (i, rule) in self.processor.routes.iter().enumerate() {
             if rule.gateways.is_empty() {
-                return Err(ConfigError(format!("processor.routes[{i}]: needs at least one gateway")));
+                return Err(ConfigError(format!(
+                    "processor.routes[{i}]: needs at least one gateway"
+                )));
             }
         }
         Ok(())
@@ -405,7 +420,8 @@ fn env_value(raw: &str) -> figment::value::Value {
     }
     // `0,5,300`: a list of integers (retry schedules).
     if raw.contains(',') {
-        let numbers: Result<Vec<i64>, _> = raw.split(',').map(|p| p.trim().parse::<i64>()).collect();
+        let numbers: Result<Vec<i64>, _> =
+            raw.split(',').map(|p| p.trim().parse::<i64>()).collect();
         if let Ok(numbers) = numbers {
             return Value::from(numbers);
         }

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use paygate_core::bus::{ensure_topics, ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError, Producer, Topic};
+use paygate_core::bus::{
+    ensure_topics, ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError, Producer,
+    Topic,
+};
 use paygate_core::testing::unique_name;
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +19,10 @@ struct Seen(Mutex<Vec<Vec<u8>>>);
 #[async_trait]
 impl Handler for Seen {
     async fn handle(&self, d: &Delivery) -> Result<(), HandlerError> {
-        self.0.lock().map_err(|e| HandlerError::Retry(e.to_string()))?.push(d.payload.clone());
+        self.0
+            .lock()
+            .map_err(|e| HandlerError::Retry(e.to_string()))?
+            .push(d.payload.clone());
         Ok(())
     }
 }
@@ -34,12 +40,17 @@ async fn the_bus_works_on_the_mock_cluster() -> Result<(), Box<dyn std::error::E
     ensure_topics(&config).await?;
     let producer = Producer::new(&config)?;
     for i in 0..5_u8 {
-        producer.send(Topic::TransactionsPending, "k", &[i], &Default::default()).await?;
+        producer
+            .send(Topic::TransactionsPending, "k", &[i], &Default::default())
+            .await?;
     }
     let seen = Arc::new(Seen::default());
     let runner = ConsumerRunner::new(
         &config,
-        ConsumerSettings::new(format!("{}.g", config.group_prefix), vec![Topic::TransactionsPending]),
+        ConsumerSettings::new(
+            format!("{}.g", config.group_prefix),
+            vec![Topic::TransactionsPending],
+        ),
         seen.clone(),
         producer,
     )?;
@@ -54,6 +65,9 @@ async fn the_bus_works_on_the_mock_cluster() -> Result<(), Box<dyn std::error::E
     }
     stop.cancel();
     task.await??;
-    assert_eq!(seen.0.lock().map(|s| s.clone()).unwrap_or_default(), vec![vec![0], vec![1], vec![2], vec![3], vec![4]]);
+    assert_eq!(
+        seen.0.lock().map(|s| s.clone()).unwrap_or_default(),
+        vec![vec![0], vec![1], vec![2], vec![3], vec![4]]
+    );
     Ok(())
 }

@@ -16,11 +16,15 @@ use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
 use paygate_core::db::transactions;
 use paygate_core::db::DbError;
-use paygate_core::domain::{GatewayName, InvalidTransition, Transaction, TransactionId, TransactionKind, TransactionStatus};
+use paygate_core::domain::{
+    GatewayName, InvalidTransition, Transaction, TransactionId, TransactionKind, TransactionStatus,
+};
 use paygate_core::lock::RedisLock;
 use paygate_gateways::breaker::BreakerError;
 use paygate_gateways::registry::RegisteredGateway;
-use paygate_gateways::{GatewayError, GatewayRegistry, ProviderStatus, ReportedStatus, SubmitOutcome, SubmitStatus};
+use paygate_gateways::{
+    GatewayError, GatewayRegistry, ProviderStatus, ReportedStatus, SubmitOutcome, SubmitStatus,
+};
 use sqlx::PgPool;
 
 use crate::backoff::Backoff;
@@ -99,10 +103,19 @@ pub struct Engine {
 
 impl Engine {
     /// Handles one `transactions.pending` event for `id` at `version`.
-    pub async fn process(&self, id: TransactionId, version: i64, trace: Option<TraceParent>) -> Result<Outcome, ProcessError> {
+    pub async fn process(
+        &self,
+        id: TransactionId,
+        version: i64,
+        trace: Option<TraceParent>,
+    ) -> Result<Outcome, ProcessError> {
         let lease = self
             .lock
-            .acquire(&lock_name(id), self.settings.lock_ttl, self.settings.lock_wait)
+            .acquire(
+                &lock_name(id),
+                self.settings.lock_ttl,
+                self.settings.lock_wait,
+            )
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?
             .ok_or_else(|| ProcessError::Transient(format!("{id} is locked by another worker")))?;
@@ -110,17 +123,31 @@ impl Engine {
         if let Err(error) = self.lock.release(lease).await {
             tracing::warn!(%error, %id, "lock release failed; it expires by itself");
         }
-        if matches!(result, Ok(Outcome::Submitted | Outcome::RetryScheduled | Outcome::Completed(_) | Outcome::Deferred)) {
+        if matches!(
+            result,
+            Ok(Outcome::Submitted
+                | Outcome::RetryScheduled
+                | Outcome::Completed(_)
+                | Outcome::Deferred)
+        ) {
             self.invalidate_cache(id).await;
         }
         result
     }
 
-    async fn process_locked(&self, id: TransactionId, version: i64, trace: Option<TraceParent>) -> Result<Outcome, ProcessError> {
+    async fn process_locked(
+        &self,
+        id: TransactionId,
+        version: i64,
+        trace: Option<TraceParent>,
+    ) -> Result<Outcome, ProcessError> {
         let Some(tx) = transactions::get(&self.pool, id).await? else {
             return Err(ProcessError::Poison(format!("unknown transaction {id}")));
         };
-        if !matches!(tx.status, TransactionStatus::Pending | TransactionStatus::RetryScheduled) {
+        if !matches!(
+            tx.status,
+            TransactionStatus::Pending | TransactionStatus::RetryScheduled
+        ) {
             return Ok(Outcome::Skipped("not claimable"));
         }
         if tx.version != version {
@@ -129,18 +156,40 @@ impl Engine {
         }
         if tx.attempts >= self.settings.max_attempts {
             let reason = format!("gave up after {} attempts", tx.attempts);
-            return self.finish(&tx, TransactionStatus::Failed, Some((codes::MAX_ATTEMPTS, reason)), None, trace).await;
+            return self
+                .finish(
+                    &tx,
+                    TransactionStatus::Failed,
+                    Some((codes::MAX_ATTEMPTS, reason)),
+                    None,
+                    trace,
+                )
+                .await;
         }
         let route = match self.router.route(&tx) {
             Ok(route) => route,
             Err(RouteError::NoRoute) => {
                 let reason = "no routing rule matches this transaction".to_owned();
-                return self.finish(&tx, TransactionStatus::Failed, Some((codes::NO_ROUTE, reason)), None, trace).await;
+                return self
+                    .finish(
+                        &tx,
+                        TransactionStatus::Failed,
+                        Some((codes::NO_ROUTE, reason)),
+                        None,
+                        trace,
+                    )
+                    .await;
             }
             Err(error @ RouteError::UnknownGateway(_)) => {
                 // Terminal for the merchant, and dead-lettered for the operator to see.
-                self.finish(&tx, TransactionStatus::Failed, Some((codes::UNKNOWN_GATEWAY, error.to_string())), None, trace)
-                    .await?;
+                self.finish(
+                    &tx,
+                    TransactionStatus::Failed,
+                    Some((codes::UNKNOWN_GATEWAY, error.to_string())),
+                    None,
+                    trace,
+                )
+                .await?;
                 return Err(ProcessError::Poison(error.to_string()));
             }
         };
@@ -149,7 +198,10 @@ impl Engine {
             return self.defer(&tx).await;
         };
 
-        let claim = tx.advance(TransactionStatus::Submitting, Utc::now())?.start_attempt().routed_to(gateway_name.clone());
+        let claim = tx
+            .advance(TransactionStatus::Submitting, Utc::now())?
+            .start_attempt()
+            .routed_to(gateway_name.clone());
         let Some(claimed) = transactions::apply(&self.pool, &claim).await? else {
             return Ok(Outcome::Skipped("claimed by another worker"));
         };
@@ -162,15 +214,21 @@ impl Engine {
                 }
             })
             .await;
-        metrics::gauge!("paygate_breaker_open", "gateway" => gateway_name.to_string())
-            .set(f64::from(u8::from(entry.breaker.state() != paygate_gateways::breaker::BreakerState::Closed)));
+        metrics::gauge!("paygate_breaker_open", "gateway" => gateway_name.to_string()).set(
+            f64::from(u8::from(
+                entry.breaker.state() != paygate_gateways::breaker::BreakerState::Closed,
+            )),
+        );
         metrics::counter!("paygate_processor_attempts_total", "gateway" => gateway_name.to_string(), "outcome" => outcome_class(&result))
             .increment(1);
         self.record(&claimed, &route, result, trace).await
     }
 
     /// The first candidate whose breaker would admit a call now.
-    fn first_admitting(&self, candidates: &[GatewayName]) -> Option<(GatewayName, RegisteredGateway)> {
+    fn first_admitting(
+        &self,
+        candidates: &[GatewayName],
+    ) -> Option<(GatewayName, RegisteredGateway)> {
         candidates.iter().find_map(|name| {
             let entry = self.registry.entry(name)?;
             entry.breaker.would_admit().then(|| (name.clone(), entry))
@@ -183,7 +241,10 @@ impl Engine {
         let update = tx
             .advance(TransactionStatus::RetryScheduled, Utc::now())?
             .retry_at(at)
-            .failure(codes::BREAKER_OPEN, "every gateway for this transaction has an open circuit breaker");
+            .failure(
+                codes::BREAKER_OPEN,
+                "every gateway for this transaction has an open circuit breaker",
+            );
         match transactions::apply(&self.pool, &update).await? {
             Some(_) => Ok(Outcome::Deferred),
             None => Ok(Outcome::Skipped("changed while deferring")),
@@ -199,7 +260,10 @@ impl Engine {
     ) -> Result<Outcome, ProcessError> {
         let now = Utc::now();
         match result {
-            Ok(SubmitOutcome { provider_reference, status: SubmitStatus::Accepted }) => {
+            Ok(SubmitOutcome {
+                provider_reference,
+                status: SubmitStatus::Accepted,
+            }) => {
                 let update = claimed
                     .advance(TransactionStatus::Submitted, now)?
                     .provider_reference(provider_reference)
@@ -210,11 +274,31 @@ impl Engine {
                     None => Outcome::Skipped("callback arrived first"),
                 })
             }
-            Ok(SubmitOutcome { provider_reference, status: SubmitStatus::Succeeded }) => {
-                self.finish(claimed, TransactionStatus::Succeeded, None, Some(provider_reference), trace).await
+            Ok(SubmitOutcome {
+                provider_reference,
+                status: SubmitStatus::Succeeded,
+            }) => {
+                self.finish(
+                    claimed,
+                    TransactionStatus::Succeeded,
+                    None,
+                    Some(provider_reference),
+                    trace,
+                )
+                .await
             }
-            Ok(SubmitOutcome { provider_reference, status: SubmitStatus::Failed { code, reason } }) => {
-                self.finish(claimed, TransactionStatus::Failed, Some((&code, reason)), Some(provider_reference), trace).await
+            Ok(SubmitOutcome {
+                provider_reference,
+                status: SubmitStatus::Failed { code, reason },
+            }) => {
+                self.finish(
+                    claimed,
+                    TransactionStatus::Failed,
+                    Some((&code, reason)),
+                    Some(provider_reference),
+                    trace,
+                )
+                .await
             }
             Err(BreakerError::Rejected { rejection, .. }) => {
                 // Refused at the last moment (another worker took the half-open probe): the
@@ -227,21 +311,47 @@ impl Engine {
                 self.schedule(update).await
             }
             Err(BreakerError::Gateway(GatewayError::Permanent { code, reason })) => {
-                self.finish(claimed, TransactionStatus::Failed, Some((&code, reason)), None, trace).await
+                self.finish(
+                    claimed,
+                    TransactionStatus::Failed,
+                    Some((&code, reason)),
+                    None,
+                    trace,
+                )
+                .await
             }
-            Err(BreakerError::Gateway(GatewayError::Retryable { reason, retry_after })) => {
+            Err(BreakerError::Gateway(GatewayError::Retryable {
+                reason,
+                retry_after,
+            })) => {
                 if claimed.attempts >= self.settings.max_attempts {
-                    let reason = format!("gave up after {} attempts; last: {reason}", claimed.attempts);
-                    return self.finish(claimed, TransactionStatus::Failed, Some((codes::MAX_ATTEMPTS, reason)), None, trace).await;
+                    let reason = format!(
+                        "gave up after {} attempts; last: {reason}",
+                        claimed.attempts
+                    );
+                    return self
+                        .finish(
+                            claimed,
+                            TransactionStatus::Failed,
+                            Some((codes::MAX_ATTEMPTS, reason)),
+                            None,
+                            trace,
+                        )
+                        .await;
                 }
                 // Fail over at once when another gateway of the route can take it; else back off.
                 let failover_ready = route.failover
-                    && route.gateways.iter().any(|g| Some(g) != claimed.routed_gateway.as_ref()
-                        && self.registry.breaker(g).is_some_and(|b| b.would_admit()));
+                    && route.gateways.iter().any(|g| {
+                        Some(g) != claimed.routed_gateway.as_ref()
+                            && self.registry.breaker(g).is_some_and(|b| b.would_admit())
+                    });
                 let delay = if failover_ready {
                     Duration::ZERO
                 } else {
-                    self.settings.backoff.delay(claimed.attempts, &mut rand::rng()).max(retry_after.unwrap_or_default())
+                    self.settings
+                        .backoff
+                        .delay(claimed.attempts, &mut rand::rng())
+                        .max(retry_after.unwrap_or_default())
                 };
                 let update = claimed
                     .advance(TransactionStatus::RetryScheduled, now)?
@@ -251,10 +361,24 @@ impl Engine {
             }
             Err(BreakerError::Gateway(GatewayError::Ambiguous { reason })) => {
                 if claimed.attempts >= self.settings.max_attempts {
-                    let reason = format!("gave up after {} attempts; last: {reason}", claimed.attempts);
-                    return self.finish(claimed, TransactionStatus::Failed, Some((codes::MAX_ATTEMPTS, reason)), None, trace).await;
+                    let reason = format!(
+                        "gave up after {} attempts; last: {reason}",
+                        claimed.attempts
+                    );
+                    return self
+                        .finish(
+                            claimed,
+                            TransactionStatus::Failed,
+                            Some((codes::MAX_ATTEMPTS, reason)),
+                            None,
+                            trace,
+                        )
+                        .await;
                 }
-                let delay = self.settings.backoff.delay(claimed.attempts, &mut rand::rng());
+                let delay = self
+                    .settings
+                    .backoff
+                    .delay(claimed.attempts, &mut rand::rng());
                 let update = claimed
                     .advance(TransactionStatus::RetryScheduled, now)?
                     .retry_at(now + delay)
@@ -264,7 +388,10 @@ impl Engine {
         }
     }
 
-    async fn schedule(&self, update: paygate_core::domain::TransactionUpdate) -> Result<Outcome, ProcessError> {
+    async fn schedule(
+        &self,
+        update: paygate_core::domain::TransactionUpdate,
+    ) -> Result<Outcome, ProcessError> {
         Ok(match transactions::apply(&self.pool, &update).await? {
             Some(_) => Outcome::RetryScheduled,
             None => Outcome::Skipped("changed while scheduling a retry"),
@@ -289,13 +416,15 @@ impl Engine {
             update = update.provider_reference(reference);
         }
         let message = announce::completed(&update.next, trace);
-        Ok(match transactions::apply_and_announce(&self.pool, &update, Some(&message)).await? {
-            Some(done) => {
-                metrics::counter!("paygate_processor_completed_total", "status" => done.status.as_str()).increment(1);
-                Outcome::Completed(done.status)
-            }
-            None => Outcome::Skipped("changed while finishing"),
-        })
+        Ok(
+            match transactions::apply_and_announce(&self.pool, &update, Some(&message)).await? {
+                Some(done) => {
+                    metrics::counter!("paygate_processor_completed_total", "status" => done.status.as_str()).increment(1);
+                    Outcome::Completed(done.status)
+                }
+                None => Outcome::Skipped("changed while finishing"),
+            },
+        )
     }
 
     /// Reconciles one transaction stuck in `submitting`/`submitted`: asks the provider where
@@ -321,22 +450,40 @@ impl Engine {
         let Some(tx) = transactions::get(&self.pool, id).await? else {
             return Ok(Outcome::Skipped("gone"));
         };
-        if !matches!(tx.status, TransactionStatus::Submitting | TransactionStatus::Submitted) {
+        if !matches!(
+            tx.status,
+            TransactionStatus::Submitting | TransactionStatus::Submitted
+        ) {
             return Ok(Outcome::Skipped("no longer in flight"));
         }
-        let entry = tx.routed_gateway.as_ref().and_then(|g| self.registry.entry(g));
+        let entry = tx
+            .routed_gateway
+            .as_ref()
+            .and_then(|g| self.registry.entry(g));
         let report = match &entry {
-            Some(entry) => entry.breaker.call(|| entry.gateway.status(&tx)).await.unwrap_or(ProviderStatus::Unsupported),
+            Some(entry) => entry
+                .breaker
+                .call(|| entry.gateway.status(&tx))
+                .await
+                .unwrap_or(ProviderStatus::Unsupported),
             None => ProviderStatus::Unsupported,
         };
         metrics::counter!("paygate_processor_reconciled_total").increment(1);
         let now = Utc::now();
         match report {
             ProviderStatus::Final(ReportedStatus::Succeeded) => {
-                self.finish(&tx, TransactionStatus::Succeeded, None, None, None).await
+                self.finish(&tx, TransactionStatus::Succeeded, None, None, None)
+                    .await
             }
             ProviderStatus::Final(ReportedStatus::Failed { code, reason }) => {
-                self.finish(&tx, TransactionStatus::Failed, Some((&code, reason)), None, None).await
+                self.finish(
+                    &tx,
+                    TransactionStatus::Failed,
+                    Some((&code, reason)),
+                    None,
+                    None,
+                )
+                .await
             }
             ProviderStatus::InProgress => {
                 transactions::touch(&self.pool, tx.id, tx.version).await?;
@@ -347,21 +494,29 @@ impl Engine {
                 let update = tx
                     .advance(TransactionStatus::RetryScheduled, now)?
                     .retry_at(now)
-                    .failure(codes::RETRYABLE, "the provider has no record of the stuck attempt");
+                    .failure(
+                        codes::RETRYABLE,
+                        "the provider has no record of the stuck attempt",
+                    );
                 self.schedule(update).await
             }
             ProviderStatus::Unsupported => {
                 let update = tx
                     .advance(TransactionStatus::RetryScheduled, now)?
                     .retry_at(now)
-                    .failure(codes::AMBIGUOUS, "stuck mid-flight; retrying with the same idempotency reference");
+                    .failure(
+                        codes::AMBIGUOUS,
+                        "stuck mid-flight; retrying with the same idempotency reference",
+                    );
                 self.schedule(update).await
             }
         }
     }
 
     async fn invalidate_cache(&self, id: TransactionId) {
-        let Some(mut cache) = self.cache.clone() else { return };
+        let Some(mut cache) = self.cache.clone() else {
+            return;
+        };
         let key = paygate_core::cache_keys::transaction_cache_key(&self.cache_prefix, id);
         let deleted: Result<i64, _> = redis::cmd("DEL").arg(&key).query_async(&mut cache).await;
         if let Err(error) = deleted {
@@ -395,9 +550,18 @@ pub fn candidates(tx: &Transaction, route: &Route) -> Vec<GatewayName> {
 
 fn outcome_class(result: &Result<SubmitOutcome, BreakerError>) -> &'static str {
     match result {
-        Ok(SubmitOutcome { status: SubmitStatus::Accepted, .. }) => "accepted",
-        Ok(SubmitOutcome { status: SubmitStatus::Succeeded, .. }) => "succeeded",
-        Ok(SubmitOutcome { status: SubmitStatus::Failed { .. }, .. }) => "declined",
+        Ok(SubmitOutcome {
+            status: SubmitStatus::Accepted,
+            ..
+        }) => "accepted",
+        Ok(SubmitOutcome {
+            status: SubmitStatus::Succeeded,
+            ..
+        }) => "succeeded",
+        Ok(SubmitOutcome {
+            status: SubmitStatus::Failed { .. },
+            ..
+        }) => "declined",
         Err(BreakerError::Rejected { .. }) => "breaker_rejected",
         Err(BreakerError::Gateway(GatewayError::Permanent { .. })) => "permanent",
         Err(BreakerError::Gateway(GatewayError::Retryable { .. })) => "retryable",
@@ -428,31 +592,58 @@ mod tests {
             Utc::now(),
         );
         t.routed_gateway = routed.map(name);
-        t.failure = code.map(|c| Failure { code: c.into(), message: String::new() });
+        t.failure = code.map(|c| Failure {
+            code: c.into(),
+            message: String::new(),
+        });
         t
     }
 
     fn route(failover: bool) -> Route {
-        Route { gateways: vec![name("a"), name("b"), name("c")], failover }
+        Route {
+            gateways: vec![name("a"), name("b"), name("c")],
+            failover,
+        }
     }
 
     #[test]
     fn after_an_ambiguous_attempt_only_the_same_gateway_may_retry() {
-        assert_eq!(candidates(&tx(Some("b"), Some(codes::AMBIGUOUS)), &route(true)), vec![name("b")]);
-        assert_eq!(candidates(&tx(Some("b"), Some(codes::AMBIGUOUS)), &route(false)), vec![name("b")]);
+        assert_eq!(
+            candidates(&tx(Some("b"), Some(codes::AMBIGUOUS)), &route(true)),
+            vec![name("b")]
+        );
+        assert_eq!(
+            candidates(&tx(Some("b"), Some(codes::AMBIGUOUS)), &route(false)),
+            vec![name("b")]
+        );
     }
 
     #[test]
     fn after_a_clean_failure_failover_starts_at_the_next_gateway() {
-        assert_eq!(candidates(&tx(Some("a"), Some(codes::RETRYABLE)), &route(true)), vec![name("b"), name("c"), name("a")]);
-        assert_eq!(candidates(&tx(Some("c"), Some(codes::RETRYABLE)), &route(true)), vec![name("a"), name("b"), name("c")]);
-        assert_eq!(candidates(&tx(Some("a"), Some(codes::RETRYABLE)), &route(false)), vec![name("a")]);
+        assert_eq!(
+            candidates(&tx(Some("a"), Some(codes::RETRYABLE)), &route(true)),
+            vec![name("b"), name("c"), name("a")]
+        );
+        assert_eq!(
+            candidates(&tx(Some("c"), Some(codes::RETRYABLE)), &route(true)),
+            vec![name("a"), name("b"), name("c")]
+        );
+        assert_eq!(
+            candidates(&tx(Some("a"), Some(codes::RETRYABLE)), &route(false)),
+            vec![name("a")]
+        );
     }
 
     #[test]
     fn a_first_attempt_uses_the_route_in_order() {
-        assert_eq!(candidates(&tx(None, None), &route(true)), vec![name("a"), name("b"), name("c")]);
+        assert_eq!(
+            candidates(&tx(None, None), &route(true)),
+            vec![name("a"), name("b"), name("c")]
+        );
         assert_eq!(candidates(&tx(None, None), &route(false)), vec![name("a")]);
-        assert_eq!(candidates(&tx(Some("a"), Some(codes::BREAKER_OPEN)), &route(true)), vec![name("a"), name("b"), name("c")]);
+        assert_eq!(
+            candidates(&tx(Some("a"), Some(codes::BREAKER_OPEN)), &route(true)),
+            vec![name("a"), name("b"), name("c")]
+        );
     }
 }

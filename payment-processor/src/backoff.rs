@@ -15,7 +15,9 @@ pub struct Backoff {
 impl Backoff {
     /// The ceiling for the retry after `attempts` attempts (1 = after the first).
     pub fn ceiling(&self, attempts: i32) -> Duration {
-        let exponent = u32::try_from(attempts.saturating_sub(1).max(0)).unwrap_or(0).min(30);
+        let exponent = u32::try_from(attempts.saturating_sub(1).max(0))
+            .unwrap_or(0)
+            .min(30);
         self.base.saturating_mul(1_u32 << exponent).min(self.cap)
     }
 
@@ -32,7 +34,10 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_up_to_the_cap() {
-        let b = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(1) };
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
         let ceilings: Vec<u128> = (1..=6).map(|n| b.ceiling(n).as_millis()).collect();
         assert_eq!(ceilings, vec![100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.ceiling(0).as_millis(), 100);
@@ -41,7 +46,10 @@ mod tests {
 
     #[test]
     fn delays_stay_within_the_ceiling_and_vary() {
-        let b = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(10) };
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(10),
+        };
         let mut rng = rand::rng();
         let delays: Vec<Duration> = (0..200).map(|_| b.delay(4, &mut rng)).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)));

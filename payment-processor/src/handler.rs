@@ -16,12 +16,20 @@ pub struct PendingHandler {
 #[async_trait]
 impl Handler for PendingHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        let envelope = Envelope::decode_checked(&delivery.payload).map_err(|e| HandlerError::Reject(e.to_string()))?;
+        let envelope = Envelope::decode_checked(&delivery.payload)
+            .map_err(|e| HandlerError::Reject(e.to_string()))?;
         let Some(Body::TransactionPending(pending)) = envelope.body else {
-            return Err(HandlerError::Reject("not a transaction-pending event".into()));
+            return Err(HandlerError::Reject(
+                "not a transaction-pending event".into(),
+            ));
         };
-        let id = TransactionId::parse(&pending.transaction_id).map_err(|e| HandlerError::Reject(e.to_string()))?;
-        match self.engine.process(id, pending.version, delivery.traceparent()).await {
+        let id = TransactionId::parse(&pending.transaction_id)
+            .map_err(|e| HandlerError::Reject(e.to_string()))?;
+        match self
+            .engine
+            .process(id, pending.version, delivery.traceparent())
+            .await
+        {
             Ok(outcome) => {
                 tracing::debug!(%id, ?outcome, "pending event handled");
                 Ok(())

@@ -17,7 +17,9 @@ pub mod scheduler;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer, RelaySettings, Topic};
+use paygate_core::bus::{
+    self, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer, RelaySettings, Topic,
+};
 use paygate_core::config::Config;
 use paygate_core::db;
 use paygate_core::lock::RedisLock;
@@ -65,7 +67,10 @@ impl PaymentProcessor {
             .get_connection_manager()
             .await
             .map_err(paygate_core::lock::LockError::from)?;
-        let router = Router::new(&config.processor.routes, registry.names().cloned().collect())?;
+        let router = Router::new(
+            &config.processor.routes,
+            registry.names().cloned().collect(),
+        )?;
         let p = &config.processor;
         let engine = Arc::new(Engine {
             pool: pool.clone(),
@@ -77,7 +82,10 @@ impl PaymentProcessor {
             settings: Settings {
                 lock_ttl: Duration::from_millis(p.lock_ttl_ms),
                 lock_wait: Duration::from_millis(p.lock_wait_ms),
-                backoff: Backoff { base: Duration::from_millis(p.retry_base_ms), cap: Duration::from_millis(p.retry_cap_ms) },
+                backoff: Backoff {
+                    base: Duration::from_millis(p.retry_base_ms),
+                    cap: Duration::from_millis(p.retry_cap_ms),
+                },
                 max_attempts: p.max_attempts,
                 breaker_deferral: Duration::from_millis(p.breaker_deferral_ms),
             },
@@ -91,7 +99,9 @@ impl PaymentProcessor {
         let consumer = ConsumerRunner::new(
             &config.kafka,
             settings,
-            Arc::new(handler::PendingHandler { engine: engine.clone() }),
+            Arc::new(handler::PendingHandler {
+                engine: engine.clone(),
+            }),
             producer.clone(),
         )?;
         let relay = OutboxRelay::new(
@@ -106,10 +116,17 @@ impl PaymentProcessor {
         let scheduler = SchedulerSettings {
             poll: Duration::from_millis(p.scheduler_poll_ms),
             batch: p.scheduler_batch,
-            requeue_after: Duration::from_millis(p.lock_ttl_ms.saturating_mul(2)).max(Duration::from_secs(10)),
+            requeue_after: Duration::from_millis(p.lock_ttl_ms.saturating_mul(2))
+                .max(Duration::from_secs(10)),
             stuck_after: Duration::from_secs(p.stuck_after_secs),
         };
-        Ok(Self { engine, consumer, relay, scheduler, pool })
+        Ok(Self {
+            engine,
+            consumer,
+            relay,
+            scheduler,
+            pool,
+        })
     }
 
     /// The attempt engine (tests drive it directly).
@@ -119,7 +136,12 @@ impl PaymentProcessor {
 
     /// Runs the consumer, the retry scheduler and an outbox relay until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
-        let scheduler = tokio::spawn(scheduler::run(self.pool.clone(), self.engine.clone(), self.scheduler, shutdown.clone()));
+        let scheduler = tokio::spawn(scheduler::run(
+            self.pool.clone(),
+            self.engine.clone(),
+            self.scheduler,
+            shutdown.clone(),
+        ));
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
         let consumed = self.consumer.run(shutdown.clone()).await;
         shutdown.cancel();

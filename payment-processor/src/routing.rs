@@ -52,9 +52,18 @@ impl Router {
         let mut compiled = Vec::with_capacity(rules.len());
         for (index, rule) in rules.iter().enumerate() {
             let error = |message: String| RouteConfigError { index, message };
-            let kind = rule.kind.as_deref().map(str::parse).transpose().map_err(|e| error(format!("kind: {e}")))?;
-            let currency =
-                rule.currency.as_deref().map(Currency::parse).transpose().map_err(|e| error(format!("currency: {e}")))?;
+            let kind = rule
+                .kind
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| error(format!("kind: {e}")))?;
+            let currency = rule
+                .currency
+                .as_deref()
+                .map(Currency::parse)
+                .transpose()
+                .map_err(|e| error(format!("currency: {e}")))?;
             let mut gateways = Vec::with_capacity(rule.gateways.len());
             for name in &rule.gateways {
                 let name = GatewayName::parse(name).map_err(|e| error(e.to_string()))?;
@@ -64,9 +73,20 @@ impl Router {
                 gateways.push(name);
             }
             let country = rule.country.as_ref().map(|c| c.to_ascii_uppercase());
-            compiled.push(Rule { kind, currency, country, route: Route { gateways, failover: rule.failover } });
+            compiled.push(Rule {
+                kind,
+                currency,
+                country,
+                route: Route {
+                    gateways,
+                    failover: rule.failover,
+                },
+            });
         }
-        Ok(Self { rules: compiled, known })
+        Ok(Self {
+            rules: compiled,
+            known,
+        })
     }
 
     pub fn route(&self, transaction: &Transaction) -> Result<Route, RouteError> {
@@ -74,15 +94,27 @@ impl Router {
             if !self.known.contains(requested) {
                 return Err(RouteError::UnknownGateway(requested.clone()));
             }
-            return Ok(Route { gateways: vec![requested.clone()], failover: false });
+            return Ok(Route {
+                gateways: vec![requested.clone()],
+                failover: false,
+            });
         }
-        let country = transaction.metadata.get("country").and_then(|c| c.as_str()).map(str::to_ascii_uppercase);
+        let country = transaction
+            .metadata
+            .get("country")
+            .and_then(|c| c.as_str())
+            .map(str::to_ascii_uppercase);
         self.rules
             .iter()
             .find(|rule| {
                 rule.kind.is_none_or(|k| k == transaction.kind)
-                    && rule.currency.is_none_or(|c| c == transaction.money.currency)
-                    && rule.country.as_ref().is_none_or(|c| country.as_ref() == Some(c))
+                    && rule
+                        .currency
+                        .is_none_or(|c| c == transaction.money.currency)
+                    && rule
+                        .country
+                        .as_ref()
+                        .is_none_or(|c| country.as_ref() == Some(c))
             })
             .map(|rule| rule.route.clone())
             .ok_or(RouteError::NoRoute)
@@ -99,7 +131,12 @@ mod tests {
         GatewayName::parse(n).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn tx(kind: TransactionKind, currency: &str, gateway: Option<&str>, country: Option<&str>) -> Transaction {
+    fn tx(
+        kind: TransactionKind,
+        currency: &str,
+        gateway: Option<&str>,
+        country: Option<&str>,
+    ) -> Transaction {
         let metadata = match country {
             Some(c) => serde_json::json!({ "country": c }),
             None => serde_json::json!({}),
@@ -118,7 +155,13 @@ mod tests {
         )
     }
 
-    fn rule(kind: Option<&str>, currency: Option<&str>, country: Option<&str>, gateways: &[&str], failover: bool) -> RouteRule {
+    fn rule(
+        kind: Option<&str>,
+        currency: Option<&str>,
+        country: Option<&str>,
+        gateways: &[&str],
+        failover: bool,
+    ) -> RouteRule {
         RouteRule {
             kind: kind.map(String::from),
             currency: currency.map(String::from),
@@ -144,17 +187,35 @@ mod tests {
     fn first_matching_rule_wins() {
         let r = router();
         let names = |t: &Transaction| r.route(t).map(|route| route.gateways);
-        assert_eq!(names(&tx(TransactionKind::Withdrawal, "NGN", None, None)), Ok(vec![name("soap")]));
-        assert_eq!(names(&tx(TransactionKind::Deposit, "NGN", None, Some("NG"))), Ok(vec![name("json"), name("proto")]));
-        assert_eq!(names(&tx(TransactionKind::Deposit, "NGN", None, Some("GH"))), Ok(vec![name("proto"), name("json")]));
-        assert_eq!(names(&tx(TransactionKind::Deposit, "USD", None, None)), Ok(vec![name("proto"), name("json")]));
+        assert_eq!(
+            names(&tx(TransactionKind::Withdrawal, "NGN", None, None)),
+            Ok(vec![name("soap")])
+        );
+        assert_eq!(
+            names(&tx(TransactionKind::Deposit, "NGN", None, Some("NG"))),
+            Ok(vec![name("json"), name("proto")])
+        );
+        assert_eq!(
+            names(&tx(TransactionKind::Deposit, "NGN", None, Some("GH"))),
+            Ok(vec![name("proto"), name("json")])
+        );
+        assert_eq!(
+            names(&tx(TransactionKind::Deposit, "USD", None, None)),
+            Ok(vec![name("proto"), name("json")])
+        );
     }
 
     #[test]
     fn an_explicit_gateway_is_the_only_candidate_and_never_fails_over() {
         let r = router();
         let route = r.route(&tx(TransactionKind::Deposit, "USD", Some("soap"), None));
-        assert_eq!(route, Ok(Route { gateways: vec![name("soap")], failover: false }));
+        assert_eq!(
+            route,
+            Ok(Route {
+                gateways: vec![name("soap")],
+                failover: false
+            })
+        );
         assert_eq!(
             r.route(&tx(TransactionKind::Deposit, "USD", Some("nowhere"), None)),
             Err(RouteError::UnknownGateway(name("nowhere")))
@@ -163,10 +224,29 @@ mod tests {
 
     #[test]
     fn no_rule_no_route_and_bad_rules_are_refused() {
-        let r = Router::new(&[rule(None, Some("EUR"), None, &["json"], true)], vec![name("json")]).unwrap_or_default();
-        assert_eq!(r.route(&tx(TransactionKind::Deposit, "USD", None, None)), Err(RouteError::NoRoute));
-        assert!(Router::new(&[rule(None, None, None, &["ghost"], true)], vec![name("json")]).is_err());
-        assert!(Router::new(&[rule(Some("refund"), None, None, &["json"], true)], vec![name("json")]).is_err());
-        assert!(Router::new(&[rule(None, Some("ZZZ"), None, &["json"], true)], vec![name("json")]).is_err());
+        let r = Router::new(
+            &[rule(None, Some("EUR"), None, &["json"], true)],
+            vec![name("json")],
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            r.route(&tx(TransactionKind::Deposit, "USD", None, None)),
+            Err(RouteError::NoRoute)
+        );
+        assert!(Router::new(
+            &[rule(None, None, None, &["ghost"], true)],
+            vec![name("json")]
+        )
+        .is_err());
+        assert!(Router::new(
+            &[rule(Some("refund"), None, None, &["json"], true)],
+            vec![name("json")]
+        )
+        .is_err());
+        assert!(Router::new(
+            &[rule(None, Some("ZZZ"), None, &["json"], true)],
+            vec![name("json")]
+        )
+        .is_err());
     }
 }

@@ -21,8 +21,16 @@ pub struct SchedulerSettings {
     pub stuck_after: Duration,
 }
 
-pub async fn run(pool: PgPool, engine: Arc<Engine>, settings: SchedulerSettings, shutdown: CancellationToken) {
-    tracing::info!(poll_ms = settings.poll.as_millis() as u64, "retry scheduler started");
+pub async fn run(
+    pool: PgPool,
+    engine: Arc<Engine>,
+    settings: SchedulerSettings,
+    shutdown: CancellationToken,
+) {
+    tracing::info!(
+        poll_ms = settings.poll.as_millis() as u64,
+        "retry scheduler started"
+    );
     let mut tick = tokio::time::interval(settings.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
@@ -48,7 +56,10 @@ pub async fn run(pool: PgPool, engine: Arc<Engine>, settings: SchedulerSettings,
 }
 
 /// Publishes a pending event (through the outbox) for every due retry.
-pub async fn enqueue_due(pool: &PgPool, settings: &SchedulerSettings) -> Result<usize, paygate_core::db::DbError> {
+pub async fn enqueue_due(
+    pool: &PgPool,
+    settings: &SchedulerSettings,
+) -> Result<usize, paygate_core::db::DbError> {
     let due = transactions::take_due_retries(pool, settings.batch, settings.requeue_after).await?;
     for tx in &due {
         outbox::enqueue(pool, &announce::pending(tx, None)).await?;
@@ -59,7 +70,11 @@ pub async fn enqueue_due(pool: &PgPool, settings: &SchedulerSettings) -> Result<
     Ok(due.len())
 }
 
-async fn reconcile_stuck(pool: &PgPool, engine: &Engine, settings: &SchedulerSettings) -> Result<(), paygate_core::db::DbError> {
+async fn reconcile_stuck(
+    pool: &PgPool,
+    engine: &Engine,
+    settings: &SchedulerSettings,
+) -> Result<(), paygate_core::db::DbError> {
     for tx in transactions::stuck_in_flight(pool, settings.stuck_after, settings.batch).await? {
         match engine.reconcile(tx.id).await {
             Ok(outcome) => tracing::info!(id = %tx.id, ?outcome, "reconciled a stuck transaction"),

@@ -9,12 +9,14 @@ use async_trait::async_trait;
 use chrono::Utc;
 use paygate_core::announce;
 use paygate_core::bus::events::{Body, Envelope};
-use paygate_core::bus::{ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError, Producer, Topic};
+use paygate_core::bus::{
+    ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError, Producer, Topic,
+};
 use paygate_core::config::Config;
 use paygate_core::db::transactions;
 use paygate_core::domain::{
-    CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId, TransactionKind,
-    TransactionStatus,
+    CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
+    TransactionKind, TransactionStatus,
 };
 use paygate_gateways::GatewayRegistry;
 use paygate_payment_processor::PaymentProcessor;
@@ -52,7 +54,11 @@ async fn world(breaker: serde_json::Value) -> Result<World, BoxError> {
     let sandbox = Sandbox::build(SandboxSettings {
         listen: "127.0.0.1:0".parse()?,
         callback_base_url: "http://127.0.0.1:1".into(),
-        knobs: Knobs { callbacks_enabled: false, hang_ms: 3_000, ..Knobs::default() },
+        knobs: Knobs {
+            callbacks_enabled: false,
+            hang_ms: 3_000,
+            ..Knobs::default()
+        },
         ..SandboxSettings::default()
     })
     .await?;
@@ -83,8 +89,17 @@ async fn world(breaker: serde_json::Value) -> Result<World, BoxError> {
     p.scheduler_poll_ms = 100;
     p.stuck_after_secs = 300;
     config.api.outbox_poll_ms = 50;
-    let merchant = paygate_core::db::merchants::create(&pool, "Processor tests").await?.id;
-    Ok(World { config, pool, sandbox_url, http: reqwest::Client::new(), merchant, stop_sandbox })
+    let merchant = paygate_core::db::merchants::create(&pool, "Processor tests")
+        .await?
+        .id;
+    Ok(World {
+        config,
+        pool,
+        sandbox_url,
+        http: reqwest::Client::new(),
+        merchant,
+        stop_sandbox,
+    })
 }
 
 impl World {
@@ -102,7 +117,12 @@ impl World {
     }
 
     /// Inserts a transaction (with its pending announcement, as the API does).
-    async fn submit(&self, kind: TransactionKind, gateway: &str, amount: i64) -> Result<TransactionId, BoxError> {
+    async fn submit(
+        &self,
+        kind: TransactionKind,
+        gateway: &str,
+        amount: i64,
+    ) -> Result<TransactionId, BoxError> {
         let tx = Transaction::create(
             NewTransaction {
                 merchant_id: self.merchant,
@@ -122,7 +142,10 @@ impl World {
     async fn knobs(&self, account: &str, patch: serde_json::Value) -> TestResult {
         let response = self
             .http
-            .patch(format!("{}/_admin/accounts/{account}/knobs", self.sandbox_url))
+            .patch(format!(
+                "{}/_admin/accounts/{account}/knobs",
+                self.sandbox_url
+            ))
             .json(&patch)
             .send()
             .await?;
@@ -133,15 +156,28 @@ impl World {
     }
 
     async fn stats(&self) -> Result<StatsReport, BoxError> {
-        Ok(self.http.get(format!("{}/_admin/stats", self.sandbox_url)).send().await?.json().await?)
+        Ok(self
+            .http
+            .get(format!("{}/_admin/stats", self.sandbox_url))
+            .send()
+            .await?
+            .json()
+            .await?)
     }
 
     async fn get(&self, id: TransactionId) -> Result<Transaction, BoxError> {
-        transactions::get(&self.pool, id).await?.ok_or_else(|| format!("{id} missing").into())
+        transactions::get(&self.pool, id)
+            .await?
+            .ok_or_else(|| format!("{id} missing").into())
     }
 
     /// Waits (bounded) until `done` holds for the transaction.
-    async fn wait(&self, id: TransactionId, what: &str, done: impl Fn(&Transaction) -> bool) -> Result<Transaction, BoxError> {
+    async fn wait(
+        &self,
+        id: TransactionId,
+        what: &str,
+        done: impl Fn(&Transaction) -> bool,
+    ) -> Result<Transaction, BoxError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
         loop {
             let tx = self.get(id).await?;
@@ -149,15 +185,18 @@ impl World {
                 return Ok(tx);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("{id}: timed out waiting for {what}; last state {:?} attempts {} failure {:?}",
-                    tx.status, tx.attempts, tx.failure).into());
+                return Err(format!(
+                    "{id}: timed out waiting for {what}; last state {:?} attempts {} failure {:?}",
+                    tx.status, tx.attempts, tx.failure
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-fn account<'a>(stats: &'a StatsReport, name: &str) -> paygate_sandbox::Stats {
+fn account(stats: &StatsReport, name: &str) -> paygate_sandbox::Stats {
     stats.accounts.get(name).copied().unwrap_or_default()
 }
 
@@ -172,15 +211,29 @@ async fn deposits_and_withdrawals_are_submitted_on_every_connector() -> TestResu
         }
     }
     for (gateway, id) in &ids {
-        let tx = w.wait(*id, "submitted", |t| t.status == TransactionStatus::Submitted).await?;
+        let tx = w
+            .wait(*id, "submitted", |t| {
+                t.status == TransactionStatus::Submitted
+            })
+            .await?;
         assert_eq!(tx.attempts, 1, "{gateway}");
-        assert_eq!(tx.routed_gateway.as_ref().map(GatewayName::as_str), Some(*gateway));
-        assert!(tx.provider_reference.is_some(), "{gateway}: provider reference recorded");
+        assert_eq!(
+            tx.routed_gateway.as_ref().map(GatewayName::as_str),
+            Some(*gateway)
+        );
+        assert!(
+            tx.provider_reference.is_some(),
+            "{gateway}: provider reference recorded"
+        );
         assert_eq!(tx.failure, None);
     }
     let stats = w.stats().await?;
     for gateway in [JSON, SOAP, PROTO] {
-        assert_eq!(account(&stats, gateway).executions, 2, "{gateway}: one deposit and one withdrawal executed");
+        assert_eq!(
+            account(&stats, gateway).executions,
+            2,
+            "{gateway}: one deposit and one withdrawal executed"
+        );
         assert_eq!(account(&stats, gateway).duplicates_suppressed, 0);
     }
     stop.cancel();
@@ -191,14 +244,26 @@ async fn deposits_and_withdrawals_are_submitted_on_every_connector() -> TestResu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5xx_then_success_takes_two_attempts_and_executes_once() -> TestResult {
     let w = world(json!({})).await?;
-    w.knobs(JSON, json!({"callbacks_enabled": false, "error_rate": 1.0})).await?;
+    w.knobs(JSON, json!({"callbacks_enabled": false, "error_rate": 1.0}))
+        .await?;
     let (stop, task) = w.start().await?;
     let id = w.submit(TransactionKind::Deposit, JSON, 700).await?;
-    let first = w.wait(id, "a scheduled retry", |t| t.status == TransactionStatus::RetryScheduled).await?;
+    let first = w
+        .wait(id, "a scheduled retry", |t| {
+            t.status == TransactionStatus::RetryScheduled
+        })
+        .await?;
     assert_eq!(first.attempts, 1);
-    assert_eq!(first.failure.as_ref().map(|f| f.code.as_str()), Some("retryable"));
+    assert_eq!(
+        first.failure.as_ref().map(|f| f.code.as_str()),
+        Some("retryable")
+    );
     w.knobs(JSON, json!({"error_rate": 0.0})).await?;
-    let tx = w.wait(id, "submitted", |t| t.status == TransactionStatus::Submitted).await?;
+    let tx = w
+        .wait(id, "submitted", |t| {
+            t.status == TransactionStatus::Submitted
+        })
+        .await?;
     assert_eq!(tx.attempts, 2);
     let stats = account(&w.stats().await?, JSON);
     assert_eq!(stats.executions, 1);
@@ -214,24 +279,46 @@ async fn a_5xx_then_success_takes_two_attempts_and_executes_once() -> TestResult
 async fn an_executed_payment_whose_response_was_lost_is_not_executed_again() -> TestResult {
     let w = world(json!({})).await?;
     for gateway in [JSON, SOAP, PROTO] {
-        w.knobs(gateway, json!({"callbacks_enabled": false, "lost_response_rate": 1.0, "hang_ms": 2_000})).await?;
+        w.knobs(
+            gateway,
+            json!({"callbacks_enabled": false, "lost_response_rate": 1.0, "hang_ms": 2_000}),
+        )
+        .await?;
     }
     let (stop, task) = w.start().await?;
     let mut ids = Vec::new();
     for gateway in [JSON, SOAP, PROTO] {
-        ids.push((gateway, w.submit(TransactionKind::Withdrawal, gateway, 900).await?));
+        ids.push((
+            gateway,
+            w.submit(TransactionKind::Withdrawal, gateway, 900).await?,
+        ));
     }
     for (gateway, id) in &ids {
-        let first = w.wait(*id, "an ambiguous first attempt", |t| t.attempts >= 1 && t.status == TransactionStatus::RetryScheduled).await?;
-        assert_eq!(first.failure.as_ref().map(|f| f.code.as_str()), Some("ambiguous"), "{gateway}");
+        let first = w
+            .wait(*id, "an ambiguous first attempt", |t| {
+                t.attempts >= 1 && t.status == TransactionStatus::RetryScheduled
+            })
+            .await?;
+        assert_eq!(
+            first.failure.as_ref().map(|f| f.code.as_str()),
+            Some("ambiguous"),
+            "{gateway}"
+        );
         w.knobs(gateway, json!({"lost_response_rate": 0.0})).await?;
     }
     for (gateway, id) in &ids {
-        let tx = w.wait(*id, "submitted", |t| t.status == TransactionStatus::Submitted).await?;
+        let tx = w
+            .wait(*id, "submitted", |t| {
+                t.status == TransactionStatus::Submitted
+            })
+            .await?;
         assert!(tx.attempts >= 2, "{gateway}");
         let stats = account(&w.stats().await?, gateway);
         assert_eq!(stats.executions, 1, "{gateway}: executed exactly once");
-        assert!(stats.duplicates_suppressed >= 1, "{gateway}: the retry was recognised as a duplicate");
+        assert!(
+            stats.duplicates_suppressed >= 1,
+            "{gateway}: the retry was recognised as a duplicate"
+        );
     }
     stop.cancel();
     task.await?;
@@ -242,12 +329,16 @@ async fn an_executed_payment_whose_response_was_lost_is_not_executed_again() -> 
 async fn an_outage_opens_the_breaker_and_every_transaction_completes_after_it() -> TestResult {
     const MIN_REQUESTS: u64 = 3;
     const SLEEP_WINDOW_MS: u64 = 1_000;
-    let w = world(json!({"min_requests": MIN_REQUESTS, "error_threshold_percent": 50,
-        "sleep_window_ms": SLEEP_WINDOW_MS, "window_ms": 20_000})).await?;
+    let w = world(
+        json!({"min_requests": MIN_REQUESTS, "error_threshold_percent": 50,
+        "sleep_window_ms": SLEEP_WINDOW_MS, "window_ms": 20_000}),
+    )
+    .await?;
     let mut w = w;
     w.config.processor.concurrency = 2;
     w.config.processor.max_attempts = 50;
-    w.knobs(PROTO, json!({"callbacks_enabled": false, "outage": true})).await?;
+    w.knobs(PROTO, json!({"callbacks_enabled": false, "outage": true}))
+        .await?;
     let (stop, task) = w.start().await?;
     let started = tokio::time::Instant::now();
     let mut ids = Vec::new();
@@ -263,12 +354,22 @@ async fn an_outage_opens_the_breaker_and_every_transaction_completes_after_it() 
     // the volume threshold, plus those already in flight) and one probe per sleep window.
     let probes = outage_ms / SLEEP_WINDOW_MS + 1;
     let bound = MIN_REQUESTS + 2 + probes;
-    assert!(during.outage_rejections <= bound, "{} calls hit the provider during the outage (bound {bound})", during.outage_rejections);
-    assert!(during.outage_rejections >= MIN_REQUESTS, "the breaker needs {MIN_REQUESTS} failures to open");
+    assert!(
+        during.outage_rejections <= bound,
+        "{} calls hit the provider during the outage (bound {bound})",
+        during.outage_rejections
+    );
+    assert!(
+        during.outage_rejections >= MIN_REQUESTS,
+        "the breaker needs {MIN_REQUESTS} failures to open"
+    );
     assert_eq!(during.executions, 0);
 
     for id in &ids {
-        w.wait(*id, "submitted after the outage", |t| t.status == TransactionStatus::Submitted).await?;
+        w.wait(*id, "submitted after the outage", |t| {
+            t.status == TransactionStatus::Submitted
+        })
+        .await?;
     }
     assert_eq!(account(&w.stats().await?, PROTO).executions, 10);
     stop.cancel();
@@ -280,26 +381,40 @@ async fn an_outage_opens_the_breaker_and_every_transaction_completes_after_it() 
 async fn a_permanent_decline_fails_at_once_without_retry_and_is_announced() -> TestResult {
     let w = world(json!({})).await?;
     for gateway in [JSON, SOAP, PROTO] {
-        w.knobs(gateway, json!({"callbacks_enabled": false, "decline_rate": 1.0})).await?;
+        w.knobs(
+            gateway,
+            json!({"callbacks_enabled": false, "decline_rate": 1.0}),
+        )
+        .await?;
     }
     let (stop, task) = w.start().await?;
     let mut ids = Vec::new();
     for gateway in [JSON, SOAP, PROTO] {
-        ids.push((gateway, w.submit(TransactionKind::Deposit, gateway, 5_000).await?));
+        ids.push((
+            gateway,
+            w.submit(TransactionKind::Deposit, gateway, 5_000).await?,
+        ));
     }
     for (gateway, id) in &ids {
-        let tx = w.wait(*id, "failed", |t| t.status == TransactionStatus::Failed).await?;
+        let tx = w
+            .wait(*id, "failed", |t| t.status == TransactionStatus::Failed)
+            .await?;
         assert_eq!(tx.attempts, 1, "{gateway}: no retry after a decline");
         assert!(tx.failure.is_some(), "{gateway}: the reason is recorded");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats = w.stats().await?;
     for gateway in [JSON, SOAP, PROTO] {
-        assert_eq!(account(&stats, gateway).requests, 1, "{gateway}: one call, no retry");
+        assert_eq!(
+            account(&stats, gateway).requests,
+            1,
+            "{gateway}: one call, no retry"
+        );
     }
-    let completed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'")
-        .fetch_one(&w.pool)
-        .await?;
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'")
+            .fetch_one(&w.pool)
+            .await?;
     assert_eq!(completed, 3, "each failure announced once");
     stop.cancel();
     task.await?;
@@ -309,10 +424,15 @@ async fn a_permanent_decline_fails_at_once_without_retry_and_is_announced() -> T
 /// The processor dies mid-batch (no clean shutdown: no final commit, locks left to expire,
 /// provider calls cut off). A new one finishes the work; nothing executes twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_processor_killed_mid_batch_leaves_no_transaction_behind_and_none_executed_twice() -> TestResult {
+async fn a_processor_killed_mid_batch_leaves_no_transaction_behind_and_none_executed_twice(
+) -> TestResult {
     let mut w = world(json!({})).await?;
     w.config.processor.stuck_after_secs = 1;
-    w.knobs(JSON, json!({"callbacks_enabled": false, "latency_min_ms": 200, "latency_max_ms": 600})).await?;
+    w.knobs(
+        JSON,
+        json!({"callbacks_enabled": false, "latency_min_ms": 200, "latency_max_ms": 600}),
+    )
+    .await?;
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(w.submit(TransactionKind::Deposit, JSON, 1_000 + i).await?);
@@ -321,9 +441,11 @@ async fn a_processor_killed_mid_batch_leaves_no_transaction_behind_and_none_exec
     // Let it get some way in, then kill it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let submitted = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM transactions WHERE status = 'submitted'")
-            .fetch_one(&w.pool)
-            .await?;
+        let submitted = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM transactions WHERE status = 'submitted'",
+        )
+        .fetch_one(&w.pool)
+        .await?;
         if submitted >= 3 || tokio::time::Instant::now() > deadline {
             break;
         }
@@ -331,20 +453,29 @@ async fn a_processor_killed_mid_batch_leaves_no_transaction_behind_and_none_exec
     }
     task.abort();
     let _ = task.await;
-    let at_kill: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM transactions GROUP BY status")
-        .fetch_all(&w.pool)
-        .await?;
+    let at_kill: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM transactions GROUP BY status")
+            .fetch_all(&w.pool)
+            .await?;
     eprintln!("state when killed: {at_kill:?}");
 
     let (stop, task) = w.start().await?;
     for id in &ids {
         w.wait(*id, "submitted or terminal", |t| {
-            matches!(t.status, TransactionStatus::Submitted | TransactionStatus::Succeeded | TransactionStatus::Failed)
+            matches!(
+                t.status,
+                TransactionStatus::Submitted
+                    | TransactionStatus::Succeeded
+                    | TransactionStatus::Failed
+            )
         })
         .await?;
     }
     let stats = account(&w.stats().await?, JSON);
-    assert_eq!(stats.executions, 20, "every transaction executed exactly once");
+    assert_eq!(
+        stats.executions, 20,
+        "every transaction executed exactly once"
+    );
     stop.cancel();
     task.await?;
     Ok(())
@@ -357,7 +488,10 @@ struct Seen(Mutex<Vec<Vec<u8>>>);
 #[async_trait]
 impl Handler for Seen {
     async fn handle(&self, d: &Delivery) -> Result<(), HandlerError> {
-        self.0.lock().map_err(|e| HandlerError::Retry(e.to_string()))?.push(d.payload.clone());
+        self.0
+            .lock()
+            .map_err(|e| HandlerError::Retry(e.to_string()))?
+            .push(d.payload.clone());
         Ok(())
     }
 }
@@ -368,14 +502,27 @@ async fn a_poison_message_lands_in_the_dlq_and_the_next_message_is_processed() -
     let (stop, task) = w.start().await?;
     let producer = Producer::new(&w.config.kafka)?;
     let poison = b"\x08\x96\x01 definitely not an envelope".to_vec();
-    producer.send(Topic::TransactionsPending, "poison-key", &poison, &BTreeMap::new()).await?;
+    producer
+        .send(
+            Topic::TransactionsPending,
+            "poison-key",
+            &poison,
+            &BTreeMap::new(),
+        )
+        .await?;
     let id = w.submit(TransactionKind::Deposit, JSON, 1_234).await?;
-    w.wait(id, "submitted", |t| t.status == TransactionStatus::Submitted).await?;
+    w.wait(id, "submitted", |t| {
+        t.status == TransactionStatus::Submitted
+    })
+    .await?;
 
     let seen = Arc::new(Seen::default());
     let reader = ConsumerRunner::new(
         &w.config.kafka,
-        ConsumerSettings::new(format!("{}.dlq-check", w.config.kafka.group_prefix), vec![Topic::Dlq]),
+        ConsumerSettings::new(
+            format!("{}.dlq-check", w.config.kafka.group_prefix),
+            vec![Topic::Dlq],
+        ),
         seen.clone(),
         producer,
     )?;
@@ -383,7 +530,11 @@ async fn a_poison_message_lands_in_the_dlq_and_the_next_message_is_processed() -
     let reader_task = tokio::spawn(reader.run(stop_reader.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let letter = loop {
-        let first = seen.0.lock().map(|s| s.first().cloned()).unwrap_or_default();
+        let first = seen
+            .0
+            .lock()
+            .map(|s| s.first().cloned())
+            .unwrap_or_default();
         if let Some(bytes) = first {
             break Envelope::decode_checked(&bytes)?;
         }
@@ -394,10 +545,46 @@ async fn a_poison_message_lands_in_the_dlq_and_the_next_message_is_processed() -
     };
     stop_reader.cancel();
     reader_task.await??;
-    let Some(Body::DeadLetter(letter)) = letter.body else { return Err("not a dead letter".into()) };
+    let Some(Body::DeadLetter(letter)) = letter.body else {
+        return Err("not a dead letter".into());
+    };
     assert_eq!(letter.payload, poison, "the original bytes are kept");
     assert_eq!(letter.key, b"poison-key");
     assert!(letter.reason.contains("undecodable"), "{}", letter.reason);
+    stop.cancel();
+    task.await?;
+    Ok(())
+}
+
+/// Guarantee 5: a retry waiting when the processor stops lives in Postgres; a new
+/// processor picks it up. No in-memory timer is the only record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_scheduled_before_a_restart_is_carried_out_after_it() -> TestResult {
+    let mut w = world(json!({})).await?;
+    w.config.processor.retry_base_ms = 1_500;
+    w.config.processor.retry_cap_ms = 1_500;
+    w.knobs(SOAP, json!({"callbacks_enabled": false, "error_rate": 1.0}))
+        .await?;
+    let (stop, task) = w.start().await?;
+    let id = w.submit(TransactionKind::Withdrawal, SOAP, 4_200).await?;
+    let waiting = w
+        .wait(id, "a scheduled retry", |t| {
+            t.status == TransactionStatus::RetryScheduled
+        })
+        .await?;
+    assert!(waiting.next_attempt_at.is_some());
+    stop.cancel();
+    task.await?;
+
+    w.knobs(SOAP, json!({"error_rate": 0.0})).await?;
+    let (stop, task) = w.start().await?;
+    let tx = w
+        .wait(id, "submitted after the restart", |t| {
+            t.status == TransactionStatus::Submitted
+        })
+        .await?;
+    assert_eq!(tx.attempts, 2);
+    assert_eq!(account(&w.stats().await?, SOAP).executions, 1);
     stop.cancel();
     task.await?;
     Ok(())

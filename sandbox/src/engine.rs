@@ -108,7 +108,10 @@ impl Engine {
             records: Mutex::new(HashMap::new()),
             total: Counters::default(),
             accounts: RwLock::new(BTreeMap::new()),
-            sequence: AtomicU64::new(1_000_000),
+            // Ids continue from the clock, not from a constant: provider references and
+            // callback event ids must stay unique across sandbox restarts, as a real
+            // provider's do (paygate dedupes callbacks by provider event id).
+            sequence: AtomicU64::new(first_sequence()),
             http,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -333,4 +336,13 @@ impl Engine {
 /// True with probability `rate`.
 pub fn chance(rate: f64) -> bool {
     rate > 0.0 && (rate >= 1.0 || rand::rng().random_bool(rate))
+}
+
+/// Microseconds since the Unix epoch: a start for the id sequence that a restarted sandbox
+/// never repeats (ids are handed out far slower than one per microsecond on average).
+fn first_sequence() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .unwrap_or(1_000_000)
 }

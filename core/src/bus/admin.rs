@@ -28,13 +28,24 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), BusError> {
     }
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|name| NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)))
+        .map(|name| {
+            NewTopic::new(
+                name,
+                config.partitions,
+                TopicReplication::Fixed(config.replication_factor),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(BusError::TopicCreation { topic: name, code: code.to_string() }),
+            Err((name, code)) => {
+                return Err(BusError::TopicCreation {
+                    topic: name,
+                    code: code.to_string(),
+                })
+            }
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -44,7 +55,9 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), BusError> {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(BusError::Other(format!("topics not visible after creation: {names:?}")));
+            return Err(BusError::Other(format!(
+                "topics not visible after creation: {names:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

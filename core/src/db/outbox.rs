@@ -49,20 +49,23 @@ pub async fn enqueue<'e>(
     Ok(id)
 }
 
+/// `(id, topic, key, payload, headers, created_at)` as selected.
+type OutboxRow = (
+    i64,
+    String,
+    String,
+    Vec<u8>,
+    serde_json::Value,
+    DateTime<Utc>,
+);
+
 /// Locks up to `limit` unpublished rows, oldest first, for the rest of the caller's database
 /// transaction. `SKIP LOCKED` lets several relays share the work without publishing a row twice.
 pub async fn claim_batch(
     db: &mut sqlx::Transaction<'_, Postgres>,
     limit: i64,
 ) -> Result<Vec<PendingRow>, DbError> {
-    let rows: Vec<(
-        i64,
-        String,
-        String,
-        Vec<u8>,
-        serde_json::Value,
-        DateTime<Utc>,
-    )> = sqlx::query_as(
+    let rows: Vec<OutboxRow> = sqlx::query_as(
         "SELECT id, topic, message_key, payload, headers, created_at FROM outbox
          WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )

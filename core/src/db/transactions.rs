@@ -232,7 +232,11 @@ pub async fn take_due_retries(
 
 /// Transactions in `submitting`/`submitted` not updated for `older_than`: candidates for
 /// reconciliation (a crashed processor, a callback that never came).
-pub async fn stuck_in_flight(pool: &PgPool, older_than: Duration, limit: i64) -> Result<Vec<Transaction>, DbError> {
+pub async fn stuck_in_flight(
+    pool: &PgPool,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<Transaction>, DbError> {
     let rows: Vec<TransactionRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM transactions
          WHERE status IN ('submitting', 'submitted') AND updated_at < now() - make_interval(secs => $1)
@@ -248,17 +252,22 @@ pub async fn stuck_in_flight(pool: &PgPool, older_than: Duration, limit: i64) ->
 /// Notes that a stuck transaction was looked at (the provider says it is still executing),
 /// so reconciliation does not ask again at every scan. Not a state change: no version bump.
 pub async fn touch(pool: &PgPool, id: TransactionId, version: i64) -> Result<bool, DbError> {
-    let done = sqlx::query("UPDATE transactions SET updated_at = now() WHERE id = $1 AND version = $2")
-        .bind(id.as_uuid())
-        .bind(version)
-        .execute(pool)
-        .await?;
+    let done =
+        sqlx::query("UPDATE transactions SET updated_at = now() WHERE id = $1 AND version = $2")
+            .bind(id.as_uuid())
+            .bind(version)
+            .execute(pool)
+            .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// How many transactions wait for a retry (a gauge for metrics).
 pub async fn retry_queue_depth<'e>(exec: impl PgExecutor<'e>) -> Result<i64, DbError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM transactions WHERE status = 'retry_scheduled'").fetch_one(exec).await?)
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM transactions WHERE status = 'retry_scheduled'")
+            .fetch_one(exec)
+            .await?,
+    )
 }
 
 const COLUMNS: &str = "id, merchant_id, kind, amount, currency, customer_reference, gateway, status, version, attempts,
