@@ -324,21 +324,6 @@ impl Engine {
                 reason,
                 retry_after,
             })) => {
-                if claimed.attempts >= self.settings.max_attempts {
-                    let reason = format!(
-                        "gave up after {} attempts; last: {reason}",
-                        claimed.attempts
-                    );
-                    return self
-                        .finish(
-                            claimed,
-                            TransactionStatus::Failed,
-                            Some((codes::MAX_ATTEMPTS, reason)),
-                            None,
-                            trace,
-                        )
-                        .await;
-                }
                 // Fail over at once when another gateway of the route can take it; else back off.
                 let failover_ready = route.failover
                     && route.gateways.iter().any(|g| {
@@ -353,39 +338,49 @@ impl Engine {
                         .delay(claimed.attempts, &mut rand::rng())
                         .max(retry_after.unwrap_or_default())
                 };
-                let update = claimed
-                    .advance(TransactionStatus::RetryScheduled, now)?
-                    .retry_at(now + delay)
-                    .failure(codes::RETRYABLE, reason);
-                self.schedule(update).await
+                self.retry_or_give_up(claimed, codes::RETRYABLE, reason, delay, trace)
+                    .await
             }
             Err(BreakerError::Gateway(GatewayError::Ambiguous { reason })) => {
-                if claimed.attempts >= self.settings.max_attempts {
-                    let reason = format!(
-                        "gave up after {} attempts; last: {reason}",
-                        claimed.attempts
-                    );
-                    return self
-                        .finish(
-                            claimed,
-                            TransactionStatus::Failed,
-                            Some((codes::MAX_ATTEMPTS, reason)),
-                            None,
-                            trace,
-                        )
-                        .await;
-                }
                 let delay = self
                     .settings
                     .backoff
                     .delay(claimed.attempts, &mut rand::rng());
-                let update = claimed
-                    .advance(TransactionStatus::RetryScheduled, now)?
-                    .retry_at(now + delay)
-                    .failure(codes::AMBIGUOUS, reason);
-                self.schedule(update).await
+                self.retry_or_give_up(claimed, codes::AMBIGUOUS, reason, delay, trace)
+                    .await
             }
         }
+    }
+
+    /// Schedules the next attempt after `delay`, recording the last error under `code`
+    /// (which steers the next attempt's routing), or fails the transaction with
+    /// `max_attempts_exceeded` once its attempts are used up.
+    async fn retry_or_give_up(
+        &self,
+        tx: &Transaction,
+        code: &str,
+        reason: String,
+        delay: Duration,
+        trace: Option<TraceParent>,
+    ) -> Result<Outcome, ProcessError> {
+        if tx.attempts >= self.settings.max_attempts {
+            let reason = format!("gave up after {} attempts; last: {reason}", tx.attempts);
+            return self
+                .finish(
+                    tx,
+                    TransactionStatus::Failed,
+                    Some((codes::MAX_ATTEMPTS, reason)),
+                    None,
+                    trace,
+                )
+                .await;
+        }
+        let now = Utc::now();
+        let update = tx
+            .advance(TransactionStatus::RetryScheduled, now)?
+            .retry_at(now + delay)
+            .failure(code, reason);
+        self.schedule(update).await
     }
 
     async fn schedule(
@@ -469,7 +464,6 @@ impl Engine {
             None => ProviderStatus::Unsupported,
         };
         metrics::counter!("paygate_processor_reconciled_total").increment(1);
-        let now = Utc::now();
         match report {
             ProviderStatus::Final(ReportedStatus::Succeeded) => {
                 self.finish(&tx, TransactionStatus::Succeeded, None, None, None)
@@ -489,26 +483,17 @@ impl Engine {
                 transactions::touch(&self.pool, tx.id, tx.version).await?;
                 Ok(Outcome::Skipped("provider still executing"))
             }
+            // Never executed: any gateway may take it, no backoff needed.
             ProviderStatus::NotFound => {
-                // Never executed: any gateway may take it, no backoff needed.
-                let update = tx
-                    .advance(TransactionStatus::RetryScheduled, now)?
-                    .retry_at(now)
-                    .failure(
-                        codes::RETRYABLE,
-                        "the provider has no record of the stuck attempt",
-                    );
-                self.schedule(update).await
+                let reason = "the provider has no record of the stuck attempt".to_owned();
+                self.retry_or_give_up(&tx, codes::RETRYABLE, reason, Duration::ZERO, None)
+                    .await
             }
             ProviderStatus::Unsupported => {
-                let update = tx
-                    .advance(TransactionStatus::RetryScheduled, now)?
-                    .retry_at(now)
-                    .failure(
-                        codes::AMBIGUOUS,
-                        "stuck mid-flight; retrying with the same idempotency reference",
-                    );
-                self.schedule(update).await
+                let reason =
+                    "stuck mid-flight; retrying with the same idempotency reference".to_owned();
+                self.retry_or_give_up(&tx, codes::AMBIGUOUS, reason, Duration::ZERO, None)
+                    .await
             }
         }
     }

@@ -1,7 +1,6 @@
 //! `POST /v1/deposits` and `POST /v1/withdrawals`: validate, then commit the transaction, its
 //! idempotency key and its outbox announcement in one Postgres transaction; 202 after commit.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -9,10 +8,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SubsecRound, Utc};
-use paygate_core::bus::events::{Body, Envelope, TransactionPending};
-use paygate_core::bus::trace::TRACEPARENT;
-use paygate_core::bus::Topic;
-use paygate_core::db::outbox::OutboxMessage;
 use paygate_core::db::transactions::{self, IdempotentRequest, InsertOutcome};
 use paygate_core::domain::{NewTransaction, Transaction, TransactionKind};
 
@@ -131,16 +126,7 @@ async fn create(
     let response_body = serde_json::to_value(&resource).map_err(HttpError::internal)?;
 
     let trace = super::trace_from(&headers);
-    let event = Envelope::new(Body::TransactionPending(TransactionPending {
-        transaction_id: transaction.id.to_string(),
-        version: transaction.version,
-    }));
-    let announcement = OutboxMessage {
-        topic: Topic::TransactionsPending,
-        key: transaction.id.to_string(),
-        payload: event.encode_to_bytes(),
-        headers: BTreeMap::from([(TRACEPARENT.to_owned(), trace.to_string())]),
-    };
+    let announcement = paygate_core::announce::pending(&transaction, Some(trace));
     let idempotent = key.map(|key| IdempotentRequest {
         key,
         request_hash: idempotency::request_hash(&method, uri.path(), &body),
