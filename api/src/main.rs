@@ -1,30 +1,17 @@
-//! The API service binary: load config, set up logging, build, run until SIGINT/SIGTERM.
-
-use std::process::ExitCode;
+//! `paygate-api`: the merchant API, callback ingress and outbox relay as their own process.
 
 use paygate_api::Application;
-use paygate_core::config::Config;
+use paygate_core::service::{self, Metrics};
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let config = match Config::load() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    paygate_core::telemetry::init(&config.log);
-    let shutdown = paygate_core::shutdown::on_signal();
-    let result = match Application::build(config).await {
-        Ok(app) => app.run(shutdown).await,
-        Err(error) => Err(error),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "paygate API failed");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> std::process::ExitCode {
+    service::run(
+        "paygate API",
+        Metrics::OwnEndpoint,
+        |config, shutdown| async move {
+            Application::build(config).await?.run(shutdown).await?;
+            Ok(())
+        },
+    )
+    .await
 }

@@ -1,27 +1,17 @@
-use std::process::ExitCode;
+//! `paygate-callback-dispatcher`: the webhook dispatcher as its own process.
 
 use paygate_callback_dispatcher::Dispatcher;
-use paygate_core::config::Config;
+use paygate_core::service::{self, Metrics};
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let config = match Config::load() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    paygate_core::telemetry::init(&config.log);
-    let result = match Dispatcher::build(config).await {
-        Ok(dispatcher) => dispatcher.run(paygate_core::shutdown::on_signal()).await,
-        Err(error) => Err(error),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "callback dispatcher failed");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> std::process::ExitCode {
+    service::run(
+        "callback dispatcher",
+        Metrics::Exporter,
+        |config, shutdown| async move {
+            Dispatcher::build(config).await?.run(shutdown).await?;
+            Ok(())
+        },
+    )
+    .await
 }

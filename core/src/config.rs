@@ -27,6 +27,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub kafka: KafkaConfig,
     pub log: LogConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     pub api: ApiConfig,
     pub processor: ProcessorConfig,
     pub callbacks: CallbacksConfig,
@@ -71,6 +73,16 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// How long the producer keeps retrying one message before reporting failure.
     pub message_timeout_ms: u64,
+}
+
+/// Metrics exposure for processes without their own HTTP server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `host:port` where the payment processor, callback processor and dispatcher serve
+    /// Prometheus `/metrics` when run as their own processes; absent = not served.
+    #[serde(default)]
+    pub metrics_bind: Option<String>,
 }
 
 /// The API process: merchant REST API, provider callback ingress, outbox relay.
@@ -222,6 +234,7 @@ impl Default for Config {
                 format: LogFormat::Pretty,
                 filter: "info,sqlx=warn".into(),
             },
+            telemetry: TelemetryConfig::default(),
             api: ApiConfig {
                 bind: "127.0.0.1:8080".into(),
                 max_body_bytes: 64 * 1024,

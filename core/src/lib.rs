@@ -17,6 +17,7 @@ pub mod destination;
 pub mod domain;
 pub mod lock;
 pub mod secret;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -29,3 +29,18 @@ pub fn init(config: &LogConfig) {
             .try_init(),
     };
 }
+
+/// Serves Prometheus metrics at `http://<bind>/metrics` from this process, for services
+/// without an HTTP server of their own (the processors, the dispatcher). The API renders
+/// `/metrics` itself and does not call this. Must run inside the Tokio runtime.
+pub fn serve_metrics(bind: &str) -> Result<(), String> {
+    let addr: std::net::SocketAddr = bind
+        .parse()
+        .map_err(|e| format!("PAYGATE_TELEMETRY_METRICS_BIND: {bind:?} is not host:port ({e})"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("metrics exporter on {addr}: {e}"))?;
+    tracing::info!(%addr, "serving Prometheus metrics");
+    Ok(())
+}

@@ -1,14 +1,22 @@
 //! `paygate-payment-processor`: the payment processor as its own process.
 
-use paygate_core::config::Config;
+use paygate_core::service::{self, Metrics};
 use paygate_gateways::GatewayRegistry;
+use paygate_payment_processor::PaymentProcessor;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config::load()?;
-    paygate_core::telemetry::init(&config.log);
-    let registry = GatewayRegistry::from_config(&config.gateways)?;
-    let processor = paygate_payment_processor::PaymentProcessor::build(config, registry).await?;
-    processor.run(paygate_core::shutdown::on_signal()).await?;
-    Ok(())
+async fn main() -> std::process::ExitCode {
+    service::run(
+        "payment processor",
+        Metrics::Exporter,
+        |config, shutdown| async move {
+            let registry = GatewayRegistry::from_config(&config.gateways)?;
+            PaymentProcessor::build(config, registry)
+                .await?
+                .run(shutdown)
+                .await?;
+            Ok(())
+        },
+    )
+    .await
 }
