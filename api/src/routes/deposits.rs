@@ -103,6 +103,24 @@ async fn create(
     body: serde_json::Value,
 ) -> Result<Response, HttpError> {
     let key = idempotency::key_from_headers(&headers)?;
+    let request_hash = idempotency::request_hash(&method, uri.path(), &body);
+    let retention = Duration::from_secs(
+        state
+            .config
+            .idempotency_retention_hours
+            .saturating_mul(3600),
+    );
+    // A repeat is answered from the stored response before anything is validated again, so
+    // a retry gets the first answer even if a check (a callback_url's DNS) fails this time.
+    if let Some(key) = &key {
+        let stored =
+            transactions::stored_outcome(&state.pool, merchant.id, key, &request_hash, retention)
+                .await
+                .map_err(HttpError::internal)?;
+        if let Some(outcome) = stored {
+            return respond(outcome, serde_json::Value::Null);
+        }
+    }
     let request = validation::create_transaction(
         &body,
         |name| state.registry.get(name).is_some(),
@@ -129,15 +147,10 @@ async fn create(
     let announcement = paygate_core::announce::pending(&transaction, Some(trace));
     let idempotent = key.map(|key| IdempotentRequest {
         key,
-        request_hash: idempotency::request_hash(&method, uri.path(), &body),
+        request_hash,
         response_status: StatusCode::ACCEPTED.as_u16(),
         response_body: response_body.clone(),
-        retention: Duration::from_secs(
-            state
-                .config
-                .idempotency_retention_hours
-                .saturating_mul(3600),
-        ),
+        retention,
     });
 
     let outcome = transactions::insert(
@@ -148,12 +161,18 @@ async fn create(
     )
     .await
     .map_err(HttpError::internal)?;
+    if outcome == InsertOutcome::Created {
+        tracing::info!(transaction = %transaction.id, kind = kind.as_str(), trace_id = %trace.trace_id(), "transaction accepted");
+        metrics::counter!("paygate_transactions_accepted_total", "kind" => kind.as_str())
+            .increment(1);
+    }
+    respond(outcome, response_body)
+}
+
+/// The HTTP answer for an insert outcome; `created_body` is the new transaction's resource.
+fn respond(outcome: InsertOutcome, created_body: serde_json::Value) -> Result<Response, HttpError> {
     match outcome {
-        InsertOutcome::Created => {
-            tracing::info!(transaction = %transaction.id, kind = kind.as_str(), trace_id = %trace.trace_id(), "transaction accepted");
-            metrics::counter!("paygate_transactions_accepted_total", "kind" => kind.as_str()).increment(1);
-            Ok(accepted(StatusCode::ACCEPTED, response_body, false))
-        }
+        InsertOutcome::Created => Ok(accepted(StatusCode::ACCEPTED, created_body, false)),
         InsertOutcome::Replayed { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
             Ok(accepted(status, body, true))

@@ -152,3 +152,48 @@ async fn concurrent_requests_with_one_key_create_exactly_one_transaction() -> Te
     assert_eq!(app.count("idempotency_keys").await?, 1);
     Ok(())
 }
+
+/// A repeat is answered from the stored response before anything is validated again: here
+/// the second app's destination policy would now refuse the `callback_url` (as a DNS failure
+/// would), yet the retry with the same key still gets the first 202.
+#[tokio::test]
+async fn a_repeat_is_replayed_even_when_validation_would_now_refuse_it() -> TestResult {
+    let lenient = spawn_loopback_app().await?;
+    let merchant = lenient.merchant().await?;
+    let body = json!({"amount": 1050, "currency": "USD", "customer": "cust_1",
+        "callback_url": "http://127.0.0.1:9/hooks"});
+    let first = lenient
+        .post("/v1/deposits", &merchant.key, &body)
+        .header("idempotency-key", "retry-after-policy-change")
+        .send()
+        .await?;
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await?;
+
+    let mut strict_config = lenient.config.clone();
+    strict_config.dispatcher.allow_loopback = false;
+    strict_config.dispatcher.allow_http = false;
+    let strict = spawn_config(strict_config, lenient.pool.clone(), Default::default()).await?;
+    let replay = strict
+        .post("/v1/deposits", &merchant.key, &body)
+        .header("idempotency-key", "retry-after-policy-change")
+        .send()
+        .await?;
+    assert_eq!(replay.status(), 202);
+    assert_eq!(replay.json::<serde_json::Value>().await?, first);
+
+    let fresh = strict
+        .post("/v1/deposits", &merchant.key, &body)
+        .header("idempotency-key", "a-new-key")
+        .send()
+        .await?;
+    assert_eq!(
+        fresh.status(),
+        400,
+        "without a stored response the request is validated"
+    );
+    assert_eq!(strict.count("transactions").await?, 1);
+    strict.stop().await;
+    lenient.stop().await;
+    Ok(())
+}

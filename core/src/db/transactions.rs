@@ -71,40 +71,27 @@ pub async fn insert(
             db.rollback().await?;
             return Ok(InsertOutcome::InFlight);
         }
-        let retention_secs = request.retention.as_secs_f64();
-        let previous: Option<(Vec<u8>, i16, serde_json::Value, bool)> = sqlx::query_as(
-            "SELECT request_hash, response_status, response_body,
-                    created_at > now() - make_interval(secs => $3) AS live
-             FROM idempotency_keys WHERE merchant_id = $1 AND key = $2",
+        let merchant_id = transaction.merchant_id;
+        if let Some(outcome) = stored_outcome(
+            &mut *db,
+            merchant_id,
+            &request.key,
+            &request.request_hash,
+            request.retention,
         )
-        .bind(merchant)
-        .bind(&request.key)
-        .bind(retention_secs)
-        .fetch_optional(&mut *db)
-        .await?;
-        match previous {
-            Some((hash, status, body, true)) => {
-                // Release the advisory lock now: a dropped transaction is only rolled back
-                // lazily, and until then a sequential retry with this key would see "in flight".
-                db.rollback().await?;
-                return Ok(if hash == request.request_hash {
-                    InsertOutcome::Replayed {
-                        status: u16::try_from(status).unwrap_or(500),
-                        body,
-                    }
-                } else {
-                    InsertOutcome::KeyReusedWithDifferentRequest
-                });
-            }
-            Some((_, _, _, false)) => {
-                sqlx::query("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2")
-                    .bind(merchant)
-                    .bind(&request.key)
-                    .execute(&mut *db)
-                    .await?;
-            }
-            None => {}
+        .await?
+        {
+            // Release the advisory lock now: a dropped transaction is only rolled back
+            // lazily, and until then a sequential retry with this key would see "in flight".
+            db.rollback().await?;
+            return Ok(outcome);
         }
+        // Unused, or expired: an expired row is forgotten so the key can serve anew.
+        sqlx::query("DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2")
+            .bind(merchant)
+            .bind(&request.key)
+            .execute(&mut *db)
+            .await?;
     }
 
     insert_row(&mut *db, transaction).await?;
@@ -125,6 +112,38 @@ pub async fn insert(
     outbox::enqueue(&mut *db, announcement).await?;
     db.commit().await?;
     Ok(InsertOutcome::Created)
+}
+
+/// What a live stored key says about a request: replay the first response (same request)
+/// or refuse it (a different request under the same key). `None`: the key is unused or has
+/// expired. The API asks this before validating, so a retry is answered with the first
+/// response even when something validation depends on (a DNS lookup) fails this time.
+pub async fn stored_outcome<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    key: &str,
+    request_hash: &[u8; 32],
+    retention: Duration,
+) -> Result<Option<InsertOutcome>, DbError> {
+    let previous: Option<(Vec<u8>, i16, serde_json::Value)> = sqlx::query_as(
+        "SELECT request_hash, response_status, response_body FROM idempotency_keys
+         WHERE merchant_id = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)",
+    )
+    .bind(merchant.as_uuid())
+    .bind(key)
+    .bind(retention.as_secs_f64())
+    .fetch_optional(exec)
+    .await?;
+    Ok(previous.map(|(hash, status, body)| {
+        if hash.as_slice() == request_hash.as_slice() {
+            InsertOutcome::Replayed {
+                status: u16::try_from(status).unwrap_or(500),
+                body,
+            }
+        } else {
+            InsertOutcome::KeyReusedWithDifferentRequest
+        }
+    }))
 }
 
 async fn insert_row<'e>(exec: impl PgExecutor<'e>, t: &Transaction) -> Result<(), DbError> {
