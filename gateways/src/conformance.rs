@@ -658,7 +658,7 @@ impl Kit<'_> {
         let r = match self
             .executed_with_callback(
                 TransactionKind::Deposit,
-                json!({"amount_mismatch_rate": 1.0}),
+                json!({"mismatched_callback_rate": 1.0}),
             )
             .await
         {

@@ -37,7 +37,7 @@ impl Delivery {
             RecordState::Pending { outcome } | RecordState::Final(outcome) => outcome.clone(),
         };
         let mut money = record.order.money;
-        let mismatched = chance(knobs.amount_mismatch_rate);
+        let mismatched = chance(knobs.mismatched_callback_rate);
         if mismatched {
             if let Some(amount) = money
                 .amount

@@ -44,7 +44,7 @@ pub struct Knobs {
     /// garbage protobuf payload).
     pub malformed_callback_rate: f64,
     /// Report one minor unit more than was paid in the callback.
-    pub amount_mismatch_rate: f64,
+    pub mismatched_callback_rate: f64,
     /// Attempts per callback while paygate answers non-2xx (backoff 100 ms, doubling).
     pub callback_max_attempts: u32,
     /// Where this account's callbacks go instead of the sandbox's configured base URL.
@@ -70,7 +70,7 @@ impl Default for Knobs {
             out_of_order_rate: 0.0,
             out_of_order_delay_ms: 500,
             malformed_callback_rate: 0.0,
-            amount_mismatch_rate: 0.0,
+            mismatched_callback_rate: 0.0,
             callback_max_attempts: 4,
             callback_base_url: None,
         }
@@ -90,7 +90,7 @@ impl Knobs {
             ("duplicate_callback_rate", self.duplicate_callback_rate),
             ("out_of_order_rate", self.out_of_order_rate),
             ("malformed_callback_rate", self.malformed_callback_rate),
-            ("amount_mismatch_rate", self.amount_mismatch_rate),
+            ("mismatched_callback_rate", self.mismatched_callback_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
