@@ -15,7 +15,11 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use reqwest::{Response, StatusCode};
 
+use paygate_core::domain::GatewayName;
+use url::Url;
+
 use crate::registry::{GatewaySettings, RegistryError};
+use crate::secret::Secret;
 use crate::GatewayError;
 
 /// Provider responses larger than this are not read (a misbehaving provider cannot make
@@ -32,6 +36,44 @@ pub fn client(settings: &GatewaySettings) -> Result<reqwest::Client, RegistryErr
         .pool_max_idle_per_host(64)
         .build()
         .map_err(|e| settings.field_error("base_url", format!("cannot build HTTP client: {e}")))
+}
+
+/// What every connector keeps from its `[gateways.<name>]` settings: its name, where the
+/// provider is, the HTTP client, and the secrets and limits requests and callbacks use.
+pub struct Connection {
+    pub name: GatewayName,
+    pub base_url: Url,
+    pub client: reqwest::Client,
+    pub secret_key: Secret,
+    pub webhook_secret: Secret,
+    pub callback_tolerance: Duration,
+    pub max_callback_bytes: usize,
+}
+
+impl Connection {
+    /// Takes the shared settings, refusing keys no connector reads.
+    pub fn new(settings: GatewaySettings) -> Result<Self, RegistryError> {
+        settings.deny_extra()?;
+        Ok(Self {
+            client: client(&settings)?,
+            name: settings.name,
+            base_url: settings.base_url,
+            secret_key: settings.secret_key,
+            webhook_secret: settings.webhook_secret,
+            callback_tolerance: settings.callback_tolerance,
+            max_callback_bytes: settings.max_callback_bytes,
+        })
+    }
+
+    /// `base_url` joined with a provider path.
+    pub fn url(&self, path: &str) -> Result<Url, GatewayError> {
+        self.base_url
+            .join(path)
+            .map_err(|e| GatewayError::Permanent {
+                code: "invalid_request".into(),
+                reason: format!("bad URL: {e}"),
+            })
+    }
 }
 
 /// Classifies a failure of `send()` (no response head was received).

@@ -15,12 +15,10 @@
 //!   body is signed, its `sent_at` is too, and stale events are refused.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use paygate_core::domain::{GatewayName, Transaction, TransactionKind};
-use url::Url;
 
 use crate::callback::{self, CallbackFields, SignedCallback};
 use crate::http;
@@ -115,26 +113,13 @@ use wire::{ApiResponse, PaymentData, PaymentState, WebhookEvent};
 
 /// The JSON connector.
 pub struct JsonGateway {
-    name: GatewayName,
-    base_url: Url,
-    client: reqwest::Client,
-    secret_key: Secret,
-    webhook_secret: Secret,
-    callback_tolerance: Duration,
-    max_callback_bytes: usize,
+    conn: http::Connection,
 }
 
 impl JsonGateway {
     pub fn new(settings: GatewaySettings) -> Result<Self, RegistryError> {
-        settings.deny_extra()?;
         Ok(Self {
-            client: http::client(&settings)?,
-            name: settings.name,
-            base_url: settings.base_url,
-            secret_key: settings.secret_key,
-            webhook_secret: settings.webhook_secret,
-            callback_tolerance: settings.callback_tolerance,
-            max_callback_bytes: settings.max_callback_bytes,
+            conn: http::Connection::new(settings)?,
         })
     }
 
@@ -145,15 +130,6 @@ impl JsonGateway {
         Ok(Arc::new(Self::new(settings)?))
     }
 
-    fn url(&self, path: &str) -> Result<Url, GatewayError> {
-        self.base_url
-            .join(path)
-            .map_err(|e| GatewayError::Permanent {
-                code: "invalid_request".into(),
-                reason: format!("bad URL: {e}"),
-            })
-    }
-
     async fn submit<B: serde::Serialize>(
         &self,
         path: &str,
@@ -161,9 +137,10 @@ impl JsonGateway {
         tx: &Transaction,
     ) -> Result<SubmitOutcome, GatewayError> {
         let request = self
+            .conn
             .client
-            .post(self.url(path)?)
-            .bearer_auth(self.secret_key.expose())
+            .post(self.conn.url(path)?)
+            .bearer_auth(self.conn.secret_key.expose())
             .header(wire::IDEMPOTENCY_HEADER, tx.id.to_string())
             .json(body);
         let (status, headers, body) = http::exchange(request).await?;
@@ -234,7 +211,7 @@ fn failure(data: &PaymentData) -> (String, String) {
 #[async_trait]
 impl PaymentGateway for JsonGateway {
     fn name(&self) -> &GatewayName {
-        &self.name
+        &self.conn.name
     }
 
     async fn deposit(&self, tx: &Transaction) -> Result<SubmitOutcome, GatewayError> {
@@ -259,11 +236,15 @@ impl PaymentGateway for JsonGateway {
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
-        callback::check_envelope(request, self.max_callback_bytes, &[wire::CONTENT_TYPE])?;
-        verify(&self.webhook_secret, request)?;
+        callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
+        verify(&self.conn.webhook_secret, request)?;
         let event: WebhookEvent =
             serde_json::from_slice(&request.body).map_err(callback::malformed)?;
-        callback::check_fresh(event.sent_at, request.received_at, self.callback_tolerance)?;
+        callback::check_fresh(
+            event.sent_at,
+            request.received_at,
+            self.conn.callback_tolerance,
+        )?;
         let status = match (event.event.as_str(), event.data.status) {
             ("charge.success" | "transfer.success", PaymentState::Success) => {
                 ReportedStatus::Succeeded
@@ -293,9 +274,10 @@ impl PaymentGateway for JsonGateway {
             TransactionKind::Withdrawal => wire::TRANSFER_VERIFY_PATH,
         };
         let request = self
+            .conn
             .client
-            .get(self.url(&format!("{path}{}", tx.id))?)
-            .bearer_auth(self.secret_key.expose());
+            .get(self.conn.url(&format!("{path}{}", tx.id))?)
+            .bearer_auth(self.conn.secret_key.expose());
         let (status, headers, body) = http::exchange(request).await?;
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(ProviderStatus::NotFound);

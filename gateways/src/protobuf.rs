@@ -11,14 +11,12 @@
 //!   whose `sent_at_unix_ms` is therefore signed and checked for freshness.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::DateTime;
 use paygate_core::domain::{GatewayName, Transaction, TransactionKind};
 use prost::Message;
-use url::Url;
 
 use crate::callback::{self, CallbackFields, SignedCallback};
 use crate::http;
@@ -126,26 +124,13 @@ use wire::{PaymentEvent, PaymentKind, PaymentResponse, PaymentState, SignedEvent
 
 /// The protobuf connector.
 pub struct ProtobufGateway {
-    name: GatewayName,
-    base_url: Url,
-    client: reqwest::Client,
-    secret_key: Secret,
-    webhook_secret: Secret,
-    callback_tolerance: Duration,
-    max_callback_bytes: usize,
+    conn: http::Connection,
 }
 
 impl ProtobufGateway {
     pub fn new(settings: GatewaySettings) -> Result<Self, RegistryError> {
-        settings.deny_extra()?;
         Ok(Self {
-            client: http::client(&settings)?,
-            name: settings.name,
-            base_url: settings.base_url,
-            secret_key: settings.secret_key,
-            webhook_secret: settings.webhook_secret,
-            callback_tolerance: settings.callback_tolerance,
-            max_callback_bytes: settings.max_callback_bytes,
+            conn: http::Connection::new(settings)?,
         })
     }
 
@@ -156,22 +141,13 @@ impl ProtobufGateway {
         Ok(Arc::new(Self::new(settings)?))
     }
 
-    fn url(&self, path: &str) -> Result<Url, GatewayError> {
-        self.base_url
-            .join(path)
-            .map_err(|e| GatewayError::Permanent {
-                code: "invalid_request".into(),
-                reason: format!("bad URL: {e}"),
-            })
-    }
-
     /// Sends and returns the decoded `PaymentResponse` of a `2xx`, or `None` for a `404`.
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<PaymentResponse>, GatewayError> {
         let request = request
-            .bearer_auth(self.secret_key.expose())
+            .bearer_auth(self.conn.secret_key.expose())
             .header(reqwest::header::ACCEPT, wire::CONTENT_TYPE);
         let (status, headers, body) = http::exchange(request).await?;
         if let Some(error) = http::classify_status(status, &headers) {
@@ -212,8 +188,9 @@ impl ProtobufGateway {
             customer: tx.customer.as_str().to_owned(),
         };
         let request = self
+            .conn
             .client
-            .post(self.url(wire::PAYMENTS_PATH)?)
+            .post(self.conn.url(wire::PAYMENTS_PATH)?)
             .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
             .header(wire::IDEMPOTENCY_HEADER, tx.id.to_string())
             .body(message.encode_to_vec());
@@ -272,7 +249,7 @@ fn failure(code: String, reason: String) -> (String, String) {
 #[async_trait]
 impl PaymentGateway for ProtobufGateway {
     fn name(&self) -> &GatewayName {
-        &self.name
+        &self.conn.name
     }
 
     async fn deposit(&self, tx: &Transaction) -> Result<SubmitOutcome, GatewayError> {
@@ -284,14 +261,14 @@ impl PaymentGateway for ProtobufGateway {
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
-        callback::check_envelope(request, self.max_callback_bytes, &[wire::CONTENT_TYPE])?;
+        callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
         let signed = SignedEvent::decode(request.body.as_ref())
             .map_err(|e| callback::malformed(format!("not a SignedEvent: {e}")))?;
         if signed.signature.is_empty() {
             return Err(CallbackError::Unauthenticated("missing signature".into()));
         }
         callback::verify_sha256(
-            self.webhook_secret.expose().as_bytes(),
+            self.conn.webhook_secret.expose().as_bytes(),
             &[&signed.payload],
             &signed.signature,
         )?;
@@ -299,7 +276,7 @@ impl PaymentGateway for ProtobufGateway {
             .map_err(|e| callback::malformed(format!("not a PaymentEvent: {e}")))?;
         let sent_at = DateTime::from_timestamp_millis(event.sent_at_unix_ms)
             .ok_or_else(|| CallbackError::Unauthenticated("sent_at_unix_ms out of range".into()))?;
-        callback::check_fresh(sent_at, request.received_at, self.callback_tolerance)?;
+        callback::check_fresh(sent_at, request.received_at, self.conn.callback_tolerance)?;
         let status = match PaymentState::try_from(event.state) {
             Ok(PaymentState::Succeeded) => ReportedStatus::Succeeded,
             Ok(PaymentState::Failed) => {
@@ -321,9 +298,11 @@ impl PaymentGateway for ProtobufGateway {
     }
 
     async fn status(&self, tx: &Transaction) -> Result<ProviderStatus, GatewayError> {
-        let request = self
-            .client
-            .get(self.url(&format!("{}/{}", wire::PAYMENTS_PATH, tx.id))?);
+        let request = self.conn.client.get(self.conn.url(&format!(
+            "{}/{}",
+            wire::PAYMENTS_PATH,
+            tx.id
+        ))?);
         let Some(answer) = self.exchange(request).await? else {
             return Ok(ProviderStatus::NotFound);
         };

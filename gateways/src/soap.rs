@@ -17,7 +17,6 @@
 //! It never expands external entities or DTDs, so there is no XXE to guard against.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -274,30 +273,20 @@ use wire::{Envelope, Reply, State};
 
 /// The SOAP connector.
 pub struct SoapGateway {
-    name: GatewayName,
+    conn: http::Connection,
+    /// `base_url` joined with the service path, computed once.
     endpoint: Url,
-    client: reqwest::Client,
-    secret_key: Secret,
-    webhook_secret: Secret,
-    callback_tolerance: Duration,
-    max_callback_bytes: usize,
 }
 
 impl SoapGateway {
     pub fn new(settings: GatewaySettings) -> Result<Self, RegistryError> {
-        settings.deny_extra()?;
         let endpoint = settings
             .base_url
             .join(wire::PATH)
             .map_err(|e| settings.field_error("base_url", e.to_string()))?;
         Ok(Self {
-            client: http::client(&settings)?,
-            name: settings.name,
+            conn: http::Connection::new(settings)?,
             endpoint,
-            secret_key: settings.secret_key,
-            webhook_secret: settings.webhook_secret,
-            callback_tolerance: settings.callback_tolerance,
-            max_callback_bytes: settings.max_callback_bytes,
         })
     }
 
@@ -312,7 +301,7 @@ impl SoapGateway {
     async fn call(&self, action: &str, operation: wire::Operation) -> Result<Reply, GatewayError> {
         let header = wire::Header {
             auth: wire::Auth {
-                api_key: self.secret_key.expose().to_owned(),
+                api_key: self.conn.secret_key.expose().to_owned(),
             },
         };
         let xml = wire::to_xml(&Envelope::new(Some(header), operation)).map_err(|e| {
@@ -322,6 +311,7 @@ impl SoapGateway {
             }
         })?;
         let request = self
+            .conn
             .client
             .post(self.endpoint.clone())
             .header(reqwest::header::CONTENT_TYPE, wire::CONTENT_TYPE)
@@ -449,7 +439,7 @@ fn fault_error(fault: &wire::Fault, headers: &reqwest::header::HeaderMap) -> Gat
 #[async_trait]
 impl PaymentGateway for SoapGateway {
     fn name(&self) -> &GatewayName {
-        &self.name
+        &self.conn.name
     }
 
     async fn deposit(&self, tx: &Transaction) -> Result<SubmitOutcome, GatewayError> {
@@ -471,9 +461,9 @@ impl PaymentGateway for SoapGateway {
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
-        callback::check_envelope(request, self.max_callback_bytes, wire::ACCEPTED_TYPES)?;
-        let timestamp = verify(&self.webhook_secret, request)?;
-        callback::check_fresh(timestamp, request.received_at, self.callback_tolerance)?;
+        callback::check_envelope(request, self.conn.max_callback_bytes, wire::ACCEPTED_TYPES)?;
+        let timestamp = verify(&self.conn.webhook_secret, request)?;
+        callback::check_fresh(timestamp, request.received_at, self.conn.callback_tolerance)?;
         let envelope: Envelope<wire::Callback> =
             wire::from_xml(&request.body).map_err(callback::malformed)?;
         let wire::Callback::Notification(n) = envelope.body.content;
