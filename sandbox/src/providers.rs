@@ -138,30 +138,46 @@ fn json_refusal(refusal: Refusal) -> Response {
     }
 }
 
-fn json_decision(decision: Decision) -> Response {
-    match decision {
-        Decision::Outage => json_error(
+/// The HTTP-level faults the JSON and protobuf providers answer alike, with `encode` giving
+/// each protocol's error body: outage 503, rate limit 429 with `Retry-After: 1`, a hang
+/// 504, and a server error (or anything else passed here) 500.
+fn transport_fault(
+    decision: &Decision,
+    encode: fn(StatusCode, &str, &str) -> Response,
+) -> Response {
+    let (status, code, message) = match decision {
+        Decision::Outage => (
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Service unavailable",
         ),
-        Decision::ServerError => json_error(
+        Decision::RateLimited => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many requests",
+        ),
+        Decision::Hung => (StatusCode::GATEWAY_TIMEOUT, "timeout", "Upstream timeout"),
+        _ => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "Internal error",
         ),
-        Decision::RateLimited => {
-            let mut response = json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            response
-        }
-        Decision::Hung => json_error(StatusCode::GATEWAY_TIMEOUT, "timeout", "Upstream timeout"),
+    };
+    let mut response = encode(status, code, message);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn json_decision(decision: Decision) -> Response {
+    match decision {
+        fault @ (Decision::Outage
+        | Decision::ServerError
+        | Decision::RateLimited
+        | Decision::Hung) => transport_fault(&fault, json_error),
         Decision::Declined(record) => {
             let reason = match outcome(&record) {
                 Some(ReportedStatus::Failed { reason, .. }) => reason.clone(),
@@ -558,28 +574,10 @@ pub async fn proto_submit(
         }
     };
     match engine.submit(order).await {
-        Decision::Outage => proto_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Service unavailable",
-        ),
-        Decision::ServerError => proto_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "Internal error",
-        ),
-        Decision::RateLimited => {
-            let mut response = proto_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            response
-        }
-        Decision::Hung => proto_error(StatusCode::GATEWAY_TIMEOUT, "timeout", "Upstream timeout"),
+        fault @ (Decision::Outage
+        | Decision::ServerError
+        | Decision::RateLimited
+        | Decision::Hung) => transport_fault(&fault, proto_error),
         Decision::Declined(_) => {
             proto_error(StatusCode::PAYMENT_REQUIRED, "declined", "Do not honor")
         }
