@@ -9,7 +9,6 @@ use bytes::Bytes;
 use chrono::DateTime;
 use paygate_core::bus::events::{Body, CallbackReceived, Envelope};
 use paygate_core::bus::{Delivery, Handler, HandlerError};
-use paygate_core::cache_keys::transaction_cache_key;
 use paygate_core::config::Config;
 use paygate_core::domain::{GatewayName, TransactionId};
 use paygate_core::lock::{Lease, RedisLock};
@@ -167,12 +166,8 @@ impl CallbackHandler {
     }
 
     async fn invalidate_cache(&self, id: TransactionId) {
-        let key = transaction_cache_key(&self.cache_prefix, id);
         let mut conn = self.redis.clone();
-        let deleted: Result<i64, _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
-        if let Err(error) = deleted {
-            tracing::warn!(transaction = %id, %error, "could not drop the cached transaction; it expires by its TTL");
-        }
+        paygate_core::cache_keys::invalidate_transaction(&mut conn, &self.cache_prefix, id).await;
     }
 }
 

@@ -29,3 +29,19 @@ mod tests {
         );
     }
 }
+
+/// Drops the cached copy of a transaction after a change to it is committed. The cache is an
+/// optimisation: a failure is logged and the stale entry left to its short TTL.
+pub async fn invalidate_transaction(
+    redis: &mut redis::aio::ConnectionManager,
+    prefix: &str,
+    id: TransactionId,
+) {
+    let deleted: Result<i64, _> = redis::cmd("DEL")
+        .arg(transaction_cache_key(prefix, id))
+        .query_async(redis)
+        .await;
+    if let Err(error) = deleted {
+        tracing::warn!(transaction = %id, %error, "could not drop the cached transaction; it expires by its TTL");
+    }
+}

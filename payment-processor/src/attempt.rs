@@ -499,13 +499,9 @@ impl Engine {
     }
 
     async fn invalidate_cache(&self, id: TransactionId) {
-        let Some(mut cache) = self.cache.clone() else {
-            return;
-        };
-        let key = paygate_core::cache_keys::transaction_cache_key(&self.cache_prefix, id);
-        let deleted: Result<i64, _> = redis::cmd("DEL").arg(&key).query_async(&mut cache).await;
-        if let Err(error) = deleted {
-            tracing::warn!(%error, %id, "cache invalidation failed; the entry expires by its TTL");
+        if let Some(mut cache) = self.cache.clone() {
+            paygate_core::cache_keys::invalidate_transaction(&mut cache, &self.cache_prefix, id)
+                .await;
         }
     }
 }
