@@ -1,5 +1,5 @@
-//! The outbox relay as the API runs it: `paygate_core::bus::relay::OutboxRelay` (LISTEN/
-//! NOTIFY plus a short poll, batches, rows stamped only after the broker's ack) with settings
+//! The outbox relay as the API runs it: `paygate_core::bus::relay::OutboxRelay` (woken by
+//! this process's commits, plus a poll; batches; rows stamped only after the broker's ack) with settings
 //! from `api.*`, and a sampler that exports the relay's lag.
 
 use std::sync::atomic::{AtomicI64, Ordering};

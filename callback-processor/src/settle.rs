@@ -153,11 +153,15 @@ pub async fn settle_against(
                 db.rollback().await?;
                 return Ok(None);
             };
-            if next.status.is_terminal() {
+            let announced = next.status.is_terminal();
+            if announced {
                 outbox::enqueue(&mut *db, &announce::completed(&next, callback.traceparent))
                     .await?;
             }
             db.commit().await?;
+            if announced {
+                outbox::committed();
+            }
             Ok(Some(Settled {
                 outcome: Outcome::Applied,
                 needs_review: false,

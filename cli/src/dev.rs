@@ -15,20 +15,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::Router;
-use paygate_callback_dispatcher::signing;
 use paygate_core::bus::Topic;
 use paygate_core::config::{Config, KafkaConfig, RouteRule};
-use paygate_core::db::webhook_deliveries::SigningSecret;
-use paygate_core::db::{self, merchants, webhook_endpoints};
+use paygate_core::db;
 use paygate_core::domain::MerchantId;
 use paygate_gateways::GatewayRegistry;
 use serde_json::json;
@@ -37,6 +29,10 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::merchant_setup;
+pub use crate::receiver::{ReceivedWebhook, RECEIVER_PATH};
+use crate::receiver::{Logging, WebhookReceiver};
 
 /// The gateways `paygate dev` configures on the sandbox when the config names none:
 /// (gateway name = sandbox account, connector kind).
@@ -47,10 +43,6 @@ pub const DEV_GATEWAYS: [(&str, &str); 3] = [
 ];
 /// The default route's order (all transactions, with failover).
 const DEV_ROUTE: [&str; 3] = ["sandbox-json", "sandbox-proto", "sandbox-soap"];
-/// Where the demo receiver listens for webhooks.
-pub const RECEIVER_PATH: &str = "/webhooks";
-/// How far a webhook's timestamp may be from the receiver's clock (Standard Webhooks: 5 min).
-const WEBHOOK_TOLERANCE_SECS: i64 = 300;
 /// Bound on each connectivity check and on each service's start.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const SERVICE_BUILD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,21 +74,6 @@ impl Default for DevOptions {
     }
 }
 
-/// One webhook the demo receiver got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedWebhook {
-    /// `webhook-id` (the event id; a redelivery repeats it).
-    pub webhook_id: String,
-    /// `type` of the body, e.g. `transaction.succeeded`.
-    pub event_type: Option<String>,
-    /// `data.id` of the body.
-    pub transaction_id: Option<String>,
-    /// `data.status` of the body.
-    pub status: Option<String>,
-    /// Whether the Standard Webhooks signature verified with the endpoint's secret.
-    pub verified: bool,
-}
-
 /// A running dev stack.
 pub struct DevStack {
     pub api_addr: SocketAddr,
@@ -111,7 +88,7 @@ pub struct DevStack {
     database: String,
     gateways: Vec<String>,
     routes: Vec<RouteRule>,
-    received: Arc<Mutex<Vec<ReceivedWebhook>>>,
+    receiver: WebhookReceiver,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     running: HashSet<&'static str>,
@@ -214,15 +191,9 @@ pub async fn start(
     .map_err(|e| anyhow!("the callback dispatcher did not start: {e}"))?;
 
     let receiver_url = format!("http://{receiver_addr}{RECEIVER_PATH}");
-    let demo = create_demo_merchant(&pool, &receiver_url).await?;
+    let demo = merchant_setup::create(&pool, "paygate dev demo", &receiver_url).await?;
     pool.close().await;
-
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let receiver = receiver_router(Arc::new(Receiver {
-        secret: demo.secret,
-        received: received.clone(),
-        seen: Mutex::new(HashSet::new()),
-    }));
+    let receiver = WebhookReceiver::new(demo.secret, Logging::EachWebhook);
 
     let mut tasks = JoinSet::new();
     let mut running = HashSet::new();
@@ -254,15 +225,10 @@ pub async fn start(
         "callback-dispatcher",
         Box::pin(async move { dispatcher.run(token).await.map_err(anyhow::Error::from) }),
     );
-    let token = shutdown.clone();
+    let (token, demo_receiver) = (shutdown.clone(), receiver.clone());
     spawn(
         "demo-receiver",
-        Box::pin(async move {
-            axum::serve(receiver_listener, receiver)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-                .map_err(anyhow::Error::from)
-        }),
+        Box::pin(async move { demo_receiver.serve(receiver_listener, token).await }),
     );
 
     Ok(DevStack {
@@ -276,7 +242,7 @@ pub async fn start(
         database: redact(&config.database.url),
         gateways,
         routes: config.processor.routes.clone(),
-        received,
+        receiver,
         shutdown,
         tasks,
         running,
@@ -304,10 +270,7 @@ impl DevStack {
 
     /// Every webhook the demo receiver got so far, oldest first.
     pub fn received_webhooks(&self) -> Vec<ReceivedWebhook> {
-        self.received
-            .lock()
-            .map(|list| list.clone())
-            .unwrap_or_default()
+        self.receiver.received()
     }
 
     /// What `paygate dev` prints once everything runs: URLs, the API key, and curls.
@@ -629,117 +592,6 @@ fn default_route() -> RouteRule {
         country: None,
         gateways: DEV_ROUTE.iter().map(|g| (*g).to_owned()).collect(),
         failover: true,
-    }
-}
-
-struct DemoMerchant {
-    merchant_id: MerchantId,
-    api_key: String,
-    secret: SigningSecret,
-}
-
-/// A merchant, its API key and its webhook endpoint (the demo receiver), in one commit.
-async fn create_demo_merchant(pool: &PgPool, receiver_url: &str) -> anyhow::Result<DemoMerchant> {
-    let mut tx = pool.begin().await.context("creating the demo merchant")?;
-    let merchant = merchants::create(&mut *tx, "paygate dev demo")
-        .await
-        .context("creating the demo merchant")?;
-    let (_key_id, key) = merchants::create_api_key(&mut *tx, merchant.id)
-        .await
-        .context("creating the demo API key")?;
-    let endpoint = webhook_endpoints::create(
-        &mut *tx,
-        merchant.id,
-        receiver_url,
-        Some("paygate dev demo receiver"),
-    )
-    .await
-    .context("registering the demo webhook endpoint")?;
-    tx.commit().await.context("creating the demo merchant")?;
-    Ok(DemoMerchant {
-        merchant_id: merchant.id,
-        api_key: key.expose().to_owned(),
-        secret: SigningSecret::from(&endpoint.secret),
-    })
-}
-
-/// The demo webhook receiver: verifies each delivery's signature and logs it.
-struct Receiver {
-    secret: SigningSecret,
-    received: Arc<Mutex<Vec<ReceivedWebhook>>>,
-    seen: Mutex<HashSet<String>>,
-}
-
-fn receiver_router(receiver: Arc<Receiver>) -> Router {
-    Router::new()
-        .route(RECEIVER_PATH, post(receive))
-        .with_state(receiver)
-}
-
-async fn receive(
-    State(receiver): State<Arc<Receiver>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let webhook_id = header(signing::HEADER_ID);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or_default();
-    let verdict = signing::verify(
-        &receiver.secret,
-        &webhook_id,
-        &header(signing::HEADER_TIMESTAMP),
-        &header(signing::HEADER_SIGNATURE),
-        &body,
-        now,
-        WEBHOOK_TOLERANCE_SECS,
-    );
-    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-    let webhook = ReceivedWebhook {
-        webhook_id: webhook_id.clone(),
-        event_type: text(&parsed["type"]),
-        transaction_id: text(&parsed["data"]["id"]),
-        status: text(&parsed["data"]["status"]),
-        verified: verdict.is_ok(),
-    };
-    let repeat = receiver
-        .seen
-        .lock()
-        .map(|mut seen| !seen.insert(webhook_id.clone()))
-        .unwrap_or(false);
-    let event = webhook.event_type.as_deref().unwrap_or("(no type)");
-    let transaction = webhook
-        .transaction_id
-        .as_deref()
-        .unwrap_or("(no transaction)");
-    match &verdict {
-        Ok(()) => tracing::info!(
-            webhook_id = %webhook_id,
-            repeat,
-            "demo receiver: {event} for {transaction}, signature verified"
-        ),
-        Err(error) => tracing::warn!(
-            webhook_id = %webhook_id,
-            repeat,
-            "demo receiver: {event} for {transaction}, signature NOT verified ({error})"
-        ),
-    }
-    if let Ok(mut list) = receiver.received.lock() {
-        list.push(webhook);
-    }
-    if verdict.is_ok() {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::BAD_REQUEST
     }
 }
 

@@ -5,7 +5,8 @@
 //! - `paygate topics create`: create the Kafka topics (brokers may not auto-create);
 //! - `paygate merchants create --name …`: create a merchant and print its API key once;
 //! - `paygate merchants revoke-key --key …`: revoke a key;
-//! - `paygate bench accept --key …`: accept throughput and latency of a running API.
+//! - `paygate bench accept --key …`: accept throughput and latency of a running API;
+//! - `paygate bench e2e`: the whole running pipeline, accept to signed webhook.
 
 mod merchants;
 
@@ -68,6 +69,9 @@ enum Command {
 enum BenchCommand {
     /// `POST /v1/deposits` throughput and accept latency (p50/p90/p99/max).
     Accept(paygate_cli::bench::AcceptArgs),
+    /// The whole pipeline: payments/s and accept→webhook latency at a receiver of its own,
+    /// sandbox executions, peak RSS per service, and `pgbench -N` on the same Postgres.
+    E2e(paygate_cli::bench::E2eArgs),
 }
 
 #[derive(Subcommand)]
@@ -139,11 +143,25 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let json = args.json.clone();
             let report = paygate_cli::bench::accept(args).await?;
             paygate_cli::bench::print(&report);
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-                println!("  written to {}", path.display());
-            }
+            write_json(json, &report)?;
         }
+        Command::Bench {
+            which: BenchCommand::E2e(args),
+        } => {
+            let json = args.json.clone();
+            let report = paygate_cli::bench::e2e::e2e(args, &config).await?;
+            paygate_cli::bench::e2e::print(&report);
+            write_json(json, &report)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_json(path: Option<std::path::PathBuf>, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(&path, serde_json::to_vec_pretty(report)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        println!("  written to {}", path.display());
     }
     Ok(())
 }

@@ -105,7 +105,8 @@ pub struct ApiConfig {
     pub cache_ttl_ms: u64,
     /// Outbox rows published per relay round.
     pub outbox_batch_size: i64,
-    /// Relay poll interval when no NOTIFY arrives.
+    /// Relay poll interval for rows written by other processes (a relay is woken at once by
+    /// commits in its own process).
     pub outbox_poll_ms: u64,
 }
 

@@ -136,6 +136,58 @@ async fn idempotency_replays_refuses_a_changed_request_and_writes_nothing_twice(
 }
 
 #[tokio::test]
+async fn an_expired_key_is_taken_over_by_a_new_request() -> TestResult {
+    let (pool, _) = fresh_database().await?;
+    let merchant = merchants::create(&pool, "Acme").await?;
+    let first = new_transaction(&pool, merchant.id, 100).await?;
+    let created =
+        transactions::insert(&pool, &first, Some(&idempotent("old", 1)), &announcement(&first))
+            .await?;
+    assert_eq!(created, InsertOutcome::Created);
+    // Age the key past retention.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&pool)
+        .await?;
+
+    // A different request under the expired key is a new request, not a 422.
+    let second = new_transaction(&pool, merchant.id, 200).await?;
+    let outcome = transactions::insert(
+        &pool,
+        &second,
+        Some(&idempotent("old", 2)),
+        &announcement(&second),
+    )
+    .await?;
+    assert_eq!(outcome, InsertOutcome::Created);
+    let (owner, hash): (uuid::Uuid, Vec<u8>) = sqlx::query_as(
+        "SELECT transaction_id, request_hash FROM idempotency_keys WHERE key = 'old'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(owner, second.id.as_uuid());
+    assert_eq!(hash, vec![2u8; 32]);
+    assert_eq!(count(&pool, "transactions").await?, 2);
+    assert_eq!(count(&pool, "outbox").await?, 2);
+
+    // And the key is live again: the same request replays, a third is refused.
+    let replay = transactions::insert(
+        &pool,
+        &second,
+        Some(&idempotent("old", 2)),
+        &announcement(&second),
+    )
+    .await?;
+    assert!(matches!(replay, InsertOutcome::Replayed { .. }));
+    let third = new_transaction(&pool, merchant.id, 300).await?;
+    let refused =
+        transactions::insert(&pool, &third, Some(&idempotent("old", 3)), &announcement(&third))
+            .await?;
+    assert_eq!(refused, InsertOutcome::KeyReusedWithDifferentRequest);
+    assert_eq!(count(&pool, "transactions").await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_key_held_by_a_request_in_flight_answers_in_flight() -> TestResult {
     let (pool, _) = fresh_database().await?;
     let merchant = merchants::create(&pool, "Acme").await?;

@@ -65,6 +65,7 @@ pub async fn enqueue_due(
         outbox::enqueue(pool, &announce::pending(tx, None)).await?;
     }
     if !due.is_empty() {
+        outbox::committed();
         tracing::debug!(count = due.len(), "re-enqueued due retries");
     }
     Ok(due.len())

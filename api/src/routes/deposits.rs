@@ -110,23 +110,35 @@ async fn create(
             .idempotency_retention_hours
             .saturating_mul(3600),
     );
-    // A repeat is answered from the stored response before anything is validated again, so
-    // a retry gets the first answer even if a check (a callback_url's DNS) fails this time.
-    if let Some(key) = &key {
-        let stored =
-            transactions::stored_outcome(&state.pool, merchant.id, key, &request_hash, retention)
-                .await
-                .map_err(HttpError::internal)?;
-        if let Some(outcome) = stored {
-            return respond(outcome, serde_json::Value::Null);
-        }
-    }
-    let request = validation::create_transaction(
+    let validated = validation::create_transaction(
         &body,
         |name| state.registry.get(name).is_some(),
         state.destinations,
     )
-    .await?;
+    .await;
+    let request = match validated {
+        Ok(request) => request,
+        Err(invalid) => {
+            // A repeat is answered with the first response even when a check fails this time
+            // (a callback_url's DNS lookup, say). Only a refused request pays for this read:
+            // a valid repeat is told apart by the insert itself.
+            if let Some(key) = &key {
+                let stored = transactions::stored_outcome(
+                    &state.pool,
+                    merchant.id,
+                    key,
+                    &request_hash,
+                    retention,
+                )
+                .await
+                .map_err(HttpError::internal)?;
+                if let Some(outcome) = stored {
+                    return respond(outcome, serde_json::Value::Null);
+                }
+            }
+            return Err(invalid);
+        }
+    };
     let transaction = Transaction::create(
         NewTransaction {
             merchant_id: merchant.id,

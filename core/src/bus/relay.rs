@@ -6,24 +6,23 @@
 //! same database transaction that claimed it; if the process dies in between, the row is
 //! published again by the next relay (at-least-once; consumers are idempotent). While the
 //! broker is unreachable, rows simply wait and [`RelayHealth`] reports the relay degraded.
+//!
+//! A relay is woken by outbox commits in its own process ([`outbox::committed`]) and polls
+//! for the rest. It does not use Postgres `NOTIFY`: a notifying commit takes a cluster-wide
+//! lock held through its WAL flush, which serialises every such commit and capped the whole
+//! pipeline at about one commit per flush (BENCHMARKS.md, docs/ARCHITECTURE.md).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::Producer;
 use crate::db::{outbox, DbError};
 
-/// The Postgres NOTIFY channel the outbox trigger signals on.
-pub const OUTBOX_CHANNEL: &str = "paygate_outbox";
-
-/// How long a woken relay waits for more rows before claiming a batch.
-const NOTIFY_COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What `/readyz` and metrics read about a relay.
 #[derive(Debug, Default)]
@@ -47,7 +46,7 @@ impl RelayHealth {
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySettings {
     pub batch_size: i64,
-    /// Poll interval when no NOTIFY arrives (NOTIFY can be missed while reconnecting).
+    /// Poll interval for rows no commit in this process announced (another process's).
     pub poll_interval: Duration,
     /// Pause after a failed round before trying again.
     pub failure_backoff: Duration,
@@ -81,10 +80,10 @@ impl OutboxRelay {
     /// Runs until `shutdown`; a row claimed when shutdown comes is either stamped or left
     /// for the next relay, never lost.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut listener = self.listen().await;
-        tracing::info!(listening = listener.is_some(), "outbox relay started");
+        let mut writes = outbox::watch_commits();
+        tracing::info!("outbox relay started");
         loop {
-            // Drain: keep publishing full batches back to back.
+            // Drain: keep publishing while rounds find rows (more arrive while one runs).
             let published = match self.publish_batch().await {
                 Ok(n) => {
                     self.health.broker_ok.store(true, Ordering::Relaxed);
@@ -99,41 +98,21 @@ impl OutboxRelay {
                     }
                 }
             };
-            if published as i64 >= self.settings.batch_size {
-                if shutdown.is_cancelled() {
-                    break;
-                }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if published > 0 {
                 continue;
             }
-            // Idle: wait for a NOTIFY, the poll interval, or shutdown.
-            let notified = async {
-                match listener.as_mut() {
-                    Some(l) => l.recv().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
+            // Idle: wait for a commit in this process, the poll interval (rows another
+            // process left behind), or shutdown.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                ok = notified => {
-                    if ok {
-                        // Let a burst of commits gather into one batch: under load every
-                        // insert notifies, and a round per row would cost Postgres more than
-                        // the inserts themselves (measured: BENCHMARKS.md).
-                        tokio::time::sleep(NOTIFY_COALESCE).await;
-                    } else {
-                        listener = self.listen().await;
-                    }
-                }
+                _ = writes.changed() => {}
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
         tracing::info!("outbox relay stopped");
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen(OUTBOX_CHANNEL).await.ok()?;
-        Some(listener)
     }
 
     /// Publishes one batch; returns how many rows were published.

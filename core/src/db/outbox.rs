@@ -3,6 +3,7 @@
 //! row waits until a relay publishes it.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, Postgres};
@@ -28,15 +29,28 @@ pub struct PendingRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// Adds a message to the outbox inside the caller's database transaction.
+/// Counts outbox commits made by this process, so its relays wake at once.
+static COMMITS: LazyLock<tokio::sync::watch::Sender<u64>> =
+    LazyLock::new(|| tokio::sync::watch::Sender::new(0));
+
+/// Tells this process's relays that outbox rows were committed. Call it after the commit
+/// (a relay woken before would not see the rows yet and would wait for its next poll).
+pub fn committed() {
+    COMMITS.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// What a relay waits on: changes each time [`committed`] is called.
+pub fn watch_commits() -> tokio::sync::watch::Receiver<u64> {
+    COMMITS.subscribe()
+}
+
+/// Adds a message to the outbox inside the caller's database transaction; the caller calls
+/// [`committed`] once that transaction has committed.
 pub async fn enqueue<'e>(
     exec: impl PgExecutor<'e>,
     message: &OutboxMessage,
 ) -> Result<i64, DbError> {
-    let headers = serde_json::to_value(&message.headers).map_err(|e| DbError::Corrupt {
-        table: "outbox",
-        detail: e.to_string(),
-    })?;
+    let headers = encode_headers(&message.headers)?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id",
     )
@@ -47,6 +61,14 @@ pub async fn enqueue<'e>(
     .fetch_one(exec)
     .await?;
     Ok(id)
+}
+
+/// A message's headers as the `headers` JSONB column holds them.
+pub fn encode_headers(headers: &BTreeMap<String, String>) -> Result<serde_json::Value, DbError> {
+    serde_json::to_value(headers).map_err(|e| DbError::Corrupt {
+        table: "outbox",
+        detail: e.to_string(),
+    })
 }
 
 /// `(id, topic, key, payload, headers, created_at)` as selected.

@@ -1,0 +1,447 @@
+//! `paygate bench e2e`: the whole pipeline under load, measured from the merchant's side.
+//!
+//! It makes a merchant whose webhook endpoint is a receiver in this process (so a running
+//! stack's dispatcher must be allowed to deliver to loopback over http, as `paygate dev` and
+//! `scripts/up` are), drives `POST /v1/deposits` and `/v1/withdrawals` (alternately) like
+//! `bench accept`, then waits for every accepted payment's signed webhook. It reports accept
+//! latency, accept→webhook latency (both HDR), end-to-end payments per second, what did not
+//! arrive, the sandbox's executions and suppressed duplicates, the peak RSS of each paygate
+//! process, and `pgbench -N` on the same Postgres, run right after, with the ratio.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use paygate_core::config::Config;
+use paygate_core::db::{self, merchants};
+use paygate_sandbox::Stats;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::load::{self, Latencies, LoadSpec, Percentiles, Recorder};
+use super::pgbench::{self, PgbenchReport};
+use super::rss::PeakRss;
+use crate::merchant_setup;
+use crate::receiver::{Logging, ReceivedWebhook, WebhookReceiver, RECEIVER_PATH};
+
+/// The API limits each key's rate; the bench spreads its requests over this many keys of its
+/// merchant so the limiter is not what it measures.
+const BENCH_KEYS: usize = 4;
+
+#[derive(Args, Debug, Clone)]
+pub struct E2eArgs {
+    /// The API's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The sandbox's base URL (for its execution counts).
+    #[arg(long, default_value = "http://127.0.0.1:8090")]
+    pub sandbox_url: String,
+    /// Where this bench's webhook receiver listens; the dispatcher must reach it.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub receiver_bind: SocketAddr,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Concurrent connections (closed loop) or the in-flight cap (open loop).
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Open loop at this many payments per second; absent = closed loop.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Gateways to name in turn (repeat the flag); absent: routing rules choose.
+    #[arg(long)]
+    pub gateway: Vec<String>,
+    /// After sending, how long to wait for the last webhooks.
+    #[arg(long, default_value_t = 60)]
+    pub drain_secs: u64,
+    /// Skip the pgbench reference run.
+    #[arg(long)]
+    pub no_pgbench: bool,
+    /// pgbench clients.
+    #[arg(long, default_value_t = 16)]
+    pub pgbench_clients: u32,
+    /// pgbench duration in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub pgbench_secs: u64,
+    /// Write the summary as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct E2eReport {
+    pub mode: String,
+    pub concurrency: usize,
+    pub target_rate: Option<u64>,
+    /// Time spent sending.
+    pub send_secs: f64,
+    pub accepted: u64,
+    pub accept_errors: u64,
+    pub accept_per_sec: f64,
+    pub accept_latency_ms: Percentiles,
+    /// Accepted payments whose signed webhook arrived (one each counted).
+    pub delivered: u64,
+    /// Accepted payments without a webhook by the end of the drain.
+    pub missing: u64,
+    /// Webhooks that arrived again for an already-delivered event (at-least-once repeats).
+    pub repeated_webhooks: u64,
+    /// Webhooks whose signature did not verify.
+    pub unverified_webhooks: u64,
+    /// Delivered payments by final status (`succeeded`, `failed`).
+    pub by_status: BTreeMap<String, u64>,
+    /// From the first request to the last webhook.
+    pub e2e_secs: f64,
+    /// Delivered payments per second over `e2e_secs`.
+    pub e2e_per_sec: f64,
+    /// Accept (request sent, or due in open loop) to webhook received.
+    pub e2e_latency_ms: Percentiles,
+    /// The sandbox's counters over the run (other traffic to it would count too).
+    pub sandbox_executions: Option<u64>,
+    pub sandbox_duplicates_suppressed: Option<u64>,
+    /// Peak resident memory by paygate process, MiB.
+    pub peak_rss_mib: BTreeMap<String, f64>,
+    pub pgbench: Option<PgbenchReport>,
+    /// `e2e_per_sec / pgbench.tps`.
+    pub ratio_to_pgbench: Option<f64>,
+}
+
+/// When each accepted payment's request started, by transaction id.
+type Starts = Arc<Mutex<HashMap<String, Instant>>>;
+
+pub async fn e2e(args: E2eArgs, config: &Config) -> anyhow::Result<E2eReport> {
+    let spec = LoadSpec {
+        duration: Duration::from_secs(args.duration),
+        concurrency: args.concurrency,
+        rate: args.rate,
+    };
+    spec.check()?;
+    let listener = TcpListener::bind(args.receiver_bind)
+        .await
+        .with_context(|| format!("the webhook receiver cannot listen on {}", args.receiver_bind))?;
+    let receiver_url = format!("http://{}{RECEIVER_PATH}", listener.local_addr()?);
+
+    let pool = db::connect(&config.database)
+        .await
+        .context("connecting to PAYGATE_DATABASE_URL to create the bench merchant")?;
+    let name = format!("paygate bench {}", unix_now());
+    let merchant = merchant_setup::create(&pool, &name, &receiver_url).await?;
+    let mut keys = vec![merchant.api_key.clone()];
+    for _ in 1..BENCH_KEYS {
+        let (_id, key) = merchants::create_api_key(&pool, merchant.merchant_id).await?;
+        keys.push(key.expose().to_owned());
+    }
+    pool.close().await;
+
+    let stop = CancellationToken::new();
+    let receiver = WebhookReceiver::new(merchant.secret, Logging::Quiet);
+    let serving = {
+        let (receiver, stop) = (receiver.clone(), stop.clone());
+        tokio::spawn(async move { receiver.serve(listener, stop).await })
+    };
+    let result = run(&args, spec, keys, &receiver, &config.database.url).await;
+    stop.cancel();
+    let _ = serving.await;
+    result
+}
+
+async fn run(
+    args: &E2eArgs,
+    spec: LoadSpec,
+    keys: Vec<String>,
+    receiver: &WebhookReceiver,
+    database_url: &str,
+) -> anyhow::Result<E2eReport> {
+    let client = load::client(args.concurrency)?;
+    let api = args.url.trim_end_matches('/').to_owned();
+    let sandbox_before = sandbox_stats(&client, &args.sandbox_url).await;
+    let rss = PeakRss::default();
+    let sampling = CancellationToken::new();
+    let sampler = rss.sample(Duration::from_millis(500), sampling.clone());
+
+    let starts: Starts = Arc::new(Mutex::new(HashMap::new()));
+    let keys = Arc::new(keys);
+    let gateways = Arc::new(args.gateway.clone());
+    // One request first, so a wrong URL or key fails fast with the API's own message.
+    let probe = payment_body(0, &gateways);
+    if let Err(error) =
+        load::create_payment(&client, &format!("{api}/v1/deposits"), &keys[0], &probe).await
+    {
+        sampling.cancel();
+        anyhow::bail!("the API refused the first request: {error}");
+    }
+    let baseline = receiver.count();
+
+    let recorder = Arc::new(Recorder::new()?);
+    let started = Instant::now();
+    let status_receiver = receiver.clone();
+    let send = {
+        let starts = starts.clone();
+        move |n: u64, start: Instant| {
+            let (client, api, keys, gateways, starts) = (
+                client.clone(),
+                api.clone(),
+                keys.clone(),
+                gateways.clone(),
+                starts.clone(),
+            );
+            async move {
+                let path = if n % 2 == 0 { "deposits" } else { "withdrawals" };
+                let key = &keys[(n % keys.len() as u64) as usize];
+                let body = payment_body(n, &gateways);
+                let created =
+                    load::create_payment(&client, &format!("{api}/v1/{path}"), key, &body).await?;
+                let id = created["id"]
+                    .as_str()
+                    .ok_or_else(|| format!("202 without an id: {created}"))?
+                    .to_owned();
+                if let Ok(mut starts) = starts.lock() {
+                    starts.insert(id, start);
+                }
+                Ok(())
+            }
+        }
+    };
+    let send_time = load::drive(
+        spec,
+        &recorder,
+        move || format!(", {} webhooks", status_receiver.count().saturating_sub(baseline)),
+        send,
+    )
+    .await;
+
+    let expected = recorder.ok();
+    drain(receiver, &starts, expected, Duration::from_secs(args.drain_secs)).await;
+    sampling.cancel();
+    let _ = sampler.await;
+    let sandbox_after = sandbox_stats(&load::client(1)?, &args.sandbox_url).await;
+
+    if let Some(error) = recorder.first_error() {
+        eprintln!("first error: {error}");
+    }
+    let starts = starts
+        .lock()
+        .map(|s| s.clone())
+        .map_err(|_| anyhow::anyhow!("start times lock poisoned"))?;
+    let outcome = Outcome::of(&receiver.received(), &starts, started)?;
+
+    let pgbench = if args.no_pgbench {
+        None
+    } else if pgbench::available().await {
+        eprintln!(
+            "running pgbench -N -c {} for {} s on the same Postgres…",
+            args.pgbench_clients, args.pgbench_secs
+        );
+        Some(
+            pgbench::run(
+                database_url,
+                args.pgbench_clients,
+                Duration::from_secs(args.pgbench_secs),
+            )
+            .await?,
+        )
+    } else {
+        eprintln!("pgbench is not installed: no reference run");
+        None
+    };
+    let e2e_per_sec = if outcome.e2e_secs > 0.0 {
+        outcome.delivered as f64 / outcome.e2e_secs
+    } else {
+        0.0
+    };
+    let delta = |pick: fn(&Stats) -> u64| match (&sandbox_before, &sandbox_after) {
+        (Some(before), Some(after)) => Some(pick(after).saturating_sub(pick(before))),
+        _ => None,
+    };
+    let send_secs = send_time.as_secs_f64();
+    Ok(E2eReport {
+        mode: spec.mode().into(),
+        concurrency: args.concurrency,
+        target_rate: args.rate,
+        send_secs,
+        accepted: expected,
+        accept_errors: recorder.errors(),
+        accept_per_sec: expected as f64 / send_secs,
+        accept_latency_ms: recorder.percentiles(),
+        delivered: outcome.delivered,
+        missing: expected.saturating_sub(outcome.delivered),
+        repeated_webhooks: outcome.repeated,
+        unverified_webhooks: outcome.unverified,
+        by_status: outcome.by_status,
+        e2e_secs: outcome.e2e_secs,
+        e2e_per_sec,
+        e2e_latency_ms: outcome.latencies.percentiles(),
+        sandbox_executions: delta(|s| s.executions),
+        sandbox_duplicates_suppressed: delta(|s| s.duplicates_suppressed),
+        peak_rss_mib: rss.peaks(),
+        ratio_to_pgbench: pgbench
+            .as_ref()
+            .filter(|p| p.tps > 0.0)
+            .map(|p| e2e_per_sec / p.tps),
+        pgbench,
+    })
+}
+
+/// A deposit (even `n`) or withdrawal (odd) body; gateways named in turn when given.
+fn payment_body(n: u64, gateways: &[String]) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "amount": 1050 + (n % 100),
+        "currency": "USD",
+        "customer": format!("bench_customer_{}", n % 1000),
+    });
+    if !gateways.is_empty() {
+        let gateway = &gateways[((n / 2) % gateways.len() as u64) as usize];
+        body["gateway"] = serde_json::Value::from(gateway.as_str());
+    }
+    body
+}
+
+/// Waits until a verified webhook arrived for each accepted payment, or `limit` passed.
+async fn drain(receiver: &WebhookReceiver, starts: &Starts, expected: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let delivered = {
+            let starts = starts.lock().map(|s| s.clone()).unwrap_or_default();
+            let mut seen = std::collections::HashSet::new();
+            for webhook in receiver.received() {
+                if let Some(id) = webhook.transaction_id.as_ref() {
+                    if webhook.verified && starts.contains_key(id) {
+                        seen.insert(id.clone());
+                    }
+                }
+            }
+            seen.len() as u64
+        };
+        if delivered >= expected || Instant::now() >= deadline {
+            return;
+        }
+        eprint!("\rwaiting for webhooks: {delivered}/{expected}   ");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What the receiver got, matched with what was accepted.
+struct Outcome {
+    delivered: u64,
+    repeated: u64,
+    unverified: u64,
+    by_status: BTreeMap<String, u64>,
+    e2e_secs: f64,
+    latencies: Latencies,
+}
+
+impl Outcome {
+    fn of(
+        received: &[ReceivedWebhook],
+        starts: &HashMap<String, Instant>,
+        started: Instant,
+    ) -> anyhow::Result<Self> {
+        let mut outcome = Outcome {
+            delivered: 0,
+            repeated: 0,
+            unverified: 0,
+            by_status: BTreeMap::new(),
+            e2e_secs: 0.0,
+            latencies: Latencies::new()?,
+        };
+        let mut first = std::collections::HashSet::new();
+        let mut last_arrival = started;
+        for webhook in received {
+            if !webhook.verified {
+                outcome.unverified += 1;
+                continue;
+            }
+            let Some(id) = webhook.transaction_id.as_ref() else {
+                continue;
+            };
+            let Some(start) = starts.get(id) else {
+                continue; // the probe, or another run's payment
+            };
+            if webhook.repeat || !first.insert(id.clone()) {
+                outcome.repeated += 1;
+                continue;
+            }
+            outcome.delivered += 1;
+            *outcome
+                .by_status
+                .entry(webhook.status.clone().unwrap_or_default())
+                .or_default() += 1;
+            outcome
+                .latencies
+                .record(webhook.received_at.saturating_duration_since(*start));
+            last_arrival = last_arrival.max(webhook.received_at);
+        }
+        outcome.e2e_secs = last_arrival.saturating_duration_since(started).as_secs_f64();
+        Ok(outcome)
+    }
+}
+
+async fn sandbox_stats(client: &reqwest::Client, sandbox_url: &str) -> Option<Stats> {
+    let url = format!("{}/_admin/stats", sandbox_url.trim_end_matches('/'));
+    let response = client.get(&url).send().await.ok()?;
+    let report: paygate_sandbox::StatsReport = response.json().await.ok()?;
+    Some(report.total)
+}
+
+/// Seconds since the epoch, to tell bench merchants apart.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// The summary table printed at the end.
+pub fn print(r: &E2eReport) {
+    let pct = |p: &Percentiles| {
+        format!(
+            "p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1} ms",
+            p.p50, p.p90, p.p99, p.max
+        )
+    };
+    println!();
+    println!(
+        "paygate bench e2e ({} loop{}, {} connections)",
+        r.mode,
+        r.target_rate
+            .map(|t| format!(", target {t}/s"))
+            .unwrap_or_default(),
+        r.concurrency
+    );
+    println!("  sent for            {:>10.1} s", r.send_secs);
+    println!(
+        "  accepted            {:>10}   ({:.0}/s, {} errors)",
+        r.accepted, r.accept_per_sec, r.accept_errors
+    );
+    println!("  accept latency      {}", pct(&r.accept_latency_ms));
+    println!(
+        "  delivered           {:>10}   ({} missing, {} repeats, {} unverified)",
+        r.delivered, r.missing, r.repeated_webhooks, r.unverified_webhooks
+    );
+    let statuses: Vec<String> = r.by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("  final statuses      {}", statuses.join(", "));
+    println!(
+        "  end to end          {:>10.0} payments/s over {:.1} s",
+        r.e2e_per_sec, r.e2e_secs
+    );
+    println!("  accept→webhook      {}", pct(&r.e2e_latency_ms));
+    match (r.sandbox_executions, r.sandbox_duplicates_suppressed) {
+        (Some(executions), Some(duplicates)) => println!(
+            "  sandbox             {executions:>10} executions, {duplicates} repeats suppressed"
+        ),
+        _ => println!("  sandbox             (stats not reachable)"),
+    }
+    for (name, mib) in &r.peak_rss_mib {
+        println!("  peak RSS            {mib:>10.1} MiB  {name}");
+    }
+    match (&r.pgbench, r.ratio_to_pgbench) {
+        (Some(p), Some(ratio)) => println!(
+            "  pgbench -N -c {:<3}   {:>10.0} TPS → end to end is {:.3}× of it",
+            p.clients, p.tps, ratio
+        ),
+        _ => println!("  pgbench             (not run)"),
+    }
+}

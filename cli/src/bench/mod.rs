@@ -1,0 +1,14 @@
+//! `paygate bench …`: load against a running paygate, measured from the merchant's side.
+//!
+//! - [`accept`]: the API alone (`POST /v1/deposits` throughput and latency);
+//! - [`e2e`]: the whole pipeline, accept to signed webhook, with `pgbench -N` as yardstick.
+
+pub mod accept;
+pub mod e2e;
+mod load;
+mod pgbench;
+mod rss;
+
+pub use accept::{accept, print, AcceptArgs, AcceptReport};
+pub use e2e::{E2eArgs, E2eReport};
+pub use load::Percentiles;
