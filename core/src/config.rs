@@ -73,6 +73,23 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// How long the producer keeps retrying one message before reporting failure.
     pub message_timeout_ms: u64,
+    /// Longest a consumer's fetch waits at the broker for data (`fetch.wait.max.ms`). Kafka
+    /// answers a fetch as soon as data arrives, but tansu (the local broker) waits this out,
+    /// so librdkafka's 500 ms default added half a second to every hop.
+    #[serde(default = "default_fetch_wait_ms")]
+    pub fetch_wait_max_ms: u64,
+    /// How long a producer gathers messages into one request (`linger.ms`). Broker cost is
+    /// per request more than per message, so a few milliseconds buy a lot under load.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+}
+
+fn default_linger_ms() -> u64 {
+    5
+}
+
+fn default_fetch_wait_ms() -> u64 {
+    10
 }
 
 /// Metrics exposure for processes without their own HTTP server.
@@ -230,6 +247,8 @@ impl Default for Config {
                 replication_factor: 1,
                 group_prefix: "paygate".into(),
                 message_timeout_ms: 30_000,
+                fetch_wait_max_ms: default_fetch_wait_ms(),
+                linger_ms: default_linger_ms(),
             },
             log: LogConfig {
                 format: LogFormat::Pretty,
@@ -266,8 +285,11 @@ impl Default for Config {
                 lock_wait_ms: 5_000,
             },
             dispatcher: DispatcherConfig {
-                concurrency: 64,
-                per_endpoint_concurrency: 4,
+                // A busy merchant gets hundreds of webhooks a second on one endpoint; 4 at a
+                // time capped it near 150/s (BENCHMARKS.md). A dead endpoint still holds at
+                // most a quarter of the workers.
+                concurrency: 128,
+                per_endpoint_concurrency: 32,
                 request_timeout_ms: 10_000,
                 retry_schedule_secs: vec![0, 5, 300, 1_800, 7_200, 18_000, 36_000, 36_000],
                 jitter_percent: 20,

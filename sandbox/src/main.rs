@@ -9,11 +9,6 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let settings = paygate_sandbox::SandboxArgs::parse().into_settings()?;
     let sandbox = paygate_sandbox::Sandbox::build(settings).await?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        on_signal.cancel();
-    });
-    sandbox.run(shutdown).await
+    // SIGINT or SIGTERM (what `docker stop` and `scripts/up down` send).
+    sandbox.run(paygate_core::shutdown::on_signal()).await
 }

@@ -302,6 +302,11 @@ fn payment_body(n: u64, gateways: &[String]) -> serde_json::Value {
 /// Waits until a verified webhook arrived for each accepted payment, or `limit` passed.
 async fn drain(receiver: &WebhookReceiver, starts: &Starts, expected: u64, limit: Duration) {
     let deadline = Instant::now() + limit;
+    let bar = indicatif::ProgressBar::new(expected);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("waiting for webhooks {bar:40} {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     loop {
         let delivered = {
             let starts = starts.lock().map(|s| s.clone()).unwrap_or_default();
@@ -315,10 +320,11 @@ async fn drain(receiver: &WebhookReceiver, starts: &Starts, expected: u64, limit
             }
             seen.len() as u64
         };
+        bar.set_position(delivered);
         if delivered >= expected || Instant::now() >= deadline {
+            bar.finish_and_clear();
             return;
         }
-        eprint!("\rwaiting for webhooks: {delivered}/{expected}   ");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -183,6 +183,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Job {
     delivery: Delivery,
     ticket: Ticket,
+    /// When the broker's message was produced (its timestamp), for the age metric.
+    produced_at_ms: Option<i64>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -220,6 +222,7 @@ impl ConsumerRunner {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
             .create_with_context(RunnerContext {
                 tracker: tracker.clone(),
             })?;
@@ -272,9 +275,10 @@ impl ConsumerRunner {
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         let delivery = Delivery::from_message(&message);
+                        let produced_at_ms = message.timestamp().to_millis();
                         drop(message);
                         let ticket = lock(&self.worker.tracker).begin(&delivery.topic, delivery.partition, delivery.offset);
-                        self.dispatch(&tasks, Job { delivery, ticket, _permit: held });
+                        self.dispatch(&tasks, Job { delivery, ticket, produced_at_ms, _permit: held });
                     }
                     Err(error) => {
                         // Broker unreachable and the like: librdkafka reconnects by itself.
@@ -377,7 +381,17 @@ impl Worker {
             .unwrap_or_default();
         let span = tracing::info_span!("message", topic = %delivery.topic, partition = delivery.partition,
             offset = delivery.offset, trace_id = %trace_id);
+        // Where a message's time goes: waiting (broker, this runner's queue, per-key order)
+        // before its handler starts, then the handler itself (all attempts).
+        if let Some(produced) = job.produced_at_ms {
+            let age_ms = chrono::Utc::now().timestamp_millis().saturating_sub(produced).max(0);
+            metrics::histogram!("paygate_consumer_wait_seconds", "topic" => delivery.topic.clone())
+                .record(age_ms as f64 / 1000.0);
+        }
+        let started = std::time::Instant::now();
         let handled = self.handle_until_done(delivery).instrument(span).await;
+        metrics::histogram!("paygate_consumer_handle_seconds", "topic" => delivery.topic.clone())
+            .record(started.elapsed().as_secs_f64());
         if handled {
             lock(&self.tracker).complete(&job.ticket);
         }

@@ -32,8 +32,7 @@ impl Producer {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            // Small batching window: throughput under load without a visible delay.
-            .set("linger.ms", "2")
+            .set("linger.ms", config.linger_ms.to_string())
             .create()?;
         Ok(Self {
             inner,

@@ -44,3 +44,19 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// Lets the current database transaction commit without waiting for its WAL flush
+/// (`SET LOCAL synchronous_commit = off`). Only for writes whose loss in a Postgres crash
+/// causes a *repeat* that is already handled, never a lost effect: stamping outbox rows as
+/// published (lost → published again; consumers are idempotent), a webhook delivery's lease
+/// and result (lost → delivered again with the same `webhook-id`). Money state, idempotency
+/// keys, outbox rows and recorded webhook events always commit durably.
+///
+/// Why: the pipeline is bound by WAL flushes on a small machine (BENCHMARKS.md), and these
+/// bookkeeping commits were almost half of them.
+pub async fn relax_durability(db: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), DbError> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut **db)
+        .await?;
+    Ok(())
+}

@@ -615,6 +615,8 @@ pub async fn claim_due(
         db.commit().await?;
         return Ok(Vec::new());
     }
+    // A lost lease only lets the delivery be claimed (and sent) again.
+    super::relax_durability(&mut db).await?;
     sqlx::query(
         "UPDATE webhook_deliveries
          SET state = 'delivering', attempts = attempts + 1, locked_until = now() + make_interval(secs => $2),
@@ -723,6 +725,11 @@ pub async fn complete(
     disable_after: Duration,
 ) -> Result<Completed, DbError> {
     let mut db = pool.begin().await?;
+    // A lost result only sends the webhook again, with the same `webhook-id`; disabling an
+    // endpoint is kept durable.
+    if !matches!(outcome, DeliveryOutcome::Gone) {
+        super::relax_durability(&mut db).await?;
+    }
     if let Some(attempt) = attempt {
         webhook_endpoints::record_attempt(&mut *db, attempt).await?;
     }
@@ -758,7 +765,13 @@ pub async fn complete(
     if let (true, Some(endpoint)) = (applied, claimed.endpoint_id) {
         let disable_reason = match outcome {
             DeliveryOutcome::Succeeded => {
-                sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
+                // Only a failing endpoint's row is written: every delivery to an endpoint
+                // would otherwise lock its one row until commit (a WAL flush), which
+                // serialised all of an endpoint's deliveries (BENCHMARKS.md).
+                sqlx::query(
+                    "UPDATE webhook_endpoints SET failing_since = NULL
+                     WHERE id = $1 AND failing_since IS NOT NULL",
+                )
                     .bind(endpoint.as_uuid())
                     .execute(&mut *db)
                     .await?;
