@@ -41,9 +41,8 @@ pub async fn run(
     let options: PgConnectOptions = database_url
         .parse()
         .context("PAYGATE_DATABASE_URL is not a Postgres URL")?;
-    let target = options.clone().database(PGBENCH_DATABASE);
     ensure_database(&options).await?;
-    let uri = target.to_url_lossy().to_string();
+    let uri = with_database(database_url, PGBENCH_DATABASE);
 
     let init = Command::new("pgbench")
         .args(["-i", "-q", "-s", SCALE, &uri])
@@ -97,6 +96,18 @@ async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `url` naming database `name` instead (and without sqlx-only query parameters, which
+/// libpq refuses).
+fn with_database(url: &str, name: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    match base.rsplit_once('/') {
+        Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
+            format!("{server}/{name}")
+        }
+        _ => format!("{}/{name}", base.trim_end_matches('/')),
+    }
+}
+
 /// The TPS of a pgbench report: `tps = 4784.123456 (without initial connection time)`.
 fn parse_tps(output: &str) -> Option<f64> {
     output
@@ -107,7 +118,20 @@ fn parse_tps(output: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_tps;
+    use super::{parse_tps, with_database};
+
+    #[test]
+    fn points_the_url_at_the_pgbench_database() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/paygate", "b"),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@db:5432/paygate?sslmode=disable", "b"),
+            "postgres://u:p@db:5432/b"
+        );
+        assert_eq!(with_database("postgres://db:5432", "b"), "postgres://db:5432/b");
+    }
 
     #[test]
     fn reads_the_tps_line() {
