@@ -73,9 +73,12 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// How long the producer keeps retrying one message before reporting failure.
     pub message_timeout_ms: u64,
-    /// Longest a consumer's fetch waits at the broker for data (`fetch.wait.max.ms`). Kafka
-    /// answers a fetch as soon as data arrives, but tansu (the local broker) waits this out,
-    /// so librdkafka's 500 ms default added half a second to every hop.
+    /// Longest a consumer's fetch waits at the broker for data (`fetch.wait.max.ms`,
+    /// librdkafka's 500 ms by default). Kafka answers a fetch as soon as data arrives; tansu
+    /// (the local broker) waits this out, so on tansu each hop costs up to this long. 10 ms
+    /// takes that away, but with it a consumer restarted after a crash sometimes never got
+    /// some messages from tansu 0.6 (2 runs in 7 of the processor's crash test, 0 in 6 at
+    /// 500 ms): keep the default unless measuring latency on tansu (BENCHMARKS.md).
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_max_ms: u64,
     /// How long a producer gathers messages into one request (`linger.ms`). Broker cost is
@@ -89,7 +92,7 @@ fn default_linger_ms() -> u64 {
 }
 
 fn default_fetch_wait_ms() -> u64 {
-    10
+    500
 }
 
 /// Metrics exposure for processes without their own HTTP server.

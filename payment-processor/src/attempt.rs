@@ -424,6 +424,11 @@ impl Engine {
 
     /// Reconciles one transaction stuck in `submitting`/`submitted`: asks the provider where
     /// it can, else schedules a retry on the same gateway with the same reference.
+    ///
+    /// Cancel-safe (the scheduler drops it at shutdown): it only reads the provider (a
+    /// status query, never a submit), and every write is one version-checked statement
+    /// (`transactions::apply`, `apply_and_announce`, `touch`), so a dropped reconciliation
+    /// leaves either no write or a complete one. Its lease is then left to expire.
     pub async fn reconcile(&self, id: TransactionId) -> Result<Outcome, ProcessError> {
         let Some(lease) = self
             .lock

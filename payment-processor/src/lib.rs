@@ -6,7 +6,8 @@
 //!   breaker, record the outcome;
 //! - [`routing`]: explicit gateway or rules, failover order;
 //! - [`backoff`]: exponential backoff with full jitter;
-//! - [`scheduler`]: due retries re-enqueued from Postgres, stuck transactions reconciled.
+//! - [`scheduler`]: due retries re-enqueued from Postgres, stuck transactions reconciled
+//!   (with bounded concurrency, on a loop of its own).
 
 pub mod attempt;
 pub mod backoff;
@@ -119,6 +120,7 @@ impl PaymentProcessor {
             requeue_after: Duration::from_millis(p.lock_ttl_ms.saturating_mul(2))
                 .max(Duration::from_secs(10)),
             stuck_after: Duration::from_secs(p.stuck_after_secs),
+            reconcile_concurrency: p.concurrency.clamp(1, scheduler::MAX_RECONCILE_CONCURRENCY),
         };
         Ok(Self {
             engine,

@@ -1,16 +1,28 @@
 //! The durable side of retries: due `retry_scheduled` transactions are re-enqueued from
 //! Postgres (not from an in-memory timer), so a restart loses none; transactions stuck
 //! mid-flight are reconciled.
+//!
+//! The two run as separate loops on the same cadence, so a long reconciliation pass (many
+//! stuck transactions after a crash, each needing a provider status call) never holds up
+//! the re-enqueueing of due retries. Both stop at shutdown; a reconciliation pass in
+//! progress is abandoned (see [`reconcile_stuck`] for why that is safe).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use paygate_core::announce;
 use paygate_core::db::{outbox, transactions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::Engine;
+
+/// Upper bound on the reconciliation concurrency derived from `processor.concurrency`:
+/// reconciliation shares the providers and their breakers' `max_concurrent` with the
+/// consumer's workers, so it stays a background job however large the worker pool is.
+pub const MAX_RECONCILE_CONCURRENCY: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerSettings {
@@ -19,8 +31,25 @@ pub struct SchedulerSettings {
     /// A re-enqueued transaction not picked up within this long is enqueued again.
     pub requeue_after: Duration,
     pub stuck_after: Duration,
+    /// Stuck transactions reconciled at once (provider status calls in flight). Derived
+    /// from `processor.concurrency`, capped at [`MAX_RECONCILE_CONCURRENCY`]; 0 means 1.
+    pub reconcile_concurrency: usize,
 }
 
+/// What one reconciliation pass did (for logs and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcilePass {
+    /// Stuck transactions the pass found.
+    pub found: usize,
+    /// Reconciliations that ran to the end (with any outcome, errors included).
+    pub finished: usize,
+    /// The most reconciliations in flight at once.
+    pub max_in_flight: usize,
+    /// The pass stopped early because shutdown was requested.
+    pub abandoned: bool,
+}
+
+/// Runs the due-retry loop and the reconciliation loop until `shutdown`.
 pub async fn run(
     pool: PgPool,
     engine: Arc<Engine>,
@@ -29,30 +58,75 @@ pub async fn run(
 ) {
     tracing::info!(
         poll_ms = settings.poll.as_millis() as u64,
+        reconcile_concurrency = settings.reconcile_concurrency.max(1),
         "retry scheduler started"
     );
-    let mut tick = tokio::time::interval(settings.poll);
+    tokio::join!(
+        retry_loop(&pool, &settings, &shutdown),
+        reconcile_loop(&pool, &engine, &settings, &shutdown),
+    );
+    tracing::info!("retry scheduler stopped");
+}
+
+fn ticker(poll: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+async fn retry_loop(pool: &PgPool, settings: &SchedulerSettings, shutdown: &CancellationToken) {
+    let mut tick = ticker(settings.poll);
     let mut rounds: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(error) = enqueue_due(&pool, &settings).await {
+        if let Err(error) = enqueue_due(pool, settings).await {
             tracing::warn!(%error, "retry scheduler round failed; retrying next tick");
-        }
-        if let Err(error) = reconcile_stuck(&pool, &engine, &settings).await {
-            tracing::warn!(%error, "reconciliation round failed; retrying next tick");
         }
         rounds += 1;
         if rounds % 10 == 1 {
-            if let Ok(depth) = transactions::retry_queue_depth(&pool).await {
+            if let Ok(depth) = transactions::retry_queue_depth(pool).await {
                 metrics::gauge!("paygate_processor_retry_queue_depth").set(depth as f64);
             }
         }
     }
-    tracing::info!("retry scheduler stopped");
+}
+
+async fn reconcile_loop(
+    pool: &PgPool,
+    engine: &Engine,
+    settings: &SchedulerSettings,
+    shutdown: &CancellationToken,
+) {
+    let mut tick = ticker(settings.poll);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match reconcile_stuck(pool, engine, settings, shutdown).await {
+            Ok(pass) if pass.abandoned => {
+                tracing::info!(
+                    found = pass.found,
+                    finished = pass.finished,
+                    "reconciliation pass abandoned at shutdown"
+                );
+            }
+            Ok(pass) if pass.found > 0 => {
+                tracing::info!(
+                    found = pass.found,
+                    max_in_flight = pass.max_in_flight,
+                    "reconciliation pass done"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "reconciliation round failed; retrying next tick")
+            }
+        }
+    }
 }
 
 /// Publishes a pending event (through the outbox) for every due retry.
@@ -71,16 +145,70 @@ pub async fn enqueue_due(
     Ok(due.len())
 }
 
-async fn reconcile_stuck(
+/// One reconciliation pass: up to `settings.batch` transactions stuck in
+/// `submitting`/`submitted` are reconciled ([`Engine::reconcile`]), at most
+/// `settings.reconcile_concurrency` at once.
+///
+/// When `shutdown` is cancelled no further reconciliation starts and the pass returns at
+/// once with `abandoned` set, dropping the ones in flight. Dropping a reconciliation at any
+/// await point is safe:
+/// - it only *reads* the provider (a status query; it never submits a payment);
+/// - each of its writes is a single version-checked statement (`transactions::apply`,
+///   `apply_and_announce` — the state change and its outbox row in one statement —, and
+///   `touch`), so a write either happened entirely or not at all, and one based on a stale
+///   read cannot apply;
+/// - a dropped breaker permit frees its slot ([`paygate_gateways::breaker`]);
+/// - the transaction's Redis lease is not released but expires after `lock_ttl`; until
+///   then the next reconciliation skips it ("in progress elsewhere") and tries again later.
+///
+/// The transaction stays stuck and is reconciled again by a later pass or processor.
+pub async fn reconcile_stuck(
     pool: &PgPool,
     engine: &Engine,
     settings: &SchedulerSettings,
-) -> Result<(), paygate_core::db::DbError> {
-    for tx in transactions::stuck_in_flight(pool, settings.stuck_after, settings.batch).await? {
-        match engine.reconcile(tx.id).await {
-            Ok(outcome) => tracing::info!(id = %tx.id, ?outcome, "reconciled a stuck transaction"),
-            Err(error) => tracing::warn!(id = %tx.id, %error, "reconciliation failed; will retry"),
+    shutdown: &CancellationToken,
+) -> Result<ReconcilePass, paygate_core::db::DbError> {
+    let stuck = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {
+            return Ok(ReconcilePass { abandoned: true, ..ReconcilePass::default() });
         }
-    }
-    Ok(())
+        stuck = transactions::stuck_in_flight(pool, settings.stuck_after, settings.batch) => stuck?,
+    };
+    let found = stuck.len();
+    let finished = AtomicUsize::new(0);
+    let in_flight = AtomicUsize::new(0);
+    let max_in_flight = AtomicUsize::new(0);
+    let (finished_ref, in_flight_ref, max_ref) = (&finished, &in_flight, &max_in_flight);
+    let pass = futures::stream::iter(stuck).for_each_concurrent(
+        settings.reconcile_concurrency.max(1),
+        |tx| async move {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let now = in_flight_ref.fetch_add(1, Ordering::Relaxed) + 1;
+            max_ref.fetch_max(now, Ordering::Relaxed);
+            match engine.reconcile(tx.id).await {
+                Ok(outcome) => {
+                    tracing::info!(id = %tx.id, ?outcome, "reconciled a stuck transaction")
+                }
+                Err(error) => {
+                    tracing::warn!(id = %tx.id, %error, "reconciliation failed; will retry")
+                }
+            }
+            in_flight_ref.fetch_sub(1, Ordering::Relaxed);
+            finished_ref.fetch_add(1, Ordering::Relaxed);
+        },
+    );
+    let abandoned = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => true,
+        _ = pass => false,
+    };
+    Ok(ReconcilePass {
+        found,
+        finished: finished.load(Ordering::Relaxed),
+        max_in_flight: max_in_flight.load(Ordering::Relaxed),
+        abandoned,
+    })
 }

@@ -459,6 +459,12 @@ async fn a_processor_killed_mid_batch_leaves_no_transaction_behind_and_none_exec
             .await?;
     eprintln!("state when killed: {at_kill:?}");
 
+    // A killed consumer does not leave its group; restart only after the broker has evicted it
+    // (session timeout 10 s). tansu 0.6.0 sometimes gives a member that joins while the dead
+    // one is still listed no partitions and never rebalances, which strands pending messages
+    // (reproduced in e2e/tests/topology.rs, ignored there); Kafka rebalances when the dead
+    // member expires.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let (stop, task) = w.start().await?;
     for id in &ids {
         w.wait(*id, "submitted or terminal", |t| {
