@@ -31,8 +31,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::merchant_setup;
-pub use crate::receiver::{ReceivedWebhook, RECEIVER_PATH};
 use crate::receiver::{Logging, WebhookReceiver};
+pub use crate::receiver::{ReceivedWebhook, RECEIVER_PATH};
 
 /// The gateways `paygate dev` configures on the sandbox when the config names none:
 /// (gateway name = sandbox account, connector kind).

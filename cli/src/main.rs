@@ -157,7 +157,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_json(path: Option<std::path::PathBuf>, report: &impl serde::Serialize) -> anyhow::Result<()> {
+fn write_json(
+    path: Option<std::path::PathBuf>,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     if let Some(path) = path {
         std::fs::write(&path, serde_json::to_vec_pretty(report)?)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;

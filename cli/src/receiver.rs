@@ -183,7 +183,9 @@ fn log(logging: Logging, webhook: &ReceivedWebhook, error: Option<&signing::Sign
             repeat,
             "demo receiver: {event} for {transaction}, signature NOT verified ({error})"
         ),
-        (Logging::Quiet, None) => tracing::debug!(webhook_id = %id, repeat, "webhook for {transaction}"),
+        (Logging::Quiet, None) => {
+            tracing::debug!(webhook_id = %id, repeat, "webhook for {transaction}")
+        }
         (Logging::Quiet, Some(error)) => tracing::warn!(
             webhook_id = %id,
             repeat,

@@ -140,9 +140,13 @@ async fn an_expired_key_is_taken_over_by_a_new_request() -> TestResult {
     let (pool, _) = fresh_database().await?;
     let merchant = merchants::create(&pool, "Acme").await?;
     let first = new_transaction(&pool, merchant.id, 100).await?;
-    let created =
-        transactions::insert(&pool, &first, Some(&idempotent("old", 1)), &announcement(&first))
-            .await?;
+    let created = transactions::insert(
+        &pool,
+        &first,
+        Some(&idempotent("old", 1)),
+        &announcement(&first),
+    )
+    .await?;
     assert_eq!(created, InsertOutcome::Created);
     // Age the key past retention.
     sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
@@ -179,9 +183,13 @@ async fn an_expired_key_is_taken_over_by_a_new_request() -> TestResult {
     .await?;
     assert!(matches!(replay, InsertOutcome::Replayed { .. }));
     let third = new_transaction(&pool, merchant.id, 300).await?;
-    let refused =
-        transactions::insert(&pool, &third, Some(&idempotent("old", 3)), &announcement(&third))
-            .await?;
+    let refused = transactions::insert(
+        &pool,
+        &third,
+        Some(&idempotent("old", 3)),
+        &announcement(&third),
+    )
+    .await?;
     assert_eq!(refused, InsertOutcome::KeyReusedWithDifferentRequest);
     assert_eq!(count(&pool, "transactions").await?, 2);
     Ok(())

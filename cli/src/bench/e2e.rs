@@ -121,7 +121,12 @@ pub async fn e2e(args: E2eArgs, config: &Config) -> anyhow::Result<E2eReport> {
     spec.check()?;
     let listener = TcpListener::bind(args.receiver_bind)
         .await
-        .with_context(|| format!("the webhook receiver cannot listen on {}", args.receiver_bind))?;
+        .with_context(|| {
+            format!(
+                "the webhook receiver cannot listen on {}",
+                args.receiver_bind
+            )
+        })?;
     let receiver_url = format!("http://{}{RECEIVER_PATH}", listener.local_addr()?);
 
     let pool = db::connect(&config.database)
@@ -189,7 +194,11 @@ async fn run(
                 starts.clone(),
             );
             async move {
-                let path = if n % 2 == 0 { "deposits" } else { "withdrawals" };
+                let path = if n % 2 == 0 {
+                    "deposits"
+                } else {
+                    "withdrawals"
+                };
                 let key = &keys[(n % keys.len() as u64) as usize];
                 let body = payment_body(n, &gateways);
                 let created =
@@ -208,13 +217,24 @@ async fn run(
     let send_time = load::drive(
         spec,
         &recorder,
-        move || format!(", {} webhooks", status_receiver.count().saturating_sub(baseline)),
+        move || {
+            format!(
+                ", {} webhooks",
+                status_receiver.count().saturating_sub(baseline)
+            )
+        },
         send,
     )
     .await;
 
     let expected = recorder.ok();
-    drain(receiver, &starts, expected, Duration::from_secs(args.drain_secs)).await;
+    drain(
+        receiver,
+        &starts,
+        expected,
+        Duration::from_secs(args.drain_secs),
+    )
+    .await;
     sampling.cancel();
     let _ = sampler.await;
     let sandbox_after = sandbox_stats(&load::client(1)?, &args.sandbox_url).await;
@@ -380,7 +400,9 @@ impl Outcome {
                 .record(webhook.received_at.saturating_duration_since(*start));
             last_arrival = last_arrival.max(webhook.received_at);
         }
-        outcome.e2e_secs = last_arrival.saturating_duration_since(started).as_secs_f64();
+        outcome.e2e_secs = last_arrival
+            .saturating_duration_since(started)
+            .as_secs_f64();
         Ok(outcome)
     }
 }
@@ -427,7 +449,11 @@ pub fn print(r: &E2eReport) {
         "  delivered           {:>10}   ({} missing, {} repeats, {} unverified)",
         r.delivered, r.missing, r.repeated_webhooks, r.unverified_webhooks
     );
-    let statuses: Vec<String> = r.by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let statuses: Vec<String> = r
+        .by_status
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
     println!("  final statuses      {}", statuses.join(", "));
     println!(
         "  end to end          {:>10.0} payments/s over {:.1} s",

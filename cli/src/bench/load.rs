@@ -63,7 +63,11 @@ pub struct Latencies(Histogram<u64>);
 
 impl Latencies {
     pub fn new() -> anyhow::Result<Self> {
-        Ok(Self(Histogram::new_with_bounds(1, HISTOGRAM_MAX_MICROS, 3)?))
+        Ok(Self(Histogram::new_with_bounds(
+            1,
+            HISTOGRAM_MAX_MICROS,
+            3,
+        )?))
     }
 
     pub fn record(&mut self, latency: Duration) {

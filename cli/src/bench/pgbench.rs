@@ -56,7 +56,16 @@ pub async fn run(
     );
     let secs = duration.as_secs().max(1);
     let run = Command::new("pgbench")
-        .args(["-N", "-c", &clients.to_string(), "-j", "2", "-T", &secs.to_string(), &uri])
+        .args([
+            "-N",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &secs.to_string(),
+            &uri,
+        ])
         .output()
         .await
         .context("running pgbench -N")?;
@@ -130,7 +139,10 @@ mod tests {
             with_database("postgres://u:p@db:5432/paygate?sslmode=disable", "b"),
             "postgres://u:p@db:5432/b"
         );
-        assert_eq!(with_database("postgres://db:5432", "b"), "postgres://db:5432/b");
+        assert_eq!(
+            with_database("postgres://db:5432", "b"),
+            "postgres://db:5432/b"
+        );
     }
 
     #[test]

@@ -384,7 +384,10 @@ impl Worker {
         // Where a message's time goes: waiting (broker, this runner's queue, per-key order)
         // before its handler starts, then the handler itself (all attempts).
         if let Some(produced) = job.produced_at_ms {
-            let age_ms = chrono::Utc::now().timestamp_millis().saturating_sub(produced).max(0);
+            let age_ms = chrono::Utc::now()
+                .timestamp_millis()
+                .saturating_sub(produced)
+                .max(0);
             metrics::histogram!("paygate_consumer_wait_seconds", "topic" => delivery.topic.clone())
                 .record(age_ms as f64 / 1000.0);
         }

@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use super::Producer;
 use crate::db::{outbox, DbError};
 
-
 /// What `/readyz` and metrics read about a relay.
 #[derive(Debug, Default)]
 pub struct RelayHealth {

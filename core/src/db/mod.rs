@@ -54,7 +54,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 ///
 /// Why: the pipeline is bound by WAL flushes on a small machine (BENCHMARKS.md), and these
 /// bookkeeping commits were almost half of them.
-pub async fn relax_durability(db: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), DbError> {
+pub async fn relax_durability(
+    db: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+) -> Result<(), DbError> {
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut **db)
         .await?;

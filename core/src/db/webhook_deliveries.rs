@@ -772,9 +772,9 @@ pub async fn complete(
                     "UPDATE webhook_endpoints SET failing_since = NULL
                      WHERE id = $1 AND failing_since IS NOT NULL",
                 )
-                    .bind(endpoint.as_uuid())
-                    .execute(&mut *db)
-                    .await?;
+                .bind(endpoint.as_uuid())
+                .execute(&mut *db)
+                .await?;
                 None
             }
             DeliveryOutcome::Retry { .. } | DeliveryOutcome::Failed => {
