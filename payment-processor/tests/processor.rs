@@ -6,78 +6,34 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
-use paygate_core::announce;
 use paygate_core::bus::events::{Body, Envelope};
 use paygate_core::bus::{
     ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError, Producer, Topic,
 };
-use paygate_core::config::Config;
-use paygate_core::db::transactions;
-use paygate_core::domain::{
-    CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
-    TransactionKind, TransactionStatus,
-};
-use paygate_gateways::GatewayRegistry;
-use paygate_payment_processor::PaymentProcessor;
-use paygate_sandbox::{Knobs, Sandbox, SandboxSettings, StatsReport};
+use paygate_core::domain::{GatewayName, TransactionKind, TransactionStatus};
+use paygate_sandbox::Knobs;
 use serde_json::json;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-type BoxError = Box<dyn std::error::Error>;
+mod common;
+use common::{account, BoxError, TestResult, World};
 
 const JSON: &str = "pp-json";
 const SOAP: &str = "pp-soap";
 const PROTO: &str = "pp-proto";
 
-struct World {
-    config: Config,
-    pool: PgPool,
-    sandbox_url: String,
-    http: reqwest::Client,
-    merchant: MerchantId,
-    stop_sandbox: CancellationToken,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.stop_sandbox.cancel();
-    }
-}
-
-/// A fresh database and topic prefix, a sandbox with callbacks off (the processor's job
-/// ends at `submitted`), and three gateways on it.
+/// A fresh world with three gateways on the sandbox (callbacks off: the processor's job ends
+/// at `submitted`), a provider that hangs when told to, and processor settings quick enough
+/// for tests.
 async fn world(breaker: serde_json::Value) -> Result<World, BoxError> {
-    let (mut config, pool) = paygate_core::testing::isolated_config().await?;
-    let sandbox = Sandbox::build(SandboxSettings {
-        listen: "127.0.0.1:0".parse()?,
-        callback_base_url: "http://127.0.0.1:1".into(),
-        knobs: Knobs {
-            callbacks_enabled: false,
-            hang_ms: 3_000,
-            ..Knobs::default()
-        },
-        ..SandboxSettings::default()
-    })
-    .await?;
-    let sandbox_url = sandbox.base_url();
-    let stop_sandbox = CancellationToken::new();
-    sandbox.spawn(stop_sandbox.clone());
-    for (name, kind) in [(JSON, "json"), (SOAP, "soap"), (PROTO, "protobuf")] {
-        config.gateways.insert(
-            name.to_owned(),
-            json!({
-                "kind": kind,
-                "base_url": format!("{sandbox_url}/{name}"),
-                "secret_key": paygate_sandbox::DEFAULT_SECRET_KEY,
-                "webhook_secret": paygate_sandbox::DEFAULT_WEBHOOK_SECRET,
-                "timeout_ms": 800,
-                "breaker": breaker,
-            }),
-        );
-    }
+    let knobs = Knobs {
+        hang_ms: 3_000,
+        ..Knobs::default()
+    };
+    let gateways = [(JSON, "json"), (SOAP, "soap"), (PROTO, "protobuf")];
+    let settings = json!({"timeout_ms": 800, "breaker": breaker});
+    let mut w = World::new("Processor tests", knobs, &gateways, settings).await?;
+    let config = &mut w.config;
     let p = &mut config.processor;
     p.concurrency = 8;
     p.lock_ttl_ms = 3_000;
@@ -89,115 +45,7 @@ async fn world(breaker: serde_json::Value) -> Result<World, BoxError> {
     p.scheduler_poll_ms = 100;
     p.stuck_after_secs = 300;
     config.api.outbox_poll_ms = 50;
-    let merchant = paygate_core::db::merchants::create(&pool, "Processor tests")
-        .await?
-        .id;
-    Ok(World {
-        config,
-        pool,
-        sandbox_url,
-        http: reqwest::Client::new(),
-        merchant,
-        stop_sandbox,
-    })
-}
-
-impl World {
-    async fn start(&self) -> Result<(CancellationToken, tokio::task::JoinHandle<()>), BoxError> {
-        let registry = GatewayRegistry::from_config(&self.config.gateways)?;
-        let processor = PaymentProcessor::build(self.config.clone(), registry).await?;
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            if let Err(error) = processor.run(token).await {
-                eprintln!("processor stopped with {error}");
-            }
-        });
-        Ok((stop, task))
-    }
-
-    /// Inserts a transaction (with its pending announcement, as the API does).
-    async fn submit(
-        &self,
-        kind: TransactionKind,
-        gateway: &str,
-        amount: i64,
-    ) -> Result<TransactionId, BoxError> {
-        let tx = Transaction::create(
-            NewTransaction {
-                merchant_id: self.merchant,
-                kind,
-                money: Money::from_parts(amount, "USD")?,
-                customer: CustomerReference::parse("cust_42")?,
-                gateway: Some(GatewayName::parse(gateway)?),
-                callback_url: None,
-                metadata: json!({}),
-            },
-            Utc::now(),
-        );
-        transactions::insert(&self.pool, &tx, None, &announce::pending(&tx, None)).await?;
-        Ok(tx.id)
-    }
-
-    async fn knobs(&self, account: &str, patch: serde_json::Value) -> TestResult {
-        let response = self
-            .http
-            .patch(format!(
-                "{}/_admin/accounts/{account}/knobs",
-                self.sandbox_url
-            ))
-            .json(&patch)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            return Err(format!("knobs {patch}: {}", response.text().await?).into());
-        }
-        Ok(())
-    }
-
-    async fn stats(&self) -> Result<StatsReport, BoxError> {
-        Ok(self
-            .http
-            .get(format!("{}/_admin/stats", self.sandbox_url))
-            .send()
-            .await?
-            .json()
-            .await?)
-    }
-
-    async fn get(&self, id: TransactionId) -> Result<Transaction, BoxError> {
-        transactions::get(&self.pool, id)
-            .await?
-            .ok_or_else(|| format!("{id} missing").into())
-    }
-
-    /// Waits (bounded) until `done` holds for the transaction.
-    async fn wait(
-        &self,
-        id: TransactionId,
-        what: &str,
-        done: impl Fn(&Transaction) -> bool,
-    ) -> Result<Transaction, BoxError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
-        loop {
-            let tx = self.get(id).await?;
-            if done(&tx) {
-                return Ok(tx);
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!(
-                    "{id}: timed out waiting for {what}; last state {:?} attempts {} failure {:?}",
-                    tx.status, tx.attempts, tx.failure
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn account(stats: &StatsReport, name: &str) -> paygate_sandbox::Stats {
-    stats.accounts.get(name).copied().unwrap_or_default()
+    Ok(w)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +55,7 @@ async fn deposits_and_withdrawals_are_submitted_on_every_connector() -> TestResu
     let mut ids = Vec::new();
     for gateway in [JSON, SOAP, PROTO] {
         for kind in TransactionKind::ALL {
-            ids.push((gateway, w.submit(kind, gateway, 1050).await?));
+            ids.push((gateway, w.insert(kind, gateway, 1050).await?.id));
         }
     }
     for (gateway, id) in &ids {
@@ -247,7 +95,7 @@ async fn a_5xx_then_success_takes_two_attempts_and_executes_once() -> TestResult
     w.knobs(JSON, json!({"callbacks_enabled": false, "error_rate": 1.0}))
         .await?;
     let (stop, task) = w.start().await?;
-    let id = w.submit(TransactionKind::Deposit, JSON, 700).await?;
+    let id = w.insert(TransactionKind::Deposit, JSON, 700).await?.id;
     let first = w
         .wait(id, "a scheduled retry", |t| {
             t.status == TransactionStatus::RetryScheduled
@@ -290,7 +138,9 @@ async fn an_executed_payment_whose_response_was_lost_is_not_executed_again() -> 
     for gateway in [JSON, SOAP, PROTO] {
         ids.push((
             gateway,
-            w.submit(TransactionKind::Withdrawal, gateway, 900).await?,
+            w.insert(TransactionKind::Withdrawal, gateway, 900)
+                .await?
+                .id,
         ));
     }
     for (gateway, id) in &ids {
@@ -343,7 +193,7 @@ async fn an_outage_opens_the_breaker_and_every_transaction_completes_after_it() 
     let started = tokio::time::Instant::now();
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(w.submit(TransactionKind::Deposit, PROTO, 100 + i).await?);
+        ids.push(w.insert(TransactionKind::Deposit, PROTO, 100 + i).await?.id);
     }
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     let during = account(&w.stats().await?, PROTO);
@@ -392,7 +242,7 @@ async fn a_permanent_decline_fails_at_once_without_retry_and_is_announced() -> T
     for gateway in [JSON, SOAP, PROTO] {
         ids.push((
             gateway,
-            w.submit(TransactionKind::Deposit, gateway, 5_000).await?,
+            w.insert(TransactionKind::Deposit, gateway, 5_000).await?.id,
         ));
     }
     for (gateway, id) in &ids {
@@ -435,7 +285,11 @@ async fn a_processor_killed_mid_batch_leaves_no_transaction_behind_and_none_exec
     .await?;
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(w.submit(TransactionKind::Deposit, JSON, 1_000 + i).await?);
+        ids.push(
+            w.insert(TransactionKind::Deposit, JSON, 1_000 + i)
+                .await?
+                .id,
+        );
     }
     let (_stop, task) = w.start().await?;
     // Let it get some way in, then kill it.
@@ -516,7 +370,7 @@ async fn a_poison_message_lands_in_the_dlq_and_the_next_message_is_processed() -
             &BTreeMap::new(),
         )
         .await?;
-    let id = w.submit(TransactionKind::Deposit, JSON, 1_234).await?;
+    let id = w.insert(TransactionKind::Deposit, JSON, 1_234).await?.id;
     w.wait(id, "submitted", |t| {
         t.status == TransactionStatus::Submitted
     })
@@ -572,7 +426,7 @@ async fn a_retry_scheduled_before_a_restart_is_carried_out_after_it() -> TestRes
     w.knobs(SOAP, json!({"callbacks_enabled": false, "error_rate": 1.0}))
         .await?;
     let (stop, task) = w.start().await?;
-    let id = w.submit(TransactionKind::Withdrawal, SOAP, 4_200).await?;
+    let id = w.insert(TransactionKind::Withdrawal, SOAP, 4_200).await?.id;
     let waiting = w
         .wait(id, "a scheduled retry", |t| {
             t.status == TransactionStatus::RetryScheduled

@@ -10,90 +10,38 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use paygate_core::announce;
-use paygate_core::config::Config;
 use paygate_core::db::transactions;
-use paygate_core::domain::{
-    CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
-    TransactionKind,
-};
+use paygate_core::domain::{TransactionId, TransactionKind};
 use paygate_gateways::GatewayRegistry;
 use paygate_payment_processor::attempt::Engine;
 use paygate_payment_processor::scheduler::{self, ReconcilePass, SchedulerSettings};
 use paygate_payment_processor::PaymentProcessor;
-use paygate_sandbox::{Knobs, Sandbox, SandboxSettings, StatsReport};
+use paygate_sandbox::Knobs;
 use serde_json::json;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-type BoxError = Box<dyn std::error::Error>;
+mod common;
+use common::{account, BoxError, TestResult, World};
 
 const JSON: &str = "rc-json";
 /// Every provider call (status queries included) takes this long: well under the gateway
 /// timeout, long enough that calls started together overlap.
 const LATENCY_MS: u64 = 300;
 
-struct World {
-    config: Config,
-    pool: PgPool,
-    sandbox_url: String,
-    http: reqwest::Client,
-    merchant: MerchantId,
-    stop_sandbox: CancellationToken,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.stop_sandbox.cancel();
-    }
-}
-
 async fn world() -> Result<World, BoxError> {
-    let (mut config, pool) = paygate_core::testing::isolated_config().await?;
-    let sandbox = Sandbox::build(SandboxSettings {
-        listen: "127.0.0.1:0".parse()?,
-        callback_base_url: "http://127.0.0.1:1".into(),
-        knobs: Knobs {
-            callbacks_enabled: false,
-            latency_min_ms: LATENCY_MS,
-            latency_max_ms: LATENCY_MS,
-            ..Knobs::default()
-        },
-        ..SandboxSettings::default()
-    })
-    .await?;
-    let sandbox_url = sandbox.base_url();
-    let stop_sandbox = CancellationToken::new();
-    sandbox.spawn(stop_sandbox.clone());
-    config.gateways.insert(
-        JSON.to_owned(),
-        json!({
-            "kind": "json",
-            "base_url": format!("{sandbox_url}/{JSON}"),
-            "secret_key": paygate_sandbox::DEFAULT_SECRET_KEY,
-            "webhook_secret": paygate_sandbox::DEFAULT_WEBHOOK_SECRET,
-            "timeout_ms": 5_000,
-            "breaker": {},
-        }),
-    );
-    let p = &mut config.processor;
+    let knobs = Knobs {
+        latency_min_ms: LATENCY_MS,
+        latency_max_ms: LATENCY_MS,
+        ..Knobs::default()
+    };
+    let settings = json!({"timeout_ms": 5_000, "breaker": {}});
+    let mut w = World::new("Reconciliation tests", knobs, &[(JSON, "json")], settings).await?;
+    let p = &mut w.config.processor;
     p.concurrency = 8;
     p.lock_ttl_ms = 3_000;
     p.lock_wait_ms = 1_000;
     p.max_attempts = 5;
-    let merchant = paygate_core::db::merchants::create(&pool, "Reconciliation tests")
-        .await?
-        .id;
-    Ok(World {
-        config,
-        pool,
-        sandbox_url,
-        http: reqwest::Client::new(),
-        merchant,
-        stop_sandbox,
-    })
+    Ok(w)
 }
 
 /// Scheduler settings for driving passes directly: every stuck row inserted by
@@ -108,6 +56,7 @@ fn settings(reconcile_concurrency: usize) -> SchedulerSettings {
     }
 }
 
+/// What these tests add to the shared [`World`].
 impl World {
     async fn engine(&self) -> Result<Arc<Engine>, BoxError> {
         let registry = GatewayRegistry::from_config(&self.config.gateways)?;
@@ -116,29 +65,14 @@ impl World {
             .engine())
     }
 
-    async fn insert(&self, amount: i64) -> Result<Transaction, BoxError> {
-        let tx = Transaction::create(
-            NewTransaction {
-                merchant_id: self.merchant,
-                kind: TransactionKind::Deposit,
-                money: Money::from_parts(amount, "USD")?,
-                customer: CustomerReference::parse("cust_7")?,
-                gateway: Some(GatewayName::parse(JSON)?),
-                callback_url: None,
-                metadata: json!({}),
-            },
-            Utc::now(),
-        );
-        transactions::insert(&self.pool, &tx, None, &announce::pending(&tx, None)).await?;
-        Ok(tx)
-    }
-
     /// `n` transactions left in `submitted` an hour ago by a processor that died: the
     /// provider has no record of them (its status query answers "not found").
     async fn stuck(&self, n: usize) -> Result<Vec<TransactionId>, BoxError> {
         let mut ids = Vec::with_capacity(n);
         for i in 0..n {
-            let tx = self.insert(1_000 + i as i64).await?;
+            let tx = self
+                .insert(TransactionKind::Deposit, JSON, 1_000 + i as i64)
+                .await?;
             sqlx::query(
                 "UPDATE transactions SET status = 'submitted', version = version + 1, attempts = 1,
                      routed_gateway = $2, updated_at = now() - interval '1 hour'
@@ -162,19 +96,7 @@ impl World {
     }
 
     async fn status_queries(&self) -> Result<usize, BoxError> {
-        let stats: StatsReport = self
-            .http
-            .get(format!("{}/_admin/stats", self.sandbox_url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let queries = stats
-            .accounts
-            .get(JSON)
-            .copied()
-            .unwrap_or_default()
-            .status_queries;
+        let queries = account(&self.stats().await?, JSON).status_queries;
         Ok(usize::try_from(queries)?)
     }
 
@@ -319,7 +241,7 @@ async fn a_retry_falling_due_during_a_long_reconciliation_pass_is_enqueued_at_on
     let w = world().await?;
     let engine = w.engine().await?;
     w.stuck(N).await?;
-    let retry = w.insert(77).await?;
+    let retry = w.insert(TransactionKind::Deposit, JSON, 77).await?;
     sqlx::query(
         "UPDATE transactions SET status = 'retry_scheduled', version = version + 1, attempts = 1,
              next_attempt_at = now() + interval '1 second'

@@ -1,0 +1,190 @@
+//! What the payment processor's integration tests share: a fresh database and topic prefix,
+//! a sandbox (callbacks off: the processor's job ends at `submitted`) with gateways on it, a
+//! merchant, and helpers to insert transactions and read the sandbox.
+
+#![allow(dead_code)] // each test file uses its own part of this
+
+use chrono::Utc;
+use paygate_core::announce;
+use paygate_core::config::Config;
+use paygate_core::db::transactions;
+use std::time::Duration;
+
+use paygate_core::domain::{
+    CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
+    TransactionKind,
+};
+use paygate_gateways::GatewayRegistry;
+use paygate_payment_processor::PaymentProcessor;
+use paygate_sandbox::{Knobs, Sandbox, SandboxSettings, StatsReport};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+pub type BoxError = Box<dyn std::error::Error>;
+
+pub struct World {
+    pub config: Config,
+    pub pool: PgPool,
+    pub sandbox_url: String,
+    pub http: reqwest::Client,
+    pub merchant: MerchantId,
+    stop_sandbox: CancellationToken,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_sandbox.cancel();
+    }
+}
+
+impl World {
+    /// A sandbox with `knobs` (callbacks forced off) and one gateway per `(name, kind)` on
+    /// it, each with the sandbox's secrets plus `settings` (e.g. `timeout_ms`, `breaker`).
+    pub async fn new(
+        merchant_name: &str,
+        knobs: Knobs,
+        gateways: &[(&str, &str)],
+        settings: serde_json::Value,
+    ) -> Result<Self, BoxError> {
+        let (mut config, pool) = paygate_core::testing::isolated_config().await?;
+        let sandbox = Sandbox::build(SandboxSettings {
+            listen: "127.0.0.1:0".parse()?,
+            callback_base_url: "http://127.0.0.1:1".into(),
+            knobs: Knobs {
+                callbacks_enabled: false,
+                ..knobs
+            },
+            ..SandboxSettings::default()
+        })
+        .await?;
+        let sandbox_url = sandbox.base_url();
+        let stop_sandbox = CancellationToken::new();
+        sandbox.spawn(stop_sandbox.clone());
+        for (name, kind) in gateways {
+            let mut table = json!({
+                "kind": kind,
+                "base_url": format!("{sandbox_url}/{name}"),
+                "secret_key": paygate_sandbox::DEFAULT_SECRET_KEY,
+                "webhook_secret": paygate_sandbox::DEFAULT_WEBHOOK_SECRET,
+            });
+            if let (Some(table), Some(extra)) = (table.as_object_mut(), settings.as_object()) {
+                table.extend(extra.clone());
+            }
+            config.gateways.insert((*name).to_owned(), table);
+        }
+        let merchant = paygate_core::db::merchants::create(&pool, merchant_name)
+            .await?
+            .id;
+        Ok(World {
+            config,
+            pool,
+            sandbox_url,
+            http: reqwest::Client::new(),
+            merchant,
+            stop_sandbox,
+        })
+    }
+
+    /// Inserts a transaction with its pending announcement, as the API does.
+    pub async fn insert(
+        &self,
+        kind: TransactionKind,
+        gateway: &str,
+        amount: i64,
+    ) -> Result<Transaction, BoxError> {
+        let tx = Transaction::create(
+            NewTransaction {
+                merchant_id: self.merchant,
+                kind,
+                money: Money::from_parts(amount, "USD")?,
+                customer: CustomerReference::parse("cust_42")?,
+                gateway: Some(GatewayName::parse(gateway)?),
+                callback_url: None,
+                metadata: json!({}),
+            },
+            Utc::now(),
+        );
+        transactions::insert(&self.pool, &tx, None, &announce::pending(&tx, None)).await?;
+        Ok(tx)
+    }
+
+    /// Builds and runs a payment processor on this world's config until the token is cancelled.
+    pub async fn start(
+        &self,
+    ) -> Result<(CancellationToken, tokio::task::JoinHandle<()>), BoxError> {
+        let registry = GatewayRegistry::from_config(&self.config.gateways)?;
+        let processor = PaymentProcessor::build(self.config.clone(), registry).await?;
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            if let Err(error) = processor.run(token).await {
+                eprintln!("processor stopped with {error}");
+            }
+        });
+        Ok((stop, task))
+    }
+
+    pub async fn knobs(&self, account: &str, patch: serde_json::Value) -> TestResult {
+        let response = self
+            .http
+            .patch(format!(
+                "{}/_admin/accounts/{account}/knobs",
+                self.sandbox_url
+            ))
+            .json(&patch)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(format!("knobs {patch}: {}", response.text().await?).into());
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, id: TransactionId) -> Result<Transaction, BoxError> {
+        transactions::get(&self.pool, id)
+            .await?
+            .ok_or_else(|| format!("{id} missing").into())
+    }
+
+    /// Waits (bounded) until `done` holds for the transaction.
+    pub async fn wait(
+        &self,
+        id: TransactionId,
+        what: &str,
+        done: impl Fn(&Transaction) -> bool,
+    ) -> Result<Transaction, BoxError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+        loop {
+            let tx = self.get(id).await?;
+            if done(&tx) {
+                return Ok(tx);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{id}: timed out waiting for {what}; last state {:?} attempts {} failure {:?}",
+                    tx.status, tx.attempts, tx.failure
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sandbox's `GET /_admin/stats`.
+    pub async fn stats(&self) -> Result<StatsReport, BoxError> {
+        Ok(self
+            .http
+            .get(format!("{}/_admin/stats", self.sandbox_url))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+}
+
+/// One account's counters (zero when it saw nothing).
+pub fn account(stats: &StatsReport, name: &str) -> paygate_sandbox::Stats {
+    stats.accounts.get(name).copied().unwrap_or_default()
+}
