@@ -42,12 +42,19 @@ impl Handler for CompletedHandler {
                 .map_err(|e: paygate_core::domain::UnknownVariant| {
                     HandlerError::Reject(e.to_string())
                 })?;
-        let event_type = EventType::for_status(status)
-            .ok_or_else(|| HandlerError::Reject(format!("{status} is not a terminal status")))?;
+        let event_type = EventType::for_status(status).ok_or_else(|| {
+            HandlerError::Reject(format!("{status} is not a status merchants are told of"))
+        })?;
         let transaction = transactions::get(&self.pool, id)
             .await
             .map_err(|e| HandlerError::Retry(e.to_string()))?
             .ok_or_else(|| HandlerError::Reject(format!("transaction {id} does not exist")))?;
+        if status == TransactionStatus::Unresolved && transaction.status != status {
+            // Resolved since (a late callback, a status answer, a person): its own event
+            // follows, and "unresolved" is no longer true, so it is not told.
+            tracing::debug!(transaction = %id, now = %transaction.status, "unresolved event outdated; skipped");
+            return Ok(());
+        }
         if transaction.status != status {
             // Terminal states never change, and the row is written before the event.
             return Err(HandlerError::Reject(format!(

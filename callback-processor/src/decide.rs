@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use paygate_core::domain::{GatewayName, Transaction, TransactionStatus, TransactionUpdate};
+use paygate_gateways::check::check_outcome;
 use paygate_gateways::{CallbackOutcome, ReportedStatus};
 
 /// What became of a callback; the `outcome` column of the callback log and the `outcome`
@@ -77,29 +78,31 @@ pub fn target_status(status: &ReportedStatus) -> TransactionStatus {
 }
 
 /// The statuses in which a provider may report an outcome: an attempt is (or was) under
-/// way. `submitting` too: the callback can overtake our own `submitted` write.
+/// way. `submitting` too: the callback can overtake our own `submitted` write; and
+/// `unresolved`, which a late authentic callback finishes.
 pub fn awaits_outcome(status: TransactionStatus) -> bool {
     matches!(
         status,
         TransactionStatus::Submitting
             | TransactionStatus::Submitted
             | TransactionStatus::RetryScheduled
+            | TransactionStatus::Unresolved
     )
 }
 
 /// Decides what `callback`, received through `gateway`, does to `snapshot`.
 ///
 /// In order:
-/// 1. another gateway than the one the latest attempt went to (`routed_gateway`, else the
-///    merchant's `gateway`) → conflict: after a clean failure we fail over, so a report
-///    from the previous gateway must neither fail a payment the next one may complete nor
-///    pass silently if it says money moved;
-/// 2. amount or currency differs from ours → mismatch;
-/// 3. transaction already terminal → late (same outcome) or conflict (the other one);
-/// 4. a transaction never submitted (`pending`) → conflict (`pending → failed` is a move of
+/// 1. the one outcome check ([`check_outcome`], shared with synchronous and status answers):
+///    another gateway than the routed one, or a transaction routed nowhere yet → conflict
+///    (after a failover the first provider must neither fail a payment the next one may
+///    complete nor pass silently if it says money moved); amount, currency, kind or
+///    provider reference that differ from ours → mismatch;
+/// 2. transaction already terminal → late (same outcome) or conflict (the other one);
+/// 3. a transaction never submitted (`pending`) → conflict (`pending → failed` is a move of
 ///    ours, for a transaction no gateway can take, not a provider's);
-/// 5. otherwise the state machine's move → apply (from `submitting`, `submitted` or
-///    `retry_scheduled`).
+/// 4. otherwise the state machine's move → apply (from `submitting`, `submitted`,
+///    `retry_scheduled` or `unresolved`).
 pub fn decide(
     snapshot: &Transaction,
     gateway: &GatewayName,
@@ -113,26 +116,13 @@ pub fn decide(
         detail,
     };
 
-    if let Some(ours) = snapshot
-        .routed_gateway
-        .as_ref()
-        .or(snapshot.gateway.as_ref())
-    {
-        if ours != gateway {
-            return review(
-                Outcome::Conflict,
-                format!("reported {target} by gateway {gateway}, but the transaction is routed to {ours}"),
-            );
-        }
-    }
-    if callback.money != snapshot.money {
-        return review(
-            Outcome::Mismatch,
-            format!(
-                "reported {} {target}, recorded {}",
-                callback.money, snapshot.money
-            ),
-        );
+    if let Err(mismatch) = check_outcome(snapshot, gateway, &callback.reported()) {
+        let outcome = if mismatch.is_routing() {
+            Outcome::Conflict
+        } else {
+            Outcome::Mismatch
+        };
+        return review(outcome, format!("{target} callback: {mismatch}"));
     }
     if snapshot.status.is_terminal() {
         return if snapshot.status == target {
@@ -161,9 +151,6 @@ pub fn decide(
         Ok(mut update) => {
             if !callback.provider_reference.is_empty() {
                 update = update.provider_reference(callback.provider_reference.clone());
-            }
-            if snapshot.routed_gateway.is_none() {
-                update = update.routed_to(gateway.clone());
             }
             update = match &callback.status {
                 ReportedStatus::Failed { code, reason } => {
@@ -223,6 +210,7 @@ mod tests {
             provider_reference: "pr_1".into(),
             provider_event_id: "ev_1".into(),
             money: tx.money,
+            kind: Some(tx.kind),
         }
     }
 
@@ -235,7 +223,7 @@ mod tests {
 
     #[test]
     fn applies_from_every_in_flight_state() {
-        for from in [Submitting, Submitted, RetryScheduled] {
+        for from in [Submitting, Submitted, RetryScheduled, Unresolved] {
             for reported in [ReportedStatus::Succeeded, failed()] {
                 let tx = transaction(from);
                 let cb = callback(&tx, reported.clone());
@@ -363,19 +351,51 @@ mod tests {
     }
 
     #[test]
-    fn an_unrouted_transaction_takes_the_reporting_gateway() {
+    fn an_unrouted_transaction_accepts_no_callback() {
         let mut tx = transaction(Submitting);
-        tx.gateway = None;
+        tx.gateway = Some(name("gw-soap"));
         tx.routed_gateway = None;
-        let Decision::Apply(update) = decide(
+        let decision = decide(
             &tx,
             &name("gw-soap"),
             &callback(&tx, ReportedStatus::Succeeded),
             Utc::now(),
-        ) else {
-            panic!("not applied");
-        };
-        assert_eq!(update.next.routed_gateway, Some(name("gw-soap")));
+        );
+        assert!(
+            matches!(
+                decision,
+                Decision::Record {
+                    outcome: Outcome::Conflict,
+                    needs_review: true,
+                    ..
+                }
+            ),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn another_kind_or_provider_reference_is_a_mismatch() {
+        let mut tx = transaction(Submitted);
+        tx.provider_reference = Some("pr_1".into());
+        let mut transfer = callback(&tx, ReportedStatus::Succeeded);
+        transfer.kind = Some(TransactionKind::Withdrawal);
+        let mut other_reference = callback(&tx, ReportedStatus::Succeeded);
+        other_reference.provider_reference = "pr_2".into();
+        for cb in [transfer, other_reference] {
+            let decision = decide(&tx, &name("gw-json"), &cb, Utc::now());
+            assert!(
+                matches!(
+                    decision,
+                    Decision::Record {
+                        outcome: Outcome::Mismatch,
+                        needs_review: true,
+                        ..
+                    }
+                ),
+                "{cb:?}: {decision:?}"
+            );
+        }
     }
 
     #[test]
@@ -392,7 +412,7 @@ mod tests {
                 let applied = matches!(decision, Decision::Apply(_));
                 assert_eq!(
                     applied,
-                    matches!(status, Submitting | Submitted | RetryScheduled),
+                    matches!(status, Submitting | Submitted | RetryScheduled | Unresolved),
                     "{status} {reported:?}"
                 );
             }

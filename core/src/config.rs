@@ -151,6 +151,24 @@ pub struct ProcessorConfig {
     pub scheduler_batch: i64,
     /// A transaction in `submitting`/`submitted` untouched this long is reconciled.
     pub stuck_after_secs: u64,
+    /// A provider's `Retry-After` is honoured up to this; a larger one (or a garbage one) is
+    /// capped, so no provider header can park a payment for years or overflow a timestamp.
+    #[serde(default = "defaults::max_retry_after_secs")]
+    pub max_retry_after_secs: u64,
+    /// After an ambiguous attempt, status answers that settle nothing (errors, "in
+    /// progress") for this long make the transaction `unresolved` and tell the merchant.
+    #[serde(default = "defaults::unresolved_after_secs")]
+    pub unresolved_after_secs: u64,
+    /// Reconciliation keeps asking about an `unresolved` transaction for this long after its
+    /// ambiguous attempt (72 h), then leaves it for a person.
+    #[serde(default = "defaults::reconcile_horizon_secs")]
+    pub reconcile_horizon_secs: u64,
+    /// Bounds of the wait between two status queries about one payment: it grows with the
+    /// time since the ambiguous attempt (half of it), within these.
+    #[serde(default = "defaults::status_check_min_ms")]
+    pub status_check_min_ms: u64,
+    #[serde(default = "defaults::status_check_max_ms")]
+    pub status_check_max_ms: u64,
     /// Routing rules, first match wins; a transaction naming a gateway skips them.
     #[serde(default)]
     pub routes: Vec<RouteRule>,
@@ -280,6 +298,11 @@ impl Default for Config {
                 scheduler_poll_ms: 500,
                 scheduler_batch: 256,
                 stuck_after_secs: 300,
+                max_retry_after_secs: defaults::max_retry_after_secs(),
+                unresolved_after_secs: defaults::unresolved_after_secs(),
+                reconcile_horizon_secs: defaults::reconcile_horizon_secs(),
+                status_check_min_ms: defaults::status_check_min_ms(),
+                status_check_max_ms: defaults::status_check_max_ms(),
                 routes: Vec::new(),
             },
             callbacks: CallbacksConfig {
@@ -594,5 +617,25 @@ mod tests {
             .map(|e| e.to_string());
         assert!(missing.unwrap_or_default().contains(CONFIG_FILE_VAR));
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Defaults of settings added after the first release, so a config file written before
+/// them still loads.
+mod defaults {
+    pub fn max_retry_after_secs() -> u64 {
+        3_600
+    }
+    pub fn unresolved_after_secs() -> u64 {
+        15 * 60
+    }
+    pub fn reconcile_horizon_secs() -> u64 {
+        72 * 3_600
+    }
+    pub fn status_check_min_ms() -> u64 {
+        1_000
+    }
+    pub fn status_check_max_ms() -> u64 {
+        10 * 60 * 1_000
     }
 }

@@ -30,7 +30,6 @@ use tokio::sync::Notify;
 
 use crate::{
     CallbackError, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus, ReportedStatus,
-    SubmitStatus,
 };
 
 /// Where the sandbox is and how patient to be.
@@ -343,9 +342,7 @@ impl Kit<'_> {
             .submit(&tx)
             .await
             .map_err(|e| format!("{} failed: {e}", kind.as_str()))?;
-        if outcome.provider_reference.is_empty()
-            || matches!(outcome.status, SubmitStatus::Failed { .. })
-        {
+        if outcome.provider_reference.is_empty() || outcome.money.is_some_and(|m| m != tx.money) {
             return Err(format!("unexpected outcome {outcome:?}"));
         }
         let captured = self.callbacks(1).await;
@@ -393,9 +390,11 @@ impl Kit<'_> {
     async fn status_checks(&mut self, executed: Option<&Transaction>) {
         if let Some(tx) = executed {
             let result = match self.gateway.status(tx).await {
-                Ok(
-                    ProviderStatus::Final(ReportedStatus::Succeeded) | ProviderStatus::Unsupported,
-                ) => Ok("final succeeded".into()),
+                Ok(ProviderStatus::Final {
+                    status: ReportedStatus::Succeeded,
+                    reported,
+                }) if reported.money.is_none_or(|m| m == tx.money) => Ok("final succeeded".into()),
+                Ok(ProviderStatus::Unsupported) => Ok("unsupported".into()),
                 other => Err(format!("status of an executed payment: {other:?}")),
             };
             self.record("status_of_executed_payment", result);
@@ -449,10 +448,12 @@ impl Kit<'_> {
             false,
         )
         .await;
+        // Every 5xx is ambiguous: a load balancer answers them too, after the provider may
+        // have committed (the rule on `GatewayError`).
         self.expect_error(
-            "server_error_is_retryable",
+            "server_error_is_ambiguous",
             json!({"error_rate": 1.0}),
-            |e| matches!(e, GatewayError::Retryable { .. }),
+            |e| matches!(e, GatewayError::Ambiguous { .. }),
             false,
         )
         .await;
@@ -472,9 +473,9 @@ impl Kit<'_> {
         )
         .await;
         self.expect_error(
-            "outage_is_retryable",
+            "outage_503_is_ambiguous",
             json!({"outage": true}),
-            |e| matches!(e, GatewayError::Retryable { .. }),
+            |e| matches!(e, GatewayError::Ambiguous { .. }),
             false,
         )
         .await;

@@ -1,12 +1,15 @@
 //! HTTP plumbing every connector shares: the client, and the rules that turn transport
 //! failures and status codes into [`GatewayError`] classes.
 //!
-//! The classification is the money-safety core of a connector:
-//! - nothing was sent (connect refused, DNS, connect timeout) → `Retryable`;
+//! The classification is the money-safety core of a connector; the rule and its table are
+//! on [`GatewayError`]. Here:
+//! - nothing was sent (connect refused, DNS, TLS, connect timeout) → `Retryable`;
 //! - sent, no complete answer (read timeout, connection dropped) → `Ambiguous`;
-//! - `408`, `429` (with its `Retry-After`) and `5xx` → `Retryable`, **except `504`**: a
-//!   gateway timeout from a proxy in front of the provider means the provider may have
-//!   executed, so it is `Ambiguous`;
+//! - `408` and `429` (with its `Retry-After`) → `Retryable`: both say the request was not
+//!   acted on;
+//! - **every `5xx` → `Ambiguous`**: a load balancer's `502` or `503` in front of a provider
+//!   that committed looks exactly like a provider that did not;
+//! - "duplicate reference" (`409` or the provider's code) → `Ambiguous` ([`refusal`]);
 //! - other `4xx` → `Permanent` (the connector parses the provider's code and message);
 //! - a `2xx` we cannot read → `Ambiguous` (the provider acted on *something*).
 
@@ -103,31 +106,52 @@ pub fn classify_send_error(error: &reqwest::Error) -> GatewayError {
 }
 
 /// The error for a status that means "not executed, try again" or "unknown", or `None`
-/// for `2xx` and the `4xx` statuses the connector must interpret itself.
+/// for `2xx` and the `4xx` statuses the connector must interpret itself ([`refusal`]).
 pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<GatewayError> {
     let reason = |what: &str| format!("provider answered {status}: {what}");
     match status.as_u16() {
         200..=299 => None,
+        // RFC 9110 §15.5.9: the server did not receive a complete request.
         408 => Some(GatewayError::Retryable {
             reason: reason("request timeout"),
             retry_after: retry_after(headers),
         }),
+        // RFC 6585 §4: refused for rate before being acted on.
         429 => Some(GatewayError::Retryable {
             reason: reason("rate limited"),
             retry_after: retry_after(headers),
         }),
-        504 => Some(GatewayError::Ambiguous {
-            reason: reason("gateway timeout; the provider may have executed"),
-        }),
-        500..=599 => Some(GatewayError::Retryable {
-            reason: reason("server error"),
-            retry_after: retry_after(headers),
+        500..=599 => Some(GatewayError::Ambiguous {
+            reason: reason("server error; the provider may have executed"),
         }),
         400..=499 => None,
         _ => Some(GatewayError::Permanent {
             code: format!("http_{}", status.as_u16()),
             reason: reason("unexpected status"),
         }),
+    }
+}
+
+/// Provider codes meaning "I already hold this reference". The payment may have executed
+/// under it (this is typically the answer to a resubmit after an ambiguous attempt), so it
+/// is never a decline: a status query tells what became of it.
+pub const DUPLICATE_REFERENCE_CODES: &[&str] = &["duplicate_reference", "duplicate_transaction"];
+
+/// A provider's `4xx` refusal with its code, if it gave one: `Ambiguous` for a duplicate
+/// reference (`409`, or a code in [`DUPLICATE_REFERENCE_CODES`]), else `Permanent`.
+pub fn refusal(status: StatusCode, code: Option<String>, reason: String) -> GatewayError {
+    let duplicate = status == StatusCode::CONFLICT
+        || code
+            .as_deref()
+            .is_some_and(|c| DUPLICATE_REFERENCE_CODES.contains(&c));
+    if duplicate {
+        return GatewayError::Ambiguous {
+            reason: format!("provider already holds this reference ({status}): {reason}"),
+        };
+    }
+    GatewayError::Permanent {
+        code: code.unwrap_or_else(|| format!("http_{}", status.as_u16())),
+        reason,
     }
 }
 
@@ -224,26 +248,48 @@ mod tests {
             })
         );
         assert!(matches!(
-            class(500, &HeaderMap::new()),
-            Some(GatewayError::Retryable {
-                retry_after: None,
-                ..
-            })
-        ));
-        assert!(matches!(
-            class(503, &HeaderMap::new()),
+            class(408, &HeaderMap::new()),
             Some(GatewayError::Retryable { .. })
         ));
-        assert!(matches!(
-            class(504, &HeaderMap::new()),
-            Some(GatewayError::Ambiguous { .. })
-        ));
+        for code in [500, 501, 502, 503, 504, 599] {
+            assert!(
+                matches!(class(code, &headers), Some(GatewayError::Ambiguous { .. })),
+                "{code} must be ambiguous"
+            );
+        }
         assert!(matches!(
             class(302, &HeaderMap::new()),
             Some(GatewayError::Permanent { .. })
         ));
         assert_eq!(class(200, &HeaderMap::new()), None);
         assert_eq!(class(402, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_duplicate_reference_is_ambiguous_never_a_decline() {
+        let refused = |status: u16, code: Option<&str>| {
+            refusal(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                code.map(str::to_owned),
+                "x".into(),
+            )
+        };
+        assert!(matches!(refused(409, None), GatewayError::Ambiguous { .. }));
+        assert!(matches!(
+            refused(400, Some("duplicate_reference")),
+            GatewayError::Ambiguous { .. }
+        ));
+        assert_eq!(
+            refused(402, Some("declined")),
+            GatewayError::Permanent {
+                code: "declined".into(),
+                reason: "x".into()
+            }
+        );
+        assert!(matches!(
+            refused(400, None),
+            GatewayError::Permanent { ref code, .. } if code == "http_400"
+        ));
     }
 
     #[test]

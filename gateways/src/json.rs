@@ -8,7 +8,10 @@
 //!   "pending"|"success"|"failed", …}}`; refusals are `4xx` with `{"status": false,
 //!   "message", "code"}`.
 //! - Status query: `GET {base}/transaction/verify/{reference}` or
-//!   `GET {base}/transfer/verify/{reference}` (`404` = never executed).
+//!   `GET {base}/transfer/verify/{reference}` (`404` = no record *now*; see
+//!   [`ProviderStatus::NotFound`] for when that means "never executed").
+//! - Refusals: `4xx` with a `code`; `duplicate_reference` (or `409`) means the provider holds
+//!   the reference already, which [`http::refusal`] reads as ambiguous, never as a decline.
 //! - Webhooks: `{"event": "charge.success" | "charge.failed" | "transfer.success" |
 //!   "transfer.failed", "event_id", "sent_at", "data": {…}}`, signed with
 //!   `x-paystack-signature: hex(HMAC-SHA512(webhook_secret, raw body))`. Because the whole
@@ -26,7 +29,7 @@ use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
 use crate::{
     CallbackError, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus,
-    ReportedStatus, SubmitOutcome, SubmitStatus,
+    Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
 };
 
 /// The provider's wire format, shared with the sandbox that plays this provider.
@@ -165,25 +168,27 @@ impl JsonGateway {
             }
         };
         Ok(SubmitOutcome {
+            money: Some(reported_money(&data)?),
             provider_reference: data.id,
             status,
         })
     }
 }
 
-/// A `4xx`'s code and message as `Permanent`.
+/// The amount and currency an answer names; one we cannot read is not believed.
+fn reported_money(data: &PaymentData) -> Result<paygate_core::domain::Money, GatewayError> {
+    paygate_core::domain::Money::from_parts(data.amount, &data.currency).map_err(|e| {
+        GatewayError::Ambiguous {
+            reason: format!("answer names unreadable money: {e}"),
+        }
+    })
+}
+
+/// A `4xx`'s code and message, classified by [`http::refusal`].
 fn refusal(status: reqwest::StatusCode, body: &[u8]) -> GatewayError {
     match serde_json::from_slice::<ApiResponse<serde_json::Value>>(body) {
-        Ok(answer) => GatewayError::Permanent {
-            code: answer
-                .code
-                .unwrap_or_else(|| format!("http_{}", status.as_u16())),
-            reason: answer.message,
-        },
-        Err(_) => GatewayError::Permanent {
-            code: format!("http_{}", status.as_u16()),
-            reason: http::excerpt(body),
-        },
+        Ok(answer) => http::refusal(status, answer.code, answer.message),
+        Err(_) => http::refusal(status, None, http::excerpt(body)),
     }
 }
 
@@ -245,6 +250,11 @@ impl PaymentGateway for JsonGateway {
             request.received_at,
             self.conn.callback_tolerance,
         )?;
+        let kind = match event.event.split('.').next() {
+            Some("charge") => Some(TransactionKind::Deposit),
+            Some("transfer") => Some(TransactionKind::Withdrawal),
+            _ => None,
+        };
         let status = match (event.event.as_str(), event.data.status) {
             ("charge.success" | "transfer.success", PaymentState::Success) => {
                 ReportedStatus::Succeeded
@@ -265,6 +275,7 @@ impl PaymentGateway for JsonGateway {
             provider_reference: callback::non_empty("data.id", &event.data.id)?,
             provider_event_id: callback::non_empty("event_id", &event.event_id)?,
             money: callback::parse_money(event.data.amount, &event.data.currency)?,
+            kind,
         })
     }
 
@@ -289,13 +300,26 @@ impl PaymentGateway for JsonGateway {
             return Err(refusal(status, &body));
         }
         let data = success_data(&body)?;
-        Ok(match data.status {
-            PaymentState::Pending => ProviderStatus::InProgress,
-            PaymentState::Success => ProviderStatus::Final(ReportedStatus::Succeeded),
+        let status = match data.status {
+            PaymentState::Pending => return Ok(ProviderStatus::InProgress),
+            PaymentState::Success => ReportedStatus::Succeeded,
             PaymentState::Failed => {
                 let (code, reason) = failure(&data);
-                ProviderStatus::Final(ReportedStatus::Failed { code, reason })
+                ReportedStatus::Failed { code, reason }
             }
+        };
+        if data.reference != tx.id.to_string() {
+            return Err(GatewayError::Ambiguous {
+                reason: format!("status answer names reference {:?}", data.reference),
+            });
+        }
+        Ok(ProviderStatus::Final {
+            status,
+            reported: Reported {
+                money: Some(reported_money(&data)?),
+                kind: None,
+                provider_reference: Some(data.id),
+            },
         })
     }
 }

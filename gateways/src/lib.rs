@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod callback;
+pub mod check;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod http;
@@ -32,23 +33,42 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use paygate_core::domain::{GatewayName, Money, Transaction, TransactionId};
+use paygate_core::domain::{GatewayName, Money, Transaction, TransactionId, TransactionKind};
 
 /// What the caller of [`PaymentGateway::deposit`] / [`PaymentGateway::withdraw`] should do
-/// after a failed attempt. Connectors must classify every failure into one of these.
+/// after a failed attempt. Connectors must classify every failure into one of these, by
+/// **one rule**: a payment may go to another gateway only when the connector can show the
+/// request never reached the provider. Anything else that is not a refusal is ambiguous.
+///
+/// | what happened | class | why |
+/// | --- | --- | --- |
+/// | connect refused, DNS failure, TLS failure, connect timeout (nothing written) | `Retryable` | the provider never saw the request |
+/// | circuit breaker open (the processor's, not a connector's) | `Retryable` | no call was made |
+/// | `429 Too Many Requests` | `Retryable` | RFC 6585 §4: the server refused the request for rate, it did not act on it |
+/// | `408 Request Timeout` | `Retryable` | RFC 9110 §15.5.9: the server did not receive a complete request |
+/// | a provider error code the connector documents as "not processed" (cite the provider's docs) | `Retryable` | the provider says so |
+/// | every `5xx` (`500`, `502`, `503`, `504`, …) | `Ambiguous` | a proxy or load balancer in front of the provider answers these too, after the provider may have committed |
+/// | read timeout or connection dropped after the request was written | `Ambiguous` | it may have executed |
+/// | a `2xx` we cannot read, or that names another reference | `Ambiguous` | the provider acted on something |
+/// | "duplicate reference" (`409`, or the provider's duplicate code) | `Ambiguous` | the provider holds this reference: a status query tells what became of it |
+/// | any other `4xx` refusal (declined, invalid account, unsupported currency) | `Permanent` | the provider refused; retrying cannot help |
+///
+/// After an `Ambiguous` attempt the processor asks the same gateway's status query, and
+/// resubmits only to the same gateway with the same reference; it never fails such a
+/// payment automatically (it becomes `unresolved` when it cannot find out).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
-    /// The provider certainly did **not** execute the request: the connection was refused,
-    /// it answered 5xx or 429 before acting, or it said "try again". Safe to retry, here or
-    /// on another gateway. `retry_after` carries the provider's `Retry-After` when it sent one.
+    /// The provider certainly did **not** execute the request (see the table). Safe to
+    /// retry, here or on another gateway. `retry_after` carries the provider's `Retry-After`
+    /// when it sent one (callers cap it).
     #[error("retryable: {reason}")]
     Retryable {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// The request was sent but no answer came back (timeout, connection reset mid-response):
-    /// the provider **may have executed it**. Retry only on the same gateway with the same
-    /// idempotency reference (our transaction id), never fail over to another provider.
+    /// The request may have reached the provider and been executed. Ask the provider's
+    /// status; retry only on the same gateway with the same idempotency reference (our
+    /// transaction id); never fail over to another provider.
     #[error("ambiguous: {reason}")]
     Ambiguous { reason: String },
     /// The provider refused for good (declined, invalid account, unsupported currency).
@@ -57,15 +77,14 @@ pub enum GatewayError {
     Permanent { code: String, reason: String },
 }
 
-/// How the provider answered an accepted request.
+/// How the provider answered an accepted request. A synchronous decline is not a status
+/// but [`GatewayError::Permanent`]: one encoding for one fact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitStatus {
     /// Accepted; the final result will come in a callback.
     Accepted,
     /// The provider answered with a final success at once.
     Succeeded,
-    /// The provider answered with a final failure at once (e.g. declined synchronously).
-    Failed { code: String, reason: String },
 }
 
 /// A provider's answer to a deposit or withdrawal it accepted.
@@ -74,6 +93,9 @@ pub struct SubmitOutcome {
     /// The provider's own id for the payment.
     pub provider_reference: String,
     pub status: SubmitStatus,
+    /// What the provider says it took, where its answer carries it; checked against ours
+    /// ([`check::check_outcome`]) before a success is believed.
+    pub money: Option<Money>,
 }
 
 /// A provider callback exactly as received over HTTP. The body is raw because signatures
@@ -102,12 +124,27 @@ pub enum ReportedStatus {
 pub enum ProviderStatus {
     /// This gateway has no status query.
     Unsupported,
-    /// The provider has no record of the transaction: it never executed.
+    /// The provider has no record of the transaction *now*. Status endpoints lag: this
+    /// means "never executed" only once the gateway's settle window
+    /// (`status_not_found_after`) has passed since the ambiguous attempt.
     NotFound,
     /// Executing; the outcome will follow.
     InProgress,
-    /// Done, with this result.
-    Final(ReportedStatus),
+    /// Done, with this result and what the provider says moved (checked against ours by
+    /// [`check::check_outcome`] before it is applied).
+    Final {
+        status: ReportedStatus,
+        reported: Reported,
+    },
+}
+
+/// What a provider says about a payment beside its verdict, each where its answer carries
+/// it. [`check::check_outcome`] compares them with our record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reported {
+    pub money: Option<Money>,
+    pub kind: Option<TransactionKind>,
+    pub provider_reference: Option<String>,
 }
 
 /// A parsed, authenticated callback.
@@ -121,6 +158,21 @@ pub struct CallbackOutcome {
     pub provider_event_id: String,
     /// What the provider says moved, so a mismatch with our record is caught.
     pub money: Money,
+    /// Charge or transfer, where the callback says (a charge's success must not settle a
+    /// payout).
+    pub kind: Option<TransactionKind>,
+}
+
+impl CallbackOutcome {
+    /// The facts [`check::check_outcome`] compares with our record.
+    pub fn reported(&self) -> Reported {
+        Reported {
+            money: Some(self.money),
+            kind: self.kind,
+            provider_reference: (!self.provider_reference.is_empty())
+                .then(|| self.provider_reference.clone()),
+        }
+    }
 }
 
 /// Why a callback was refused. Mapped by the API to HTTP statuses.
@@ -160,9 +212,11 @@ pub trait PaymentGateway: Send + Sync {
     /// whatever the bytes.
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError>;
 
-    /// Asks the provider what became of a transaction, for reconciliation of one stuck
-    /// mid-flight. The default says the provider offers no status query; callers then
-    /// retry with the same idempotency reference, which the provider dedupes.
+    /// Asks the provider what became of a transaction: after an ambiguous attempt, and for
+    /// reconciliation of one stuck mid-flight or unresolved. The default says the provider
+    /// offers no status query; callers then retry with the same idempotency reference,
+    /// which the provider dedupes. An error here (any class) means "could not find out":
+    /// callers ask again later and never read it as "not found".
     async fn status(&self, _transaction: &Transaction) -> Result<ProviderStatus, GatewayError> {
         Ok(ProviderStatus::Unsupported)
     }

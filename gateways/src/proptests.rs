@@ -66,4 +66,31 @@ proptest! {
             prop_assert!(gateway.handle_callback(&signed.to_request(now)).is_err());
         }
     }
+
+    /// No status code and no `Retry-After` value a provider sends can panic the
+    /// classification, and a `Retry-After` is either absent or a plain duration (callers
+    /// cap it; `paygate_core::domain::clock::after` saturates).
+    #[test]
+    fn any_status_and_retry_after_classify_without_panic(
+        code in 100u16..1000,
+        retry in proptest::option::of(prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            "[ -~]{0,40}",
+            Just("99999999999999".to_owned()),
+            Just("Fri, 31 Dec 9999 23:59:59 GMT".to_owned()),
+        ]),
+    ) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) = retry.as_deref().and_then(|v| reqwest::header::HeaderValue::from_str(v).ok()) {
+            headers.insert(reqwest::header::RETRY_AFTER, value);
+        }
+        let Ok(status) = reqwest::StatusCode::from_u16(code) else { return Ok(()); };
+        let class = crate::http::classify_status(status, &headers);
+        if status.is_server_error() {
+            let ambiguous = matches!(class, Some(crate::GatewayError::Ambiguous { .. }));
+            prop_assert!(ambiguous, "{} classified {:?}", code, class);
+        }
+        let delay = crate::http::retry_after(&headers);
+        let _ = paygate_core::domain::clock::after(chrono::Utc::now(), delay.unwrap_or_default());
+    }
 }

@@ -24,7 +24,7 @@ use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
 use crate::{
     CallbackError, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus,
-    ReportedStatus, SubmitOutcome, SubmitStatus,
+    Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
 };
 
 /// The provider's wire format, shared with the sandbox that plays this provider.
@@ -158,14 +158,8 @@ impl ProtobufGateway {
         }
         if !status.is_success() {
             return Err(match wire::ErrorResponse::decode(body.as_slice()) {
-                Ok(e) if !e.code.is_empty() => GatewayError::Permanent {
-                    code: e.code,
-                    reason: e.message,
-                },
-                _ => GatewayError::Permanent {
-                    code: format!("http_{}", status.as_u16()),
-                    reason: http::excerpt(&body),
-                },
+                Ok(e) if !e.code.is_empty() => http::refusal(status, Some(e.code), e.message),
+                _ => http::refusal(status, None, http::excerpt(&body)),
             });
         }
         PaymentResponse::decode(body.as_slice())
@@ -227,6 +221,8 @@ impl ProtobufGateway {
         Ok(SubmitOutcome {
             provider_reference: answer.provider_reference,
             status,
+            // This protocol's answers carry no amount.
+            money: None,
         })
     }
 }
@@ -294,6 +290,11 @@ impl PaymentGateway for ProtobufGateway {
             )?,
             provider_event_id: callback::non_empty("event_id", &event.event_id)?,
             money: callback::parse_money(event.amount_minor, &event.currency)?,
+            kind: match PaymentKind::try_from(event.kind) {
+                Ok(PaymentKind::Deposit) => Some(TransactionKind::Deposit),
+                Ok(PaymentKind::Withdrawal) => Some(TransactionKind::Withdrawal),
+                _ => None,
+            },
         })
     }
 
@@ -306,19 +307,33 @@ impl PaymentGateway for ProtobufGateway {
         let Some(answer) = self.exchange(request).await? else {
             return Ok(ProviderStatus::NotFound);
         };
-        Ok(match PaymentState::try_from(answer.state) {
-            Ok(PaymentState::NotFound) => ProviderStatus::NotFound,
-            Ok(PaymentState::Accepted) => ProviderStatus::InProgress,
-            Ok(PaymentState::Succeeded) => ProviderStatus::Final(ReportedStatus::Succeeded),
+        let status = match PaymentState::try_from(answer.state) {
+            Ok(PaymentState::NotFound) => return Ok(ProviderStatus::NotFound),
+            Ok(PaymentState::Accepted) => return Ok(ProviderStatus::InProgress),
+            Ok(PaymentState::Succeeded) => ReportedStatus::Succeeded,
             Ok(PaymentState::Failed) => {
                 let (code, reason) = failure(answer.failure_code, answer.failure_reason);
-                ProviderStatus::Final(ReportedStatus::Failed { code, reason })
+                ReportedStatus::Failed { code, reason }
             }
             other => {
                 return Err(GatewayError::Ambiguous {
                     reason: format!("status state {other:?}"),
                 })
             }
+        };
+        if answer.reference != tx.id.to_string() {
+            return Err(GatewayError::Ambiguous {
+                reason: format!("status answer names reference {:?}", answer.reference),
+            });
+        }
+        Ok(ProviderStatus::Final {
+            status,
+            reported: Reported {
+                money: None,
+                kind: None,
+                provider_reference: (!answer.provider_reference.is_empty())
+                    .then_some(answer.provider_reference),
+            },
         })
     }
 }

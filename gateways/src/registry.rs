@@ -44,6 +44,10 @@ pub const CONNECTORS: &[(&str, Constructor)] = &[
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_CALLBACK_TOLERANCE: Duration = Duration::from_secs(300);
+/// How long after an ambiguous attempt a provider's "not found" is still read as "not yet
+/// visible" rather than "never executed". Status endpoints of real providers lag their
+/// payment endpoints by seconds; two minutes leaves a wide margin.
+pub const DEFAULT_STATUS_NOT_FOUND_AFTER: Duration = Duration::from_secs(120);
 /// Callbacks are small; anything bigger is refused before its signature is even computed.
 pub const DEFAULT_MAX_CALLBACK_BYTES: usize = 64 * 1024;
 
@@ -84,6 +88,10 @@ pub struct GatewaySettings {
     pub callback_tolerance: Duration,
     pub max_callback_bytes: usize,
     pub breaker: BreakerSettings,
+    /// `status_not_found_after_ms`: the settle window of this provider's status query (see
+    /// [`DEFAULT_STATUS_NOT_FOUND_AFTER`]). Set it longer than the provider's documented lag:
+    /// too short, and a lagging "not found" would send a payment to a second provider.
+    pub status_not_found_after: Duration,
     /// Keys of the table not understood by the common parser, for connector-specific
     /// settings. Built-in connectors refuse any (see [`GatewaySettings::deny_extra`]).
     pub extra: BTreeMap<String, Value>,
@@ -109,6 +117,7 @@ impl GatewaySettings {
             callback_tolerance: DEFAULT_CALLBACK_TOLERANCE,
             max_callback_bytes: DEFAULT_MAX_CALLBACK_BYTES,
             breaker: BreakerSettings::default(),
+            status_not_found_after: DEFAULT_STATUS_NOT_FOUND_AFTER,
             extra: BTreeMap::new(),
         }
     }
@@ -195,6 +204,11 @@ impl GatewaySettings {
             None => BreakerSettings::default(),
             Some(value) => BreakerSettings::from_table(&value, &path("breaker"))?,
         };
+        let status_not_found_after = optional_millis(
+            take("status_not_found_after_ms"),
+            &path("status_not_found_after_ms"),
+        )?
+        .unwrap_or(DEFAULT_STATUS_NOT_FOUND_AFTER);
         Ok(Self {
             name,
             kind,
@@ -206,6 +220,7 @@ impl GatewaySettings {
             callback_tolerance,
             max_callback_bytes,
             breaker,
+            status_not_found_after,
             extra: map.into_iter().collect(),
         })
     }
@@ -261,6 +276,8 @@ pub(crate) fn optional_millis(
 pub struct RegisteredGateway {
     pub gateway: Arc<dyn PaymentGateway>,
     pub breaker: Arc<Breaker>,
+    /// The settle window of its status query ([`GatewaySettings::status_not_found_after`]).
+    pub status_not_found_after: Duration,
 }
 
 /// The gateways this process can use, by name.
@@ -283,8 +300,9 @@ impl GatewayRegistry {
         for (name, table) in gateways {
             let settings = GatewaySettings::from_table(name, table)?;
             let breaker_settings = settings.breaker.clone();
+            let settle = settings.status_not_found_after;
             let gateway = build(settings)?;
-            registry.insert(gateway, breaker_settings);
+            registry.insert_with(gateway, breaker_settings, settle);
         }
         Ok(registry)
     }
@@ -299,12 +317,29 @@ impl GatewayRegistry {
         registry
     }
 
-    /// Adds (or replaces) a gateway with a fresh breaker built from `breaker`.
+    /// Adds (or replaces) a gateway with a fresh breaker built from `breaker` and the
+    /// default settle window.
     pub fn insert(&mut self, gateway: Arc<dyn PaymentGateway>, breaker: BreakerSettings) {
+        self.insert_with(gateway, breaker, DEFAULT_STATUS_NOT_FOUND_AFTER);
+    }
+
+    /// [`Self::insert`] with the gateway's status settle window.
+    pub fn insert_with(
+        &mut self,
+        gateway: Arc<dyn PaymentGateway>,
+        breaker: BreakerSettings,
+        status_not_found_after: Duration,
+    ) {
         let name = gateway.name().clone();
         let breaker = Arc::new(Breaker::new(name.clone(), breaker));
-        self.entries
-            .insert(name, RegisteredGateway { gateway, breaker });
+        self.entries.insert(
+            name,
+            RegisteredGateway {
+                gateway,
+                breaker,
+                status_not_found_after,
+            },
+        );
     }
 
     pub fn get(&self, name: &GatewayName) -> Option<Arc<dyn PaymentGateway>> {

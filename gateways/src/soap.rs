@@ -30,7 +30,7 @@ use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
 use crate::{
     CallbackError, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus,
-    ReportedStatus, SubmitOutcome, SubmitStatus,
+    Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
 };
 
 /// The provider's wire format, shared with the sandbox that plays this provider.
@@ -318,8 +318,8 @@ impl SoapGateway {
             .header(wire::SOAP_ACTION_HEADER, action)
             .body(xml);
         let (status, headers, body) = http::exchange(request).await?;
-        // These mean the same whatever the body says (a 504 fault is still "maybe executed").
-        if matches!(status.as_u16(), 408 | 429 | 504)
+        // These mean the same whatever the body says (a 5xx fault is still "maybe executed").
+        if matches!(status.as_u16(), 408 | 429 | 500..=599)
             || status.is_redirection()
             || status.is_informational()
         {
@@ -329,7 +329,7 @@ impl SoapGateway {
         }
         match wire::from_xml::<Envelope<Reply>>(&body) {
             Ok(envelope) => match envelope.body.content {
-                Reply::Fault(fault) => Err(fault_error(&fault, &headers)),
+                Reply::Fault(fault) => Err(fault_error(&fault, status)),
                 reply if status.is_success() => Ok(reply),
                 _ => Err(http::classify_status(status, &headers).unwrap_or_else(|| {
                     GatewayError::Permanent {
@@ -346,10 +346,7 @@ impl SoapGateway {
                         http::excerpt(&body)
                     ),
                 },
-                None => GatewayError::Permanent {
-                    code: format!("http_{}", status.as_u16()),
-                    reason: http::excerpt(&body),
-                },
+                None => http::refusal(status, None, http::excerpt(&body)),
             }),
         }
     }
@@ -395,6 +392,8 @@ impl SoapGateway {
         Ok(SubmitOutcome {
             provider_reference,
             status,
+            // This protocol's replies carry no amount.
+            money: None,
         })
     }
 
@@ -416,23 +415,27 @@ fn failure(code: Option<String>, reason: Option<String>) -> (String, String) {
 }
 
 /// Maps a fault to an error class by its code's local part (`soap:Client.Declined` → `Client`).
-fn fault_error(fault: &wire::Fault, headers: &reqwest::header::HeaderMap) -> GatewayError {
+/// A `Server` fault is the provider failing while handling the request: it may have
+/// executed, so it is ambiguous (the rule on [`GatewayError`]). A `Client` fault is a refusal
+/// ([`http::refusal`]: a duplicate reference is ambiguous, anything else permanent).
+fn fault_error(fault: &wire::Fault, status: reqwest::StatusCode) -> GatewayError {
     let local = fault.faultcode.rsplit(':').next().unwrap_or_default();
     let class = local.split('.').next().unwrap_or_default();
     let code = fault.detail.as_ref().and_then(|d| d.error_code.clone());
     match class {
-        "Server" => GatewayError::Retryable {
+        "Server" => GatewayError::Ambiguous {
             reason: format!("SOAP server fault: {}", fault.faultstring),
-            retry_after: http::retry_after(headers),
         },
-        "Client" => GatewayError::Permanent {
-            code: code.unwrap_or_else(|| "client_fault".into()),
-            reason: fault.faultstring.clone(),
-        },
-        _ => GatewayError::Permanent {
-            code: code.unwrap_or_else(|| format!("soap_{}", local.to_ascii_lowercase())),
-            reason: fault.faultstring.clone(),
-        },
+        "Client" => http::refusal(
+            status,
+            Some(code.unwrap_or_else(|| "client_fault".into())),
+            fault.faultstring.clone(),
+        ),
+        _ => http::refusal(
+            status,
+            Some(code.unwrap_or_else(|| format!("soap_{}", local.to_ascii_lowercase()))),
+            fault.faultstring.clone(),
+        ),
     }
 }
 
@@ -481,6 +484,11 @@ impl PaymentGateway for SoapGateway {
             provider_reference: callback::non_empty("ProviderReference", &n.provider_reference)?,
             provider_event_id: callback::non_empty("EventId", &n.event_id)?,
             money: callback::parse_money(n.amount, &n.currency)?,
+            kind: match n.kind.as_str() {
+                "deposit" => Some(TransactionKind::Deposit),
+                "withdrawal" => Some(TransactionKind::Withdrawal),
+                _ => None,
+            },
         })
     }
 
@@ -496,14 +504,27 @@ impl PaymentGateway for SoapGateway {
                 })
             }
         };
-        Ok(match result.state {
-            State::NotFound => ProviderStatus::NotFound,
-            State::Accepted => ProviderStatus::InProgress,
-            State::Succeeded => ProviderStatus::Final(ReportedStatus::Succeeded),
+        let status = match result.state {
+            State::NotFound => return Ok(ProviderStatus::NotFound),
+            State::Accepted => return Ok(ProviderStatus::InProgress),
+            State::Succeeded => ReportedStatus::Succeeded,
             State::Failed => {
                 let (code, reason) = failure(result.failure_code, result.failure_reason);
-                ProviderStatus::Final(ReportedStatus::Failed { code, reason })
+                ReportedStatus::Failed { code, reason }
             }
+        };
+        if result.reference != tx.id.to_string() {
+            return Err(GatewayError::Ambiguous {
+                reason: format!("status reply names reference {:?}", result.reference),
+            });
+        }
+        Ok(ProviderStatus::Final {
+            status,
+            reported: Reported {
+                money: None,
+                kind: None,
+                provider_reference: result.provider_reference,
+            },
         })
     }
 }

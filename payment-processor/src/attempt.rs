@@ -1,47 +1,67 @@
 //! One provider attempt for one transaction: claim, route, call through the breaker,
 //! record the outcome. Also the reconciliation of a transaction stuck mid-flight.
 //!
-//! Safety rests on two things, in this order:
+//! Safety rests on these, in this order:
 //! 1. every write is version-checked (`db::transactions::apply`), so a second worker that
 //!    read the same row cannot claim it again, and a stale worker cannot overwrite;
 //! 2. every provider call carries our transaction id as its idempotency reference, so a
-//!    retry after an ambiguous outcome cannot execute the payment twice.
+//!    retry after an ambiguous outcome cannot execute the payment twice;
+//! 3. a payment that may have reached a provider is *pinned* to it (`ambiguous_since`):
+//!    its next step is a status query there ([`crate::status_step`]), a resubmit goes only
+//!    there, and it is never failed automatically — it becomes `unresolved` when we cannot
+//!    find out. Failover happens only after failures that certainly never reached the
+//!    provider (the rule on `GatewayError`).
 //!
 //! The Redis lock only keeps two workers from doing the same work at once.
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
 use paygate_core::db::transactions;
 use paygate_core::db::DbError;
+use paygate_core::domain::clock;
 use paygate_core::domain::{
-    GatewayName, InvalidTransition, Transaction, TransactionId, TransactionKind, TransactionStatus,
+    Failure, GatewayName, InvalidTransition, Transaction, TransactionId, TransactionKind,
+    TransactionStatus, TransactionUpdate,
 };
 use paygate_core::lock::RedisLock;
 use paygate_gateways::breaker::BreakerError;
+use paygate_gateways::check::check_outcome;
 use paygate_gateways::registry::RegisteredGateway;
 use paygate_gateways::{
-    GatewayError, GatewayRegistry, ProviderStatus, ReportedStatus, SubmitOutcome, SubmitStatus,
+    GatewayError, GatewayRegistry, ProviderStatus, Reported, SubmitOutcome, SubmitStatus,
 };
 use sqlx::PgPool;
 
 use crate::backoff::Backoff;
 use crate::routing::{Route, RouteError, Router};
+use crate::status_step::{after_asking, AskPacing, Step};
 
 /// `failure.code` values the processor writes. On a non-terminal transaction `failure` is
 /// the last attempt's error (like Stripe's `last_payment_error`); the codes also drive the
 /// next attempt's routing.
 pub mod codes {
-    /// The provider may have executed the last attempt: retry only on the same gateway.
+    /// The provider may have executed the last attempt: ask it, retry only on that gateway.
     pub const AMBIGUOUS: &str = "ambiguous";
     /// The provider certainly did not execute it: any gateway of the route may retry.
     pub const RETRYABLE: &str = "retryable";
     pub const BREAKER_OPEN: &str = "breaker_open";
+    /// Failed after attempts that certainly never reached a provider.
     pub const MAX_ATTEMPTS: &str = "max_attempts_exceeded";
     pub const NO_ROUTE: &str = "no_route";
     pub const UNKNOWN_GATEWAY: &str = "unknown_gateway";
+    /// `unresolved`: attempts ran out after an ambiguous outcome.
+    pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
+    /// `unresolved`: the provider's status answers settled nothing for too long.
+    pub const STATUS_UNKNOWN: &str = "status_unknown";
+    /// `unresolved`: the provider reported a different payment (amount, currency, kind,
+    /// reference or gateway); flagged for a person.
+    pub const OUTCOME_MISMATCH: &str = "outcome_mismatch";
+    /// `failed` after `unresolved`: the provider confirmed, past its settle window, that it
+    /// never received the payment.
+    pub const NOT_EXECUTED: &str = "not_executed";
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +71,13 @@ pub struct Settings {
     pub backoff: Backoff,
     pub max_attempts: i32,
     pub breaker_deferral: Duration,
+    /// The most of a provider's `Retry-After` honoured.
+    pub max_retry_after: Duration,
+    /// Inconclusive status answers for this long after the ambiguous attempt → `unresolved`.
+    pub unresolved_after: Duration,
+    /// How long reconciliation keeps asking about an `unresolved` transaction.
+    pub reconcile_horizon: Duration,
+    pub pacing: AskPacing,
 }
 
 /// What handling one event did (for logs, metrics and tests).
@@ -62,10 +89,15 @@ pub enum Outcome {
     Deferred,
     /// Accepted by the provider; the callback will finish it.
     Submitted,
-    /// A retry is scheduled.
+    /// A retry (or the next status query) is scheduled.
     RetryScheduled,
     /// Terminal now.
     Completed(TransactionStatus),
+    /// We cannot tell whether the provider executed it: `unresolved`, merchant told.
+    Unresolved,
+    /// Still unresolved; the provider is asked again later (or, past the horizon, a person
+    /// decides).
+    StillUnresolved,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +133,14 @@ pub struct Engine {
     pub(crate) settings: Settings,
 }
 
+/// Where a pinned payment's status query led.
+enum AfterAsking {
+    /// Handled (finished, flagged, or the next question scheduled).
+    Done(Outcome),
+    /// Go on to an attempt with this snapshot (same gateway, or any after "never executed").
+    Attempt(Box<Transaction>),
+}
+
 impl Engine {
     /// Handles one `transactions.pending` event for `id` at `version`.
     pub async fn process(
@@ -123,13 +163,7 @@ impl Engine {
         if let Err(error) = self.lock.release(lease).await {
             tracing::warn!(%error, %id, "lock release failed; it expires by itself");
         }
-        if matches!(
-            result,
-            Ok(Outcome::Submitted
-                | Outcome::RetryScheduled
-                | Outcome::Completed(_)
-                | Outcome::Deferred)
-        ) {
+        if changed_state(&result) {
             self.invalidate_cache(id).await;
         }
         result
@@ -154,17 +188,13 @@ impl Engine {
             // A replay of an older event: acting on it would retry before the backoff is over.
             return Ok(Outcome::Skipped("stale event"));
         }
+        let tx = match self.ask_if_pinned(tx, trace.clone()).await? {
+            AfterAsking::Done(outcome) => return Ok(outcome),
+            AfterAsking::Attempt(tx) => *tx,
+        };
         if tx.attempts >= self.settings.max_attempts {
             let reason = format!("gave up after {} attempts", tx.attempts);
-            return self
-                .finish(
-                    &tx,
-                    TransactionStatus::Failed,
-                    Some((codes::MAX_ATTEMPTS, reason)),
-                    None,
-                    trace,
-                )
-                .await;
+            return self.give_up(&tx, reason, trace).await;
         }
         let route = match self.router.route(&tx) {
             Ok(route) => route,
@@ -224,6 +254,93 @@ impl Engine {
         self.record(&claimed, &route, result, trace).await
     }
 
+    /// A payment that may be at its provider already is asked about before anything else:
+    /// a conclusive answer finishes it, an inconclusive one schedules the next question
+    /// (or, after `unresolved_after`, makes it `unresolved`), and only "never executed" or
+    /// "no status query" lets an attempt go ahead.
+    async fn ask_if_pinned(
+        &self,
+        tx: Transaction,
+        trace: Option<TraceParent>,
+    ) -> Result<AfterAsking, ProcessError> {
+        let (Some(since), Some(gateway)) = (tx.ambiguous_since, tx.routed_gateway.clone()) else {
+            return Ok(AfterAsking::Attempt(Box::new(tx)));
+        };
+        let Some(entry) = self.registry.entry(&gateway) else {
+            // The gateway left the configuration: nobody can find out here.
+            let reason = format!("gateway {gateway} that may hold this payment is not configured");
+            return self
+                .unresolve(&tx, codes::STATUS_UNKNOWN, reason, trace)
+                .await
+                .map(AfterAsking::Done);
+        };
+        let now = Utc::now();
+        let step = self.ask(&tx, &gateway, &entry, since, now).await;
+        Ok(AfterAsking::Done(match step {
+            Step::Resubmit => return Ok(AfterAsking::Attempt(Box::new(tx))),
+            Step::NeverExecuted => {
+                metrics::counter!("paygate_processor_never_executed_total", "gateway" => gateway.to_string()).increment(1);
+                return Ok(AfterAsking::Attempt(Box::new(never_executed(tx))));
+            }
+            Step::Finish {
+                status,
+                failure,
+                provider_reference,
+            } => {
+                let failure = failure.as_ref().map(|(c, r)| (c.as_str(), r.clone()));
+                self.finish(&tx, status, failure, provider_reference, trace)
+                    .await?
+            }
+            Step::Mismatch(mismatch) => {
+                self.flag_mismatch(&tx, &gateway, "status", &mismatch.to_string(), trace)
+                    .await?
+            }
+            Step::AskAgainAt { at, why } => {
+                if clock::elapsed(since, now) >= self.settings.unresolved_after {
+                    let reason = format!(
+                        "no conclusive answer from {gateway} for {}s: {why}",
+                        self.settings.unresolved_after.as_secs()
+                    );
+                    self.unresolve(&tx, codes::STATUS_UNKNOWN, reason, trace)
+                        .await?
+                } else {
+                    transactions::reschedule(&self.pool, tx.id, tx.version, Some(at), None).await?;
+                    tracing::info!(id = %tx.id, %gateway, %at, why, "asking the provider again later");
+                    Outcome::Skipped("status query scheduled")
+                }
+            }
+        }))
+    }
+
+    /// Asks `gateway` (through its breaker) about `tx` and decides the next step.
+    pub(crate) async fn ask(
+        &self,
+        tx: &Transaction,
+        gateway: &GatewayName,
+        entry: &RegisteredGateway,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Step {
+        let answer = match entry.breaker.call(|| entry.gateway.status(tx)).await {
+            Ok(answer) => Ok(answer),
+            Err(BreakerError::Gateway(error)) => Err(error),
+            Err(BreakerError::Rejected { rejection, .. }) => Err(GatewayError::Retryable {
+                reason: rejection.to_string(),
+                retry_after: None,
+            }),
+        };
+        metrics::counter!("paygate_processor_status_queries_total", "gateway" => gateway.to_string(), "answer" => answer_class(&answer)).increment(1);
+        after_asking(
+            tx,
+            gateway,
+            answer,
+            since,
+            entry.status_not_found_after,
+            self.settings.pacing,
+            now,
+        )
+    }
+
     /// The first candidate whose breaker would admit a call now.
     fn first_admitting(
         &self,
@@ -237,10 +354,10 @@ impl Engine {
 
     /// Every candidate's breaker is open: try again after the deferral, using no attempt.
     async fn defer(&self, tx: &Transaction) -> Result<Outcome, ProcessError> {
-        let at = Utc::now() + self.settings.breaker_deferral;
+        let now = Utc::now();
         let update = tx
-            .advance(TransactionStatus::RetryScheduled, Utc::now())?
-            .retry_at(at)
+            .advance(TransactionStatus::RetryScheduled, now)?
+            .retry_at(clock::after(now, self.settings.breaker_deferral))
             .failure(
                 codes::BREAKER_OPEN,
                 "every gateway for this transaction has an open circuit breaker",
@@ -259,14 +376,28 @@ impl Engine {
         trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         let now = Utc::now();
-        match result {
-            Ok(SubmitOutcome {
-                provider_reference,
-                status: SubmitStatus::Accepted,
-            }) => {
+        let (outcome, gateway) = match (result, claimed.routed_gateway.clone()) {
+            (Ok(outcome), Some(gateway)) => (outcome, gateway),
+            (Ok(_), None) => return Err(ProcessError::Poison("attempt without a gateway".into())),
+            (Err(error), _) => return self.record_failure(claimed, route, error, trace).await,
+        };
+        let reported = Reported {
+            money: outcome.money,
+            kind: None,
+            provider_reference: Some(outcome.provider_reference.clone()),
+        };
+        if let Err(mismatch) = check_outcome(claimed, &gateway, &reported) {
+            // The provider took *something* under our reference: it may hold money.
+            let pinned = claimed.clone();
+            return self
+                .flag_mismatch(&pinned, &gateway, "submit", &mismatch.to_string(), trace)
+                .await;
+        }
+        match outcome.status {
+            SubmitStatus::Accepted => {
                 let update = claimed
                     .advance(TransactionStatus::Submitted, now)?
-                    .provider_reference(provider_reference)
+                    .provider_reference(outcome.provider_reference)
                     .clear_failure();
                 Ok(match transactions::apply(&self.pool, &update).await? {
                     Some(_) => Outcome::Submitted,
@@ -274,43 +405,46 @@ impl Engine {
                     None => Outcome::Skipped("callback arrived first"),
                 })
             }
-            Ok(SubmitOutcome {
-                provider_reference,
-                status: SubmitStatus::Succeeded,
-            }) => {
+            SubmitStatus::Succeeded => {
                 self.finish(
                     claimed,
                     TransactionStatus::Succeeded,
                     None,
-                    Some(provider_reference),
+                    Some(outcome.provider_reference),
                     trace,
                 )
                 .await
             }
-            Ok(SubmitOutcome {
-                provider_reference,
-                status: SubmitStatus::Failed { code, reason },
-            }) => {
-                self.finish(
-                    claimed,
-                    TransactionStatus::Failed,
-                    Some((&code, reason)),
-                    Some(provider_reference),
-                    trace,
-                )
-                .await
-            }
-            Err(BreakerError::Rejected { rejection, .. }) => {
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        claimed: &Transaction,
+        route: &Route,
+        error: BreakerError,
+        trace: Option<TraceParent>,
+    ) -> Result<Outcome, ProcessError> {
+        let now = Utc::now();
+        let pinned = claimed.ambiguous_since.is_some();
+        match error {
+            BreakerError::Rejected { rejection, .. } => {
                 // Refused at the last moment (another worker took the half-open probe): the
                 // provider was not called, so the attempt is given back.
                 let update = claimed
                     .advance(TransactionStatus::RetryScheduled, now)?
                     .refund_attempt()
-                    .retry_at(now + self.settings.breaker_deferral)
+                    .retry_at(clock::after(now, self.settings.breaker_deferral))
                     .failure(codes::BREAKER_OPEN, rejection.to_string());
                 self.schedule(update).await
             }
-            Err(BreakerError::Gateway(GatewayError::Permanent { code, reason })) => {
+            // A refusal of a payment that may already be at this provider (a resubmit after
+            // an ambiguous attempt) says nothing about the first request: ask the provider.
+            BreakerError::Gateway(GatewayError::Permanent { code, reason }) if pinned => {
+                let reason = format!("resubmit refused ({code}: {reason}); asking the provider");
+                self.ask_later(claimed, reason, now).await
+            }
+            BreakerError::Gateway(GatewayError::Permanent { code, reason }) => {
                 self.finish(
                     claimed,
                     TransactionStatus::Failed,
@@ -320,12 +454,13 @@ impl Engine {
                 )
                 .await
             }
-            Err(BreakerError::Gateway(GatewayError::Retryable {
+            BreakerError::Gateway(GatewayError::Retryable {
                 reason,
                 retry_after,
-            })) => {
+            }) => {
                 // Fail over at once when another gateway of the route can take it; else back off.
-                let failover_ready = route.failover
+                let failover_ready = !pinned
+                    && route.failover
                     && route.gateways.iter().any(|g| {
                         Some(g) != claimed.routed_gateway.as_ref()
                             && self.registry.breaker(g).is_some_and(|b| b.would_admit())
@@ -333,28 +468,56 @@ impl Engine {
                 let delay = if failover_ready {
                     Duration::ZERO
                 } else {
-                    self.settings
-                        .backoff
-                        .delay(claimed.attempts, &mut rand::rng())
-                        .max(retry_after.unwrap_or_default())
+                    self.retry_delay(claimed.attempts, retry_after)
                 };
-                self.retry_or_give_up(claimed, codes::RETRYABLE, reason, delay, trace)
+                // A pinned payment keeps its "ambiguous" code: only that gateway may retry.
+                let code = if pinned {
+                    codes::AMBIGUOUS
+                } else {
+                    codes::RETRYABLE
+                };
+                self.retry_or_give_up(claimed, code, reason, delay, trace)
                     .await
             }
-            Err(BreakerError::Gateway(GatewayError::Ambiguous { reason })) => {
-                let delay = self
-                    .settings
-                    .backoff
-                    .delay(claimed.attempts, &mut rand::rng());
-                self.retry_or_give_up(claimed, codes::AMBIGUOUS, reason, delay, trace)
-                    .await
+            BreakerError::Gateway(GatewayError::Ambiguous { reason }) => {
+                self.ask_later(claimed, reason, now).await
             }
         }
     }
 
+    /// After an ambiguous outcome: pin the payment to this gateway and ask the provider
+    /// after a backoff. Never gives up here; the next round asks first.
+    async fn ask_later(
+        &self,
+        claimed: &Transaction,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, ProcessError> {
+        let delay = self
+            .settings
+            .backoff
+            .delay(claimed.attempts, &mut rand::rng());
+        let update = claimed
+            .advance(TransactionStatus::RetryScheduled, now)?
+            .pin_ambiguous(now)
+            .retry_at(clock::after(now, delay))
+            .failure(codes::AMBIGUOUS, reason);
+        self.schedule(update).await
+    }
+
+    /// The backoff for the next attempt, at least the provider's `Retry-After` (capped).
+    pub fn retry_delay(&self, attempts: i32, retry_after: Option<Duration>) -> Duration {
+        retry_delay(
+            &self.settings.backoff,
+            attempts,
+            retry_after,
+            self.settings.max_retry_after,
+            &mut rand::rng(),
+        )
+    }
+
     /// Schedules the next attempt after `delay`, recording the last error under `code`
-    /// (which steers the next attempt's routing), or fails the transaction with
-    /// `max_attempts_exceeded` once its attempts are used up.
+    /// (which steers the next attempt's routing), or gives up once attempts are used up.
     async fn retry_or_give_up(
         &self,
         tx: &Transaction,
@@ -365,36 +528,105 @@ impl Engine {
     ) -> Result<Outcome, ProcessError> {
         if tx.attempts >= self.settings.max_attempts {
             let reason = format!("gave up after {} attempts; last: {reason}", tx.attempts);
-            return self
-                .finish(
-                    tx,
-                    TransactionStatus::Failed,
-                    Some((codes::MAX_ATTEMPTS, reason)),
-                    None,
-                    trace,
-                )
-                .await;
+            return self.give_up(tx, reason, trace).await;
         }
         let now = Utc::now();
         let update = tx
             .advance(TransactionStatus::RetryScheduled, now)?
-            .retry_at(now + delay)
+            .retry_at(clock::after(now, delay))
             .failure(code, reason);
         self.schedule(update).await
     }
 
-    async fn schedule(
+    /// Attempts are used up. A payment that may be at a provider becomes `unresolved`
+    /// (never `failed`: the provider may have executed it); any other fails.
+    async fn give_up(
         &self,
-        update: paygate_core::domain::TransactionUpdate,
+        tx: &Transaction,
+        reason: String,
+        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
+        if tx.ambiguous_since.is_some() {
+            let reason = format!("{reason}; the provider may have executed it");
+            return self
+                .unresolve(tx, codes::OUTCOME_UNKNOWN, reason, trace)
+                .await;
+        }
+        self.finish(
+            tx,
+            TransactionStatus::Failed,
+            Some((codes::MAX_ATTEMPTS, reason)),
+            None,
+            trace,
+        )
+        .await
+    }
+
+    async fn schedule(&self, update: TransactionUpdate) -> Result<Outcome, ProcessError> {
         Ok(match transactions::apply(&self.pool, &update).await? {
             Some(_) => Outcome::RetryScheduled,
             None => Outcome::Skipped("changed while scheduling a retry"),
         })
     }
 
+    /// A provider reported something that is not this payment: recorded (the failure
+    /// names the mismatch), flagged (the transaction is `unresolved`, for a person), never
+    /// applied.
+    pub(crate) async fn flag_mismatch(
+        &self,
+        tx: &Transaction,
+        gateway: &GatewayName,
+        source: &'static str,
+        detail: &str,
+        trace: Option<TraceParent>,
+    ) -> Result<Outcome, ProcessError> {
+        tracing::warn!(id = %tx.id, %gateway, source, detail, "provider outcome does not match the payment; flagged for review");
+        metrics::counter!("paygate_processor_outcome_mismatches_total", "gateway" => gateway.to_string(), "source" => source).increment(1);
+        let reason = format!("{source} answer from {gateway}: {detail}");
+        if tx.status == TransactionStatus::Unresolved {
+            // Already unresolved: record why, and stop asking; a person decides.
+            let failure = Failure {
+                code: codes::OUTCOME_MISMATCH.into(),
+                message: reason,
+            };
+            transactions::reschedule(&self.pool, tx.id, tx.version, None, Some(&failure)).await?;
+            return Ok(Outcome::StillUnresolved);
+        }
+        self.unresolve(tx, codes::OUTCOME_MISMATCH, reason, trace)
+            .await
+    }
+
+    /// Moves to `unresolved` and tells the merchant (`transaction.unresolved`), in one
+    /// commit. The provider is asked again from `next_attempt_at` on.
+    pub(crate) async fn unresolve(
+        &self,
+        tx: &Transaction,
+        code: &str,
+        reason: String,
+        trace: Option<TraceParent>,
+    ) -> Result<Outcome, ProcessError> {
+        let now = Utc::now();
+        let since = tx.ambiguous_since.unwrap_or(now);
+        let update = tx
+            .advance(TransactionStatus::Unresolved, now)?
+            .pin_ambiguous(since)
+            .retry_at(self.settings.pacing.next(since, now))
+            .failure(code, reason);
+        let message = announce::completed(&update.next, trace);
+        Ok(
+            match transactions::apply_and_announce(&self.pool, &update, Some(&message)).await? {
+                Some(_) => {
+                    tracing::warn!(id = %tx.id, code, "transaction unresolved: the provider may have executed it");
+                    metrics::counter!("paygate_processor_unresolved_total", "code" => code.to_owned()).increment(1);
+                    Outcome::Unresolved
+                }
+                None => Outcome::Skipped("changed while marking unresolved"),
+            },
+        )
+    }
+
     /// Moves to a terminal state and announces it, in one commit.
-    async fn finish(
+    pub(crate) async fn finish(
         &self,
         tx: &Transaction,
         status: TransactionStatus,
@@ -422,93 +654,50 @@ impl Engine {
         )
     }
 
-    /// Reconciles one transaction stuck in `submitting`/`submitted`: asks the provider where
-    /// it can, else schedules a retry on the same gateway with the same reference.
-    ///
-    /// Cancel-safe (the scheduler drops it at shutdown): it only reads the provider (a
-    /// status query, never a submit), and every write is one version-checked statement
-    /// (`transactions::apply`, `apply_and_announce`, `touch`), so a dropped reconciliation
-    /// leaves either no write or a complete one. Its lease is then left to expire.
-    pub async fn reconcile(&self, id: TransactionId) -> Result<Outcome, ProcessError> {
-        let Some(lease) = self
-            .lock
-            .try_acquire(&lock_name(id), self.settings.lock_ttl)
-            .await
-            .map_err(|e| ProcessError::Transient(e.to_string()))?
-        else {
-            return Ok(Outcome::Skipped("in progress elsewhere"));
-        };
-        let result = self.reconcile_locked(id).await;
-        let _ = self.lock.release(lease).await;
-        if matches!(result, Ok(Outcome::RetryScheduled | Outcome::Completed(_))) {
-            self.invalidate_cache(id).await;
-        }
-        result
-    }
-
-    async fn reconcile_locked(&self, id: TransactionId) -> Result<Outcome, ProcessError> {
-        let Some(tx) = transactions::get(&self.pool, id).await? else {
-            return Ok(Outcome::Skipped("gone"));
-        };
-        if !matches!(
-            tx.status,
-            TransactionStatus::Submitting | TransactionStatus::Submitted
-        ) {
-            return Ok(Outcome::Skipped("no longer in flight"));
-        }
-        let entry = tx
-            .routed_gateway
-            .as_ref()
-            .and_then(|g| self.registry.entry(g));
-        let report = match &entry {
-            Some(entry) => entry
-                .breaker
-                .call(|| entry.gateway.status(&tx))
-                .await
-                .unwrap_or(ProviderStatus::Unsupported),
-            None => ProviderStatus::Unsupported,
-        };
-        metrics::counter!("paygate_processor_reconciled_total").increment(1);
-        match report {
-            ProviderStatus::Final(ReportedStatus::Succeeded) => {
-                self.finish(&tx, TransactionStatus::Succeeded, None, None, None)
-                    .await
-            }
-            ProviderStatus::Final(ReportedStatus::Failed { code, reason }) => {
-                self.finish(
-                    &tx,
-                    TransactionStatus::Failed,
-                    Some((&code, reason)),
-                    None,
-                    None,
-                )
-                .await
-            }
-            ProviderStatus::InProgress => {
-                transactions::touch(&self.pool, tx.id, tx.version).await?;
-                Ok(Outcome::Skipped("provider still executing"))
-            }
-            // Never executed: any gateway may take it, no backoff needed.
-            ProviderStatus::NotFound => {
-                let reason = "the provider has no record of the stuck attempt".to_owned();
-                self.retry_or_give_up(&tx, codes::RETRYABLE, reason, Duration::ZERO, None)
-                    .await
-            }
-            ProviderStatus::Unsupported => {
-                let reason =
-                    "stuck mid-flight; retrying with the same idempotency reference".to_owned();
-                self.retry_or_give_up(&tx, codes::AMBIGUOUS, reason, Duration::ZERO, None)
-                    .await
-            }
-        }
-    }
-
-    async fn invalidate_cache(&self, id: TransactionId) {
+    pub(crate) async fn invalidate_cache(&self, id: TransactionId) {
         if let Some(mut cache) = self.cache.clone() {
             paygate_core::cache_keys::invalidate_transaction(&mut cache, &self.cache_prefix, id)
                 .await;
         }
     }
+}
+
+/// Whether an outcome changed the row (the cached copy must go).
+pub(crate) fn changed_state(result: &Result<Outcome, ProcessError>) -> bool {
+    matches!(
+        result,
+        Ok(Outcome::Submitted
+            | Outcome::RetryScheduled
+            | Outcome::Completed(_)
+            | Outcome::Deferred
+            | Outcome::Unresolved
+            | Outcome::StillUnresolved)
+    )
+}
+
+/// The provider said, past its settle window, that it never received the payment: the
+/// pin is lifted and the last error becomes "retryable", so failover may move on.
+fn never_executed(mut tx: Transaction) -> Transaction {
+    tx.ambiguous_since = None;
+    tx.failure = Some(Failure {
+        code: codes::RETRYABLE.into(),
+        message: "the provider has no record of the earlier attempt after its settle window".into(),
+    });
+    tx
+}
+
+/// The backoff for the next attempt, at least the provider's `Retry-After`, never more than
+/// `max_retry_after` for the latter. Pure and total: any `Retry-After` is safe here.
+pub fn retry_delay(
+    backoff: &Backoff,
+    attempts: i32,
+    retry_after: Option<Duration>,
+    max_retry_after: Duration,
+    rng: &mut impl rand::Rng,
+) -> Duration {
+    backoff
+        .delay(attempts, rng)
+        .max(retry_after.unwrap_or_default().min(max_retry_after))
 }
 
 fn lock_name(id: TransactionId) -> String {
@@ -519,7 +708,9 @@ fn lock_name(id: TransactionId) -> String {
 pub fn candidates(tx: &Transaction, route: &Route) -> Vec<GatewayName> {
     let last_code = tx.failure.as_ref().map(|f| f.code.as_str());
     match (&tx.routed_gateway, last_code) {
-        // The last attempt may have executed: only that provider knows our reference.
+        // An attempt may have executed there: only that provider knows our reference, and
+        // sending the payment anywhere else could pay it twice.
+        (Some(previous), _) if tx.ambiguous_since.is_some() => vec![previous.clone()],
         (Some(previous), Some(codes::AMBIGUOUS)) => vec![previous.clone()],
         // The last gateway failed cleanly: start with the next one, the failed one last.
         (Some(previous), Some(codes::RETRYABLE)) if route.failover => {
@@ -534,6 +725,16 @@ pub fn candidates(tx: &Transaction, route: &Route) -> Vec<GatewayName> {
     }
 }
 
+fn answer_class(answer: &Result<ProviderStatus, GatewayError>) -> &'static str {
+    match answer {
+        Ok(ProviderStatus::Unsupported) => "unsupported",
+        Ok(ProviderStatus::NotFound) => "not_found",
+        Ok(ProviderStatus::InProgress) => "in_progress",
+        Ok(ProviderStatus::Final { .. }) => "final",
+        Err(_) => "error",
+    }
+}
+
 fn outcome_class(result: &Result<SubmitOutcome, BreakerError>) -> &'static str {
     match result {
         Ok(SubmitOutcome {
@@ -544,10 +745,6 @@ fn outcome_class(result: &Result<SubmitOutcome, BreakerError>) -> &'static str {
             status: SubmitStatus::Succeeded,
             ..
         }) => "succeeded",
-        Ok(SubmitOutcome {
-            status: SubmitStatus::Failed { .. },
-            ..
-        }) => "declined",
         Err(BreakerError::Rejected { .. }) => "breaker_rejected",
         Err(BreakerError::Gateway(GatewayError::Permanent { .. })) => "permanent",
         Err(BreakerError::Gateway(GatewayError::Retryable { .. })) => "retryable",

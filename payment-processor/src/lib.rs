@@ -12,8 +12,10 @@
 pub mod attempt;
 pub mod backoff;
 mod handler;
+pub mod reconcile;
 pub mod routing;
 pub mod scheduler;
+pub mod status_step;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,7 @@ use crate::attempt::{Engine, Settings};
 use crate::backoff::Backoff;
 use crate::routing::Router;
 use crate::scheduler::SchedulerSettings;
+use crate::status_step::AskPacing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -89,6 +92,13 @@ impl PaymentProcessor {
                 },
                 max_attempts: p.max_attempts,
                 breaker_deferral: Duration::from_millis(p.breaker_deferral_ms),
+                max_retry_after: Duration::from_secs(p.max_retry_after_secs),
+                unresolved_after: Duration::from_secs(p.unresolved_after_secs),
+                reconcile_horizon: Duration::from_secs(p.reconcile_horizon_secs),
+                pacing: AskPacing {
+                    min: Duration::from_millis(p.status_check_min_ms),
+                    max: Duration::from_millis(p.status_check_max_ms),
+                },
             },
         });
         let producer = Producer::new(&config.kafka)?;

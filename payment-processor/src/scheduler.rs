@@ -1,6 +1,7 @@
 //! The durable side of retries: due `retry_scheduled` transactions are re-enqueued from
 //! Postgres (not from an in-memory timer), so a restart loses none; transactions stuck
-//! mid-flight are reconciled.
+//! mid-flight are reconciled, and `unresolved` ones whose next status query is due are
+//! asked about ([`crate::reconcile`]).
 //!
 //! The two run as separate loops on the same cadence, so a long reconciliation pass (many
 //! stuck transactions after a crash, each needing a provider status call) never holds up
@@ -14,6 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use paygate_core::announce;
 use paygate_core::db::{outbox, transactions};
+use paygate_core::domain::Transaction;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +108,19 @@ async fn reconcile_loop(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
+        match check_unresolved(pool, engine, settings, shutdown).await {
+            Ok(pass) if pass.found > 0 => {
+                tracing::info!(
+                    found = pass.found,
+                    finished = pass.finished,
+                    "unresolved transactions asked about"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "unresolved check round failed; retrying next tick")
+            }
+        }
         match reconcile_stuck(pool, engine, settings, shutdown).await {
             Ok(pass) if pass.abandoned => {
                 tracing::info!(
@@ -175,12 +190,64 @@ pub async fn reconcile_stuck(
         }
         stuck = transactions::stuck_in_flight(pool, settings.stuck_after, settings.batch) => stuck?,
     };
-    let found = stuck.len();
+    Ok(bounded_pass(stuck, settings, shutdown, |tx| async move {
+        match engine.reconcile(tx.id).await {
+            Ok(outcome) => tracing::info!(id = %tx.id, ?outcome, "reconciled a stuck transaction"),
+            Err(error) => tracing::warn!(id = %tx.id, %error, "reconciliation failed; will retry"),
+        }
+    })
+    .await)
+}
+
+/// One pass over `unresolved` transactions whose next status query is due
+/// ([`Engine::check_unresolved`]), with the same bounds and shutdown behaviour as
+/// [`reconcile_stuck`]. A due row is pushed `requeue_after` forward when taken, so a pass
+/// dropped at shutdown leaves it to come due again.
+pub async fn check_unresolved(
+    pool: &PgPool,
+    engine: &Engine,
+    settings: &SchedulerSettings,
+    shutdown: &CancellationToken,
+) -> Result<ReconcilePass, paygate_core::db::DbError> {
+    let due = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {
+            return Ok(ReconcilePass { abandoned: true, ..ReconcilePass::default() });
+        }
+        due = transactions::take_due_checks(pool, settings.batch, settings.requeue_after) => due?,
+    };
+    Ok(bounded_pass(due, settings, shutdown, |tx| async move {
+        match engine.check_unresolved(tx.id).await {
+            Ok(outcome) => {
+                tracing::info!(id = %tx.id, ?outcome, "asked about an unresolved transaction")
+            }
+            Err(error) => {
+                tracing::warn!(id = %tx.id, %error, "unresolved check failed; will retry")
+            }
+        }
+    })
+    .await)
+}
+
+/// Runs `work` on each transaction, at most `settings.reconcile_concurrency` at once,
+/// stopping (abandoned) at shutdown.
+async fn bounded_pass<F, Fut>(
+    items: Vec<Transaction>,
+    settings: &SchedulerSettings,
+    shutdown: &CancellationToken,
+    work: F,
+) -> ReconcilePass
+where
+    F: Fn(Transaction) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let found = items.len();
     let finished = AtomicUsize::new(0);
     let in_flight = AtomicUsize::new(0);
     let max_in_flight = AtomicUsize::new(0);
-    let (finished_ref, in_flight_ref, max_ref) = (&finished, &in_flight, &max_in_flight);
-    let pass = futures::stream::iter(stuck).for_each_concurrent(
+    let (finished_ref, in_flight_ref, max_ref, work_ref) =
+        (&finished, &in_flight, &max_in_flight, &work);
+    let pass = futures::stream::iter(items).for_each_concurrent(
         settings.reconcile_concurrency.max(1),
         |tx| async move {
             if shutdown.is_cancelled() {
@@ -188,14 +255,7 @@ pub async fn reconcile_stuck(
             }
             let now = in_flight_ref.fetch_add(1, Ordering::Relaxed) + 1;
             max_ref.fetch_max(now, Ordering::Relaxed);
-            match engine.reconcile(tx.id).await {
-                Ok(outcome) => {
-                    tracing::info!(id = %tx.id, ?outcome, "reconciled a stuck transaction")
-                }
-                Err(error) => {
-                    tracing::warn!(id = %tx.id, %error, "reconciliation failed; will retry")
-                }
-            }
+            work_ref(tx).await;
             in_flight_ref.fetch_sub(1, Ordering::Relaxed);
             finished_ref.fetch_add(1, Ordering::Relaxed);
         },
@@ -205,10 +265,10 @@ pub async fn reconcile_stuck(
         _ = shutdown.cancelled() => true,
         _ = pass => false,
     };
-    Ok(ReconcilePass {
+    ReconcilePass {
         found,
         finished: finished.load(Ordering::Relaxed),
         max_in_flight: max_in_flight.load(Ordering::Relaxed),
         abandoned,
-    })
+    }
 }

@@ -241,7 +241,7 @@ fn bind_transaction<'q, Q: Bindable<'q>>(query: Q, t: &'q Transaction) -> Q {
 }
 
 /// Binds an outbox row as the next four parameters (`$20..=$23` of an insert, [`OUTBOX_VALUES`];
-/// `$12..=$15` after [`bind_update`]).
+/// `$13..=$16` after [`bind_update`]).
 fn bind_announcement<'q, Q: Bindable<'q>>(
     query: Q,
     message: &'q OutboxMessage,
@@ -268,7 +268,7 @@ pub async fn apply<'e>(
     Ok((result.rows_affected() == 1).then(|| update.next.clone()))
 }
 
-/// Binds `update` as `$1..=$11` of [`UPDATE_SQL`]; works for any query kind.
+/// Binds `update` as `$1..=$12` of [`UPDATE_SQL`]; works for any query kind.
 fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q TransactionUpdate) -> Q {
     let t = &update.next;
     query
@@ -283,6 +283,7 @@ fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q TransactionUpdate) -> 
         .bind_value(t.failure.as_ref().map(|f| f.code.as_str()))
         .bind_value(t.failure.as_ref().map(|f| f.message.as_str()))
         .bind_value(t.updated_at)
+        .bind_value(t.ambiguous_since)
 }
 
 /// Applies `update` and, only if it applied, enqueues `announcement` in the same commit:
@@ -307,22 +308,114 @@ pub async fn apply_and_announce(
     Ok(applied.then(|| update.next.clone()))
 }
 
-/// The version-checked update, `$1..=$11` ([`bind_update`]).
+/// The version-checked update, `$1..=$12` ([`bind_update`]).
 const UPDATE_SQL: &str = "UPDATE transactions SET status = $3, version = $4, attempts = $5, next_attempt_at = $6, routed_gateway = $7,
-     provider_reference = $8, failure_code = $9, failure_message = $10, updated_at = $11
+     provider_reference = $8, failure_code = $9, failure_message = $10, updated_at = $11, ambiguous_since = $12
  WHERE id = $1 AND version = $2";
 
-/// The update and, when it applied, the outbox row `$12..=$15`. Answers whether it applied.
+/// The update and, when it applied, the outbox row `$13..=$16`. Answers whether it applied.
 static APPLY_AND_ANNOUNCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH applied AS ({UPDATE_SQL} RETURNING 1),
          announced AS (
              INSERT INTO outbox (topic, message_key, payload, headers)
-             SELECT $12, $13, $14, $15 FROM applied
+             SELECT $13, $14, $15, $16 FROM applied
          )
          SELECT EXISTS (SELECT 1 FROM applied)"
     )
 });
+
+/// A resolution by hand: who decided, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub actor: String,
+    pub reason: String,
+}
+
+/// Applies a person's resolution of an unresolved transaction: the version-checked update,
+/// its audit row (who, when, why, the previous state) and the announcement, in one commit.
+/// `None` when the transaction changed since it was read (nothing written).
+pub async fn resolve(
+    pool: &PgPool,
+    update: &TransactionUpdate,
+    previous: TransactionStatus,
+    resolution: &Resolution,
+    announcement: &OutboxMessage,
+) -> Result<Option<Transaction>, DbError> {
+    let headers = outbox::encode_headers(&announcement.headers)?;
+    let query = bind_update(sqlx::query_scalar(&RESOLVE), update);
+    let applied: bool = bind_announcement(query, announcement, headers)
+        .bind(previous.as_str())
+        .bind(&resolution.actor)
+        .bind(&resolution.reason)
+        .fetch_one(pool)
+        .await?;
+    if applied {
+        outbox::committed();
+    }
+    Ok(applied.then(|| update.next.clone()))
+}
+
+/// [`APPLY_AND_ANNOUNCE`] plus the audit row: `$17` previous status, `$18` actor, `$19` reason.
+static RESOLVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH applied AS ({UPDATE_SQL} RETURNING 1),
+         announced AS (
+             INSERT INTO outbox (topic, message_key, payload, headers)
+             SELECT $13, $14, $15, $16 FROM applied
+         ),
+         audited AS (
+             INSERT INTO transaction_resolutions
+                 (transaction_id, previous_status, previous_version, resolved_status, actor, reason)
+             SELECT $1, $17, $2, $3, $18, $19 FROM applied
+         )
+         SELECT EXISTS (SELECT 1 FROM applied)"
+    )
+});
+
+/// The resolutions recorded for a transaction, oldest first.
+pub async fn resolutions<'e>(
+    exec: impl PgExecutor<'e>,
+    id: TransactionId,
+) -> Result<Vec<RecordedResolution>, DbError> {
+    let rows: Vec<(String, i64, String, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT previous_status, previous_version, resolved_status, actor, reason, created_at
+         FROM transaction_resolutions WHERE transaction_id = $1 ORDER BY id",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(exec)
+    .await?;
+    rows.into_iter()
+        .map(
+            |(previous, previous_version, resolved, actor, reason, at)| {
+                let status = |raw: String| {
+                    raw.parse::<TransactionStatus>()
+                        .map_err(|e| DbError::Corrupt {
+                            table: "transaction_resolutions",
+                            detail: e.to_string(),
+                        })
+                };
+                Ok(RecordedResolution {
+                    previous_status: status(previous)?,
+                    previous_version,
+                    resolved_status: status(resolved)?,
+                    resolution: Resolution { actor, reason },
+                    created_at: at,
+                })
+            },
+        )
+        .collect()
+}
+
+/// One row of `transaction_resolutions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedResolution {
+    pub previous_status: TransactionStatus,
+    pub previous_version: i64,
+    pub resolved_status: TransactionStatus,
+    pub resolution: Resolution,
+    pub created_at: DateTime<Utc>,
+}
 
 /// Retries that are due: locks up to `limit` `retry_scheduled` rows whose time has come and
 /// pushes their `next_attempt_at` forward by `requeue_after` (without a version bump: it is
@@ -333,16 +426,43 @@ pub async fn take_due_retries(
     limit: i64,
     requeue_after: Duration,
 ) -> Result<Vec<Transaction>, DbError> {
+    take_due(
+        pool,
+        TransactionStatus::RetryScheduled,
+        limit,
+        requeue_after,
+    )
+    .await
+}
+
+/// Unresolved transactions whose next status query is due, taken the same way as
+/// [`take_due_retries`] (pushed forward by `requeue_after`, no version bump). Those past the
+/// reconciliation horizon have no due time and are never taken: they wait for a person.
+pub async fn take_due_checks(
+    pool: &PgPool,
+    limit: i64,
+    requeue_after: Duration,
+) -> Result<Vec<Transaction>, DbError> {
+    take_due(pool, TransactionStatus::Unresolved, limit, requeue_after).await
+}
+
+async fn take_due(
+    pool: &PgPool,
+    status: TransactionStatus,
+    limit: i64,
+    requeue_after: Duration,
+) -> Result<Vec<Transaction>, DbError> {
     let rows: Vec<TransactionRow> = sqlx::query_as(&format!(
         "UPDATE transactions SET next_attempt_at = now() + make_interval(secs => $2)
          WHERE id IN (
              SELECT id FROM transactions
-             WHERE status = 'retry_scheduled' AND next_attempt_at <= now()
+             WHERE status = $3 AND next_attempt_at <= now()
              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
          RETURNING {COLUMNS}"
     ))
     .bind(limit)
     .bind(requeue_after.as_secs_f64())
+    .bind(status.as_str())
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(Transaction::try_from).collect()
@@ -365,6 +485,31 @@ pub async fn stuck_in_flight(
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(Transaction::try_from).collect()
+}
+
+/// Scheduling bookkeeping on a transaction that stays in its state: when it is next looked
+/// at (`None`: not again until someone acts) and, optionally, the last error. Not a state
+/// change, so no version bump; written only if the row still has `version`.
+pub async fn reschedule(
+    pool: &PgPool,
+    id: TransactionId,
+    version: i64,
+    at: Option<DateTime<Utc>>,
+    failure: Option<&Failure>,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE transactions SET next_attempt_at = $3,
+             failure_code = COALESCE($4, failure_code), failure_message = COALESCE($5, failure_message)
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(id.as_uuid())
+    .bind(version)
+    .bind(at)
+    .bind(failure.map(|f| f.code.as_str()))
+    .bind(failure.map(|f| f.message.as_str()))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Notes that a stuck transaction was looked at (the provider says it is still executing),
@@ -390,7 +535,7 @@ pub async fn retry_queue_depth<'e>(exec: impl PgExecutor<'e>) -> Result<i64, DbE
 
 const COLUMNS: &str = "id, merchant_id, kind, amount, currency, customer_reference, gateway, status, version, attempts,
     next_attempt_at, provider_reference, failure_code, failure_message, callback_url, metadata, created_at, updated_at,
-    routed_gateway";
+    routed_gateway, ambiguous_since";
 
 /// Any merchant's transaction, for the services (never for a merchant-facing read).
 pub async fn get<'e>(
@@ -482,6 +627,7 @@ struct TransactionRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     routed_gateway: Option<String>,
+    ambiguous_since: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<TransactionRow> for Transaction {
@@ -515,6 +661,7 @@ impl TryFrom<TransactionRow> for Transaction {
             version: row.version,
             attempts: row.attempts,
             next_attempt_at: row.next_attempt_at,
+            ambiguous_since: row.ambiguous_since,
             provider_reference: row.provider_reference,
             failure: row.failure_code.map(|code| Failure {
                 code,

@@ -1,7 +1,7 @@
 //! Webhook events and their durable delivery schedule, for the callback dispatcher (and the
 //! API's `POST /v1/events/{id}/redeliver`).
 //!
-//! - [`record_event`]: one event per (transaction, terminal status), with a delivery row
+//! - [`record_event`]: one event per (transaction, announced status: terminal or `unresolved`), with a delivery row
 //!   per destination, in one commit; recording the same event again changes nothing.
 //! - [`claim_due`] / [`complete`]: the scheduler takes due deliveries under a lease
 //!   (`FOR UPDATE SKIP LOCKED`, so several dispatchers share the work) and reports each
@@ -41,6 +41,9 @@ pub fn event_id_for(transaction: TransactionId, status: TransactionStatus) -> Ev
 pub enum EventType {
     TransactionSucceeded,
     TransactionFailed,
+    /// The provider may have executed the payment and we cannot tell yet: the merchant must
+    /// not re-issue it. Sent once; `transaction.succeeded` or `.failed` follows when it ends.
+    TransactionUnresolved,
 }
 
 impl EventType {
@@ -48,22 +51,29 @@ impl EventType {
         match self {
             Self::TransactionSucceeded => "transaction.succeeded",
             Self::TransactionFailed => "transaction.failed",
+            Self::TransactionUnresolved => "transaction.unresolved",
         }
     }
 
-    /// The event for a terminal status; `None` for any other.
+    /// The event for a status the merchant is told of (terminal, or `unresolved`); `None`
+    /// for any other.
     pub fn for_status(status: TransactionStatus) -> Option<Self> {
         match status {
             TransactionStatus::Succeeded => Some(Self::TransactionSucceeded),
             TransactionStatus::Failed => Some(Self::TransactionFailed),
+            TransactionStatus::Unresolved => Some(Self::TransactionUnresolved),
             _ => None,
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [Self::TransactionSucceeded, Self::TransactionFailed]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            Self::TransactionSucceeded,
+            Self::TransactionFailed,
+            Self::TransactionUnresolved,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 

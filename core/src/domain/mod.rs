@@ -1,5 +1,6 @@
 //! The payment domain: values that parse and cannot hold an invalid state.
 
+pub mod clock;
 mod ids;
 mod money;
 mod names;

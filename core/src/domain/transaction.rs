@@ -5,7 +5,14 @@
 //!    │            │  ▲            │
 //!    │            ▼  │            ▼
 //!    └──────▶ retry_scheduled ◀───┘   (and retry_scheduled ──▶ succeeded | failed)
+//!
+//! submitting | submitted | retry_scheduled ──▶ unresolved ──▶ succeeded | failed
 //! ```
+//!
+//! `unresolved` is "we do not know yet": a provider may have executed the payment and we
+//! cannot learn whether. It is never failed automatically (a merchant told "failed" would
+//! re-issue the payment and the customer would be paid twice); only an authentic answer from
+//! the provider (callback or status query) or a person ends it.
 //!
 //! [`TransactionStatus::can_transition_to`] is the single place that says which moves are
 //! allowed. Changes are computed here as a pure [`TransactionUpdate`]; the repository then
@@ -77,16 +84,21 @@ pub enum TransactionStatus {
     Succeeded,
     /// Terminal: the money did not move and will not.
     Failed,
+    /// Not terminal: a provider may have executed it and we cannot yet tell. Reconciliation
+    /// keeps asking the provider; a callback, a status answer or a person finishes it. The
+    /// payment processor never submits it again, and it is never failed automatically.
+    Unresolved,
 }
 
 impl TransactionStatus {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Pending,
         Self::Submitting,
         Self::Submitted,
         Self::RetryScheduled,
         Self::Succeeded,
         Self::Failed,
+        Self::Unresolved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +109,7 @@ impl TransactionStatus {
             Self::RetryScheduled => "retry_scheduled",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::Unresolved => "unresolved",
         }
     }
 
@@ -115,15 +128,25 @@ impl TransactionStatus {
     /// - `submitted → retry_scheduled`: reconciliation of a transaction whose callback never
     ///   came; the retry reuses the same idempotency reference, so it cannot execute twice.
     /// - `retry_scheduled → succeeded | failed`: the callback of an earlier, ambiguous attempt
-    ///   arrives while a retry waits; or attempts are exhausted.
+    ///   arrives while a retry waits, a status query answers, or attempts are exhausted after
+    ///   failures that certainly never reached a provider.
+    /// - `submitting | submitted | retry_scheduled → unresolved`: attempts ran out after an
+    ///   ambiguous outcome, status queries keep failing, or a provider's answer does not match
+    ///   the payment (wrong amount, currency, kind or reference).
+    /// - `unresolved → succeeded | failed`: a late authentic callback, a status answer, or a
+    ///   person's resolution (`paygate transactions resolve`).
     pub fn can_transition_to(self, next: Self) -> bool {
         use TransactionStatus::*;
         matches!(
             (self, next),
             (Pending, Submitting | RetryScheduled | Failed)
-                | (Submitting, Submitted | RetryScheduled | Succeeded | Failed)
-                | (Submitted, RetryScheduled | Succeeded | Failed)
-                | (RetryScheduled, Submitting | Succeeded | Failed)
+                | (
+                    Submitting,
+                    Submitted | RetryScheduled | Succeeded | Failed | Unresolved
+                )
+                | (Submitted, RetryScheduled | Succeeded | Failed | Unresolved)
+                | (RetryScheduled, Submitting | Succeeded | Failed | Unresolved)
+                | (Unresolved, Succeeded | Failed)
         )
     }
 }
@@ -182,7 +205,13 @@ pub struct Transaction {
     pub version: i64,
     /// Provider calls started so far (breaker-open deferrals do not count).
     pub attempts: i32,
+    /// `retry_scheduled`: when the next attempt is due; `unresolved`: when the provider is
+    /// next asked (`None` once the reconciliation horizon has passed: left for a person).
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Since when the provider at `routed_gateway` may hold this payment: set by the first
+    /// ambiguous outcome there, cleared only when that provider says it has no record after
+    /// its settle window. While set, the payment may go to no other gateway.
+    pub ambiguous_since: Option<DateTime<Utc>>,
     pub provider_reference: Option<String>,
     pub failure: Option<Failure>,
     /// Where to tell the merchant of the outcome, besides its registered endpoints.
@@ -220,6 +249,7 @@ impl Transaction {
             version: 0,
             attempts: 0,
             next_attempt_at: None,
+            ambiguous_since: None,
             provider_reference: None,
             failure: None,
             callback_url: new.callback_url,
@@ -247,9 +277,8 @@ impl Transaction {
         next.status = to;
         next.version = self.version + 1;
         next.updated_at = now;
-        if to != TransactionStatus::RetryScheduled {
-            next.next_attempt_at = None;
-        }
+        // A due time belongs to the state that set it; the caller sets the new one.
+        next.next_attempt_at = None;
         Ok(TransactionUpdate {
             expected_version: self.version,
             next,
@@ -292,8 +321,23 @@ impl TransactionUpdate {
         self
     }
 
+    /// When the next attempt (`retry_scheduled`) or the next status query (`unresolved`) is due.
     pub fn retry_at(mut self, at: DateTime<Utc>) -> Self {
         self.next.next_attempt_at = Some(at);
+        self
+    }
+
+    /// Notes that the provider at the routed gateway may now hold this payment (an ambiguous
+    /// outcome). The first such moment is kept: the settle window counts from it.
+    pub fn pin_ambiguous(mut self, at: DateTime<Utc>) -> Self {
+        self.next.ambiguous_since.get_or_insert(at);
+        self
+    }
+
+    /// The provider said, after its settle window, that it never received the payment: it
+    /// may go to another gateway again.
+    pub fn unpin(mut self) -> Self {
+        self.next.ambiguous_since = None;
         self
     }
 
@@ -346,6 +390,11 @@ mod tests {
             (RetryScheduled, Submitting),
             (RetryScheduled, Succeeded),
             (RetryScheduled, Failed),
+            (Submitting, Unresolved),
+            (Submitted, Unresolved),
+            (RetryScheduled, Unresolved),
+            (Unresolved, Succeeded),
+            (Unresolved, Failed),
         ];
         let mut checked = 0;
         for from in TransactionStatus::ALL {
@@ -355,7 +404,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 36);
+        assert_eq!(checked, 49);
     }
 
     #[test]

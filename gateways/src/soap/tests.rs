@@ -64,9 +64,10 @@ fn faults_round_trip_and_map_to_error_classes() {
     let Reply::Fault(fault) = parsed.body.content else {
         panic!("not a fault: {xml}")
     };
-    let headers = reqwest::header::HeaderMap::new();
+    let client_error = reqwest::StatusCode::BAD_REQUEST;
+    let server_error = reqwest::StatusCode::INTERNAL_SERVER_ERROR;
     assert_eq!(
-        fault_error(&fault, &headers),
+        fault_error(&fault, client_error),
         GatewayError::Permanent {
             code: "declined".into(),
             reason: "Card declined".into()
@@ -78,8 +79,19 @@ fn faults_round_trip_and_map_to_error_classes() {
         detail: None,
     };
     assert!(matches!(
-        fault_error(&server, &headers),
-        GatewayError::Retryable { .. }
+        fault_error(&server, server_error),
+        GatewayError::Ambiguous { .. }
+    ));
+    let duplicate = wire::Fault {
+        faultcode: "soap:Client.Duplicate".into(),
+        faultstring: "Duplicate reference".into(),
+        detail: Some(wire::FaultDetail {
+            error_code: Some("duplicate_reference".into()),
+        }),
+    };
+    assert!(matches!(
+        fault_error(&duplicate, client_error),
+        GatewayError::Ambiguous { .. }
     ));
     let version = wire::Fault {
         faultcode: "soap:VersionMismatch".into(),
@@ -87,7 +99,7 @@ fn faults_round_trip_and_map_to_error_classes() {
         detail: None,
     };
     assert!(
-        matches!(fault_error(&version, &headers), GatewayError::Permanent { code, .. } if code == "soap_versionmismatch")
+        matches!(fault_error(&version, server_error), GatewayError::Permanent { code, .. } if code == "soap_versionmismatch")
     );
 }
 
