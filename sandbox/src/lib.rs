@@ -19,10 +19,12 @@
 //! ```
 
 pub mod admin;
+pub mod admin_client;
 mod delivery;
 mod engine;
 pub mod knobs;
 mod providers;
+pub mod references;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineSettings};
 pub use crate::knobs::{Knobs, KnobsReport, Stats, StatsReport};
+pub use crate::references::{ExecutionReport, Outcome, ReferenceReport};
 
 /// The sandbox's own settings (not paygate's `Config`).
 #[derive(Debug, Clone)]
@@ -201,6 +204,7 @@ fn router(engine: Arc<Engine>) -> Router {
             get(admin::account_stats),
         )
         .route("/_admin/reset", post(admin::reset))
+        .route("/_admin/references/{reference}", get(admin::reference))
         .route(
             "/{account}/transaction/charge",
             post(providers::json_charge),
