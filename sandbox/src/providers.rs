@@ -403,7 +403,8 @@ fn soap_result(record: &Record) -> sw::PaymentResult {
 }
 
 pub async fn soap(State(engine): Shared, Path(raw_account): Path<String>, body: Bytes) -> Response {
-    let Ok(account) = account(&engine, &raw_account) else {
+    // Parsed without counting: a `GetStatus` is a status query, not a payment request.
+    let Ok(account) = GatewayName::parse(&raw_account) else {
         return soap_fault(
             StatusCode::NOT_FOUND,
             "soap:Client",
@@ -414,6 +415,7 @@ pub async fn soap(State(engine): Shared, Path(raw_account): Path<String>, body: 
     let envelope: sw::Envelope<sw::Operation> = match sw::from_xml(&body) {
         Ok(envelope) => envelope,
         Err(message) => {
+            engine.count(account.as_str(), |c| &c.requests);
             engine.count(account.as_str(), |c| &c.bad_requests);
             return soap_fault(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -423,6 +425,9 @@ pub async fn soap(State(engine): Shared, Path(raw_account): Path<String>, body: 
             );
         }
     };
+    if !matches!(envelope.body.content, sw::Operation::GetStatus(_)) {
+        engine.count(account.as_str(), |c| &c.requests);
+    }
     let authorized = envelope.header.as_ref().map(|h| h.auth.api_key.as_str())
         == Some(engine.settings.secret_key.expose());
     if !authorized {
