@@ -115,17 +115,15 @@ impl Book {
         })
     }
 
-    /// Every account's record of `reference`, in execution order.
+    /// Every account's record of `reference`, in execution order (the index is appended to
+    /// under the lock, so its order is the true one even if the wall clock steps back).
     fn of_reference(&self, reference: &TransactionId) -> Vec<Record> {
-        let mut found: Vec<Record> = self
-            .by_reference
+        self.by_reference
             .get(reference)
             .into_iter()
             .flatten()
             .filter_map(|account| self.records.get(&(account.clone(), *reference)).cloned())
-            .collect();
-        found.sort_by_key(|r| r.executed_at);
-        found
+            .collect()
     }
 }
 
