@@ -12,8 +12,37 @@
 //! | GET | `/_admin/stats` | `{"total": Stats, "accounts": {name: Stats}}` |
 //! | GET | `/_admin/accounts/{account}/stats` | Stats (all zero for an unseen account) |
 //! | POST | `/_admin/reset` | forgets records, counters and account knobs |
+//! | GET | `/_admin/references/{reference}` | [`ReferenceReport`]: every account's record of a transaction id (400 if not one) |
 //!
-//! A bad knob value is a 400 `{"error": "..."}`.
+//! A bad knob value is a 400 `{"error": "..."}`. [`crate::admin_client::AdminClient`] is a
+//! typed client of this API.
+//!
+//! Knobs (all per account; see [`Knobs`] for each one's exact meaning):
+//!
+//! | knob | default | effect |
+//! | --- | --- | --- |
+//! | `latency_min_ms`, `latency_max_ms` | 0, 0 | random wait before every request |
+//! | `error_rate` | 0 | 500 in the protocol's error shape, not executed |
+//! | `rate_limit_rate` | 0 | 429 + `Retry-After: 1`, not executed |
+//! | `timeout_rate`, `hang_ms` | 0, 30000 | hang, then 504, not executed |
+//! | `lost_response_rate` | 0 | executed, then hang and 504 |
+//! | `execute_then_error_rate` | 0 | a fresh payment is executed, then answered `execute_then_error_status` as bare `text/plain` (`502 Bad Gateway`); counter `executed_then_errored` |
+//! | `execute_then_error_status` | 502 | `500..=599` |
+//! | `decline_rate` | 0 | synchronous decline (recorded) |
+//! | `duplicate_reference_status` | null | when set (`400..=499`), a repeated reference is refused with it and code `duplicate_reference` in the protocol's error shape instead of replayed; counters `duplicates_suppressed`, `duplicate_references_refused` |
+//! | `status_not_found_for_ms` | 0 | status queries answer "not found" until this long after execution |
+//! | `mismatched_status_rate` | 0 | JSON verify answers one minor unit more than executed; counter `statuses_mismatched` |
+//! | `outage` | false | 503 to everything, status queries too |
+//! | `callbacks_enabled`, `callback_delay_ms` | true, 50 | callbacks and their delay |
+//! | `callback_failure_rate` | 0 | executed, callback says `insufficient_funds` |
+//! | `duplicate_callback_rate`, `out_of_order_rate`, `out_of_order_delay_ms` | 0, 0, 500 | callback copies and reordering |
+//! | `malformed_callback_rate`, `mismatched_callback_rate` | 0, 0 | signed but unparseable / one unit too much |
+//! | `callback_max_attempts` | 10 | attempts while paygate answers non-2xx |
+//! | `callback_backoff_ms`, `callback_backoff_max_ms` | 1000, 60000 | first retry delay, doubling up to the cap (~4 min in all by default) |
+//! | `callback_base_url` | null | where this account's callbacks go |
+//!
+//! Counters beyond the obvious: `executed_elsewhere` counts fresh executions of a reference
+//! that another account had already executed (the same payment paid on two gateways).
 
 use std::sync::Arc;
 
@@ -21,10 +50,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use paygate_core::domain::GatewayName;
+use paygate_core::domain::{GatewayName, TransactionId};
 
 use crate::engine::Engine;
 use crate::knobs::{Knobs, Stats};
+use crate::references::{ExecutionReport, ReferenceReport};
 
 type Shared = State<Arc<Engine>>;
 
@@ -133,4 +163,21 @@ pub async fn account_stats(State(engine): Shared, Path(raw): Path<String>) -> Re
 pub async fn reset(State(engine): Shared) -> StatusCode {
     engine.reset();
     StatusCode::NO_CONTENT
+}
+
+pub async fn reference(State(engine): Shared, Path(raw): Path<String>) -> Response {
+    let reference = match TransactionId::parse(&raw) {
+        Ok(reference) => reference,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let executions = engine
+        .records_of(&reference)
+        .iter()
+        .map(ExecutionReport::of)
+        .collect();
+    Json(ReferenceReport {
+        reference,
+        executions,
+    })
+    .into_response()
 }

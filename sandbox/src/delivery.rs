@@ -1,7 +1,10 @@
 //! Sending callbacks to paygate: `POST {callback_base}/callbacks/{account}`, signed by the
 //! gateways crate's own signing helpers (one signing rule per format, shared with the
-//! connectors that verify them). Like a real provider, a non-2xx answer is retried a few
-//! times with doubling backoff; every attempt is re-signed with a fresh timestamp.
+//! connectors that verify them). Like a real provider, a non-2xx answer (or no answer) is
+//! retried on a capped doubling schedule (`callback_max_attempts`, `callback_backoff_ms`,
+//! `callback_backoff_max_ms`: by default about 4 minutes, so a restart of paygate's API does
+//! not lose callbacks); every attempt is re-signed with a fresh timestamp. Shutdown cancels
+//! the waits at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +30,34 @@ pub struct Delivery {
     pub out_of_order: bool,
     pub mismatched: bool,
     pub max_attempts: u32,
+    pub backoff: Backoff,
     pub target: Option<String>,
+}
+
+/// The wait before each retry: `first`, doubling, never more than `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    pub fn from_knobs(knobs: &Knobs) -> Self {
+        Self {
+            first: Duration::from_millis(knobs.callback_backoff_ms),
+            max: Duration::from_millis(knobs.callback_backoff_max_ms),
+        }
+    }
+
+    /// The wait after failed attempt number `attempt` (1-based); saturates, never overflows.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(63);
+        let factor = 1u32.checked_shl(doublings).unwrap_or(u32::MAX);
+        self.first
+            .checked_mul(factor)
+            .unwrap_or(self.max)
+            .min(self.max)
+    }
 }
 
 impl Delivery {
@@ -72,6 +102,7 @@ impl Delivery {
             out_of_order,
             mismatched,
             max_attempts: knobs.callback_max_attempts.max(1),
+            backoff: Backoff::from_knobs(knobs),
             target: knobs.callback_base_url.clone(),
         }
     }
@@ -149,7 +180,6 @@ async fn send(engine: &Engine, delivery: &Delivery) {
         .as_deref()
         .unwrap_or(&engine.settings.callback_base_url);
     let url = format!("{}/callbacks/{}", base.trim_end_matches('/'), account);
-    let mut backoff = Duration::from_millis(100);
     for attempt in 1..=delivery.max_attempts {
         let signed = sign(engine, delivery, Utc::now());
         let mut request = engine
@@ -171,10 +201,57 @@ async fn send(engine: &Engine, delivery: &Delivery) {
         }
         if attempt < delivery.max_attempts {
             engine.count(account, |c| &c.callback_retries);
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            tokio::time::sleep(delivery.backoff.delay(attempt)).await;
         }
     }
     engine.count(account, |c| &c.callbacks_failed);
     tracing::warn!(%url, transaction = %delivery.fields.transaction_id, "callback given up");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let knobs = Knobs::default();
+        let backoff = Backoff::from_knobs(&knobs);
+        let delays: Vec<u64> = (1..knobs.callback_max_attempts)
+            .map(|attempt| u64::try_from(backoff.delay(attempt).as_millis()).unwrap_or(u64::MAX))
+            .collect();
+        assert_eq!(
+            delays,
+            [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000]
+        );
+        // Between 3 and 10 minutes in all, as a real provider's schedule.
+        let total: u64 = delays.iter().sum();
+        assert!((180_000..=600_000).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_overflowing() {
+        let backoff = Backoff {
+            first: Duration::from_millis(u64::MAX / 2),
+            max: Duration::from_millis(u64::MAX),
+        };
+        assert_eq!(backoff.delay(u32::MAX), Duration::from_millis(u64::MAX));
+        let small = Backoff {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(25),
+        };
+        assert_eq!(
+            (
+                small.delay(1),
+                small.delay(2),
+                small.delay(3),
+                small.delay(40)
+            ),
+            (
+                Duration::from_millis(10),
+                Duration::from_millis(20),
+                Duration::from_millis(25),
+                Duration::from_millis(25)
+            )
+        );
+    }
 }

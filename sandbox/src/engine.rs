@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use paygate_core::domain::{GatewayName, Money, TransactionId, TransactionKind};
 use paygate_gateways::{ReportedStatus, Secret};
 use rand::Rng;
@@ -44,6 +45,17 @@ pub struct Record {
     pub order: Order,
     pub provider_reference: String,
     pub state: RecordState,
+    /// When the provider executed it (or declined it): the start of a lagging status
+    /// endpoint's blind spot, and part of the references report.
+    pub executed_at: DateTime<Utc>,
+}
+
+impl Record {
+    /// A synchronous decline: nothing was executed, so it does not count as the reference
+    /// having been paid (see `executed_elsewhere`).
+    pub fn declined(&self) -> bool {
+        matches!(&self.state, RecordState::Final(ReportedStatus::Failed { code, .. }) if code == "declined")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +76,55 @@ pub enum Decision {
     Hung,
     Declined(Record),
     Accepted(Record),
+    /// Executed, but answered with this bare 5xx (`execute_then_error_rate`).
+    ExecutedThenError(StatusCode),
+    /// A repeat refused with this 4xx and code `duplicate_reference`
+    /// (`duplicate_reference_status`); nothing executed.
+    DuplicateRefused(StatusCode),
     /// The reference was used with other parameters.
     Conflict,
+}
+
+/// The records and an index reference → accounts holding it, under one lock so they never
+/// disagree. The index makes `executed_elsewhere` and the references report O(1) lookups.
+#[derive(Default)]
+struct Book {
+    records: HashMap<(GatewayName, TransactionId), Record>,
+    by_reference: HashMap<TransactionId, Vec<GatewayName>>,
+}
+
+impl Book {
+    fn insert(&mut self, record: Record) {
+        let account = record.order.account.clone();
+        let reference = record.order.reference;
+        let accounts = self.by_reference.entry(reference).or_default();
+        if !accounts.contains(&account) {
+            accounts.push(account.clone());
+        }
+        self.records.insert((account, reference), record);
+    }
+
+    /// Whether an account other than `account` executed (not merely declined) `reference`.
+    fn executed_by_other(&self, account: &GatewayName, reference: &TransactionId) -> bool {
+        self.by_reference.get(reference).is_some_and(|accounts| {
+            accounts.iter().filter(|a| *a != account).any(|other| {
+                self.records
+                    .get(&(other.clone(), *reference))
+                    .is_some_and(|r| !r.declined())
+            })
+        })
+    }
+
+    /// Every account's record of `reference`, in execution order (the index is appended to
+    /// under the lock, so its order is the true one even if the wall clock steps back).
+    fn of_reference(&self, reference: &TransactionId) -> Vec<Record> {
+        self.by_reference
+            .get(reference)
+            .into_iter()
+            .flatten()
+            .filter_map(|account| self.records.get(&(account.clone(), *reference)).cloned())
+            .collect()
+    }
 }
 
 /// Settings the engine needs from the sandbox's.
@@ -80,7 +139,7 @@ pub struct EngineSettings {
 pub struct Engine {
     pub settings: EngineSettings,
     knobs: RwLock<KnobsReport>,
-    records: Mutex<HashMap<(GatewayName, TransactionId), Record>>,
+    book: Mutex<Book>,
     total: Counters,
     accounts: RwLock<BTreeMap<String, Arc<Counters>>>,
     sequence: AtomicU64,
@@ -105,7 +164,7 @@ impl Engine {
                 accounts: BTreeMap::new(),
             }),
             settings,
-            records: Mutex::new(HashMap::new()),
+            book: Mutex::new(Book::default()),
             total: Counters::default(),
             accounts: RwLock::new(BTreeMap::new()),
             // Ids continue from the clock, not from a constant: provider references and
@@ -177,7 +236,7 @@ impl Engine {
 
     /// Forgets records, counters and account knobs (global knobs stay).
     pub fn reset(&self) {
-        lock(&self.records).clear();
+        *lock(&self.book) = Book::default();
         self.accounts
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -195,14 +254,23 @@ impl Engine {
     }
 
     pub fn record(&self, account: &GatewayName, reference: &TransactionId) -> Option<Record> {
-        lock(&self.records)
+        lock(&self.book)
+            .records
             .get(&(account.clone(), *reference))
             .cloned()
     }
 
+    /// What every account holds for `reference` (the admin references report).
+    pub fn records_of(&self, reference: &TransactionId) -> Vec<Record> {
+        lock(&self.book).of_reference(reference)
+    }
+
     /// Marks a pending record's outcome as announced.
     pub(crate) fn announce(&self, account: &GatewayName, reference: &TransactionId) {
-        if let Some(record) = lock(&self.records).get_mut(&(account.clone(), *reference)) {
+        if let Some(record) = lock(&self.book)
+            .records
+            .get_mut(&(account.clone(), *reference))
+        {
             if let RecordState::Pending { outcome } = &record.state {
                 record.state = RecordState::Final(outcome.clone());
             }
@@ -263,18 +331,19 @@ impl Engine {
     fn execute(self: &Arc<Self>, order: Order, knobs: &Knobs) -> Decision {
         let account = order.account.as_str().to_owned();
         let key = (order.account.clone(), order.reference);
-        let (decision, fresh) = {
-            let mut records = lock(&self.records);
-            if let Some(existing) = records.get(&key) {
+        let (decision, fresh, elsewhere) = {
+            let mut book = lock(&self.book);
+            if let Some(existing) = book.records.get(&key) {
                 let decision = if existing.order != order {
                     Decision::Conflict
-                } else if matches!(existing.state, RecordState::Final(ReportedStatus::Failed { ref code, .. }) if code == "declined")
-                {
+                } else if let Some(status) = duplicate_refusal(knobs) {
+                    Decision::DuplicateRefused(status)
+                } else if existing.declined() {
                     Decision::Declined(existing.clone())
                 } else {
                     Decision::Accepted(existing.clone())
                 };
-                (decision, false)
+                (decision, false, false)
             } else {
                 let provider_reference = match order.protocol {
                     Protocol::Json => self.next_id().to_string(),
@@ -303,8 +372,10 @@ impl Engine {
                     order,
                     provider_reference,
                     state,
+                    executed_at: Utc::now(),
                 };
-                records.insert(key, record.clone());
+                let elsewhere = !declined && book.executed_by_other(&key.0, &key.1);
+                book.insert(record.clone());
                 (
                     if declined {
                         Decision::Declined(record)
@@ -312,10 +383,19 @@ impl Engine {
                         Decision::Accepted(record)
                     },
                     true,
+                    elsewhere,
                 )
             }
         };
+        if elsewhere {
+            self.count(&account, |c| &c.executed_elsewhere);
+            tracing::warn!(%account, "reference already executed by another account");
+        }
         match (&decision, fresh) {
+            (Decision::DuplicateRefused(_), false) => {
+                self.count(&account, |c| &c.duplicates_suppressed);
+                self.count(&account, |c| &c.duplicate_references_refused);
+            }
             (_, false) => self.count(&account, |c| &c.duplicates_suppressed),
             (Decision::Declined(_), true) => self.count(&account, |c| &c.declines),
             (Decision::Accepted(record), true) => {
@@ -326,11 +406,25 @@ impl Engine {
                         Delivery::plan(record, knobs, self.next_id(), Utc::now()),
                     );
                 }
+                if chance(knobs.execute_then_error_rate) {
+                    self.count(&account, |c| &c.executed_then_errored);
+                    return Decision::ExecutedThenError(
+                        StatusCode::from_u16(knobs.execute_then_error_status)
+                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                    );
+                }
             }
             _ => {}
         }
         decision
     }
+}
+
+/// The refusal status for a repeated reference, when `duplicate_reference_status` is set.
+fn duplicate_refusal(knobs: &Knobs) -> Option<StatusCode> {
+    knobs
+        .duplicate_reference_status
+        .map(|status| StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT))
 }
 
 /// True with probability `rate`.

@@ -45,10 +45,41 @@ pub struct Knobs {
     pub malformed_callback_rate: f64,
     /// Report one minor unit more than was paid in the callback.
     pub mismatched_callback_rate: f64,
-    /// Attempts per callback while paygate answers non-2xx (backoff 100 ms, doubling).
+    /// Attempts per callback while paygate answers non-2xx or cannot be reached, as real
+    /// providers retry: the first retry waits `callback_backoff_ms`, each later one twice the
+    /// previous, capped at `callback_backoff_max_ms`. The defaults (10 attempts, 1 s doubling
+    /// to at most 60 s) span about 4 minutes, so an API restart or a short outage does not
+    /// lose a callback. Shutdown stops pending retries at once.
     pub callback_max_attempts: u32,
+    /// The first retry delay of a callback (see `callback_max_attempts`).
+    pub callback_backoff_ms: u64,
+    /// The longest delay between two callback attempts; must be at least
+    /// `callback_backoff_ms`.
+    pub callback_backoff_max_ms: u64,
     /// Where this account's callbacks go instead of the sandbox's configured base URL.
     pub callback_base_url: Option<String>,
+    /// Execute a fresh payment (recorded, counted in `executions`, callback scheduled as
+    /// usual), then answer `execute_then_error_status` with a bare `text/plain` body such as
+    /// `502 Bad Gateway`: the shape a load balancer in front of the provider gives, not the
+    /// provider's own error shape, in all three protocols. Counted as `executed_then_errored`.
+    /// A repeat of the reference is answered from the record (or refused, see
+    /// `duplicate_reference_status`), so a resubmission learns the truth.
+    pub execute_then_error_rate: f64,
+    /// The status of `execute_then_error_rate`'s answer, `500..=599`.
+    pub execute_then_error_status: u16,
+    /// A status query answers that protocol's "not found" (JSON 404 `not_found`, SOAP
+    /// `NOT_FOUND` state, protobuf 404 `not_found`) until this long after the reference was
+    /// executed, then the truth: a lagging status endpoint.
+    pub status_not_found_for_ms: u64,
+    /// When set (`400..=499`), a repeated payment request (same reference, same parameters)
+    /// is refused with this status and provider code `duplicate_reference` in the protocol's
+    /// own error shape, instead of being answered from the record. It is still never
+    /// executed twice; counted in `duplicates_suppressed` and `duplicate_references_refused`.
+    pub duplicate_reference_status: Option<u16>,
+    /// A status query's answer reports one minor unit more than was executed. Only the JSON
+    /// verify answer carries an amount, so only the JSON protocol is affected. Counted as
+    /// `statuses_mismatched`.
+    pub mismatched_status_rate: f64,
 }
 
 impl Default for Knobs {
@@ -71,14 +102,21 @@ impl Default for Knobs {
             out_of_order_delay_ms: 500,
             malformed_callback_rate: 0.0,
             mismatched_callback_rate: 0.0,
-            callback_max_attempts: 4,
+            callback_max_attempts: 10,
+            callback_backoff_ms: 1_000,
+            callback_backoff_max_ms: 60_000,
             callback_base_url: None,
+            execute_then_error_rate: 0.0,
+            execute_then_error_status: 502,
+            status_not_found_for_ms: 0,
+            duplicate_reference_status: None,
+            mismatched_status_rate: 0.0,
         }
     }
 }
 
 impl Knobs {
-    /// Refuses rates outside `0..=1` and an inverted latency range.
+    /// Refuses rates outside `0..=1`, inverted ranges, and statuses outside their class.
     pub fn validate(&self) -> Result<(), String> {
         let rates = [
             ("error_rate", self.error_rate),
@@ -91,6 +129,8 @@ impl Knobs {
             ("out_of_order_rate", self.out_of_order_rate),
             ("malformed_callback_rate", self.malformed_callback_rate),
             ("mismatched_callback_rate", self.mismatched_callback_rate),
+            ("execute_then_error_rate", self.execute_then_error_rate),
+            ("mismatched_status_rate", self.mismatched_status_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -102,6 +142,22 @@ impl Knobs {
         }
         if self.callback_max_attempts == 0 {
             return Err("callback_max_attempts must be at least 1".into());
+        }
+        if self.callback_backoff_ms > self.callback_backoff_max_ms {
+            return Err("callback_backoff_ms must not exceed callback_backoff_max_ms".into());
+        }
+        if !(500..=599).contains(&self.execute_then_error_status) {
+            return Err(format!(
+                "execute_then_error_status must be within 500..=599, got {}",
+                self.execute_then_error_status
+            ));
+        }
+        if let Some(status) = self.duplicate_reference_status {
+            if !(400..=499).contains(&status) {
+                return Err(format!(
+                    "duplicate_reference_status must be within 400..=499, got {status}"
+                ));
+            }
         }
         Ok(())
     }
@@ -172,6 +228,15 @@ counters! {
     callbacks_malformed,
     callbacks_mismatched,
     callbacks_out_of_order,
+    /// Fresh executions answered with `execute_then_error_status` (see the knob).
+    executed_then_errored,
+    /// Repeats refused with `duplicate_reference_status` (also in `duplicates_suppressed`).
+    duplicate_references_refused,
+    /// Fresh executions of a reference that ANOTHER account had already executed: the same
+    /// payment paid through two gateways. paygate's tests assert it stays 0.
+    executed_elsewhere,
+    /// JSON status answers that reported one minor unit more than was executed.
+    statuses_mismatched,
 }
 
 /// Stats for all accounts and per account.
@@ -209,5 +274,92 @@ mod tests {
         assert!(knobs
             .patched(&serde_json::json!({"latency_min_ms": 5, "latency_max_ms": 1}))
             .is_err());
+    }
+
+    fn refused(patch: serde_json::Value) -> bool {
+        Knobs::default().patched(&patch).is_err()
+    }
+
+    #[test]
+    fn execute_then_error_knobs_validate() {
+        let knobs = Knobs::default();
+        assert_eq!(knobs.execute_then_error_status, 502);
+        for status in [500, 502, 599] {
+            assert!(!refused(
+                serde_json::json!({"execute_then_error_status": status})
+            ));
+        }
+        for status in [499, 600, 200, 0] {
+            assert!(refused(
+                serde_json::json!({"execute_then_error_status": status})
+            ));
+        }
+        assert!(!refused(
+            serde_json::json!({"execute_then_error_rate": 1.0})
+        ));
+        assert!(refused(
+            serde_json::json!({"execute_then_error_rate": 1.01})
+        ));
+        assert!(refused(
+            serde_json::json!({"execute_then_error_rate": -0.1})
+        ));
+        assert!(refused(
+            serde_json::json!({"execute_then_error_status": 70000})
+        ));
+    }
+
+    #[test]
+    fn duplicate_reference_status_validates_when_set() {
+        assert_eq!(Knobs::default().duplicate_reference_status, None);
+        for status in [400, 409, 422, 499] {
+            let knobs = Knobs::default()
+                .patched(&serde_json::json!({"duplicate_reference_status": status}))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(knobs.duplicate_reference_status, Some(status));
+        }
+        for status in [399, 500, 200] {
+            assert!(refused(
+                serde_json::json!({"duplicate_reference_status": status})
+            ));
+        }
+        // null switches it back off.
+        let on = Knobs::default()
+            .patched(&serde_json::json!({"duplicate_reference_status": 409}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let off = on
+            .patched(&serde_json::json!({"duplicate_reference_status": null}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(off.duplicate_reference_status, None);
+    }
+
+    #[test]
+    fn status_knobs_validate() {
+        assert_eq!(Knobs::default().status_not_found_for_ms, 0);
+        assert!(!refused(
+            serde_json::json!({"status_not_found_for_ms": 1500})
+        ));
+        assert!(refused(serde_json::json!({"status_not_found_for_ms": -1})));
+        assert!(!refused(serde_json::json!({"mismatched_status_rate": 0.5})));
+        assert!(refused(serde_json::json!({"mismatched_status_rate": 2.0})));
+    }
+
+    #[test]
+    fn callback_schedule_knobs_validate() {
+        let knobs = Knobs::default();
+        assert_eq!(
+            (
+                knobs.callback_max_attempts,
+                knobs.callback_backoff_ms,
+                knobs.callback_backoff_max_ms
+            ),
+            (10, 1_000, 60_000)
+        );
+        assert!(!refused(
+            serde_json::json!({"callback_backoff_ms": 10, "callback_backoff_max_ms": 10})
+        ));
+        assert!(refused(
+            serde_json::json!({"callback_backoff_ms": 100, "callback_backoff_max_ms": 50})
+        ));
+        assert!(refused(serde_json::json!({"callback_max_attempts": 0})));
     }
 }

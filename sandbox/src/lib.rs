@@ -6,8 +6,13 @@
 //!   configured with `base_url = "http://<sandbox>/<name>"` talks to its own account, and the
 //!   sandbox sends that account's callbacks to `{callback_base_url}/callbacks/<name>`.
 //! - A payment is executed at most once per (account, reference); repeats are answered
-//!   from the record and counted as `duplicates_suppressed`.
-//! - Knobs and stats: see [`admin`] for the HTTP API, [`knobs::Knobs`] for every knob.
+//!   from the record (or refused as `duplicate_reference`, see
+//!   `duplicate_reference_status`) and counted as `duplicates_suppressed`. The same
+//!   reference executed by a second account is counted as `executed_elsewhere`: the double
+//!   payment paygate must never cause. `GET /_admin/references/{reference}` shows what every
+//!   account did with one reference.
+//! - Knobs and stats: see [`admin`] for the HTTP API and the knob table, [`knobs::Knobs`]
+//!   for every knob, [`admin_client::AdminClient`] for a typed client.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -19,10 +24,12 @@
 //! ```
 
 pub mod admin;
+pub mod admin_client;
 mod delivery;
 mod engine;
 pub mod knobs;
 mod providers;
+pub mod references;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, EngineSettings};
 pub use crate::knobs::{Knobs, KnobsReport, Stats, StatsReport};
+pub use crate::references::{ExecutionReport, Outcome, ReferenceReport};
 
 /// The sandbox's own settings (not paygate's `Config`).
 #[derive(Debug, Clone)]
@@ -201,6 +209,7 @@ fn router(engine: Arc<Engine>) -> Router {
             get(admin::account_stats),
         )
         .route("/_admin/reset", post(admin::reset))
+        .route("/_admin/references/{reference}", get(admin::reference))
         .route(
             "/{account}/transaction/charge",
             post(providers::json_charge),

@@ -22,7 +22,7 @@ use paygate_gateways::soap::wire as sw;
 use paygate_gateways::ReportedStatus;
 use prost::Message;
 
-use crate::engine::{Decision, Engine, Order, Protocol, Record, RecordState};
+use crate::engine::{chance, Decision, Engine, Order, Protocol, Record, RecordState};
 
 type Shared = State<Arc<Engine>>;
 
@@ -81,6 +81,26 @@ fn count_refusal(engine: &Engine, account: Option<&GatewayName>, refusal: &Refus
         Refusal::NotFound => {}
     }
 }
+
+/// What a load balancer in front of the provider answers when the upstream's response is
+/// lost: the bare status line as `text/plain` (e.g. `502 Bad Gateway`), in no protocol's
+/// shape, whichever protocol was spoken.
+fn bare_status(status: StatusCode) -> Response {
+    let line = match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        line,
+    )
+        .into_response()
+}
+
+/// The message of a `duplicate_reference_status` refusal (Paystack's wording).
+const DUPLICATE_MESSAGE: &str = "Duplicate Transaction Reference";
+const DUPLICATE_CODE: &str = "duplicate_reference";
 
 // ---------------------------------------------------------------- JSON (Paystack-like)
 
@@ -185,6 +205,8 @@ fn json_decision(decision: Decision) -> Response {
             };
             json_error(StatusCode::PAYMENT_REQUIRED, "declined", &reason)
         }
+        Decision::ExecutedThenError(status) => bare_status(status),
+        Decision::DuplicateRefused(status) => json_error(status, DUPLICATE_CODE, DUPLICATE_MESSAGE),
         Decision::Conflict => json_error(
             StatusCode::CONFLICT,
             "duplicate_reference",
@@ -298,10 +320,15 @@ pub async fn json_verify(
             "Transaction reference not found",
         ),
         Lookup::Found(record) => {
+            let mut data = json_data(&record);
+            if chance(engine.knobs(account.as_str()).mismatched_status_rate) {
+                engine.count(account.as_str(), |c| &c.statuses_mismatched);
+                data.amount = data.amount.checked_add(1).unwrap_or(data.amount);
+            }
             let body = jw::ApiResponse {
                 status: true,
                 message: "Verification successful".into(),
-                data: Some(json_data(&record)),
+                data: Some(data),
                 code: None,
             };
             json_reply(StatusCode::OK, &body)
@@ -327,9 +354,20 @@ async fn status_lookup(engine: &Engine, account: &GatewayName, reference: &str) 
         .ok()
         .and_then(|id| engine.record(account, &id))
     {
+        Some(record) if lagging(&record, knobs.status_not_found_for_ms) => Lookup::Missing,
         Some(record) => Lookup::Found(Box::new(record)),
         None => Lookup::Missing,
     }
+}
+
+/// Whether a lagging status endpoint (`status_not_found_for_ms`) does not know the record yet.
+fn lagging(record: &Record, lag_ms: u64) -> bool {
+    if lag_ms == 0 {
+        return false;
+    }
+    let age = chrono::Utc::now().signed_duration_since(record.executed_at);
+    // A negative age (clock stepped back) counts as "just executed".
+    age.num_milliseconds() < i64::try_from(lag_ms).unwrap_or(i64::MAX)
 }
 
 // ---------------------------------------------------------------- SOAP 1.1
@@ -365,7 +403,8 @@ fn soap_result(record: &Record) -> sw::PaymentResult {
 }
 
 pub async fn soap(State(engine): Shared, Path(raw_account): Path<String>, body: Bytes) -> Response {
-    let Ok(account) = account(&engine, &raw_account) else {
+    // Parsed without counting: a `GetStatus` is a status query, not a payment request.
+    let Ok(account) = GatewayName::parse(&raw_account) else {
         return soap_fault(
             StatusCode::NOT_FOUND,
             "soap:Client",
@@ -376,6 +415,7 @@ pub async fn soap(State(engine): Shared, Path(raw_account): Path<String>, body: 
     let envelope: sw::Envelope<sw::Operation> = match sw::from_xml(&body) {
         Ok(envelope) => envelope,
         Err(message) => {
+            engine.count(account.as_str(), |c| &c.requests);
             engine.count(account.as_str(), |c| &c.bad_requests);
             return soap_fault(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -385,6 +425,9 @@ pub async fn soap(State(engine): Shared, Path(raw_account): Path<String>, body: 
             );
         }
     };
+    if !matches!(envelope.body.content, sw::Operation::GetStatus(_)) {
+        engine.count(account.as_str(), |c| &c.requests);
+    }
     let authorized = envelope.header.as_ref().map(|h| h.auth.api_key.as_str())
         == Some(engine.settings.secret_key.expose());
     if !authorized {
@@ -471,6 +514,10 @@ pub async fn soap(State(engine): Shared, Path(raw_account): Path<String>, body: 
             "Do not honor",
             "declined",
         ),
+        Decision::ExecutedThenError(status) => bare_status(status),
+        Decision::DuplicateRefused(status) => {
+            soap_fault(status, "soap:Client", DUPLICATE_MESSAGE, DUPLICATE_CODE)
+        }
         Decision::Conflict => soap_fault(
             StatusCode::INTERNAL_SERVER_ERROR,
             "soap:Client",
@@ -580,6 +627,10 @@ pub async fn proto_submit(
         | Decision::Hung) => transport_fault(&fault, proto_error),
         Decision::Declined(_) => {
             proto_error(StatusCode::PAYMENT_REQUIRED, "declined", "Do not honor")
+        }
+        Decision::ExecutedThenError(status) => bare_status(status),
+        Decision::DuplicateRefused(status) => {
+            proto_error(status, DUPLICATE_CODE, DUPLICATE_MESSAGE)
         }
         Decision::Conflict => proto_error(
             StatusCode::CONFLICT,

@@ -250,7 +250,12 @@ async fn callbacks_are_retried_until_acknowledged() {
 
     let (url, shutdown) = sandbox(&receiver).await;
     let registry = registry(&url, &[("retry-soap", "soap")]);
-    knobs(&url, "retry-soap", json!({"callback_delay_ms": 0})).await;
+    knobs(
+        &url,
+        "retry-soap",
+        json!({"callback_delay_ms": 0, "callback_backoff_ms": 20, "callback_backoff_max_ms": 40}),
+    )
+    .await;
     gateway(&registry, "retry-soap")
         .deposit(&transaction())
         .await

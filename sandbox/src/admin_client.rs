@@ -1,0 +1,137 @@
+//! A small typed client of the sandbox's admin API (see [`crate::admin`]), for tests of
+//! paygate and of the sandbox itself.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), paygate_sandbox::admin_client::AdminError> {
+//! use paygate_sandbox::admin_client::AdminClient;
+//! let admin = AdminClient::new("http://127.0.0.1:8090")?;
+//! admin
+//!     .patch_account_knobs("psp-json", serde_json::json!({"execute_then_error_rate": 1.0}))
+//!     .await?;
+//! assert_eq!(admin.account_stats("psp-json").await?.executed_elsewhere, 0);
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use paygate_core::domain::TransactionId;
+use serde::de::DeserializeOwned;
+
+use crate::knobs::{Knobs, Stats, StatsReport};
+use crate::references::ReferenceReport;
+
+/// Why an admin call did not give its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("sandbox admin request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The sandbox answered non-2xx (a bad knob is a 400 with `{"error": ...}`).
+    #[error("sandbox admin refused {what}: {status} {body}")]
+    Refused {
+        what: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// The admin API of one sandbox.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base_url: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// `base_url` is the sandbox root (`Sandbox::base_url`), not an account URL.
+    pub fn new(base_url: impl Into<String>) -> Result<Self, AdminError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self::with_client(base_url, http))
+    }
+
+    pub fn with_client(base_url: impl Into<String>, http: reqwest::Client) -> Self {
+        let base_url = base_url.into().trim_end_matches('/').to_owned();
+        Self { base_url, http }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/_admin/{path}", self.base_url)
+    }
+
+    /// Changes only the given knobs of `account` (starting from the knobs in force for it).
+    pub async fn patch_account_knobs(
+        &self,
+        account: &str,
+        patch: serde_json::Value,
+    ) -> Result<Knobs, AdminError> {
+        let request = self
+            .http
+            .patch(self.url(&format!("accounts/{account}/knobs")))
+            .json(&patch);
+        json_of(request, format!("knobs of {account}")).await
+    }
+
+    /// Replaces `account`'s knobs: given fields, the rest defaults.
+    pub async fn put_account_knobs(
+        &self,
+        account: &str,
+        knobs: serde_json::Value,
+    ) -> Result<Knobs, AdminError> {
+        let request = self
+            .http
+            .put(self.url(&format!("accounts/{account}/knobs")))
+            .json(&knobs);
+        json_of(request, format!("knobs of {account}")).await
+    }
+
+    pub async fn account_stats(&self, account: &str) -> Result<Stats, AdminError> {
+        let request = self
+            .http
+            .get(self.url(&format!("accounts/{account}/stats")));
+        json_of(request, format!("stats of {account}")).await
+    }
+
+    pub async fn stats(&self) -> Result<StatsReport, AdminError> {
+        json_of(self.http.get(self.url("stats")), "stats".into()).await
+    }
+
+    /// What every account did with `reference`.
+    pub async fn reference(
+        &self,
+        reference: &TransactionId,
+    ) -> Result<ReferenceReport, AdminError> {
+        let request = self.http.get(self.url(&format!("references/{reference}")));
+        json_of(request, format!("reference {reference}")).await
+    }
+
+    /// Forgets records, counters and account knobs.
+    pub async fn reset(&self) -> Result<(), AdminError> {
+        let response = self.http.post(self.url("reset")).send().await?;
+        checked(response, "reset".into()).await.map(drop)
+    }
+}
+
+async fn checked(
+    response: reqwest::Response,
+    what: String,
+) -> Result<reqwest::Response, AdminError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(AdminError::Refused {
+        what,
+        status: status.as_u16(),
+        body,
+    })
+}
+
+async fn json_of<T: DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    what: String,
+) -> Result<T, AdminError> {
+    let response = checked(request.send().await?, what).await?;
+    Ok(response.json().await?)
+}
