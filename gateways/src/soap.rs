@@ -318,8 +318,9 @@ impl SoapGateway {
             .header(wire::SOAP_ACTION_HEADER, action)
             .body(xml);
         let (status, headers, body) = http::exchange(request).await?;
-        // These mean the same whatever the body says (a 5xx fault is still "maybe executed").
-        if matches!(status.as_u16(), 408 | 429 | 500..=599)
+        // These mean the same whatever the body says. A 500 is read first: SOAP 1.1 sends
+        // every fault (a decline too) with it, and a `Server` fault is ambiguous anyway.
+        if matches!(status.as_u16(), 408 | 429 | 501..=599)
             || status.is_redirection()
             || status.is_informational()
         {

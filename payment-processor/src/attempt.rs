@@ -295,6 +295,15 @@ impl Engine {
                 self.flag_mismatch(&tx, &gateway, "status", &mismatch.to_string(), trace)
                     .await?
             }
+            Step::Executing => {
+                let update = tx
+                    .advance(TransactionStatus::Submitted, now)?
+                    .clear_failure();
+                match transactions::apply(&self.pool, &update).await? {
+                    Some(_) => Outcome::Submitted,
+                    None => Outcome::Skipped("changed while asking the provider"),
+                }
+            }
             Step::AskAgainAt { at, why } => {
                 if clock::elapsed(since, now) >= self.settings.unresolved_after {
                     let reason = format!(

@@ -40,16 +40,18 @@ impl Engine {
             };
             match step {
                 Step::Finish { .. } | Step::Mismatch(_) => self.settle(&tx, step).await,
+                Step::Executing => {
+                    // Still executing at the provider: look again after `stuck_after`.
+                    transactions::touch(&self.pool, tx.id, tx.version).await?;
+                    Ok(Outcome::Skipped("provider still executing"))
+                }
                 Step::AskAgainAt { at, why } => self.hand_back(&tx, since, at, why).await,
                 Step::Resubmit => {
                     let why = "stuck mid-flight; resending with the same reference".into();
                     self.hand_back(&tx, since, now, why).await
                 }
                 // A `submitting` one whose request never arrived: any gateway may take it.
-                Step::NeverExecuted => {
-                    let why = "stuck mid-flight; the provider never received it".into();
-                    self.hand_back(&tx, since, now, why).await
-                }
+                Step::NeverExecuted => self.hand_back_unpinned(&tx).await,
             }
         })
         .await
@@ -83,6 +85,11 @@ impl Engine {
                     .await
                 }
                 Some(Step::AskAgainAt { at, why }) => self.ask_again(&tx, since, now, at, &why).await,
+                Some(Step::Executing) => {
+                    let at = self.settings.pacing.next(since, now);
+                    self.ask_again(&tx, since, now, at, "the provider is still executing it")
+                        .await
+                }
                 // No status query (or no gateway): only a callback or a person can end it.
                 Some(Step::Resubmit) | None => {
                     transactions::reschedule(&self.pool, tx.id, tx.version, None, None).await?;
@@ -172,6 +179,24 @@ impl Engine {
             .pin_ambiguous(since)
             .retry_at(at)
             .failure(codes::AMBIGUOUS, why);
+        Ok(match transactions::apply(&self.pool, &update).await? {
+            Some(_) => Outcome::RetryScheduled,
+            None => Outcome::Skipped("changed while reconciling"),
+        })
+    }
+
+    /// A stuck transaction whose provider confirmed, past its settle window, that it never
+    /// received it: back to the attempt engine at once, free to fail over.
+    async fn hand_back_unpinned(&self, tx: &Transaction) -> Result<Outcome, ProcessError> {
+        let now = Utc::now();
+        let update = tx
+            .advance(TransactionStatus::RetryScheduled, now)?
+            .unpin()
+            .retry_at(now)
+            .failure(
+                codes::RETRYABLE,
+                "stuck mid-flight; the provider has no record of it after its settle window",
+            );
         Ok(match transactions::apply(&self.pool, &update).await? {
             Some(_) => Outcome::RetryScheduled,
             None => Outcome::Skipped("changed while reconciling"),

@@ -47,7 +47,9 @@ pub enum Step {
     /// The provider reports something that is not this payment as we recorded it: flag it
     /// for a person (the transaction becomes or stays `unresolved`), never apply it.
     Mismatch(OutcomeMismatch),
-    /// Nothing settled yet (in progress, not visible yet, or the query failed): ask again at.
+    /// The provider holds the payment and is executing it: its callback will tell.
+    Executing,
+    /// Nothing settled yet (not visible yet, or the query failed): ask again at.
     AskAgainAt { at: DateTime<Utc>, why: String },
     /// The provider has no record after its settle window: it never executed. The payment
     /// may go to any gateway of its route again.
@@ -75,7 +77,7 @@ pub fn after_asking(
     match answer {
         Err(error) => ask_again(format!("status query failed: {error}")),
         Ok(ProviderStatus::Unsupported) => Step::Resubmit,
-        Ok(ProviderStatus::InProgress) => ask_again("the provider is still executing it".into()),
+        Ok(ProviderStatus::InProgress) => Step::Executing,
         Ok(ProviderStatus::NotFound) => {
             let settled_at = clock::after(since, settle_window);
             if tx.provider_reference.is_some() {

@@ -130,6 +130,8 @@ impl TransactionStatus {
     /// - `retry_scheduled → succeeded | failed`: the callback of an earlier, ambiguous attempt
     ///   arrives while a retry waits, a status query answers, or attempts are exhausted after
     ///   failures that certainly never reached a provider.
+    /// - `retry_scheduled → submitted`: the status query after an ambiguous attempt finds
+    ///   the provider executing it; its callback (or reconciliation) finishes it.
     /// - `submitting | submitted | retry_scheduled → unresolved`: attempts ran out after an
     ///   ambiguous outcome, status queries keep failing, or a provider's answer does not match
     ///   the payment (wrong amount, currency, kind or reference).
@@ -145,7 +147,10 @@ impl TransactionStatus {
                     Submitted | RetryScheduled | Succeeded | Failed | Unresolved
                 )
                 | (Submitted, RetryScheduled | Succeeded | Failed | Unresolved)
-                | (RetryScheduled, Submitting | Succeeded | Failed | Unresolved)
+                | (
+                    RetryScheduled,
+                    Submitting | Submitted | Succeeded | Failed | Unresolved
+                )
                 | (Unresolved, Succeeded | Failed)
         )
     }
@@ -388,6 +393,7 @@ mod tests {
             (Submitted, Succeeded),
             (Submitted, Failed),
             (RetryScheduled, Submitting),
+            (RetryScheduled, Submitted),
             (RetryScheduled, Succeeded),
             (RetryScheduled, Failed),
             (Submitting, Unresolved),
