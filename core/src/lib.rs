@@ -23,3 +23,5 @@ pub mod telemetry;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testing_broker;

@@ -10,7 +10,7 @@ pub mod relay;
 mod topics;
 pub mod trace;
 
-pub use admin::ensure_topics;
+pub use admin::{create_missing_topics, ensure_topics};
 pub use consumer::{ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError};
 pub use producer::{Delivered, Producer};
 pub use relay::{OutboxRelay, RelayHealth, RelaySettings};
