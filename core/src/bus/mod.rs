@@ -11,7 +11,9 @@ mod topics;
 pub mod trace;
 
 pub use admin::{create_missing_topics, ensure_topics};
-pub use consumer::{ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError};
+pub use consumer::{
+    ConsumerProbe, ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError,
+};
 pub use producer::{Delivered, Producer};
 pub use relay::{OutboxRelay, RelayHealth, RelaySettings};
 pub use topics::{Topic, Topics};
