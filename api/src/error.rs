@@ -5,6 +5,7 @@
 //! Internal failures are logged here with their detail and answered with a generic message:
 //! nothing about Postgres, Redis or Kafka ever reaches a client.
 
+use std::any::Any;
 use std::fmt;
 use std::time::Duration;
 
@@ -168,8 +169,17 @@ impl HttpError {
         error
     }
 
-    /// 500. The detail is logged, never sent.
-    pub fn internal(detail: impl fmt::Display) -> Self {
+    /// 500, or 503 when the cause is Postgres being unreachable (see [`db_unavailable`]):
+    /// then the request could not commit and a retry with the same `Idempotency-Key` after
+    /// `Retry-After` is the right move, not a bug report. The detail is logged, never sent.
+    pub fn internal<E: fmt::Display + 'static>(detail: E) -> Self {
+        if db_unavailable(&detail) {
+            tracing::warn!(error = %detail, "database unavailable");
+            return Self::unavailable(
+                "the database is unavailable; retry with the same Idempotency-Key after the Retry-After delay",
+                DB_RETRY_AFTER,
+            );
+        }
         tracing::error!(error = %detail, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -202,6 +212,37 @@ impl IntoResponse for HttpError {
             }
         }
         response
+    }
+}
+
+/// How long a client is asked to wait when Postgres is unreachable: a restart or failover
+/// takes seconds (5 s measured for a restart, issue 13).
+pub const DB_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Whether an error means "Postgres could not be reached or refused new work" (pool
+/// timeout, connection refused or lost, server shutting down or starting up, too many
+/// connections), as opposed to a bug or a constraint. Looks through `DbError` and
+/// `sqlx::Error`, the two shapes handlers pass to [`HttpError::internal`].
+pub fn db_unavailable(error: &dyn Any) -> bool {
+    if let Some(paygate_core::db::DbError::Sqlx(e)) =
+        error.downcast_ref::<paygate_core::db::DbError>()
+    {
+        return sqlx_unavailable(e);
+    }
+    error
+        .downcast_ref::<sqlx::Error>()
+        .is_some_and(sqlx_unavailable)
+}
+
+fn sqlx_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-03: admin shutdown, crash shutdown, cannot
+            // connect now (starting up); 53300: too many connections.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 

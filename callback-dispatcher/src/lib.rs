@@ -62,6 +62,12 @@ pub struct Dispatcher {
     pool: sqlx::PgPool,
     consumer: ConsumerRunner,
     scheduler: scheduler::Scheduler,
+    /// Re-announces terminal transactions with no webhook event (`[recovery]`). It runs
+    /// here, beside the webhook events it checks; its outbox rows are published by the
+    /// other services' relays (they poll), as this service writes no other outbox rows.
+    heal: paygate_core::heal::HealSettings,
+    /// What `/readyz` reports (registered when the dispatcher runs).
+    readiness: Arc<paygate_core::ready::Readiness>,
 }
 
 impl Dispatcher {
@@ -85,7 +91,14 @@ impl Dispatcher {
         );
         consumer_settings.concurrency = settings.concurrency.max(1);
         let producer = Producer::new(&config.kafka)?;
-        let consumer = ConsumerRunner::new(&config.kafka, consumer_settings, handler, producer)?;
+        let consumer =
+            ConsumerRunner::new(&config.kafka, consumer_settings, handler, producer.clone())?;
+        let readiness = paygate_core::ready::Readiness::for_worker(
+            &config,
+            pool.clone(),
+            producer,
+            consumer.probe(),
+        );
         let timeout = Duration::from_millis(settings.request_timeout_ms.max(1));
         let deliverer = Arc::new(worker::Deliverer {
             pool: pool.clone(),
@@ -110,23 +123,30 @@ impl Dispatcher {
             pool,
             consumer,
             scheduler,
+            heal: paygate_core::heal::HealSettings::completed(&config.recovery),
+            readiness,
         })
     }
 
     /// Consumes, schedules and delivers until `shutdown` is cancelled; then stops taking
     /// work, lets attempts in flight finish (up to the request timeout) and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DispatcherError> {
+        paygate_core::ready::register(self.readiness.clone());
         let backlog = tokio::spawn(scheduler::report_backlog(
             self.pool.clone(),
             BACKLOG_EVERY,
             shutdown.clone(),
         ));
+        let healer = tokio::spawn(
+            paygate_core::heal::Healer::new(self.pool.clone(), self.heal).run(shutdown.clone()),
+        );
         let (consumed, ()) = tokio::join!(
             self.consumer.run(shutdown.clone()),
             self.scheduler.run(shutdown.clone())
         );
         shutdown.cancel();
         let _ = backlog.await;
+        let _ = healer.await;
         consumed?;
         Ok(())
     }

@@ -61,6 +61,8 @@ pub struct CallbackProcessor {
     relay: OutboxRelay,
     handler: Arc<CallbackHandler>,
     pool: PgPool,
+    /// What `/readyz` reports (registered when the processor runs).
+    readiness: Arc<paygate_core::ready::Readiness>,
 }
 
 impl CallbackProcessor {
@@ -79,6 +81,12 @@ impl CallbackProcessor {
         settings.concurrency = config.callbacks.concurrency;
         let runner =
             ConsumerRunner::new(&config.kafka, settings, handler.clone(), producer.clone())?;
+        let readiness = paygate_core::ready::Readiness::for_worker(
+            &config,
+            pool.clone(),
+            producer.clone(),
+            runner.probe(),
+        );
         let relay = OutboxRelay::new(
             pool.clone(),
             producer,
@@ -93,6 +101,7 @@ impl CallbackProcessor {
             relay,
             handler,
             pool,
+            readiness,
         })
     }
 
@@ -108,6 +117,7 @@ impl CallbackProcessor {
     /// Consumes until `shutdown`, then drains running handlers, commits offsets and stops
     /// the relay (rows it has not published wait for the next relay).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
+        paygate_core::ready::register(self.readiness.clone());
         let relay_stop = shutdown.child_token();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
         tracing::info!("callback processor started");

@@ -37,6 +37,9 @@ pub struct Config {
     /// owns what a gateway's settings mean.
     #[serde(default)]
     pub gateways: BTreeMap<String, serde_json::Value>,
+    /// `[recovery]`: healing what the broker lost, readiness probes.
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -326,6 +329,40 @@ impl Default for Config {
                 scheduler_poll_ms: 500,
             },
             gateways: BTreeMap::new(),
+            recovery: RecoveryConfig::default(),
+        }
+    }
+}
+
+/// `[recovery]`: Postgres heals what the broker lost (see `paygate_core::heal`), and how
+/// workers' `/readyz` probes behave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// A `pending` transaction not claimed this long is announced again (payment processor).
+    pub pending_unclaimed_secs: u64,
+    /// A terminal transaction with no webhook event this long after it became terminal has
+    /// its `completed` event announced again (callback dispatcher).
+    pub webhook_missing_secs: u64,
+    /// How often each healer scans.
+    pub heal_poll_ms: u64,
+    /// Rows re-announced per scan, at most (a scan that fills it runs again at once).
+    pub heal_batch: i64,
+    /// How far back the webhook healer looks when a process starts.
+    pub heal_lookback_secs: u64,
+    /// How long a worker's `/readyz` answer is reused (probes are cheap under tight polling).
+    pub ready_cache_ms: u64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            pending_unclaimed_secs: 30,
+            webhook_missing_secs: 60,
+            heal_poll_ms: 5_000,
+            heal_batch: 256,
+            heal_lookback_secs: 24 * 3_600,
+            ready_cache_ms: 1_500,
         }
     }
 }

@@ -15,7 +15,9 @@ pub mod config;
 pub mod db;
 pub mod destination;
 pub mod domain;
+pub mod heal;
 pub mod lock;
+pub mod ready;
 pub mod secret;
 pub mod service;
 pub mod shutdown;
@@ -23,3 +25,5 @@ pub mod telemetry;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testing_broker;

@@ -54,6 +54,10 @@ pub struct PaymentProcessor {
     relay: OutboxRelay,
     scheduler: SchedulerSettings,
     pool: sqlx::PgPool,
+    /// Re-announces `pending` transactions nobody claimed (`[recovery]`).
+    heal: paygate_core::heal::HealSettings,
+    /// What `/readyz` reports (registered when the processor runs).
+    readiness: std::sync::Arc<paygate_core::ready::Readiness>,
 }
 
 impl PaymentProcessor {
@@ -115,6 +119,12 @@ impl PaymentProcessor {
             }),
             producer.clone(),
         )?;
+        let readiness = paygate_core::ready::Readiness::for_worker(
+            &config,
+            pool.clone(),
+            producer.clone(),
+            consumer.probe(),
+        );
         let relay = OutboxRelay::new(
             pool.clone(),
             producer,
@@ -138,6 +148,8 @@ impl PaymentProcessor {
             relay,
             scheduler,
             pool,
+            heal: paygate_core::heal::HealSettings::pending(&config.recovery),
+            readiness,
         })
     }
 
@@ -146,8 +158,10 @@ impl PaymentProcessor {
         self.engine.clone()
     }
 
-    /// Runs the consumer, the retry scheduler and an outbox relay until `shutdown`.
+    /// Runs the consumer, the retry scheduler, the pending healer and an outbox relay until
+    /// `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
+        paygate_core::ready::register(self.readiness.clone());
         let scheduler = tokio::spawn(scheduler::run(
             self.pool.clone(),
             self.engine.clone(),
@@ -155,8 +169,12 @@ impl PaymentProcessor {
             shutdown.clone(),
         ));
         let relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        let healer = tokio::spawn(
+            paygate_core::heal::Healer::new(self.pool.clone(), self.heal).run(shutdown.clone()),
+        );
         let consumed = self.consumer.run(shutdown.clone()).await;
         shutdown.cancel();
+        let _ = healer.await;
         let _ = scheduler.await;
         let _ = relay.await;
         consumed?;

@@ -33,6 +33,7 @@ use crate::AppState;
         (status = 415, description = "Content-Type is not application/json", body = crate::error::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with a different request", body = crate::error::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres unavailable: the request could not commit; retry with the same Idempotency-Key after Retry-After", body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -70,6 +71,7 @@ pub async fn create_deposit(
         (status = 415, description = "Content-Type is not application/json", body = crate::error::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with a different request", body = crate::error::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres unavailable: the request could not commit; retry with the same Idempotency-Key after Retry-After", body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
 )]

@@ -11,6 +11,7 @@ mod operations;
 mod outbox;
 mod rate_limit;
 mod transactions;
+mod unavailable;
 mod validation;
 mod webhook_endpoints;
 mod webhook_secrets;

@@ -18,14 +18,22 @@ type Admin = Arc<AdminClient<DefaultClientContext>>;
 /// broker lists them all. When they all exist already, no admin request is made (so a
 /// broker without CreateTopics, such as librdkafka's mock cluster with pre-made topics, works).
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), BusError> {
+    create_missing_topics(config).await.map(|_| ())
+}
+
+/// As [`ensure_topics`], returning how many topics had to be created. More than zero on a
+/// broker that served us before means it lost its state (restarted empty): producers and
+/// consumers holding its old metadata and producer ids should start afresh.
+pub async fn create_missing_topics(config: &KafkaConfig) -> Result<usize, BusError> {
     let admin: Admin = Arc::new(client_config(config).create()?);
     let topics = Topics::new(config.topic_prefix.clone());
     let names: Vec<String> = Topic::ALL.iter().map(|t| topics.name(*t)).collect();
     let listed = list_topics(&admin).await?;
     let missing: Vec<&String> = names.iter().filter(|n| !listed.contains(n)).collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let created = missing.len();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|name| {
@@ -52,7 +60,8 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), BusError> {
     loop {
         let listed = list_topics(&admin).await?;
         if names.iter().all(|n| listed.contains(n)) {
-            return Ok(());
+            tracing::info!(created, "created missing topics");
+            return Ok(created);
         }
         if tokio::time::Instant::now() > deadline {
             return Err(BusError::Other(format!(

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -132,6 +133,9 @@ impl ConsumerSettings {
 /// Shared between the runner and librdkafka's rebalance callbacks.
 struct RunnerContext {
     tracker: Arc<Mutex<OffsetTracker>>,
+    /// Partitions held right now (for readiness: a member holding none while its group has
+    /// lag is not doing its work).
+    assigned: Arc<AtomicUsize>,
 }
 
 impl ClientContext for RunnerContext {}
@@ -162,12 +166,18 @@ impl ConsumerContext for RunnerContext {
                 tracing::warn!(%error, "commit on partition revoke failed; the next owner replays from the last commit");
             }
         }
+        self.assigned.store(0, Ordering::Relaxed);
         tracing::info!(partitions = revoked.count(), "partitions revoked");
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
-            tracing::info!(partitions = assigned.count(), "partitions assigned");
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                self.assigned.store(assigned.count(), Ordering::Relaxed);
+                tracing::info!(partitions = assigned.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(_) => self.assigned.store(0, Ordering::Relaxed),
+            Rebalance::Error(_) => {}
         }
     }
 }
@@ -201,9 +211,58 @@ struct Worker {
 
 /// A consumer group member running one [`Handler`].
 pub struct ConsumerRunner {
-    consumer: StreamConsumer<RunnerContext>,
+    consumer: Arc<StreamConsumer<RunnerContext>>,
     worker: Arc<Worker>,
     topics: Topics,
+    assigned: Arc<AtomicUsize>,
+}
+
+/// What `/readyz` asks a running consumer: does it hold partitions, and if not, does its
+/// group have messages waiting (then it is idle while work waits).
+#[derive(Clone)]
+pub struct ConsumerProbe {
+    consumer: Arc<StreamConsumer<RunnerContext>>,
+    assigned: Arc<AtomicUsize>,
+    topics: Vec<String>,
+}
+
+impl ConsumerProbe {
+    /// Partitions this member holds now.
+    pub fn assigned(&self) -> usize {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// The group's lag (messages after its committed offsets, over every partition of its
+    /// topics), asked of the broker. Blocking calls run off the runtime's workers.
+    pub async fn group_lag(&self, timeout: Duration) -> Result<i64, BusError> {
+        let consumer = self.consumer.clone();
+        let topics = self.topics.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut list = TopicPartitionList::new();
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+                for t in metadata.topics() {
+                    for p in t.partitions() {
+                        list.add_partition(t.name(), p.id());
+                    }
+                }
+            }
+            let committed = consumer.committed_offsets(list, timeout)?;
+            let mut lag: i64 = 0;
+            for element in committed.elements() {
+                let (low, high) =
+                    consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
+                let from = match element.offset() {
+                    Offset::Offset(o) => o.max(low),
+                    _ => low,
+                };
+                lag = lag.saturating_add(high.saturating_sub(from).max(0));
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|e| BusError::Other(e.to_string()))?
+    }
 }
 
 impl ConsumerRunner {
@@ -215,6 +274,7 @@ impl ConsumerRunner {
         producer: Producer,
     ) -> Result<Self, BusError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+        let assigned = Arc::new(AtomicUsize::new(0));
         let consumer: StreamConsumer<RunnerContext> = client_config(config)
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
@@ -225,6 +285,7 @@ impl ConsumerRunner {
             .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
             .create_with_context(RunnerContext {
                 tracker: tracker.clone(),
+                assigned: assigned.clone(),
             })?;
         let topics = Topics::new(config.topic_prefix.clone());
         let names: Vec<String> = settings.topics.iter().map(|t| topics.name(*t)).collect();
@@ -239,10 +300,26 @@ impl ConsumerRunner {
             queues: Mutex::new(HashMap::new()),
         });
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             worker,
             topics,
+            assigned,
         })
+    }
+
+    /// A handle for readiness probes, valid while the runner runs.
+    pub fn probe(&self) -> ConsumerProbe {
+        ConsumerProbe {
+            consumer: self.consumer.clone(),
+            assigned: self.assigned.clone(),
+            topics: self
+                .worker
+                .settings
+                .topics
+                .iter()
+                .map(|t| self.topics.name(*t))
+                .collect(),
+        }
     }
 
     /// Runs until `shutdown` is cancelled, then drains and commits.

@@ -10,8 +10,10 @@ pub mod relay;
 mod topics;
 pub mod trace;
 
-pub use admin::ensure_topics;
-pub use consumer::{ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError};
+pub use admin::{create_missing_topics, ensure_topics};
+pub use consumer::{
+    ConsumerProbe, ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError,
+};
 pub use producer::{Delivered, Producer};
 pub use relay::{OutboxRelay, RelayHealth, RelaySettings};
 pub use topics::{Topic, Topics};

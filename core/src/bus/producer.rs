@@ -1,6 +1,11 @@
-//! The idempotent Kafka producer every service uses.
+//! The idempotent Kafka producer every service uses, and its recovery: a broker that
+//! restarted empty (tansu with memory storage) or that fenced the producer leaves the
+//! librdkafka client failing every send (`MessageTimedOut`, a fatal idempotence error) until
+//! it is replaced. [`Producer::renew`] replaces the client in place, for every clone.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -19,23 +24,26 @@ pub struct Delivered {
 
 /// An idempotent producer (`enable.idempotence=true`, so `acks=all` and in-order, no
 /// duplicates on internal retries). `send` returns only once the broker acknowledged.
+///
+/// Clones share one librdkafka client, so renewing it (after the broker lost its state)
+/// heals the relay, the DLQ writer and every other holder at once.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<RwLock<FutureProducer>>,
+    /// Kept to build a replacement client and to recreate topics.
+    config: Arc<KafkaConfig>,
+    /// How many times the client was replaced (a metric and a test hook).
+    renewals: Arc<AtomicU64>,
     topics: Topics,
     timeout: Duration,
 }
 
 impl Producer {
     pub fn new(config: &KafkaConfig) -> Result<Self, BusError> {
-        let inner: FutureProducer = client_config(config)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", config.message_timeout_ms.to_string())
-            .set("linger.ms", config.linger_ms.to_string())
-            .create()?;
         Ok(Self {
-            inner,
+            inner: Arc::new(RwLock::new(create(config)?)),
+            config: Arc::new(config.clone()),
+            renewals: Arc::new(AtomicU64::new(0)),
             topics: Topics::new(config.topic_prefix.clone()),
             timeout: Duration::from_millis(config.message_timeout_ms),
         })
@@ -43,6 +51,20 @@ impl Producer {
 
     pub fn topics(&self) -> &Topics {
         &self.topics
+    }
+
+    /// The settings this producer was built from.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// The current client (cheap: an `Arc` inside). A poisoned lock still holds a usable
+    /// client: the only writer swaps one value.
+    fn client(&self) -> FutureProducer {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Sends one message and waits for the broker's acknowledgement.
@@ -76,7 +98,7 @@ impl Producer {
             .key(key)
             .payload(payload)
             .headers(kafka_headers);
-        match self.inner.send(record, self.timeout).await {
+        match self.client().send(record, self.timeout).await {
             Ok(delivery) => Ok(Delivered {
                 partition: delivery.partition,
                 offset: delivery.offset,
@@ -87,17 +109,60 @@ impl Producer {
 
     /// Waits for queued messages to be delivered (at shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
-        self.inner.flush(timeout)?;
+        self.client().flush(timeout)?;
         Ok(())
     }
 
     /// Whether a broker answers a metadata request within `timeout` (for `/readyz`).
     pub async fn is_reachable(&self, timeout: Duration) -> bool {
-        let producer = self.inner.clone();
+        let producer = self.client();
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).is_ok())
             .await
             .unwrap_or(false)
     }
+
+    /// The client's fatal error, if it has one: librdkafka then fails every send until the
+    /// client is replaced (an idempotent producer fenced or out of sequence).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.client()
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    }
+
+    /// Replaces the librdkafka client with a fresh one (new producer id, empty metadata
+    /// cache), for every clone. Messages still queued in the old client fail (callers
+    /// publish at least once and retry), so call it when nothing of yours is in flight.
+    pub async fn renew(&self) -> Result<(), BusError> {
+        let fresh = create(&self.config)?;
+        let old = {
+            let mut guard = self
+                .inner
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::replace(&mut *guard, fresh)
+        };
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("paygate_producer_renewals_total").increment(1);
+        // Dropping the last handle purges and flushes (up to 500 ms) and joins librdkafka's
+        // threads: not on a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+        Ok(())
+    }
+
+    /// How many times [`Producer::renew`] replaced the client.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+}
+
+fn create(config: &KafkaConfig) -> Result<FutureProducer, BusError> {
+    Ok(client_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("linger.ms", config.linger_ms.to_string())
+        .create()?)
 }
 
 /// Settings every client shares.

@@ -20,7 +20,7 @@ use futures::future::join_all;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::Producer;
+use super::{create_missing_topics, Producer};
 use crate::db::{outbox, DbError};
 
 /// What `/readyz` and metrics read about a relay.
@@ -78,22 +78,42 @@ impl OutboxRelay {
 
     /// Runs until `shutdown`; a row claimed when shutdown comes is either stamped or left
     /// for the next relay, never lost.
+    ///
+    /// After a round the broker failed, the relay heals the broker side before trying again
+    /// (see [`OutboxRelay::recover`]) and backs off exponentially (`failure_backoff`, doubled
+    /// per failed round, at most [`MAX_FAILURE_BACKOFF`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut writes = outbox::watch_commits();
+        let mut failures: u32 = 0;
         tracing::info!("outbox relay started");
         loop {
             // Drain: keep publishing while rounds find rows (more arrive while one runs).
             let published = match self.publish_batch().await {
                 Ok(n) => {
+                    if failures > 0 {
+                        tracing::info!(failed_rounds = failures, "outbox relay recovered");
+                    }
+                    failures = 0;
                     self.health.broker_ok.store(true, Ordering::Relaxed);
                     n
                 }
                 Err(error) => {
-                    self.health.broker_ok.store(false, Ordering::Relaxed);
-                    tracing::warn!(%error, "outbox relay round failed; rows wait for the next round");
+                    failures = failures.saturating_add(1);
+                    let broker = matches!(error, RelayError::Broker(_));
+                    if broker {
+                        self.health.broker_ok.store(false, Ordering::Relaxed);
+                    }
+                    tracing::warn!(%error, failed_rounds = failures, "outbox relay round failed; rows wait for the next round");
+                    if broker {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            () = self.recover(failures) => {}
+                        }
+                    }
+                    let pause = failure_backoff(self.settings.failure_backoff, failures);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(self.settings.failure_backoff) => continue,
+                        _ = tokio::time::sleep(pause) => continue,
                     }
                 }
             };
@@ -112,6 +132,35 @@ impl OutboxRelay {
             }
         }
         tracing::info!("outbox relay stopped");
+    }
+
+    /// Heals what a failed round may have met: a broker that restarted without our topics
+    /// (they are created again), and a producer client that cannot recover by itself (a
+    /// fatal idempotence error, or a producer id the new broker never issued, which shows as
+    /// sends timing out forever). The client is replaced when topics had to be created, when
+    /// it reports a fatal error, or every [`RENEW_AFTER_FAILURES`] failed rounds in a row.
+    async fn recover(&self, failures: u32) {
+        let created = match create_missing_topics(self.producer.config()).await {
+            Ok(created) => created,
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay: could not check or create topics");
+                0
+            }
+        };
+        let fatal = self.producer.fatal_error();
+        let renew = created > 0 || fatal.is_some() || failures % RENEW_AFTER_FAILURES == 0;
+        if !renew {
+            return;
+        }
+        tracing::warn!(
+            topics_created = created,
+            fatal = fatal.as_deref().unwrap_or("none"),
+            failed_rounds = failures,
+            "outbox relay: replacing the Kafka producer"
+        );
+        if let Err(error) = self.producer.renew().await {
+            tracing::warn!(%error, "outbox relay: could not create a new Kafka producer");
+        }
     }
 
     /// Publishes one batch; returns how many rows were published.
@@ -155,10 +204,43 @@ impl OutboxRelay {
     }
 }
 
+/// Failed rounds in a row after which the producer client is replaced even without a sign
+/// that the broker lost its state (sends that only ever time out).
+pub const RENEW_AFTER_FAILURES: u32 = 3;
+/// The longest pause between failed rounds.
+pub const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// `base` doubled per failed round after the first, at most [`MAX_FAILURE_BACKOFF`] (and
+/// never less than `base`).
+fn failure_backoff(base: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    base.saturating_mul(1u32 << doublings)
+        .min(MAX_FAILURE_BACKOFF)
+        .max(base)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("broker: {0}")]
     Broker(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_backoff_doubles_up_to_the_cap() {
+        let base = Duration::from_millis(500);
+        assert_eq!(failure_backoff(base, 1), base);
+        assert_eq!(failure_backoff(base, 2), Duration::from_secs(1));
+        assert_eq!(failure_backoff(base, 3), Duration::from_secs(2));
+        assert_eq!(failure_backoff(base, 40), MAX_FAILURE_BACKOFF);
+        assert_eq!(failure_backoff(base, u32::MAX), MAX_FAILURE_BACKOFF);
+        // A base above the cap is kept: the caller asked for at least that.
+        let slow = Duration::from_secs(20);
+        assert_eq!(failure_backoff(slow, 5), slow);
+    }
 }

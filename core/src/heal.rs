@@ -1,0 +1,199 @@
+//! Postgres heals what the broker lost. The database is the source of truth; Kafka only
+//! carries announcements. When a broker restarts empty, or a consumer group skips messages
+//! after losing its offsets, some announcements never reach their handler:
+//!
+//! - a `pending` transaction nobody claimed within `recovery.pending_unclaimed_secs` is
+//!   announced again (`transactions.pending`, at its current version) — run by the payment
+//!   processor, whose relay publishes it at once;
+//! - a terminal (`succeeded`/`failed`) transaction with no webhook event
+//!   `recovery.webhook_missing_secs` after it became terminal has its `completed` event
+//!   announced again — run by the callback dispatcher, which owns webhook events.
+//!
+//! Both go through the outbox (one commit with the stamp in `heal_marks`), in batches of at
+//! most `recovery.heal_batch`, through the same idempotent handlers: the processor acts only
+//! on the version it is told and under a version check; webhook event ids are deterministic.
+//! A repeat therefore changes nothing. A row is re-announced at most once per bound; if
+//! that announcement is lost too, it is re-announced after another bound.
+//!
+//! Messages are built by [`crate::announce`], the one place that builds them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::announce;
+use crate::config::RecoveryConfig;
+use crate::db::heal::{self as queries, HealKind};
+use crate::db::{outbox, transactions, DbError};
+use crate::domain::{TransactionId, TransactionStatus};
+
+/// One healer's knobs.
+#[derive(Debug, Clone, Copy)]
+pub struct HealSettings {
+    pub kind: HealKind,
+    /// How long a transaction may wait for its handler before it is announced again.
+    pub bound: Duration,
+    pub poll: Duration,
+    pub batch: i64,
+    /// How far back the `completed` healer looks at start.
+    pub lookback: Duration,
+}
+
+impl HealSettings {
+    /// The `pending` healer from `[recovery]`.
+    pub fn pending(config: &RecoveryConfig) -> Self {
+        Self {
+            kind: HealKind::Pending,
+            bound: Duration::from_secs(config.pending_unclaimed_secs),
+            poll: Duration::from_millis(config.heal_poll_ms.max(10)),
+            batch: config.heal_batch.max(1),
+            lookback: Duration::from_secs(config.heal_lookback_secs),
+        }
+    }
+
+    /// The `completed` (webhook) healer from `[recovery]`.
+    pub fn completed(config: &RecoveryConfig) -> Self {
+        Self {
+            kind: HealKind::Completed,
+            bound: Duration::from_secs(config.webhook_missing_secs),
+            ..Self::pending(config)
+        }
+    }
+}
+
+/// A healer: [`Healer::scan_once`] in a loop ([`Healer::run`]).
+pub struct Healer {
+    pool: PgPool,
+    settings: HealSettings,
+    /// `completed` only: terminal rows before this were already checked (rows re-announced
+    /// are followed through `heal_marks` instead), so a scan reads only new terminal rows.
+    checked_until: DateTime<Utc>,
+}
+
+impl Healer {
+    pub fn new(pool: PgPool, settings: HealSettings) -> Self {
+        let lookback = TimeDelta::from_std(settings.lookback).unwrap_or(TimeDelta::days(1));
+        let now = Utc::now();
+        Self {
+            pool,
+            settings,
+            checked_until: now.checked_sub_signed(lookback).unwrap_or(now),
+        }
+    }
+
+    /// Scans until `shutdown`; a failed scan (database down) is logged and tried again at
+    /// the next poll.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let kind = self.settings.kind.as_str();
+        tracing::info!(
+            kind,
+            bound_secs = self.settings.bound.as_secs(),
+            "healer started"
+        );
+        loop {
+            let pause = match self.scan_once().await {
+                // A full batch: there may be more, go again at once.
+                Ok(n) if i64::try_from(n).unwrap_or(i64::MAX) >= self.settings.batch => {
+                    Duration::ZERO
+                }
+                Ok(_) => self.settings.poll,
+                Err(error) => {
+                    tracing::warn!(kind, %error, "heal scan failed; trying again later");
+                    self.settings.poll
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::info!(kind, "healer stopped");
+    }
+
+    /// One scan: re-announces what the broker seems to have lost; returns how many.
+    pub async fn scan_once(&mut self) -> Result<usize, DbError> {
+        let bound = self.settings.bound;
+        let limit = self.settings.batch;
+        let mut db = self.pool.begin().await?;
+        let (candidates, next_checked) = match self.settings.kind {
+            HealKind::Pending => (
+                queries::unclaimed_pending(&mut db, bound, limit).await?,
+                None,
+            ),
+            HealKind::Completed => {
+                let mut candidates =
+                    queries::completed_still_missing(&mut db, bound, limit).await?;
+                let room = limit.saturating_sub(i64::try_from(candidates.len()).unwrap_or(limit));
+                let (fresh, upper) = queries::terminal_without_event(
+                    &mut db,
+                    self.checked_until,
+                    bound,
+                    room.max(1),
+                )
+                .await?;
+                // Not all found: everything before `upper` is checked. Otherwise continue
+                // after the last one found (marked rows are excluded next time).
+                let next = if i64::try_from(fresh.len()).unwrap_or(i64::MAX) < room.max(1) {
+                    upper
+                } else {
+                    fresh.last().map(|(_, _, at)| *at).unwrap_or(upper)
+                };
+                candidates.extend(fresh.into_iter().map(|(id, version, _)| (id, version)));
+                (candidates, Some(next))
+            }
+        };
+        let won = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            queries::mark(&mut db, self.settings.kind, &candidates, bound).await?
+        };
+        let mut announced = 0usize;
+        for id in won {
+            if self.announce(&mut db, id).await? {
+                announced += 1;
+            }
+        }
+        db.commit().await?;
+        if let Some(next) = next_checked {
+            self.checked_until = self.checked_until.max(next);
+        }
+        if announced > 0 {
+            outbox::committed();
+            metrics::counter!("paygate_heal_reannounced_total", "kind" => self.settings.kind.as_str())
+                .increment(announced as u64);
+            tracing::warn!(
+                kind = self.settings.kind.as_str(),
+                announced,
+                "re-announced transactions the broker seems to have lost"
+            );
+        }
+        Ok(announced)
+    }
+
+    /// Writes the announcement for one transaction if it is still in the state the scan saw.
+    async fn announce(
+        &self,
+        db: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        id: Uuid,
+    ) -> Result<bool, DbError> {
+        let Some(transaction) = transactions::get(&mut **db, TransactionId::from_uuid(id)).await?
+        else {
+            return Ok(false);
+        };
+        let message = match self.settings.kind {
+            HealKind::Pending if transaction.status == TransactionStatus::Pending => {
+                announce::pending(&transaction, None)
+            }
+            HealKind::Completed if transaction.status.is_terminal() => {
+                announce::completed(&transaction, None)
+            }
+            // Moved on since the scan: its own handler has it.
+            _ => return Ok(false),
+        };
+        outbox::enqueue(&mut **db, &message).await?;
+        Ok(true)
+    }
+}
