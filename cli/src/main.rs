@@ -5,10 +5,13 @@
 //! - `paygate topics create`: create the Kafka topics (brokers may not auto-create);
 //! - `paygate merchants create --name …`: create a merchant and print its API key once;
 //! - `paygate merchants revoke-key --key …`: revoke a key;
+//! - `paygate transactions resolve <id> --succeeded|--failed --reason …`: settle an
+//!   `unresolved` payment by hand, audited;
 //! - `paygate bench accept --key …`: accept throughput and latency of a running API;
 //! - `paygate bench e2e`: the whole running pipeline, accept to signed webhook.
 
 mod merchants;
+mod transactions;
 
 use std::time::Duration;
 
@@ -57,6 +60,11 @@ enum Command {
     Merchants {
         #[command(subcommand)]
         action: merchants::Action,
+    },
+    /// Operator actions on transactions.
+    Transactions {
+        #[command(subcommand)]
+        action: transactions::Action,
     },
     /// Benchmarks against a running paygate (e.g. `paygate dev` in another terminal).
     Bench {
@@ -137,6 +145,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             );
         }
         Command::Merchants { action } => merchants::run(action, &config).await?,
+        Command::Transactions { action } => transactions::run(action, &config).await?,
         Command::Bench {
             which: BenchCommand::Accept(args),
         } => {

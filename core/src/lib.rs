@@ -18,6 +18,7 @@ pub mod domain;
 pub mod heal;
 pub mod lock;
 pub mod ready;
+pub mod resolution;
 pub mod secret;
 pub mod service;
 pub mod shutdown;

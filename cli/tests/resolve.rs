@@ -1,0 +1,240 @@
+//! `paygate transactions resolve`, run as the binary against a real Postgres: an unresolved
+//! payment is settled by hand with an audit row and its announcement, in one commit; anything
+//! else is refused with a message naming the problem, and nothing is written.
+
+use std::process::Output;
+
+use chrono::Utc;
+use paygate_core::announce;
+use paygate_core::config::Config;
+use paygate_core::db::transactions;
+use paygate_core::domain::{
+    CustomerReference, Money, NewTransaction, Transaction, TransactionKind, TransactionStatus,
+};
+use sqlx::PgPool;
+
+type TestResult = anyhow::Result<()>;
+
+async fn world() -> anyhow::Result<(Config, PgPool)> {
+    Ok(paygate_core::testing::isolated_config().await?)
+}
+
+/// A withdrawal that reached `status` the way the processor moves it there.
+async fn transaction(pool: &PgPool, path: &[TransactionStatus]) -> anyhow::Result<Transaction> {
+    let merchant = paygate_core::db::merchants::create(pool, "Resolve tests").await?;
+    let mut tx = Transaction::create(
+        NewTransaction {
+            merchant_id: merchant.id,
+            kind: TransactionKind::Withdrawal,
+            money: Money::from_parts(2_500, "EUR")?,
+            customer: CustomerReference::parse("cust_1")?,
+            gateway: None,
+            callback_url: None,
+            metadata: serde_json::json!({}),
+        },
+        Utc::now(),
+    );
+    transactions::insert(pool, &tx, None, &announce::pending(&tx, None)).await?;
+    for status in path {
+        let mut update = tx.advance(*status, Utc::now())?;
+        if *status == TransactionStatus::Submitting {
+            update = update
+                .start_attempt()
+                .routed_to(paygate_core::domain::GatewayName::parse("gw")?);
+        }
+        if *status == TransactionStatus::Unresolved {
+            update = update
+                .pin_ambiguous(Utc::now())
+                .failure("outcome_unknown", "502");
+        }
+        tx = transactions::apply(pool, &update)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("update did not apply"))?;
+    }
+    Ok(tx)
+}
+
+fn paygate(config: &Config, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .args(args)
+        .env("PAYGATE_DATABASE_URL", &config.database.url)
+        .env("PAYGATE_REDIS_URL", &config.redis.url)
+        .env("PAYGATE_REDIS_KEY_PREFIX", &config.redis.key_prefix)
+        .env("PAYGATE_LOG_FILTER", "warn")
+        .output()?)
+}
+
+async fn completed_rows(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+use TransactionStatus::*;
+
+#[tokio::test]
+async fn an_unresolved_payment_is_resolved_with_an_audit_row_and_a_webhook() -> TestResult {
+    let (config, pool) = world().await?;
+    let tx = transaction(&pool, &[Submitting, Unresolved]).await?;
+    let id = tx.id.to_string();
+    let out = paygate(
+        &config,
+        &[
+            "transactions",
+            "resolve",
+            &id,
+            "--succeeded",
+            "--reason",
+            "provider dashboard: paid 12:03",
+            "--actor",
+            "ops@example.com",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
+
+    let now = transactions::get(&pool, tx.id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("gone"))?;
+    assert_eq!(now.status, Succeeded);
+    assert_eq!(now.version, tx.version + 1);
+    assert_eq!(now.failure, None);
+    let audit = transactions::resolutions(&pool, tx.id).await?;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].previous_status, Unresolved);
+    assert_eq!(audit[0].previous_version, tx.version);
+    assert_eq!(audit[0].resolved_status, Succeeded);
+    assert_eq!(audit[0].resolution.actor, "ops@example.com");
+    assert_eq!(audit[0].resolution.reason, "provider dashboard: paid 12:03");
+    assert_eq!(completed_rows(&pool).await?, 1, "the merchant is told");
+
+    // A second resolution is refused: it is no longer unresolved.
+    let again = paygate(
+        &config,
+        &[
+            "transactions",
+            "resolve",
+            &id,
+            "--failed",
+            "--reason",
+            "oops",
+        ],
+    )?;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is succeeded, not unresolved"));
+    assert_eq!(transactions::resolutions(&pool, tx.id).await?.len(), 1);
+    assert_eq!(completed_rows(&pool).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_resolution_names_its_reason_on_the_transaction() -> TestResult {
+    let (config, pool) = world().await?;
+    let tx = transaction(&pool, &[Submitting, Unresolved]).await?;
+    let out = paygate(
+        &config,
+        &[
+            "transactions",
+            "resolve",
+            &tx.id.to_string(),
+            "--failed",
+            "--reason",
+            "provider: never received",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = transactions::get(&pool, tx.id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("gone"))?;
+    assert_eq!(now.status, Failed);
+    let failure = now.failure.ok_or_else(|| anyhow::anyhow!("no failure"))?;
+    assert_eq!(failure.code, paygate_core::resolution::RESOLVED_FAILED);
+    assert!(failure.message.contains("provider: never received"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_write_nothing() -> TestResult {
+    let (config, pool) = world().await?;
+    let in_flight = transaction(&pool, &[Submitting, Submitted]).await?;
+    let unresolved = transaction(&pool, &[Submitting, Unresolved]).await?;
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                in_flight.id.to_string(),
+                "--succeeded".into(),
+                "--reason".into(),
+                "x".into(),
+            ],
+            "is submitted, not unresolved",
+        ),
+        (
+            vec![
+                "txn_0000".into(),
+                "--succeeded".into(),
+                "--reason".into(),
+                "x".into(),
+            ],
+            "not a valid transaction id",
+        ),
+        (
+            vec![
+                paygate_core::domain::TransactionId::new().to_string(),
+                "--failed".into(),
+                "--reason".into(),
+                "x".into(),
+            ],
+            "no transaction",
+        ),
+        (
+            vec![
+                unresolved.id.to_string(),
+                "--failed".into(),
+                "--reason".into(),
+                "   ".into(),
+            ],
+            "reason must be 1 to 2000 characters",
+        ),
+        (
+            vec![unresolved.id.to_string(), "--reason".into(), "x".into()],
+            "--succeeded|--failed",
+        ),
+        (
+            vec![
+                unresolved.id.to_string(),
+                "--succeeded".into(),
+                "--failed".into(),
+                "--reason".into(),
+                "x".into(),
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["transactions", "resolve"];
+        full.extend(args.iter().map(String::as_str));
+        let out = paygate(&config, &full)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    for tx in [&in_flight, &unresolved] {
+        let now = transactions::get(&pool, tx.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("gone"))?;
+        assert_eq!(now.version, tx.version, "nothing written");
+        assert!(transactions::resolutions(&pool, tx.id).await?.is_empty());
+    }
+    assert_eq!(completed_rows(&pool).await?, 0);
+    Ok(())
+}
