@@ -32,6 +32,11 @@ pub struct TransactionResource {
     pub customer: String,
     /// The gateway asked for, or chosen by routing once processed.
     pub gateway: Option<String>,
+    /// `pending`, `submitting`, `submitted` and `retry_scheduled` are on their way;
+    /// `succeeded` and `failed` are final. `unresolved` means a provider may have executed
+    /// the payment and paygate cannot tell yet: **do not re-issue it** (the customer could be
+    /// paid twice). paygate keeps asking the provider for up to 72 hours and an operator
+    /// settles what remains; `transaction.succeeded` or `transaction.failed` follows.
     pub status: TransactionStatus,
     /// Provider calls made so far.
     pub attempts: i32,
@@ -268,7 +273,9 @@ pub struct WebhookEventResource {
     /// Always `event`.
     #[schema(example = "event")]
     pub object: String,
-    /// `transaction.succeeded` or `transaction.failed`.
+    /// `transaction.succeeded`, `transaction.failed`, or `transaction.unresolved` (sent
+    /// once when a provider may have executed the payment and paygate cannot tell yet: do
+    /// not re-issue it; `.succeeded` or `.failed` follows when it is settled).
     #[serde(rename = "type")]
     #[schema(example = "transaction.succeeded")]
     pub event_type: String,

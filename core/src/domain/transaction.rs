@@ -68,7 +68,8 @@ pub struct UnknownVariant {
     pub value: String,
 }
 
-/// Where a transaction is in its life. See the module docs for the diagram.
+/// Where a transaction is in its life. See the module docs for the diagram. `unresolved`:
+/// a provider may have executed it and paygate cannot tell yet; do not re-issue it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransactionStatus {
