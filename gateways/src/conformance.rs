@@ -377,6 +377,7 @@ impl Kit<'_> {
         self.status_checks(genuine.as_ref().map(|(tx, _)| tx)).await;
         self.error_classes().await;
         self.lost_response().await;
+        self.executed_but_refused().await;
         match genuine {
             Some((tx, captured)) => self.hostile_callbacks(&tx, &captured),
             None => self.record(
@@ -486,6 +487,52 @@ impl Kit<'_> {
             false,
         )
         .await;
+    }
+
+    /// Answers that come after the provider may have executed (run after the checks that
+    /// count callbacks, since these executions send some).
+    async fn executed_but_refused(&mut self) {
+        self.clear();
+        // A load balancer's 502 after the provider committed: the payment moved, so the
+        // connector must not call it retryable (failover would pay twice).
+        self.expect_error(
+            "executed_then_502_is_ambiguous",
+            json!({"execute_then_error_rate": 1.0, "execute_then_error_status": 502}),
+            |e| matches!(e, GatewayError::Ambiguous { .. }),
+            true,
+        )
+        .await;
+        self.duplicate_reference().await;
+        // Both executed and send their callbacks: let them land before the next checks.
+        self.callbacks(2).await;
+        self.clear();
+    }
+
+    /// The provider refuses a resubmitted known reference: the first request may have
+    /// executed, so the refusal is ambiguous (a status query tells), never a decline.
+    async fn duplicate_reference(&mut self) {
+        let result = async {
+            self.knobs(json!({"duplicate_reference_status": 409}))
+                .await?;
+            let tx = transaction(TransactionKind::Withdrawal, 4000)
+                .ok_or("cannot build a transaction")?;
+            self.submit(&tx)
+                .await
+                .map_err(|e| format!("first attempt: {e}"))?;
+            let before = self.stats().await?;
+            let second = self.submit(&tx).await;
+            let after = self.stats().await?;
+            let executed = after["executions"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before["executions"].as_u64().unwrap_or(0));
+            match second {
+                Err(e @ GatewayError::Ambiguous { .. }) if executed == 0 => Ok(e.to_string()),
+                other => Err(format!("resubmit: {other:?}, executions +{executed}")),
+            }
+        }
+        .await;
+        self.record("duplicate_reference_refusal_is_ambiguous", result);
     }
 
     /// Executed but the answer is lost: `Ambiguous`; the retry with the same reference is
