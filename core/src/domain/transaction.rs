@@ -379,7 +379,7 @@ mod tests {
         Transaction::create(new, Utc::now())
     }
 
-    /// Every (from, to) pair, against the table DESIGN.md gives.
+    /// Every (from, to) pair, against the table docs/ARCHITECTURE.md gives.
     #[test]
     fn state_machine_is_exactly_the_designed_one() {
         let allowed: &[(TransactionStatus, TransactionStatus)] = &[
