@@ -204,7 +204,8 @@ impl Running {
     }
 }
 
-/// A transaction committed and moved to `status` (terminal), as the processors would.
+/// A transaction committed and moved to `status` (terminal or unresolved), as the processors
+/// would.
 async fn completed_transaction(
     pool: &PgPool,
     merchant: MerchantId,
@@ -244,9 +245,15 @@ async fn completed_transaction(
             )
             .await?
             .ok_or("submitting not applied")?;
-            let update = submitting
-                .advance(TransactionStatus::Succeeded, Utc::now())?
-                .provider_reference("prov_1");
+            let update = match status {
+                TransactionStatus::Unresolved => submitting
+                    .advance(TransactionStatus::Unresolved, Utc::now())?
+                    .pin_ambiguous(Utc::now())
+                    .failure("outcome_unknown", "502 after the request was sent"),
+                _ => submitting
+                    .advance(TransactionStatus::Succeeded, Utc::now())?
+                    .provider_reference("prov_1"),
+            };
             transactions::apply(pool, &update).await?
         }
     };
@@ -792,5 +799,64 @@ async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
     assert_eq!(deliveries[0].state, DeliveryState::Disabled);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(receiver.received().len(), 2, "no attempt after disabling");
+    dispatcher.stop().await
+}
+
+/// A payment whose outcome is unknown: the merchant is told once (`transaction.unresolved`,
+/// do not re-issue); once it is settled, a replayed "unresolved" announcement tells nothing
+/// more, and the settled outcome is its own event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolved_payment_is_told_once_and_its_settlement_follows() -> TestResult {
+    let (config, pool) = test_config(&[0, 1, 1]).await?;
+    let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(
+        &pool,
+        merchant,
+        Some(format!("{}/callback", receiver.base)),
+        TransactionStatus::Unresolved,
+    )
+    .await?;
+    publish_completed(&producer, &tx).await?;
+    eventually("the unresolved event delivered", WAIT, || async {
+        !receiver.received().is_empty()
+    })
+    .await?;
+    let told = receiver.received();
+    let payload = told[0].json();
+    assert_eq!(payload["type"], "transaction.unresolved");
+    assert_eq!(payload["data"]["status"], "unresolved");
+    assert_eq!(
+        told[0].header("webhook-id"),
+        webhook_deliveries::event_id_for(tx.id, TransactionStatus::Unresolved).to_string()
+    );
+
+    // The provider's answer settles it; the old announcement is replayed afterwards.
+    let settled = transactions::apply(
+        &pool,
+        &tx.advance(TransactionStatus::Succeeded, Utc::now())?
+            .clear_failure(),
+    )
+    .await?
+    .ok_or("settlement not applied")?;
+    publish_completed(&producer, &tx).await?;
+    publish_completed(&producer, &settled).await?;
+    eventually("the settlement delivered", WAIT, || async {
+        receiver.received().len() >= 2
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let all = receiver.received();
+    let types: Vec<String> = all
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        vec!["transaction.unresolved", "transaction.succeeded"]
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM webhook_events").await, 2);
     dispatcher.stop().await
 }
