@@ -568,6 +568,9 @@ async fn service_build<T>(
         })
 }
 
+/// The settle window of the sandbox gateways' status queries (ms).
+const SANDBOX_SETTLE_MS: u64 = 5_000;
+
 /// `[gateways.*]` for the three sandbox accounts.
 fn sandbox_gateways(sandbox: &paygate_sandbox::Sandbox) -> BTreeMap<String, serde_json::Value> {
     DEV_GATEWAYS
@@ -578,6 +581,8 @@ fn sandbox_gateways(sandbox: &paygate_sandbox::Sandbox) -> BTreeMap<String, serd
                 "base_url": sandbox.account_url(name),
                 "secret_key": paygate_sandbox::DEFAULT_SECRET_KEY,
                 "webhook_secret": paygate_sandbox::DEFAULT_WEBHOOK_SECRET,
+                // The sandbox's status endpoint does not lag unless told to.
+                "status_not_found_after_ms": SANDBOX_SETTLE_MS,
             });
             ((*name).to_owned(), table)
         })

@@ -24,6 +24,8 @@ use crate::process::{Launch, Service, ServiceProcess};
 pub const GATEWAYS: [(&str, &str); 3] = paygate_cli::dev::DEV_GATEWAYS;
 /// The routing rule for transactions that name no gateway (as `paygate dev`'s).
 pub const ROUTE: [&str; 3] = ["sandbox-json", "sandbox-proto", "sandbox-soap"];
+/// The settle window of the sandbox gateways' status queries (ms): the sandbox does not lag.
+pub const SANDBOX_SETTLE_MS: u64 = 5_000;
 
 /// How long each process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(45);
@@ -322,11 +324,13 @@ impl Topology {
             c.kafka.partitions,
             ports.api,
         );
+        // The sandbox's status endpoint does not lag unless told to (its knob
+        // `status_not_found_for_ms`): a short settle window keeps crash recovery quick.
         for (name, kind) in GATEWAYS {
             let _ = writeln!(
                 toml,
                 "[gateways.{name}]\nkind = {}\nbase_url = \"http://127.0.0.1:{}/{name}\"\n\
-                 secret_key = {}\nwebhook_secret = {}\n",
+                 secret_key = {}\nwebhook_secret = {}\nstatus_not_found_after_ms = {SANDBOX_SETTLE_MS}\n",
                 q(kind),
                 ports.sandbox,
                 q(paygate_sandbox::DEFAULT_SECRET_KEY),
