@@ -210,7 +210,7 @@ impl Engine {
             // A replay of an older event: acting on it would retry before the backoff is over.
             return Ok(Outcome::Skipped("stale event"));
         }
-        let tx = match self.ask_if_pinned(tx, trace.clone()).await? {
+        let tx = match self.ask_if_pinned(tx, trace).await? {
             AfterAsking::Done(outcome) => return Ok(outcome),
             AfterAsking::Attempt(tx) => *tx,
         };
