@@ -43,6 +43,9 @@ pub struct TopologyOptions {
     pub sandbox_knobs: Value,
     /// `PAYGATE_*` variables for every paygate service, over the harness's configuration.
     pub env: BTreeMap<String, String>,
+    /// The gateways of the routing rule (failover on) for transactions that name none;
+    /// empty means [`ROUTE`]. (Routes are an array of tables: no variable can set them.)
+    pub route: Vec<String>,
 }
 
 impl Default for TopologyOptions {
@@ -50,6 +53,7 @@ impl Default for TopologyOptions {
         Self {
             sandbox_knobs: Value::Object(Default::default()),
             env: BTreeMap::new(),
+            route: Vec::new(),
         }
     }
 }
@@ -228,7 +232,7 @@ impl Topology {
         options: &TopologyOptions,
     ) -> anyhow::Result<()> {
         let config_path = self.dir.join("paygate.toml");
-        std::fs::write(&config_path, self.config_file(ports))
+        std::fs::write(&config_path, self.config_file(ports, &options.route))
             .with_context(|| format!("writing {}", config_path.display()))?;
 
         let mut base = BTreeMap::new();
@@ -301,7 +305,7 @@ impl Topology {
 
     /// The TOML every paygate service reads (`PAYGATE_CONFIG`): this run's identity,
     /// ports, gateways, route, and timings short enough for tests.
-    fn config_file(&self, ports: &Ports) -> String {
+    fn config_file(&self, ports: &Ports, route: &[String]) -> String {
         let q = |s: &str| Value::String(s.to_owned()).to_string();
         let c = &self.config;
         let mut toml = String::new();
@@ -337,7 +341,11 @@ impl Topology {
                 q(paygate_sandbox::DEFAULT_WEBHOOK_SECRET),
             );
         }
-        let route: Vec<String> = ROUTE.iter().map(|g| q(g)).collect();
+        let route: Vec<String> = if route.is_empty() {
+            ROUTE.iter().map(|g| q(g)).collect()
+        } else {
+            route.iter().map(|g| q(g)).collect()
+        };
         let _ = writeln!(
             toml,
             "[[processor.routes]]\ngateways = [{}]\nfailover = true",

@@ -141,10 +141,13 @@ mod tests {
         assert_eq!(check_outcome(&fresh, &name("a"), &report()), Ok(()));
     }
 
+    /// A report and the mismatch it must produce.
+    type Case = (Reported, fn(&OutcomeMismatch) -> bool);
+
     #[test]
     fn each_fact_that_differs_is_named() {
         let tx = ours();
-        let cases: Vec<(Reported, fn(&OutcomeMismatch) -> bool)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 Reported {
                     money: Some(money(1051, "USD")),

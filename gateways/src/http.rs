@@ -137,6 +137,10 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<Gatewa
 /// is never a decline: a status query tells what became of it.
 pub const DUPLICATE_REFERENCE_CODES: &[&str] = &["duplicate_reference", "duplicate_transaction"];
 
+/// How [`refusal`] opens the reason of a duplicate-reference refusal, so
+/// [`GatewayError::is_duplicate_reference`] can tell it from other ambiguous failures.
+pub const DUPLICATE_REFERENCE_REASON: &str = "provider already holds this reference";
+
 /// A provider's `4xx` refusal with its code, if it gave one: `Ambiguous` for a duplicate
 /// reference (`409`, or a code in [`DUPLICATE_REFERENCE_CODES`]), else `Permanent`.
 pub fn refusal(status: StatusCode, code: Option<String>, reason: String) -> GatewayError {
@@ -146,7 +150,7 @@ pub fn refusal(status: StatusCode, code: Option<String>, reason: String) -> Gate
             .is_some_and(|c| DUPLICATE_REFERENCE_CODES.contains(&c));
     if duplicate {
         return GatewayError::Ambiguous {
-            reason: format!("provider already holds this reference ({status}): {reason}"),
+            reason: format!("{DUPLICATE_REFERENCE_REASON} ({status}): {reason}"),
         };
     }
     GatewayError::Permanent {
@@ -279,6 +283,14 @@ mod tests {
             refused(400, Some("duplicate_reference")),
             GatewayError::Ambiguous { .. }
         ));
+        // Told apart from other ambiguous failures, so the processor can keep the fact.
+        assert!(refused(409, None).is_duplicate_reference());
+        assert!(refused(422, Some("duplicate_transaction")).is_duplicate_reference());
+        assert!(!GatewayError::Ambiguous {
+            reason: "provider answered 502".into()
+        }
+        .is_duplicate_reference());
+        assert!(!refused(402, Some("declined")).is_duplicate_reference());
         assert_eq!(
             refused(402, Some("declined")),
             GatewayError::Permanent {

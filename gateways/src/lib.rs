@@ -77,6 +77,16 @@ pub enum GatewayError {
     Permanent { code: String, reason: String },
 }
 
+impl GatewayError {
+    /// Whether this is a provider's "duplicate reference" refusal ([`http::refusal`]): the
+    /// provider holds our reference, so the payment reached it, whatever its status query
+    /// says while it lags. Still `Ambiguous` (the class is the table's); the processor keeps
+    /// the fact so a later "not found" is never read as "never executed".
+    pub fn is_duplicate_reference(&self) -> bool {
+        matches!(self, Self::Ambiguous { reason } if reason.starts_with(http::DUPLICATE_REFERENCE_REASON))
+    }
+}
+
 /// How the provider answered an accepted request. A synchronous decline is not a status
 /// but [`GatewayError::Permanent`]: one encoding for one fact.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,6 +62,28 @@ pub mod codes {
     /// `failed` after `unresolved`: the provider confirmed, past its settle window, that it
     /// never received the payment.
     pub const NOT_EXECUTED: &str = "not_executed";
+    /// Pinned (`retry_scheduled` or `unresolved`): the provider refused a resubmit as a
+    /// duplicate reference, so it holds the payment. Kept on every later write while the
+    /// payment is pinned ([`super::sticky`]): its status query's "not found" is lag, never
+    /// "never executed".
+    pub const DUPLICATE_REFERENCE: &str = "duplicate_reference";
+}
+
+/// The code to record on a pinned payment: `code`, unless the provider has refused a
+/// resubmit as a duplicate reference, a fact an ordinary ambiguous failure or an
+/// inconclusive status answer must not erase (else a later "not found" past the settle
+/// window would fail a payment the provider executed).
+pub(crate) fn sticky<'a>(tx: &Transaction, code: &'a str) -> &'a str {
+    let ordinary = [
+        codes::AMBIGUOUS,
+        codes::STATUS_UNKNOWN,
+        codes::OUTCOME_UNKNOWN,
+    ];
+    if crate::status_step::holds_reference(tx) && ordinary.contains(&code) {
+        codes::DUPLICATE_REFERENCE
+    } else {
+        code
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -188,7 +210,7 @@ impl Engine {
             // A replay of an older event: acting on it would retry before the backoff is over.
             return Ok(Outcome::Skipped("stale event"));
         }
-        let tx = match self.ask_if_pinned(tx, trace.clone()).await? {
+        let tx = match self.ask_if_pinned(tx, trace).await? {
             AfterAsking::Done(outcome) => return Ok(outcome),
             AfterAsking::Attempt(tx) => *tx,
         };
@@ -451,7 +473,7 @@ impl Engine {
             // an ambiguous attempt) says nothing about the first request: ask the provider.
             BreakerError::Gateway(GatewayError::Permanent { code, reason }) if pinned => {
                 let reason = format!("resubmit refused ({code}: {reason}); asking the provider");
-                self.ask_later(claimed, reason, now).await
+                self.ask_later(claimed, codes::AMBIGUOUS, reason, now).await
             }
             BreakerError::Gateway(GatewayError::Permanent { code, reason }) => {
                 self.finish(
@@ -481,15 +503,21 @@ impl Engine {
                 };
                 // A pinned payment keeps its "ambiguous" code: only that gateway may retry.
                 let code = if pinned {
-                    codes::AMBIGUOUS
+                    sticky(claimed, codes::AMBIGUOUS)
                 } else {
                     codes::RETRYABLE
                 };
                 self.retry_or_give_up(claimed, code, reason, delay, trace)
                     .await
             }
-            BreakerError::Gateway(GatewayError::Ambiguous { reason }) => {
-                self.ask_later(claimed, reason, now).await
+            BreakerError::Gateway(ref error @ GatewayError::Ambiguous { ref reason }) => {
+                // A duplicate-reference refusal proves the provider holds the payment.
+                let code = if error.is_duplicate_reference() {
+                    codes::DUPLICATE_REFERENCE
+                } else {
+                    codes::AMBIGUOUS
+                };
+                self.ask_later(claimed, code, reason.clone(), now).await
             }
         }
     }
@@ -499,6 +527,7 @@ impl Engine {
     async fn ask_later(
         &self,
         claimed: &Transaction,
+        code: &str,
         reason: String,
         now: DateTime<Utc>,
     ) -> Result<Outcome, ProcessError> {
@@ -510,7 +539,7 @@ impl Engine {
             .advance(TransactionStatus::RetryScheduled, now)?
             .pin_ambiguous(now)
             .retry_at(clock::after(now, delay))
-            .failure(codes::AMBIGUOUS, reason);
+            .failure(sticky(claimed, code), reason);
         self.schedule(update).await
     }
 
@@ -616,6 +645,7 @@ impl Engine {
     ) -> Result<Outcome, ProcessError> {
         let now = Utc::now();
         let since = tx.ambiguous_since.unwrap_or(now);
+        let code = sticky(tx, code);
         let update = tx
             .advance(TransactionStatus::Unresolved, now)?
             .pin_ambiguous(since)
@@ -720,7 +750,9 @@ pub fn candidates(tx: &Transaction, route: &Route) -> Vec<GatewayName> {
         // An attempt may have executed there: only that provider knows our reference, and
         // sending the payment anywhere else could pay it twice.
         (Some(previous), _) if tx.ambiguous_since.is_some() => vec![previous.clone()],
-        (Some(previous), Some(codes::AMBIGUOUS)) => vec![previous.clone()],
+        (Some(previous), Some(codes::AMBIGUOUS | codes::DUPLICATE_REFERENCE)) => {
+            vec![previous.clone()]
+        }
         // The last gateway failed cleanly: start with the next one, the failed one last.
         (Some(previous), Some(codes::RETRYABLE)) if route.failover => {
             let mut order: Vec<GatewayName> = route.gateways.clone();

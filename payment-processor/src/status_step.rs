@@ -19,6 +19,8 @@ use paygate_core::domain::{GatewayName, Transaction, TransactionStatus};
 use paygate_gateways::check::{check_outcome, OutcomeMismatch};
 use paygate_gateways::{GatewayError, ProviderStatus, ReportedStatus};
 
+use crate::attempt::codes;
+
 /// How long to wait between status queries about one payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AskPacing {
@@ -33,6 +35,14 @@ impl AskPacing {
         let wait = (clock::elapsed(since, now) / 2).clamp(self.min, self.max.max(self.min));
         clock::after(now, wait)
     }
+}
+
+/// Whether the provider refused a resubmit of `tx` as a duplicate reference (recorded as
+/// the failure code [`codes::DUPLICATE_REFERENCE`]): it holds the payment.
+pub fn holds_reference(tx: &Transaction) -> bool {
+    tx.failure
+        .as_ref()
+        .is_some_and(|f| f.code == codes::DUPLICATE_REFERENCE)
 }
 
 /// The next step for a payment after asking its provider.
@@ -80,8 +90,9 @@ pub fn after_asking(
         Ok(ProviderStatus::InProgress) => Step::Executing,
         Ok(ProviderStatus::NotFound) => {
             let settled_at = clock::after(since, settle_window);
-            if tx.provider_reference.is_some() {
-                // It acknowledged the payment once: "not found" now is the provider's
+            if tx.provider_reference.is_some() || holds_reference(tx) {
+                // It acknowledged the payment once (answered with its reference, or refused
+                // a resubmit as a duplicate): "not found" now is the provider's
                 // inconsistency, not proof that nothing moved.
                 ask_again("the provider acknowledged it but now reports no record".into())
             } else if now >= settled_at {

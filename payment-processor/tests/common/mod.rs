@@ -6,7 +6,9 @@
 
 use chrono::Utc;
 use paygate_core::announce;
+use paygate_core::bus::events::{Body, Envelope};
 use paygate_core::config::Config;
+use paygate_core::config::RouteRule;
 use paygate_core::db::transactions;
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use paygate_core::domain::{
 };
 use paygate_gateways::GatewayRegistry;
 use paygate_payment_processor::PaymentProcessor;
+use paygate_sandbox::admin_client::AdminClient;
 use paygate_sandbox::{Knobs, Sandbox, SandboxSettings, StatsReport};
 use serde_json::json;
 use sqlx::PgPool;
@@ -108,6 +111,65 @@ impl World {
         );
         transactions::insert(&self.pool, &tx, None, &announce::pending(&tx, None)).await?;
         Ok(tx)
+    }
+
+    /// Inserts a transaction that names no gateway, so the routing rules (and their
+    /// failover) decide where it goes.
+    pub async fn insert_routed(
+        &self,
+        kind: TransactionKind,
+        amount: i64,
+    ) -> Result<Transaction, BoxError> {
+        let tx = Transaction::create(
+            NewTransaction {
+                merchant_id: self.merchant,
+                kind,
+                money: Money::from_parts(amount, "USD")?,
+                customer: CustomerReference::parse("cust_42")?,
+                gateway: None,
+                callback_url: None,
+                metadata: json!({}),
+            },
+            Utc::now(),
+        );
+        transactions::insert(&self.pool, &tx, None, &announce::pending(&tx, None)).await?;
+        Ok(tx)
+    }
+
+    /// Routes every transaction that names no gateway to `gateways`, in order.
+    pub fn route(&mut self, gateways: &[&str], failover: bool) {
+        self.config.processor.routes = vec![RouteRule {
+            kind: None,
+            currency: None,
+            country: None,
+            gateways: gateways.iter().map(|g| (*g).to_owned()).collect(),
+            failover,
+        }];
+    }
+
+    /// The typed client of this world's sandbox admin API.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::with_client(self.sandbox_url.clone(), self.http.clone())
+    }
+
+    /// The statuses the merchant was told about `id`, in order: every
+    /// `transactions.completed` outbox row (terminal states and `unresolved`) for it.
+    pub async fn announced(&self, id: TransactionId) -> Result<Vec<String>, BoxError> {
+        let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT payload FROM outbox WHERE topic = 'transactions.completed' AND message_key = $1
+             ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut statuses = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            match Envelope::decode_checked(&payload)?.body {
+                Some(Body::TransactionCompleted(done)) => statuses.push(done.status),
+                other => return Err(format!("{id}: not a completed event: {other:?}").into()),
+            }
+        }
+        Ok(statuses)
     }
 
     /// Builds and runs a payment processor on this world's config until the token is cancelled.
