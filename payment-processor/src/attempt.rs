@@ -318,9 +318,14 @@ impl Engine {
                     .await?
             }
             Step::Executing => {
-                let update = tx
-                    .advance(TransactionStatus::Submitted, now)?
-                    .clear_failure();
+                let update = tx.advance(TransactionStatus::Submitted, now)?;
+                // A provider that refused our resubmit as a duplicate holds the reference:
+                // keep that mark, so a later "not found" is never read as "never executed".
+                let update = if crate::status_step::holds_reference(&tx) {
+                    update
+                } else {
+                    update.clear_failure()
+                };
                 match transactions::apply(&self.pool, &update).await? {
                     Some(_) => Outcome::Submitted,
                     None => Outcome::Skipped("changed while asking the provider"),
