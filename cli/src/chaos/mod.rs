@@ -219,7 +219,7 @@ async fn run_phases(
         let verdict = phase(plan, args, *fault, infra, topology, &pool, &sandbox).await?;
         problems.extend(verdict.problems(args.max_recovery_secs));
         eprintln!(
-            "  accepted {} · terminal {} · webhooks {} · executions {} · lost {} · twice {} · stuck {} · recovery {}",
+            "  accepted {} · terminal {} · webhooks {} · executions {} · lost {} · twice {} · stuck {} · recovery {} · slowest {}",
             verdict.accepted,
             verdict.terminal,
             verdict.webhooks,
@@ -227,7 +227,8 @@ async fn run_phases(
             verdict.lost,
             verdict.executed_twice,
             verdict.stuck,
-            recovery_text(verdict.recovery_secs)
+            recovery_text(verdict.recovery_secs),
+            recovery_text(verdict.slowest_secs)
         );
         for problem in &problems {
             eprintln!("  PROBLEM: {problem}");
@@ -459,11 +460,13 @@ pub fn print(report: &ChaosReport) {
         report.rate, report.duration_secs, report.fault_at_secs
     );
     println!();
-    println!("| fault | accepted | create errors | terminal | webhooks | executions | lost | executed twice | stuck | repeated webhooks | recovery (s) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| fault | accepted | create errors | terminal | webhooks | executions | lost | executed twice | stuck | repeated webhooks | recovery (s) | slowest accept→webhook (s) |");
+    println!(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for v in &report.verdicts {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             v.fault,
             v.accepted,
             v.create_errors,
@@ -475,6 +478,8 @@ pub fn print(report: &ChaosReport) {
             v.stuck,
             v.repeated_webhooks,
             v.recovery_secs
+                .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}")),
+            v.slowest_secs
                 .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}"))
         );
     }

@@ -49,6 +49,10 @@ pub struct Verdict {
     /// From the fault to the webhook of the last payment accepted before it (the slowest of
     /// them); `None` when one of them never got its webhook.
     pub recovery_secs: Option<f64>,
+    /// The slowest accept→webhook of the phase (payments accepted during the outage
+    /// included: the last one before the fault may be done before the fault bites);
+    /// `None` when a payment never got its webhook.
+    pub slowest_secs: Option<f64>,
 }
 
 impl Verdict {
@@ -90,6 +94,19 @@ impl Verdict {
         if before.is_empty() {
             recovery_secs = None;
         }
+        let mut slowest_secs = Some(0.0_f64);
+        for (id, accepted_at) in &observed.accepted {
+            slowest_secs = match (observed.first_webhook.get(id), slowest_secs) {
+                (Some(arrived), Some(so_far)) => Some(
+                    so_far.max(
+                        arrived
+                            .saturating_duration_since(*accepted_at)
+                            .as_secs_f64(),
+                    ),
+                ),
+                _ => None,
+            };
+        }
         Verdict {
             fault,
             accepted: count(observed.accepted.len()),
@@ -104,6 +121,7 @@ impl Verdict {
             stuck: transactions.saturating_sub(count(terminal)),
             repeated_webhooks: observed.repeated_webhooks,
             recovery_secs,
+            slowest_secs,
         }
     }
 
@@ -131,6 +149,11 @@ impl Verdict {
                 "no recovery time (a payment accepted before the fault never got its webhook)"
                     .into(),
             ),
+        }
+        if let Some(secs) = self.slowest_secs.filter(|s| *s > max_recovery_secs) {
+            problems.push(format!(
+                "a payment waited {secs:.1} s for its webhook (> {max_recovery_secs} s)"
+            ));
         }
         problems
     }
@@ -166,6 +189,7 @@ mod tests {
             (3, 3, 3, 3)
         );
         assert_eq!(v.recovery_secs, Some(0.0));
+        assert_eq!(v.slowest_secs, Some(1.0));
         assert!(v.problems(30.0).is_empty(), "{:?}", v.problems(30.0));
         let v = Verdict::of("f".into(), &o, now + Duration::from_millis(2500));
         assert_eq!(v.recovery_secs, Some(0.5));
@@ -212,6 +236,7 @@ mod tests {
             .insert("txn_1".into(), now + Duration::from_secs(40));
         let v = Verdict::of("f".into(), &o, now + Duration::from_secs(3));
         assert_eq!(v.recovery_secs, Some(37.0));
-        assert_eq!(v.problems(30.0).len(), 1);
+        assert_eq!(v.slowest_secs, Some(40.0));
+        assert_eq!(v.problems(30.0).len(), 2);
     }
 }
