@@ -234,8 +234,10 @@ impl ConsumerProbe {
         self.assigned.load(Ordering::Relaxed)
     }
 
-    /// Leaves the group and joins it again (unsubscribe, subscribe to the same topics).
-    fn rejoin(&self) {
+    /// Leaves the group and joins it again (unsubscribe, subscribe to the same topics);
+    /// what the idle-member watchdog does. Handled offsets of the partitions given up are
+    /// committed on the way out (the revoke callback), so nothing is handled twice.
+    pub fn rejoin(&self) {
         self.consumer.unsubscribe();
         let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         if let Err(error) = self.consumer.subscribe(&names) {
