@@ -8,7 +8,8 @@
 //! - `paygate transactions resolve <id> --succeeded|--failed --reason …`: settle an
 //!   `unresolved` payment by hand, audited;
 //! - `paygate bench accept --key …`: accept throughput and latency of a running API;
-//! - `paygate bench e2e`: the whole running pipeline, accept to signed webhook.
+//! - `paygate bench e2e`: the whole running pipeline, accept to signed webhook;
+//! - `paygate chaos [--short]`: faults under load on the real topology (`paygate_cli::chaos`).
 
 mod merchants;
 mod transactions;
@@ -71,6 +72,10 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    /// Faults under load on the real topology (scripts/up on private Postgres, Redis and
+    /// tansu): kills and restarts each service and server, checks that nothing is lost,
+    /// executed twice or stuck, and prints each recovery time. Exits non-zero on any loss.
+    Chaos(paygate_cli::chaos::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -161,6 +166,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let report = paygate_cli::bench::e2e::e2e(args, &config).await?;
             paygate_cli::bench::e2e::print(&report);
             write_json(json, &report)?;
+        }
+        Command::Chaos(args) => {
+            let report = paygate_cli::chaos::run(args).await?;
+            paygate_cli::chaos::print(&report);
+            anyhow::ensure!(
+                report.passed(),
+                "paygate chaos: a fault was not recovered from"
+            );
         }
     }
     Ok(())

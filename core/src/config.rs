@@ -88,6 +88,37 @@ pub struct KafkaConfig {
     /// per request more than per message, so a few milliseconds buy a lot under load.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
+    /// This process's stable identity in its consumer groups (`group.instance.id`, KIP-345
+    /// static membership). Set it per instance (e.g. the pod name, `PAYGATE_KAFKA_INSTANCE_ID`)
+    /// and an instance restarted within `session_timeout_ms` takes back its own partitions
+    /// without a rebalance; two live processes must never share one. Absent = dynamic
+    /// membership (what tests and `paygate dev` use).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// How long the group coordinator waits for a silent member before giving its
+    /// partitions to others (`session.timeout.ms`). It bounds how long a crashed (kill -9)
+    /// member's partitions sit unread: 10 s, the low end of what is safe with a 1 s
+    /// heartbeat and multi-second pauses (GC-free, but Postgres stalls) on a loaded host.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// A consumer that holds no partitions while its group has lag and the group's
+    /// committed offsets have not moved for this long leaves and rejoins the group
+    /// (issue 13: a worker restarted after a crash sat with no partitions for minutes).
+    /// 0 turns the watchdog off.
+    #[serde(default = "default_idle_rejoin_secs")]
+    pub idle_rejoin_secs: u64,
+}
+
+/// Consumers heartbeat this often (`heartbeat.interval.ms`); the session timeout must
+/// allow a few missed ones.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+
+fn default_session_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_idle_rejoin_secs() -> u64 {
+    15
 }
 
 fn default_linger_ms() -> u64 {
@@ -273,6 +304,9 @@ impl Default for Config {
                 message_timeout_ms: 30_000,
                 fetch_wait_max_ms: default_fetch_wait_ms(),
                 linger_ms: default_linger_ms(),
+                instance_id: None,
+                session_timeout_ms: default_session_timeout_ms(),
+                idle_rejoin_secs: default_idle_rejoin_secs(),
             },
             log: LogConfig {
                 format: LogFormat::Pretty,
@@ -428,6 +462,17 @@ impl Config {
         }
         if self.kafka.replication_factor < 1 {
             return fail("KAFKA_REPLICATION_FACTOR", "must be at least 1");
+        }
+        if self.kafka.session_timeout_ms < 3 * HEARTBEAT_INTERVAL_MS {
+            return fail(
+                "KAFKA_SESSION_TIMEOUT_MS",
+                "must be at least 3000 (three heartbeats of 1 s)",
+            );
+        }
+        if let Some(id) = &self.kafka.instance_id {
+            if id.trim().is_empty() {
+                return fail("KAFKA_INSTANCE_ID", "must not be empty when set");
+            }
         }
         let prefix_ok = |p: &str| {
             !p.is_empty()

@@ -5,7 +5,7 @@
 
 pub mod accept;
 pub mod e2e;
-mod load;
+pub(crate) mod load;
 mod pgbench;
 mod rss;
 

@@ -36,7 +36,7 @@ use super::offsets::{OffsetTracker, Ticket};
 use super::producer::client_config;
 use super::trace::{TraceParent, TRACEPARENT};
 use super::{BusError, Producer, Topic, Topics};
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, HEARTBEAT_INTERVAL_MS};
 
 /// One message as a handler sees it (owned: it outlives the broker's buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +215,8 @@ pub struct ConsumerRunner {
     worker: Arc<Worker>,
     topics: Topics,
     assigned: Arc<AtomicUsize>,
+    /// `kafka.idle_rejoin_secs` (zero: no watchdog).
+    idle_rejoin: Duration,
 }
 
 /// What `/readyz` asks a running consumer: does it hold partitions, and if not, does its
@@ -232,9 +234,26 @@ impl ConsumerProbe {
         self.assigned.load(Ordering::Relaxed)
     }
 
+    /// Leaves the group and joins it again (unsubscribe, subscribe to the same topics);
+    /// what the idle-member watchdog does. Handled offsets of the partitions given up are
+    /// committed on the way out (the revoke callback), so nothing is handled twice.
+    pub fn rejoin(&self) {
+        self.consumer.unsubscribe();
+        let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        if let Err(error) = self.consumer.subscribe(&names) {
+            tracing::warn!(%error, "resubscribing after a rejoin failed; the next look tries again");
+        }
+    }
+
     /// The group's lag (messages after its committed offsets, over every partition of its
     /// topics), asked of the broker. Blocking calls run off the runtime's workers.
     pub async fn group_lag(&self, timeout: Duration) -> Result<i64, BusError> {
+        Ok(self.group_progress(timeout).await?.lag)
+    }
+
+    /// The group's lag and the sum of its committed offsets: if the sum does not move while
+    /// there is lag, no member of the group is doing the work.
+    pub async fn group_progress(&self, timeout: Duration) -> Result<GroupProgress, BusError> {
         let consumer = self.consumer.clone();
         let topics = self.topics.clone();
         tokio::task::spawn_blocking(move || {
@@ -248,20 +267,88 @@ impl ConsumerProbe {
                 }
             }
             let committed = consumer.committed_offsets(list, timeout)?;
-            let mut lag: i64 = 0;
+            let mut progress = GroupProgress::default();
             for element in committed.elements() {
                 let (low, high) =
                     consumer.fetch_watermarks(element.topic(), element.partition(), timeout)?;
                 let from = match element.offset() {
-                    Offset::Offset(o) => o.max(low),
+                    Offset::Offset(o) => {
+                        progress.committed = progress.committed.saturating_add(o);
+                        o.max(low)
+                    }
                     _ => low,
                 };
-                lag = lag.saturating_add(high.saturating_sub(from).max(0));
+                progress.lag = progress
+                    .lag
+                    .saturating_add(high.saturating_sub(from).max(0));
             }
-            Ok(lag)
+            Ok(progress)
         })
         .await
         .map_err(|e| BusError::Other(e.to_string()))?
+    }
+}
+
+/// What [`ConsumerProbe::group_progress`] finds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupProgress {
+    /// Messages after the group's committed offsets.
+    pub lag: i64,
+    /// Sum of the committed offsets (partitions with none count 0).
+    pub committed: i64,
+}
+
+/// The idle-member watchdog's memory: since when this member has held nothing while the
+/// group had lag and its committed offsets stood at `committed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Idle {
+    since: std::time::Instant,
+    committed: i64,
+}
+
+/// What the watchdog does after one look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Busy, or nothing waits, or someone else makes progress.
+    Fine,
+    /// Idle while work waits, not yet for `bound`.
+    Watching(Idle),
+    /// Idle while work waits and nobody made progress for `bound`: rejoin.
+    Rejoin,
+}
+
+/// One watchdog decision, pure so it is tested without a broker. `progress` is `None` when
+/// the broker could not be asked (then nothing changes: the broker being down is not a
+/// reason to rejoin, and readiness reports it).
+fn judge(
+    previous: Option<Idle>,
+    assigned: usize,
+    progress: Option<GroupProgress>,
+    now: std::time::Instant,
+    bound: Duration,
+) -> Verdict {
+    if assigned > 0 {
+        return Verdict::Fine;
+    }
+    let Some(progress) = progress else {
+        return previous.map_or(Verdict::Fine, Verdict::Watching);
+    };
+    if progress.lag <= 0 {
+        return Verdict::Fine;
+    }
+    match previous {
+        Some(idle) if idle.committed == progress.committed => {
+            if now.saturating_duration_since(idle.since) >= bound {
+                Verdict::Rejoin
+            } else {
+                Verdict::Watching(idle)
+            }
+        }
+        // First look, or another member moved the offsets: start (again) from now.
+        _ => Verdict::Watching(Idle {
+            since: now,
+            committed: progress.committed,
+        }),
     }
 }
 
@@ -275,15 +362,22 @@ impl ConsumerRunner {
     ) -> Result<Self, BusError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         let assigned = Arc::new(AtomicUsize::new(0));
-        let consumer: StreamConsumer<RunnerContext> = client_config(config)
+        let mut client = client_config(config);
+        client
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
-            .create_with_context(RunnerContext {
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string())
+            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string());
+        if let Some(instance) = &config.instance_id {
+            // One process has one member per group, so the instance id alone is unique
+            // within each group it joins.
+            client.set("group.instance.id", instance.trim());
+        }
+        let consumer: StreamConsumer<RunnerContext> =
+            client.create_with_context(RunnerContext {
                 tracker: tracker.clone(),
                 assigned: assigned.clone(),
             })?;
@@ -304,6 +398,7 @@ impl ConsumerRunner {
             worker,
             topics,
             assigned,
+            idle_rejoin: Duration::from_secs(config.idle_rejoin_secs),
         })
     }
 
@@ -331,6 +426,15 @@ impl ConsumerRunner {
         let mut permit: Option<OwnedSemaphorePermit> = None;
         let group = self.worker.settings.group_id.clone();
         tracing::info!(%group, "consumer started");
+        let watchdog_stop = shutdown.child_token();
+        let watchdog = (!self.idle_rejoin.is_zero()).then(|| {
+            tokio::spawn(watch_idle(
+                self.probe(),
+                self.idle_rejoin,
+                group.clone(),
+                watchdog_stop.clone(),
+            ))
+        });
 
         loop {
             let Some(held) = permit.take() else {
@@ -368,6 +472,10 @@ impl ConsumerRunner {
         }
 
         tracing::info!(%group, in_flight = lock(&self.worker.tracker).in_flight(), "consumer stopping");
+        watchdog_stop.cancel();
+        if let Some(watchdog) = watchdog {
+            let _ = watchdog.await;
+        }
         self.worker.shutdown.cancel();
         tasks.close();
         if tokio::time::timeout(self.worker.settings.shutdown_grace, tasks.wait())
@@ -446,6 +554,47 @@ impl ConsumerRunner {
     /// The deployment's topic names (for handlers that need them).
     pub fn topics(&self) -> &Topics {
         &self.topics
+    }
+}
+
+/// The idle-member watchdog: looks every `bound / 3` (at most 5 s); when this member has
+/// held no partitions, its group has had lag, and the group's committed offsets have not
+/// moved for `bound`, it leaves and rejoins the group. A member a broker forgot (tansu
+/// after a crash-restart within the session timeout) is thereby assigned again; a member
+/// idle because others hold every partition and make progress stays put, so a spare
+/// instance does not force rebalances on a working group.
+async fn watch_idle(probe: ConsumerProbe, bound: Duration, group: String, stop: CancellationToken) {
+    let every = (bound / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let mut idle: Option<Idle> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let assigned = probe.assigned();
+        let progress = if assigned > 0 {
+            None
+        } else {
+            match probe.group_progress(Duration::from_secs(2)).await {
+                Ok(progress) => Some(progress),
+                Err(error) => {
+                    tracing::debug!(%error, %group, "watchdog could not read the group's progress");
+                    None
+                }
+            }
+        };
+        match judge(idle, assigned, progress, std::time::Instant::now(), bound) {
+            Verdict::Fine => idle = None,
+            Verdict::Watching(now_idle) => idle = Some(now_idle),
+            Verdict::Rejoin => {
+                idle = None;
+                let lag = progress.map(|p| p.lag).unwrap_or_default();
+                tracing::warn!(%group, lag, idle_secs = bound.as_secs(), "holding no partitions while the group has lag and makes no progress; rejoining the group");
+                metrics::counter!("paygate_consumer_rejoins_total", "group" => group.clone())
+                    .increment(1);
+                probe.rejoin();
+            }
+        }
     }
 }
 
@@ -550,5 +699,80 @@ impl Worker {
             _ = self.shutdown.cancelled() => false,
             _ = tokio::time::sleep(duration) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    const BOUND: Duration = Duration::from_secs(15);
+
+    fn lagging(committed: i64) -> Option<GroupProgress> {
+        Some(GroupProgress { lag: 10, committed })
+    }
+
+    #[test]
+    fn a_member_holding_partitions_is_fine() {
+        let now = Instant::now();
+        assert_eq!(judge(None, 2, lagging(5), now, BOUND), Verdict::Fine);
+    }
+
+    #[test]
+    fn an_idle_member_without_lag_is_fine() {
+        let now = Instant::now();
+        let none_waiting = Some(GroupProgress {
+            lag: 0,
+            committed: 5,
+        });
+        assert_eq!(judge(None, 0, none_waiting, now, BOUND), Verdict::Fine);
+    }
+
+    #[test]
+    fn an_idle_member_rejoins_only_after_the_bound_without_progress() {
+        let start = Instant::now();
+        let Verdict::Watching(idle) = judge(None, 0, lagging(5), start, BOUND) else {
+            panic!("the first idle look starts watching");
+        };
+        assert_eq!(
+            judge(Some(idle), 0, lagging(5), start + BOUND / 2, BOUND),
+            Verdict::Watching(idle)
+        );
+        assert_eq!(
+            judge(Some(idle), 0, lagging(5), start + BOUND, BOUND),
+            Verdict::Rejoin
+        );
+    }
+
+    #[test]
+    fn progress_by_another_member_restarts_the_clock() {
+        let start = Instant::now();
+        let idle = Idle {
+            since: start,
+            committed: 5,
+        };
+        let later = start + BOUND * 2;
+        assert_eq!(
+            judge(Some(idle), 0, lagging(6), later, BOUND),
+            Verdict::Watching(Idle {
+                since: later,
+                committed: 6
+            })
+        );
+    }
+
+    #[test]
+    fn an_unreachable_broker_changes_nothing() {
+        let start = Instant::now();
+        let idle = Idle {
+            since: start,
+            committed: 5,
+        };
+        assert_eq!(
+            judge(Some(idle), 0, None, start + BOUND * 2, BOUND),
+            Verdict::Watching(idle)
+        );
+        assert_eq!(judge(None, 0, None, start, BOUND), Verdict::Fine);
     }
 }

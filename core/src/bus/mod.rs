@@ -12,7 +12,7 @@ pub mod trace;
 
 pub use admin::{create_missing_topics, ensure_topics};
 pub use consumer::{
-    ConsumerProbe, ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError,
+    ConsumerProbe, ConsumerRunner, ConsumerSettings, Delivery, GroupProgress, Handler, HandlerError,
 };
 pub use producer::{Delivered, Producer};
 pub use relay::{OutboxRelay, RelayHealth, RelaySettings};

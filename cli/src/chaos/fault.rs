@@ -1,0 +1,125 @@
+//! The faults the suite applies, one per phase, and the two plans (full and `--short`).
+
+use std::fmt;
+use std::time::Duration;
+
+use super::topology::Service;
+
+/// How long after a kill an "immediate" restart comes (a supervisor restarting at once).
+pub const IMMEDIATE: Duration = Duration::from_secs(1);
+/// How long after a kill a "late" restart comes: past the 10 s session timeout, so the
+/// group has already given the dead member's partitions away.
+pub const LATE: Duration = Duration::from_secs(12);
+/// How long Redis and the broker stay down before they start again.
+pub const SERVER_DOWN: Duration = Duration::from_secs(3);
+
+/// One fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL a service, start it again after the delay.
+    Kill {
+        service: Service,
+        restart_after: Duration,
+    },
+    /// Kill Redis, start it again (empty) after [`SERVER_DOWN`].
+    Redis,
+    /// `pg_ctl restart -m fast`.
+    Postgres,
+    /// Kill the broker, start it again after [`SERVER_DOWN`] with memory storage: empty.
+    Broker,
+}
+
+impl Fault {
+    /// The full plan: every service killed with an immediate and a late restart, then
+    /// Redis, Postgres and the broker.
+    pub fn all() -> Vec<Fault> {
+        let mut plan = Vec::new();
+        for service in Service::ALL {
+            for restart_after in [IMMEDIATE, LATE] {
+                plan.push(Fault::Kill {
+                    service,
+                    restart_after,
+                });
+            }
+        }
+        plan.extend([Fault::Redis, Fault::Postgres, Fault::Broker]);
+        plan
+    }
+
+    /// The `--short` plan: the fault that used to strand the most payments.
+    pub fn short() -> Vec<Fault> {
+        vec![Fault::Kill {
+            service: Service::PaymentProcessor,
+            restart_after: IMMEDIATE,
+        }]
+    }
+
+    /// The name `--only` takes, e.g. `kill-payment-processor-immediate`, `broker`.
+    pub fn name(&self) -> String {
+        match self {
+            Fault::Kill {
+                service,
+                restart_after,
+            } => {
+                let when = if *restart_after <= IMMEDIATE {
+                    "immediate"
+                } else {
+                    "late"
+                };
+                format!("kill-{service}-{when}")
+            }
+            Fault::Redis => "redis".into(),
+            Fault::Postgres => "postgres".into(),
+            Fault::Broker => "broker".into(),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Kill {
+                service,
+                restart_after,
+            } => write!(
+                f,
+                "kill -9 {service}, restart after {} s",
+                restart_after.as_secs()
+            ),
+            Fault::Redis => write!(f, "Redis down {} s (restart, empty)", SERVER_DOWN.as_secs()),
+            Fault::Postgres => f.write_str("Postgres restart (pg_ctl restart -m fast)"),
+            Fault::Broker => write!(
+                f,
+                "broker down {} s, back empty (memory storage)",
+                SERVER_DOWN.as_secs()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_full_plan_kills_each_service_twice_and_restarts_each_server() {
+        let names: Vec<String> = Fault::all().iter().map(Fault::name).collect();
+        assert_eq!(names.len(), 11);
+        for service in Service::ALL {
+            assert!(
+                names.contains(&format!("kill-{service}-immediate")),
+                "{names:?}"
+            );
+            assert!(names.contains(&format!("kill-{service}-late")), "{names:?}");
+        }
+        for server in ["redis", "postgres", "broker"] {
+            assert!(names.contains(&server.to_owned()), "{names:?}");
+        }
+    }
+
+    #[test]
+    fn the_short_plan_is_an_immediate_processor_kill() {
+        let names: Vec<String> = Fault::short().iter().map(Fault::name).collect();
+        assert_eq!(names, ["kill-payment-processor-immediate"]);
+    }
+}

@@ -1,0 +1,495 @@
+//! `paygate chaos`: faults under load on the real topology, checked end to end.
+//!
+//! It starts its own Postgres, Redis and tansu on free ports ([`infra`]), the five
+//! processes with `scripts/up` against them ([`topology`]), then runs one phase per fault
+//! ([`fault`]): a fresh merchant whose webhook endpoint is a receiver in this process,
+//! open-loop load at `--rate` for `--duration` seconds, the fault `--fault-at` seconds in,
+//! then a drain until every transaction is terminal with its webhook (or `--drain-secs`).
+//! Each phase is judged ([`verdict`]): accepted = terminal = webhooks delivered = provider
+//! executions (sandbox `/_admin/stats`), none twice, none stuck, and the recovery time.
+//! Everything it started is stopped at the end (`--keep` leaves it running); the shared
+//! servers on 5432/6379/9092 are never touched.
+
+pub mod fault;
+pub mod infra;
+pub mod topology;
+pub mod verdict;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use paygate_core::config::Config;
+use paygate_core::db;
+use paygate_sandbox::admin_client::AdminClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bench::load::{self, LoadSpec, Recorder};
+use crate::merchant_setup;
+use crate::receiver::{Logging, WebhookReceiver, RECEIVER_PATH};
+use fault::Fault;
+use infra::{Infra, Tools};
+use topology::Topology;
+use verdict::{Observed, Verdict};
+
+#[derive(Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// The quick form for scripts/test: one immediate kill of the payment processor at a
+    /// low rate (unless --only/--rate/--duration say otherwise).
+    #[arg(long)]
+    pub short: bool,
+    /// Only these faults (comma-separated names: kill-<service>-immediate|late, redis,
+    /// postgres, broker).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Payments per second (open loop). Default 100, or 20 with --short.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Seconds of load per phase. Default 30, or 10 with --short.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Seconds into the load when the fault comes. Default 10, or 4 with --short.
+    #[arg(long)]
+    pub fault_at: Option<u64>,
+    /// After the load, how long to wait for every transaction's webhook.
+    #[arg(long, default_value_t = 120)]
+    pub drain_secs: u64,
+    /// A phase whose recovery takes longer fails.
+    #[arg(long, default_value_t = 30.0)]
+    pub max_recovery_secs: f64,
+    /// Build and run the release binaries (scripts/up --release).
+    #[arg(long)]
+    pub release: bool,
+    /// Give each worker a static group membership id (TOPOLOGY_INSTANCE_PREFIX=chaos-).
+    #[arg(long)]
+    pub static_membership: bool,
+    /// The repository (where scripts/up is).
+    #[arg(long, default_value = ".")]
+    pub root: PathBuf,
+    /// Leave the servers and the topology running at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// Write the verdicts as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Every phase's verdict, and whether the run kept every promise.
+#[derive(Debug, serde::Serialize)]
+pub struct ChaosReport {
+    pub rate: u64,
+    pub duration_secs: u64,
+    pub fault_at_secs: u64,
+    pub max_recovery_secs: f64,
+    pub verdicts: Vec<Verdict>,
+    /// Per fault, what went wrong (empty: passed).
+    pub problems: BTreeMap<String, Vec<String>>,
+}
+
+impl ChaosReport {
+    pub fn passed(&self) -> bool {
+        self.problems.values().all(Vec::is_empty)
+    }
+}
+
+struct Plan {
+    faults: Vec<Fault>,
+    rate: u64,
+    duration: Duration,
+    fault_at: Duration,
+}
+
+fn plan(args: &ChaosArgs) -> anyhow::Result<Plan> {
+    let base = if args.short {
+        Fault::short()
+    } else {
+        Fault::all()
+    };
+    let faults = if args.only.is_empty() {
+        base
+    } else {
+        let all = Fault::all();
+        let mut chosen = Vec::new();
+        for name in &args.only {
+            let Some(fault) = all.iter().find(|f| f.name() == *name) else {
+                let names: Vec<String> = all.iter().map(Fault::name).collect();
+                bail!("no fault {name:?}; the faults are {}", names.join(", "));
+            };
+            chosen.push(*fault);
+        }
+        chosen
+    };
+    let (rate, duration, fault_at) = if args.short {
+        (20, 10, 4)
+    } else {
+        (100, 30, 10)
+    };
+    let plan = Plan {
+        faults,
+        rate: args.rate.unwrap_or(rate),
+        duration: Duration::from_secs(args.duration.unwrap_or(duration)),
+        fault_at: Duration::from_secs(args.fault_at.unwrap_or(fault_at)),
+    };
+    anyhow::ensure!(plan.rate >= 1, "--rate must be at least 1");
+    anyhow::ensure!(
+        plan.fault_at < plan.duration,
+        "--fault-at must come before the end of --duration"
+    );
+    Ok(plan)
+}
+
+/// Runs the suite; the report says whether it passed.
+pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
+    let plan = plan(&args)?;
+    let root = std::fs::canonicalize(&args.root)
+        .with_context(|| format!("--root {}", args.root.display()))?;
+    if !root.join("scripts").join("up").is_file() {
+        bail!(
+            "{} has no scripts/up (run from the repository, or pass --root)",
+            root.display()
+        );
+    }
+    let dir = root.join("target").join("chaos");
+    let tools = Tools::discover()?;
+    eprintln!("paygate chaos: starting Postgres, Redis and tansu on free ports");
+    let mut infra = Infra::start(tools, &dir.join("servers")).await?;
+    let servers = BTreeMap::from([
+        ("PAYGATE_DATABASE_URL".to_owned(), infra.database_url()),
+        ("PAYGATE_REDIS_URL".to_owned(), infra.redis_url()),
+        ("PAYGATE_KAFKA_BROKERS".to_owned(), infra.brokers()),
+    ]);
+    let mut servers = servers;
+    if args.static_membership {
+        servers.insert("TOPOLOGY_INSTANCE_PREFIX".into(), "chaos-".into());
+    }
+    let topology = Topology::new(&root, &dir.join("topology"), args.release, servers)?;
+    eprintln!(
+        "paygate chaos: scripts/up{} (Postgres :{}, Redis :{}, tansu :{}; logs in {})",
+        if args.release { " --release" } else { "" },
+        infra.pg_port,
+        infra.redis_port,
+        infra.kafka_port,
+        dir.join("topology").join("logs").display()
+    );
+    let outcome = match topology.up().await {
+        Ok(()) => run_phases(&plan, &args, &mut infra, &topology).await,
+        Err(error) => Err(error),
+    };
+    if args.keep {
+        eprintln!("paygate chaos: --keep: the topology and its servers keep running");
+        std::mem::forget(infra);
+    } else {
+        topology.down().await;
+        infra.stop().await;
+    }
+    outcome
+}
+
+async fn run_phases(
+    plan: &Plan,
+    args: &ChaosArgs,
+    infra: &mut Infra,
+    topology: &Topology,
+) -> anyhow::Result<ChaosReport> {
+    let mut config = Config::default();
+    config.database.url = infra.database_url();
+    let pool = db::connect(&config.database)
+        .await
+        .context("connecting to the chaos Postgres")?;
+    let client = load::client(64)?;
+    let sandbox = AdminClient::with_client(topology.sandbox_url.clone(), client.clone());
+    let mut report = ChaosReport {
+        rate: plan.rate,
+        duration_secs: plan.duration.as_secs(),
+        fault_at_secs: plan.fault_at.as_secs(),
+        max_recovery_secs: args.max_recovery_secs,
+        verdicts: Vec::new(),
+        problems: BTreeMap::new(),
+    };
+    for fault in &plan.faults {
+        eprintln!("paygate chaos: {fault}");
+        let mut problems = Vec::new();
+        if let Err(error) = topology.wait_ready(&client, Duration::from_secs(90)).await {
+            problems.push(format!("before the fault: {error:#}"));
+        }
+        let verdict = phase(plan, args, *fault, infra, topology, &pool, &sandbox).await?;
+        problems.extend(verdict.problems(args.max_recovery_secs));
+        eprintln!(
+            "  accepted {} · terminal {} · webhooks {} · executions {} · lost {} · twice {} · stuck {} · recovery {} · slowest {}",
+            verdict.accepted,
+            verdict.terminal,
+            verdict.webhooks,
+            verdict.executions,
+            verdict.lost,
+            verdict.executed_twice,
+            verdict.stuck,
+            recovery_text(verdict.recovery_secs),
+            recovery_text(verdict.slowest_secs)
+        );
+        for problem in &problems {
+            eprintln!("  PROBLEM: {problem}");
+        }
+        report.problems.insert(verdict.fault.clone(), problems);
+        report.verdicts.push(verdict);
+    }
+    // Readiness after the last fault is part of recovering from it.
+    if let Err(error) = topology.wait_ready(&client, Duration::from_secs(90)).await {
+        report
+            .problems
+            .entry("after the run".into())
+            .or_default()
+            .push(format!("{error:#}"));
+    }
+    pool.close().await;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(report)
+}
+
+/// One fault under load, drained and judged.
+async fn phase(
+    plan: &Plan,
+    args: &ChaosArgs,
+    fault: Fault,
+    infra: &mut Infra,
+    topology: &Topology,
+    pool: &sqlx::PgPool,
+    sandbox: &AdminClient,
+) -> anyhow::Result<Verdict> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let receiver_url = format!("http://{}{RECEIVER_PATH}", listener.local_addr()?);
+    let name = format!("chaos {} {}", fault.name(), uuid::Uuid::new_v4().simple());
+    let merchant = merchant_setup::create(pool, &name, &receiver_url).await?;
+    let stop = CancellationToken::new();
+    let receiver = WebhookReceiver::new(merchant.secret, Logging::Quiet);
+    let serving = {
+        let (receiver, stop) = (receiver.clone(), stop.clone());
+        tokio::spawn(async move { receiver.serve(listener, stop).await })
+    };
+    let before = sandbox
+        .stats()
+        .await
+        .context("sandbox /_admin/stats")?
+        .total;
+
+    let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let recorder = Arc::new(Recorder::new()?);
+    let spec = LoadSpec {
+        duration: plan.duration,
+        concurrency: 64,
+        rate: Some(plan.rate),
+    };
+    let load = {
+        let (accepted, recorder) = (accepted.clone(), recorder.clone());
+        let client = load::client(64)?;
+        let api = topology.api_url.clone();
+        let key = merchant.api_key.clone();
+        tokio::spawn(async move {
+            let send = move |n: u64, _start: Instant| {
+                let (client, api, key, accepted) =
+                    (client.clone(), api.clone(), key.clone(), accepted.clone());
+                async move {
+                    let path = if n % 2 == 0 {
+                        "deposits"
+                    } else {
+                        "withdrawals"
+                    };
+                    let body = serde_json::json!({
+                        "amount": 1000 + (n % 100),
+                        "currency": "USD",
+                        "customer": format!("chaos_{}", n % 1000),
+                    });
+                    let created =
+                        load::create_payment(&client, &format!("{api}/v1/{path}"), &key, &body)
+                            .await?;
+                    let id = created["id"]
+                        .as_str()
+                        .ok_or_else(|| format!("202 without an id: {created}"))?
+                        .to_owned();
+                    if let Ok(mut accepted) = accepted.lock() {
+                        accepted.insert(id, Instant::now());
+                    }
+                    Ok(())
+                }
+            };
+            load::drive(spec, &recorder, String::new, send).await
+        })
+    };
+
+    tokio::time::sleep(plan.fault_at).await;
+    let fault_at = apply(fault, infra, topology).await;
+    let load_result = load.await;
+    let fault_at = fault_at?;
+    load_result.context("the load task")?;
+
+    let observed = drain(
+        pool,
+        merchant.merchant_id,
+        &receiver,
+        &accepted,
+        Duration::from_secs(args.drain_secs),
+    )
+    .await?;
+    stop.cancel();
+    let _ = serving.await;
+    let after = sandbox
+        .stats()
+        .await
+        .context("sandbox /_admin/stats")?
+        .total;
+    let observed = Observed {
+        create_errors: recorder.errors(),
+        executions: after.executions.saturating_sub(before.executions),
+        duplicates_suppressed: after
+            .duplicates_suppressed
+            .saturating_sub(before.duplicates_suppressed),
+        ..observed
+    };
+    if let Some(error) = recorder.first_error() {
+        eprintln!("  {} creates failed; first: {error}", recorder.errors());
+    }
+    Ok(Verdict::of(fault.name(), &observed, fault_at))
+}
+
+/// Applies the fault; returns when it struck (a kill: the SIGKILL; a server: its stop).
+async fn apply(fault: Fault, infra: &mut Infra, topology: &Topology) -> anyhow::Result<Instant> {
+    let at = Instant::now();
+    match fault {
+        Fault::Kill {
+            service,
+            restart_after,
+        } => {
+            let launch = topology.kill(service).await?;
+            tokio::time::sleep(restart_after).await;
+            topology.restart(&launch)?;
+        }
+        Fault::Redis => infra.restart_redis(fault::SERVER_DOWN).await?,
+        Fault::Postgres => infra.restart_postgres().await?,
+        Fault::Broker => infra.restart_broker(fault::SERVER_DOWN).await?,
+    }
+    Ok(at)
+}
+
+/// Waits until every transaction of the merchant is terminal with its webhook, or `limit`.
+async fn drain(
+    pool: &sqlx::PgPool,
+    merchant: paygate_core::domain::MerchantId,
+    receiver: &WebhookReceiver,
+    accepted: &Mutex<HashMap<String, Instant>>,
+    limit: Duration,
+) -> anyhow::Result<Observed> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let rows = transactions_of(pool, merchant).await;
+        let mut first_webhook: HashMap<String, Instant> = HashMap::new();
+        let mut repeated_webhooks = 0_u64;
+        for webhook in receiver.received() {
+            let Some(id) = webhook.transaction_id.filter(|_| webhook.verified) else {
+                continue;
+            };
+            match first_webhook.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => repeated_webhooks += 1,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(webhook.received_at);
+                }
+            }
+        }
+        let accepted = accepted
+            .lock()
+            .map(|a| a.clone())
+            .map_err(|_| anyhow::anyhow!("accepted lock poisoned"))?;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("  reading transactions: {error:#}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let done = accepted.keys().all(|id| rows.contains_key(id))
+            && rows
+                .iter()
+                .all(|(id, terminal)| *terminal && first_webhook.contains_key(id));
+        if done || Instant::now() >= deadline {
+            return Ok(Observed {
+                accepted,
+                rows,
+                first_webhook,
+                repeated_webhooks,
+                ..Observed::default()
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The merchant's transactions: public id → terminal.
+async fn transactions_of(
+    pool: &sqlx::PgPool,
+    merchant: paygate_core::domain::MerchantId,
+) -> anyhow::Result<HashMap<String, bool>> {
+    let rows: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT id, status::text FROM transactions WHERE merchant_id = $1")
+            .bind(merchant)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, status)| {
+            let id = paygate_core::domain::TransactionId::from_uuid(id).to_string();
+            (id, matches!(status.as_str(), "succeeded" | "failed"))
+        })
+        .collect())
+}
+
+fn recovery_text(secs: Option<f64>) -> String {
+    secs.map_or_else(|| "never".to_owned(), |s| format!("{s:.1} s"))
+}
+
+/// The table (Markdown, as in docs/RELIABILITY.md).
+pub fn print(report: &ChaosReport) {
+    println!();
+    println!(
+        "paygate chaos: {} payments/s for {} s per phase, fault at {} s",
+        report.rate, report.duration_secs, report.fault_at_secs
+    );
+    println!();
+    println!("| fault | accepted | create errors | terminal | webhooks | executions | lost | executed twice | stuck | repeated webhooks | recovery (s) | slowest accept→webhook (s) |");
+    println!(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for v in &report.verdicts {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            v.fault,
+            v.accepted,
+            v.create_errors,
+            v.terminal,
+            v.webhooks,
+            v.executions,
+            v.lost,
+            v.executed_twice,
+            v.stuck,
+            v.repeated_webhooks,
+            v.recovery_secs
+                .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}")),
+            v.slowest_secs
+                .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}"))
+        );
+    }
+    println!();
+    for (fault, problems) in &report.problems {
+        for problem in problems {
+            println!("FAILED {fault}: {problem}");
+        }
+    }
+    if report.passed() {
+        println!("paygate chaos: every fault recovered: nothing lost, twice or stuck");
+    }
+}
