@@ -16,7 +16,10 @@ use paygate_gateways::ReportedStatus;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_event_committed_before_a_crash_is_published_after_restart(
 ) -> anyhow::Result<()> {
-    let h = Harness::new().await?;
+    let mut h = Harness::new().await?;
+    // Static membership (KIP-345), as deployments run it: the second life's member takes
+    // the first one's place at once instead of waiting out a rebalance.
+    h.config.kafka.instance_id = Some("callback-processor-1".into());
     let completed = h.watch(Topic::TransactionsCompleted).await?;
     let tx = h
         .transaction(Format::Protobuf, TransactionStatus::Submitted)

@@ -314,7 +314,8 @@ impl Topology {
             "# Written by paygate-e2e for one test run.\n\n\
              [database]\nurl = {}\nmax_connections = 6\nmigrate_on_start = false\n\n\
              [redis]\nurl = {}\nkey_prefix = {}\n\n\
-             [kafka]\nbrokers = {}\ntopic_prefix = {}\ngroup_prefix = {}\npartitions = {}\n\n\
+             [kafka]\nbrokers = {}\ntopic_prefix = {}\ngroup_prefix = {}\npartitions = {}\n\
+             instance_id = {}\n\n\
              [api]\nbind = \"127.0.0.1:{}\"\noutbox_poll_ms = 100\n\n\
              [processor]\nretry_base_ms = 200\nretry_cap_ms = 2000\nscheduler_poll_ms = 200\n\n\
              [dispatcher]\nallow_loopback = true\nallow_http = true\n\
@@ -326,6 +327,9 @@ impl Topology {
             q(&c.kafka.topic_prefix),
             q(&c.kafka.group_prefix),
             c.kafka.partitions,
+            // Static membership, as deployments run it: a restarted worker takes its
+            // partitions back at once (each service has its own group, so one id serves all).
+            q(&c.kafka.group_prefix),
             ports.api,
         );
         // The sandbox's status endpoint does not lag unless told to (its knob
