@@ -92,6 +92,10 @@ pub struct GatewaySettings {
     /// [`DEFAULT_STATUS_NOT_FOUND_AFTER`]). Set it longer than the provider's documented lag:
     /// too short, and a lagging "not found" would send a payment to a second provider.
     pub status_not_found_after: Duration,
+    /// `reconcile_after_ms`: a payment this provider accepted with no callback for this long
+    /// is asked about (a status query first). `None`: the processor's `stuck_after_secs`.
+    /// Shorter for a provider whose callbacks may be lost (e.g. while paygate's API is down).
+    pub reconcile_after: Option<Duration>,
     /// Keys of the table not understood by the common parser, for connector-specific
     /// settings. Built-in connectors refuse any (see [`GatewaySettings::deny_extra`]).
     pub extra: BTreeMap<String, Value>,
@@ -118,6 +122,7 @@ impl GatewaySettings {
             max_callback_bytes: DEFAULT_MAX_CALLBACK_BYTES,
             breaker: BreakerSettings::default(),
             status_not_found_after: DEFAULT_STATUS_NOT_FOUND_AFTER,
+            reconcile_after: None,
             extra: BTreeMap::new(),
         }
     }
@@ -209,6 +214,8 @@ impl GatewaySettings {
             &path("status_not_found_after_ms"),
         )?
         .unwrap_or(DEFAULT_STATUS_NOT_FOUND_AFTER);
+        let reconcile_after =
+            optional_millis(take("reconcile_after_ms"), &path("reconcile_after_ms"))?;
         Ok(Self {
             name,
             kind,
@@ -221,6 +228,7 @@ impl GatewaySettings {
             max_callback_bytes,
             breaker,
             status_not_found_after,
+            reconcile_after,
             extra: map.into_iter().collect(),
         })
     }
@@ -276,8 +284,25 @@ pub(crate) fn optional_millis(
 pub struct RegisteredGateway {
     pub gateway: Arc<dyn PaymentGateway>,
     pub breaker: Arc<Breaker>,
+    pub timings: Timings,
+}
+
+/// How long the processor waits on a gateway before asking it about a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
     /// The settle window of its status query ([`GatewaySettings::status_not_found_after`]).
     pub status_not_found_after: Duration,
+    /// [`GatewaySettings::reconcile_after`].
+    pub reconcile_after: Option<Duration>,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            status_not_found_after: DEFAULT_STATUS_NOT_FOUND_AFTER,
+            reconcile_after: None,
+        }
+    }
 }
 
 /// The gateways this process can use, by name.
@@ -300,9 +325,12 @@ impl GatewayRegistry {
         for (name, table) in gateways {
             let settings = GatewaySettings::from_table(name, table)?;
             let breaker_settings = settings.breaker.clone();
-            let settle = settings.status_not_found_after;
+            let timings = Timings {
+                status_not_found_after: settings.status_not_found_after,
+                reconcile_after: settings.reconcile_after,
+            };
             let gateway = build(settings)?;
-            registry.insert_with(gateway, breaker_settings, settle);
+            registry.insert_with(gateway, breaker_settings, timings);
         }
         Ok(registry)
     }
@@ -318,17 +346,17 @@ impl GatewayRegistry {
     }
 
     /// Adds (or replaces) a gateway with a fresh breaker built from `breaker` and the
-    /// default settle window.
+    /// default timings.
     pub fn insert(&mut self, gateway: Arc<dyn PaymentGateway>, breaker: BreakerSettings) {
-        self.insert_with(gateway, breaker, DEFAULT_STATUS_NOT_FOUND_AFTER);
+        self.insert_with(gateway, breaker, Timings::default());
     }
 
-    /// [`Self::insert`] with the gateway's status settle window.
+    /// [`Self::insert`] with the gateway's own timings.
     pub fn insert_with(
         &mut self,
         gateway: Arc<dyn PaymentGateway>,
         breaker: BreakerSettings,
-        status_not_found_after: Duration,
+        timings: Timings,
     ) {
         let name = gateway.name().clone();
         let breaker = Arc::new(Breaker::new(name.clone(), breaker));
@@ -337,9 +365,17 @@ impl GatewayRegistry {
             RegisteredGateway {
                 gateway,
                 breaker,
-                status_not_found_after,
+                timings,
             },
         );
+    }
+
+    /// The shortest reconciliation bound over the gateways (`default` for those without one).
+    pub fn shortest_reconcile_after(&self, default: Duration) -> Duration {
+        self.entries
+            .values()
+            .map(|e| e.timings.reconcile_after.unwrap_or(default))
+            .fold(default, Duration::min)
     }
 
     pub fn get(&self, name: &GatewayName) -> Option<Arc<dyn PaymentGateway>> {

@@ -99,6 +99,9 @@ pub struct Settings {
     pub unresolved_after: Duration,
     /// How long reconciliation keeps asking about an `unresolved` transaction.
     pub reconcile_horizon: Duration,
+    /// A payment in flight untouched this long is reconciled, unless its gateway sets its
+    /// own `reconcile_after_ms`.
+    pub stuck_after: Duration,
     pub pacing: AskPacing,
 }
 
@@ -371,7 +374,7 @@ impl Engine {
             gateway,
             answer,
             since,
-            entry.status_not_found_after,
+            entry.timings.status_not_found_after,
             self.settings.pacing,
             now,
         )

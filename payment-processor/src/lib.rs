@@ -80,6 +80,8 @@ impl PaymentProcessor {
             registry.names().cloned().collect(),
         )?;
         let p = &config.processor;
+        let registry_reconcile =
+            registry.shortest_reconcile_after(Duration::from_secs(p.stuck_after_secs));
         let engine = Arc::new(Engine {
             pool: pool.clone(),
             registry,
@@ -99,6 +101,7 @@ impl PaymentProcessor {
                 max_retry_after: Duration::from_secs(p.max_retry_after_secs),
                 unresolved_after: Duration::from_secs(p.unresolved_after_secs),
                 reconcile_horizon: Duration::from_secs(p.reconcile_horizon_secs),
+                stuck_after: Duration::from_secs(p.stuck_after_secs),
                 pacing: AskPacing {
                     min: Duration::from_millis(p.status_check_min_ms),
                     max: Duration::from_millis(p.status_check_max_ms),
@@ -139,7 +142,8 @@ impl PaymentProcessor {
             batch: p.scheduler_batch,
             requeue_after: Duration::from_millis(p.lock_ttl_ms.saturating_mul(2))
                 .max(Duration::from_secs(10)),
-            stuck_after: Duration::from_secs(p.stuck_after_secs),
+            // The scan takes the shortest gateway bound; each gateway's own is checked per row.
+            stuck_after: registry_reconcile,
             reconcile_concurrency: p.concurrency.clamp(1, scheduler::MAX_RECONCILE_CONCURRENCY),
         };
         Ok(Self {

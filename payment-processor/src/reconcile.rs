@@ -27,10 +27,14 @@ impl Engine {
             ) {
                 return Ok(Outcome::Skipped("no longer in flight"));
             }
-            metrics::counter!("paygate_processor_reconciled_total").increment(1);
             // The attempt began (or the provider answered) at the last write.
             let since = tx.ambiguous_since.unwrap_or(tx.updated_at);
             let now = Utc::now();
+            if now < clock::after(tx.updated_at, self.reconcile_after(&tx)) {
+                // The scan uses the shortest gateway bound; this gateway's is longer.
+                return Ok(Outcome::Skipped("not yet due for its gateway"));
+            }
+            metrics::counter!("paygate_processor_reconciled_total").increment(1);
             let step = match self.status_of(&tx, since, now).await {
                 Some(step) => step,
                 None => Step::AskAgainAt {
@@ -99,6 +103,15 @@ impl Engine {
             }
         })
         .await
+    }
+
+    /// How long `tx`'s gateway is given before a stuck payment is asked about.
+    fn reconcile_after(&self, tx: &Transaction) -> std::time::Duration {
+        tx.routed_gateway
+            .as_ref()
+            .and_then(|g| self.registry.entry(g))
+            .and_then(|e| e.timings.reconcile_after)
+            .unwrap_or(self.settings.stuck_after)
     }
 
     /// Takes the transaction's lease (skipping it when another worker holds it), loads it

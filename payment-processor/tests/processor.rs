@@ -470,3 +470,44 @@ async fn a_retry_scheduled_before_a_restart_is_carried_out_after_it() -> TestRes
     task.await?;
     Ok(())
 }
+
+/// A gateway whose callbacks may be lost (while paygate's API is down, say) can be asked
+/// sooner than the processor-wide `stuck_after_secs`: its own `reconcile_after_ms` drives the
+/// status query, and a gateway without one is left to the global bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_its_own_reconcile_bound_is_asked_sooner() -> TestResult {
+    let mut w = world(json!({})).await?;
+    w.config.processor.stuck_after_secs = 300;
+    if let Some(table) = w
+        .config
+        .gateways
+        .get_mut(JSON)
+        .and_then(|t| t.as_object_mut())
+    {
+        table.insert("reconcile_after_ms".into(), json!(500));
+    }
+    let (stop, task) = w.start().await?;
+    let soon = w.insert(TransactionKind::Deposit, JSON, 1_100).await?.id;
+    let later = w.insert(TransactionKind::Deposit, PROTO, 1_200).await?.id;
+    for id in [soon, later] {
+        w.wait(id, "submitted", |t| {
+            t.status == TransactionStatus::Submitted
+        })
+        .await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while account(&w.stats().await?, JSON).status_queries == 0 {
+        if tokio::time::Instant::now() > deadline {
+            return Err("the gateway with reconcile_after_ms = 500 was never asked".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        account(&w.stats().await?, PROTO).status_queries,
+        0,
+        "a gateway without its own bound waits for stuck_after_secs (300 s)"
+    );
+    stop.cancel();
+    task.await?;
+    Ok(())
+}
