@@ -223,12 +223,14 @@ async fn the_relay_and_a_consumer_recover_when_the_broker_restarts_empty() -> Te
             on_broker.get(payload)
         );
     }
+    // The long-running consumer sees each at least once. A consumer re-reads a message whose
+    // offset commit the restart swallowed (at-least-once; handlers are idempotent), so a
+    // second sighting is allowed here, unlike a second copy on the broker above.
     let seen = counter.snapshot();
     for payload in &expected {
-        assert_eq!(
-            seen.get(payload),
-            Some(&1),
-            "{} consumed twice",
+        assert!(
+            seen.get(payload).is_some_and(|n| *n >= 1),
+            "{} never consumed",
             String::from_utf8_lossy(payload)
         );
     }

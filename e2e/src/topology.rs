@@ -46,6 +46,10 @@ pub struct TopologyOptions {
     /// The gateways of the routing rule (failover on) for transactions that name none;
     /// empty means [`ROUTE`]. (Routes are an array of tables: no variable can set them.)
     pub route: Vec<String>,
+    /// The gateways' status settle window (`status_not_found_after_ms`). It must exceed any
+    /// status lag a test gives the sandbox (`status_not_found_for_ms`): a shorter one reads a
+    /// lagging "not found" as "never executed".
+    pub status_not_found_after_ms: u64,
 }
 
 impl Default for TopologyOptions {
@@ -54,6 +58,7 @@ impl Default for TopologyOptions {
             sandbox_knobs: Value::Object(Default::default()),
             env: BTreeMap::new(),
             route: Vec::new(),
+            status_not_found_after_ms: SANDBOX_SETTLE_MS,
         }
     }
 }
@@ -232,7 +237,7 @@ impl Topology {
         options: &TopologyOptions,
     ) -> anyhow::Result<()> {
         let config_path = self.dir.join("paygate.toml");
-        std::fs::write(&config_path, self.config_file(ports, &options.route))
+        std::fs::write(&config_path, self.config_file(ports, options))
             .with_context(|| format!("writing {}", config_path.display()))?;
 
         let mut base = BTreeMap::new();
@@ -305,7 +310,9 @@ impl Topology {
 
     /// The TOML every paygate service reads (`PAYGATE_CONFIG`): this run's identity,
     /// ports, gateways, route, and timings short enough for tests.
-    fn config_file(&self, ports: &Ports, route: &[String]) -> String {
+    fn config_file(&self, ports: &Ports, options: &TopologyOptions) -> String {
+        let route = &options.route;
+        let settle_ms = options.status_not_found_after_ms;
         let q = |s: &str| Value::String(s.to_owned()).to_string();
         let c = &self.config;
         let mut toml = String::new();
@@ -338,7 +345,7 @@ impl Topology {
             let _ = writeln!(
                 toml,
                 "[gateways.{name}]\nkind = {}\nbase_url = \"http://127.0.0.1:{}/{name}\"\n\
-                 secret_key = {}\nwebhook_secret = {}\nstatus_not_found_after_ms = {SANDBOX_SETTLE_MS}\n",
+                 secret_key = {}\nwebhook_secret = {}\nstatus_not_found_after_ms = {settle_ms}\n",
                 q(kind),
                 ports.sandbox,
                 q(paygate_sandbox::DEFAULT_SECRET_KEY),

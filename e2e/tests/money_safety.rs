@@ -30,6 +30,8 @@ const PHASE: Duration = Duration::from_secs(60);
 fn options() -> TopologyOptions {
     TopologyOptions {
         route: vec![FIRST.to_owned(), SECOND.to_owned()],
+        // Longer than the status lag: a lagging "not found" must not read as "never executed".
+        status_not_found_after_ms: LAG_MS * 3,
         ..TopologyOptions::default()
     }
     .env("PAYGATE_PROCESSOR_UNRESOLVED_AFTER_SECS", 2)
