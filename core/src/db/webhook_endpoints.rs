@@ -309,6 +309,95 @@ pub async fn list_attempts<'e>(
         .collect())
 }
 
+/// How long an endpoint has been failing without a success, both ends by the database's
+/// clock (the one that stamped `failing_since`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct FailingStreak {
+    pub since: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+impl FailingStreak {
+    pub fn length(&self) -> chrono::TimeDelta {
+        self.now.signed_duration_since(self.since)
+    }
+}
+
+/// Ends an endpoint's failing streak (a success). Only a failing endpoint's row is written:
+/// every delivery to an endpoint would otherwise lock its one row until commit (a WAL
+/// flush), which serialised all of an endpoint's deliveries (BENCHMARKS.md).
+pub async fn clear_failing<'e>(
+    exec: impl PgExecutor<'e>,
+    endpoint: WebhookEndpointId,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = NULL
+         WHERE id = $1 AND failing_since IS NOT NULL",
+    )
+    .bind(endpoint.as_uuid())
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Starts (or continues) an enabled endpoint's failing streak; its length so far, `None`
+/// when the endpoint is disabled or gone.
+pub async fn mark_failing<'e>(
+    exec: impl PgExecutor<'e>,
+    endpoint: WebhookEndpointId,
+) -> Result<Option<FailingStreak>, DbError> {
+    let streak = sqlx::query_as(
+        "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, now())
+         WHERE id = $1 AND disabled_at IS NULL
+         RETURNING failing_since AS since, now() AS now",
+    )
+    .bind(endpoint.as_uuid())
+    .fetch_optional(exec)
+    .await?;
+    Ok(streak)
+}
+
+/// Disables an endpoint for the dispatcher's `reason` (`gone`, `failing`) and stops its
+/// pending deliveries; returns whether it was enabled.
+pub async fn disable_for<'e>(
+    db: &mut sqlx::Transaction<'e, sqlx::Postgres>,
+    endpoint: WebhookEndpointId,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let disabled = sqlx::query(
+        "UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = $2 WHERE id = $1 AND disabled_at IS NULL",
+    )
+    .bind(endpoint.as_uuid())
+    .bind(reason)
+    .execute(&mut **db)
+    .await?
+    .rows_affected()
+        == 1;
+    sqlx::query(
+        "UPDATE webhook_deliveries
+         SET state = 'disabled', last_error = COALESCE(last_error, 'endpoint disabled'), completed_at = now(),
+             updated_at = now()
+         WHERE endpoint_id = $1 AND state = 'pending'",
+    )
+    .bind(endpoint.as_uuid())
+    .execute(&mut **db)
+    .await?;
+    Ok(disabled)
+}
+
+/// Why an endpoint was disabled by the dispatcher (`gone`, `failing`), if it was.
+pub async fn endpoint_disabled_reason<'e>(
+    exec: impl PgExecutor<'e>,
+    endpoint: WebhookEndpointId,
+) -> Result<Option<String>, DbError> {
+    let reason: Option<Option<String>> =
+        sqlx::query_scalar("SELECT disabled_reason FROM webhook_endpoints WHERE id = $1")
+            .bind(endpoint.as_uuid())
+            .fetch_optional(exec)
+            .await?;
+    Ok(reason.flatten())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
