@@ -72,28 +72,29 @@ impl WebhookEndpoint {
     }
 }
 
-type EndpointRow = (
-    uuid::Uuid,
-    uuid::Uuid,
-    String,
-    Option<String>,
-    String,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-);
+/// A `webhook_endpoints` row as selected by [`ENDPOINT_COLUMNS`].
+#[derive(sqlx::FromRow)]
+struct EndpointRow {
+    id: uuid::Uuid,
+    merchant_id: uuid::Uuid,
+    url: String,
+    description: Option<String>,
+    secret: String,
+    created_at: DateTime<Utc>,
+    disabled_at: Option<DateTime<Utc>>,
+}
 
 const ENDPOINT_COLUMNS: &str = "id, merchant_id, url, description, secret, created_at, disabled_at";
 
 fn endpoint_from_row(row: EndpointRow) -> WebhookEndpoint {
-    let (id, merchant, url, description, secret, created_at, disabled_at) = row;
     WebhookEndpoint {
-        id: WebhookEndpointId::from_uuid(id),
-        merchant_id: MerchantId::from_uuid(merchant),
-        url,
-        description,
-        secret: WebhookSecret(secret),
-        created_at,
-        disabled_at,
+        id: WebhookEndpointId::from_uuid(row.id),
+        merchant_id: MerchantId::from_uuid(row.merchant_id),
+        url: row.url,
+        description: row.description,
+        secret: WebhookSecret(row.secret),
+        created_at: row.created_at,
+        disabled_at: row.disabled_at,
     }
 }
 
@@ -243,19 +244,41 @@ pub async fn record_attempt<'e>(
     })
 }
 
-type AttemptRow = (
-    uuid::Uuid,
-    uuid::Uuid,
-    uuid::Uuid,
-    Option<uuid::Uuid>,
-    String,
-    i32,
-    Option<i32>,
-    Option<i32>,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-);
+/// A `delivery_attempts` row as [`list_attempts`] selects it.
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    id: uuid::Uuid,
+    event_id: uuid::Uuid,
+    transaction_id: uuid::Uuid,
+    endpoint_id: Option<uuid::Uuid>,
+    url: String,
+    attempt: i32,
+    status_code: Option<i32>,
+    latency_ms: Option<i32>,
+    response_excerpt: Option<String>,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<AttemptRow> for DeliveryAttempt {
+    fn from(row: AttemptRow) -> Self {
+        Self {
+            id: DeliveryAttemptId::from_uuid(row.id),
+            attempt: NewDeliveryAttempt {
+                event_id: EventId::from_uuid(row.event_id),
+                transaction_id: TransactionId::from_uuid(row.transaction_id),
+                endpoint_id: row.endpoint_id.map(WebhookEndpointId::from_uuid),
+                url: row.url,
+                attempt: row.attempt,
+                status_code: row.status_code,
+                latency_ms: row.latency_ms,
+                response_excerpt: row.response_excerpt,
+                error: row.error,
+            },
+            created_at: row.created_at,
+        }
+    }
+}
 
 /// A transaction's delivery attempts, oldest first, at most `limit`. The caller has checked
 /// that the transaction belongs to the merchant asking.
@@ -273,40 +296,7 @@ pub async fn list_attempts<'e>(
     .bind(limit)
     .fetch_all(exec)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                event,
-                txn,
-                endpoint,
-                url,
-                attempt,
-                status_code,
-                latency_ms,
-                response_excerpt,
-                error,
-                created_at,
-            )| {
-                DeliveryAttempt {
-                    id: DeliveryAttemptId::from_uuid(id),
-                    attempt: NewDeliveryAttempt {
-                        event_id: EventId::from_uuid(event),
-                        transaction_id: TransactionId::from_uuid(txn),
-                        endpoint_id: endpoint.map(WebhookEndpointId::from_uuid),
-                        url,
-                        attempt,
-                        status_code,
-                        latency_ms,
-                        response_excerpt,
-                        error,
-                    },
-                    created_at,
-                }
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(DeliveryAttempt::from).collect())
 }
 
 /// How long an endpoint has been failing without a success, both ends by the database's
