@@ -4,8 +4,8 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use paygate_core::db::webhook_deliveries::{Redelivery, SigningSecret, WebhookEvent};
 use paygate_core::db::webhook_endpoints::{DeliveryAttempt, WebhookEndpoint};
+use paygate_core::db::webhooks::{Redelivery, SigningSecret, WebhookEvent};
 use paygate_core::domain::{
     DeliveryAttemptId, EventId, Failure, Transaction, TransactionId, TransactionKind,
     TransactionStatus, WebhookEndpointId,

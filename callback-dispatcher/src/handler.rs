@@ -10,7 +10,7 @@ use chrono::Utc;
 use paygate_core::bus::events::{Body, Envelope};
 use paygate_core::bus::{Delivery, Handler, HandlerError};
 use paygate_core::db::transactions;
-use paygate_core::db::webhook_deliveries::{self, EventType, NewEvent};
+use paygate_core::db::webhooks::{self, EventType, NewEvent};
 use paygate_core::domain::{TransactionId, TransactionStatus};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -62,10 +62,10 @@ impl Handler for CompletedHandler {
                 transaction.status
             )));
         }
-        let event_id = webhook_deliveries::event_id_for(id, status);
+        let event_id = webhooks::event_id_for(id, status);
         let body = payload::event_body(event_id, event_type, &transaction, Utc::now())
             .map_err(|e| HandlerError::Reject(format!("cannot serialise the event: {e}")))?;
-        let recorded = webhook_deliveries::record_event(
+        let recorded = webhooks::record_event(
             &self.pool,
             &NewEvent {
                 id: event_id,

@@ -13,7 +13,8 @@
 //! - [`check_destination`] (re-exported from `paygate_core::destination`): the SSRF guard,
 //!   shared with the API, which applies it at registration;
 //! - [`signing`]: Standard Webhooks signatures (with rotation);
-//! - the repository is `paygate_core::db::webhook_deliveries` (`redeliver` for the API).
+//! - the repository is `paygate_core::db::webhooks` (`redeliver` for the API) and
+//!   `paygate_core::db::webhook_endpoints`; when an endpoint is disabled is decided here.
 //!
 //! Config (`[dispatcher]`): `concurrency`, `per_endpoint_concurrency`, `request_timeout_ms`,
 //! `retry_schedule_secs` (one entry per attempt; the first, the delay before attempt 1, is
@@ -25,6 +26,7 @@ pub mod retry;
 pub mod sender;
 pub mod signing;
 
+mod endpoint_policy;
 mod handler;
 mod metrics;
 mod scheduler;
@@ -107,7 +109,9 @@ impl Dispatcher {
                 policy: DestinationPolicy::from_config(settings),
             },
             retry: retry::RetryPolicy::from_config(settings),
-            disable_after: Duration::from_secs(settings.disable_after_failing_secs),
+            endpoints: endpoint_policy::EndpointPolicy {
+                disable_after: Duration::from_secs(settings.disable_after_failing_secs),
+            },
         });
         let scheduler = scheduler::Scheduler {
             pool: pool.clone(),

@@ -2,7 +2,7 @@
 //! shown as the API shows it (`GET /v1/transactions/{id}`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use paygate_core::db::webhook_deliveries::EventType;
+use paygate_core::db::webhooks::EventType;
 use paygate_core::domain::{
     EventId, Failure, Transaction, TransactionId, TransactionKind, TransactionStatus,
 };

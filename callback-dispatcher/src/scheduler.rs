@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use paygate_core::db::webhook_deliveries::{self, ClaimLimits};
+use paygate_core::db::webhooks::{self, ClaimLimits};
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,7 @@ impl Scheduler {
                     per_destination: self.per_destination.max(1),
                     in_flight: &snapshot,
                 };
-                match webhook_deliveries::claim_due(&self.pool, limits).await {
+                match webhooks::claim_due(&self.pool, limits).await {
                     Ok(claimed) => {
                         more = claimed.len() == free;
                         for delivery in claimed {
@@ -138,7 +138,7 @@ impl Scheduler {
 pub(crate) async fn report_backlog(pool: PgPool, every: Duration, shutdown: CancellationToken) {
     let mut seen: Vec<String> = Vec::new();
     loop {
-        match webhook_deliveries::backlog_by_destination(&pool).await {
+        match webhooks::backlog_by_destination(&pool).await {
             Ok(rows) => {
                 let now: Vec<String> = rows.iter().map(|(d, _)| d.clone()).collect();
                 for gone in seen.iter().filter(|d| !now.contains(d)) {

@@ -12,7 +12,7 @@
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use paygate_core::db::webhook_deliveries::SigningSecret;
+use paygate_core::db::webhooks::SigningSecret;
 use sha2::Sha256;
 
 pub const HEADER_ID: &str = "webhook-id";

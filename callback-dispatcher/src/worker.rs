@@ -1,12 +1,11 @@
 //! Delivering one claimed delivery: sign, send, log the attempt, decide what comes next.
 
-use std::time::Duration;
-
 use chrono::Utc;
-use paygate_core::db::webhook_deliveries::{self, ClaimedDelivery, DeliveryOutcome};
 use paygate_core::db::webhook_endpoints::NewDeliveryAttempt;
+use paygate_core::db::webhooks::{ClaimedDelivery, DeliveryOutcome};
 use sqlx::PgPool;
 
+use crate::endpoint_policy::{self, EndpointPolicy};
 use crate::metrics;
 use crate::retry::RetryPolicy;
 use crate::sender::{AttemptReport, Sender};
@@ -16,7 +15,7 @@ pub(crate) struct Deliverer {
     pub pool: PgPool,
     pub sender: Sender,
     pub retry: RetryPolicy,
-    pub disable_after: Duration,
+    pub endpoints: EndpointPolicy,
 }
 
 impl Deliverer {
@@ -81,14 +80,10 @@ impl Deliverer {
         attempt: Option<&NewDeliveryAttempt>,
         outcome: DeliveryOutcome,
     ) {
-        match webhook_deliveries::complete(
-            &self.pool,
-            claimed,
-            attempt,
-            outcome,
-            self.disable_after,
-        )
-        .await
+        match self
+            .endpoints
+            .complete(&self.pool, claimed, attempt, outcome)
+            .await
         {
             Ok(done) => {
                 if !done.applied {
@@ -105,9 +100,9 @@ impl Deliverer {
                 });
                 if done.endpoint_disabled {
                     let reason = if outcome == DeliveryOutcome::Gone {
-                        "gone"
+                        endpoint_policy::GONE
                     } else {
-                        "failing"
+                        endpoint_policy::FAILING
                     };
                     metrics::endpoint_disabled(reason);
                     tracing::warn!(endpoint = ?claimed.endpoint_id, reason, "webhook endpoint disabled");

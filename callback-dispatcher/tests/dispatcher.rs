@@ -19,7 +19,7 @@ use paygate_core::bus::events::{Body, Envelope, TransactionCompleted};
 use paygate_core::bus::{Producer, Topic};
 use paygate_core::config::Config;
 use paygate_core::db::outbox::OutboxMessage;
-use paygate_core::db::webhook_deliveries::{self, DeliveryState};
+use paygate_core::db::webhooks::{self, DeliveryState};
 use paygate_core::db::{merchants, transactions, webhook_endpoints};
 use paygate_core::domain::{
     CustomerReference, MerchantId, Money, NewTransaction, Transaction, TransactionKind,
@@ -350,7 +350,7 @@ async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once
     assert_eq!(payload["data"]["metadata"]["order"], "A-1");
     assert_eq!(
         event_id,
-        webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded).to_string()
+        webhooks::event_id_for(tx.id, TransactionStatus::Succeeded).to_string()
     );
     assert_eq!(
         at_callback[0].header("webhook-id"),
@@ -376,7 +376,7 @@ async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once
         tampered.as_bytes()
     ));
     // …and the merchant's default secret signs the callback_url delivery.
-    let default_secret = webhook_deliveries::merchant_default_secret(&pool, merchant).await?;
+    let default_secret = webhooks::merchant_default_secret(&pool, merchant).await?;
     assert!(independently_verifies(
         default_secret.expose(),
         &at_callback[0],
@@ -411,9 +411,9 @@ async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_attempt() -
         receiver.received().len() >= 4
     })
     .await?;
-    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Failed);
+    let event = webhooks::event_id_for(tx.id, TransactionStatus::Failed);
     eventually("delivery succeeded", WAIT, || async {
-        webhook_deliveries::deliveries_for_event(&pool, event)
+        webhooks::deliveries_for_event(&pool, event)
             .await
             .map(|d| d.len() == 1 && d[0].state == DeliveryState::Succeeded)
             .unwrap_or(false)
@@ -480,13 +480,13 @@ async fn gone_disables_the_endpoint() -> TestResult {
     })
     .await?;
     assert_eq!(
-        webhook_deliveries::endpoint_disabled_reason(&pool, endpoint.id)
+        webhook_endpoints::endpoint_disabled_reason(&pool, endpoint.id)
             .await?
             .as_deref(),
         Some("gone")
     );
-    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
-    let deliveries = webhook_deliveries::deliveries_for_event(&pool, event).await?;
+    let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
+    let deliveries = webhooks::deliveries_for_event(&pool, event).await?;
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].state, DeliveryState::Disabled);
     assert_eq!(deliveries[0].last_status_code, Some(410));
@@ -579,7 +579,7 @@ async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() 
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
     publish_completed(&producer, &tx).await?;
-    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
+    let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
 
     eventually("first attempt logged", WAIT, || async {
         webhook_endpoints::list_attempts(&pool, tx.id, 10)
@@ -589,7 +589,7 @@ async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() 
     })
     .await?;
     first.stop().await?;
-    let pending = webhook_deliveries::deliveries_for_event(&pool, event).await?;
+    let pending = webhooks::deliveries_for_event(&pool, event).await?;
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].state, DeliveryState::Pending);
     assert!(pending[0].next_attempt_at > Utc::now());
@@ -600,7 +600,7 @@ async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() 
 
     let second = Running::start(&config).await?;
     eventually("delivered after restart", WAIT, || async {
-        webhook_deliveries::deliveries_for_event(&pool, event)
+        webhooks::deliveries_for_event(&pool, event)
             .await
             .map(|d| d.len() == 1 && d[0].state == DeliveryState::Succeeded)
             .unwrap_or(false)
@@ -672,9 +672,9 @@ async fn internal_destinations_are_refused_before_connecting() -> TestResult {
     )
     .await?;
     publish_completed(&producer, &tx).await?;
-    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
+    let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
     eventually("all five deliveries failed", WAIT, || async {
-        webhook_deliveries::deliveries_for_event(&pool, event)
+        webhooks::deliveries_for_event(&pool, event)
             .await
             .map(|d| d.len() == 5 && d.iter().all(|d| d.state == DeliveryState::Failed))
             .unwrap_or(false)
@@ -716,20 +716,14 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
         receiver.received().len() == 1
     })
     .await?;
-    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
+    let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
 
-    let rotated = webhook_deliveries::rotate_endpoint_secret(
-        &pool,
-        merchant,
-        endpoint.id,
-        Duration::from_secs(3_600),
-    )
-    .await?
-    .ok_or("endpoint not rotated")?;
-    assert!(webhook_deliveries::redeliver(&pool, other, event)
-        .await?
-        .is_none());
-    let replay = webhook_deliveries::redeliver(&pool, merchant, event)
+    let rotated =
+        webhooks::rotate_endpoint_secret(&pool, merchant, endpoint.id, Duration::from_secs(3_600))
+            .await?
+            .ok_or("endpoint not rotated")?;
+    assert!(webhooks::redeliver(&pool, other, event).await?.is_none());
+    let replay = webhooks::redeliver(&pool, merchant, event)
         .await?
         .ok_or("event not found")?;
     assert_eq!((replay.generation, replay.deliveries), (1, 1));
@@ -754,7 +748,7 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
     ));
 
     eventually("both generations succeeded", WAIT, || async {
-        webhook_deliveries::deliveries_for_event(&pool, event)
+        webhooks::deliveries_for_event(&pool, event)
             .await
             .map(|d| {
                 d.iter().map(|d| d.generation).collect::<Vec<_>>() == vec![0, 1]
@@ -781,7 +775,7 @@ async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
     publish_completed(&producer, &tx).await?;
 
     eventually("endpoint disabled", WAIT, || async {
-        webhook_deliveries::endpoint_disabled_reason(&pool, endpoint.id)
+        webhook_endpoints::endpoint_disabled_reason(&pool, endpoint.id)
             .await
             .ok()
             .flatten()
@@ -794,8 +788,8 @@ async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
         .await?
         .len();
     assert_eq!(attempts, 2);
-    let event = webhook_deliveries::event_id_for(tx.id, TransactionStatus::Succeeded);
-    let deliveries = webhook_deliveries::deliveries_for_event(&pool, event).await?;
+    let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
+    let deliveries = webhooks::deliveries_for_event(&pool, event).await?;
     assert_eq!(deliveries[0].state, DeliveryState::Disabled);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(receiver.received().len(), 2, "no attempt after disabling");

@@ -2,7 +2,7 @@
 //! shows off with, what `paygate bench e2e` drives, and what the end-to-end tests use.
 
 use anyhow::Context;
-use paygate_core::db::webhook_deliveries::SigningSecret;
+use paygate_core::db::webhooks::SigningSecret;
 use paygate_core::db::{merchants, webhook_endpoints};
 use paygate_core::domain::MerchantId;
 use sqlx::PgPool;

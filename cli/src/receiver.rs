@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use paygate_callback_dispatcher::signing;
-use paygate_core::db::webhook_deliveries::SigningSecret;
+use paygate_core::db::webhooks::SigningSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

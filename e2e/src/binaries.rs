@@ -135,6 +135,20 @@ fn build(binaries: &Binaries) -> anyhow::Result<()> {
     for package in PACKAGES {
         command.args(["-p", package]);
     }
+    // Cargo sets these for the test process only; ring's build script reruns when they
+    // change, which would rebuild everything above ring on each test run and again outside.
+    let per_crate = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_PRIMARY_",
+    ];
+    for (var, _) in std::env::vars_os() {
+        let name = var.to_string_lossy();
+        if per_crate.iter().any(|prefix| name.starts_with(prefix)) {
+            command.env_remove(&var);
+        }
+    }
     let shown = format!(
         "{} build --bins --profile {} -p {}",
         Path::new(&cargo).display(),

@@ -7,7 +7,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use paygate_core::db::webhook_deliveries;
+use paygate_core::db::webhooks;
 use paygate_core::domain::EventId;
 
 use crate::auth::Merchant;
@@ -37,7 +37,7 @@ pub async fn redeliver(
     };
     let id = EventId::parse(&raw)
         .map_err(|e| HttpError::invalid_param("id_invalid", "id", e.to_string()))?;
-    let redelivery = webhook_deliveries::redeliver(&state.pool, merchant.id, id)
+    let redelivery = webhooks::redeliver(&state.pool, merchant.id, id)
         .await
         .map_err(HttpError::internal)?
         .ok_or_else(|| HttpError::not_found("event"))?;

@@ -156,7 +156,7 @@ pub async fn events(
         .await
         .map_err(HttpError::internal)?
         .ok_or_else(|| HttpError::not_found("transaction"))?;
-    let events = db::webhook_deliveries::events_for_transaction(&state.pool, id)
+    let events = db::webhooks::events_for_transaction(&state.pool, id)
         .await
         .map_err(HttpError::internal)?;
     Ok(Json(WebhookEventList {

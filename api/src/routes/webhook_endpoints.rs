@@ -9,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use paygate_core::db::webhook_deliveries;
 use paygate_core::db::webhook_endpoints as repo;
+use paygate_core::db::webhooks;
 use paygate_core::domain::WebhookEndpointId;
 
 use crate::auth::Merchant;
@@ -168,7 +168,7 @@ pub async fn rotate_secret(
     let id = parse_id(id)?;
     let overlap = crate::routes::webhook_secret::ROTATION_OVERLAP;
     let expires_at = crate::routes::webhook_secret::overlap_end();
-    let secret = webhook_deliveries::rotate_endpoint_secret(&state.pool, merchant.id, id, overlap)
+    let secret = webhooks::rotate_endpoint_secret(&state.pool, merchant.id, id, overlap)
         .await
         .map_err(HttpError::internal)?
         .ok_or_else(|| HttpError::not_found("webhook endpoint"))?;

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use paygate_core::db::webhook_deliveries;
+use paygate_core::db::webhooks;
 
 use crate::auth::Merchant;
 use crate::error::HttpError;
@@ -51,7 +51,7 @@ pub async fn retrieve(
     State(state): State<AppState>,
     merchant: Merchant,
 ) -> Result<Response, HttpError> {
-    let secret = webhook_deliveries::merchant_default_secret(&state.pool, merchant.id)
+    let secret = webhooks::merchant_default_secret(&state.pool, merchant.id)
         .await
         .map_err(HttpError::internal)?;
     Ok(no_store(Json(WebhookSecretResource::new(
@@ -74,13 +74,10 @@ pub async fn rotate(
     merchant: Merchant,
 ) -> Result<Response, HttpError> {
     let expires_at = overlap_end();
-    let secret = webhook_deliveries::rotate_merchant_default_secret(
-        &state.pool,
-        merchant.id,
-        ROTATION_OVERLAP,
-    )
-    .await
-    .map_err(HttpError::internal)?;
+    let secret =
+        webhooks::rotate_merchant_default_secret(&state.pool, merchant.id, ROTATION_OVERLAP)
+            .await
+            .map_err(HttpError::internal)?;
     tracing::info!(merchant = %merchant.id, "merchant default webhook secret rotated");
     Ok(no_store(Json(WebhookSecretResource::new(
         &secret,

@@ -2,7 +2,7 @@
 //! is not running here: events are recorded as its handler records them, and the test reads
 //! the delivery rows a redelivery schedules.
 
-use paygate_core::db::webhook_deliveries::{self, EventType, NewEvent};
+use paygate_core::db::webhooks::{self, EventType, NewEvent};
 use paygate_core::domain::{EventId, TransactionId, TransactionStatus};
 use serde_json::{json, Value};
 
@@ -32,10 +32,10 @@ async fn transaction_with_event(
         .json()
         .await?;
     let transaction = TransactionId::parse(created["id"].as_str().unwrap_or_default())?;
-    let event = webhook_deliveries::event_id_for(transaction, TransactionStatus::Succeeded);
+    let event = webhooks::event_id_for(transaction, TransactionStatus::Succeeded);
     let payload = json!({"type": "transaction.succeeded", "id": event.to_string(),
         "created_at": "2026-01-01T00:00:00Z", "data": created});
-    let recorded = webhook_deliveries::record_event(
+    let recorded = webhooks::record_event(
         &app.pool,
         &NewEvent {
             id: event,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use paygate_core::db::webhook_deliveries::{self, ClaimLimits, EventType, NewEvent};
+use paygate_core::db::webhooks::{self, ClaimLimits, EventType, NewEvent};
 use paygate_core::domain::{TransactionId, TransactionStatus};
 use serde_json::{json, Value};
 
@@ -266,8 +266,8 @@ async fn after_rotations_deliveries_carry_both_secrets() -> TestResult {
         .json()
         .await?;
     let transaction = TransactionId::parse(tx["id"].as_str().unwrap_or_default())?;
-    let event = webhook_deliveries::event_id_for(transaction, TransactionStatus::Failed);
-    webhook_deliveries::record_event(
+    let event = webhooks::event_id_for(transaction, TransactionStatus::Failed);
+    webhooks::record_event(
         &app.pool,
         &NewEvent {
             id: event,
@@ -291,7 +291,7 @@ async fn after_rotations_deliveries_carry_both_secrets() -> TestResult {
 
     // What a dispatcher claims: the new secret first, then the previous one.
     let in_flight = HashMap::new();
-    let claimed = webhook_deliveries::claim_due(
+    let claimed = webhooks::claim_due(
         &app.pool,
         ClaimLimits {
             max: 16,

@@ -5,8 +5,8 @@ pub mod heal;
 pub mod merchants;
 pub mod outbox;
 pub mod transactions;
-pub mod webhook_deliveries;
 pub mod webhook_endpoints;
+pub mod webhooks;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;

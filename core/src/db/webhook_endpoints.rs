@@ -72,28 +72,29 @@ impl WebhookEndpoint {
     }
 }
 
-type EndpointRow = (
-    uuid::Uuid,
-    uuid::Uuid,
-    String,
-    Option<String>,
-    String,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-);
+/// A `webhook_endpoints` row as selected by [`ENDPOINT_COLUMNS`].
+#[derive(sqlx::FromRow)]
+struct EndpointRow {
+    id: uuid::Uuid,
+    merchant_id: uuid::Uuid,
+    url: String,
+    description: Option<String>,
+    secret: String,
+    created_at: DateTime<Utc>,
+    disabled_at: Option<DateTime<Utc>>,
+}
 
 const ENDPOINT_COLUMNS: &str = "id, merchant_id, url, description, secret, created_at, disabled_at";
 
 fn endpoint_from_row(row: EndpointRow) -> WebhookEndpoint {
-    let (id, merchant, url, description, secret, created_at, disabled_at) = row;
     WebhookEndpoint {
-        id: WebhookEndpointId::from_uuid(id),
-        merchant_id: MerchantId::from_uuid(merchant),
-        url,
-        description,
-        secret: WebhookSecret(secret),
-        created_at,
-        disabled_at,
+        id: WebhookEndpointId::from_uuid(row.id),
+        merchant_id: MerchantId::from_uuid(row.merchant_id),
+        url: row.url,
+        description: row.description,
+        secret: WebhookSecret(row.secret),
+        created_at: row.created_at,
+        disabled_at: row.disabled_at,
     }
 }
 
@@ -243,19 +244,41 @@ pub async fn record_attempt<'e>(
     })
 }
 
-type AttemptRow = (
-    uuid::Uuid,
-    uuid::Uuid,
-    uuid::Uuid,
-    Option<uuid::Uuid>,
-    String,
-    i32,
-    Option<i32>,
-    Option<i32>,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-);
+/// A `delivery_attempts` row as [`list_attempts`] selects it.
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    id: uuid::Uuid,
+    event_id: uuid::Uuid,
+    transaction_id: uuid::Uuid,
+    endpoint_id: Option<uuid::Uuid>,
+    url: String,
+    attempt: i32,
+    status_code: Option<i32>,
+    latency_ms: Option<i32>,
+    response_excerpt: Option<String>,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<AttemptRow> for DeliveryAttempt {
+    fn from(row: AttemptRow) -> Self {
+        Self {
+            id: DeliveryAttemptId::from_uuid(row.id),
+            attempt: NewDeliveryAttempt {
+                event_id: EventId::from_uuid(row.event_id),
+                transaction_id: TransactionId::from_uuid(row.transaction_id),
+                endpoint_id: row.endpoint_id.map(WebhookEndpointId::from_uuid),
+                url: row.url,
+                attempt: row.attempt,
+                status_code: row.status_code,
+                latency_ms: row.latency_ms,
+                response_excerpt: row.response_excerpt,
+                error: row.error,
+            },
+            created_at: row.created_at,
+        }
+    }
+}
 
 /// A transaction's delivery attempts, oldest first, at most `limit`. The caller has checked
 /// that the transaction belongs to the merchant asking.
@@ -273,40 +296,96 @@ pub async fn list_attempts<'e>(
     .bind(limit)
     .fetch_all(exec)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                event,
-                txn,
-                endpoint,
-                url,
-                attempt,
-                status_code,
-                latency_ms,
-                response_excerpt,
-                error,
-                created_at,
-            )| {
-                DeliveryAttempt {
-                    id: DeliveryAttemptId::from_uuid(id),
-                    attempt: NewDeliveryAttempt {
-                        event_id: EventId::from_uuid(event),
-                        transaction_id: TransactionId::from_uuid(txn),
-                        endpoint_id: endpoint.map(WebhookEndpointId::from_uuid),
-                        url,
-                        attempt,
-                        status_code,
-                        latency_ms,
-                        response_excerpt,
-                        error,
-                    },
-                    created_at,
-                }
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(DeliveryAttempt::from).collect())
+}
+
+/// How long an endpoint has been failing without a success, both ends by the database's
+/// clock (the one that stamped `failing_since`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct FailingStreak {
+    pub since: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+impl FailingStreak {
+    pub fn length(&self) -> chrono::TimeDelta {
+        self.now.signed_duration_since(self.since)
+    }
+}
+
+/// Ends an endpoint's failing streak (a success). Only a failing endpoint's row is written:
+/// every delivery to an endpoint would otherwise lock its one row until commit (a WAL
+/// flush), which serialised all of an endpoint's deliveries (BENCHMARKS.md).
+pub async fn clear_failing<'e>(
+    exec: impl PgExecutor<'e>,
+    endpoint: WebhookEndpointId,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = NULL
+         WHERE id = $1 AND failing_since IS NOT NULL",
+    )
+    .bind(endpoint.as_uuid())
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+/// Starts (or continues) an enabled endpoint's failing streak; its length so far, `None`
+/// when the endpoint is disabled or gone.
+pub async fn mark_failing<'e>(
+    exec: impl PgExecutor<'e>,
+    endpoint: WebhookEndpointId,
+) -> Result<Option<FailingStreak>, DbError> {
+    let streak = sqlx::query_as(
+        "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, now())
+         WHERE id = $1 AND disabled_at IS NULL
+         RETURNING failing_since AS since, now() AS now",
+    )
+    .bind(endpoint.as_uuid())
+    .fetch_optional(exec)
+    .await?;
+    Ok(streak)
+}
+
+/// Disables an endpoint for the dispatcher's `reason` (`gone`, `failing`) and stops its
+/// pending deliveries; returns whether it was enabled.
+pub async fn disable_for<'e>(
+    db: &mut sqlx::Transaction<'e, sqlx::Postgres>,
+    endpoint: WebhookEndpointId,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let disabled = sqlx::query(
+        "UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = $2 WHERE id = $1 AND disabled_at IS NULL",
+    )
+    .bind(endpoint.as_uuid())
+    .bind(reason)
+    .execute(&mut **db)
+    .await?
+    .rows_affected()
+        == 1;
+    sqlx::query(
+        "UPDATE webhook_deliveries
+         SET state = 'disabled', last_error = COALESCE(last_error, 'endpoint disabled'), completed_at = now(),
+             updated_at = now()
+         WHERE endpoint_id = $1 AND state = 'pending'",
+    )
+    .bind(endpoint.as_uuid())
+    .execute(&mut **db)
+    .await?;
+    Ok(disabled)
+}
+
+/// Why an endpoint was disabled by the dispatcher (`gone`, `failing`), if it was.
+pub async fn endpoint_disabled_reason<'e>(
+    exec: impl PgExecutor<'e>,
+    endpoint: WebhookEndpointId,
+) -> Result<Option<String>, DbError> {
+    let reason: Option<Option<String>> =
+        sqlx::query_scalar("SELECT disabled_reason FROM webhook_endpoints WHERE id = $1")
+            .bind(endpoint.as_uuid())
+            .fetch_optional(exec)
+            .await?;
+    Ok(reason.flatten())
 }
 
 #[cfg(test)]

@@ -1,0 +1,519 @@
+//! The durable delivery schedule: one row per (event, destination, generation), claimed by
+//! dispatchers under a lease and completed with each attempt's outcome.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::secrets::{self, SigningSecret};
+use crate::db::webhook_endpoints::{self, NewDeliveryAttempt};
+use crate::db::{relax_durability, DbError};
+use crate::domain::{EventId, MerchantId, TransactionId, WebhookEndpointId};
+
+/// The bulkhead key of a transaction's `callback_url`: `callback:<host>:<port>`.
+pub fn callback_destination(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => format!(
+            "callback:{}:{}",
+            parsed.host_str().unwrap_or(""),
+            parsed.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => "callback:invalid".to_owned(),
+    }
+}
+
+/// An event to schedule to the merchant's current destinations.
+pub(super) struct Destinations<'a> {
+    pub event: EventId,
+    pub merchant: MerchantId,
+    pub transaction: TransactionId,
+    pub callback_url: Option<&'a str>,
+    /// 0 for the first delivery, then one more per redelivery.
+    pub generation: i32,
+}
+
+/// One delivery row per current destination (enabled endpoints, then the `callback_url`),
+/// due now; returns the rows scheduled.
+pub(super) async fn schedule(
+    db: &mut Transaction<'_, Postgres>,
+    to: Destinations<'_>,
+) -> Result<usize, DbError> {
+    let endpoints: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, url FROM webhook_endpoints WHERE merchant_id = $1 AND disabled_at IS NULL ORDER BY id",
+    )
+    .bind(to.merchant.as_uuid())
+    .fetch_all(&mut **db)
+    .await?;
+    let mut rows: Vec<(Option<Uuid>, String, String)> = endpoints
+        .into_iter()
+        .map(|(id, url)| {
+            let destination = WebhookEndpointId::from_uuid(id).to_string();
+            (Some(id), url, destination)
+        })
+        .collect();
+    if let Some(url) = to.callback_url.filter(|u| !u.is_empty()) {
+        secrets::merchant_default_secret(&mut **db, to.merchant).await?;
+        rows.push((None, url.to_owned(), callback_destination(url)));
+    }
+    let mut scheduled: usize = 0;
+    for (endpoint, url, destination) in rows {
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_deliveries (id, event_id, merchant_id, transaction_id, endpoint_id, url, destination,
+                 generation)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id, destination, generation) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(to.event.as_uuid())
+        .bind(to.merchant.as_uuid())
+        .bind(to.transaction.as_uuid())
+        .bind(endpoint)
+        .bind(&url)
+        .bind(&destination)
+        .bind(to.generation)
+        .execute(&mut **db)
+        .await?
+        .rows_affected();
+        scheduled = scheduled.saturating_add(usize::try_from(inserted).unwrap_or(usize::MAX));
+    }
+    Ok(scheduled)
+}
+
+/// The generation a redelivery of `event` gets: one past the newest scheduled.
+pub(super) async fn next_generation<'e>(
+    exec: impl PgExecutor<'e>,
+    event: EventId,
+) -> Result<i32, DbError> {
+    let generation = sqlx::query_scalar(
+        "SELECT COALESCE(max(generation), 0) + 1 FROM webhook_deliveries WHERE event_id = $1",
+    )
+    .bind(event.as_uuid())
+    .fetch_one(exec)
+    .await?;
+    Ok(generation)
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryState {
+    Pending,
+    Delivering,
+    Succeeded,
+    Failed,
+    Disabled,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivering => "delivering",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Delivering,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Disabled,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// One scheduled delivery of an event to one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub event_id: EventId,
+    pub endpoint_id: Option<WebhookEndpointId>,
+    pub url: String,
+    pub destination: String,
+    pub generation: i32,
+    pub state: DeliveryState,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+}
+
+/// A `webhook_deliveries` row as [`deliveries_for_event`] selects it.
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: Uuid,
+    event_id: Uuid,
+    endpoint_id: Option<Uuid>,
+    url: String,
+    destination: String,
+    generation: i32,
+    state: String,
+    attempts: i32,
+    next_attempt_at: DateTime<Utc>,
+    last_status_code: Option<i32>,
+    last_error: Option<String>,
+}
+
+impl TryFrom<DeliveryRow> for Delivery {
+    type Error = DbError;
+
+    fn try_from(row: DeliveryRow) -> Result<Self, DbError> {
+        let state = DeliveryState::parse(&row.state).ok_or_else(|| DbError::Corrupt {
+            table: "webhook_deliveries",
+            detail: format!("unknown state {:?}", row.state),
+        })?;
+        Ok(Self {
+            id: row.id,
+            event_id: EventId::from_uuid(row.event_id),
+            endpoint_id: row.endpoint_id.map(WebhookEndpointId::from_uuid),
+            url: row.url,
+            destination: row.destination,
+            generation: row.generation,
+            state,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at,
+            last_status_code: row.last_status_code,
+            last_error: row.last_error,
+        })
+    }
+}
+
+/// The deliveries of one event (all generations), oldest first.
+pub async fn deliveries_for_event<'e>(
+    exec: impl PgExecutor<'e>,
+    event: EventId,
+) -> Result<Vec<Delivery>, DbError> {
+    let rows: Vec<DeliveryRow> = sqlx::query_as(
+        "SELECT id, event_id, endpoint_id, url, destination, generation, state, attempts, next_attempt_at,
+                last_status_code, last_error
+         FROM webhook_deliveries WHERE event_id = $1 ORDER BY generation, id",
+    )
+    .bind(event.as_uuid())
+    .fetch_all(exec)
+    .await?;
+    rows.into_iter().map(Delivery::try_from).collect()
+}
+
+/// A delivery taken by a worker, with all it needs to send one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    pub id: Uuid,
+    pub event_id: EventId,
+    pub merchant_id: MerchantId,
+    pub transaction_id: TransactionId,
+    /// `None` for the transaction's own `callback_url`.
+    pub endpoint_id: Option<WebhookEndpointId>,
+    pub url: String,
+    pub destination: String,
+    /// This attempt's number (1 for the first); also the lease's fencing token.
+    pub attempt: i32,
+    pub payload: String,
+    /// Current secret first, then the previous one while its rotation overlap lasts.
+    pub secrets: Vec<SigningSecret>,
+    /// The endpoint was disabled or deleted since the delivery was scheduled.
+    pub endpoint_disabled: bool,
+}
+
+/// How much [`claim_due`] may take.
+#[derive(Debug, Clone)]
+pub struct ClaimLimits<'a> {
+    /// Deliveries to take at most (free worker slots).
+    pub max: usize,
+    /// How long a claimed delivery stays the worker's before others may take it again.
+    pub lease: Duration,
+    /// Deliveries in flight to one destination at most (the bulkhead).
+    pub per_destination: usize,
+    /// Deliveries this process already has in flight, by destination.
+    pub in_flight: &'a HashMap<String, usize>,
+}
+
+impl ClaimLimits<'_> {
+    /// Destinations already at their limit in this process: not even candidates.
+    fn saturated(&self) -> Vec<String> {
+        let full = self.in_flight.iter();
+        let full = full.filter(|(_, n)| **n >= self.per_destination);
+        full.map(|(destination, _)| destination.clone()).collect()
+    }
+
+    /// The candidates (`(id, destination)`, in due order) to take: at most `max`, and no
+    /// destination past `per_destination` counting what is already in flight.
+    fn choose(&self, candidates: Vec<(Uuid, String)>) -> Vec<Uuid> {
+        let mut taken: HashMap<String, usize> = self.in_flight.clone();
+        let mut chosen = Vec::new();
+        for (id, destination) in candidates {
+            if chosen.len() >= self.max {
+                break;
+            }
+            let count = taken.entry(destination).or_insert(0);
+            if *count < self.per_destination {
+                *count = count.saturating_add(1);
+                chosen.push(id);
+            }
+        }
+        chosen
+    }
+}
+
+/// A leased delivery with its event, secrets and endpoint state, as [`claim_due`] reads it.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    id: Uuid,
+    event_id: Uuid,
+    merchant_id: Uuid,
+    transaction_id: Uuid,
+    endpoint_id: Option<Uuid>,
+    url: String,
+    destination: String,
+    attempts: i32,
+    payload: String,
+    /// The endpoint's secret, or the merchant default's for a `callback_url` delivery.
+    secret: Option<String>,
+    /// The one before it, while its rotation overlap lasts.
+    previous_secret: Option<String>,
+    endpoint_disabled: bool,
+}
+
+impl ClaimRow {
+    /// The claimed delivery; a `callback_url` delivery whose merchant has no default secret
+    /// yet (hand-made rows) gets one created.
+    async fn into_claimed(
+        self,
+        db: &mut Transaction<'_, Postgres>,
+    ) -> Result<ClaimedDelivery, DbError> {
+        let merchant = MerchantId::from_uuid(self.merchant_id);
+        let current = match self.secret {
+            Some(raw) => SigningSecret::stored(&raw, "webhook_endpoints")?,
+            None => secrets::merchant_default_secret(&mut **db, merchant).await?,
+        };
+        let previous = self
+            .previous_secret
+            .as_deref()
+            .and_then(SigningSecret::parse);
+        Ok(ClaimedDelivery {
+            id: self.id,
+            event_id: EventId::from_uuid(self.event_id),
+            merchant_id: merchant,
+            transaction_id: TransactionId::from_uuid(self.transaction_id),
+            endpoint_id: self.endpoint_id.map(WebhookEndpointId::from_uuid),
+            url: self.url,
+            destination: self.destination,
+            attempt: self.attempts,
+            payload: self.payload,
+            secrets: std::iter::once(current).chain(previous).collect(),
+            endpoint_disabled: self.endpoint_disabled,
+        })
+    }
+}
+
+/// Takes due deliveries (pending and due, or leased by a worker whose lease ran out) under
+/// a lease, skipping rows another dispatcher holds and destinations at their limit.
+pub async fn claim_due(
+    pool: &PgPool,
+    limits: ClaimLimits<'_>,
+) -> Result<Vec<ClaimedDelivery>, DbError> {
+    if limits.max == 0 {
+        return Ok(Vec::new());
+    }
+    let mut db = pool.begin().await?;
+    let candidates = due_candidates(&mut db, &limits).await?;
+    let chosen = limits.choose(candidates);
+    if chosen.is_empty() {
+        db.commit().await?;
+        return Ok(Vec::new());
+    }
+    // A lost lease only lets the delivery be claimed (and sent) again.
+    relax_durability(&mut db).await?;
+    lease(&mut db, &chosen, limits.lease).await?;
+    let rows = leased(&mut db, &chosen).await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in rows {
+        claimed.push(row.into_claimed(&mut db).await?);
+    }
+    db.commit().await?;
+    Ok(claimed)
+}
+
+/// Due deliveries nobody holds, oldest due first, locked for this transaction: a few times
+/// `max`, so that destinations at their limit still leave enough to choose from.
+async fn due_candidates(
+    db: &mut Transaction<'_, Postgres>,
+    limits: &ClaimLimits<'_>,
+) -> Result<Vec<(Uuid, String)>, DbError> {
+    let candidates = sqlx::query_as(
+        "SELECT id, destination FROM webhook_deliveries
+         WHERE ((state = 'pending' AND next_attempt_at <= now()) OR (state = 'delivering' AND locked_until <= now()))
+           AND NOT (destination = ANY($1))
+         ORDER BY next_attempt_at
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limits.saturated())
+    .bind(i64::try_from(limits.max.saturating_mul(4)).unwrap_or(i64::MAX))
+    .fetch_all(&mut **db)
+    .await?;
+    Ok(candidates)
+}
+
+/// Marks the chosen deliveries as being delivered, one attempt more, until the lease ends.
+async fn lease(
+    db: &mut Transaction<'_, Postgres>,
+    chosen: &[Uuid],
+    lease: Duration,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE webhook_deliveries
+         SET state = 'delivering', attempts = attempts + 1, locked_until = now() + make_interval(secs => $2),
+             updated_at = now()
+         WHERE id = ANY($1)",
+    )
+    .bind(chosen)
+    .bind(lease.as_secs_f64())
+    .execute(&mut **db)
+    .await?;
+    Ok(())
+}
+
+/// The leased deliveries with what sending needs, in due order.
+async fn leased(
+    db: &mut Transaction<'_, Postgres>,
+    chosen: &[Uuid],
+) -> Result<Vec<ClaimRow>, DbError> {
+    let rows = sqlx::query_as(
+        "SELECT d.id, d.event_id, d.merchant_id, d.transaction_id, d.endpoint_id, d.url, d.destination, d.attempts,
+                e.payload::text AS payload,
+                CASE WHEN d.endpoint_id IS NULL THEN m.secret ELSE w.secret END AS secret,
+                CASE WHEN d.endpoint_id IS NULL
+                     THEN CASE WHEN m.previous_secret_expires_at > now() THEN m.previous_secret END
+                     ELSE CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END END
+                  AS previous_secret,
+                (d.endpoint_id IS NOT NULL AND (w.id IS NULL OR w.disabled_at IS NOT NULL)) AS endpoint_disabled
+         FROM webhook_deliveries d
+         JOIN webhook_events e ON e.id = d.event_id
+         LEFT JOIN webhook_endpoints w ON w.id = d.endpoint_id
+         LEFT JOIN merchant_webhook_secrets m ON m.merchant_id = d.merchant_id
+         WHERE d.id = ANY($1)
+         ORDER BY d.next_attempt_at",
+    )
+    .bind(chosen)
+    .fetch_all(&mut **db)
+    .await?;
+    Ok(rows)
+}
+
+/// How one claimed delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// A 2xx: done.
+    Succeeded,
+    /// Try again after this delay.
+    Retry { after: Duration },
+    /// Given up: schedule exhausted, or the destination is refused.
+    Failed,
+    /// The endpoint answered 410 Gone: disable it (a `callback_url` delivery just stops).
+    Gone,
+    /// Not sent: the endpoint was disabled or deleted meanwhile.
+    Skipped,
+}
+
+/// Logs an attempt (when one was made) and moves the delivery on, in the caller's
+/// transaction (where the dispatcher also applies its endpoint policy). Returns false when
+/// the lease was lost (another worker re-claimed the delivery): the attempt is logged but
+/// the schedule is left to the newer attempt.
+pub async fn complete(
+    db: &mut Transaction<'_, Postgres>,
+    claimed: &ClaimedDelivery,
+    attempt: Option<&NewDeliveryAttempt>,
+    outcome: DeliveryOutcome,
+) -> Result<bool, DbError> {
+    if let Some(attempt) = attempt {
+        webhook_endpoints::record_attempt(&mut **db, attempt).await?;
+    }
+    let (state, retry_secs) = match outcome {
+        DeliveryOutcome::Succeeded => ("succeeded", None),
+        DeliveryOutcome::Retry { after } => ("pending", Some(after.as_secs_f64())),
+        DeliveryOutcome::Failed => ("failed", None),
+        DeliveryOutcome::Gone | DeliveryOutcome::Skipped => ("disabled", None),
+    };
+    let applied = sqlx::query(
+        "UPDATE webhook_deliveries
+         SET state = $3,
+             next_attempt_at = CASE WHEN $4::float8 IS NULL THEN next_attempt_at
+                                    ELSE now() + make_interval(secs => $4::float8) END,
+             locked_until = NULL,
+             last_status_code = COALESCE($5, last_status_code),
+             last_error = $6,
+             completed_at = CASE WHEN $3 IN ('succeeded', 'failed', 'disabled') THEN now() END,
+             updated_at = now()
+         WHERE id = $1 AND state = 'delivering' AND attempts = $2",
+    )
+    .bind(claimed.id)
+    .bind(claimed.attempt)
+    .bind(state)
+    .bind(retry_secs)
+    .bind(attempt.and_then(|a| a.status_code))
+    .bind(attempt.and_then(|a| a.error.as_deref()))
+    .execute(&mut **db)
+    .await?
+    .rows_affected();
+    Ok(applied == 1)
+}
+
+/// Deliveries not yet finished (pending or in flight), by destination: the backlog gauge.
+pub async fn backlog_by_destination<'e>(
+    exec: impl PgExecutor<'e>,
+) -> Result<Vec<(String, i64)>, DbError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT destination, count(*) FROM webhook_deliveries
+         WHERE state IN ('pending', 'delivering') GROUP BY destination ORDER BY destination",
+    )
+    .fetch_all(exec)
+    .await?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_destinations_name_the_host() {
+        assert_eq!(
+            callback_destination("https://shop.example/hooks?a=1"),
+            "callback:shop.example:443"
+        );
+        assert_eq!(
+            callback_destination("http://127.0.0.1:8081/x"),
+            "callback:127.0.0.1:8081"
+        );
+        assert_eq!(callback_destination("nonsense"), "callback:invalid");
+    }
+
+    #[test]
+    fn claims_respect_the_total_and_each_destination_limit() {
+        let in_flight = HashMap::from([("a".to_owned(), 1), ("full".to_owned(), 2)]);
+        let limits = ClaimLimits {
+            max: 3,
+            lease: Duration::from_secs(30),
+            per_destination: 2,
+            in_flight: &in_flight,
+        };
+        assert_eq!(limits.saturated(), vec!["full".to_owned()]);
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        let candidates = vec![
+            (ids[0], "a".to_owned()),
+            (ids[1], "a".to_owned()),
+            (ids[2], "b".to_owned()),
+            (ids[3], "b".to_owned()),
+            (ids[4], "b".to_owned()),
+        ];
+        // "a" has one in flight: one more; "b" two; then `max` is reached.
+        assert_eq!(limits.choose(candidates), vec![ids[0], ids[2], ids[3]]);
+    }
+}

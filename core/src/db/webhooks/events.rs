@@ -1,0 +1,274 @@
+//! Webhook events: what a merchant is told about a transaction, recorded once per
+//! (transaction, announced status) and delivered to every destination the merchant has.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use super::deliveries::{self, Destinations};
+use crate::db::DbError;
+use crate::domain::{EventId, MerchantId, TransactionId, TransactionStatus};
+
+/// Namespace of the UUIDv5 event ids (fixed forever: changing it would re-send every event).
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6d1c_1f8e_58a4_4b4e_9a0b_7f3e_2c5d_9a10);
+
+/// The one event id of a transaction reaching `status`: deterministic, so a re-emitted
+/// completion finds the event already recorded and the merchant sees one `webhook-id`.
+pub fn event_id_for(transaction: TransactionId, status: TransactionStatus) -> EventId {
+    let name = format!("{}:{}", transaction.as_uuid().simple(), status.as_str());
+    EventId::from_uuid(Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()))
+}
+
+/// What an event tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    TransactionSucceeded,
+    TransactionFailed,
+    /// The provider may have executed the payment and we cannot tell yet: the merchant must
+    /// not re-issue it. Sent once; `transaction.succeeded` or `.failed` follows when it ends.
+    TransactionUnresolved,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TransactionSucceeded => "transaction.succeeded",
+            Self::TransactionFailed => "transaction.failed",
+            Self::TransactionUnresolved => "transaction.unresolved",
+        }
+    }
+
+    /// The event for a status the merchant is told of (terminal, or `unresolved`); `None`
+    /// for any other.
+    pub fn for_status(status: TransactionStatus) -> Option<Self> {
+        match status {
+            TransactionStatus::Succeeded => Some(Self::TransactionSucceeded),
+            TransactionStatus::Failed => Some(Self::TransactionFailed),
+            TransactionStatus::Unresolved => Some(Self::TransactionUnresolved),
+            _ => None,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            Self::TransactionSucceeded,
+            Self::TransactionFailed,
+            Self::TransactionUnresolved,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
+}
+
+/// An event to record, with its exact JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub merchant_id: MerchantId,
+    pub transaction_id: TransactionId,
+    pub event_type: EventType,
+    /// The body every delivery sends, byte for byte.
+    pub payload: String,
+    /// The transaction's own `callback_url`, a destination besides the endpoints.
+    pub callback_url: Option<String>,
+}
+
+/// What [`record_event`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// False when the event was already recorded (a replayed message): nothing changed.
+    pub created: bool,
+    /// Delivery rows scheduled now.
+    pub deliveries: usize,
+}
+
+/// Records an event and schedules its deliveries (due at once) to the merchant's enabled
+/// endpoints and the transaction's `callback_url`, all in one commit. Idempotent by event id.
+pub async fn record_event(pool: &PgPool, event: &NewEvent) -> Result<Recorded, DbError> {
+    let mut db = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO webhook_events (id, merchant_id, transaction_id, event_type, payload)
+         VALUES ($1, $2, $3, $4, $5::json) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(event.id.as_uuid())
+    .bind(event.merchant_id.as_uuid())
+    .bind(event.transaction_id.as_uuid())
+    .bind(event.event_type.as_str())
+    .bind(&event.payload)
+    .execute(&mut *db)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        db.commit().await?;
+        return Ok(Recorded {
+            created: false,
+            deliveries: 0,
+        });
+    }
+    let to = Destinations {
+        event: event.id,
+        merchant: event.merchant_id,
+        transaction: event.transaction_id,
+        callback_url: event.callback_url.as_deref(),
+        generation: 0,
+    };
+    let deliveries = deliveries::schedule(&mut db, to).await?;
+    db.commit().await?;
+    Ok(Recorded {
+        created: true,
+        deliveries,
+    })
+}
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    pub id: EventId,
+    pub merchant_id: MerchantId,
+    pub transaction_id: TransactionId,
+    pub event_type: EventType,
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A `webhook_events` row as selected by [`EVENT_COLUMNS`].
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: Uuid,
+    merchant_id: Uuid,
+    transaction_id: Uuid,
+    event_type: String,
+    payload: String,
+    created_at: DateTime<Utc>,
+}
+
+const EVENT_COLUMNS: &str =
+    "id, merchant_id, transaction_id, event_type, payload::text AS payload, created_at";
+
+impl TryFrom<EventRow> for WebhookEvent {
+    type Error = DbError;
+
+    fn try_from(row: EventRow) -> Result<Self, DbError> {
+        let event_type = EventType::parse(&row.event_type).ok_or_else(|| DbError::Corrupt {
+            table: "webhook_events",
+            detail: format!("unknown event type {:?}", row.event_type),
+        })?;
+        Ok(Self {
+            id: EventId::from_uuid(row.id),
+            merchant_id: MerchantId::from_uuid(row.merchant_id),
+            transaction_id: TransactionId::from_uuid(row.transaction_id),
+            event_type,
+            payload: row.payload,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// One event of this merchant; another merchant's is not found.
+pub async fn get_event<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    id: EventId,
+) -> Result<Option<WebhookEvent>, DbError> {
+    let sql =
+        format!("SELECT {EVENT_COLUMNS} FROM webhook_events WHERE id = $1 AND merchant_id = $2");
+    let row: Option<EventRow> = sqlx::query_as(&sql)
+        .bind(id.as_uuid())
+        .bind(merchant.as_uuid())
+        .fetch_optional(exec)
+        .await?;
+    row.map(WebhookEvent::try_from).transpose()
+}
+
+/// The events told about one transaction, oldest first.
+pub async fn events_for_transaction<'e>(
+    exec: impl PgExecutor<'e>,
+    transaction: TransactionId,
+) -> Result<Vec<WebhookEvent>, DbError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM webhook_events WHERE transaction_id = $1 ORDER BY created_at, id"
+    );
+    let rows: Vec<EventRow> = sqlx::query_as(&sql)
+        .bind(transaction.as_uuid())
+        .fetch_all(exec)
+        .await?;
+    rows.into_iter().map(WebhookEvent::try_from).collect()
+}
+
+/// What [`redeliver`] scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redelivery {
+    pub event_id: EventId,
+    /// 1 for the first replay of the event, and so on.
+    pub generation: i32,
+    /// Delivery rows scheduled (0 when the merchant has no destination left).
+    pub deliveries: usize,
+}
+
+/// Schedules a fresh delivery of the event, due at once, to the merchant's current
+/// destinations (enabled endpoints and the transaction's `callback_url`), with a fresh
+/// attempt count. `None` when the event does not exist or belongs to another merchant.
+pub async fn redeliver(
+    pool: &PgPool,
+    merchant: MerchantId,
+    event: EventId,
+) -> Result<Option<Redelivery>, DbError> {
+    let mut db = pool.begin().await?;
+    let found: Option<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT e.transaction_id, t.callback_url FROM webhook_events e JOIN transactions t ON t.id = e.transaction_id
+         WHERE e.id = $1 AND e.merchant_id = $2 FOR UPDATE OF e",
+    )
+    .bind(event.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(&mut *db)
+    .await?;
+    let Some((transaction, callback_url)) = found else {
+        return Ok(None);
+    };
+    let generation = deliveries::next_generation(&mut *db, event).await?;
+    let to = Destinations {
+        event,
+        merchant,
+        transaction: TransactionId::from_uuid(transaction),
+        callback_url: callback_url.as_deref(),
+        generation,
+    };
+    let deliveries = deliveries::schedule(&mut db, to).await?;
+    db.commit().await?;
+    Ok(Some(Redelivery {
+        event_id: event,
+        generation,
+        deliveries,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_deterministic_per_transaction_and_status() {
+        let t = TransactionId::new();
+        let a = event_id_for(t, TransactionStatus::Succeeded);
+        assert_eq!(a, event_id_for(t, TransactionStatus::Succeeded));
+        assert_ne!(a, event_id_for(t, TransactionStatus::Failed));
+        assert_ne!(
+            a,
+            event_id_for(TransactionId::new(), TransactionStatus::Succeeded)
+        );
+        assert_eq!(a.as_uuid().get_version_num(), 5);
+    }
+
+    #[test]
+    fn event_types_read_back_what_they_store() {
+        for status in [
+            TransactionStatus::Succeeded,
+            TransactionStatus::Failed,
+            TransactionStatus::Unresolved,
+        ] {
+            let event_type = EventType::for_status(status).expect("an announced status");
+            assert_eq!(EventType::parse(event_type.as_str()), Some(event_type));
+        }
+        assert_eq!(EventType::parse("transaction.pending"), None);
+    }
+}
