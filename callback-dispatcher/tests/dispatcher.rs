@@ -824,7 +824,7 @@ async fn an_unresolved_payment_is_told_once_and_its_settlement_follows() -> Test
     assert_eq!(payload["data"]["status"], "unresolved");
     assert_eq!(
         told[0].header("webhook-id"),
-        webhook_deliveries::event_id_for(tx.id, TransactionStatus::Unresolved).to_string()
+        webhooks::event_id_for(tx.id, TransactionStatus::Unresolved).to_string()
     );
 
     // The provider's answer settles it; the old announcement is replayed afterwards.
