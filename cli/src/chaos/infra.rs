@@ -167,10 +167,20 @@ impl Infra {
             tansu: None,
         };
         infra.init_postgres().await?;
-        infra.start_postgres().await?;
-        infra.start_redis().await?;
-        infra.start_tansu().await?;
-        Ok(infra)
+        let started = async {
+            infra.start_postgres().await?;
+            infra.start_redis().await?;
+            infra.start_tansu().await
+        }
+        .await;
+        match started {
+            Ok(()) => Ok(infra),
+            Err(error) => {
+                // Nothing of ours is left running when start-up fails half way.
+                infra.stop().await;
+                Err(error)
+            }
+        }
     }
 
     pub fn database_url(&self) -> String {
