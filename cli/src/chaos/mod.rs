@@ -64,9 +64,10 @@ pub struct ChaosArgs {
     /// Build and run the release binaries (scripts/up --release).
     #[arg(long)]
     pub release: bool,
-    /// Give each worker a static group membership id (TOPOLOGY_INSTANCE_PREFIX=chaos-).
+    /// Run the workers with dynamic group membership (TOPOLOGY_INSTANCE_PREFIX empty)
+    /// instead of scripts/up's static membership ids, to compare.
     #[arg(long)]
-    pub static_membership: bool,
+    pub dynamic_membership: bool,
     /// The repository (where scripts/up is).
     #[arg(long, default_value = ".")]
     pub root: PathBuf,
@@ -163,9 +164,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         ("PAYGATE_KAFKA_BROKERS".to_owned(), infra.brokers()),
     ]);
     let mut servers = servers;
-    if args.static_membership {
-        servers.insert("TOPOLOGY_INSTANCE_PREFIX".into(), "chaos-".into());
-    }
+    servers.insert(
+        "TOPOLOGY_INSTANCE_PREFIX".into(),
+        if args.dynamic_membership {
+            ""
+        } else {
+            "chaos-"
+        }
+        .into(),
+    );
     let topology = Topology::new(&root, &dir.join("topology"), args.release, servers)?;
     eprintln!(
         "paygate chaos: scripts/up{} (Postgres :{}, Redis :{}, tansu :{}; logs in {})",

@@ -217,6 +217,8 @@ pub struct ConsumerRunner {
     assigned: Arc<AtomicUsize>,
     /// `kafka.idle_rejoin_secs` (zero: no watchdog).
     idle_rejoin: Duration,
+    /// For the watchdog's topic re-creation.
+    kafka: KafkaConfig,
 }
 
 /// What `/readyz` asks a running consumer: does it hold partitions, and if not, does its
@@ -243,6 +245,29 @@ impl ConsumerProbe {
         if let Err(error) = self.consumer.subscribe(&names) {
             tracing::warn!(%error, "resubscribing after a rejoin failed; the next look tries again");
         }
+    }
+
+    /// Whether one of this consumer's topics is absent at the broker (no partitions in its
+    /// metadata): after a broker restarts empty, a member that rejoined before the topics
+    /// were recreated holds nothing and librdkafka only looks again at its next metadata
+    /// refresh (minutes).
+    pub async fn topics_missing(&self, timeout: Duration) -> Result<bool, BusError> {
+        let consumer = self.consumer.clone();
+        let topics = self.topics.clone();
+        tokio::task::spawn_blocking(move || {
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+                let present = metadata.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                });
+                if !present {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+        .map_err(|e| BusError::Other(e.to_string()))?
     }
 
     /// The group's lag (messages after its committed offsets, over every partition of its
@@ -399,6 +424,7 @@ impl ConsumerRunner {
             topics,
             assigned,
             idle_rejoin: Duration::from_secs(config.idle_rejoin_secs),
+            kafka: config.clone(),
         })
     }
 
@@ -430,6 +456,7 @@ impl ConsumerRunner {
         let watchdog = (!self.idle_rejoin.is_zero()).then(|| {
             tokio::spawn(watch_idle(
                 self.probe(),
+                self.kafka.clone(),
                 self.idle_rejoin,
                 group.clone(),
                 watchdog_stop.clone(),
@@ -557,13 +584,20 @@ impl ConsumerRunner {
     }
 }
 
-/// The idle-member watchdog: looks every `bound / 3` (at most 5 s); when this member has
-/// held no partitions, its group has had lag, and the group's committed offsets have not
-/// moved for `bound`, it leaves and rejoins the group. A member a broker forgot (tansu
+/// The idle-member watchdog: looks every `bound / 3` (at most 5 s). A member holding no
+/// partitions whose topic is missing at the broker recreates the topics and rejoins at
+/// once. Otherwise, when this member has held no partitions, its group has had lag, and the
+/// group's committed offsets have not moved for `bound`, it leaves and rejoins the group. A member a broker forgot (tansu
 /// after a crash-restart within the session timeout) is thereby assigned again; a member
 /// idle because others hold every partition and make progress stays put, so a spare
 /// instance does not force rebalances on a working group.
-async fn watch_idle(probe: ConsumerProbe, bound: Duration, group: String, stop: CancellationToken) {
+async fn watch_idle(
+    probe: ConsumerProbe,
+    kafka: KafkaConfig,
+    bound: Duration,
+    group: String,
+    stop: CancellationToken,
+) {
     let every = (bound / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
     let mut idle: Option<Idle> = None;
     loop {
@@ -572,6 +606,24 @@ async fn watch_idle(probe: ConsumerProbe, bound: Duration, group: String, stop: 
             _ = tokio::time::sleep(every) => {}
         }
         let assigned = probe.assigned();
+        if assigned == 0 && matches!(probe.topics_missing(Duration::from_secs(2)).await, Ok(true)) {
+            // The broker lost our topics (restarted empty): recreate them (an existing one
+            // is left alone) and rejoin at once, so the group is assigned their partitions
+            // as soon as they exist instead of at the next metadata refresh.
+            match super::create_missing_topics(&kafka).await {
+                Ok(created) => {
+                    tracing::warn!(%group, created, "a subscribed topic is missing at the broker; recreated the missing topics, rejoining the group");
+                    metrics::counter!("paygate_consumer_rejoins_total", "group" => group.clone())
+                        .increment(1);
+                    probe.rejoin();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %group, "a subscribed topic is missing and creating it failed; trying again at the next look")
+                }
+            }
+            idle = None;
+            continue;
+        }
         let progress = if assigned > 0 {
             None
         } else {
