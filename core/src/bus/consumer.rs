@@ -217,8 +217,6 @@ pub struct ConsumerRunner {
     assigned: Arc<AtomicUsize>,
     /// `kafka.idle_rejoin_secs` (zero: no watchdog).
     idle_rejoin: Duration,
-    /// For the watchdog's topic re-creation.
-    kafka: KafkaConfig,
 }
 
 /// What `/readyz` asks a running consumer: does it hold partitions, and if not, does its
@@ -424,7 +422,6 @@ impl ConsumerRunner {
             topics,
             assigned,
             idle_rejoin: Duration::from_secs(config.idle_rejoin_secs),
-            kafka: config.clone(),
         })
     }
 
@@ -456,7 +453,6 @@ impl ConsumerRunner {
         let watchdog = (!self.idle_rejoin.is_zero()).then(|| {
             tokio::spawn(watch_idle(
                 self.probe(),
-                self.kafka.clone(),
                 self.idle_rejoin,
                 group.clone(),
                 watchdog_stop.clone(),
@@ -585,44 +581,45 @@ impl ConsumerRunner {
 }
 
 /// The idle-member watchdog: looks every `bound / 3` (at most 5 s). A member holding no
-/// partitions whose topic is missing at the broker recreates the topics and rejoins at
-/// once. Otherwise, when this member has held no partitions, its group has had lag, and the
+/// partitions whose topic went missing at the broker (restarted empty) rejoins as soon as
+/// the topic exists again: librdkafka itself would look only at its next metadata refresh
+/// (5 min). Otherwise, when this member has held no partitions, its group has had lag, and the
 /// group's committed offsets have not moved for `bound`, it leaves and rejoins the group. A member a broker forgot (tansu
 /// after a crash-restart within the session timeout) is thereby assigned again; a member
 /// idle because others hold every partition and make progress stays put, so a spare
 /// instance does not force rebalances on a working group.
-async fn watch_idle(
-    probe: ConsumerProbe,
-    kafka: KafkaConfig,
-    bound: Duration,
-    group: String,
-    stop: CancellationToken,
-) {
+async fn watch_idle(probe: ConsumerProbe, bound: Duration, group: String, stop: CancellationToken) {
     let every = (bound / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
     let mut idle: Option<Idle> = None;
+    // Whether the last look found one of our topics missing at the broker.
+    let mut topics_were_missing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         let assigned = probe.assigned();
-        if assigned == 0 && matches!(probe.topics_missing(Duration::from_secs(2)).await, Ok(true)) {
-            // The broker lost our topics (restarted empty): recreate them (an existing one
-            // is left alone) and rejoin at once, so the group is assigned their partitions
-            // as soon as they exist instead of at the next metadata refresh.
-            match super::create_missing_topics(&kafka).await {
-                Ok(created) => {
-                    tracing::warn!(%group, created, "a subscribed topic is missing at the broker; recreated the missing topics, rejoining the group");
+        if assigned == 0 {
+            match probe.topics_missing(Duration::from_secs(2)).await {
+                Ok(true) => {
+                    // The broker lost our topics (restarted empty). The relays recreate
+                    // them (and renew their producers when they had to: leave that signal
+                    // to them); rejoin once they exist again.
+                    topics_were_missing = true;
+                    idle = None;
+                    continue;
+                }
+                Ok(false) if topics_were_missing => {
+                    topics_were_missing = false;
+                    idle = None;
+                    tracing::warn!(%group, "a subscribed topic is back at the broker; rejoining the group to be assigned its partitions");
                     metrics::counter!("paygate_consumer_rejoins_total", "group" => group.clone())
                         .increment(1);
                     probe.rejoin();
+                    continue;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, %group, "a subscribed topic is missing and creating it failed; trying again at the next look")
-                }
+                _ => {}
             }
-            idle = None;
-            continue;
         }
         let progress = if assigned > 0 {
             None
