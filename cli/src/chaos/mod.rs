@@ -155,6 +155,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         );
     }
     let dir = root.join("target").join("chaos");
+    std::fs::create_dir_all(&dir)?;
+    let _lock = RunLock::take(&dir.join("run.pid"))?;
     let tools = Tools::discover()?;
     eprintln!("paygate chaos: starting Postgres, Redis and tansu on free ports");
     let mut infra = Infra::start(tools, &dir.join("servers")).await?;
@@ -453,6 +455,37 @@ async fn transactions_of(
             (id, matches!(status.as_str(), "succeeded" | "failed"))
         })
         .collect())
+}
+
+/// One run at a time per repository: a second one would wipe the first one's Postgres
+/// directory under it. The pid file names the holder; a dead holder's file is taken over.
+struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    fn take(path: &std::path::Path) -> anyhow::Result<Self> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse::<u32>() {
+                if pid != std::process::id() && PathBuf::from(format!("/proc/{pid}")).exists() {
+                    bail!(
+                        "another paygate chaos (pid {pid}) is running in this repository ({})",
+                        path.display()
+                    );
+                }
+            }
+        }
+        std::fs::write(path, format!("{}\n", std::process::id()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn recovery_text(secs: Option<f64>) -> String {
