@@ -115,13 +115,19 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Runs a command to completion; an error carries its output.
+/// No server command (initdb, pg_ctl) takes longer than this; a hung one is an error,
+/// not a hung suite.
+const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs a command to completion (at most [`COMMAND_LIMIT`]); an error carries its output.
 async fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("running {what}"))?;
+    let output = tokio::time::timeout(
+        COMMAND_LIMIT,
+        command.stdin(Stdio::null()).kill_on_drop(true).output(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{what} did not finish within {COMMAND_LIMIT:?}"))?
+    .with_context(|| format!("running {what}"))?;
     if !output.status.success() {
         bail!(
             "{what} failed ({}): {}{}",
@@ -161,10 +167,20 @@ impl Infra {
             tansu: None,
         };
         infra.init_postgres().await?;
-        infra.start_postgres().await?;
-        infra.start_redis().await?;
-        infra.start_tansu().await?;
-        Ok(infra)
+        let started = async {
+            infra.start_postgres().await?;
+            infra.start_redis().await?;
+            infra.start_tansu().await
+        }
+        .await;
+        match started {
+            Ok(()) => Ok(infra),
+            Err(error) => {
+                // Nothing of ours is left running when start-up fails half way.
+                infra.stop().await;
+                Err(error)
+            }
+        }
     }
 
     pub fn database_url(&self) -> String {
@@ -256,12 +272,16 @@ impl Infra {
     }
 
     /// `pg_ctl restart -m fast`: every connection is cut, the server is back in about a
-    /// second.
+    /// second. `-l` again: without it the new postmaster writes to pg_ctl's stdout, holds
+    /// our pipe open, and waiting for pg_ctl's output never ends.
     pub async fn restart_postgres(&self) -> anyhow::Result<()> {
+        let data = self.pg_data();
         run(
             self.pg_command("pg_ctl")
                 .arg("-D")
-                .arg(self.pg_data())
+                .arg(&data)
+                .arg("-l")
+                .arg(data.join("server.log"))
                 .args(["-m", "fast", "-w", "-t", "60", "restart"]),
             "pg_ctl restart",
         )

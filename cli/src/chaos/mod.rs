@@ -64,9 +64,10 @@ pub struct ChaosArgs {
     /// Build and run the release binaries (scripts/up --release).
     #[arg(long)]
     pub release: bool,
-    /// Give each worker a static group membership id (TOPOLOGY_INSTANCE_PREFIX=chaos-).
+    /// Run the workers with dynamic group membership (TOPOLOGY_INSTANCE_PREFIX empty)
+    /// instead of scripts/up's static membership ids, to compare.
     #[arg(long)]
-    pub static_membership: bool,
+    pub dynamic_membership: bool,
     /// The repository (where scripts/up is).
     #[arg(long, default_value = ".")]
     pub root: PathBuf,
@@ -154,6 +155,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         );
     }
     let dir = root.join("target").join("chaos");
+    std::fs::create_dir_all(&dir)?;
+    let _lock = RunLock::take(&dir.join("run.pid"))?;
     let tools = Tools::discover()?;
     eprintln!("paygate chaos: starting Postgres, Redis and tansu on free ports");
     let mut infra = Infra::start(tools, &dir.join("servers")).await?;
@@ -163,9 +166,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         ("PAYGATE_KAFKA_BROKERS".to_owned(), infra.brokers()),
     ]);
     let mut servers = servers;
-    if args.static_membership {
-        servers.insert("TOPOLOGY_INSTANCE_PREFIX".into(), "chaos-".into());
-    }
+    servers.insert(
+        "TOPOLOGY_INSTANCE_PREFIX".into(),
+        if args.dynamic_membership {
+            ""
+        } else {
+            "chaos-"
+        }
+        .into(),
+    );
     let topology = Topology::new(&root, &dir.join("topology"), args.release, servers)?;
     eprintln!(
         "paygate chaos: scripts/up{} (Postgres :{}, Redis :{}, tansu :{}; logs in {})",
@@ -446,6 +455,37 @@ async fn transactions_of(
             (id, matches!(status.as_str(), "succeeded" | "failed"))
         })
         .collect())
+}
+
+/// One run at a time per repository: a second one would wipe the first one's Postgres
+/// directory under it. The pid file names the holder; a dead holder's file is taken over.
+struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    fn take(path: &std::path::Path) -> anyhow::Result<Self> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse::<u32>() {
+                if pid != std::process::id() && PathBuf::from(format!("/proc/{pid}")).exists() {
+                    bail!(
+                        "another paygate chaos (pid {pid}) is running in this repository ({})",
+                        path.display()
+                    );
+                }
+            }
+        }
+        std::fs::write(path, format!("{}\n", std::process::id()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn recovery_text(secs: Option<f64>) -> String {

@@ -245,6 +245,29 @@ impl ConsumerProbe {
         }
     }
 
+    /// Whether one of this consumer's topics is absent at the broker (no partitions in its
+    /// metadata): after a broker restarts empty, a member that rejoined before the topics
+    /// were recreated holds nothing and librdkafka only looks again at its next metadata
+    /// refresh (minutes).
+    pub async fn topics_missing(&self, timeout: Duration) -> Result<bool, BusError> {
+        let consumer = self.consumer.clone();
+        let topics = self.topics.clone();
+        tokio::task::spawn_blocking(move || {
+            for topic in &topics {
+                let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+                let present = metadata.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                });
+                if !present {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+        .map_err(|e| BusError::Other(e.to_string()))?
+    }
+
     /// The group's lag (messages after its committed offsets, over every partition of its
     /// topics), asked of the broker. Blocking calls run off the runtime's workers.
     pub async fn group_lag(&self, timeout: Duration) -> Result<i64, BusError> {
@@ -557,21 +580,47 @@ impl ConsumerRunner {
     }
 }
 
-/// The idle-member watchdog: looks every `bound / 3` (at most 5 s); when this member has
-/// held no partitions, its group has had lag, and the group's committed offsets have not
-/// moved for `bound`, it leaves and rejoins the group. A member a broker forgot (tansu
+/// The idle-member watchdog: looks every `bound / 3` (at most 5 s). A member holding no
+/// partitions whose topic went missing at the broker (restarted empty) rejoins as soon as
+/// the topic exists again: librdkafka itself would look only at its next metadata refresh
+/// (5 min). Otherwise, when this member has held no partitions, its group has had lag, and the
+/// group's committed offsets have not moved for `bound`, it leaves and rejoins the group. A member a broker forgot (tansu
 /// after a crash-restart within the session timeout) is thereby assigned again; a member
 /// idle because others hold every partition and make progress stays put, so a spare
 /// instance does not force rebalances on a working group.
 async fn watch_idle(probe: ConsumerProbe, bound: Duration, group: String, stop: CancellationToken) {
     let every = (bound / 3).clamp(Duration::from_millis(200), Duration::from_secs(5));
     let mut idle: Option<Idle> = None;
+    // Whether the last look found one of our topics missing at the broker.
+    let mut topics_were_missing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         let assigned = probe.assigned();
+        if assigned == 0 {
+            match probe.topics_missing(Duration::from_secs(2)).await {
+                Ok(true) => {
+                    // The broker lost our topics (restarted empty). The relays recreate
+                    // them (and renew their producers when they had to: leave that signal
+                    // to them); rejoin once they exist again.
+                    topics_were_missing = true;
+                    idle = None;
+                    continue;
+                }
+                Ok(false) if topics_were_missing => {
+                    topics_were_missing = false;
+                    idle = None;
+                    tracing::warn!(%group, "a subscribed topic is back at the broker; rejoining the group to be assigned its partitions");
+                    metrics::counter!("paygate_consumer_rejoins_total", "group" => group.clone())
+                        .increment(1);
+                    probe.rejoin();
+                    continue;
+                }
+                _ => {}
+            }
+        }
         let progress = if assigned > 0 {
             None
         } else {
