@@ -16,20 +16,6 @@ pub fn transaction_cache_key(prefix: &str, id: TransactionId) -> String {
     format!("{prefix}:cache:txn:{id}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_names_the_prefix_and_external_id() {
-        let id = TransactionId::new();
-        assert_eq!(
-            transaction_cache_key("paygate", id),
-            format!("paygate:cache:txn:{id}")
-        );
-    }
-}
-
 /// Drops the cached copy of a transaction after a change to it is committed. The cache is an
 /// optimisation: a failure is logged and the stale entry left to its short TTL.
 pub async fn invalidate_transaction(
@@ -43,5 +29,19 @@ pub async fn invalidate_transaction(
         .await;
     if let Err(error) = deleted {
         tracing::warn!(transaction = %id, %error, "could not drop the cached transaction; it expires by its TTL");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_the_prefix_and_external_id() {
+        let id = TransactionId::new();
+        assert_eq!(
+            transaction_cache_key("paygate", id),
+            format!("paygate:cache:txn:{id}")
+        );
     }
 }

@@ -441,9 +441,6 @@ async fn a_retry_scheduled_before_a_restart_is_carried_out_after_it() -> TestRes
     let mut w = world(json!({})).await?;
     w.config.processor.retry_base_ms = 1_500;
     w.config.processor.retry_cap_ms = 1_500;
-    // Static membership (KIP-345), as deployments run it: the restarted member takes its
-    // partitions back at once instead of waiting out a rebalance.
-    w.config.kafka.instance_id = Some("processor-1".into());
     w.knobs(SOAP, json!({"callbacks_enabled": false, "error_rate": 1.0}))
         .await?;
     let (stop, task) = w.start().await?;

@@ -98,12 +98,35 @@ impl Producer {
             .key(key)
             .payload(payload)
             .headers(kafka_headers);
+        let generation = self.renewals();
         match self.client().send(record, self.timeout).await {
             Ok(delivery) => Ok(Delivered {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
-            Err((error, _message)) => Err(BusError::Kafka(error)),
+            Err((error, _message)) => {
+                self.heal_if_fatal(generation).await;
+                Err(BusError::Kafka(error))
+            }
+        }
+    }
+
+    /// After a failed send: a client in a fatal state (an idempotent producer out of
+    /// sequence after the broker came back empty, or fenced) fails every later send until
+    /// it is replaced, so it is replaced here, once per failed client — whoever sends
+    /// (the relay, the API's callback ingress, the DLQ) heals it, and the caller's own
+    /// retry goes out on the fresh one. Measured: without this the API answered 503 to
+    /// every callback after a broker restart (docs/RELIABILITY.md).
+    async fn heal_if_fatal(&self, generation: u64) {
+        let Some(fatal) = self.fatal_error() else {
+            return;
+        };
+        if self.renewals() != generation {
+            return; // another sender already replaced the failed client
+        }
+        tracing::warn!(%fatal, "producer in a fatal state; replacing it");
+        if let Err(error) = self.renew_from(generation).await {
+            tracing::warn!(%error, "producer could not be replaced; the next failed send tries again");
         }
     }
 
@@ -134,15 +157,25 @@ impl Producer {
     /// cache), for every clone. Messages still queued in the old client fail (callers
     /// publish at least once and retry), so call it when nothing of yours is in flight.
     pub async fn renew(&self) -> Result<(), BusError> {
+        self.renew_from(self.renewals()).await
+    }
+
+    /// [`Producer::renew`], unless the client was replaced since `generation` (a
+    /// [`Producer::renewals`] reading): many senders failing at once replace it once.
+    async fn renew_from(&self, generation: u64) -> Result<(), BusError> {
         let fresh = create(&self.config)?;
         let old = {
             let mut guard = self
                 .inner
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.renewals.load(Ordering::Relaxed) != generation {
+                return Ok(());
+            }
+            // Counted under the lock, so a second caller with the same reading stops above.
+            self.renewals.fetch_add(1, Ordering::Relaxed);
             std::mem::replace(&mut *guard, fresh)
         };
-        self.renewals.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("paygate_producer_renewals_total").increment(1);
         // Dropping the last handle purges and flushes (up to 500 ms) and joins librdkafka's
         // threads: not on a runtime worker.

@@ -52,6 +52,10 @@ impl World {
         settings: serde_json::Value,
     ) -> Result<Self, BoxError> {
         let (mut config, pool) = paygate_core::testing::isolated_config().await?;
+        // Static membership (KIP-345), as deployments run it (docs/ARCHITECTURE.md change 17):
+        // a processor restarted in a test takes its partitions back at once. One processor
+        // runs at a time per world, so one id per world.
+        config.kafka.instance_id = Some(config.kafka.group_prefix.clone());
         let sandbox = Sandbox::build(SandboxSettings {
             listen: "127.0.0.1:0".parse()?,
             callback_base_url: "http://127.0.0.1:1".into(),
