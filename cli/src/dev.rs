@@ -263,11 +263,6 @@ impl DevStack {
         format!("http://{}{RECEIVER_PATH}", self.receiver_addr)
     }
 
-    /// The token that stops everything.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
     /// Every webhook the demo receiver got so far, oldest first.
     pub fn received_webhooks(&self) -> Vec<ReceivedWebhook> {
         self.receiver.received()

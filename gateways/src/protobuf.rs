@@ -378,10 +378,5 @@ pub fn signed_callback(webhook_secret: &Secret, fields: &CallbackFields) -> Sign
     sign_body(webhook_secret, event(fields).encode_to_vec())
 }
 
-/// Decodes a `PaymentRequest` (for providers/sandboxes); kept here so the schema has one home.
-pub fn decode_request(body: &[u8]) -> Result<wire::PaymentRequest, prost::DecodeError> {
-    wire::PaymentRequest::decode(body)
-}
-
 #[cfg(test)]
 mod tests;

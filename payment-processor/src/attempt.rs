@@ -307,18 +307,8 @@ impl Engine {
                 metrics::counter!("paygate_processor_never_executed_total", "gateway" => gateway.to_string()).increment(1);
                 return Ok(AfterAsking::Attempt(Box::new(never_executed(tx))));
             }
-            Step::Finish {
-                status,
-                failure,
-                provider_reference,
-            } => {
-                let failure = failure.as_ref().map(|(c, r)| (c.as_str(), r.clone()));
-                self.finish(&tx, status, failure, provider_reference, trace)
-                    .await?
-            }
-            Step::Mismatch(mismatch) => {
-                self.flag_mismatch(&tx, &gateway, "status", &mismatch.to_string(), trace)
-                    .await?
+            step @ (Step::Finish { .. } | Step::Mismatch(_)) => {
+                self.settle(&tx, step, trace).await?
             }
             Step::Executing => {
                 let update = tx.advance(TransactionStatus::Submitted, now)?;

@@ -7,6 +7,7 @@
 //! dropped reconciliation leaves either no write or a complete one. Its lease then expires.
 
 use chrono::{DateTime, Utc};
+use paygate_core::bus::trace::TraceParent;
 use paygate_core::db::transactions;
 use paygate_core::domain::clock;
 use paygate_core::domain::{Transaction, TransactionId, TransactionStatus};
@@ -43,7 +44,7 @@ impl Engine {
                 },
             };
             match step {
-                Step::Finish { .. } | Step::Mismatch(_) => self.settle(&tx, step).await,
+                Step::Finish { .. } | Step::Mismatch(_) => self.settle(&tx, step, None).await,
                 Step::Executing => {
                     // Still executing at the provider: look again after `stuck_after`.
                     transactions::touch(&self.pool, tx.id, tx.version).await?;
@@ -75,7 +76,7 @@ impl Engine {
             metrics::counter!("paygate_processor_unresolved_checks_total").increment(1);
             match step {
                 Some(step @ (Step::Finish { .. } | Step::Mismatch(_))) => {
-                    self.settle(&tx, step).await
+                    self.settle(&tx, step, None).await
                 }
                 Some(Step::NeverExecuted) => {
                     let reason = "the provider confirmed, past its settle window, that it never received the payment".to_owned();
@@ -156,8 +157,14 @@ impl Engine {
         Some(self.ask(tx, &gateway, &entry, since, now).await)
     }
 
-    /// Applies a conclusive step: the checked verdict, or the flag for a mismatch.
-    async fn settle(&self, tx: &Transaction, step: Step) -> Result<Outcome, ProcessError> {
+    /// Applies a conclusive step: the checked verdict, or the flag for a mismatch. The one
+    /// place both the attempt engine and reconciliation turn a status answer into a write.
+    pub(crate) async fn settle(
+        &self,
+        tx: &Transaction,
+        step: Step,
+        trace: Option<TraceParent>,
+    ) -> Result<Outcome, ProcessError> {
         match step {
             Step::Finish {
                 status,
@@ -165,14 +172,14 @@ impl Engine {
                 provider_reference,
             } => {
                 let failure = failure.as_ref().map(|(c, r)| (c.as_str(), r.clone()));
-                self.finish(tx, status, failure, provider_reference, None)
+                self.finish(tx, status, failure, provider_reference, trace)
                     .await
             }
             Step::Mismatch(mismatch) => {
                 let gateway = tx.routed_gateway.clone().ok_or_else(|| {
                     ProcessError::Poison("mismatch reported for an unrouted transaction".into())
                 })?;
-                self.flag_mismatch(tx, &gateway, "status", &mismatch.to_string(), None)
+                self.flag_mismatch(tx, &gateway, "status", &mismatch.to_string(), trace)
                     .await
             }
             _ => Ok(Outcome::Skipped("not conclusive")),
