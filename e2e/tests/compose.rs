@@ -287,7 +287,7 @@ fn a_command_that_is_not_a_built_binary_is_reported() {
 fn a_port_that_disagrees_is_reported() {
     let p = broken("\"127.0.0.1:8080:8080\"", "\"127.0.0.1:8080:8081\"");
     expect(&p, "api: ports \"127.0.0.1:8080:8081\" is not");
-    let p = broken("127.0.0.1:9101/metrics", "127.0.0.1:9111/metrics");
+    let p = broken("127.0.0.1:9101/readyz", "127.0.0.1:9111/readyz");
     expect(&p, "payment-processor: port 9101 is not the healthcheck's");
     let p = broken("0.0.0.0:8090", "0.0.0.0:8091");
     expect(&p, "sandbox: port 8091 is not the healthcheck's");
