@@ -563,8 +563,9 @@ async fn service_build<T>(
         })
 }
 
-/// The settle window of the sandbox gateways' status queries (ms).
-const SANDBOX_SETTLE_MS: u64 = 5_000;
+/// The settle window of the sandbox gateways' status queries (ms): the sandbox's status
+/// endpoint does not lag unless told to. The e2e harness uses it too.
+pub const SANDBOX_SETTLE_MS: u64 = 5_000;
 
 /// `[gateways.*]` for the three sandbox accounts.
 fn sandbox_gateways(sandbox: &paygate_sandbox::Sandbox) -> BTreeMap<String, serde_json::Value> {

@@ -24,8 +24,8 @@ use crate::process::{Launch, Service, ServiceProcess};
 pub const GATEWAYS: [(&str, &str); 3] = paygate_cli::dev::DEV_GATEWAYS;
 /// The routing rule for transactions that name no gateway (as `paygate dev`'s).
 pub const ROUTE: [&str; 3] = ["sandbox-json", "sandbox-proto", "sandbox-soap"];
-/// The settle window of the sandbox gateways' status queries (ms): the sandbox does not lag.
-pub const SANDBOX_SETTLE_MS: u64 = 5_000;
+/// The settle window of the sandbox gateways' status queries (ms), as `paygate dev`'s.
+pub const SANDBOX_SETTLE_MS: u64 = paygate_cli::dev::SANDBOX_SETTLE_MS;
 
 /// How long each process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(45);

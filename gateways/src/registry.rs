@@ -88,14 +88,9 @@ pub struct GatewaySettings {
     pub callback_tolerance: Duration,
     pub max_callback_bytes: usize,
     pub breaker: BreakerSettings,
-    /// `status_not_found_after_ms`: the settle window of this provider's status query (see
-    /// [`DEFAULT_STATUS_NOT_FOUND_AFTER`]). Set it longer than the provider's documented lag:
-    /// too short, and a lagging "not found" would send a payment to a second provider.
-    pub status_not_found_after: Duration,
-    /// `reconcile_after_ms`: a payment this provider accepted with no callback for this long
-    /// is asked about (a status query first). `None`: the processor's `stuck_after_secs`.
-    /// Shorter for a provider whose callbacks may be lost (e.g. while paygate's API is down).
-    pub reconcile_after: Option<Duration>,
+    /// How long the processor waits on this provider before asking it about a payment
+    /// (`status_not_found_after_ms`, `reconcile_after_ms`).
+    pub timings: Timings,
     /// Keys of the table not understood by the common parser, for connector-specific
     /// settings. Built-in connectors refuse any (see [`GatewaySettings::deny_extra`]).
     pub extra: BTreeMap<String, Value>,
@@ -121,8 +116,7 @@ impl GatewaySettings {
             callback_tolerance: DEFAULT_CALLBACK_TOLERANCE,
             max_callback_bytes: DEFAULT_MAX_CALLBACK_BYTES,
             breaker: BreakerSettings::default(),
-            status_not_found_after: DEFAULT_STATUS_NOT_FOUND_AFTER,
-            reconcile_after: None,
+            timings: Timings::default(),
             extra: BTreeMap::new(),
         }
     }
@@ -227,8 +221,10 @@ impl GatewaySettings {
             callback_tolerance,
             max_callback_bytes,
             breaker,
-            status_not_found_after,
-            reconcile_after,
+            timings: Timings {
+                status_not_found_after,
+                reconcile_after,
+            },
             extra: map.into_iter().collect(),
         })
     }
@@ -290,9 +286,13 @@ pub struct RegisteredGateway {
 /// How long the processor waits on a gateway before asking it about a payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timings {
-    /// The settle window of its status query ([`GatewaySettings::status_not_found_after`]).
+    /// `status_not_found_after_ms`: the settle window of its status query (see
+    /// [`DEFAULT_STATUS_NOT_FOUND_AFTER`]). Set it longer than the provider's documented lag:
+    /// too short, and a lagging "not found" would send a payment to a second provider.
     pub status_not_found_after: Duration,
-    /// [`GatewaySettings::reconcile_after`].
+    /// `reconcile_after_ms`: a payment this provider accepted with no callback for this long
+    /// is asked about (a status query first). `None`: the processor's `stuck_after_secs`.
+    /// Shorter for a provider whose callbacks may be lost (e.g. while paygate's API is down).
     pub reconcile_after: Option<Duration>,
 }
 
@@ -325,10 +325,7 @@ impl GatewayRegistry {
         for (name, table) in gateways {
             let settings = GatewaySettings::from_table(name, table)?;
             let breaker_settings = settings.breaker.clone();
-            let timings = Timings {
-                status_not_found_after: settings.status_not_found_after,
-                reconcile_after: settings.reconcile_after,
-            };
+            let timings = settings.timings;
             let gateway = build(settings)?;
             registry.insert_with(gateway, breaker_settings, timings);
         }

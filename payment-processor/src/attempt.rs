@@ -417,9 +417,8 @@ impl Engine {
         };
         if let Err(mismatch) = check_outcome(claimed, &gateway, &reported) {
             // The provider took *something* under our reference: it may hold money.
-            let pinned = claimed.clone();
             return self
-                .flag_mismatch(&pinned, &gateway, "submit", &mismatch.to_string(), trace)
+                .flag_mismatch(claimed, &gateway, "submit", &mismatch.to_string(), trace)
                 .await;
         }
         match outcome.status {

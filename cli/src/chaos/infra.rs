@@ -288,20 +288,28 @@ impl Infra {
         .await
     }
 
-    async fn start_redis(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
+    /// Spawns `command` with its output appended to `<dir>/<log>`, killed with its handle.
+    fn spawn_logged(&self, mut command: Command, log: &str) -> anyhow::Result<Child> {
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("redis.log"))?;
-        let child = Command::new(&self.tools.redis_server)
+            .open(self.dir.join(log))?;
+        Ok(command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+
+    async fn start_redis(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new(&self.tools.redis_server);
+        command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--port")
-            .arg(self.redis_port.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
+            .arg(self.redis_port.to_string());
+        let child = self
+            .spawn_logged(command, "redis.log")
             .context("starting redis-server")?;
         self.redis = Some(child);
         wait_port("redis", self.redis_port, Duration::from_secs(10)).await
@@ -315,22 +323,16 @@ impl Infra {
     }
 
     async fn start_tansu(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("tansu.log"))?;
         let url = format!("tcp://127.0.0.1:{}", self.kafka_port);
-        let child = Command::new(&self.tools.tansu)
+        let mut command = Command::new(&self.tools.tansu);
+        command
             .args(["broker", "--storage-engine", "memory://tansu/"])
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
+            .arg(&url);
+        let child = self
+            .spawn_logged(command, "tansu.log")
             .context("starting tansu")?;
         self.tansu = Some(child);
         wait_port("tansu", self.kafka_port, Duration::from_secs(30)).await

@@ -101,20 +101,8 @@ impl World {
         gateway: &str,
         amount: i64,
     ) -> Result<Transaction, BoxError> {
-        let tx = Transaction::create(
-            NewTransaction {
-                merchant_id: self.merchant,
-                kind,
-                money: Money::from_parts(amount, "USD")?,
-                customer: CustomerReference::parse("cust_42")?,
-                gateway: Some(GatewayName::parse(gateway)?),
-                callback_url: None,
-                metadata: json!({}),
-            },
-            Utc::now(),
-        );
-        transactions::insert(&self.pool, &tx, None, &announce::pending(&tx, None)).await?;
-        Ok(tx)
+        self.insert_to(kind, Some(GatewayName::parse(gateway)?), amount)
+            .await
     }
 
     /// Inserts a transaction that names no gateway, so the routing rules (and their
@@ -124,13 +112,22 @@ impl World {
         kind: TransactionKind,
         amount: i64,
     ) -> Result<Transaction, BoxError> {
+        self.insert_to(kind, None, amount).await
+    }
+
+    async fn insert_to(
+        &self,
+        kind: TransactionKind,
+        gateway: Option<GatewayName>,
+        amount: i64,
+    ) -> Result<Transaction, BoxError> {
         let tx = Transaction::create(
             NewTransaction {
                 merchant_id: self.merchant,
                 kind,
                 money: Money::from_parts(amount, "USD")?,
                 customer: CustomerReference::parse("cust_42")?,
-                gateway: None,
+                gateway,
                 callback_url: None,
                 metadata: json!({}),
             },
