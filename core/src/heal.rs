@@ -15,6 +15,10 @@
 //! A repeat therefore changes nothing. A row is re-announced at most once per bound; if
 //! that announcement is lost too, it is re-announced after another bound.
 //!
+//! When a broker reset is recorded ([`crate::bus::reset`]: some process saw the broker
+//! lose its topics), each healer re-announces everything it watches at once instead of
+//! waiting out its bound: recovery in seconds rather than after `pending_unclaimed_secs`.
+//!
 //! Messages are built by [`crate::announce`], the one place that builds them.
 
 use std::time::Duration;
@@ -25,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::announce;
+use crate::bus::reset;
 use crate::config::RecoveryConfig;
 use crate::db::heal::{self as queries, HealKind};
 use crate::db::{outbox, transactions, DbError};
@@ -85,7 +90,8 @@ impl Healer {
     }
 
     /// Scans until `shutdown`; a failed scan (database down) is logged and tried again at
-    /// the next poll.
+    /// the next poll. Between scans it looks every [`reset::POLL`] for a sighting of a broker
+    /// that lost its state, and then re-announces at once ([`Healer::heal_now`]).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let kind = self.settings.kind.as_str();
         tracing::info!(
@@ -93,53 +99,102 @@ impl Healer {
             bound_secs = self.settings.bound.as_secs(),
             "healer started"
         );
+        let Some(mut sightings) = reset::Sightings::start(self.pool.clone(), &shutdown).await
+        else {
+            return;
+        };
         loop {
             let pause = match self.scan_once().await {
                 // A full batch: there may be more, go again at once.
-                Ok(n) if i64::try_from(n).unwrap_or(i64::MAX) >= self.settings.batch => {
-                    Duration::ZERO
-                }
+                Ok(n) if self.filled(n) => Duration::ZERO,
                 Ok(_) => self.settings.poll,
                 Err(error) => {
                     tracing::warn!(kind, %error, "heal scan failed; trying again later");
                     self.settings.poll
                 }
             };
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
+            let next_scan = tokio::time::Instant::now() + pause;
+            while tokio::time::Instant::now() < next_scan {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        tracing::info!(kind, "healer stopped");
+                        return;
+                    }
+                    _ = tokio::time::sleep_until(next_scan.min(tokio::time::Instant::now() + reset::POLL)) => {}
+                }
+                match sightings.newer().await {
+                    Ok(Some(id)) => self.heal_now(id).await,
+                    Ok(None) => {}
+                    Err(error) => tracing::debug!(kind, %error, "broker resets unreadable"),
+                }
             }
         }
-        tracing::info!(kind, "healer stopped");
+    }
+
+    fn filled(&self, found: usize) -> bool {
+        i64::try_from(found).unwrap_or(i64::MAX) >= self.settings.batch
+    }
+
+    /// After a broker reset: everything this healer watches is re-announced now, whatever
+    /// its age, batch after batch. Announcements of rows whose messages did survive (sent
+    /// after the reset) arrive twice, which the idempotent handlers absorb.
+    ///
+    /// Every scan of the run uses one cutoff, the database's clock when it began: rows last
+    /// changed before it, not re-announced since. Each row once, and the loop ends.
+    async fn heal_now(&mut self, reset: i64) {
+        let kind = self.settings.kind.as_str();
+        let mut announced = 0usize;
+        let healed = async {
+            let cutoff = queries::cutoff(&self.pool, Duration::ZERO).await?;
+            loop {
+                let n = self.scan_before(cutoff).await?;
+                announced = announced.saturating_add(n);
+                if !self.filled(n) {
+                    return Ok::<(), DbError>(());
+                }
+            }
+        }
+        .await;
+        match healed {
+            Ok(()) => tracing::warn!(kind, reset, announced, "healed after a broker reset"),
+            Err(error) => {
+                tracing::warn!(kind, reset, announced, %error, "heal after a broker reset failed; the periodic scans carry on")
+            }
+        }
     }
 
     /// One scan: re-announces what the broker seems to have lost; returns how many.
     pub async fn scan_once(&mut self) -> Result<usize, DbError> {
-        let bound = self.settings.bound;
+        let cutoff = queries::cutoff(&self.pool, self.settings.bound).await?;
+        self.scan_before(cutoff).await
+    }
+
+    /// A scan for rows last changed, and not re-announced, since `cutoff`.
+    async fn scan_before(&mut self, cutoff: DateTime<Utc>) -> Result<usize, DbError> {
         let limit = self.settings.batch;
         let mut db = self.pool.begin().await?;
         let (candidates, next_checked) = match self.settings.kind {
             HealKind::Pending => (
-                queries::unclaimed_pending(&mut db, bound, limit).await?,
+                queries::unclaimed_pending(&mut db, cutoff, limit).await?,
                 None,
             ),
             HealKind::Completed => {
                 let mut candidates =
-                    queries::completed_still_missing(&mut db, bound, limit).await?;
+                    queries::completed_still_missing(&mut db, cutoff, limit).await?;
                 let room = limit.saturating_sub(i64::try_from(candidates.len()).unwrap_or(limit));
-                let (fresh, upper) = queries::terminal_without_event(
+                let fresh = queries::terminal_without_event(
                     &mut db,
                     self.checked_until,
-                    bound,
+                    cutoff,
                     room.max(1),
                 )
                 .await?;
-                // Not all found: everything before `upper` is checked. Otherwise continue
+                // Not all found: everything before the cutoff is checked. Otherwise continue
                 // after the last one found (marked rows are excluded next time).
                 let next = if i64::try_from(fresh.len()).unwrap_or(i64::MAX) < room.max(1) {
-                    upper
+                    cutoff
                 } else {
-                    fresh.last().map(|(_, _, at)| *at).unwrap_or(upper)
+                    fresh.last().map(|(_, _, at)| *at).unwrap_or(cutoff)
                 };
                 candidates.extend(fresh.into_iter().map(|(id, version, _)| (id, version)));
                 (candidates, Some(next))
@@ -148,7 +203,7 @@ impl Healer {
         let won = if candidates.is_empty() {
             Vec::new()
         } else {
-            queries::mark(&mut db, self.settings.kind, &candidates, bound).await?
+            queries::mark(&mut db, self.settings.kind, &candidates, cutoff).await?
         };
         let mut announced = 0usize;
         for id in won {

@@ -131,3 +131,53 @@ async fn an_unclaimed_pending_transaction_is_announced_again_once_per_bound() ->
     assert_eq!(small.scan_once().await?, 0);
     Ok(())
 }
+
+/// A broker reset recorded by any process makes a running healer re-announce at once what
+/// it watches, fresh rows included (their messages may have been on the lost broker), each
+/// row once, in batches; a reset recorded before the healer started is not acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_broker_reset_heals_at_once_without_waiting_for_the_bound() -> TestResult {
+    use paygate_core::db::broker_resets;
+    use tokio_util::sync::CancellationToken;
+
+    let (config, pool) = isolated_config().await?;
+    let merchant = merchants::create(&pool, "heal-reset").await?;
+    // An old sighting: the healer starts after it and must not act on it.
+    broker_resets::record(&pool, "an earlier run").await?;
+    let mut fresh = Vec::new();
+    for _ in 0..5 {
+        fresh.push(pending(&pool, merchant.id).await?);
+    }
+    let mut settings = HealSettings::pending(&config.recovery);
+    settings.bound = Duration::from_secs(3_600);
+    settings.poll = Duration::from_secs(3_600);
+    settings.batch = 2;
+    let stop = CancellationToken::new();
+    let healer = tokio::spawn(Healer::new(pool.clone(), settings).run(stop.clone()));
+
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(
+        reannounced(&pool).await?.is_empty(),
+        "fresh rows within the bound, no new reset: nothing re-announced"
+    );
+
+    broker_resets::record(&pool, "a consumer watchdog").await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = reannounced(&pool).await?;
+    while seen.len() < fresh.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = reannounced(&pool).await?;
+    }
+    // Let it finish its batches, then check each row came once.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    seen = reannounced(&pool).await?;
+    let mut keys: Vec<String> = seen.iter().map(|(key, _)| key.clone()).collect();
+    keys.sort();
+    let mut expected: Vec<String> = fresh.iter().map(|tx| tx.id.to_string()).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "every pending row once, in batches of two");
+
+    stop.cancel();
+    healer.await?;
+    Ok(())
+}

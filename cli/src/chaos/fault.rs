@@ -46,12 +46,18 @@ impl Fault {
         plan
     }
 
-    /// The `--short` plan: the fault that used to strand the most payments.
+    /// The `--short` plan: an immediate kill of the payment processor (the restart that
+    /// used to strand the most payments) and the broker coming back empty.
     pub fn short() -> Vec<Fault> {
-        vec![Fault::Kill {
-            service: Service::PaymentProcessor,
-            restart_after: IMMEDIATE,
-        }]
+        vec![
+            Fault::Kill {
+                service: Service::PaymentProcessor,
+                restart_after: IMMEDIATE,
+            },
+            // The fault that needs every recovery path at once: topics recreated, the
+            // sighting shared through Postgres, producers replaced, healers re-announcing.
+            Fault::Broker,
+        ]
     }
 
     /// The name `--only` takes, e.g. `kill-payment-processor-immediate`, `broker`.
@@ -118,8 +124,8 @@ mod tests {
     }
 
     #[test]
-    fn the_short_plan_is_an_immediate_processor_kill() {
+    fn the_short_plan_is_an_immediate_processor_kill_and_an_empty_broker() {
         let names: Vec<String> = Fault::short().iter().map(Fault::name).collect();
-        assert_eq!(names, ["kill-payment-processor-immediate"]);
+        assert_eq!(names, ["kill-payment-processor-immediate", "broker"]);
     }
 }

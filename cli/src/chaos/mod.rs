@@ -38,8 +38,9 @@ use verdict::{Observed, Verdict};
 
 #[derive(Args, Debug, Clone)]
 pub struct ChaosArgs {
-    /// The quick form for scripts/test: one immediate kill of the payment processor at a
-    /// low rate (unless --only/--rate/--duration say otherwise).
+    /// The quick form for scripts/test: an immediate kill of the payment processor and a
+    /// broker restart that comes back empty, at a low rate (unless --only/--rate/--duration
+    /// say otherwise).
     #[arg(long)]
     pub short: bool,
     /// Only these faults (comma-separated names: kill-<service>-immediate|late, redis,
@@ -280,6 +281,7 @@ async fn phase(
         let (receiver, stop) = (receiver.clone(), stop.clone());
         tokio::spawn(async move { receiver.serve(listener, stop).await })
     };
+    let crashes_before = topology.crashes();
     let before = sandbox
         .stats()
         .await
@@ -362,7 +364,9 @@ async fn phase(
     if let Some(error) = recorder.first_error() {
         eprintln!("  {} creates failed; first: {error}", recorder.errors());
     }
-    Ok(Verdict::of(fault.name(), &observed, fault_at))
+    let mut verdict = Verdict::of(fault.name(), &observed, fault_at);
+    verdict.crashes = topology.crashes().saturating_sub(crashes_before);
+    Ok(verdict)
 }
 
 /// Applies the fault; returns when it struck (a kill: the SIGKILL; a server: its stop).
@@ -500,13 +504,13 @@ pub fn print(report: &ChaosReport) {
         report.rate, report.duration_secs, report.fault_at_secs
     );
     println!();
-    println!("| fault | accepted | create errors | terminal | webhooks | executions | lost | executed twice | stuck | repeated webhooks | recovery (s) | slowest accept→webhook (s) |");
+    println!("| fault | accepted | create errors | terminal | webhooks | executions | lost | executed twice | stuck | repeated webhooks | recovery (s) | slowest accept→webhook (s) | crashes restarted |");
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for v in &report.verdicts {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             v.fault,
             v.accepted,
             v.create_errors,
@@ -520,7 +524,8 @@ pub fn print(report: &ChaosReport) {
             v.recovery_secs
                 .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}")),
             v.slowest_secs
-                .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}"))
+                .map_or_else(|| "never".to_owned(), |s| format!("{s:.1}")),
+            v.crashes
         );
     }
     println!();

@@ -181,33 +181,48 @@ impl Topology {
         Ok(launch)
     }
 
-    /// Starts a killed service as it was, appending to its log.
+    /// Starts a killed service as it was, under `scripts/up supervise` as `scripts/up`
+    /// starts it (so a later crash is restarted too), appending to its log.
     pub fn restart(&self, launch: &Launch) -> anyhow::Result<()> {
-        let Some((program, args)) = launch.argv.split_first() else {
+        if launch.argv.is_empty() {
             bail!("{} had an empty command line", launch.service);
-        };
-        let log_path = self.log_path(launch.service);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let mut command = std::process::Command::new(program);
+        }
+        let pid_file = self.pid_file(launch.service);
+        let _ = std::fs::remove_file(&pid_file);
+        let mut command = std::process::Command::new(self.root.join("scripts").join("up"));
         command
-            .args(args)
+            .arg("supervise")
+            .arg(launch.service.name())
+            .args(&launch.argv)
             .env_clear()
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .envs(&self.env)
             .current_dir(&launch.cwd)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             // Its own process group, as under nohup: a Ctrl-C meant for the suite does not
             // reach it, and `scripts/up down` stops it.
             .process_group(0);
-        let child = command
+        command
             .spawn()
             .with_context(|| format!("restarting {}", launch.service))?;
-        std::fs::write(self.pid_file(launch.service), format!("{}\n", child.id()))?;
         Ok(())
+    }
+
+    /// Crashes the supervisors restarted so far, over every service's log.
+    pub fn crashes(&self) -> u64 {
+        Service::ALL
+            .iter()
+            .filter_map(|service| std::fs::read_to_string(self.log_path(*service)).ok())
+            .map(|log| {
+                log.lines()
+                    .filter(|line| {
+                        line.starts_with("==== scripts/up:") && line.contains(" crashed ")
+                    })
+                    .count() as u64
+            })
+            .sum()
     }
 
     /// The URL whose 200 means the service is ready (workers: `/readyz`, which also asks

@@ -53,6 +53,10 @@ pub struct Verdict {
     /// included: the last one before the fault may be done before the fault bites);
     /// `None` when a payment never got its webhook.
     pub slowest_secs: Option<f64>,
+    /// Service processes that crashed during the phase and were restarted by their
+    /// supervisor (`scripts/up supervise`). Not a failure by itself (the database re-drives
+    /// what they held); reported so that a crash is never hidden.
+    pub crashes: u64,
 }
 
 impl Verdict {
@@ -122,6 +126,7 @@ impl Verdict {
             repeated_webhooks: observed.repeated_webhooks,
             recovery_secs,
             slowest_secs,
+            crashes: 0,
         }
     }
 

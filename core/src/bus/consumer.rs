@@ -580,11 +580,12 @@ impl ConsumerRunner {
     }
 }
 
-/// The idle-member watchdog: looks every `bound / 3` (at most 5 s). A member holding no
-/// partitions whose topic went missing at the broker (restarted empty) rejoins as soon as
-/// the topic exists again: librdkafka itself would look only at its next metadata refresh
-/// (5 min). Otherwise, when this member has held no partitions, its group has had lag, and the
-/// group's committed offsets have not moved for `bound`, it leaves and rejoins the group. A member a broker forgot (tansu
+/// The idle-member watchdog: looks every `bound / 3` (at most 5 s). A member whose topic
+/// went missing at the broker (restarted empty) reports it ([`super::reset::noticed`]) and
+/// rejoins as soon as the topic exists again: librdkafka itself would look only at its next
+/// metadata refresh (5 min). Otherwise, when this member has held no partitions, its group
+/// has had lag, and the group's committed offsets have not moved for `bound`, it leaves and
+/// rejoins the group. A member a broker forgot (tansu
 /// after a crash-restart within the session timeout) is thereby assigned again; a member
 /// idle because others hold every partition and make progress stays put, so a spare
 /// instance does not force rebalances on a working group.
@@ -598,29 +599,33 @@ async fn watch_idle(probe: ConsumerProbe, bound: Duration, group: String, stop: 
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let assigned = probe.assigned();
-        if assigned == 0 {
-            match probe.topics_missing(Duration::from_secs(2)).await {
-                Ok(true) => {
-                    // The broker lost our topics (restarted empty). The relays recreate
-                    // them (and renew their producers when they had to: leave that signal
-                    // to them); rejoin once they exist again.
-                    topics_were_missing = true;
-                    idle = None;
-                    continue;
+        // Every look, assigned or not: a broker that came back empty may still hand out
+        // partitions of topics it no longer has, and the sooner the loss is seen, the
+        // sooner every process heals (super::reset).
+        match probe.topics_missing(Duration::from_secs(2)).await {
+            Ok(true) => {
+                if !topics_were_missing {
+                    tracing::warn!(%group, "a subscribed topic is missing at the broker");
                 }
-                Ok(false) if topics_were_missing => {
-                    topics_were_missing = false;
-                    idle = None;
-                    tracing::warn!(%group, "a subscribed topic is back at the broker; rejoining the group to be assigned its partitions");
-                    metrics::counter!("paygate_consumer_rejoins_total", "group" => group.clone())
-                        .increment(1);
-                    probe.rejoin();
-                    continue;
-                }
-                _ => {}
+                // This process's reset watch recreates it and records the sighting, so
+                // every process renews its producer and heals; rejoin once it exists.
+                super::reset::noticed();
+                topics_were_missing = true;
+                idle = None;
+                continue;
             }
+            Ok(false) if topics_were_missing => {
+                topics_were_missing = false;
+                idle = None;
+                tracing::warn!(%group, "a subscribed topic is back at the broker; rejoining the group to be assigned its partitions");
+                metrics::counter!("paygate_consumer_rejoins_total", "group" => group.clone())
+                    .increment(1);
+                probe.rejoin();
+                continue;
+            }
+            _ => {}
         }
+        let assigned = probe.assigned();
         let progress = if assigned > 0 {
             None
         } else {

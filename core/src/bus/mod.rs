@@ -7,6 +7,7 @@ pub mod events;
 pub mod offsets;
 mod producer;
 pub mod relay;
+pub mod reset;
 mod topics;
 pub mod trace;
 

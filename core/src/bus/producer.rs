@@ -9,8 +9,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 
 use super::{BusError, Topic, Topics};
 use crate::config::KafkaConfig;
@@ -105,26 +106,30 @@ impl Producer {
                 offset: delivery.offset,
             }),
             Err((error, _message)) => {
-                self.heal_if_fatal(generation).await;
+                self.heal_if_broken(generation, &error).await;
                 Err(BusError::Kafka(error))
             }
         }
     }
 
     /// After a failed send: a client in a fatal state (an idempotent producer out of
-    /// sequence after the broker came back empty, or fenced) fails every later send until
-    /// it is replaced, so it is replaced here, once per failed client — whoever sends
-    /// (the relay, the API's callback ingress, the DLQ) heals it, and the caller's own
-    /// retry goes out on the fresh one. Measured: without this the API answered 503 to
-    /// every callback after a broker restart (docs/RELIABILITY.md).
-    async fn heal_if_fatal(&self, generation: u64) {
-        let Some(fatal) = self.fatal_error() else {
-            return;
+    /// sequence after the broker came back empty), or one whose producer id the broker no
+    /// longer honours ([`stale_producer`]: fenced, unknown), fails every later send until it
+    /// is replaced, so it is replaced here, once per failed client — whoever sends (the
+    /// relay, the API's callback ingress, the DLQ) heals it, and the caller's own retry goes
+    /// out on the fresh one. Measured: without this the API answered 503 to every callback
+    /// after a broker restart, first with a fatal error, later with `ProducerFenced`, which
+    /// librdkafka does not raise as fatal (docs/RELIABILITY.md).
+    async fn heal_if_broken(&self, generation: u64, error: &KafkaError) {
+        let broken = match self.fatal_error() {
+            Some(fatal) => fatal,
+            None if stale_producer(error) => error.to_string(),
+            None => return,
         };
         if self.renewals() != generation {
             return; // another sender already replaced the failed client
         }
-        tracing::warn!(%fatal, "producer in a fatal state; replacing it");
+        tracing::warn!(error = %broken, "producer unusable; replacing it");
         if let Err(error) = self.renew_from(generation).await {
             tracing::warn!(%error, "producer could not be replaced; the next failed send tries again");
         }
@@ -177,6 +182,10 @@ impl Producer {
             std::mem::replace(&mut *guard, fresh)
         };
         metrics::counter!("paygate_producer_renewals_total").increment(1);
+        // Sends still waiting on the old client hold handles to it, so dropping ours would
+        // leave them hanging until their message timeout (30 s): fail them now instead, and
+        // their callers retry on the fresh client.
+        old.purge(PurgeConfig::default().queue().inflight());
         // Dropping the last handle purges and flushes (up to 500 ms) and joins librdkafka's
         // threads: not on a runtime worker.
         let _ = tokio::task::spawn_blocking(move || drop(old)).await;
@@ -187,6 +196,24 @@ impl Producer {
     pub fn renewals(&self) -> u64 {
         self.renewals.load(Ordering::Relaxed)
     }
+}
+
+/// Send errors that mean the broker no longer knows this client's producer id or epoch: it
+/// restarted without its state or fenced the client. Retrying on the same client cannot
+/// succeed.
+fn stale_producer(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::ProducerFenced
+                | Code::InvalidProducerEpoch
+                | Code::UnknownProducerId
+                | Code::InvalidProducerIdMapping
+                | Code::OutOfOrderSequenceNumber
+                | Code::Fenced
+        )
+    )
 }
 
 fn create(config: &KafkaConfig) -> Result<FutureProducer, BusError> {

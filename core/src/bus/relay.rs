@@ -20,7 +20,7 @@ use futures::future::join_all;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::{create_missing_topics, Producer};
+use super::{reset, Producer};
 use crate::db::{outbox, DbError};
 
 /// What `/readyz` and metrics read about a relay.
@@ -82,7 +82,15 @@ impl OutboxRelay {
     /// After a round the broker failed, the relay heals the broker side before trying again
     /// (see [`OutboxRelay::recover`]) and backs off exponentially (`failure_backoff`, doubled
     /// per failed round, at most [`MAX_FAILURE_BACKOFF`]).
+    ///
+    /// Beside it runs the process's reset watch ([`reset::watch`]): a broker that lost its
+    /// state, seen by any process, replaces this producer within a second.
     pub async fn run(self, shutdown: CancellationToken) {
+        let resets = tokio::spawn(reset::watch(
+            self.pool.clone(),
+            self.producer.clone(),
+            shutdown.child_token(),
+        ));
         let mut writes = outbox::watch_commits();
         let mut failures: u32 = 0;
         tracing::info!("outbox relay started");
@@ -131,16 +139,24 @@ impl OutboxRelay {
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
+        let _ = resets.await;
         tracing::info!("outbox relay stopped");
     }
 
     /// Heals what a failed round may have met: a broker that restarted without our topics
-    /// (they are created again), and a producer client that cannot recover by itself (a
+    /// (they are created again and the sighting recorded for every process, see
+    /// [`reset`]), and a producer client that cannot recover by itself (a
     /// fatal idempotence error, or a producer id the new broker never issued, which shows as
     /// sends timing out forever). The client is replaced when topics had to be created, when
     /// it reports a fatal error, or every [`RENEW_AFTER_FAILURES`] failed rounds in a row.
     async fn recover(&self, failures: u32) {
-        let created = match create_missing_topics(self.producer.config()).await {
+        let created = match reset::recreate_topics(
+            &self.pool,
+            self.producer.config(),
+            "outbox relay",
+        )
+        .await
+        {
             Ok(created) => created,
             Err(error) => {
                 tracing::warn!(%error, "outbox relay: could not check or create topics");

@@ -1,6 +1,7 @@
 //! Postgres access: the pool, the embedded migrations, and one repository module per table
 //! family. Queries are checked by the integration tests against the real database.
 
+pub mod broker_resets;
 pub mod heal;
 pub mod merchants;
 pub mod outbox;
