@@ -63,9 +63,8 @@ pub struct Shared {
     pub backlog: Arc<relay::Backlog>,
     pub config: ApiConfig,
     pub metrics: Option<PrometheusHandle>,
-    /// The SSRF guard's policy for webhook and callback URLs: the dispatcher's own
-    /// (`DestinationPolicy::from_config(&config.dispatcher)`), so the API never accepts a URL
-    /// the dispatcher would refuse.
+    /// The SSRF guard's policy for webhook and callback URLs: `[destinations]`, which the
+    /// dispatcher applies too, so the API never accepts a URL the dispatcher would refuse.
     pub destinations: DestinationPolicy,
 }
 
@@ -111,7 +110,7 @@ impl Application {
         let cache = cache::TransactionCache::new(
             redis,
             config.redis.key_prefix.clone(),
-            Duration::from_millis(config.api.cache_ttl_ms),
+            config.api.cache_ttl,
         );
 
         let topics_ready = Arc::new(AtomicBool::new(false));
@@ -131,7 +130,8 @@ impl Application {
             .message_timeout_ms
             .min(CALLBACK_PRODUCE_TIMEOUT_MS);
         let producer = Producer::new(&callback_kafka)?;
-        let (relay, relay_health) = relay::relay(pool.clone(), relay_producer.clone(), &config.api);
+        let (relay, relay_health) =
+            relay::relay(pool.clone(), relay_producer.clone(), &config.outbox);
 
         let listener = TcpListener::bind(&config.api.bind)
             .await
@@ -161,7 +161,7 @@ impl Application {
             backlog: Arc::new(relay::Backlog::default()),
             config: config.api.clone(),
             metrics,
-            destinations: DestinationPolicy::from_config(&config.dispatcher),
+            destinations: DestinationPolicy::from_config(&config.destinations),
         }));
         Ok(Self {
             listener,
@@ -234,7 +234,7 @@ fn spawn_idempotency_purge(
     config: &ApiConfig,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let retention = Duration::from_secs(config.idempotency_retention_hours.saturating_mul(3600));
+    let retention = config.idempotency_retention;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {

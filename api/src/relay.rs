@@ -1,6 +1,6 @@
 //! The outbox relay as the API runs it: `paygate_core::bus::relay::OutboxRelay` (woken by
 //! this process's commits, plus a poll; batches; rows stamped only after the broker's ack) with settings
-//! from `api.*`, and a sampler that exports the relay's lag.
+//! from `[outbox]`, and a sampler that exports the relay's lag.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use paygate_core::bus::relay::{OutboxRelay, RelayHealth, RelaySettings};
 use paygate_core::bus::Producer;
-use paygate_core::config::ApiConfig;
+use paygate_core::config::OutboxConfig;
 use paygate_core::db;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -17,18 +17,14 @@ use tokio_util::sync::CancellationToken;
 /// How often the backlog is measured for `/metrics` and `/readyz`.
 const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
-pub fn settings(config: &ApiConfig) -> RelaySettings {
-    RelaySettings {
-        batch_size: config.outbox_batch_size,
-        poll_interval: Duration::from_millis(config.outbox_poll_ms.max(10)),
-        failure_backoff: Duration::from_secs(1),
-    }
+pub fn settings(config: &OutboxConfig) -> RelaySettings {
+    config.relay_settings()
 }
 
 pub fn relay(
     pool: PgPool,
     producer: Producer,
-    config: &ApiConfig,
+    config: &OutboxConfig,
 ) -> (OutboxRelay, Arc<RelayHealth>) {
     let relay = OutboxRelay::new(pool, producer, settings(config));
     let health = relay.health();

@@ -3,7 +3,7 @@
 //!
 //! The decision is not made here: it is [`paygate_core::destination::check_destination`],
 //! the SSRF guard the callback dispatcher applies before every delivery, with the same
-//! policy (`DestinationPolicy::from_config(&config.dispatcher)`). So the API never accepts a
+//! policy (`DestinationPolicy::from_config(&config.destinations)`). So the API never accepts a
 //! URL the dispatcher would refuse. The guard resolves the host and refuses it if any
 //! address is loopback, private, link-local, cloud metadata and so on (loopback only when
 //! `allow_loopback`), requires `https` (unless `allow_http`) and refuses credentials. It

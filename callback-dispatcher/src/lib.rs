@@ -19,7 +19,8 @@
 //! Config (`[dispatcher]`): `concurrency`, `per_endpoint_concurrency`, `request_timeout_ms`,
 //! `retry_schedule_secs` (one entry per attempt; the first, the delay before attempt 1, is
 //! 0: deliveries are due when recorded), `jitter_percent`, `retry_after_max_secs`,
-//! `disable_after_failing_secs`, `allow_loopback`, `allow_http`, `scheduler_poll_ms`.
+//! `disable_after_failing_secs`, `scheduler_poll_ms`; which URLs it delivers to is
+//! `[destinations]` (`allow_loopback`, `allow_http`), shared with the API.
 
 pub mod payload;
 pub mod retry;
@@ -101,16 +102,16 @@ impl Dispatcher {
             producer,
             consumer.probe(),
         );
-        let timeout = Duration::from_millis(settings.request_timeout_ms.max(1));
+        let timeout = settings.request_timeout.max(Duration::from_millis(1));
         let deliverer = Arc::new(worker::Deliverer {
             pool: pool.clone(),
             sender: sender::Sender {
                 timeout,
-                policy: DestinationPolicy::from_config(settings),
+                policy: DestinationPolicy::from_config(&config.destinations),
             },
             retry: retry::RetryPolicy::from_config(settings),
             endpoints: endpoint_policy::EndpointPolicy {
-                disable_after: Duration::from_secs(settings.disable_after_failing_secs),
+                disable_after: settings.disable_after_failing,
             },
         });
         let scheduler = scheduler::Scheduler {
@@ -118,7 +119,7 @@ impl Dispatcher {
             deliverer,
             concurrency: settings.concurrency.max(1),
             per_destination: settings.per_endpoint_concurrency.max(1),
-            poll: Duration::from_millis(settings.scheduler_poll_ms.max(10)),
+            poll: settings.scheduler_poll.max(Duration::from_millis(10)),
             lease: timeout + LEASE_MARGIN,
             wake,
             shutdown_grace: timeout + Duration::from_secs(1),

@@ -20,13 +20,9 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     pub fn from_config(config: &paygate_core::config::DispatcherConfig) -> Self {
         Self {
-            schedule: config
-                .retry_schedule_secs
-                .iter()
-                .map(|s| Duration::from_secs(*s))
-                .collect(),
+            schedule: config.retry_schedule.clone(),
             jitter_percent: config.jitter_percent.min(100),
-            retry_after_max: Duration::from_secs(config.retry_after_max_secs),
+            retry_after_max: config.retry_after_max,
         }
     }
 

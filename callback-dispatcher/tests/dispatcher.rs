@@ -171,13 +171,13 @@ fn independently_verifies(secret: &str, received: &Received, body: &[u8]) -> boo
 
 async fn test_config(schedule: &[u64]) -> Result<(Config, PgPool), Error> {
     let (mut config, pool) = isolated_config().await?;
+    config.destinations.allow_loopback = true;
+    config.destinations.allow_http = true;
     let d = &mut config.dispatcher;
-    d.allow_loopback = true;
-    d.allow_http = true;
-    d.retry_schedule_secs = schedule.to_vec();
+    d.retry_schedule = schedule.iter().copied().map(Duration::from_secs).collect();
     d.jitter_percent = 0;
-    d.scheduler_poll_ms = 50;
-    d.request_timeout_ms = 3_000;
+    d.scheduler_poll = Duration::from_millis(50);
+    d.request_timeout = Duration::from_millis(3_000);
     d.concurrency = 16;
     d.per_endpoint_concurrency = 1;
     config.database.max_connections = 8;
@@ -515,7 +515,7 @@ async fn gone_disables_the_endpoint() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_endpoint_does_not_delay_another_endpoint() -> TestResult {
     let (config, pool) = test_config(&[0, 60]).await?;
-    let timeout = Duration::from_millis(config.dispatcher.request_timeout_ms);
+    let timeout = config.dispatcher.request_timeout;
     let slow = Receiver::start(Behaviour::Hang).await?;
     let fast = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
@@ -617,13 +617,13 @@ async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_destinations_are_refused_before_connecting() -> TestResult {
     let (mut config, pool) = test_config(&[0, 1, 1]).await?;
-    config.dispatcher.allow_loopback = false;
+    config.destinations.allow_loopback = false;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let port = receiver.port;
 
     // The guard on its own, as the API calls it at registration.
     let strict = DestinationPolicy::STRICT;
-    let no_loopback = DestinationPolicy::from_config(&config.dispatcher);
+    let no_loopback = DestinationPolicy::from_config(&config.destinations);
     for url in [
         format!("https://127.0.0.1:{port}/hook"),
         "https://10.0.0.1/hook".to_owned(),
@@ -763,7 +763,7 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
     let (mut config, pool) = test_config(&[0, 1, 1, 1, 1, 1]).await?;
-    config.dispatcher.disable_after_failing_secs = 1;
+    config.dispatcher.disable_after_failing = Duration::from_secs(1);
     let receiver = Receiver::start(Behaviour::Always(500)).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
     let endpoint =

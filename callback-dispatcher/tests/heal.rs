@@ -97,11 +97,11 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 async fn a_lost_completed_event_announced_twice_makes_one_webhook_event_and_one_delivery(
 ) -> TestResult {
     let (mut config, pool) = isolated_config().await?;
-    config.dispatcher.allow_loopback = true;
-    config.dispatcher.allow_http = true;
-    config.dispatcher.scheduler_poll_ms = 50;
+    config.destinations.allow_loopback = true;
+    config.destinations.allow_http = true;
+    config.dispatcher.scheduler_poll = Duration::from_millis(50);
     // The dispatcher's own healer waits long enough not to add announcements of its own.
-    config.recovery.webhook_missing_secs = 3_600;
+    config.recovery.webhook_missing = Duration::from_secs(3_600);
     let (url, hits) = receiver().await?;
     let tx = succeeded_without_announcement(&pool, url).await?;
 

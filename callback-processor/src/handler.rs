@@ -54,8 +54,8 @@ impl CallbackHandler {
             lock: RedisLock::new(redis.clone(), config.redis.key_prefix.clone()),
             redis,
             cache_prefix: config.redis.key_prefix.clone(),
-            lock_ttl: Duration::from_millis(config.callbacks.lock_ttl_ms),
-            lock_wait: Duration::from_millis(config.callbacks.lock_wait_ms),
+            lock_ttl: config.callbacks.lock_ttl,
+            lock_wait: config.callbacks.lock_wait,
         }
     }
 

@@ -22,11 +22,9 @@ pub mod handler;
 pub mod settle;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use paygate_core::bus::{
-    ensure_topics, BusError, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer,
-    RelaySettings, Topic,
+    ensure_topics, BusError, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer, Topic,
 };
 use paygate_core::config::Config;
 use paygate_core::db::{self, DbError};
@@ -87,15 +85,7 @@ impl CallbackProcessor {
             producer.clone(),
             runner.probe(),
         );
-        let relay = OutboxRelay::new(
-            pool.clone(),
-            producer,
-            RelaySettings {
-                batch_size: config.api.outbox_batch_size,
-                poll_interval: Duration::from_millis(config.api.outbox_poll_ms),
-                failure_backoff: Duration::from_secs(1),
-            },
-        );
+        let relay = OutboxRelay::new(pool.clone(), producer, config.outbox.relay_settings());
         Ok(Self {
             runner,
             relay,

@@ -19,11 +19,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use paygate_core::bus::Topic;
-use paygate_core::config::{Config, KafkaConfig, RouteRule};
+use paygate_core::config::{Config, GatewayConfig, KafkaConfig, RouteRule};
 use paygate_core::db;
 use paygate_core::domain::MerchantId;
 use paygate_gateways::GatewayRegistry;
-use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
 use tokio::net::TcpListener;
@@ -142,8 +141,8 @@ pub async fn start(
     // Migrations ran above; the services need not run them again.
     config.database.migrate_on_start = false;
     // The demo receiver is a plain-http loopback URL.
-    config.dispatcher.allow_loopback = true;
-    config.dispatcher.allow_http = true;
+    config.destinations.allow_loopback = true;
+    config.destinations.allow_http = true;
     if config.gateways.is_empty() {
         config.gateways = sandbox_gateways(&sandbox);
     }
@@ -568,18 +567,18 @@ async fn service_build<T>(
 pub const SANDBOX_SETTLE_MS: u64 = 5_000;
 
 /// `[gateways.*]` for the three sandbox accounts.
-fn sandbox_gateways(sandbox: &paygate_sandbox::Sandbox) -> BTreeMap<String, serde_json::Value> {
+fn sandbox_gateways(sandbox: &paygate_sandbox::Sandbox) -> BTreeMap<String, GatewayConfig> {
     DEV_GATEWAYS
         .iter()
         .map(|(name, kind)| {
-            let table = json!({
-                "kind": kind,
-                "base_url": sandbox.account_url(name),
-                "secret_key": paygate_sandbox::DEFAULT_SECRET_KEY,
-                "webhook_secret": paygate_sandbox::DEFAULT_WEBHOOK_SECRET,
-                // The sandbox's status endpoint does not lag unless told to.
-                "status_not_found_after_ms": SANDBOX_SETTLE_MS,
-            });
+            let mut table = GatewayConfig::new(
+                kind,
+                &sandbox.account_url(name),
+                paygate_sandbox::DEFAULT_SECRET_KEY,
+            );
+            table.webhook_secret = Some(paygate_sandbox::DEFAULT_WEBHOOK_SECRET.into());
+            // The sandbox's status endpoint does not lag unless told to.
+            table.status_not_found_after = Duration::from_millis(SANDBOX_SETTLE_MS);
             ((*name).to_owned(), table)
         })
         .collect()

@@ -1,24 +1,40 @@
 //! One typed configuration for every paygate process.
 //!
 //! Sources, later ones winning: built-in local defaults, an optional TOML file (path in
-//! `PAYGATE_CONFIG`), then `PAYGATE_*` environment variables. A variable is the upper-cased
-//! key path joined by `_`, the first `_` separating the section: `PAYGATE_DATABASE_URL` sets
-//! `database.url`, `PAYGATE_KAFKA_TOPIC_PREFIX` sets `kafka.topic_prefix`. Deeper keys use
-//! `__`: `PAYGATE_GATEWAYS_SANDBOX__BASE_URL` sets `gateways.sandbox.base_url`.
+//! `PAYGATE_CONFIG`), then `PAYGATE_*` environment variables, mapped to keys by figment's
+//! `Env` provider (see [`env`]): `PAYGATE_DATABASE_URL` sets `database.url`,
+//! `PAYGATE_KAFKA_TOPIC_PREFIX` sets `kafka.topic_prefix`, and `__` nests deeper:
+//! `PAYGATE_GATEWAYS_SANDBOX-JSON__BASE_URL` sets `gateways.sandbox-json.base_url`.
+//! docs/ARCHITECTURE.md ("Configuration") has the table of sections.
 //!
-//! A bad value stops start-up with a message naming the variable (or file key) and why.
+//! Every section refuses keys it does not know (a misspelt key is an error naming it);
+//! `[gateways.<name>]` hands the keys it does not know to the gateway's connector
+//! ([`GatewayConfig::extra`]). Durations are [`Duration`]s from load on, each key keeping
+//! its unit in its name (`lock_ttl_ms`, `stuck_after_secs`; see [`units`]). Settings passed
+//! to librdkafka as millisecond strings (`kafka.*_ms`) stay integers.
+//!
+//! A configuration that cannot be used stops start-up with every problem found, each
+//! naming the variable (or file key) to fix and why.
+
+pub mod env;
+mod gateway;
+pub mod units;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
-use figment::Figment;
+use figment::{Figment, Metadata, Provider};
 use serde::{Deserialize, Serialize};
+
+pub use gateway::{
+    BreakerConfig, GatewayConfig, DEFAULT_CALLBACK_TOLERANCE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CALLBACK_BYTES, DEFAULT_STATUS_NOT_FOUND_AFTER, DEFAULT_TIMEOUT,
+};
 
 /// Environment variable naming an optional TOML file.
 pub const CONFIG_FILE_VAR: &str = "PAYGATE_CONFIG";
-const ENV_PREFIX: &str = "PAYGATE_";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,13 +46,18 @@ pub struct Config {
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     pub api: ApiConfig,
+    /// `[outbox]`: the relay every service runs.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// `[destinations]`: which webhook URLs the API accepts and the dispatcher delivers to.
+    #[serde(default)]
+    pub destinations: DestinationsConfig,
     pub processor: ProcessorConfig,
     pub callbacks: CallbacksConfig,
     pub dispatcher: DispatcherConfig,
-    /// `[gateways.<name>]` tables, kept raw here and parsed by the gateway registry, which
-    /// owns what a gateway's settings mean.
+    /// `[gateways.<name>]` tables; the gateway registry builds the connectors from them.
     #[serde(default)]
-    pub gateways: BTreeMap<String, serde_json::Value>,
+    pub gateways: BTreeMap<String, GatewayConfig>,
     /// `[recovery]`: healing what the broker lost, readiness probes.
     #[serde(default)]
     pub recovery: RecoveryConfig,
@@ -49,7 +70,8 @@ pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before failing.
-    pub acquire_timeout_ms: u64,
+    #[serde(rename = "acquire_timeout_ms", with = "units::ms")]
+    pub acquire_timeout: Duration,
     /// Apply embedded migrations when a service starts.
     pub migrate_on_start: bool,
 }
@@ -104,9 +126,13 @@ pub struct KafkaConfig {
     /// A consumer that holds no partitions while its group has lag and the group's
     /// committed offsets have not moved for this long leaves and rejoins the group
     /// (issue 13: a worker restarted after a crash sat with no partitions for minutes).
-    /// 0 turns the watchdog off.
-    #[serde(default = "default_idle_rejoin_secs")]
-    pub idle_rejoin_secs: u64,
+    /// 0 turns the watchdog off. Key: `idle_rejoin_secs`.
+    #[serde(
+        rename = "idle_rejoin_secs",
+        with = "units::secs",
+        default = "default_idle_rejoin"
+    )]
+    pub idle_rejoin: Duration,
 }
 
 /// Consumers heartbeat this often (`heartbeat.interval.ms`); the session timeout must
@@ -117,8 +143,8 @@ fn default_session_timeout_ms() -> u64 {
     10_000
 }
 
-fn default_idle_rejoin_secs() -> u64 {
-    15
+fn default_idle_rejoin() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_linger_ms() -> u64 {
@@ -139,7 +165,7 @@ pub struct TelemetryConfig {
     pub metrics_bind: Option<String>,
 }
 
-/// The API process: merchant REST API, provider callback ingress, outbox relay.
+/// The API process: merchant REST API, provider callback ingress.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
@@ -153,15 +179,59 @@ pub struct ApiConfig {
     pub rate_limit_per_second: u32,
     /// Burst allowance per API key.
     pub rate_limit_burst: u32,
-    /// Idempotency keys are remembered at least this long (Stripe: 24 h).
-    pub idempotency_retention_hours: u64,
-    /// TTL of the Redis cache-aside entry for `GET /v1/transactions/{id}`.
-    pub cache_ttl_ms: u64,
+    /// Idempotency keys are remembered at least this long (Stripe: 24 h). Key:
+    /// `idempotency_retention_hours`.
+    #[serde(rename = "idempotency_retention_hours", with = "units::hours")]
+    pub idempotency_retention: Duration,
+    /// TTL of the Redis cache-aside entry for `GET /v1/transactions/{id}`. Key:
+    /// `cache_ttl_ms`.
+    #[serde(rename = "cache_ttl_ms", with = "units::ms")]
+    pub cache_ttl: Duration,
+}
+
+/// `[outbox]`: the outbox relay, which every service runs (a service's committed events
+/// reach Kafka even when the others are down).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
     /// Outbox rows published per relay round.
-    pub outbox_batch_size: i64,
-    /// Relay poll interval for rows written by other processes (a relay is woken at once by
-    /// commits in its own process).
-    pub outbox_poll_ms: u64,
+    pub batch_size: i64,
+    /// Poll interval for rows written by other processes (a relay is woken at once by
+    /// commits in its own process); at least 10 ms is used. Key: `poll_ms`.
+    #[serde(rename = "poll_ms", with = "units::ms")]
+    pub poll: Duration,
+}
+
+impl OutboxConfig {
+    /// The relay's settings: polls at least 10 ms apart, a second's pause after a failure.
+    pub fn relay_settings(&self) -> crate::bus::RelaySettings {
+        crate::bus::RelaySettings {
+            batch_size: self.batch_size,
+            poll_interval: self.poll.max(Duration::from_millis(10)),
+            failure_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// `[destinations]`: what the SSRF guard (`paygate_core::destination`) allows beyond
+/// public `https` URLs, for webhook endpoints and callback URLs. The API applies it when a
+/// URL is registered and the dispatcher before every delivery, so both read it here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DestinationsConfig {
+    /// Admit loopback addresses (tests and `paygate dev` only).
+    pub allow_loopback: bool,
+    /// Admit plain http (tests and `paygate dev` only).
+    pub allow_http: bool,
 }
 
 /// The payment processor: pending transactions to provider calls.
@@ -171,38 +241,65 @@ pub struct ProcessorConfig {
     /// Transactions handled at once (bounded worker pool).
     pub concurrency: usize,
     /// Lease on a transaction while one attempt runs; longer than the slowest provider call.
-    pub lock_ttl_ms: u64,
-    pub lock_wait_ms: u64,
+    #[serde(rename = "lock_ttl_ms", with = "units::ms")]
+    pub lock_ttl: Duration,
+    #[serde(rename = "lock_wait_ms", with = "units::ms")]
+    pub lock_wait: Duration,
     /// Exponential backoff with full jitter: `random(0, min(cap, base * 2^attempt))`.
-    pub retry_base_ms: u64,
-    pub retry_cap_ms: u64,
+    #[serde(rename = "retry_base_ms", with = "units::ms")]
+    pub retry_base: Duration,
+    #[serde(rename = "retry_cap_ms", with = "units::ms")]
+    pub retry_cap: Duration,
     /// Provider calls per transaction before it fails with `max_attempts_exceeded`.
     pub max_attempts: i32,
     /// When every route's breaker is open, try again after this long (no attempt used).
-    pub breaker_deferral_ms: u64,
+    #[serde(rename = "breaker_deferral_ms", with = "units::ms")]
+    pub breaker_deferral: Duration,
     /// How often the retry scheduler looks for due transactions, and how many it takes.
-    pub scheduler_poll_ms: u64,
+    #[serde(rename = "scheduler_poll_ms", with = "units::ms")]
+    pub scheduler_poll: Duration,
     pub scheduler_batch: i64,
     /// A transaction in `submitting`/`submitted` untouched this long is reconciled.
-    pub stuck_after_secs: u64,
+    #[serde(rename = "stuck_after_secs", with = "units::secs")]
+    pub stuck_after: Duration,
     /// A provider's `Retry-After` is honoured up to this; a larger one (or a garbage one) is
     /// capped, so no provider header can park a payment for years or overflow a timestamp.
-    #[serde(default = "defaults::max_retry_after_secs")]
-    pub max_retry_after_secs: u64,
+    #[serde(
+        rename = "max_retry_after_secs",
+        with = "units::secs",
+        default = "defaults::max_retry_after"
+    )]
+    pub max_retry_after: Duration,
     /// After an ambiguous attempt, status answers that settle nothing (errors, "in
     /// progress") for this long make the transaction `unresolved` and tell the merchant.
-    #[serde(default = "defaults::unresolved_after_secs")]
-    pub unresolved_after_secs: u64,
+    #[serde(
+        rename = "unresolved_after_secs",
+        with = "units::secs",
+        default = "defaults::unresolved_after"
+    )]
+    pub unresolved_after: Duration,
     /// Reconciliation keeps asking about an `unresolved` transaction for this long after its
     /// ambiguous attempt (72 h), then leaves it for a person.
-    #[serde(default = "defaults::reconcile_horizon_secs")]
-    pub reconcile_horizon_secs: u64,
+    #[serde(
+        rename = "reconcile_horizon_secs",
+        with = "units::secs",
+        default = "defaults::reconcile_horizon"
+    )]
+    pub reconcile_horizon: Duration,
     /// Bounds of the wait between two status queries about one payment: it grows with the
     /// time since the ambiguous attempt (half of it), within these.
-    #[serde(default = "defaults::status_check_min_ms")]
-    pub status_check_min_ms: u64,
-    #[serde(default = "defaults::status_check_max_ms")]
-    pub status_check_max_ms: u64,
+    #[serde(
+        rename = "status_check_min_ms",
+        with = "units::ms",
+        default = "defaults::status_check_min"
+    )]
+    pub status_check_min: Duration,
+    #[serde(
+        rename = "status_check_max_ms",
+        with = "units::ms",
+        default = "defaults::status_check_max"
+    )]
+    pub status_check_max: Duration,
     /// Routing rules, first match wins; a transaction naming a gateway skips them.
     #[serde(default)]
     pub routes: Vec<RouteRule>,
@@ -237,11 +334,14 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct CallbacksConfig {
     pub concurrency: usize,
-    pub lock_ttl_ms: u64,
-    pub lock_wait_ms: u64,
+    #[serde(rename = "lock_ttl_ms", with = "units::ms")]
+    pub lock_ttl: Duration,
+    #[serde(rename = "lock_wait_ms", with = "units::ms")]
+    pub lock_wait: Duration,
 }
 
-/// The callback dispatcher: signed merchant webhooks.
+/// The callback dispatcher: signed merchant webhooks. Which URLs it may deliver to is
+/// `[destinations]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatcherConfig {
@@ -249,20 +349,22 @@ pub struct DispatcherConfig {
     pub concurrency: usize,
     /// Deliveries in flight at once to one endpoint (bulkhead).
     pub per_endpoint_concurrency: usize,
-    pub request_timeout_ms: u64,
-    /// Delay before each attempt, in seconds: the first is attempt 1.
-    pub retry_schedule_secs: Vec<u64>,
+    #[serde(rename = "request_timeout_ms", with = "units::ms")]
+    pub request_timeout: Duration,
+    /// Delay before each attempt: the first is attempt 1. Key: `retry_schedule_secs`, a
+    /// list of seconds (`0,5,300` in a variable).
+    #[serde(rename = "retry_schedule_secs", with = "units::secs_list")]
+    pub retry_schedule: Vec<Duration>,
     /// ± this percentage of jitter on each delay.
     pub jitter_percent: u32,
     /// A `Retry-After` longer than this is capped to it.
-    pub retry_after_max_secs: u64,
+    #[serde(rename = "retry_after_max_secs", with = "units::secs")]
+    pub retry_after_max: Duration,
     /// An endpoint failing without a success for this long is disabled.
-    pub disable_after_failing_secs: u64,
-    /// Deliver to loopback addresses (tests and `paygate dev` only).
-    pub allow_loopback: bool,
-    /// Deliver over plain http (tests and `paygate dev` only).
-    pub allow_http: bool,
-    pub scheduler_poll_ms: u64,
+    #[serde(rename = "disable_after_failing_secs", with = "units::secs")]
+    pub disable_after_failing: Duration,
+    #[serde(rename = "scheduler_poll_ms", with = "units::ms")]
+    pub scheduler_poll: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,7 +390,7 @@ impl Default for Config {
             database: DatabaseConfig {
                 url: "postgres://postgres@127.0.0.1:5432/paygate".into(),
                 max_connections: 16,
-                acquire_timeout_ms: 5_000,
+                acquire_timeout: Duration::from_millis(5_000),
                 migrate_on_start: true,
             },
             redis: RedisConfig {
@@ -306,7 +408,7 @@ impl Default for Config {
                 linger_ms: default_linger_ms(),
                 instance_id: None,
                 session_timeout_ms: default_session_timeout_ms(),
-                idle_rejoin_secs: default_idle_rejoin_secs(),
+                idle_rejoin: default_idle_rejoin(),
             },
             log: LogConfig {
                 format: LogFormat::Pretty,
@@ -319,33 +421,33 @@ impl Default for Config {
                 callback_max_body_bytes: 256 * 1024,
                 rate_limit_per_second: 2_000,
                 rate_limit_burst: 4_000,
-                idempotency_retention_hours: 24,
-                cache_ttl_ms: 2_000,
-                outbox_batch_size: 256,
-                outbox_poll_ms: 200,
+                idempotency_retention: Duration::from_secs(24 * 3_600),
+                cache_ttl: Duration::from_millis(2_000),
             },
+            outbox: OutboxConfig::default(),
+            destinations: DestinationsConfig::default(),
             processor: ProcessorConfig {
                 concurrency: 64,
-                lock_ttl_ms: 30_000,
-                lock_wait_ms: 2_000,
-                retry_base_ms: 1_000,
-                retry_cap_ms: 300_000,
+                lock_ttl: Duration::from_millis(30_000),
+                lock_wait: Duration::from_millis(2_000),
+                retry_base: Duration::from_millis(1_000),
+                retry_cap: Duration::from_millis(300_000),
                 max_attempts: 8,
-                breaker_deferral_ms: 5_000,
-                scheduler_poll_ms: 500,
+                breaker_deferral: Duration::from_millis(5_000),
+                scheduler_poll: Duration::from_millis(500),
                 scheduler_batch: 256,
-                stuck_after_secs: 300,
-                max_retry_after_secs: defaults::max_retry_after_secs(),
-                unresolved_after_secs: defaults::unresolved_after_secs(),
-                reconcile_horizon_secs: defaults::reconcile_horizon_secs(),
-                status_check_min_ms: defaults::status_check_min_ms(),
-                status_check_max_ms: defaults::status_check_max_ms(),
+                stuck_after: Duration::from_secs(300),
+                max_retry_after: defaults::max_retry_after(),
+                unresolved_after: defaults::unresolved_after(),
+                reconcile_horizon: defaults::reconcile_horizon(),
+                status_check_min: defaults::status_check_min(),
+                status_check_max: defaults::status_check_max(),
                 routes: Vec::new(),
             },
             callbacks: CallbacksConfig {
                 concurrency: 64,
-                lock_ttl_ms: 10_000,
-                lock_wait_ms: 5_000,
+                lock_ttl: Duration::from_millis(10_000),
+                lock_wait: Duration::from_millis(5_000),
             },
             dispatcher: DispatcherConfig {
                 // A busy merchant gets hundreds of webhooks a second on one endpoint; 4 at a
@@ -353,14 +455,14 @@ impl Default for Config {
                 // most a quarter of the workers.
                 concurrency: 128,
                 per_endpoint_concurrency: 32,
-                request_timeout_ms: 10_000,
-                retry_schedule_secs: vec![0, 5, 300, 1_800, 7_200, 18_000, 36_000, 36_000],
+                request_timeout: Duration::from_millis(10_000),
+                retry_schedule: [0, 5, 300, 1_800, 7_200, 18_000, 36_000, 36_000]
+                    .map(Duration::from_secs)
+                    .to_vec(),
                 jitter_percent: 20,
-                retry_after_max_secs: 3_600,
-                disable_after_failing_secs: 5 * 24 * 3_600,
-                allow_loopback: false,
-                allow_http: false,
-                scheduler_poll_ms: 500,
+                retry_after_max: Duration::from_secs(3_600),
+                disable_after_failing: Duration::from_secs(5 * 24 * 3_600),
+                scheduler_poll: Duration::from_millis(500),
             },
             gateways: BTreeMap::new(),
             recovery: RecoveryConfig::default(),
@@ -374,350 +476,311 @@ impl Default for Config {
 #[serde(deny_unknown_fields, default)]
 pub struct RecoveryConfig {
     /// A `pending` transaction not claimed this long is announced again (payment processor).
-    pub pending_unclaimed_secs: u64,
+    #[serde(rename = "pending_unclaimed_secs", with = "units::secs")]
+    pub pending_unclaimed: Duration,
     /// A terminal transaction with no webhook event this long after it became terminal has
     /// its `completed` event announced again (callback dispatcher).
-    pub webhook_missing_secs: u64,
+    #[serde(rename = "webhook_missing_secs", with = "units::secs")]
+    pub webhook_missing: Duration,
     /// How often each healer scans.
-    pub heal_poll_ms: u64,
+    #[serde(rename = "heal_poll_ms", with = "units::ms")]
+    pub heal_poll: Duration,
     /// Rows re-announced per scan, at most (a scan that fills it runs again at once).
     pub heal_batch: i64,
     /// How far back the webhook healer looks when a process starts.
-    pub heal_lookback_secs: u64,
+    #[serde(rename = "heal_lookback_secs", with = "units::secs")]
+    pub heal_lookback: Duration,
     /// How long a worker's `/readyz` answer is reused (probes are cheap under tight polling).
-    pub ready_cache_ms: u64,
+    #[serde(rename = "ready_cache_ms", with = "units::ms")]
+    pub ready_cache: Duration,
 }
 
 impl Default for RecoveryConfig {
     fn default() -> Self {
         Self {
-            pending_unclaimed_secs: 30,
-            webhook_missing_secs: 60,
-            heal_poll_ms: 5_000,
+            pending_unclaimed: Duration::from_secs(30),
+            webhook_missing: Duration::from_secs(60),
+            heal_poll: Duration::from_millis(5_000),
             heal_batch: 256,
-            heal_lookback_secs: 24 * 3_600,
-            ready_cache_ms: 1_500,
+            heal_lookback: Duration::from_secs(24 * 3_600),
+            ready_cache: Duration::from_millis(1_500),
         }
     }
 }
 
-/// A configuration that cannot be used, with the variable or key at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(String);
+/// One thing wrong with a configuration: where (the variable, or the file key, to fix) and
+/// why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub at: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(at: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            at: at.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used: every problem found, each naming its variable or
+/// key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(Vec<Problem>);
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("invalid configuration: ")?;
+        for (i, p) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{}: {}", p.at, p.message)?;
+        }
+        Ok(())
+    }
+}
 
 impl Config {
-    /// Defaults, then the file named by `PAYGATE_CONFIG` (if set), then the environment.
+    /// Defaults, then the file named by `PAYGATE_CONFIG` (if set), then the process
+    /// environment through figment's `Env` provider ([`env`]).
     pub fn load() -> Result<Self, ConfigError> {
         let file = std::env::var_os(CONFIG_FILE_VAR).map(PathBuf::from);
-        Self::load_from(file, std::env::vars())
+        Self::load_with(file, env::process())
     }
 
-    /// As [`Config::load`], with the file and environment given explicitly (for tests).
+    /// As [`Config::load`], with the file and the environment given explicitly (tests, and
+    /// checks of another process's environment). The variables are read exactly as `load`
+    /// reads the process environment ([`env`] says how, and why this is not figment's `Env`).
     pub fn load_from(
         file: Option<PathBuf>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::load_with(file, env::Pairs(env.into_iter().collect()))
+    }
+
+    fn load_with(file: Option<PathBuf>, env: impl Provider) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = &file {
             if !path.is_file() {
-                return Err(ConfigError(format!(
-                    "{CONFIG_FILE_VAR}: no such file {}",
-                    path.display()
-                )));
+                return Err(ConfigError(vec![Problem::new(
+                    CONFIG_FILE_VAR,
+                    format!("no such file {}", path.display()),
+                )]));
             }
-            figment = figment.merge(Toml::file(path));
+            figment = figment.merge(Toml::file_exact(path));
         }
-        let vars: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_FILE_VAR)
-            .collect();
-        for (key, value) in &vars {
-            let path = env_key_to_path(key);
-            figment = figment.merge(Serialized::default(&path, env_value(value)));
-        }
-        let config: Config = figment
+        let figment = figment.merge(env);
+        let places = Places {
+            figment: &figment,
+            file: file.as_deref(),
+        };
+        let mut config: Config = figment
             .extract()
-            .map_err(|e| describe(e, &vars, file.as_deref()))?;
-        config.validate()?;
-        Ok(config)
+            .map_err(|e| ConfigError(figment_problems(e, |key, m| places.name(key, m))))?;
+        gateway::fill_extra(&figment, &mut config.gateways);
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(
+                problems
+                    .into_iter()
+                    .map(|p| Problem::new(places.name(&p.at, None), p.message))
+                    .collect(),
+            ))
+        }
     }
 
-    /// Rules serde cannot express; each names the variable to fix.
-    fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |var: &str, why: &str| Err(ConfigError(format!("PAYGATE_{var}: {why}")));
+    /// Every rule serde cannot express that this configuration breaks, each at its key.
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, why: &str| problems.push(Problem::new(key, why));
+        let at_least_one = "must be at least 1";
         if !(self.database.url.starts_with("postgres://")
             || self.database.url.starts_with("postgresql://"))
         {
-            return fail("DATABASE_URL", "must be a postgres:// URL");
+            bad("database.url", "must be a postgres:// URL");
         }
         if self.database.max_connections == 0 {
-            return fail("DATABASE_MAX_CONNECTIONS", "must be at least 1");
+            bad("database.max_connections", at_least_one);
         }
         if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
-            return fail("REDIS_URL", "must be a redis:// URL");
+            bad("redis.url", "must be a redis:// URL");
         }
         if self.kafka.partitions < 1 {
-            return fail("KAFKA_PARTITIONS", "must be at least 1");
+            bad("kafka.partitions", at_least_one);
         }
         if self.kafka.replication_factor < 1 {
-            return fail("KAFKA_REPLICATION_FACTOR", "must be at least 1");
+            bad("kafka.replication_factor", at_least_one);
         }
         if self.kafka.session_timeout_ms < 3 * HEARTBEAT_INTERVAL_MS {
-            return fail(
-                "KAFKA_SESSION_TIMEOUT_MS",
+            bad(
+                "kafka.session_timeout_ms",
                 "must be at least 3000 (three heartbeats of 1 s)",
             );
         }
-        if let Some(id) = &self.kafka.instance_id {
-            if id.trim().is_empty() {
-                return fail("KAFKA_INSTANCE_ID", "must not be empty when set");
-            }
+        if self
+            .kafka
+            .instance_id
+            .as_ref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            bad("kafka.instance_id", "must not be empty when set");
         }
         let prefix_ok = |p: &str| {
             !p.is_empty()
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         };
+        let prefix_rule = "must be non-empty letters, digits, '.', '-' or '_'";
         if !prefix_ok(&self.kafka.topic_prefix) {
-            return fail(
-                "KAFKA_TOPIC_PREFIX",
-                "must be non-empty letters, digits, '.', '-' or '_'",
-            );
+            bad("kafka.topic_prefix", prefix_rule);
         }
         if !prefix_ok(&self.kafka.group_prefix) {
-            return fail(
-                "KAFKA_GROUP_PREFIX",
-                "must be non-empty letters, digits, '.', '-' or '_'",
-            );
+            bad("kafka.group_prefix", prefix_rule);
         }
-        if self.api.idempotency_retention_hours < 24 {
-            return fail(
-                "API_IDEMPOTENCY_RETENTION_HOURS",
+        if self.api.idempotency_retention < Duration::from_secs(24 * 3_600) {
+            bad(
+                "api.idempotency_retention_hours",
                 "must be at least 24 (merchants rely on a day of replay)",
             );
         }
-        if self.api.rate_limit_per_second == 0 || self.api.rate_limit_burst == 0 {
-            return fail(
-                "API_RATE_LIMIT_PER_SECOND",
-                "rate limit and burst must be at least 1",
-            );
+        if self.api.rate_limit_per_second == 0 {
+            bad("api.rate_limit_per_second", at_least_one);
         }
-        if self.api.outbox_batch_size < 1 {
-            return fail("API_OUTBOX_BATCH_SIZE", "must be at least 1");
+        if self.api.rate_limit_burst == 0 {
+            bad("api.rate_limit_burst", at_least_one);
         }
-        if self.processor.concurrency == 0
-            || self.callbacks.concurrency == 0
-            || self.dispatcher.concurrency == 0
-        {
-            return fail(
-                "PROCESSOR_CONCURRENCY",
-                "every service concurrency must be at least 1",
-            );
+        if self.outbox.batch_size < 1 {
+            bad("outbox.batch_size", at_least_one);
+        }
+        for (key, n) in [
+            ("processor.concurrency", self.processor.concurrency),
+            ("callbacks.concurrency", self.callbacks.concurrency),
+            ("dispatcher.concurrency", self.dispatcher.concurrency),
+            (
+                "dispatcher.per_endpoint_concurrency",
+                self.dispatcher.per_endpoint_concurrency,
+            ),
+        ] {
+            if n == 0 {
+                bad(key, at_least_one);
+            }
         }
         if self.processor.max_attempts < 1 {
-            return fail("PROCESSOR_MAX_ATTEMPTS", "must be at least 1");
+            bad("processor.max_attempts", at_least_one);
         }
-        if self.dispatcher.retry_schedule_secs.is_empty() {
-            return fail(
-                "DISPATCHER_RETRY_SCHEDULE_SECS",
+        if self.dispatcher.retry_schedule.is_empty() {
+            bad(
+                "dispatcher.retry_schedule_secs",
                 "needs at least one delay (0 = at once)",
             );
         }
-        if self.dispatcher.per_endpoint_concurrency == 0 {
-            return fail("DISPATCHER_PER_ENDPOINT_CONCURRENCY", "must be at least 1");
-        }
         for (i, rule) in self.processor.routes.iter().enumerate() {
             if rule.gateways.is_empty() {
-                return Err(ConfigError(format!(
-                    "processor.routes[{i}]: needs at least one gateway"
-                )));
+                bad(
+                    "processor.routes",
+                    &format!("rule {i} needs at least one gateway"),
+                );
             }
         }
-        Ok(())
+        for (name, gateway) in &self.gateways {
+            gateway.check(name, &mut problems);
+        }
+        problems
     }
 }
 
-impl DatabaseConfig {
-    pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.acquire_timeout_ms)
-    }
+/// Names the place to fix a key: the variable when the environment set it, the file key
+/// when the file did, and otherwise the variable that would set it.
+struct Places<'a> {
+    figment: &'a Figment,
+    file: Option<&'a Path>,
 }
 
-/// `PAYGATE_KAFKA_TOPIC_PREFIX` → `kafka.topic_prefix`; `PAYGATE_GATEWAYS_X__BASE_URL` →
-/// `gateways.x.base_url`.
-fn env_key_to_path(var: &str) -> String {
-    let rest = var.trim_start_matches(ENV_PREFIX).to_ascii_lowercase();
-    let (section, key) = rest.split_once('_').unwrap_or((rest.as_str(), ""));
-    if key.is_empty() {
-        return section.to_owned();
-    }
-    format!("{section}.{}", key.replace("__", "."))
-}
-
-/// Environment values are strings; numbers and booleans are recognised so typed fields
-/// accept them, and anything else stays a string for serde to judge.
-fn env_value(raw: &str) -> figment::value::Value {
-    use figment::value::Value;
-    if let Ok(i) = raw.parse::<i64>() {
-        return Value::from(i);
-    }
-    // `0,5,300`: a list of integers (retry schedules).
-    if raw.contains(',') {
-        let numbers: Result<Vec<i64>, _> =
-            raw.split(',').map(|p| p.trim().parse::<i64>()).collect();
-        if let Ok(numbers) = numbers {
-            return Value::from(numbers);
+impl Places<'_> {
+    /// `metadata`: the source figment gave the error, if any.
+    fn name(&self, key: &str, metadata: Option<&Metadata>) -> String {
+        let source = self.source_of(key).or(metadata);
+        match source {
+            Some(m) if env::is_env(m) => env::var_for(key),
+            Some(Metadata {
+                source: Some(figment::Source::File(_)),
+                ..
+            }) => match self.file {
+                Some(file) => format!("{} key {key}", file.display()),
+                None => key.to_owned(),
+            },
+            _ if key.is_empty() => "configuration".to_owned(),
+            _ => env::var_for(key),
         }
     }
-    match raw {
-        "true" => Value::from(true),
-        "false" => Value::from(false),
-        _ => Value::from(raw.to_owned()),
+
+    /// The source of the value at `key`, or of the nearest table above it that has one.
+    fn source_of(&self, key: &str) -> Option<&Metadata> {
+        let mut key = key;
+        loop {
+            if let Some(m) = self.figment.find_metadata(key) {
+                return Some(m);
+            }
+            key = key.rsplit_once('.')?.0;
+        }
     }
 }
 
-fn describe(
+/// A figment extraction error as problems, each at its key: the error's path, and the field
+/// for a missing or unknown one.
+fn figment_problems(
     error: figment::Error,
-    vars: &[(String, String)],
-    file: Option<&std::path::Path>,
-) -> ConfigError {
-    let messages: Vec<String> = error
+    place: impl Fn(&str, Option<&Metadata>) -> String,
+) -> Vec<Problem> {
+    error
         .into_iter()
         .map(|e| {
-            let path = e.path.join(".");
-            let from_env = vars
-                .iter()
-                .find(|(k, _)| env_key_to_path(k) == path)
-                .map(|(k, _)| k.clone());
-            let place = match (from_env, file) {
-                (Some(var), _) => var,
-                (None, Some(file)) if !path.is_empty() => format!("{} key {path}", file.display()),
-                (None, _) if !path.is_empty() => {
-                    format!("PAYGATE_{}", path.replace('.', "_").to_ascii_uppercase())
+            let mut path = e.path.clone();
+            match &e.kind {
+                figment::error::Kind::MissingField(field) => path.push(field.to_string()),
+                figment::error::Kind::UnknownField(field, _) if path.last() != Some(field) => {
+                    path.push(field.clone())
                 }
-                _ => "configuration".to_owned(),
-            };
-            format!("{place}: {}", e.kind)
+                _ => {}
+            }
+            let key = path.join(".");
+            Problem::new(place(&key, e.metadata.as_ref()), e.kind.to_string())
         })
-        .collect();
-    ConfigError(messages.join("; "))
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn defaults_are_the_local_stack() {
-        let config = Config::load_from(None, env(&[])).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            config.database.url,
-            "postgres://postgres@127.0.0.1:5432/paygate"
-        );
-        assert_eq!(config.redis.url, "redis://127.0.0.1:6379");
-        assert_eq!(config.kafka.brokers, "127.0.0.1:9092");
-        assert_eq!(config.log.format, LogFormat::Pretty);
-    }
-
-    #[test]
-    fn environment_overrides_with_single_underscore_keys() {
-        let config = Config::load_from(
-            None,
-            env(&[
-                ("PAYGATE_KAFKA_BROKERS", "10.1.1.1:9092"),
-                ("PAYGATE_KAFKA_TOPIC_PREFIX", "t1"),
-                ("PAYGATE_DATABASE_MAX_CONNECTIONS", "3"),
-                ("PAYGATE_LOG_FORMAT", "json"),
-                ("PAYGATE_DISPATCHER_RETRY_SCHEDULE_SECS", "0,1,2"),
-                ("PAYGATE_DISPATCHER_ALLOW_LOOPBACK", "true"),
-                ("OTHER_THING", "ignored"),
-            ]),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.kafka.brokers, "10.1.1.1:9092");
-        assert_eq!(config.kafka.topic_prefix, "t1");
-        assert_eq!(config.database.max_connections, 3);
-        assert_eq!(config.log.format, LogFormat::Json);
-        assert_eq!(config.dispatcher.retry_schedule_secs, vec![0, 1, 2]);
-        assert!(config.dispatcher.allow_loopback);
-    }
-
-    #[test]
-    fn a_bad_value_names_the_variable() {
-        let cases = [
-            ("PAYGATE_DATABASE_MAX_CONNECTIONS", "lots"),
-            ("PAYGATE_LOG_FORMAT", "xml"),
-            ("PAYGATE_DATABASE_URL", "mysql://x"),
-            ("PAYGATE_KAFKA_PARTITIONS", "0"),
-            ("PAYGATE_REDIS_URL", "http://nope"),
-        ];
-        for (var, value) in cases {
-            let err = Config::load_from(None, env(&[(var, value)]))
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(err.contains(var), "{var}={value}: {err}");
-        }
-        let err = Config::load_from(None, env(&[("PAYGATE_DATABASE_PORT", "1")]))
-            .err()
-            .map(|e| e.to_string());
-        assert!(err.unwrap_or_default().contains("PAYGATE_DATABASE_PORT"));
-    }
-
-    #[test]
-    fn toml_file_then_environment() {
-        let dir = std::env::temp_dir().join(format!("paygate-config-{}", uuid::Uuid::new_v4()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("paygate.toml");
-        let toml = "[kafka]\ntopic_prefix = \"from-file\"\npartitions = 8\n\n[gateways.sandbox-json]\nkind = \"json\"\nbase_url = \"http://127.0.0.1:1\"\n";
-        std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-        let config = Config::load_from(
-            Some(path.clone()),
-            env(&[("PAYGATE_KAFKA_PARTITIONS", "2")]),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.kafka.topic_prefix, "from-file");
-        assert_eq!(config.kafka.partitions, 2);
-        assert_eq!(config.gateways["sandbox-json"]["kind"], "json");
-
-        std::fs::write(&path, "[kafka]\npartitions = \"many\"\n").unwrap_or_else(|e| panic!("{e}"));
-        let err = Config::load_from(Some(path.clone()), env(&[]))
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("kafka.partitions"), "{err}");
-        let missing = Config::load_from(Some(dir.join("absent.toml")), env(&[]))
-            .err()
-            .map(|e| e.to_string());
-        assert!(missing.unwrap_or_default().contains(CONFIG_FILE_VAR));
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+mod tests;
 
 /// Defaults of settings added after the first release, so a config file written before
 /// them still loads.
 mod defaults {
-    pub fn max_retry_after_secs() -> u64 {
-        3_600
+    use std::time::Duration;
+
+    pub fn max_retry_after() -> Duration {
+        Duration::from_secs(3_600)
     }
-    pub fn unresolved_after_secs() -> u64 {
-        15 * 60
+    pub fn unresolved_after() -> Duration {
+        Duration::from_secs(15 * 60)
     }
-    pub fn reconcile_horizon_secs() -> u64 {
-        72 * 3_600
+    pub fn reconcile_horizon() -> Duration {
+        Duration::from_secs(72 * 3_600)
     }
-    pub fn status_check_min_ms() -> u64 {
-        1_000
+    pub fn status_check_min() -> Duration {
+        Duration::from_millis(1_000)
     }
-    pub fn status_check_max_ms() -> u64 {
-        10 * 60 * 1_000
+    pub fn status_check_max() -> Duration {
+        Duration::from_millis(10 * 60 * 1_000)
     }
 }

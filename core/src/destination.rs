@@ -19,7 +19,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::config::DispatcherConfig;
+use crate::config::DestinationsConfig;
 use url::{Host, Url};
 
 /// How long name resolution may take before the destination counts as unreachable.
@@ -41,7 +41,8 @@ impl DestinationPolicy {
         allow_http: false,
     };
 
-    pub fn from_config(config: &DispatcherConfig) -> Self {
+    /// The policy of `[destinations]`.
+    pub fn from_config(config: &DestinationsConfig) -> Self {
         Self {
             allow_loopback: config.allow_loopback,
             allow_http: config.allow_http,

@@ -52,10 +52,10 @@ impl HealSettings {
     pub fn pending(config: &RecoveryConfig) -> Self {
         Self {
             kind: HealKind::Pending,
-            bound: Duration::from_secs(config.pending_unclaimed_secs),
-            poll: Duration::from_millis(config.heal_poll_ms.max(10)),
+            bound: config.pending_unclaimed,
+            poll: config.heal_poll.max(Duration::from_millis(10)),
             batch: config.heal_batch.max(1),
-            lookback: Duration::from_secs(config.heal_lookback_secs),
+            lookback: config.heal_lookback,
         }
     }
 
@@ -63,7 +63,7 @@ impl HealSettings {
     pub fn completed(config: &RecoveryConfig) -> Self {
         Self {
             kind: HealKind::Completed,
-            bound: Duration::from_secs(config.webhook_missing_secs),
+            bound: config.webhook_missing,
             ..Self::pending(config)
         }
     }

@@ -77,7 +77,7 @@ impl Readiness {
             &config.redis.url,
             producer,
             Some(consumer),
-            Duration::from_millis(config.recovery.ready_cache_ms),
+            config.recovery.ready_cache,
         ))
     }
 

@@ -1,4 +1,5 @@
-//! Secrets that must never reach a log: API keys. `Debug` shows only a prefix.
+//! Secrets that must never reach a log: merchant API keys (`Debug` shows only a prefix) and
+//! provider secrets (`Debug` shows nothing).
 
 use std::fmt;
 
@@ -66,9 +67,57 @@ impl fmt::Debug for ApiKey {
     }
 }
 
+/// A provider secret (API key, webhook signing secret) as configured: the only way to read
+/// one is [`Secret::expose`], and `Debug` prints a fixed placeholder. It (de)serializes as
+/// the plain string, for the configuration.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that signs or authenticates with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self::new(value)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self::new(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_a_provider_secret() {
+        let secret = Secret::new("sk_live_very_secret");
+        let shown = format!("{secret:?} {:?}", Some(&secret));
+        assert!(!shown.contains("very_secret"), "{shown}");
+        assert_eq!(secret.expose(), "sk_live_very_secret");
+    }
 
     #[test]
     fn generated_keys_parse_and_never_debug_print_the_secret() {

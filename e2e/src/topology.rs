@@ -323,10 +323,11 @@ impl Topology {
              [redis]\nurl = {}\nkey_prefix = {}\n\n\
              [kafka]\nbrokers = {}\ntopic_prefix = {}\ngroup_prefix = {}\npartitions = {}\n\
              instance_id = {}\n\n\
-             [api]\nbind = \"127.0.0.1:{}\"\noutbox_poll_ms = 100\n\n\
+             [api]\nbind = \"127.0.0.1:{}\"\n\n\
+             [outbox]\npoll_ms = 100\n\n\
              [processor]\nretry_base_ms = 200\nretry_cap_ms = 2000\nscheduler_poll_ms = 200\n\n\
-             [dispatcher]\nallow_loopback = true\nallow_http = true\n\
-             retry_schedule_secs = [0, 1, 2, 5, 10]\nscheduler_poll_ms = 200\n",
+             [destinations]\nallow_loopback = true\nallow_http = true\n\n\
+             [dispatcher]\nretry_schedule_secs = [0, 1, 2, 5, 10]\nscheduler_poll_ms = 200\n",
             q(&c.database.url),
             q(&c.redis.url),
             q(&c.redis.key_prefix),

@@ -103,7 +103,7 @@ fn scripts_topology_toml_is_a_valid_config() -> anyhow::Result<()> {
     let expected: BTreeSet<String> = GATEWAYS.iter().map(|(n, _)| (*n).to_owned()).collect();
     assert_eq!(names, expected);
     for (name, kind) in GATEWAYS {
-        assert_eq!(config.gateways[name]["kind"], kind, "gateways.{name}.kind");
+        assert_eq!(config.gateways[name].kind, kind, "gateways.{name}.kind");
     }
     assert_eq!(config.processor.routes.len(), 1);
     assert_eq!(config.processor.routes[0].gateways, ROUTE);

@@ -27,99 +27,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use paygate_core::domain::GatewayName;
-use serde_json::Value;
 
-use crate::registry::{optional_millis, optional_u64, RegistryError};
 use crate::GatewayError;
 
-/// Tunables; `[gateways.<name>.breaker]` in config. Defaults are Hystrix's, except a longer
-/// call timeout because payment providers are slower than an in-datacenter service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BreakerSettings {
-    /// Length of the rolling statistics window (`window_ms`, default 10 s).
-    pub window: Duration,
-    /// Buckets the window is split into (`buckets`, default 10); old buckets roll out whole.
-    pub buckets: u32,
-    /// Calls the window must hold before it can open the breaker (`min_requests`, default 20).
-    pub min_requests: u32,
-    /// Failure percentage that opens it (`error_threshold_percent`, 1-100, default 50).
-    pub error_threshold_percent: u32,
-    /// How long it stays open before one probe (`sleep_window_ms`, default 5 s).
-    pub sleep_window: Duration,
-    /// Calls in flight at once (`max_concurrent`, default 100).
-    pub max_concurrent: u32,
-    /// Per-call deadline (`call_timeout_ms`, default 30 s); past it the call is `Ambiguous`.
-    pub call_timeout: Duration,
-}
+/// Tunables: `[gateways.<name>.breaker]`, read by the configuration (keys, units and
+/// defaults are documented on [`paygate_core::config::BreakerConfig`]).
+pub use paygate_core::config::BreakerConfig as BreakerSettings;
 
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        Self {
-            window: Duration::from_secs(10),
-            buckets: 10,
-            min_requests: 20,
-            error_threshold_percent: 50,
-            sleep_window: Duration::from_secs(5),
-            max_concurrent: 100,
-            call_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl BreakerSettings {
-    /// Parses a `breaker` table; `path` is `gateways.<name>.breaker`.
-    pub fn from_table(value: &Value, path: &str) -> Result<Self, RegistryError> {
-        let Value::Object(map) = value else {
-            return Err(RegistryError::new(path, "must be a table"));
-        };
-        let mut map = map.clone();
-        let field = |f: &str| format!("{path}.{f}");
-        let mut settings = Self::default();
-        if let Some(d) = optional_millis(map.remove("window_ms"), &field("window_ms"))? {
-            settings.window = d;
-        }
-        if let Some(n) = optional_u64(map.remove("buckets"), &field("buckets"), 1)? {
-            settings.buckets = u32::try_from(n.min(1000)).unwrap_or(1000);
-        }
-        if let Some(n) = optional_u64(map.remove("min_requests"), &field("min_requests"), 1)? {
-            settings.min_requests = u32::try_from(n).unwrap_or(u32::MAX);
-        }
-        if let Some(n) = optional_u64(
-            map.remove("error_threshold_percent"),
-            &field("error_threshold_percent"),
-            1,
-        )? {
-            if n > 100 {
-                return Err(RegistryError::new(
-                    field("error_threshold_percent"),
-                    "must be 1-100",
-                ));
-            }
-            settings.error_threshold_percent = u32::try_from(n).unwrap_or(100);
-        }
-        if let Some(d) = optional_millis(map.remove("sleep_window_ms"), &field("sleep_window_ms"))?
-        {
-            settings.sleep_window = d;
-        }
-        if let Some(n) = optional_u64(map.remove("max_concurrent"), &field("max_concurrent"), 1)? {
-            settings.max_concurrent = u32::try_from(n).unwrap_or(u32::MAX);
-        }
-        if let Some(d) = optional_millis(map.remove("call_timeout_ms"), &field("call_timeout_ms"))?
-        {
-            settings.call_timeout = d;
-        }
-        if let Some(key) = map.keys().next() {
-            return Err(RegistryError::new(field(key), "unknown key"));
-        }
-        if settings.window.as_millis() < u128::from(settings.buckets) {
-            return Err(RegistryError::new(
-                field("window_ms"),
-                "must be at least one millisecond per bucket",
-            ));
-        }
-        Ok(settings)
-    }
-}
+/// More buckets than this are not kept (a longer window gets wider buckets).
+const MAX_BUCKETS: u32 = 1_000;
 
 /// A monotonic time source, so tests can drive the breaker through every state change.
 pub trait Clock: Send + Sync + 'static {
@@ -280,7 +196,7 @@ impl Breaker {
         settings: BreakerSettings,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let buckets = settings.buckets.max(1);
+        let buckets = settings.buckets.clamp(1, MAX_BUCKETS);
         let window_ms = u64::try_from(settings.window.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);

@@ -1,18 +1,7 @@
-//! Builds the configured gateways: one `[gateways.<name>]` table per instance.
-//!
-//! ```toml
-//! [gateways.paystack-ng]
-//! kind = "json"                      # json | soap | protobuf (see CONNECTORS)
-//! base_url = "https://api.example.com/"
-//! secret_key = "sk_live_…"           # authenticates our requests
-//! webhook_secret = "whsec_…"         # verifies callbacks; defaults to secret_key
-//! timeout_ms = 10000                 # whole request, optional
-//! connect_timeout_ms = 2000          # optional
-//! callback_tolerance_secs = 300      # max callback timestamp skew, optional
-//! max_callback_bytes = 65536         # optional
-//! [gateways.paystack-ng.breaker]     # optional, see BreakerSettings
-//! error_threshold_percent = 50
-//! ```
+//! Builds the configured gateways: one `[gateways.<name>]` table per instance, read by the
+//! configuration into a [`GatewayConfig`] (its keys and defaults are documented there).
+//! The registry checks the `kind` against [`CONNECTORS`] and hands the connector its
+//! [`GatewaySettings`], including the table's connector-specific keys (`extra`).
 //!
 //! Every gateway gets its own circuit [`Breaker`]; the registry hands out both, so the
 //! payment processor wraps calls without the connector knowing.
@@ -23,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paygate_core::config::{GatewayConfig, Problem};
 use paygate_core::domain::GatewayName;
 use serde_json::Value;
 use url::Url;
@@ -30,6 +20,11 @@ use url::Url;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::secret::Secret;
 use crate::PaymentGateway;
+
+pub use paygate_core::config::{
+    DEFAULT_CALLBACK_TOLERANCE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CALLBACK_BYTES,
+    DEFAULT_STATUS_NOT_FOUND_AFTER, DEFAULT_TIMEOUT,
+};
 
 /// Builds one gateway instance from its parsed settings.
 pub type Constructor = fn(GatewaySettings) -> Result<Arc<dyn PaymentGateway>, RegistryError>;
@@ -40,16 +35,6 @@ pub const CONNECTORS: &[(&str, Constructor)] = &[
     ("soap", crate::soap::SoapGateway::from_settings),
     ("protobuf", crate::protobuf::ProtobufGateway::from_settings),
 ];
-
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const DEFAULT_CALLBACK_TOLERANCE: Duration = Duration::from_secs(300);
-/// How long after an ambiguous attempt a provider's "not found" is still read as "not yet
-/// visible" rather than "never executed". Status endpoints of real providers lag their
-/// payment endpoints by seconds; two minutes leaves a wide margin.
-pub const DEFAULT_STATUS_NOT_FOUND_AFTER: Duration = Duration::from_secs(120);
-/// Callbacks are small; anything bigger is refused before its signature is even computed.
-pub const DEFAULT_MAX_CALLBACK_BYTES: usize = 64 * 1024;
 
 /// A `[gateways.<name>]` table that cannot be used. `path` names the offending key, e.g.
 /// `gateways.paystack-ng.base_url`, so start-up can say exactly what to fix.
@@ -69,7 +54,13 @@ impl RegistryError {
     }
 }
 
-/// Everything a connector needs, parsed and validated from its table.
+impl From<Problem> for RegistryError {
+    fn from(problem: Problem) -> Self {
+        Self::new(problem.at, problem.message)
+    }
+}
+
+/// Everything a connector needs, from its `[gateways.<name>]` table, checked.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
     pub name: GatewayName,
@@ -135,97 +126,42 @@ impl GatewaySettings {
         }
     }
 
-    /// Parses one `[gateways.<name>]` table.
-    pub fn from_table(name: &str, table: &Value) -> Result<Self, RegistryError> {
+    /// Checks one `[gateways.<name>]` table (read by the configuration, or built in code)
+    /// and turns it into a connector's settings. The first problem names its key.
+    pub fn from_config(name: &str, config: &GatewayConfig) -> Result<Self, RegistryError> {
+        let mut problems = Vec::new();
+        config.check(name, &mut problems);
+        if let Some(problem) = problems.into_iter().next() {
+            return Err(problem.into());
+        }
         let path = |field: &str| format!("gateways.{name}.{field}");
-        let name = GatewayName::parse(name)
-            .map_err(|e| RegistryError::new(format!("gateways.{name}"), e.to_string()))?;
-        let Value::Object(map) = table else {
-            return Err(RegistryError::new(
-                format!("gateways.{name}"),
-                "must be a table",
-            ));
-        };
-        let mut map = map.clone();
-        let mut take = |field: &str| map.remove(field);
-
-        let kind = required_string(take("kind"), &path("kind"))?;
-        if !CONNECTORS.iter().any(|(k, _)| *k == kind) {
+        if !CONNECTORS.iter().any(|(k, _)| *k == config.kind) {
             let known: Vec<&str> = CONNECTORS.iter().map(|(k, _)| *k).collect();
             return Err(RegistryError::new(
                 path("kind"),
-                format!("unknown kind {kind:?}, expected one of {known:?}"),
+                format!("unknown kind {:?}, expected one of {known:?}", config.kind),
             ));
         }
-        let base_url = required_string(take("base_url"), &path("base_url"))?;
-        let base_url = Url::parse(&base_url)
+        let gateway = GatewayName::parse(name)
+            .map_err(|e| RegistryError::new(format!("gateways.{name}"), e.to_string()))?;
+        let base_url = Url::parse(&config.base_url)
             .map_err(|e| RegistryError::new(path("base_url"), e.to_string()))?;
-        if !matches!(base_url.scheme(), "http" | "https") || base_url.host().is_none() {
-            return Err(RegistryError::new(
-                path("base_url"),
-                "must be an http(s) URL with a host",
-            ));
-        }
-        let secret_key = Secret::new(required_string(take("secret_key"), &path("secret_key"))?);
-        if secret_key.is_empty() {
-            return Err(RegistryError::new(path("secret_key"), "must not be empty"));
-        }
-        let webhook_secret = match take("webhook_secret") {
-            None => secret_key.clone(),
-            some => {
-                let secret = Secret::new(required_string(some, &path("webhook_secret"))?);
-                if secret.is_empty() {
-                    return Err(RegistryError::new(
-                        path("webhook_secret"),
-                        "must not be empty",
-                    ));
-                }
-                secret
-            }
-        };
-        let timeout =
-            optional_millis(take("timeout_ms"), &path("timeout_ms"))?.unwrap_or(DEFAULT_TIMEOUT);
-        let connect_timeout =
-            optional_millis(take("connect_timeout_ms"), &path("connect_timeout_ms"))?
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let callback_tolerance = optional_u64(
-            take("callback_tolerance_secs"),
-            &path("callback_tolerance_secs"),
-            1,
-        )?
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_CALLBACK_TOLERANCE);
-        let max_callback_bytes =
-            optional_u64(take("max_callback_bytes"), &path("max_callback_bytes"), 1)?
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                .unwrap_or(DEFAULT_MAX_CALLBACK_BYTES);
-        let breaker = match take("breaker") {
-            None => BreakerSettings::default(),
-            Some(value) => BreakerSettings::from_table(&value, &path("breaker"))?,
-        };
-        let status_not_found_after = optional_millis(
-            take("status_not_found_after_ms"),
-            &path("status_not_found_after_ms"),
-        )?
-        .unwrap_or(DEFAULT_STATUS_NOT_FOUND_AFTER);
-        let reconcile_after =
-            optional_millis(take("reconcile_after_ms"), &path("reconcile_after_ms"))?;
         Ok(Self {
-            name,
-            kind,
+            name: gateway,
+            kind: config.kind.clone(),
             base_url: with_trailing_slash(base_url),
-            secret_key,
-            webhook_secret,
-            timeout,
-            connect_timeout,
-            callback_tolerance,
-            max_callback_bytes,
-            breaker,
+            secret_key: config.secret_key.clone(),
+            webhook_secret: config.webhook_secret().clone(),
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            callback_tolerance: config.callback_tolerance,
+            max_callback_bytes: config.max_callback_bytes,
+            breaker: config.breaker.clone(),
             timings: Timings {
-                status_not_found_after,
-                reconcile_after,
+                status_not_found_after: config.status_not_found_after,
+                reconcile_after: config.reconcile_after,
             },
-            extra: map.into_iter().collect(),
+            extra: config.extra.clone(),
         })
     }
 }
@@ -236,43 +172,6 @@ fn with_trailing_slash(mut url: Url) -> Url {
         url.set_path(&path);
     }
     url
-}
-
-pub(crate) fn required_string(value: Option<Value>, path: &str) -> Result<String, RegistryError> {
-    match value {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(RegistryError::new(path, "must be a string")),
-        None => Err(RegistryError::new(path, "is required")),
-    }
-}
-
-/// A non-negative integer at least `min`. Environment variables arrive as strings, so a
-/// string of digits is accepted too.
-pub(crate) fn optional_u64(
-    value: Option<Value>,
-    path: &str,
-    min: u64,
-) -> Result<Option<u64>, RegistryError> {
-    let n = match value {
-        None => return Ok(None),
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-        Some(_) => None,
-    };
-    match n {
-        Some(n) if n >= min => Ok(Some(n)),
-        _ => Err(RegistryError::new(
-            path,
-            format!("must be an integer >= {min}"),
-        )),
-    }
-}
-
-pub(crate) fn optional_millis(
-    value: Option<Value>,
-    path: &str,
-) -> Result<Option<Duration>, RegistryError> {
-    Ok(optional_u64(value, path, 1)?.map(Duration::from_millis))
 }
 
 /// A gateway and the breaker that guards it.
@@ -320,10 +219,10 @@ impl std::fmt::Debug for GatewayRegistry {
 impl GatewayRegistry {
     /// Builds every `[gateways.<name>]` table (`Config.gateways`). The first bad table
     /// stops the build with an error naming `gateways.<name>.<field>`.
-    pub fn from_config(gateways: &BTreeMap<String, Value>) -> Result<Self, RegistryError> {
+    pub fn from_config(gateways: &BTreeMap<String, GatewayConfig>) -> Result<Self, RegistryError> {
         let mut registry = Self::default();
         for (name, table) in gateways {
-            let settings = GatewaySettings::from_table(name, table)?;
+            let settings = GatewaySettings::from_config(name, table)?;
             let breaker_settings = settings.breaker.clone();
             let timings = settings.timings;
             let gateway = build(settings)?;

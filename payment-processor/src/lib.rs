@@ -20,9 +20,7 @@ pub mod status_step;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paygate_core::bus::{
-    self, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer, RelaySettings, Topic,
-};
+use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer, Topic};
 use paygate_core::config::Config;
 use paygate_core::db;
 use paygate_core::lock::RedisLock;
@@ -80,8 +78,7 @@ impl PaymentProcessor {
             registry.names().cloned().collect(),
         )?;
         let p = &config.processor;
-        let registry_reconcile =
-            registry.shortest_reconcile_after(Duration::from_secs(p.stuck_after_secs));
+        let registry_reconcile = registry.shortest_reconcile_after(p.stuck_after);
         let engine = Arc::new(Engine {
             pool: pool.clone(),
             registry,
@@ -90,21 +87,21 @@ impl PaymentProcessor {
             cache: Some(cache),
             cache_prefix: config.redis.key_prefix.clone(),
             settings: Settings {
-                lock_ttl: Duration::from_millis(p.lock_ttl_ms),
-                lock_wait: Duration::from_millis(p.lock_wait_ms),
+                lock_ttl: p.lock_ttl,
+                lock_wait: p.lock_wait,
                 backoff: Backoff {
-                    base: Duration::from_millis(p.retry_base_ms),
-                    cap: Duration::from_millis(p.retry_cap_ms),
+                    base: p.retry_base,
+                    cap: p.retry_cap,
                 },
                 max_attempts: p.max_attempts,
-                breaker_deferral: Duration::from_millis(p.breaker_deferral_ms),
-                max_retry_after: Duration::from_secs(p.max_retry_after_secs),
-                unresolved_after: Duration::from_secs(p.unresolved_after_secs),
-                reconcile_horizon: Duration::from_secs(p.reconcile_horizon_secs),
-                stuck_after: Duration::from_secs(p.stuck_after_secs),
+                breaker_deferral: p.breaker_deferral,
+                max_retry_after: p.max_retry_after,
+                unresolved_after: p.unresolved_after,
+                reconcile_horizon: p.reconcile_horizon,
+                stuck_after: p.stuck_after,
                 pacing: AskPacing {
-                    min: Duration::from_millis(p.status_check_min_ms),
-                    max: Duration::from_millis(p.status_check_max_ms),
+                    min: p.status_check_min,
+                    max: p.status_check_max,
                 },
             },
         });
@@ -128,20 +125,11 @@ impl PaymentProcessor {
             producer.clone(),
             consumer.probe(),
         );
-        let relay = OutboxRelay::new(
-            pool.clone(),
-            producer,
-            RelaySettings {
-                batch_size: config.api.outbox_batch_size,
-                poll_interval: Duration::from_millis(config.api.outbox_poll_ms),
-                failure_backoff: Duration::from_secs(1),
-            },
-        );
+        let relay = OutboxRelay::new(pool.clone(), producer, config.outbox.relay_settings());
         let scheduler = SchedulerSettings {
-            poll: Duration::from_millis(p.scheduler_poll_ms),
+            poll: p.scheduler_poll,
             batch: p.scheduler_batch,
-            requeue_after: Duration::from_millis(p.lock_ttl_ms.saturating_mul(2))
-                .max(Duration::from_secs(10)),
+            requeue_after: p.lock_ttl.saturating_mul(2).max(Duration::from_secs(10)),
             // The scan takes the shortest gateway bound; each gateway's own is checked per row.
             stuck_after: registry_reconcile,
             reconcile_concurrency: p.concurrency.clamp(1, scheduler::MAX_RECONCILE_CONCURRENCY),

@@ -54,16 +54,16 @@ async fn world(settle_ms: u64) -> Result<World, BoxError> {
     let mut w = World::new("Money safety tests", knobs, &gateways, settings).await?;
     let p = &mut w.config.processor;
     p.concurrency = 8;
-    p.lock_ttl_ms = 3_000;
-    p.lock_wait_ms = 1_000;
-    p.retry_base_ms = 100;
-    p.retry_cap_ms = 400;
+    p.lock_ttl = Duration::from_millis(3_000);
+    p.lock_wait = Duration::from_millis(1_000);
+    p.retry_base = Duration::from_millis(100);
+    p.retry_cap = Duration::from_millis(400);
     p.max_attempts = 5;
-    p.scheduler_poll_ms = 100;
-    p.stuck_after_secs = 300;
-    p.status_check_min_ms = 100;
-    p.status_check_max_ms = 400;
-    w.config.api.outbox_poll_ms = 50;
+    p.scheduler_poll = Duration::from_millis(100);
+    p.stuck_after = Duration::from_secs(300);
+    p.status_check_min = Duration::from_millis(100);
+    p.status_check_max = Duration::from_millis(400);
+    w.config.outbox.poll = Duration::from_millis(50);
     Ok(w)
 }
 
@@ -207,7 +207,7 @@ async fn a_lagging_status_endpoint_inside_the_settle_window_is_waited_for() -> T
 async fn a_duplicate_reference_refusal_of_a_resubmit_leads_to_a_status_query() -> TestResult {
     let mut w = world(200).await?;
     w.config.processor.max_attempts = 2;
-    w.config.processor.unresolved_after_secs = 1;
+    w.config.processor.unresolved_after = Duration::from_secs(1);
     let mut knobs = outcome_visible();
     knobs["execute_then_error_rate"] = json!(1.0);
     knobs["status_not_found_for_ms"] = json!(4_000);
@@ -315,7 +315,7 @@ async fn failing_status_queries_make_it_unresolved_and_reconciliation_finishes_i
     // The status endpoint lags 3 s, well inside the settle window, so no query before the
     // outage below can settle it.
     let mut w = world(60_000).await?;
-    w.config.processor.unresolved_after_secs = 1;
+    w.config.processor.unresolved_after = Duration::from_secs(1);
     let mut knobs = outcome_visible();
     knobs["execute_then_error_rate"] = json!(1.0);
     knobs["status_not_found_for_ms"] = json!(3_000);
@@ -392,9 +392,13 @@ async fn an_absurd_retry_after_is_capped_and_does_not_crash_the_processor() -> T
         json!({"timeout_ms": 800, "breaker": {}, "status_not_found_after_ms": 300}),
     )
     .await?;
-    w.config.gateways.get_mut(LIMITED).ok_or("no gateway")?["base_url"] = json!(limited_url);
-    w.config.processor.max_retry_after_secs = CAP_SECS;
-    w.config.processor.scheduler_poll_ms = 100;
+    w.config
+        .gateways
+        .get_mut(LIMITED)
+        .ok_or("no gateway")?
+        .base_url = limited_url;
+    w.config.processor.max_retry_after = Duration::from_secs(CAP_SECS);
+    w.config.processor.scheduler_poll = Duration::from_millis(100);
     let (stop, task) = w.start().await?;
     let limited = w.insert(TransactionKind::Deposit, LIMITED, 700).await?.id;
     let tx = w

@@ -37,17 +37,17 @@ async fn world(breaker: serde_json::Value) -> Result<World, BoxError> {
     let config = &mut w.config;
     let p = &mut config.processor;
     p.concurrency = 8;
-    p.lock_ttl_ms = 3_000;
-    p.lock_wait_ms = 1_000;
-    p.retry_base_ms = 100;
-    p.retry_cap_ms = 400;
+    p.lock_ttl = Duration::from_millis(3_000);
+    p.lock_wait = Duration::from_millis(1_000);
+    p.retry_base = Duration::from_millis(100);
+    p.retry_cap = Duration::from_millis(400);
     p.max_attempts = 5;
-    p.breaker_deferral_ms = 300;
-    p.scheduler_poll_ms = 100;
-    p.stuck_after_secs = 300;
-    p.status_check_min_ms = 100;
-    p.status_check_max_ms = 400;
-    config.api.outbox_poll_ms = 50;
+    p.breaker_deferral = Duration::from_millis(300);
+    p.scheduler_poll = Duration::from_millis(100);
+    p.stuck_after = Duration::from_secs(300);
+    p.status_check_min = Duration::from_millis(100);
+    p.status_check_max = Duration::from_millis(400);
+    config.outbox.poll = Duration::from_millis(50);
     Ok(w)
 }
 
@@ -295,7 +295,7 @@ async fn a_permanent_decline_fails_at_once_without_retry_and_is_announced() -> T
 async fn a_processor_killed_mid_batch_leaves_no_transaction_behind_and_none_executed_twice(
 ) -> TestResult {
     let mut w = world(json!({})).await?;
-    w.config.processor.stuck_after_secs = 1;
+    w.config.processor.stuck_after = Duration::from_secs(1);
     w.knobs(
         JSON,
         json!({"callbacks_enabled": false, "latency_min_ms": 200, "latency_max_ms": 600}),
@@ -439,8 +439,8 @@ async fn a_poison_message_lands_in_the_dlq_and_the_next_message_is_processed() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_scheduled_before_a_restart_is_carried_out_after_it() -> TestResult {
     let mut w = world(json!({})).await?;
-    w.config.processor.retry_base_ms = 1_500;
-    w.config.processor.retry_cap_ms = 1_500;
+    w.config.processor.retry_base = Duration::from_millis(1_500);
+    w.config.processor.retry_cap = Duration::from_millis(1_500);
     w.knobs(SOAP, json!({"callbacks_enabled": false, "error_rate": 1.0}))
         .await?;
     let (stop, task) = w.start().await?;
@@ -474,14 +474,9 @@ async fn a_retry_scheduled_before_a_restart_is_carried_out_after_it() -> TestRes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_with_its_own_reconcile_bound_is_asked_sooner() -> TestResult {
     let mut w = world(json!({})).await?;
-    w.config.processor.stuck_after_secs = 300;
-    if let Some(table) = w
-        .config
-        .gateways
-        .get_mut(JSON)
-        .and_then(|t| t.as_object_mut())
-    {
-        table.insert("reconcile_after_ms".into(), json!(500));
+    w.config.processor.stuck_after = Duration::from_secs(300);
+    if let Some(table) = w.config.gateways.get_mut(JSON) {
+        table.reconcile_after = Some(Duration::from_millis(500));
     }
     let (stop, task) = w.start().await?;
     let soon = w.insert(TransactionKind::Deposit, JSON, 1_100).await?.id;

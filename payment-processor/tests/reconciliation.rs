@@ -39,8 +39,8 @@ async fn world() -> Result<World, BoxError> {
     let mut w = World::new("Reconciliation tests", knobs, &[(JSON, "json")], settings).await?;
     let p = &mut w.config.processor;
     p.concurrency = 8;
-    p.lock_ttl_ms = 3_000;
-    p.lock_wait_ms = 1_000;
+    p.lock_ttl = Duration::from_millis(3_000);
+    p.lock_wait = Duration::from_millis(1_000);
     p.max_attempts = 5;
     Ok(w)
 }

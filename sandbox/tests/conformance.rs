@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use paygate_core::config::GatewayConfig;
 use paygate_core::domain::{
     CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionKind,
 };
@@ -34,16 +35,13 @@ async fn sandbox(callback_base_url: &str) -> (String, CancellationToken) {
 }
 
 fn registry(sandbox_url: &str, kinds: &[(&str, &str)]) -> GatewayRegistry {
-    let tables: BTreeMap<String, serde_json::Value> = kinds
+    let tables: BTreeMap<String, GatewayConfig> = kinds
         .iter()
         .map(|(name, kind)| {
-            let table = json!({
-                "kind": kind,
-                "base_url": format!("{sandbox_url}/{name}"),
-                "secret_key": DEFAULT_SECRET_KEY,
-                "webhook_secret": DEFAULT_WEBHOOK_SECRET,
-                "timeout_ms": 1000,
-            });
+            let mut table =
+                GatewayConfig::new(kind, &format!("{sandbox_url}/{name}"), DEFAULT_SECRET_KEY);
+            table.webhook_secret = Some(DEFAULT_WEBHOOK_SECRET.into());
+            table.timeout = Duration::from_millis(1000);
             (name.to_string(), table)
         })
         .collect();

@@ -1,8 +1,6 @@
 //! `POST /v1/deposits` and `POST /v1/withdrawals`: validate, then commit the transaction, its
 //! idempotency key and its outbox announcement in one Postgres transaction; 202 after commit.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -106,12 +104,7 @@ async fn create(
 ) -> Result<Response, HttpError> {
     let key = idempotency::key_from_headers(&headers)?;
     let request_hash = idempotency::request_hash(&method, uri.path(), &body);
-    let retention = Duration::from_secs(
-        state
-            .config
-            .idempotency_retention_hours
-            .saturating_mul(3600),
-    );
+    let retention = state.config.idempotency_retention;
     let validated = validation::create_transaction(
         &body,
         |name| state.registry.get(name).is_some(),

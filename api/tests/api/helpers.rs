@@ -40,8 +40,8 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
 pub async fn spawn_loopback_app() -> anyhow::Result<TestApp> {
     spawn_with(
         |config| {
-            config.dispatcher.allow_loopback = true;
-            config.dispatcher.allow_http = true;
+            config.destinations.allow_loopback = true;
+            config.destinations.allow_http = true;
         },
         GatewayRegistry::default(),
     )
@@ -52,8 +52,8 @@ pub async fn spawn_loopback_app() -> anyhow::Result<TestApp> {
 pub async fn spawn_strict_app() -> anyhow::Result<TestApp> {
     spawn_with(
         |config| {
-            config.dispatcher.allow_loopback = false;
-            config.dispatcher.allow_http = false;
+            config.destinations.allow_loopback = false;
+            config.destinations.allow_http = false;
         },
         GatewayRegistry::default(),
     )

@@ -171,8 +171,8 @@ async fn a_repeat_is_replayed_even_when_validation_would_now_refuse_it() -> Test
     let first: serde_json::Value = first.json().await?;
 
     let mut strict_config = lenient.config.clone();
-    strict_config.dispatcher.allow_loopback = false;
-    strict_config.dispatcher.allow_http = false;
+    strict_config.destinations.allow_loopback = false;
+    strict_config.destinations.allow_http = false;
     let strict = spawn_config(strict_config, lenient.pool.clone(), Default::default()).await?;
     let replay = strict
         .post("/v1/deposits", &merchant.key, &body)

@@ -121,7 +121,7 @@ async fn retrieve_uses_the_cache_under_the_shared_key() -> TestResult {
     assert_eq!(cached["transaction"], created);
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
     assert!(
-        ttl > 0 && ttl <= app.config.api.cache_ttl_ms as i64,
+        ttl > 0 && u128::try_from(ttl)? <= app.config.api.cache_ttl.as_millis(),
         "ttl {ttl}"
     );
 

@@ -51,7 +51,7 @@ async fn a_create_while_postgres_is_unreachable_is_503_with_retry_after() -> Tes
         .map(|(_, name)| name.to_owned())
         .ok_or_else(|| anyhow::anyhow!("no database name"))?;
     config.database.url = format!("postgres://postgres@127.0.0.1:{port}/{database}");
-    config.database.acquire_timeout_ms = 1_000;
+    config.database.acquire_timeout = Duration::from_millis(1_000);
     config.api.bind = "127.0.0.1:0".into();
     let app = spawn_config(config, pool, GatewayRegistry::default()).await?;
     let merchant = app.merchant().await?;

@@ -20,7 +20,7 @@ use paygate_core::bus::{
     ensure_topics, ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError, Producer,
     Topic,
 };
-use paygate_core::config::Config;
+use paygate_core::config::{Config, GatewayConfig};
 use paygate_core::db::{merchants, transactions};
 use paygate_core::domain::{
     CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
@@ -84,19 +84,17 @@ impl Harness {
     pub async fn new() -> anyhow::Result<Self> {
         let (mut config, pool) = isolated_config().await?;
         for format in Format::ALL {
-            config.gateways.insert(
-                format.gateway().to_string(),
-                serde_json::json!({
-                    "kind": format.kind(),
-                    "base_url": "http://127.0.0.1:9/",
-                    "secret_key": "sk_callback_processor_tests",
-                    "webhook_secret": WEBHOOK_SECRET,
-                }),
+            let mut table = GatewayConfig::new(
+                format.kind(),
+                "http://127.0.0.1:9/",
+                "sk_callback_processor_tests",
             );
+            table.webhook_secret = Some(WEBHOOK_SECRET.into());
+            config.gateways.insert(format.gateway().to_string(), table);
         }
         // Short lock waits keep a contended test quick; retries back off in the runner.
-        config.callbacks.lock_wait_ms = 2_000;
-        config.api.outbox_poll_ms = 50;
+        config.callbacks.lock_wait = Duration::from_millis(2_000);
+        config.outbox.poll = Duration::from_millis(50);
         let registry = GatewayRegistry::from_config(&config.gateways)?;
         ensure_topics(&config.kafka).await?;
         let producer = Producer::new(&config.kafka)?;

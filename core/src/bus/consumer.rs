@@ -421,7 +421,7 @@ impl ConsumerRunner {
             worker,
             topics,
             assigned,
-            idle_rejoin: Duration::from_secs(config.idle_rejoin_secs),
+            idle_rejoin: config.idle_rejoin,
         })
     }
 

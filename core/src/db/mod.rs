@@ -34,7 +34,7 @@ pub enum DbError {
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout())
+        .acquire_timeout(config.acquire_timeout)
         .connect(&config.url)
         .await?;
     Ok(pool)

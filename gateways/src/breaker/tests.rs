@@ -266,9 +266,22 @@ async fn a_call_admitted_before_opening_does_not_touch_the_new_state() {
 
 #[test]
 fn settings_parse_from_a_table_and_name_bad_fields() {
-    let parsed = BreakerSettings::from_table(
-        &serde_json::json!({"error_threshold_percent": 30, "sleep_window_ms": "2500", "max_concurrent": 8}),
-        "gateways.gw.breaker",
+    let table = |breaker: serde_json::Value| {
+        let gateway = serde_json::json!({
+            "kind": "json", "base_url": "http://x", "secret_key": "s", "breaker": breaker,
+        });
+        paygate_core::config::GatewayConfig::from_json("gw", gateway).map(|g| g.breaker)
+    };
+    let at = |r: Result<BreakerSettings, paygate_core::config::ConfigError>| {
+        r.map_err(|e| {
+            e.problems()
+                .iter()
+                .map(|p| p.at.clone())
+                .collect::<Vec<_>>()
+        })
+    };
+    let parsed = table(
+        serde_json::json!({"error_threshold_percent": 30, "sleep_window_ms": "2500", "max_concurrent": 8}),
     );
     let Ok(parsed) = parsed else {
         panic!("{parsed:?}")
@@ -276,19 +289,17 @@ fn settings_parse_from_a_table_and_name_bad_fields() {
     assert_eq!(parsed.error_threshold_percent, 30);
     assert_eq!(parsed.sleep_window, Duration::from_millis(2500));
     assert_eq!(parsed.max_concurrent, 8);
-    let bad = BreakerSettings::from_table(
-        &serde_json::json!({"error_threshold_percent": 130}),
-        "gateways.gw.breaker",
-    );
+    let bad = table(serde_json::json!({"error_threshold_percent": 130}));
     assert_eq!(
-        bad.map_err(|e| e.path),
-        Err("gateways.gw.breaker.error_threshold_percent".to_owned())
+        at(bad),
+        Err(vec![
+            "gateways.gw.breaker.error_threshold_percent".to_owned()
+        ])
     );
-    let unknown =
-        BreakerSettings::from_table(&serde_json::json!({"treshold": 1}), "gateways.gw.breaker");
+    let unknown = table(serde_json::json!({"treshold": 1}));
     assert_eq!(
-        unknown.map_err(|e| e.path),
-        Err("gateways.gw.breaker.treshold".to_owned())
+        at(unknown),
+        Err(vec!["gateways.gw.breaker.treshold".to_owned()])
     );
 }
 

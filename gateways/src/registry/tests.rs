@@ -1,11 +1,29 @@
 use super::*;
 use serde_json::json;
 
-fn tables(entries: &[(&str, Value)]) -> BTreeMap<String, Value> {
+/// Reads each table as the configuration does; the first problem's key on failure.
+fn tables(entries: &[(&str, Value)]) -> Result<BTreeMap<String, GatewayConfig>, RegistryError> {
     entries
         .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
+        .map(|(name, table)| {
+            GatewayConfig::from_json(name, table.clone())
+                .map(|config| (name.to_string(), config))
+                .map_err(|e| match e.problems().first() {
+                    Some(p) => RegistryError::from(p.clone()),
+                    None => RegistryError::new("?", e.to_string()),
+                })
+        })
         .collect()
+}
+
+/// Tables read by the configuration, then built by the registry.
+fn registry(entries: &[(&str, Value)]) -> Result<GatewayRegistry, RegistryError> {
+    GatewayRegistry::from_config(&tables(entries)?)
+}
+
+fn settings(name: &str, table: Value) -> GatewaySettings {
+    let config = GatewayConfig::from_json(name, table).unwrap_or_else(|e| panic!("{e}"));
+    GatewaySettings::from_config(name, &config).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn valid(kind: &str) -> Value {
@@ -14,11 +32,11 @@ fn valid(kind: &str) -> Value {
 
 #[test]
 fn builds_every_kind_with_a_breaker_each() {
-    let registry = GatewayRegistry::from_config(&tables(&[
+    let registry = registry(&[
         ("a-json", valid("json")),
         ("b-soap", valid("soap")),
         ("c-proto", valid("protobuf")),
-    ]))
+    ])
     .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = registry.names().map(GatewayName::as_str).collect();
     assert_eq!(names, ["a-json", "b-soap", "c-proto"]);
@@ -83,14 +101,14 @@ fn bad_tables_name_the_field() {
         (json!("json"), "gateways.gw"),
     ];
     for (table, path) in cases {
-        let result = GatewayRegistry::from_config(&tables(&[("gw", table.clone())]));
+        let result = registry(&[("gw", table.clone())]);
         assert_eq!(
             result.map(|_| ()).map_err(|e| e.path),
             Err(path.to_owned()),
             "{table}"
         );
     }
-    let bad_name = GatewayRegistry::from_config(&tables(&[("Bad Name", valid("json"))]));
+    let bad_name = registry(&[("Bad Name", valid("json"))]);
     assert_eq!(
         bad_name.map(|_| ()).map_err(|e| e.path),
         Err("gateways.Bad Name".to_owned())
@@ -99,8 +117,7 @@ fn bad_tables_name_the_field() {
 
 #[test]
 fn settings_keep_the_base_path_and_never_print_secrets() {
-    let settings =
-        GatewaySettings::from_table("gw", &valid("json")).unwrap_or_else(|e| panic!("{e}"));
+    let settings = settings("gw", valid("json"));
     assert_eq!(settings.base_url.as_str(), "http://127.0.0.1:8090/acct/");
     assert_eq!(settings.timeout, Duration::from_millis(2500));
     let shown = format!("{settings:?}");
@@ -108,14 +125,24 @@ fn settings_keep_the_base_path_and_never_print_secrets() {
         !shown.contains("\"sk\"") && !shown.contains("\"wh\""),
         "{shown}"
     );
-    let defaulted = GatewaySettings::from_table(
+    let defaulted = self::settings(
         "gw",
-        &json!({"kind": "json", "base_url": "http://x", "secret_key": "sk"}),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+        json!({"kind": "json", "base_url": "http://x", "secret_key": "sk"}),
+    );
     assert_eq!(
         defaulted.webhook_secret.expose(),
         "sk",
         "Paystack signs webhooks with the secret key"
+    );
+}
+
+#[test]
+fn a_table_built_in_code_is_checked_too() {
+    let mut table = GatewayConfig::new("json", "http://127.0.0.1:1", "sk");
+    table.breaker.error_threshold_percent = 0;
+    let built = GatewayRegistry::from_config(&BTreeMap::from([("gw".to_owned(), table)]));
+    assert_eq!(
+        built.map(|_| ()).map_err(|e| e.path),
+        Err("gateways.gw.breaker.error_threshold_percent".to_owned())
     );
 }

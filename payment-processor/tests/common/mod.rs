@@ -7,8 +7,8 @@
 use chrono::Utc;
 use paygate_core::announce;
 use paygate_core::bus::events::{Body, Envelope};
-use paygate_core::config::Config;
 use paygate_core::config::RouteRule;
+use paygate_core::config::{Config, GatewayConfig};
 use paygate_core::db::transactions;
 use std::time::Duration;
 
@@ -79,7 +79,9 @@ impl World {
             if let (Some(table), Some(extra)) = (table.as_object_mut(), settings.as_object()) {
                 table.extend(extra.clone());
             }
-            config.gateways.insert((*name).to_owned(), table);
+            config
+                .gateways
+                .insert((*name).to_owned(), GatewayConfig::from_json(name, table)?);
         }
         let merchant = paygate_core::db::merchants::create(&pool, merchant_name)
             .await?
