@@ -255,6 +255,8 @@ pub enum ApiError {
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Bus(#[from] paygate_core::bus::BusError),
+    #[error(transparent)]
+    Startup(#[from] paygate_core::startup::StartupError),
     #[error("gateways: {0}")]
     Gateways(String),
     #[error("cannot listen on {addr}: {source}")]

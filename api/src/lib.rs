@@ -34,6 +34,7 @@ use paygate_core::bus::{ensure_topics, Producer};
 use paygate_core::config::{ApiConfig, Config, KafkaConfig};
 use paygate_core::db;
 use paygate_core::destination::DestinationPolicy;
+use paygate_core::startup::{Foundation, Topics};
 use paygate_gateways::GatewayRegistry;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::PgPool;
@@ -96,10 +97,8 @@ impl Application {
     /// Builds with an explicit gateway registry (tests, embedders).
     pub async fn build_with(config: Config, registry: GatewayRegistry) -> Result<Self, ApiError> {
         let metrics = metrics::install();
-        let pool = db::connect(&config.database).await?;
-        if config.database.migrate_on_start {
-            db::migrate(&pool).await?;
-        }
+        let base = Foundation::start(&config, Topics::BestEffort(TOPICS_TIMEOUT)).await?;
+        let pool = base.pool.clone();
 
         let client = redis::Client::open(config.redis.url.as_str())?;
         let redis_config = ConnectionManagerConfig::new()
@@ -113,25 +112,15 @@ impl Application {
             config.api.cache_ttl,
         );
 
-        let topics_ready = Arc::new(AtomicBool::new(false));
-        match tokio::time::timeout(TOPICS_TIMEOUT, ensure_topics(&config.kafka)).await {
-            Ok(Ok(())) => topics_ready.store(true, Ordering::Relaxed),
-            Ok(Err(error)) => {
-                tracing::error!(%error, "could not ensure Kafka topics; starting degraded")
-            }
-            Err(_) => {
-                tracing::error!("Kafka did not answer topic creation in time; starting degraded")
-            }
-        }
-
-        let relay_producer = Producer::new(&config.kafka)?;
+        let topics_ready = Arc::new(AtomicBool::new(base.topics_ready));
+        let relay_producer = base.producer.clone();
         let mut callback_kafka = config.kafka.clone();
         callback_kafka.message_timeout_ms = callback_kafka
             .message_timeout_ms
             .min(CALLBACK_PRODUCE_TIMEOUT_MS);
         let producer = Producer::new(&callback_kafka)?;
-        let (relay, relay_health) =
-            relay::relay(pool.clone(), relay_producer.clone(), &config.outbox);
+        let relay = base.relay();
+        let relay_health = relay.health();
 
         let listener = TcpListener::bind(&config.api.bind)
             .await

@@ -1,35 +1,19 @@
-//! The outbox relay as the API runs it: `paygate_core::bus::relay::OutboxRelay` (woken by
-//! this process's commits, plus a poll; batches; rows stamped only after the broker's ack) with settings
-//! from `[outbox]`, and a sampler that exports the relay's lag.
+//! The outbox relay's lag for `/metrics` and `/readyz`. The relay itself is
+//! `paygate_core::bus::relay::OutboxRelay` (woken by this process's commits, plus a poll;
+//! batches; rows stamped only after the broker's ack), built by `paygate_core::startup` with
+//! the `[outbox]` settings, as in every service.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use paygate_core::bus::relay::{OutboxRelay, RelayHealth, RelaySettings};
-use paygate_core::bus::Producer;
-use paygate_core::config::OutboxConfig;
 use paygate_core::db;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// How often the backlog is measured for `/metrics` and `/readyz`.
 const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-pub fn settings(config: &OutboxConfig) -> RelaySettings {
-    config.relay_settings()
-}
-
-pub fn relay(
-    pool: PgPool,
-    producer: Producer,
-    config: &OutboxConfig,
-) -> (OutboxRelay, Arc<RelayHealth>) {
-    let relay = OutboxRelay::new(pool, producer, settings(config));
-    let health = relay.health();
-    (relay, health)
-}
 
 /// The last measured backlog (rows waiting), `-1` before the first measurement.
 #[derive(Debug)]

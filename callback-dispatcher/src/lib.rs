@@ -36,9 +36,10 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, Producer, Topic};
+use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, Topic};
 use paygate_core::config::Config;
-use paygate_core::db::{self, DbError};
+use paygate_core::db::DbError;
+use paygate_core::startup::{Foundation, StartupError, Topics};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,8 @@ pub enum DispatcherError {
     Db(#[from] DbError),
     #[error(transparent)]
     Bus(#[from] bus::BusError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
 }
 
 /// The callback dispatcher service: [`Dispatcher::build`] then [`Dispatcher::run`].
@@ -77,11 +80,8 @@ impl Dispatcher {
     /// Connects to Postgres (migrating when configured), creates the topics and joins the
     /// consumer group of `transactions.completed`.
     pub async fn build(config: Config) -> Result<Self, DispatcherError> {
-        let pool = db::connect(&config.database).await?;
-        if config.database.migrate_on_start {
-            db::migrate(&pool).await?;
-        }
-        bus::ensure_topics(&config.kafka).await?;
+        let base = Foundation::start(&config, Topics::Required).await?;
+        let pool = base.pool.clone();
         let settings = &config.dispatcher;
         let wake = Arc::new(Notify::new());
         let handler = Arc::new(handler::CompletedHandler {
@@ -93,15 +93,15 @@ impl Dispatcher {
             vec![Topic::TransactionsCompleted],
         );
         consumer_settings.concurrency = settings.concurrency.max(1);
-        let producer = Producer::new(&config.kafka)?;
-        let consumer =
-            ConsumerRunner::new(&config.kafka, consumer_settings, handler, producer.clone())?;
-        let readiness = paygate_core::ready::Readiness::for_worker(
-            &config,
-            pool.clone(),
-            producer,
-            consumer.probe(),
-        );
+        let consumer = ConsumerRunner::new(
+            &config.kafka,
+            consumer_settings,
+            handler,
+            base.producer.clone(),
+        )?;
+        // No relay here: this service writes no outbox rows of its own (the healer's are
+        // published by the other services' relays, which poll).
+        let readiness = base.worker_readiness(&config, consumer.probe());
         let timeout = settings.request_timeout.max(Duration::from_millis(1));
         let deliverer = Arc::new(worker::Deliverer {
             pool: pool.clone(),

@@ -23,11 +23,10 @@ pub mod settle;
 
 use std::sync::Arc;
 
-use paygate_core::bus::{
-    ensure_topics, BusError, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer, Topic,
-};
+use paygate_core::bus::{BusError, ConsumerRunner, ConsumerSettings, OutboxRelay, Topic};
 use paygate_core::config::Config;
-use paygate_core::db::{self, DbError};
+use paygate_core::db::DbError;
+use paygate_core::startup::{Foundation, StartupError, Topics};
 use paygate_gateways::GatewayRegistry;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -46,6 +45,8 @@ pub enum ProcessorError {
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
 }
 
 /// The consumer group every callback processor instance joins.
@@ -67,25 +68,20 @@ impl CallbackProcessor {
     /// Connects Postgres (migrating when configured), Redis and Kafka, and creates the
     /// topics. Nothing is consumed until [`CallbackProcessor::run`].
     pub async fn build(config: Config, registry: GatewayRegistry) -> Result<Self, ProcessorError> {
-        let pool = db::connect(&config.database).await?;
-        if config.database.migrate_on_start {
-            db::migrate(&pool).await?;
-        }
+        let base = Foundation::start(&config, Topics::Required).await?;
+        let pool = base.pool.clone();
         let redis = ConnectionManager::new(redis::Client::open(config.redis.url.as_str())?).await?;
-        ensure_topics(&config.kafka).await?;
-        let producer = Producer::new(&config.kafka)?;
         let handler = Arc::new(CallbackHandler::new(pool.clone(), registry, redis, &config));
         let mut settings = ConsumerSettings::new(group_id(&config), vec![Topic::CallbacksReceived]);
         settings.concurrency = config.callbacks.concurrency;
-        let runner =
-            ConsumerRunner::new(&config.kafka, settings, handler.clone(), producer.clone())?;
-        let readiness = paygate_core::ready::Readiness::for_worker(
-            &config,
-            pool.clone(),
-            producer.clone(),
-            runner.probe(),
-        );
-        let relay = OutboxRelay::new(pool.clone(), producer, config.outbox.relay_settings());
+        let runner = ConsumerRunner::new(
+            &config.kafka,
+            settings,
+            handler.clone(),
+            base.producer.clone(),
+        )?;
+        let readiness = base.worker_readiness(&config, runner.probe());
+        let relay = base.relay();
         Ok(Self {
             runner,
             relay,

@@ -1,18 +1,21 @@
 //! `paygate dev`: the whole pipeline in one process, for a quick look.
 //!
-//! [`start`] checks the ports, makes sure the database exists and is migrated, checks Redis,
-//! starts an embedded Kafka-protocol broker (librdkafka's mock cluster) unless a broker is
-//! configured, starts the sandbox providers, the API, the payment processor, the callback
-//! processor, the callback dispatcher and a small demo webhook receiver, all on one
-//! [`CancellationToken`], and creates a demo merchant (with an API key) whose webhook
-//! endpoint is the receiver. [`DevStack::banner`] says how to use it; [`DevStack::wait`]
-//! runs until the token is cancelled (Ctrl-C) or a service stops, then stops everything
-//! within a bound.
+//! [`start`] checks the ports (`Ports`), builds the sandbox providers, makes sure the
+//! database exists, starts an embedded Kafka-protocol broker (librdkafka's mock cluster)
+//! unless a broker is configured, runs what every service starts with
+//! ([`paygate_core::startup::Foundation`]: Postgres migrated, topics, producer) and checks
+//! Redis (`prepare_infrastructure`), builds the API, the payment processor, the callback
+//! processor and the callback dispatcher (`Services::build`), creates a demo merchant (with
+//! an API key) whose webhook endpoint is a small demo receiver, and runs them all on one
+//! [`CancellationToken`] (`Services::spawn`). [`DevStack::banner`] says how to use it;
+//! [`DevStack::wait`] runs until the token is cancelled (Ctrl-C) or a service stops, then
+//! stops everything within a bound.
 //!
 //! Nothing is spawned until every part has been built, so a failed start leaves nothing
 //! running behind it.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,8 +23,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use paygate_core::bus::Topic;
 use paygate_core::config::{Config, GatewayConfig, KafkaConfig, RouteRule};
-use paygate_core::db;
 use paygate_core::domain::MerchantId;
+use paygate_core::startup::{Foundation, StartupError, Topics};
 use paygate_gateways::GatewayRegistry;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
@@ -101,139 +104,27 @@ pub async fn start(
     options: DevOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<DevStack> {
-    // Ports first: cheapest to check and the likeliest thing to be wrong.
-    let receiver_listener = bind_port(options.receiver_port, "--receiver-port").await?;
-    let receiver_addr = receiver_listener
-        .local_addr()
-        .context("demo receiver address")?;
-    // The sandbox must know the API's address (for callbacks) and the API the sandbox's (the
-    // gateways' base URLs), so the API's port is settled here and bound again by the API.
-    let api_port = probe_port(options.api_port, "--port")?;
-    probe_port(options.sandbox_port, "--sandbox-port")?;
-    let api_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
-    let sandbox = paygate_sandbox::Sandbox::build(paygate_sandbox::SandboxSettings {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, options.sandbox_port)),
-        callback_base_url: format!("http://{api_addr}"),
-        ..paygate_sandbox::SandboxSettings::default()
-    })
-    .await
-    .map_err(|e| {
-        anyhow!(
-            "the sandbox cannot listen on 127.0.0.1:{}: {e:#}; choose another port with --sandbox-port",
-            options.sandbox_port
-        )
-    })?;
-    let sandbox_addr = sandbox.addr();
-
-    let pool = prepare_database(&config).await?;
-    check_redis(&config).await?;
-
-    let kafka = if options.embedded_kafka {
-        let embedded = EmbeddedKafka::start(&config.kafka).await?;
-        config.kafka.brokers = embedded.bootstrap.clone();
-        Some(embedded)
-    } else {
-        check_kafka(&config.kafka).await?;
-        None
-    };
-
-    config.api.bind = api_addr.to_string();
-    // Migrations ran above; the services need not run them again.
-    config.database.migrate_on_start = false;
-    // The demo receiver is a plain-http loopback URL.
-    config.destinations.allow_loopback = true;
-    config.destinations.allow_http = true;
-    if config.gateways.is_empty() {
-        config.gateways = sandbox_gateways(&sandbox);
-    }
-    if config.processor.routes.is_empty() {
-        config.processor.routes = vec![default_route()];
-    }
-    let registry = GatewayRegistry::from_config(&config.gateways)
-        .map_err(|e| anyhow!("invalid gateway configuration: {e}"))?;
+    let ports = Ports::claim(&options).await?;
+    let sandbox = start_sandbox(&options, ports.api).await?;
+    let (pool, kafka) = prepare_infrastructure(&mut config, &options).await?;
+    let registry = configure_services(&mut config, ports.api, &sandbox)?;
     let gateways: Vec<String> = registry.names().map(|n| n.to_string()).collect();
+    let services = Services::build(&config, registry).await?;
 
-    // The API first: it installs the process's Prometheus recorder, which the other
-    // services' metrics then report to.
-    let api = service_build(
-        "the API",
-        &config.kafka,
-        paygate_api::Application::build_with(config.clone(), registry.clone()),
-    )
-    .await?
-    .map_err(|e| match e {
-        paygate_api::ApiError::Bind { addr, source } => {
-            anyhow!("the API cannot listen on {addr}: {source}; choose another port with --port")
-        }
-        other => anyhow!("the API did not start: {other}"),
-    })?;
-    let payments = service_build(
-        "the payment processor",
-        &config.kafka,
-        paygate_payment_processor::PaymentProcessor::build(config.clone(), registry.clone()),
-    )
-    .await?
-    .map_err(|e| anyhow!("the payment processor did not start: {e}"))?;
-    let callbacks = service_build(
-        "the callback processor",
-        &config.kafka,
-        paygate_callback_processor::CallbackProcessor::build(config.clone(), registry.clone()),
-    )
-    .await?
-    .map_err(|e| anyhow!("the callback processor did not start: {e}"))?;
-    let dispatcher = service_build(
-        "the callback dispatcher",
-        &config.kafka,
-        paygate_callback_dispatcher::Dispatcher::build(config.clone()),
-    )
-    .await?
-    .map_err(|e| anyhow!("the callback dispatcher did not start: {e}"))?;
-
-    let receiver_url = format!("http://{receiver_addr}{RECEIVER_PATH}");
+    let receiver_url = format!("http://{}{RECEIVER_PATH}", ports.receiver);
     let demo = merchant_setup::create(&pool, "paygate dev demo", &receiver_url).await?;
     pool.close().await;
     let receiver = WebhookReceiver::new(demo.secret, Logging::EachWebhook);
-
-    let mut tasks = JoinSet::new();
-    let mut running = HashSet::new();
-    let mut spawn = |name: &'static str,
-                     task: std::pin::Pin<
-        Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>,
-    >| {
-        running.insert(name);
-        tasks.spawn(async move { (name, task.await) });
-    };
-    spawn("sandbox", Box::pin(sandbox.run(shutdown.clone())));
-    let token = shutdown.clone();
-    spawn(
-        "api",
-        Box::pin(async move { api.run(token).await.map_err(anyhow::Error::from) }),
-    );
-    let token = shutdown.clone();
-    spawn(
-        "payment-processor",
-        Box::pin(async move { payments.run(token).await.map_err(anyhow::Error::from) }),
-    );
-    let token = shutdown.clone();
-    spawn(
-        "callback-processor",
-        Box::pin(async move { callbacks.run(token).await.map_err(anyhow::Error::from) }),
-    );
-    let token = shutdown.clone();
-    spawn(
-        "callback-dispatcher",
-        Box::pin(async move { dispatcher.run(token).await.map_err(anyhow::Error::from) }),
-    );
-    let (token, demo_receiver) = (shutdown.clone(), receiver.clone());
-    spawn(
-        "demo-receiver",
-        Box::pin(async move { demo_receiver.serve(receiver_listener, token).await }),
+    let (tasks, running) = services.spawn(
+        sandbox,
+        (receiver.clone(), ports.receiver_listener),
+        &shutdown,
     );
 
     Ok(DevStack {
-        api_addr,
-        sandbox_addr,
-        receiver_addr,
+        api_addr: ports.api,
+        sandbox_addr: ports.sandbox,
+        receiver_addr: ports.receiver,
         merchant_id: demo.merchant_id,
         api_key: demo.api_key,
         kafka_brokers: config.kafka.brokers.clone(),
@@ -247,6 +138,185 @@ pub async fn start(
         running,
         kafka,
     })
+}
+
+/// The three ports, checked first: cheapest to check and the likeliest thing to be wrong.
+struct Ports {
+    /// The demo receiver's, bound here and kept.
+    receiver_listener: TcpListener,
+    receiver: SocketAddr,
+    /// The API's: the sandbox must know it (for callbacks) and the API the sandbox's (the
+    /// gateways' base URLs), so it is settled here and bound again by the API.
+    api: SocketAddr,
+    /// The sandbox's, bound by the sandbox once it is built.
+    sandbox: SocketAddr,
+}
+
+impl Ports {
+    async fn claim(options: &DevOptions) -> anyhow::Result<Self> {
+        let receiver_listener = bind_port(options.receiver_port, "--receiver-port").await?;
+        let receiver = receiver_listener
+            .local_addr()
+            .context("demo receiver address")?;
+        let api_port = probe_port(options.api_port, "--port")?;
+        probe_port(options.sandbox_port, "--sandbox-port")?;
+        Ok(Self {
+            receiver_listener,
+            receiver,
+            api: SocketAddr::from((Ipv4Addr::LOCALHOST, api_port)),
+            sandbox: SocketAddr::from((Ipv4Addr::LOCALHOST, options.sandbox_port)),
+        })
+    }
+}
+
+/// The sandbox providers, sending their callbacks to the API at `api`.
+async fn start_sandbox(
+    options: &DevOptions,
+    api: SocketAddr,
+) -> anyhow::Result<paygate_sandbox::Sandbox> {
+    paygate_sandbox::Sandbox::build(paygate_sandbox::SandboxSettings {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, options.sandbox_port)),
+        callback_base_url: format!("http://{api}"),
+        ..paygate_sandbox::SandboxSettings::default()
+    })
+    .await
+    .map_err(|e| {
+        anyhow!(
+            "the sandbox cannot listen on 127.0.0.1:{}: {e:#}; choose another port with --sandbox-port",
+            options.sandbox_port
+        )
+    })
+}
+
+/// Postgres (the database created when missing, then migrated), the broker (the embedded
+/// one, or the configured one's topics) and Redis, each failing with the fix in its message.
+/// Returns a pool for the demo merchant and the embedded broker, if any.
+async fn prepare_infrastructure(
+    config: &mut Config,
+    options: &DevOptions,
+) -> anyhow::Result<(PgPool, Option<EmbeddedKafka>)> {
+    create_database(config).await?;
+    let kafka = if options.embedded_kafka {
+        let embedded = EmbeddedKafka::start(&config.kafka).await?;
+        config.kafka.brokers = embedded.bootstrap.clone();
+        Some(embedded)
+    } else {
+        None
+    };
+    let foundation = foundation(config).await?;
+    check_redis(config).await?;
+    Ok((foundation.pool, kafka))
+}
+
+/// What the services need from the dev stack: the API's address, migrations already run,
+/// webhooks to the plain-http loopback receiver, and the sandbox gateways and route unless
+/// the configuration names its own. The registry of those gateways.
+fn configure_services(
+    config: &mut Config,
+    api: SocketAddr,
+    sandbox: &paygate_sandbox::Sandbox,
+) -> anyhow::Result<GatewayRegistry> {
+    config.api.bind = api.to_string();
+    config.database.migrate_on_start = false;
+    config.destinations.allow_loopback = true;
+    config.destinations.allow_http = true;
+    if config.gateways.is_empty() {
+        config.gateways = sandbox_gateways(sandbox);
+    }
+    if config.processor.routes.is_empty() {
+        config.processor.routes = vec![default_route()];
+    }
+    GatewayRegistry::from_config(&config.gateways)
+        .map_err(|e| anyhow!("invalid gateway configuration: {e}"))
+}
+
+/// The four services, built (nothing runs until [`Services::spawn`]).
+struct Services {
+    api: paygate_api::Application,
+    payments: paygate_payment_processor::PaymentProcessor,
+    callbacks: paygate_callback_processor::CallbackProcessor,
+    dispatcher: paygate_callback_dispatcher::Dispatcher,
+}
+
+type ServiceTasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+type Task = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// A service's `run` as a task whose error is an `anyhow::Error`.
+fn task<E: Into<anyhow::Error>>(run: impl Future<Output = Result<(), E>> + Send + 'static) -> Task {
+    Box::pin(async move { run.await.map_err(Into::into) })
+}
+
+impl Services {
+    /// The API first: it installs the process's Prometheus recorder, which the other
+    /// services' metrics then report to.
+    async fn build(config: &Config, registry: GatewayRegistry) -> anyhow::Result<Self> {
+        let kafka = &config.kafka;
+        let api = paygate_api::Application::build_with(config.clone(), registry.clone());
+        let api = service_build("the API", kafka, api)
+            .await?
+            .map_err(|e| match e {
+                paygate_api::ApiError::Bind { addr, source } => anyhow!(
+                    "the API cannot listen on {addr}: {source}; choose another port with --port"
+                ),
+                other => anyhow!("the API did not start: {other}"),
+            })?;
+        let payments =
+            paygate_payment_processor::PaymentProcessor::build(config.clone(), registry.clone());
+        let payments = service_build("the payment processor", kafka, payments)
+            .await?
+            .map_err(|e| anyhow!("the payment processor did not start: {e}"))?;
+        let callbacks =
+            paygate_callback_processor::CallbackProcessor::build(config.clone(), registry);
+        let callbacks = service_build("the callback processor", kafka, callbacks)
+            .await?
+            .map_err(|e| anyhow!("the callback processor did not start: {e}"))?;
+        let dispatcher = paygate_callback_dispatcher::Dispatcher::build(config.clone());
+        let dispatcher = service_build("the callback dispatcher", kafka, dispatcher)
+            .await?
+            .map_err(|e| anyhow!("the callback dispatcher did not start: {e}"))?;
+        Ok(Self {
+            api,
+            payments,
+            callbacks,
+            dispatcher,
+        })
+    }
+
+    /// Runs the services, the sandbox and the demo receiver, each as a named task on
+    /// `shutdown`; returns the tasks and the names still running.
+    fn spawn(
+        self,
+        sandbox: paygate_sandbox::Sandbox,
+        (receiver, listener): (WebhookReceiver, TcpListener),
+        shutdown: &CancellationToken,
+    ) -> (ServiceTasks, HashSet<&'static str>) {
+        let token = || shutdown.clone();
+        let receiver_token = token();
+        let Self {
+            api,
+            payments,
+            callbacks,
+            dispatcher,
+        } = self;
+        let named: [(&'static str, Task); 6] = [
+            ("sandbox", task(sandbox.run(token()))),
+            ("api", task(api.run(token()))),
+            ("payment-processor", task(payments.run(token()))),
+            ("callback-processor", task(callbacks.run(token()))),
+            ("callback-dispatcher", task(dispatcher.run(token()))),
+            (
+                "demo-receiver",
+                task(async move { receiver.serve(listener, receiver_token).await }),
+            ),
+        ];
+        let mut tasks = JoinSet::new();
+        let mut running = HashSet::new();
+        for (name, task) in named {
+            running.insert(name);
+            tasks.spawn(async move { (name, task.await) });
+        }
+        (tasks, running)
+    }
 }
 
 impl DevStack {
@@ -455,56 +525,83 @@ fn port_error(port: u16, flag: &str, error: &std::io::Error) -> anyhow::Error {
 }
 
 /// Creates the configured database when it does not exist (connecting to the `postgres`
-/// database of the same server), then opens a pool and applies the migrations.
-async fn prepare_database(config: &Config) -> anyhow::Result<PgPool> {
-    let url = &config.database.url;
-    let shown = redact(url);
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|e| anyhow!("PAYGATE_DATABASE_URL {shown} is not usable: {e}"))?;
-    let server = format!("{}:{}", options.get_host(), options.get_port());
-    let unreachable = |error: &dyn std::fmt::Display| {
-        anyhow!(
-            "Postgres is unreachable at {server} ({error}); {STACK_HINT}, or point PAYGATE_DATABASE_URL at a running server"
-        )
+/// database of the same server).
+async fn create_database(config: &Config) -> anyhow::Result<()> {
+    let options = pg_options(config)?;
+    let server = server_of(&options);
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
     };
-    if let Some(name) = options.get_database().map(str::to_owned) {
-        let admin = options
-            .clone()
-            .database("postgres")
-            .disable_statement_logging();
-        let mut conn = tokio::time::timeout(CHECK_TIMEOUT, admin.connect())
+    let admin = options.database("postgres").disable_statement_logging();
+    let mut conn = tokio::time::timeout(CHECK_TIMEOUT, admin.connect())
+        .await
+        .map_err(|_| postgres_unreachable(&server, &"no answer within 5 s"))?
+        .map_err(|e| postgres_unreachable(&server, &e))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
             .await
-            .map_err(|_| unreachable(&"no answer within 5 s"))?
-            .map_err(|e| unreachable(&e))?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&name)
-                .fetch_one(&mut conn)
-                .await
-                .with_context(|| format!("Postgres at {server}: looking up database {name}"))?;
-        if !exists {
-            let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-            match sqlx::query(&create).execute(&mut conn).await {
-                Ok(_) => tracing::info!(database = %name, "created the database"),
-                // Someone else created it meanwhile.
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
-                Err(e) => {
-                    return Err(anyhow!(
-                        "Postgres at {server}: cannot create database {name}: {e}"
-                    ))
-                }
+            .with_context(|| format!("Postgres at {server}: looking up database {name}"))?;
+    if !exists {
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&create).execute(&mut conn).await {
+            Ok(_) => tracing::info!(database = %name, "created the database"),
+            // Someone else created it meanwhile.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => {
+                return Err(anyhow!(
+                    "Postgres at {server}: cannot create database {name}: {e}"
+                ))
             }
         }
-        let _ = conn.close().await;
     }
-    let pool = tokio::time::timeout(CHECK_TIMEOUT, db::connect(&config.database))
-        .await
-        .map_err(|_| unreachable(&"no answer within 5 s"))?
-        .map_err(|e| unreachable(&e))?;
-    db::migrate(&pool)
-        .await
-        .with_context(|| format!("applying migrations to {shown}"))?;
-    Ok(pool)
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// What every service starts with ([`Foundation::start`]), migrations included whatever
+/// `migrate_on_start` says (the services then skip them): Postgres, the topics, the producer.
+async fn foundation(config: &Config) -> anyhow::Result<Foundation> {
+    let mut first = config.clone();
+    first.database.migrate_on_start = true;
+    let started = tokio::time::timeout(
+        SERVICE_BUILD_TIMEOUT,
+        Foundation::start(&first, Topics::Required),
+    )
+    .await
+    .map_err(|_| kafka_unreachable(&config.kafka, &"no answer within 30 s"))?;
+    started.map_err(|e| match e {
+        StartupError::Connect(e) => match pg_options(config) {
+            Ok(options) => postgres_unreachable(&server_of(&options), &e),
+            Err(unusable) => unusable,
+        },
+        StartupError::Migrate(e) => anyhow!(e).context(format!(
+            "applying migrations to {}",
+            redact(&config.database.url)
+        )),
+        StartupError::Topics(e) => kafka_unreachable(&config.kafka, &e),
+        other @ StartupError::Producer(_) => anyhow!("the Kafka producer: {other}"),
+    })
+}
+
+fn pg_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(&config.database.url).map_err(|e| {
+        anyhow!(
+            "PAYGATE_DATABASE_URL {} is not usable: {e}",
+            redact(&config.database.url)
+        )
+    })
+}
+
+fn server_of(options: &PgConnectOptions) -> String {
+    format!("{}:{}", options.get_host(), options.get_port())
+}
+
+fn postgres_unreachable(server: &str, error: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "Postgres is unreachable at {server} ({error}); {STACK_HINT}, or point PAYGATE_DATABASE_URL at a running server"
+    )
 }
 
 /// Fails with a clear message when Redis does not answer a PING.
@@ -528,28 +625,19 @@ async fn check_redis(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With a real broker: the topics exist (creating them if needed), or a clear message.
-async fn check_kafka(kafka: &KafkaConfig) -> anyhow::Result<()> {
-    let unreachable = |error: &dyn std::fmt::Display| {
-        anyhow!(
-            "Kafka is unreachable at {} ({error}); {STACK_HINT} (tansu on 127.0.0.1:9092), or unset PAYGATE_KAFKA_BROKERS to use the embedded broker",
-            kafka.brokers
-        )
-    };
-    tokio::time::timeout(
-        SERVICE_BUILD_TIMEOUT,
-        paygate_core::bus::ensure_topics(kafka),
+/// The broker did not answer (or refused): how to get one.
+fn kafka_unreachable(kafka: &KafkaConfig, error: &dyn std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "Kafka is unreachable at {} ({error}); {STACK_HINT} (tansu on 127.0.0.1:9092), or unset PAYGATE_KAFKA_BROKERS to use the embedded broker",
+        kafka.brokers
     )
-    .await
-    .map_err(|_| unreachable(&"no answer within 30 s"))?
-    .map_err(|e| unreachable(&e))
 }
 
 /// A service's `build`, bounded: it waits for Kafka, which may never answer.
 async fn service_build<T>(
     what: &str,
     kafka: &KafkaConfig,
-    build: impl std::future::Future<Output = T>,
+    build: impl Future<Output = T>,
 ) -> anyhow::Result<T> {
     tokio::time::timeout(SERVICE_BUILD_TIMEOUT, build)
         .await

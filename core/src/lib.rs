@@ -6,6 +6,8 @@
 //! - [`destination`]: the SSRF guard for webhook destinations (API and dispatcher);
 //! - [`bus`]: Kafka producer, topic admin, the consumer runner, protobuf events;
 //! - [`lock`]: the Redis lease lock (an efficiency measure; versions are the guarantee);
+//! - [`startup`]: what every service does when it starts (Postgres, migrations, topics,
+//!   producer, outbox relay, readiness);
 //! - [`telemetry`]: tracing set-up.
 
 pub mod announce;
@@ -22,6 +24,7 @@ pub mod resolution;
 pub mod secret;
 pub mod service;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 
 #[cfg(feature = "testing")]

@@ -20,10 +20,11 @@ pub mod status_step;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, OutboxRelay, Producer, Topic};
+use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, OutboxRelay, Topic};
 use paygate_core::config::Config;
 use paygate_core::db;
 use paygate_core::lock::RedisLock;
+use paygate_core::startup::{Foundation, StartupError, Topics};
 use paygate_gateways::GatewayRegistry;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +44,8 @@ pub enum ProcessorError {
     Lock(#[from] paygate_core::lock::LockError),
     #[error(transparent)]
     Routes(#[from] routing::RouteConfigError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
 }
 
 /// The payment processor service, built and ready to run.
@@ -62,11 +65,8 @@ impl PaymentProcessor {
     /// Connects to Postgres, Redis and Kafka, applies migrations (if configured), creates
     /// topics, and joins the consumer group.
     pub async fn build(config: Config, registry: GatewayRegistry) -> Result<Self, ProcessorError> {
-        let pool = db::connect(&config.database).await?;
-        if config.database.migrate_on_start {
-            db::migrate(&pool).await?;
-        }
-        bus::ensure_topics(&config.kafka).await?;
+        let base = Foundation::start(&config, Topics::Required).await?;
+        let pool = base.pool.clone();
         let lock = RedisLock::connect(&config.redis.url, config.redis.key_prefix.clone()).await?;
         let cache = redis::Client::open(config.redis.url.as_str())
             .map_err(paygate_core::lock::LockError::from)?
@@ -105,7 +105,6 @@ impl PaymentProcessor {
                 },
             },
         });
-        let producer = Producer::new(&config.kafka)?;
         let mut settings = ConsumerSettings::new(
             format!("{}.payment-processor", config.kafka.group_prefix),
             vec![Topic::TransactionsPending],
@@ -117,15 +116,10 @@ impl PaymentProcessor {
             Arc::new(handler::PendingHandler {
                 engine: engine.clone(),
             }),
-            producer.clone(),
+            base.producer.clone(),
         )?;
-        let readiness = paygate_core::ready::Readiness::for_worker(
-            &config,
-            pool.clone(),
-            producer.clone(),
-            consumer.probe(),
-        );
-        let relay = OutboxRelay::new(pool.clone(), producer, config.outbox.relay_settings());
+        let readiness = base.worker_readiness(&config, consumer.probe());
+        let relay = base.relay();
         let scheduler = SchedulerSettings {
             poll: p.scheduler_poll,
             batch: p.scheduler_batch,
