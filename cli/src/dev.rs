@@ -582,6 +582,10 @@ async fn foundation(config: &Config) -> anyhow::Result<Foundation> {
         )),
         StartupError::Topics(e) => kafka_unreachable(&config.kafka, &e),
         other @ StartupError::Producer(_) => anyhow!("the Kafka producer: {other}"),
+        StartupError::Deployment(e) => anyhow!(e).context(format!(
+            "claiming {} for this deployment",
+            redact(&config.database.url)
+        )),
     })
 }
 

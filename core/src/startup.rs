@@ -1,5 +1,6 @@
 //! What every paygate service does when it starts, in one place: connect to Postgres
-//! (applying the migrations when `database.migrate_on_start`), make sure the Kafka topics
+//! (applying the migrations when `database.migrate_on_start`), claim the database for this
+//! deployment (one database, one deployment: [`db::deployment`]), make sure the Kafka topics
 //! exist, create the producer, and hand out the outbox relay (`[outbox]`) and a worker's
 //! readiness. The API, the payment processor, the callback processor, the callback
 //! dispatcher and `paygate dev` all start with [`Foundation::start`]; logging and the
@@ -24,6 +25,9 @@ pub enum StartupError {
     /// The embedded migrations did not apply.
     #[error(transparent)]
     Migrate(DbError),
+    /// The database belongs to another deployment, or its claim could not be read.
+    #[error(transparent)]
+    Deployment(DbError),
     /// The topics could not be created or found.
     #[error(transparent)]
     Topics(BusError),
@@ -58,6 +62,9 @@ impl Foundation {
     /// Connects, migrates when configured, ensures the topics and creates the producer.
     pub async fn start(config: &Config, topics: Topics) -> Result<Self, StartupError> {
         let pool = open_database(&config.database).await?;
+        db::deployment::claim(&pool, &config.kafka.topic_prefix)
+            .await
+            .map_err(StartupError::Deployment)?;
         let topics_ready = ensure_topics(&config.kafka, topics).await?;
         let producer = Producer::new(&config.kafka).map_err(StartupError::Producer)?;
         Ok(Self {

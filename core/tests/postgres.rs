@@ -387,3 +387,27 @@ async fn api_keys_authenticate_by_hash_until_revoked() -> TestResult {
     assert_eq!(merchants::authenticate(&pool, &key).await?, None);
     Ok(())
 }
+
+/// One database, one deployment: the first topic prefix claims the database; the same
+/// prefix may start again (a restart, a second instance); another prefix is refused with
+/// both named, and the claim does not move.
+#[tokio::test]
+async fn a_database_belongs_to_the_deployment_that_claimed_it_first() -> TestResult {
+    use paygate_core::db::{deployment, DbError};
+
+    let (_config, pool) = paygate_core::testing::isolated_config().await?;
+    sqlx::query("DELETE FROM deployment").execute(&pool).await?;
+    deployment::claim(&pool, "blue").await?;
+    deployment::claim(&pool, "blue").await?;
+    match deployment::claim(&pool, "green").await {
+        Err(DbError::OtherDeployment { ours, theirs }) => {
+            assert_eq!((ours.as_str(), theirs.as_str()), ("green", "blue"));
+        }
+        other => panic!("another prefix must be refused, got {other:?}"),
+    }
+    let owner: String = sqlx::query_scalar("SELECT topic_prefix FROM deployment")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(owner, "blue");
+    Ok(())
+}

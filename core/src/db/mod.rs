@@ -2,6 +2,7 @@
 //! family. Queries are checked by the integration tests against the real database.
 
 pub mod broker_resets;
+pub mod deployment;
 pub mod heal;
 pub mod merchants;
 pub mod outbox;
@@ -28,6 +29,9 @@ pub enum DbError {
     /// A stored value that the domain refuses: a bug or a hand edit, never user input.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// The database belongs to another deployment (see [`deployment`]).
+    #[error("this database belongs to the deployment with kafka.topic_prefix {theirs:?}, not {ours:?}: give each deployment its own database (PAYGATE_DATABASE_URL) or the same topic prefix (PAYGATE_KAFKA_TOPIC_PREFIX)")]
+    OtherDeployment { ours: String, theirs: String },
 }
 
 /// Opens a pool (lazily: the first query connects), sized from config.
