@@ -25,5 +25,8 @@ pub async fn claim<'e>(db: impl PgExecutor<'e>, topic_prefix: &str) -> Result<()
     if owner == topic_prefix {
         return Ok(());
     }
-    Err(DbError::OtherDeployment { ours: topic_prefix.to_owned(), theirs: owner })
+    Err(DbError::OtherDeployment {
+        ours: topic_prefix.to_owned(),
+        theirs: owner,
+    })
 }
