@@ -15,7 +15,7 @@ use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
 use paygate_core::db::outbox;
 use paygate_core::db::{transactions, DbError};
-use paygate_core::domain::{GatewayName, Transaction, TransactionId};
+use paygate_core::domain::{GatewayName, Transaction, TransactionId, TransactionUpdate};
 use paygate_gateways::{CallbackOutcome, ReportedStatus};
 use sqlx::PgPool;
 
@@ -117,25 +117,7 @@ pub async fn settle_against(
             detail,
         } => (*outcome, *needs_review, Some(detail.clone())),
     };
-    let failure_code = match &cb.status {
-        ReportedStatus::Failed { code, .. } => Some(code.as_str()),
-        ReportedStatus::Succeeded => None,
-    };
-    let entry = NewEntry {
-        gateway: &callback.gateway,
-        provider_event_id: &cb.provider_event_id,
-        transaction_id: snapshot.id,
-        reported_status: target_status(&cb.status),
-        failure_code,
-        provider_reference: Some(cb.provider_reference.as_str()).filter(|r| !r.is_empty()),
-        reported_money: cb.money,
-        outcome,
-        needs_review,
-        detail: detail.as_deref(),
-        status_before: snapshot.status,
-        version_before: snapshot.version,
-        received_at: callback.received_at,
-    };
+    let entry = log_entry(callback, snapshot, outcome, needs_review, detail.as_deref());
     if callback_log::insert(&mut *db, &entry).await?.is_none() {
         // Another worker logged this very event and committed while we decided.
         db.rollback().await?;
@@ -148,48 +130,94 @@ pub async fn settle_against(
     }
 
     match decision {
-        Decision::Apply(update) => {
-            let Some(next) = transactions::apply(&mut *db, &update).await? else {
-                db.rollback().await?;
-                return Ok(None);
-            };
-            let announced = next.status.is_terminal();
-            if announced {
-                outbox::enqueue(&mut *db, &announce::completed(&next, callback.traceparent))
-                    .await?;
-            }
-            db.commit().await?;
-            if announced {
-                outbox::committed();
-            }
-            Ok(Some(Settled {
-                outcome: Outcome::Applied,
-                needs_review: false,
-                detail: None,
-                transaction: next,
-            }))
-        }
+        Decision::Apply(update) => apply_update(db, &update, callback).await,
         Decision::Record { .. } => {
-            // The decision was made on `snapshot`; record it only if that is still the
-            // current version, and keep it current until we commit.
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM transactions WHERE id = $1 FOR SHARE")
-                    .bind(snapshot.id.as_uuid())
-                    .fetch_optional(&mut *db)
-                    .await?;
-            if current != Some(snapshot.version) {
-                db.rollback().await?;
-                return Ok(None);
-            }
-            db.commit().await?;
-            Ok(Some(Settled {
+            let recorded = Settled {
                 outcome,
                 needs_review,
                 detail,
                 transaction: snapshot.clone(),
-            }))
+            };
+            record_if_current(db, snapshot, recorded).await
         }
     }
+}
+
+/// The callback log row for this event and the decision taken on `snapshot`.
+fn log_entry<'a>(
+    callback: &'a ReceivedCallback,
+    snapshot: &Transaction,
+    outcome: Outcome,
+    needs_review: bool,
+    detail: Option<&'a str>,
+) -> NewEntry<'a> {
+    let cb = &callback.outcome;
+    let failure_code = match &cb.status {
+        ReportedStatus::Failed { code, .. } => Some(code.as_str()),
+        ReportedStatus::Succeeded => None,
+    };
+    NewEntry {
+        gateway: &callback.gateway,
+        provider_event_id: &cb.provider_event_id,
+        transaction_id: snapshot.id,
+        reported_status: target_status(&cb.status),
+        failure_code,
+        provider_reference: Some(cb.provider_reference.as_str()).filter(|r| !r.is_empty()),
+        reported_money: cb.money,
+        outcome,
+        needs_review,
+        detail,
+        status_before: snapshot.status,
+        version_before: snapshot.version,
+        received_at: callback.received_at,
+    }
+}
+
+/// Applies the version-checked state change with its announcement (when terminal) in the
+/// transaction that logged the event; `None` when the version moved meanwhile.
+async fn apply_update(
+    mut db: sqlx::Transaction<'_, sqlx::Postgres>,
+    update: &TransactionUpdate,
+    callback: &ReceivedCallback,
+) -> Result<Option<Settled>, DbError> {
+    let Some(next) = transactions::apply(&mut *db, update).await? else {
+        db.rollback().await?;
+        return Ok(None);
+    };
+    let announced = next.status.is_terminal();
+    if announced {
+        outbox::enqueue(&mut *db, &announce::completed(&next, callback.traceparent)).await?;
+    }
+    db.commit().await?;
+    if announced {
+        outbox::committed();
+    }
+    Ok(Some(Settled {
+        outcome: Outcome::Applied,
+        needs_review: false,
+        detail: None,
+        transaction: next,
+    }))
+}
+
+/// Commits a decision made on `snapshot` only if that is still the current version, kept
+/// current (`FOR SHARE`) until the commit; `None` when it moved meanwhile.
+async fn record_if_current(
+    mut db: sqlx::Transaction<'_, sqlx::Postgres>,
+    snapshot: &Transaction,
+    recorded: Settled,
+) -> Result<Option<Settled>, DbError> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM transactions WHERE id = $1 FOR SHARE")
+            .bind(snapshot.id.as_uuid())
+            .fetch_optional(&mut *db)
+            .await?;
+    if current != Some(snapshot.version) {
+        db.rollback().await?;
+        return Ok(None);
+    }
+    db.commit().await?;
+    Ok(Some(recorded))
 }
 
 /// A repeat of a logged event. The provider signed it, so the same event id with other

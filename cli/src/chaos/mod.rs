@@ -288,49 +288,15 @@ async fn phase(
         .context("sandbox /_admin/stats")?
         .total;
 
-    let accepted: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let accepted: Accepted = Arc::new(Mutex::new(HashMap::new()));
     let recorder = Arc::new(Recorder::new()?);
-    let spec = LoadSpec {
-        duration: plan.duration,
-        concurrency: 64,
-        rate: Some(plan.rate),
-    };
-    let load = {
-        let (accepted, recorder) = (accepted.clone(), recorder.clone());
-        let client = load::client(64)?;
-        let api = topology.api_url.clone();
-        let key = merchant.api_key.clone();
-        tokio::spawn(async move {
-            let send = move |n: u64, _start: Instant| {
-                let (client, api, key, accepted) =
-                    (client.clone(), api.clone(), key.clone(), accepted.clone());
-                async move {
-                    let path = if n % 2 == 0 {
-                        "deposits"
-                    } else {
-                        "withdrawals"
-                    };
-                    let body = serde_json::json!({
-                        "amount": 1000 + (n % 100),
-                        "currency": "USD",
-                        "customer": format!("chaos_{}", n % 1000),
-                    });
-                    let created =
-                        load::create_payment(&client, &format!("{api}/v1/{path}"), &key, &body)
-                            .await?;
-                    let id = created["id"]
-                        .as_str()
-                        .ok_or_else(|| format!("202 without an id: {created}"))?
-                        .to_owned();
-                    if let Ok(mut accepted) = accepted.lock() {
-                        accepted.insert(id, Instant::now());
-                    }
-                    Ok(())
-                }
-            };
-            load::drive(spec, &recorder, String::new, send).await
-        })
-    };
+    let load = spawn_load(
+        plan,
+        &topology.api_url,
+        &merchant.api_key,
+        &accepted,
+        &recorder,
+    )?;
 
     tokio::time::sleep(plan.fault_at).await;
     let fault_at = apply(fault, infra, topology).await;
@@ -367,6 +333,57 @@ async fn phase(
     let mut verdict = Verdict::of(fault.name(), &observed, fault_at);
     verdict.crashes = topology.crashes().saturating_sub(crashes_before);
     Ok(verdict)
+}
+
+/// The id of every payment accepted (202) and when.
+type Accepted = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Open-loop load of the plan's rate for its duration: alternating deposits and
+/// withdrawals of the merchant, each 202's id recorded in `accepted`.
+fn spawn_load(
+    plan: &Plan,
+    api: &str,
+    key: &str,
+    accepted: &Accepted,
+    recorder: &Arc<Recorder>,
+) -> anyhow::Result<tokio::task::JoinHandle<Duration>> {
+    let spec = LoadSpec {
+        duration: plan.duration,
+        concurrency: 64,
+        rate: Some(plan.rate),
+    };
+    let (accepted, recorder) = (accepted.clone(), recorder.clone());
+    let client = load::client(64)?;
+    let (api, key) = (api.to_owned(), key.to_owned());
+    let send = move |n: u64, _start: Instant| {
+        let (client, api, key, accepted) =
+            (client.clone(), api.clone(), key.clone(), accepted.clone());
+        async move {
+            let path = if n % 2 == 0 {
+                "deposits"
+            } else {
+                "withdrawals"
+            };
+            let body = serde_json::json!({
+                "amount": 1000 + (n % 100),
+                "currency": "USD",
+                "customer": format!("chaos_{}", n % 1000),
+            });
+            let created =
+                load::create_payment(&client, &format!("{api}/v1/{path}"), &key, &body).await?;
+            let id = created["id"]
+                .as_str()
+                .ok_or_else(|| format!("202 without an id: {created}"))?
+                .to_owned();
+            if let Ok(mut accepted) = accepted.lock() {
+                accepted.insert(id, Instant::now());
+            }
+            Ok(())
+        }
+    };
+    Ok(tokio::spawn(async move {
+        load::drive(spec, &recorder, String::new, send).await
+    }))
 }
 
 /// Applies the fault; returns when it struck (a kill: the SIGKILL; a server: its stop).
