@@ -12,6 +12,7 @@ use paygate_cli::merchant_setup;
 use paygate_cli::receiver::{Logging, ReceivedWebhook, WebhookReceiver, RECEIVER_PATH};
 use paygate_core::config::Config;
 use paygate_core::domain::MerchantId;
+use paygate_sandbox::admin_client::AdminClient;
 use paygate_sandbox::StatsReport;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -29,6 +30,8 @@ pub const SANDBOX_SETTLE_MS: u64 = paygate_cli::dev::SANDBOX_SETTLE_MS;
 
 /// How long each process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long one readiness probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a graceful stop may take before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Attempts at start-up when a picked port was taken meanwhile.
@@ -123,6 +126,8 @@ pub struct Topology {
     /// Services stopped or killed on purpose (not reported as died).
     stopped: BTreeSet<Service>,
     http: reqwest::Client,
+    /// The typed client of the sandbox's admin API.
+    admin: AdminClient,
 }
 
 /// The ports of one start attempt.
@@ -192,6 +197,10 @@ impl Topology {
                 dir: dir.clone(),
                 api_url: format!("http://127.0.0.1:{}", ports.api),
                 sandbox_url: format!("http://127.0.0.1:{}", ports.sandbox),
+                admin: AdminClient::with_client(
+                    format!("http://127.0.0.1:{}", ports.sandbox),
+                    http.clone(),
+                ),
                 metrics_urls: ports
                     .metrics
                     .iter()
@@ -367,15 +376,22 @@ impl Topology {
     }
 
     async fn wait_ready(&mut self, service: Service) -> anyhow::Result<()> {
-        let http = self.http.clone();
-        let url = match service {
-            Service::Sandbox => format!("{}/_admin/health", self.sandbox_url),
-            Service::Api => format!("{}/readyz", self.api_url),
-            worker => self
-                .metrics_urls
-                .get(&worker)
-                .cloned()
-                .ok_or_else(|| anyhow!("no metrics port for {worker}"))?,
+        let readiness = match service {
+            Service::Sandbox => Readiness::Sandbox(self.admin.clone()),
+            Service::Api => Readiness::Http {
+                http: self.http.clone(),
+                url: format!("{}/readyz", self.api_url),
+                says_ok: true,
+            },
+            worker => Readiness::Http {
+                http: self.http.clone(),
+                url: self
+                    .metrics_urls
+                    .get(&worker)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no metrics port for {worker}"))?,
+                says_ok: false,
+            },
         };
         let process = self
             .processes
@@ -383,8 +399,8 @@ impl Topology {
             .ok_or_else(|| anyhow!("{service} was not started"))?;
         process
             .wait_ready(READY_TIMEOUT, || {
-                let (http, url) = (http.clone(), url.clone());
-                async move { probe(&http, service, &url).await }
+                let readiness = readiness.clone();
+                async move { readiness.probe().await }
             })
             .await
     }
@@ -666,56 +682,25 @@ impl Topology {
         Ok(merchant.receiver.received())
     }
 
-    /// The sandbox's `GET /_admin/stats`.
-    pub async fn sandbox_stats(&self) -> anyhow::Result<StatsReport> {
-        let response = self
-            .http
-            .get(format!("{}/_admin/stats", self.sandbox_url))
-            .send()
-            .await
-            .context("GET /_admin/stats")?;
-        response
-            .error_for_status()
-            .context("GET /_admin/stats")?
-            .json()
-            .await
-            .context("GET /_admin/stats: reading the answer")
+    /// The typed client of the sandbox's admin API.
+    pub fn admin(&self) -> &AdminClient {
+        &self.admin
     }
 
-    /// `PATCH /_admin/knobs` (the global knobs from now on).
+    /// The sandbox's counters.
+    pub async fn sandbox_stats(&self) -> anyhow::Result<StatsReport> {
+        Ok(self.admin.stats().await?)
+    }
+
+    /// Changes the given global knobs (from now on).
     pub async fn patch_knobs(&self, patch: Value) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .patch(format!("{}/_admin/knobs", self.sandbox_url))
-            .json(&patch)
-            .send()
-            .await
-            .context("PATCH /_admin/knobs")?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            bail!("PATCH /_admin/knobs: {status} {body}");
-        }
+        self.admin.patch_knobs(patch).await?;
         Ok(())
     }
 
-    /// `PATCH /_admin/accounts/{account}/knobs` (the account's knobs from now on).
+    /// Changes the given knobs of `account` (from now on).
     pub async fn patch_account_knobs(&self, account: &str, patch: Value) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .patch(format!(
-                "{}/_admin/accounts/{account}/knobs",
-                self.sandbox_url
-            ))
-            .json(&patch)
-            .send()
-            .await
-            .with_context(|| format!("PATCH knobs of {account}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            bail!("PATCH knobs of {account}: {status} {body}");
-        }
+        self.admin.patch_account_knobs(account, patch).await?;
         Ok(())
     }
 
@@ -730,17 +715,40 @@ impl Topology {
     }
 }
 
-/// One readiness probe: the API's `/readyz` says `ok`, anything else answers 2xx.
-async fn probe(http: &reqwest::Client, service: Service, url: &str) -> bool {
-    let Ok(response) = http.get(url).timeout(Duration::from_secs(2)).send().await else {
-        return false;
-    };
-    if !response.status().is_success() {
-        return false;
+/// How a service shows it is ready.
+#[derive(Clone)]
+enum Readiness {
+    /// The sandbox's admin health check answers.
+    Sandbox(AdminClient),
+    /// A GET answers 2xx; the API's `/readyz` must also say `ok` (`says_ok`).
+    Http {
+        http: reqwest::Client,
+        url: String,
+        says_ok: bool,
+    },
+}
+
+impl Readiness {
+    /// One probe, bounded by [`PROBE_TIMEOUT`].
+    async fn probe(&self) -> bool {
+        match self {
+            Self::Sandbox(admin) => matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, admin.health()).await,
+                Ok(Ok(()))
+            ),
+            Self::Http { http, url, says_ok } => {
+                let Ok(response) = http.get(url).timeout(PROBE_TIMEOUT).send().await else {
+                    return false;
+                };
+                if !response.status().is_success() {
+                    return false;
+                }
+                if *says_ok {
+                    let body: Value = response.json().await.unwrap_or_default();
+                    return body["status"] == "ok";
+                }
+                true
+            }
+        }
     }
-    if service == Service::Api {
-        let body: Value = response.json().await.unwrap_or_default();
-        return body["status"] == "ok";
-    }
-    true
 }

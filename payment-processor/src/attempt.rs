@@ -14,6 +14,7 @@
 //!
 //! The Redis lock only keeps two workers from doing the same work at once.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -200,19 +201,10 @@ impl Engine {
         version: i64,
         trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
-        let Some(tx) = transactions::get(&self.pool, id).await? else {
-            return Err(ProcessError::Poison(format!("unknown transaction {id}")));
+        let tx = match self.claimable(id, version).await? {
+            ControlFlow::Continue(tx) => tx,
+            ControlFlow::Break(outcome) => return Ok(outcome),
         };
-        if !matches!(
-            tx.status,
-            TransactionStatus::Pending | TransactionStatus::RetryScheduled
-        ) {
-            return Ok(Outcome::Skipped("not claimable"));
-        }
-        if tx.version != version {
-            // A replay of an older event: acting on it would retry before the backoff is over.
-            return Ok(Outcome::Skipped("stale event"));
-        }
         let tx = match self.ask_if_pinned(tx, trace).await? {
             AfterAsking::Done(outcome) => return Ok(outcome),
             AfterAsking::Attempt(tx) => *tx,
@@ -221,32 +213,9 @@ impl Engine {
             let reason = format!("gave up after {} attempts", tx.attempts);
             return self.give_up(&tx, reason, trace).await;
         }
-        let route = match self.router.route(&tx) {
-            Ok(route) => route,
-            Err(RouteError::NoRoute) => {
-                let reason = "no routing rule matches this transaction".to_owned();
-                return self
-                    .finish(
-                        &tx,
-                        TransactionStatus::Failed,
-                        Some((codes::NO_ROUTE, reason)),
-                        None,
-                        trace,
-                    )
-                    .await;
-            }
-            Err(error @ RouteError::UnknownGateway(_)) => {
-                // Terminal for the merchant, and dead-lettered for the operator to see.
-                self.finish(
-                    &tx,
-                    TransactionStatus::Failed,
-                    Some((codes::UNKNOWN_GATEWAY, error.to_string())),
-                    None,
-                    trace,
-                )
-                .await?;
-                return Err(ProcessError::Poison(error.to_string()));
-            }
+        let route = match self.route_or_fail(&tx, trace).await? {
+            ControlFlow::Continue(route) => route,
+            ControlFlow::Break(outcome) => return Ok(outcome),
         };
 
         let Some((gateway_name, entry)) = self.first_admitting(&candidates(&tx, &route)) else {
@@ -260,23 +229,59 @@ impl Engine {
         let Some(claimed) = transactions::apply(&self.pool, &claim).await? else {
             return Ok(Outcome::Skipped("claimed by another worker"));
         };
-        let result = entry
-            .breaker
-            .call(|| async {
-                match claimed.kind {
-                    TransactionKind::Deposit => entry.gateway.deposit(&claimed).await,
-                    TransactionKind::Withdrawal => entry.gateway.withdraw(&claimed).await,
-                }
-            })
-            .await;
-        metrics::gauge!("paygate_breaker_open", "gateway" => gateway_name.to_string()).set(
-            f64::from(u8::from(
-                entry.breaker.state() != paygate_gateways::breaker::BreakerState::Closed,
-            )),
-        );
-        metrics::counter!("paygate_processor_attempts_total", "gateway" => gateway_name.to_string(), "outcome" => outcome_class(&result))
-            .increment(1);
+        let result = submit(&claimed, &gateway_name, &entry).await;
         self.record(&claimed, &route, result, trace).await
+    }
+
+    /// The transaction as this event may act on it: known, still waiting for an attempt,
+    /// and at the event's version (an older event's replay would retry before the backoff
+    /// is over).
+    async fn claimable(
+        &self,
+        id: TransactionId,
+        version: i64,
+    ) -> Result<ControlFlow<Outcome, Transaction>, ProcessError> {
+        let Some(tx) = transactions::get(&self.pool, id).await? else {
+            return Err(ProcessError::Poison(format!("unknown transaction {id}")));
+        };
+        if !matches!(
+            tx.status,
+            TransactionStatus::Pending | TransactionStatus::RetryScheduled
+        ) {
+            return Ok(ControlFlow::Break(Outcome::Skipped("not claimable")));
+        }
+        if tx.version != version {
+            // A replay of an older event: acting on it would retry before the backoff is over.
+            return Ok(ControlFlow::Break(Outcome::Skipped("stale event")));
+        }
+        Ok(ControlFlow::Continue(tx))
+    }
+
+    /// The route for `tx`, or the transaction failed when there is none: no matching rule,
+    /// or a rule naming a gateway that is not configured (also dead-lettered, as poison).
+    async fn route_or_fail(
+        &self,
+        tx: &Transaction,
+        trace: Option<TraceParent>,
+    ) -> Result<ControlFlow<Outcome, Route>, ProcessError> {
+        match self.router.route(tx) {
+            Ok(route) => Ok(ControlFlow::Continue(route)),
+            Err(RouteError::NoRoute) => {
+                let reason = "no routing rule matches this transaction".to_owned();
+                let failure = Some((codes::NO_ROUTE, reason));
+                let outcome = self
+                    .finish(tx, TransactionStatus::Failed, failure, None, trace)
+                    .await?;
+                Ok(ControlFlow::Break(outcome))
+            }
+            Err(error @ RouteError::UnknownGateway(_)) => {
+                // Terminal for the merchant, and dead-lettered for the operator to see.
+                let failure = Some((codes::UNKNOWN_GATEWAY, error.to_string()));
+                self.finish(tx, TransactionStatus::Failed, failure, None, trace)
+                    .await?;
+                Err(ProcessError::Poison(error.to_string()))
+            }
+        }
     }
 
     /// A payment that may be at its provider already is asked about before anything else:
@@ -771,6 +776,30 @@ fn answer_class(answer: &Result<ProviderStatus, GatewayError>) -> &'static str {
         Ok(ProviderStatus::Final { .. }) => "final",
         Err(_) => "error",
     }
+}
+
+/// One attempt at the provider through its breaker, with the breaker-state gauge and the
+/// attempt counter updated.
+async fn submit(
+    claimed: &Transaction,
+    gateway_name: &GatewayName,
+    entry: &RegisteredGateway,
+) -> Result<SubmitOutcome, BreakerError> {
+    let result = entry
+        .breaker
+        .call(|| async {
+            match claimed.kind {
+                TransactionKind::Deposit => entry.gateway.deposit(claimed).await,
+                TransactionKind::Withdrawal => entry.gateway.withdraw(claimed).await,
+            }
+        })
+        .await;
+    metrics::gauge!("paygate_breaker_open", "gateway" => gateway_name.to_string()).set(f64::from(
+        u8::from(entry.breaker.state() != paygate_gateways::breaker::BreakerState::Closed),
+    ));
+    metrics::counter!("paygate_processor_attempts_total", "gateway" => gateway_name.to_string(), "outcome" => outcome_class(&result))
+        .increment(1);
+    result
 }
 
 fn outcome_class(result: &Result<SubmitOutcome, BreakerError>) -> &'static str {

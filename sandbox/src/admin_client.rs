@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use paygate_core::domain::TransactionId;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::knobs::{Knobs, Stats, StatsReport};
+use crate::knobs::{Knobs, KnobsReport, Stats, StatsReport};
 use crate::references::ReferenceReport;
 
 /// Why an admin call did not give its answer.
@@ -59,15 +60,49 @@ impl AdminClient {
         format!("{}/_admin/{path}", self.base_url)
     }
 
+    fn account_url(&self, account: &str, path: &str) -> String {
+        self.url(&format!("accounts/{account}/{path}"))
+    }
+
+    /// `GET /_admin/health`: whether the sandbox is up and answering.
+    pub async fn health(&self) -> Result<(), AdminError> {
+        let response = self.http.get(self.url("health")).send().await?;
+        checked(response, "health".into()).await.map(drop)
+    }
+
+    /// The global knobs and every account that overrides them.
+    pub async fn knobs(&self) -> Result<KnobsReport, AdminError> {
+        json_of(self.http.get(self.url("knobs")), "knobs".into()).await
+    }
+
+    /// Changes only the given global knobs (starting from the global knobs in force).
+    /// `patch` is any JSON object of knob fields: a `serde_json::json!` or a [`Knobs`].
+    pub async fn patch_knobs(&self, patch: impl Serialize) -> Result<Knobs, AdminError> {
+        let request = self.http.patch(self.url("knobs")).json(&patch);
+        json_of(request, "global knobs".into()).await
+    }
+
+    /// Replaces the global knobs: given fields, the rest defaults.
+    pub async fn put_knobs(&self, knobs: impl Serialize) -> Result<Knobs, AdminError> {
+        let request = self.http.put(self.url("knobs")).json(&knobs);
+        json_of(request, "global knobs".into()).await
+    }
+
+    /// The knobs in force for `account` (its own, or the global ones).
+    pub async fn account_knobs(&self, account: &str) -> Result<Knobs, AdminError> {
+        let request = self.http.get(self.account_url(account, "knobs"));
+        json_of(request, format!("knobs of {account}")).await
+    }
+
     /// Changes only the given knobs of `account` (starting from the knobs in force for it).
     pub async fn patch_account_knobs(
         &self,
         account: &str,
-        patch: serde_json::Value,
+        patch: impl Serialize,
     ) -> Result<Knobs, AdminError> {
         let request = self
             .http
-            .patch(self.url(&format!("accounts/{account}/knobs")))
+            .patch(self.account_url(account, "knobs"))
             .json(&patch);
         json_of(request, format!("knobs of {account}")).await
     }
@@ -76,19 +111,29 @@ impl AdminClient {
     pub async fn put_account_knobs(
         &self,
         account: &str,
-        knobs: serde_json::Value,
+        knobs: impl Serialize,
     ) -> Result<Knobs, AdminError> {
         let request = self
             .http
-            .put(self.url(&format!("accounts/{account}/knobs")))
+            .put(self.account_url(account, "knobs"))
             .json(&knobs);
         json_of(request, format!("knobs of {account}")).await
     }
 
-    pub async fn account_stats(&self, account: &str) -> Result<Stats, AdminError> {
-        let request = self
+    /// Drops `account`'s own knobs: the global ones apply to it again.
+    pub async fn delete_account_knobs(&self, account: &str) -> Result<(), AdminError> {
+        let response = self
             .http
-            .get(self.url(&format!("accounts/{account}/stats")));
+            .delete(self.account_url(account, "knobs"))
+            .send()
+            .await?;
+        checked(response, format!("knobs of {account}"))
+            .await
+            .map(drop)
+    }
+
+    pub async fn account_stats(&self, account: &str) -> Result<Stats, AdminError> {
+        let request = self.http.get(self.account_url(account, "stats"));
         json_of(request, format!("stats of {account}")).await
     }
 

@@ -13,6 +13,7 @@ use paygate_core::domain::{
 };
 use paygate_gateways::conformance::{self, ConformanceConfig};
 use paygate_gateways::{GatewayError, GatewayRegistry, PaymentGateway};
+use paygate_sandbox::admin_client::AdminClient;
 use paygate_sandbox::{
     Sandbox, SandboxSettings, StatsReport, DEFAULT_SECRET_KEY, DEFAULT_WEBHOOK_SECRET,
 };
@@ -98,21 +99,19 @@ fn transaction() -> Transaction {
     )
 }
 
+fn admin(url: &str) -> AdminClient {
+    AdminClient::new(url).unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn stats(url: &str) -> StatsReport {
-    let response = reqwest::get(format!("{url}/_admin/stats"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    response.json().await.unwrap_or_else(|e| panic!("{e}"))
+    admin(url).stats().await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn knobs(url: &str, account: &str, knobs: serde_json::Value) {
-    let response = reqwest::Client::new()
-        .put(format!("{url}/_admin/accounts/{account}/knobs"))
-        .json(&knobs)
-        .send()
+    admin(url)
+        .put_account_knobs(account, knobs)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(response.status().is_success(), "{}", response.status());
 }
 
 /// A retried request with the same reference is executed once, whether the retry follows a

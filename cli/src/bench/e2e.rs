@@ -17,6 +17,7 @@ use anyhow::Context;
 use clap::Args;
 use paygate_core::config::Config;
 use paygate_core::db::{self, merchants};
+use paygate_sandbox::admin_client::AdminClient;
 use paygate_sandbox::Stats;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -407,11 +408,10 @@ impl Outcome {
     }
 }
 
+/// The sandbox's total counters, or `None` when it cannot be asked (the report then says so).
 async fn sandbox_stats(client: &reqwest::Client, sandbox_url: &str) -> Option<Stats> {
-    let url = format!("{}/_admin/stats", sandbox_url.trim_end_matches('/'));
-    let response = client.get(&url).send().await.ok()?;
-    let report: paygate_sandbox::StatsReport = response.json().await.ok()?;
-    Some(report.total)
+    let admin = AdminClient::with_client(sandbox_url, client.clone());
+    admin.stats().await.ok().map(|report| report.total)
 }
 
 /// Seconds since the epoch, to tell bench merchants apart.

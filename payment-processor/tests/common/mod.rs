@@ -191,19 +191,9 @@ impl World {
         Ok((stop, task))
     }
 
+    /// Changes only the given knobs of `account`.
     pub async fn knobs(&self, account: &str, patch: serde_json::Value) -> TestResult {
-        let response = self
-            .http
-            .patch(format!(
-                "{}/_admin/accounts/{account}/knobs",
-                self.sandbox_url
-            ))
-            .json(&patch)
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            return Err(format!("knobs {patch}: {}", response.text().await?).into());
-        }
+        self.admin().patch_account_knobs(account, patch).await?;
         Ok(())
     }
 
@@ -237,15 +227,9 @@ impl World {
         }
     }
 
-    /// The sandbox's `GET /_admin/stats`.
+    /// The sandbox's counters.
     pub async fn stats(&self) -> Result<StatsReport, BoxError> {
-        Ok(self
-            .http
-            .get(format!("{}/_admin/stats", self.sandbox_url))
-            .send()
-            .await?
-            .json()
-            .await?)
+        Ok(self.admin().stats().await?)
     }
 }
 
