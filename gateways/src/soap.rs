@@ -328,7 +328,8 @@ impl SoapGateway {
                 return Err(error);
             }
         }
-        match wire::from_xml::<Envelope<Reply>>(&body) {
+        let (body, parsed) = parse_reply(body).await;
+        match parsed {
             Ok(envelope) => match envelope.body.content {
                 Reply::Fault(fault) => Err(fault_error(&fault, status)),
                 reply if status.is_success() => Ok(reply),
@@ -413,6 +414,24 @@ fn failure(code: Option<String>, reason: Option<String>) -> (String, String) {
         code.unwrap_or_else(|| callback::DEFAULT_FAILURE_CODE.into()),
         reason.unwrap_or_else(|| "declined by provider".into()),
     )
+}
+
+/// Parses a reply off the runtime's worker threads: up to [`http::MAX_RESPONSE_BYTES`] of a
+/// provider's XML is CPU work that must not stall the other requests on the same worker
+/// (quick-xml's attribute check was quadratic before 0.41, RUSTSEC-2026-0194). A parse that
+/// does not finish reads as unparseable, which a success status makes `Ambiguous`.
+async fn parse_reply(body: Vec<u8>) -> (Vec<u8>, Result<Envelope<Reply>, String>) {
+    let joined = tokio::task::spawn_blocking(move || {
+        let parsed = wire::from_xml::<Envelope<Reply>>(&body);
+        (body, parsed)
+    })
+    .await;
+    joined.unwrap_or_else(|error| {
+        (
+            Vec::new(),
+            Err(format!("the XML parse did not finish: {error}")),
+        )
+    })
 }
 
 /// Maps a fault to an error class by its code's local part (`soap:Client.Declined` → `Client`).
