@@ -143,34 +143,22 @@ impl OutboxRelay {
         tracing::info!("outbox relay stopped");
     }
 
-    /// Heals what a failed round may have met: a broker that restarted without our topics
-    /// (they are created again and the sighting recorded for every process, see
-    /// [`reset`]), and a producer client that cannot recover by itself (a
-    /// fatal idempotence error, or a producer id the new broker never issued, which shows as
-    /// sends timing out forever). The client is replaced when topics had to be created, when
-    /// it reports a fatal error, or every [`RENEW_AFTER_FAILURES`] failed rounds in a row.
+    /// Heals what a failed round may have met. Topics the broker lacks are created again
+    /// and the sighting recorded ([`reset::recreate_topics`]): the reset watch then replaces
+    /// the producer of every process, this one included. A client in a fatal or fenced state
+    /// was already replaced by the failed send itself ([`Producer::send`]). What is left is
+    /// a client whose sends only ever time out with no sign why: it is replaced every
+    /// [`RENEW_AFTER_FAILURES`] failed rounds in a row.
     async fn recover(&self, failures: u32) {
-        let created = match reset::recreate_topics(
-            &self.pool,
-            self.producer.config(),
-            "outbox relay",
-        )
-        .await
+        if let Err(error) =
+            reset::recreate_topics(&self.pool, self.producer.config(), "outbox relay").await
         {
-            Ok(created) => created,
-            Err(error) => {
-                tracing::warn!(%error, "outbox relay: could not check or create topics");
-                0
-            }
-        };
-        let fatal = self.producer.fatal_error();
-        let renew = created > 0 || fatal.is_some() || failures % RENEW_AFTER_FAILURES == 0;
-        if !renew {
+            tracing::warn!(%error, "outbox relay: could not check or create topics");
+        }
+        if failures % RENEW_AFTER_FAILURES != 0 {
             return;
         }
         tracing::warn!(
-            topics_created = created,
-            fatal = fatal.as_deref().unwrap_or("none"),
             failed_rounds = failures,
             "outbox relay: replacing the Kafka producer"
         );
