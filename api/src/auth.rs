@@ -1,23 +1,45 @@
 //! `Authorization: Bearer sk_…`. The presented key is checked for form, then looked up by
 //! its SHA-256 (the only thing stored). Every failure is the same 401 to the client (which
 //! of missing, malformed, unknown or revoked is logged, the key never). An authenticated
-//! request then passes the per-key rate limit.
+//! request then passes the per-key rate limit; each route then asks [`Merchant::require`]
+//! for the scope it needs (403 without it).
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use paygate_core::db;
-use paygate_core::domain::{ApiKeyId, MerchantId};
+use paygate_core::domain::{ApiKeyId, GatewayName, MerchantId, Scope};
 use paygate_core::secret::ApiKey;
 
 use crate::error::HttpError;
 use crate::AppState;
 
-/// The merchant a request is made for.
-#[derive(Debug, Clone, Copy)]
+/// The merchant a request is made for, and what its key may do.
+#[derive(Debug, Clone)]
 pub struct Merchant {
     pub id: MerchantId,
     pub key_id: ApiKeyId,
+    pub scopes: Vec<Scope>,
+    /// The gateways this merchant may name (`None`: all).
+    pub enabled_gateways: Option<Vec<GatewayName>>,
+}
+
+impl Merchant {
+    /// Ok when the key holds `scope`; otherwise the 403 to answer.
+    pub fn require(&self, scope: Scope) -> Result<(), HttpError> {
+        if self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(HttpError::scope_missing(scope))
+        }
+    }
+
+    /// Whether this merchant may use `gateway`.
+    pub fn may_use(&self, gateway: &GatewayName) -> bool {
+        self.enabled_gateways
+            .as_ref()
+            .is_none_or(|enabled| enabled.contains(gateway))
+    }
 }
 
 impl FromRequestParts<AppState> for Merchant {
@@ -51,6 +73,8 @@ impl FromRequestParts<AppState> for Merchant {
         Ok(Merchant {
             id: auth.merchant_id,
             key_id: auth.key_id,
+            scopes: auth.scopes,
+            enabled_gateways: auth.enabled_gateways,
         })
     }
 }

@@ -1,19 +1,20 @@
-//! Redis cache-aside for `GET /v1/transactions/{id}`.
+//! Redis cache-aside for `GET /v1/transactions/{id}` and `GET /v1/balance`.
 //!
-//! Key: `paygate_core::cache_keys::transaction_cache_key(redis.key_prefix, id)`; value: the
-//! JSON [`Entry`] (owner merchant and the transaction as the API shows it); TTL
-//! `api.cache_ttl_ms`. Writers of a transaction `DEL` the key after their commit; the short
-//! TTL bounds a racing reader's stale copy. Redis is an optimisation only: any Redis error or
-//! slowness (each call is bounded) falls through to Postgres.
+//! Keys: `paygate_core::cache_keys` (`transaction_cache_key`, `balance_cache_key`); values:
+//! the JSON [`Entry`] (owner merchant and the transaction as the API shows it) or the
+//! balance resource; TTL `api.cache_ttl_ms`. Writers `DEL` the keys after their commit; the
+//! short TTL bounds a racing reader's stale copy. Redis is an optimisation only: any Redis
+//! error or slowness (each call is bounded) falls through to Postgres.
 
 use std::time::Duration;
 
-use paygate_core::cache_keys::transaction_cache_key;
+use paygate_core::cache_keys::{balance_cache_key, transaction_cache_key};
 use paygate_core::domain::{MerchantId, TransactionId};
 use redis::aio::ConnectionManager;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::resources::TransactionResource;
+use crate::resources::{BalanceResource, TransactionResource};
 
 /// Longest a cache call may take before the request goes to Postgres instead.
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -38,10 +39,40 @@ impl TransactionCache {
     }
 
     pub async fn get(&self, id: TransactionId) -> Option<Entry> {
+        self.get_json(&transaction_cache_key(&self.prefix, id))
+            .await
+    }
+
+    pub async fn put(&self, entry: &Entry) {
+        let key = transaction_cache_key(&self.prefix, entry.transaction.id);
+        self.put_json(&key, entry).await;
+    }
+
+    pub async fn get_balance(&self, merchant: MerchantId) -> Option<BalanceResource> {
+        self.get_json(&balance_cache_key(&self.prefix, merchant))
+            .await
+    }
+
+    pub async fn put_balance(&self, merchant: MerchantId, balance: &BalanceResource) {
+        self.put_json(&balance_cache_key(&self.prefix, merchant), balance)
+            .await;
+    }
+
+    /// After a commit that moved `merchant`'s money (a withdrawal's hold, a deposit now
+    /// pending).
+    pub async fn forget_balance(&self, merchant: MerchantId) {
         let mut conn = self.redis.clone();
-        let key = transaction_cache_key(&self.prefix, id);
+        let forget =
+            paygate_core::cache_keys::invalidate_balance(&mut conn, &self.prefix, merchant);
+        if tokio::time::timeout(OP_TIMEOUT, forget).await.is_err() {
+            self.failed::<()>("del", &"timed out");
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let mut conn = self.redis.clone();
         let mut cmd = redis::cmd("GET");
-        cmd.arg(&key);
+        cmd.arg(key);
         let read = cmd.query_async::<Option<String>>(&mut conn);
         let text = match tokio::time::timeout(OP_TIMEOUT, read).await {
             Ok(Ok(Some(text))) => text,
@@ -61,17 +92,16 @@ impl TransactionCache {
         }
     }
 
-    pub async fn put(&self, entry: &Entry) {
-        let Ok(text) = serde_json::to_string(entry) else {
+    async fn put_json<T: Serialize>(&self, key: &str, value: &T) {
+        let Ok(text) = serde_json::to_string(value) else {
             return;
         };
         let mut conn = self.redis.clone();
-        let key = transaction_cache_key(&self.prefix, entry.transaction.id);
         let ttl_ms = u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let mut cmd = redis::cmd("SET");
-        cmd.arg(&key).arg(text).arg("PX").arg(ttl_ms);
+        cmd.arg(key).arg(text).arg("PX").arg(ttl_ms);
         let write = cmd.query_async::<()>(&mut conn);
         match tokio::time::timeout(OP_TIMEOUT, write).await {
             Ok(Ok(())) => {}

@@ -27,6 +27,8 @@ pub enum ErrorType {
     RateLimitError,
     /// An `Idempotency-Key` was reused with another request, or is in use right now.
     IdempotencyError,
+    /// The API key is valid but lacks the scope this route needs.
+    PermissionError,
     /// Our fault or a dependency's; safe to retry with the same `Idempotency-Key`.
     ApiError,
 }
@@ -116,6 +118,16 @@ impl HttpError {
             ErrorType::AuthenticationError,
             "invalid_api_key",
             message,
+        )
+    }
+
+    /// 403: the key is valid but may not do this.
+    pub fn scope_missing(scope: paygate_core::domain::Scope) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ErrorType::PermissionError,
+            "scope_missing",
+            format!("this API key does not have the `{scope}` scope needed here"),
         )
     }
 

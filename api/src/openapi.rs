@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    callbacks, deposits, events, health, transactions, webhook_endpoints, webhook_secret,
+    balance, callbacks, deposits, events, health, transactions, webhook_endpoints, webhook_secret,
 };
 
 #[derive(OpenApi)]
@@ -21,6 +21,8 @@ use crate::routes::{
     paths(
         deposits::create_deposit,
         deposits::create_withdrawal,
+        balance::retrieve,
+        balance::entries,
         transactions::list,
         transactions::retrieve,
         transactions::deliveries,
@@ -38,9 +40,10 @@ use crate::routes::{
         health::readyz,
         health::metrics,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ScopeForbidden),
     tags(
         (name = "transactions", description = "Deposits, withdrawals and their state"),
+        (name = "balance", description = "What the merchant holds per currency, and the ledger entries that made it"),
         (name = "webhook_endpoints", description = "Where paygate tells you of outcomes: endpoints, signing secrets, event redelivery"),
         (name = "callbacks", description = "Provider callback ingress"),
         (name = "operations", description = "Health, readiness, metrics"),
@@ -62,6 +65,47 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every route behind an API key may answer 403 `scope_missing` (the key lacks the route's
+/// scope: `payments:write` for deposits, `payouts:write` for withdrawals, `read` for reads,
+/// `webhooks:manage` for endpoints, secrets and redelivery). Said once here for all of them.
+struct ScopeForbidden;
+
+impl Modify for ScopeForbidden {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.is_none() {
+                    continue;
+                }
+                operation
+                    .responses
+                    .responses
+                    .entry("403".to_owned())
+                    .or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(
+                                "The API key lacks the scope this route needs (`scope_missing`)",
+                            )
+                            .content(
+                                "application/json",
+                                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                            )
+                            .build()
+                            .into()
+                    });
+            }
+        }
     }
 }
 

@@ -361,3 +361,100 @@ pub struct ReadinessChecks {
     pub redis: String,
     pub kafka: String,
 }
+
+/// A merchant's balance, one entry per currency it holds or is receiving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BalanceResource {
+    /// Always `balance`.
+    #[schema(example = "balance")]
+    pub object: String,
+    pub balances: Vec<BalanceAmount>,
+}
+
+/// One currency of the balance, in integer minor units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BalanceAmount {
+    /// ISO 4217 code.
+    #[schema(example = "USD")]
+    pub currency: String,
+    /// What withdrawals may spend now: posted money not held by a withdrawal in flight.
+    #[schema(example = 90000)]
+    pub available: i64,
+    /// Held by withdrawals in flight: taken when they succeed, available again when they fail.
+    #[schema(example = 10000)]
+    pub reserved: i64,
+    /// Deposits accepted and not yet succeeded: not spendable until they do.
+    #[schema(example = 5000)]
+    pub pending: i64,
+}
+
+impl From<Vec<paygate_core::db::ledger::Balance>> for BalanceResource {
+    fn from(balances: Vec<paygate_core::db::ledger::Balance>) -> Self {
+        Self {
+            object: "balance".to_owned(),
+            balances: balances
+                .into_iter()
+                .map(|b| BalanceAmount {
+                    currency: b.currency,
+                    available: b.available,
+                    reserved: b.reserved,
+                    pending: b.pending,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// An entry on the merchant's ledger account: money in (amount > 0) or out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntryResource {
+    /// `le_<number>`; entries are numbered in the order they were written.
+    #[schema(example = "le_42")]
+    pub id: String,
+    /// Always `balance_transaction`.
+    #[schema(example = "balance_transaction")]
+    pub object: String,
+    /// `deposit` (a deposit succeeded), `withdrawal` (a withdrawal succeeded) or `top_up`
+    /// (funds added by an operator).
+    #[serde(rename = "type")]
+    #[schema(example = "deposit")]
+    pub kind: String,
+    /// The transaction this entry belongs to (`null` for a top-up).
+    pub transaction: Option<TransactionId>,
+    /// The operator's reference of a top-up (`null` otherwise).
+    pub reference: Option<String>,
+    /// Integer minor units: positive credits the balance, negative debits it.
+    #[schema(example = 1050)]
+    pub amount: i64,
+    #[schema(example = "USD")]
+    pub currency: String,
+    /// The posted balance in this currency right after this entry.
+    pub balance_after: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&paygate_core::db::ledger::Entry> for LedgerEntryResource {
+    fn from(e: &paygate_core::db::ledger::Entry) -> Self {
+        Self {
+            id: e.id.to_string(),
+            object: "balance_transaction".to_owned(),
+            kind: e.kind.as_str().to_owned(),
+            transaction: e.transaction,
+            reference: e.reference.clone(),
+            amount: e.amount,
+            currency: e.currency.clone(),
+            balance_after: e.balance_after,
+            created_at: e.created_at,
+        }
+    }
+}
+
+/// A page of ledger entries, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntryList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<LedgerEntryResource>,
+    /// Whether older entries follow; pass the last id as `starting_after` to get them.
+    pub has_more: bool,
+}

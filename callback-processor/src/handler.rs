@@ -10,7 +10,7 @@ use chrono::DateTime;
 use paygate_core::bus::events::{Body, CallbackReceived, Envelope};
 use paygate_core::bus::{Delivery, Handler, HandlerError};
 use paygate_core::config::Config;
-use paygate_core::domain::{GatewayName, TransactionId};
+use paygate_core::domain::{GatewayName, MerchantId, TransactionId};
 use paygate_core::lock::{Lease, RedisLock};
 use paygate_gateways::{CallbackRequest, GatewayRegistry};
 use redis::aio::ConnectionManager;
@@ -89,7 +89,13 @@ impl CallbackHandler {
         // After the commit; also after a duplicate, which covers a crash between a commit
         // and this DEL. A failure only leaves the entry to its short TTL.
         if matches!(settled.outcome, Outcome::Applied | Outcome::Duplicate) {
-            self.invalidate_cache(id).await;
+            // A final state moved money: the merchant's balance changed with it.
+            let merchant = settled
+                .transaction
+                .status
+                .is_terminal()
+                .then_some(settled.transaction.merchant_id);
+            self.invalidate_cache(id, merchant).await;
         }
         report(&callback, &settled);
         Ok(settled)
@@ -165,9 +171,15 @@ impl CallbackHandler {
         }
     }
 
-    async fn invalidate_cache(&self, id: TransactionId) {
+    async fn invalidate_cache(&self, id: TransactionId, merchant: Option<MerchantId>) {
         let mut conn = self.redis.clone();
-        paygate_core::cache_keys::invalidate_transaction(&mut conn, &self.cache_prefix, id).await;
+        paygate_core::cache_keys::invalidate_transaction(
+            &mut conn,
+            &self.cache_prefix,
+            id,
+            merchant,
+        )
+        .await;
     }
 }
 

@@ -49,6 +49,10 @@ const DEV_ROUTE: [&str; 3] = ["sandbox-json", "sandbox-proto", "sandbox-soap"];
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const SERVICE_BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the printed hints say to start Postgres, Redis and a broker.
+/// What the demo merchant starts with (a ledger top-up): 100,000.00 USD, so the banner's
+/// withdrawal example is covered.
+const DEMO_FUNDS: i64 = 10_000_000;
+
 const STACK_HINT: &str = "start the local stack with `scripts/stack up`";
 
 /// The ports of `paygate dev` (0 picks a free one) and where Kafka comes from.
@@ -112,7 +116,13 @@ pub async fn start(
     let services = Services::build(&config, registry).await?;
 
     let receiver_url = format!("http://{}{RECEIVER_PATH}", ports.receiver);
-    let demo = merchant_setup::create(&pool, "paygate dev demo", &receiver_url).await?;
+    let demo = merchant_setup::create(
+        &pool,
+        "paygate dev demo",
+        &receiver_url,
+        merchant_setup::usd(DEMO_FUNDS)?,
+    )
+    .await?;
     pool.close().await;
     let receiver = WebhookReceiver::new(demo.secret, Logging::EachWebhook);
     let (tasks, running) = services.spawn(
@@ -408,6 +418,19 @@ Read it back (TXN_ID = the \"id\" of the response above; \"status\" goes pending
   curl -sS {api}/v1/transactions/$TXN_ID -H \"Authorization: Bearer {key}\"
 
 or list the latest: curl -sS {api}/v1/transactions -H \"Authorization: Bearer {key}\"
+
+Pay out 25.00 USD from the demo merchant's balance (it starts with 100,000.00 USD):
+
+  curl -sS -X POST {api}/v1/withdrawals \\
+    -H \"Authorization: Bearer {key}\" \\
+    -H \"Content-Type: application/json\" \\
+    -H \"Idempotency-Key: {idempotency_key}-payout\" \\
+    -d '{{\"amount\":2500,\"currency\":\"USD\",\"customer\":\"cust_42\"}}'
+
+and see the balance and its ledger entries:
+
+  curl -sS {api}/v1/balance -H \"Authorization: Bearer {key}\"
+  curl -sS {api}/v1/balance/transactions -H \"Authorization: Bearer {key}\"
 ",
             receiver = self.receiver_url(),
             database = self.database,

@@ -4,13 +4,17 @@
 //! - `paygate migrate`: apply the embedded database migrations;
 //! - `paygate topics create`: create the Kafka topics (brokers may not auto-create);
 //! - `paygate merchants create --name …`: create a merchant and print its API key once;
-//! - `paygate merchants revoke-key --key …`: revoke a key;
+//! - `paygate merchants create-key --merchant … [--scope …]`, `revoke-key --key …`,
+//!   `set-limits`, `set-gateways`: keys, limits and gateways of a merchant;
+//! - `paygate ledger top-up <merchant> <amount> <currency> --reference …`, `paygate ledger
+//!   check`: fund a merchant by hand; verify every invariant of the ledger;
 //! - `paygate transactions resolve <id> --succeeded|--failed --reason …`: settle an
 //!   `unresolved` payment by hand, audited;
 //! - `paygate bench accept --key …`: accept throughput and latency of a running API;
 //! - `paygate bench e2e`: the whole running pipeline, accept to signed webhook;
 //! - `paygate chaos [--short]`: faults under load on the real topology (`paygate_cli::chaos`).
 
+mod ledger;
 mod merchants;
 mod transactions;
 
@@ -61,6 +65,11 @@ enum Command {
     Merchants {
         #[command(subcommand)]
         action: merchants::Action,
+    },
+    /// The ledger: top-ups and the invariant check.
+    Ledger {
+        #[command(subcommand)]
+        action: ledger::Action,
     },
     /// Operator actions on transactions.
     Transactions {
@@ -151,6 +160,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Merchants { action } => merchants::run(action, &config).await?,
         Command::Transactions { action } => transactions::run(action, &config).await?,
+        Command::Ledger { action } => ledger::run(action, &config).await?,
         Command::Bench {
             which: BenchCommand::Accept(args),
         } => {

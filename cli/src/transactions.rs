@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Subcommand};
 use paygate_core::config::Config;
 use paygate_core::db;
-use paygate_core::domain::TransactionId;
+use paygate_core::domain::{MerchantId, TransactionId};
 use paygate_core::resolution::{self, Verdict};
 
 #[derive(Subcommand)]
@@ -48,7 +48,7 @@ pub async fn run(action: Action, config: &Config) -> anyhow::Result<()> {
     let pool = db::connect(&config.database).await?;
     db::migrate(&pool).await?;
     let done = resolution::resolve(&pool, id, verdict, &actor, &reason).await?;
-    forget_cached(config, id).await;
+    forget_cached(config, id, done.merchant_id).await;
     println!(
         "{} is now {} (version {}), resolved by {actor}",
         done.id, done.status, done.version
@@ -58,12 +58,17 @@ pub async fn run(action: Action, config: &Config) -> anyhow::Result<()> {
 
 /// The API caches transactions briefly; drop the copy so merchants see the change at once.
 /// Best effort: the cache expires by itself (`api.cache_ttl_ms`).
-async fn forget_cached(config: &Config, id: TransactionId) {
+async fn forget_cached(config: &Config, id: TransactionId, merchant: MerchantId) {
     let Ok(client) = redis::Client::open(config.redis.url.as_str()) else {
         return;
     };
     if let Ok(mut cache) = client.get_connection_manager().await {
-        paygate_core::cache_keys::invalidate_transaction(&mut cache, &config.redis.key_prefix, id)
-            .await;
+        paygate_core::cache_keys::invalidate_transaction(
+            &mut cache,
+            &config.redis.key_prefix,
+            id,
+            Some(merchant),
+        )
+        .await;
     }
 }

@@ -22,6 +22,8 @@ async fn world() -> anyhow::Result<(Config, PgPool)> {
 /// A withdrawal that reached `status` the way the processor moves it there.
 async fn transaction(pool: &PgPool, path: &[TransactionStatus]) -> anyhow::Result<Transaction> {
     let merchant = paygate_core::db::merchants::create(pool, "Resolve tests").await?;
+    let funds = Money::from_parts(2_500, "EUR")?;
+    paygate_core::db::ledger::top_up(pool, merchant.id, funds, "funds").await?;
     let mut tx = Transaction::create(
         NewTransaction {
             merchant_id: merchant.id,
@@ -113,6 +115,9 @@ async fn an_unresolved_payment_is_resolved_with_an_audit_row_and_a_webhook() -> 
     assert_eq!(audit[0].resolution.actor, "ops@example.com");
     assert_eq!(audit[0].resolution.reason, "provider dashboard: paid 12:03");
     assert_eq!(completed_rows(&pool).await?, 1, "the merchant is told");
+    let eur = paygate_core::domain::Currency::parse("EUR")?;
+    let account = paygate_core::db::ledger::account(&pool, now.merchant_id, eur).await?;
+    assert_eq!(account, (0, 0), "the hold is posted: the money left");
 
     // A second resolution is refused: it is no longer unresolved.
     let again = paygate(
@@ -160,6 +165,10 @@ async fn a_failed_resolution_names_its_reason_on_the_transaction() -> TestResult
     let failure = now.failure.ok_or_else(|| anyhow::anyhow!("no failure"))?;
     assert_eq!(failure.code, paygate_core::resolution::RESOLVED_FAILED);
     assert!(failure.message.contains("provider: never received"));
+    // The unresolved withdrawal kept its hold until now; failing it releases the funds.
+    let eur = paygate_core::domain::Currency::parse("EUR")?;
+    let account = paygate_core::db::ledger::account(&pool, now.merchant_id, eur).await?;
+    assert_eq!(account, (2_500, 0));
     Ok(())
 }
 

@@ -520,13 +520,25 @@ impl Topology {
         }
     }
 
-    /// A merchant with an API key, and a webhook endpoint at a new in-process receiver.
+    /// A merchant with an API key, and a webhook endpoint at a new in-process receiver,
+    /// funded for any load ([`merchant_setup::LOAD_FUNDS`] USD minor units).
     pub async fn merchant(&self, name: &str) -> anyhow::Result<Merchant> {
+        self.merchant_funded(name, merchant_setup::LOAD_FUNDS).await
+    }
+
+    /// As [`Topology::merchant`], starting with `usd_minor` units of USD.
+    pub async fn merchant_funded(&self, name: &str, usd_minor: i64) -> anyhow::Result<Merchant> {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .context("binding the webhook receiver")?;
         let webhook_url = format!("http://{}{RECEIVER_PATH}", listener.local_addr()?);
-        let created = merchant_setup::create(&self.pool, name, &webhook_url).await?;
+        let created = merchant_setup::create(
+            &self.pool,
+            name,
+            &webhook_url,
+            merchant_setup::usd(usd_minor)?,
+        )
+        .await?;
         let receiver = WebhookReceiver::new(created.secret, Logging::Quiet);
         let token = CancellationToken::new();
         let serving = receiver.clone();

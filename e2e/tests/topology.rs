@@ -294,6 +294,13 @@ async fn check_counts(
         check_webhook(id, status, &webhooks[id])?;
     }
     let repeats = received.len() - n;
+    check_ledger(
+        topology,
+        merchant,
+        &settled,
+        paygate_cli::merchant_setup::LOAD_FUNDS,
+    )
+    .await?;
 
     let stats = topology.sandbox_stats().await?;
     ensure!(
@@ -312,6 +319,89 @@ async fn check_counts(
         stats.total.duplicates_suppressed
     );
     Ok((repeats, stats.total.duplicates_suppressed))
+}
+
+/// The merchant's balance equals what it started with plus its succeeded deposits minus its
+/// succeeded withdrawals, nothing stays reserved, and `paygate ledger check` finds nothing.
+async fn check_ledger(
+    topology: &Topology,
+    merchant: &Merchant,
+    settled: &BTreeMap<String, serde_json::Value>,
+    funds: i64,
+) -> anyhow::Result<()> {
+    let mut expected = funds;
+    for tx in settled.values() {
+        if tx["status"] != "succeeded" {
+            continue;
+        }
+        let amount = tx["amount"]
+            .as_i64()
+            .ok_or_else(|| anyhow!("no amount in {tx}"))?;
+        expected += if tx["type"] == "deposit" {
+            amount
+        } else {
+            -amount
+        };
+    }
+    let usd = paygate_core::domain::Currency::parse("USD")?;
+    let account = paygate_core::db::ledger::account(&topology.pool, merchant.id, usd).await?;
+    ensure!(
+        account == (expected, 0),
+        "ledger: {account:?} (available, reserved), expected ({expected}, 0)"
+    );
+    let violations = paygate_core::db::ledger::check(&topology.pool).await?;
+    ensure!(violations.is_empty(), "ledger check: {violations:?}");
+    Ok(())
+}
+
+/// A merchant with exactly 1,000 sends 100 concurrent withdrawals of 100: ten are accepted,
+/// the rest refused `balance_insufficient`. The providers then decline about half: the
+/// balance ends at 1,000 minus what succeeded, with nothing left reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payouts_spend_only_the_balance_and_declined_ones_give_it_back() -> anyhow::Result<()> {
+    with_topology(TopologyOptions::default(), |topology| {
+        Box::pin(async move {
+            let merchant = topology.merchant_funded("e2e exact funds", 1_000).await?;
+            topology.patch_knobs(json!({"decline_rate": 0.5})).await?;
+            let answers = join_all((0..100).map(|n| {
+                let key = format!("exact-{n}");
+                let merchant = &merchant;
+                let topology = &*topology;
+                async move {
+                    topology
+                        .create(merchant, Kind::Withdrawal, None, 100, &key)
+                        .await
+                }
+            }))
+            .await;
+            let mut ids = Vec::new();
+            let mut refused = 0;
+            for answer in answers {
+                let (status, body) = answer?;
+                match status {
+                    202 => ids.extend(body["id"].as_str().map(str::to_owned)),
+                    400 if body["error"]["code"] == "balance_insufficient" => refused += 1,
+                    _ => anyhow::bail!("unexpected answer {status} {body}"),
+                }
+            }
+            ensure!(
+                (ids.len(), refused) == (10, 90),
+                "{} accepted, {refused} refused",
+                ids.len()
+            );
+            let settled = topology.wait_terminal(&merchant, &ids, SETTLE).await?;
+            let succeeded = settled
+                .values()
+                .filter(|t| t["status"] == "succeeded")
+                .count();
+            eprintln!(
+                "{succeeded} of 10 payouts succeeded, {} declined",
+                10 - succeeded
+            );
+            check_ledger(topology, &merchant, &settled, 1_000).await
+        })
+    })
+    .await
 }
 
 /// 90 transactions, deposits and withdrawals over the three gateways and the route, sent

@@ -20,8 +20,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
-use paygate_core::db::transactions;
 use paygate_core::db::DbError;
+use paygate_core::db::{self, transactions};
 use paygate_core::domain::clock;
 use paygate_core::domain::{
     Failure, GatewayName, InvalidTransition, Transaction, TransactionId, TransactionKind,
@@ -190,7 +190,7 @@ impl Engine {
             tracing::warn!(%error, %id, "lock release failed; it expires by itself");
         }
         if changed_state(&result) {
-            self.invalidate_cache(id).await;
+            self.invalidate_cache(id, &result).await;
         }
         result
     }
@@ -264,11 +264,15 @@ impl Engine {
         tx: &Transaction,
         trace: Option<TraceParent>,
     ) -> Result<ControlFlow<Outcome, Route>, ProcessError> {
-        match self.router.route(tx) {
+        let enabled = match &tx.gateway {
+            // Named by the merchant: the API allowed it.
+            Some(_) => None,
+            None => db::merchants::enabled_gateways(&self.pool, tx.merchant_id).await?,
+        };
+        match self.router.route_within(tx, enabled.as_deref()) {
             Ok(route) => Ok(ControlFlow::Continue(route)),
-            Err(RouteError::NoRoute) => {
-                let reason = "no routing rule matches this transaction".to_owned();
-                let failure = Some((codes::NO_ROUTE, reason));
+            Err(error @ (RouteError::NoRoute | RouteError::NoEnabledGateway)) => {
+                let failure = Some((codes::NO_ROUTE, error.to_string()));
                 let outcome = self
                     .finish(tx, TransactionStatus::Failed, failure, None, trace)
                     .await?;
@@ -695,11 +699,33 @@ impl Engine {
         )
     }
 
-    pub(crate) async fn invalidate_cache(&self, id: TransactionId) {
-        if let Some(mut cache) = self.cache.clone() {
-            paygate_core::cache_keys::invalidate_transaction(&mut cache, &self.cache_prefix, id)
-                .await;
-        }
+    /// Drops the API's cached copy of `id` after a committed change and, when the change
+    /// finished it (money moved), its merchant's cached balance: the merchant is looked up
+    /// then, a primary-key read on the rare path where this processor finishes a payment.
+    pub(crate) async fn invalidate_cache(
+        &self,
+        id: TransactionId,
+        result: &Result<Outcome, ProcessError>,
+    ) {
+        let Some(mut cache) = self.cache.clone() else {
+            return;
+        };
+        let merchant = match result {
+            Ok(Outcome::Completed(_)) => transactions::merchant_of(&self.pool, id)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%id, %error, "could not find the merchant whose cached balance to drop; it expires by its TTL");
+                    None
+                }),
+            _ => None,
+        };
+        paygate_core::cache_keys::invalidate_transaction(
+            &mut cache,
+            &self.cache_prefix,
+            id,
+            merchant,
+        )
+        .await;
     }
 }
 

@@ -140,7 +140,7 @@ impl Engine {
         };
         let _ = self.lock.release(lease).await;
         if changed_state(&result) {
-            self.invalidate_cache(id).await;
+            self.invalidate_cache(id, &result).await;
         }
         result
     }

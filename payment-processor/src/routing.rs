@@ -23,6 +23,8 @@ pub enum RouteError {
     NoRoute,
     #[error("gateway {0} is not configured")]
     UnknownGateway(GatewayName),
+    #[error("none of this route's gateways is enabled for the merchant")]
+    NoEnabledGateway,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +89,23 @@ impl Router {
             rules: compiled,
             known,
         })
+    }
+
+    /// [`Router::route`] kept to the gateways the merchant may use (`None`: all), in the
+    /// route's order.
+    pub fn route_within(
+        &self,
+        transaction: &Transaction,
+        enabled: Option<&[GatewayName]>,
+    ) -> Result<Route, RouteError> {
+        let mut route = self.route(transaction)?;
+        if let Some(enabled) = enabled {
+            route.gateways.retain(|g| enabled.contains(g));
+            if route.gateways.is_empty() {
+                return Err(RouteError::NoEnabledGateway);
+            }
+        }
+        Ok(route)
     }
 
     pub fn route(&self, transaction: &Transaction) -> Result<Route, RouteError> {
@@ -169,6 +188,26 @@ mod tests {
             gateways: gateways.iter().map(|g| g.to_string()).collect(),
             failover,
         }
+    }
+
+    #[test]
+    fn a_merchant_restricted_to_some_gateways_is_routed_only_to_those() -> Result<(), RouteError> {
+        let router = router();
+        let deposit = tx(TransactionKind::Deposit, "USD", None, None);
+        let all = router.route(&deposit)?;
+        assert!(
+            all.gateways.len() >= 2,
+            "the test router routes USD deposits to several"
+        );
+        let second = all.gateways[1].clone();
+        let within = router.route_within(&deposit, Some(std::slice::from_ref(&second)))?;
+        assert_eq!(within.gateways, vec![second]);
+        assert_eq!(router.route_within(&deposit, None)?, all);
+        assert_eq!(
+            router.route_within(&deposit, Some(&[name("elsewhere")])),
+            Err(RouteError::NoEnabledGateway)
+        );
+        Ok(())
     }
 
     fn router() -> Router {

@@ -1,13 +1,16 @@
 //! `POST /v1/deposits` and `POST /v1/withdrawals`: validate, then commit the transaction, its
-//! idempotency key and its outbox announcement in one Postgres transaction; 202 after commit.
+//! idempotency key and its outbox announcement in one Postgres statement; 202 after commit.
+//! The same statement meets the merchant's limits and, for a withdrawal, holds the amount on
+//! its balance (the ledger's trigger): a refusal writes nothing but the 4xx under the key.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{SubsecRound, Utc};
+use paygate_core::db::ledger::Refusal;
 use paygate_core::db::transactions::{self, IdempotentRequest, InsertOutcome};
-use paygate_core::domain::{NewTransaction, Transaction, TransactionKind};
+use paygate_core::domain::{NewTransaction, Scope, Transaction, TransactionKind};
 
 use crate::auth::Merchant;
 use crate::body::JsonBody;
@@ -24,8 +27,9 @@ use crate::AppState;
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: same key and body replays the first response")),
     responses(
         (status = 202, description = "Accepted: committed, will be processed", body = TransactionResource),
-        (status = 400, description = "Invalid request; `param` names the field", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid request; `param` names the field. Also `amount_over_limit` (param `amount`: over the merchant's max_amount in this currency) and `gateway_not_enabled` (param `gateway`)", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = crate::error::ErrorBody),
+        (status = 403, description = "The key lacks the `payments:write` scope", body = crate::error::ErrorBody),
         (status = 409, description = "A request with this Idempotency-Key is in flight", body = crate::error::ErrorBody),
         (status = 413, description = "Body too large", body = crate::error::ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = crate::error::ErrorBody),
@@ -62,8 +66,9 @@ pub async fn create_deposit(
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe: same key and body replays the first response")),
     responses(
         (status = 202, description = "Accepted: committed, will be processed", body = TransactionResource),
-        (status = 400, description = "Invalid request; `param` names the field", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid request; `param` names the field. Also `balance_insufficient` (param `amount`: more than the available balance in this currency), `amount_over_limit` and `daily_payout_limit_exceeded` (param `amount`), `gateway_not_enabled` (param `gateway`). A refusal is stored under the Idempotency-Key and replayed", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = crate::error::ErrorBody),
+        (status = 403, description = "The key lacks the `payouts:write` scope", body = crate::error::ErrorBody),
         (status = 409, description = "A request with this Idempotency-Key is in flight", body = crate::error::ErrorBody),
         (status = 413, description = "Body too large", body = crate::error::ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = crate::error::ErrorBody),
@@ -102,6 +107,10 @@ async fn create(
     headers: HeaderMap,
     body: serde_json::Value,
 ) -> Result<Response, HttpError> {
+    merchant.require(match kind {
+        TransactionKind::Deposit => Scope::PaymentsWrite,
+        TransactionKind::Withdrawal => Scope::PayoutsWrite,
+    })?;
     let key = idempotency::key_from_headers(&headers)?;
     let request_hash = idempotency::request_hash(&method, uri.path(), &body);
     let retention = state.config.idempotency_retention;
@@ -110,7 +119,8 @@ async fn create(
         |name| state.registry.get(name).is_some(),
         state.destinations,
     )
-    .await;
+    .await
+    .and_then(|request| enabled_for(&merchant, request));
     let request = match validated {
         Ok(request) => request,
         Err(invalid) => {
@@ -168,12 +178,82 @@ async fn create(
     )
     .await
     .map_err(HttpError::internal)?;
-    if outcome == InsertOutcome::Created {
-        tracing::info!(transaction = %transaction.id, kind = kind.as_str(), trace_id = %trace.trace_id(), "transaction accepted");
-        metrics::counter!("paygate_transactions_accepted_total", "kind" => kind.as_str())
-            .increment(1);
+    match outcome {
+        InsertOutcome::Created => {
+            tracing::info!(transaction = %transaction.id, kind = kind.as_str(), trace_id = %trace.trace_id(), "transaction accepted");
+            metrics::counter!("paygate_transactions_accepted_total", "kind" => kind.as_str())
+                .increment(1);
+            // A withdrawal's hold and a deposit's pending amount changed the balance.
+            state.cache.forget_balance(merchant.id).await;
+        }
+        InsertOutcome::Refused(refusal) => {
+            metrics::counter!("paygate_transactions_refused_total", "kind" => kind.as_str())
+                .increment(1);
+            return refuse(&state, merchant.id, refusal, idempotent).await;
+        }
+        _ => {}
     }
     respond(outcome, response_body)
+}
+
+/// The merchant may name only its enabled gateways.
+fn enabled_for(
+    merchant: &Merchant,
+    request: validation::CreateTransaction,
+) -> Result<validation::CreateTransaction, HttpError> {
+    match &request.gateway {
+        Some(gateway) if !merchant.may_use(gateway) => Err(HttpError::invalid_param(
+            "gateway_not_enabled",
+            "gateway",
+            format!("gateway {gateway:?} is not enabled for this merchant"),
+        )),
+        _ => Ok(request),
+    }
+}
+
+/// The 4xx for a refusal by the ledger, stored under the Idempotency-Key first so that a
+/// retry is answered the same way (unless the key turned out to be taken, whose answer wins).
+async fn refuse(
+    state: &AppState,
+    merchant: paygate_core::domain::MerchantId,
+    refusal: Refusal,
+    idempotent: Option<IdempotentRequest>,
+) -> Result<Response, HttpError> {
+    let error = refusal_error(refusal);
+    let Some(mut request) = idempotent else {
+        return Err(error);
+    };
+    request.response_status = error.status.as_u16();
+    request.response_body = serde_json::to_value(error.body()).map_err(HttpError::internal)?;
+    match transactions::remember_refusal(&state.pool, merchant, &request)
+        .await
+        .map_err(HttpError::internal)?
+    {
+        None => Err(error),
+        Some(stored) => respond(stored, serde_json::Value::Null),
+    }
+}
+
+fn refusal_error(refusal: Refusal) -> HttpError {
+    match refusal {
+        Refusal::BalanceInsufficient => HttpError::invalid_param(
+            "balance_insufficient",
+            "amount",
+            "the available balance in this currency is less than the amount",
+        ),
+        Refusal::AmountOverLimit { max } => HttpError::invalid_param(
+            "amount_over_limit",
+            "amount",
+            format!("the amount is over this merchant's limit of {max} per transaction"),
+        ),
+        Refusal::DailyPayoutLimit { limit } => HttpError::invalid_param(
+            "daily_payout_limit_exceeded",
+            "amount",
+            format!(
+                "this withdrawal would take today's payouts (UTC) past the daily limit of {limit}"
+            ),
+        ),
+    }
 }
 
 /// The HTTP answer for an insert outcome; `created_body` is the new transaction's resource.
@@ -191,6 +271,7 @@ fn respond(outcome: InsertOutcome, created_body: serde_json::Value) -> Result<Re
             "this Idempotency-Key was already used with a different request; use a new key for a new request",
         )
         .param("Idempotency-Key")),
+        InsertOutcome::Refused(refusal) => Err(refusal_error(refusal)),
         InsertOutcome::InFlight => Err(HttpError::new(
             StatusCode::CONFLICT,
             ErrorType::IdempotencyError,

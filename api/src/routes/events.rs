@@ -14,6 +14,7 @@ use crate::auth::Merchant;
 use crate::error::HttpError;
 use crate::resources::RedeliveryResource;
 use crate::AppState;
+use paygate_core::domain::Scope;
 
 /// Redeliver a webhook event to the merchant's current destinations.
 #[utoipa::path(
@@ -32,6 +33,7 @@ pub async fn redeliver(
     merchant: Merchant,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<RedeliveryResource>), HttpError> {
+    merchant.require(Scope::WebhooksManage)?;
     let Ok(Path(raw)) = id else {
         return Err(HttpError::not_found("event"));
     };

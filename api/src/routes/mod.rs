@@ -1,6 +1,7 @@
 //! The router: every route, the fallbacks (so even a wrong path or method gets the one error
 //! shape), request metrics and request tracing.
 
+pub mod balance;
 pub mod callbacks;
 pub mod deposits;
 pub mod events;
@@ -23,6 +24,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/deposits", post(deposits::create_deposit))
         .route("/v1/withdrawals", post(deposits::create_withdrawal))
+        .route("/v1/balance", get(balance::retrieve))
+        .route("/v1/balance/transactions", get(balance::entries))
         .route("/v1/transactions", get(transactions::list))
         .route("/v1/transactions/{id}", get(transactions::retrieve))
         .route(

@@ -17,6 +17,7 @@ use crate::resources::{
     WebhookEventList, WebhookEventResource,
 };
 use crate::AppState;
+use paygate_core::domain::Scope;
 
 pub const DEFAULT_LIMIT: i64 = 10;
 pub const MAX_LIMIT: i64 = 100;
@@ -39,6 +40,7 @@ pub async fn retrieve(
     merchant: Merchant,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TransactionResource>, HttpError> {
+    merchant.require(Scope::Read)?;
     let id = parse_id(id)?;
     if let Some(entry) = state.cache.get(id).await {
         return if entry.merchant_id == merchant.id {
@@ -82,6 +84,7 @@ pub async fn list(
     merchant: Merchant,
     RawQuery(query): RawQuery,
 ) -> Result<Json<TransactionList>, HttpError> {
+    merchant.require(Scope::Read)?;
     let query = parse_list_query(query.as_deref().unwrap_or(""))?;
     let page_size = query.limit;
     let mut rows = db::transactions::list(
@@ -120,6 +123,7 @@ pub async fn deliveries(
     merchant: Merchant,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeliveryAttemptList>, HttpError> {
+    merchant.require(Scope::Read)?;
     let id = parse_id(id)?;
     db::transactions::get_for_merchant(&state.pool, merchant.id, id)
         .await
@@ -151,6 +155,7 @@ pub async fn events(
     merchant: Merchant,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<WebhookEventList>, HttpError> {
+    merchant.require(Scope::Read)?;
     let id = parse_id(id)?;
     db::transactions::get_for_merchant(&state.pool, merchant.id, id)
         .await
@@ -177,6 +182,21 @@ fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<TransactionId, Ht
         .map_err(|e| HttpError::invalid_param("id_invalid", "id", e.to_string()))
 }
 
+/// A page size: an integer from 1 to [`MAX_LIMIT`].
+pub(crate) fn parse_limit(value: &str) -> Result<i64, HttpError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|l| (1..=MAX_LIMIT).contains(l))
+        .ok_or_else(|| {
+            HttpError::invalid_param(
+                "parameter_invalid_integer",
+                "limit",
+                format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+            )
+        })
+}
+
 fn parse_list_query(raw: &str) -> Result<ListQuery, HttpError> {
     let mut query = ListQuery {
         status: None,
@@ -191,19 +211,7 @@ fn parse_list_query(raw: &str) -> Result<ListQuery, HttpError> {
                 })?;
                 query.status = Some(status);
             }
-            "limit" => {
-                query.limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        HttpError::invalid_param(
-                            "parameter_invalid_integer",
-                            "limit",
-                            format!("limit must be an integer from 1 to {MAX_LIMIT}"),
-                        )
-                    })?;
-            }
+            "limit" => query.limit = parse_limit(&value)?,
             "starting_after" => {
                 let id = TransactionId::parse(&value).map_err(|e| {
                     HttpError::invalid_param("parameter_invalid", "starting_after", e.to_string())

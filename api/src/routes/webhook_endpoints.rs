@@ -22,6 +22,7 @@ use crate::resources::{
 };
 use crate::validation;
 use crate::AppState;
+use paygate_core::domain::Scope;
 
 /// Most enabled endpoints one merchant may have.
 pub const MAX_ENDPOINTS: i64 = 16;
@@ -42,6 +43,7 @@ pub async fn create(
     merchant: Merchant,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<WebhookEndpointResource>), HttpError> {
+    merchant.require(Scope::WebhooksManage)?;
     let request = validation::create_webhook_endpoint(&body, state.destinations).await?;
     let count = repo::count_enabled(&state.pool, merchant.id)
         .await
@@ -79,6 +81,7 @@ pub async fn list(
     State(state): State<AppState>,
     merchant: Merchant,
 ) -> Result<Json<WebhookEndpointList>, HttpError> {
+    merchant.require(Scope::WebhooksManage)?;
     let endpoints = repo::list_enabled(&state.pool, merchant.id)
         .await
         .map_err(HttpError::internal)?;
@@ -108,6 +111,7 @@ pub async fn retrieve(
     merchant: Merchant,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<WebhookEndpointResource>, HttpError> {
+    merchant.require(Scope::WebhooksManage)?;
     let id = parse_id(id)?;
     let endpoint = repo::get_for_merchant(&state.pool, merchant.id, id)
         .await
@@ -133,6 +137,7 @@ pub async fn delete(
     merchant: Merchant,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeletedResource>, HttpError> {
+    merchant.require(Scope::WebhooksManage)?;
     let id = parse_id(id)?;
     let disabled = repo::disable(&state.pool, merchant.id, id)
         .await
@@ -165,6 +170,7 @@ pub async fn rotate_secret(
     merchant: Merchant,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, HttpError> {
+    merchant.require(Scope::WebhooksManage)?;
     let id = parse_id(id)?;
     let overlap = crate::routes::webhook_secret::ROTATION_OVERLAP;
     let expires_at = crate::routes::webhook_secret::overlap_end();

@@ -18,6 +18,7 @@ use crate::auth::Merchant;
 use crate::error::HttpError;
 use crate::resources::WebhookSecretResource;
 use crate::AppState;
+use paygate_core::domain::Scope;
 
 /// After a rotation the previous secret keeps signing (a second signature) this long, so
 /// receivers can switch without missing a delivery.
@@ -51,6 +52,7 @@ pub async fn retrieve(
     State(state): State<AppState>,
     merchant: Merchant,
 ) -> Result<Response, HttpError> {
+    merchant.require(Scope::WebhooksManage)?;
     let secret = webhooks::merchant_default_secret(&state.pool, merchant.id)
         .await
         .map_err(HttpError::internal)?;
@@ -73,6 +75,7 @@ pub async fn rotate(
     State(state): State<AppState>,
     merchant: Merchant,
 ) -> Result<Response, HttpError> {
+    merchant.require(Scope::WebhooksManage)?;
     let expires_at = overlap_end();
     let secret =
         webhooks::rotate_merchant_default_secret(&state.pool, merchant.id, ROTATION_OVERLAP)

@@ -7,6 +7,7 @@ mod callbacks;
 mod events;
 mod helpers;
 mod idempotency;
+mod ledger;
 mod operations;
 mod outbox;
 mod rate_limit;

@@ -247,6 +247,8 @@ async fn the_validation_matrix_names_each_field_and_writes_nothing() -> TestResu
 async fn accepted_transactions_show_external_ids_and_integer_money() -> TestResult {
     let app = spawn_loopback_app().await?;
     let merchant = app.merchant().await?;
+    let funds = paygate_core::domain::Money::from_parts(1050, "JPY")?;
+    paygate_core::db::ledger::top_up(&app.pool, merchant.id, funds, "funds").await?;
     let body = json!({"amount": 1050, "currency": "JPY", "customer": "acct_9", "callback_url": "https://127.0.0.1:8443/cb",
         "metadata": {"order": "A-1", "n": 3}});
     let response = app

@@ -31,6 +31,11 @@ pub struct AcceptArgs {
     /// Gateway to name in each request (absent: routing rules choose).
     #[arg(long)]
     pub gateway: Option<String>,
+    /// What to create: `deposit` (touches no balance at accept) or `withdrawal` (holds funds
+    /// on the merchant's balance row in the same statement: fund the merchants first with
+    /// `paygate ledger top-up`). Several comma-separated keys spread the load over merchants.
+    #[arg(long, default_value = "deposit", value_parser = ["deposit", "withdrawal"])]
+    pub kind: String,
     /// Write the summary as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -39,6 +44,7 @@ pub struct AcceptArgs {
 #[derive(Debug, Serialize)]
 pub struct AcceptReport {
     pub mode: String,
+    pub kind: String,
     pub duration_secs: f64,
     pub concurrency: usize,
     pub target_rate: Option<u64>,
@@ -64,9 +70,9 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
     );
     anyhow::ensure!(!keys.is_empty(), "--key is empty");
     let client = load::client(args.concurrency)?;
-    let endpoint: Arc<str> = format!("{}/v1/deposits", args.url.trim_end_matches('/')).into();
+    let endpoint: Arc<str> = format!("{}/v1/{}s", args.url.trim_end_matches('/'), args.kind).into();
     let mut body =
-        serde_json::json!({"amount": 1050, "currency": "USD", "customer": "bench_customer"});
+        serde_json::json!({"amount": 1, "currency": "USD", "customer": "bench_customer"});
     if let Some(gateway) = &args.gateway {
         body["gateway"] = serde_json::Value::from(gateway.as_str());
     }
@@ -96,6 +102,7 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
     let accepted = recorder.ok();
     Ok(AcceptReport {
         mode: spec.mode().into(),
+        kind: args.kind.clone(),
         duration_secs: elapsed,
         concurrency: args.concurrency,
         target_rate: args.rate,
@@ -110,7 +117,8 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
 pub fn print(report: &AcceptReport) {
     println!();
     println!(
-        "paygate bench accept ({} loop{})",
+        "paygate bench accept: {}s ({} loop{})",
+        report.kind,
         report.mode,
         report
             .target_rate

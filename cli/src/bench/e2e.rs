@@ -134,7 +134,13 @@ pub async fn e2e(args: E2eArgs, config: &Config) -> anyhow::Result<E2eReport> {
         .await
         .context("connecting to PAYGATE_DATABASE_URL to create the bench merchant")?;
     let name = format!("paygate bench {}", unix_now());
-    let merchant = merchant_setup::create(&pool, &name, &receiver_url).await?;
+    let merchant = merchant_setup::create(
+        &pool,
+        &name,
+        &receiver_url,
+        merchant_setup::usd(merchant_setup::LOAD_FUNDS)?,
+    )
+    .await?;
     let mut keys = vec![merchant.api_key.clone()];
     for _ in 1..BENCH_KEYS {
         let (_id, key) = merchants::create_api_key(&pool, merchant.merchant_id).await?;

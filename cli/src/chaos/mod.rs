@@ -274,7 +274,13 @@ async fn phase(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let receiver_url = format!("http://{}{RECEIVER_PATH}", listener.local_addr()?);
     let name = format!("chaos {} {}", fault.name(), uuid::Uuid::new_v4().simple());
-    let merchant = merchant_setup::create(pool, &name, &receiver_url).await?;
+    let merchant = merchant_setup::create(
+        pool,
+        &name,
+        &receiver_url,
+        merchant_setup::usd(merchant_setup::LOAD_FUNDS)?,
+    )
+    .await?;
     let stop = CancellationToken::new();
     let receiver = WebhookReceiver::new(merchant.secret, Logging::Quiet);
     let serving = {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
 use super::DbError;
-use crate::domain::{ApiKeyId, MerchantId};
+use crate::domain::{ApiKeyId, Currency, GatewayName, MerchantId, Scope};
 use crate::secret::ApiKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,11 +15,14 @@ pub struct Merchant {
     pub created_at: DateTime<Utc>,
 }
 
-/// Who an API key belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who an API key belongs to, what it may do, and where its merchant may send payments.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
     pub merchant_id: MerchantId,
     pub key_id: ApiKeyId,
+    pub scopes: Vec<Scope>,
+    /// `None`: every configured gateway.
+    pub enabled_gateways: Option<Vec<GatewayName>>,
 }
 
 pub async fn create<'e>(exec: impl PgExecutor<'e>, name: &str) -> Result<Merchant, DbError> {
@@ -53,21 +56,49 @@ pub async fn get<'e>(
     }))
 }
 
-/// Issues a new key for `merchant`. The returned secret is the only copy that will exist.
+/// Issues a new key for `merchant` with every scope. The returned secret is the only copy
+/// that will exist.
 pub async fn create_api_key<'e>(
     exec: impl PgExecutor<'e>,
     merchant: MerchantId,
 ) -> Result<(ApiKeyId, ApiKey), DbError> {
+    create_scoped_api_key(exec, merchant, &Scope::ALL).await
+}
+
+/// Issues a new key for `merchant` holding `scopes` (every scope when empty).
+pub async fn create_scoped_api_key<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    scopes: &[Scope],
+) -> Result<(ApiKeyId, ApiKey), DbError> {
     let key = ApiKey::generate();
     let id = ApiKeyId::new();
-    sqlx::query("INSERT INTO api_keys (id, merchant_id, key_hash, prefix) VALUES ($1, $2, $3, $4)")
-        .bind(id.as_uuid())
-        .bind(merchant.as_uuid())
-        .bind(&key.hash()[..])
-        .bind(key.display_prefix())
-        .execute(exec)
-        .await?;
+    let scopes = if scopes.is_empty() {
+        &Scope::ALL[..]
+    } else {
+        scopes
+    };
+    let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO api_keys (id, merchant_id, key_hash, prefix, scopes) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .bind(&key.hash()[..])
+    .bind(key.display_prefix())
+    .bind(names)
+    .execute(exec)
+    .await?;
     Ok((id, key))
+}
+
+/// A live key as `authenticate` reads it.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: uuid::Uuid,
+    merchant_id: uuid::Uuid,
+    scopes: Vec<String>,
+    enabled_gateways: Option<Vec<String>>,
 }
 
 /// Finds the live (not revoked) key with this secret. Looks up by hash, so the comparison
@@ -76,16 +107,114 @@ pub async fn authenticate<'e>(
     exec: impl PgExecutor<'e>,
     presented: &ApiKey,
 ) -> Result<Option<Authenticated>, DbError> {
-    let row: Option<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
-        "SELECT id, merchant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT k.id, k.merchant_id, k.scopes, m.enabled_gateways
+           FROM api_keys k JOIN merchants m ON m.id = k.merchant_id
+          WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
     )
     .bind(&presented.hash()[..])
     .fetch_optional(exec)
     .await?;
-    Ok(row.map(|(key, merchant)| Authenticated {
+    let Some(KeyRow {
+        id: key,
+        merchant_id: merchant,
+        scopes,
+        enabled_gateways: gateways,
+    }) = row
+    else {
+        return Ok(None);
+    };
+    let corrupt = |detail: String| DbError::Corrupt {
+        table: "api_keys",
+        detail,
+    };
+    let scopes = scopes
+        .iter()
+        .map(|s| s.parse::<Scope>().map_err(|e| corrupt(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Authenticated {
         merchant_id: MerchantId::from_uuid(merchant),
         key_id: ApiKeyId::from_uuid(key),
+        scopes,
+        enabled_gateways: parse_gateways(gateways)?,
     }))
+}
+
+fn parse_gateways(names: Option<Vec<String>>) -> Result<Option<Vec<GatewayName>>, DbError> {
+    names
+        .map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    GatewayName::parse(n).map_err(|e| DbError::Corrupt {
+                        table: "merchants",
+                        detail: e.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .transpose()
+}
+
+/// The gateways `merchant` may use (`None`: all). The payment processor asks before routing
+/// a payment that names none.
+pub async fn enabled_gateways<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+) -> Result<Option<Vec<GatewayName>>, DbError> {
+    let names: Option<Option<Vec<String>>> =
+        sqlx::query_scalar("SELECT enabled_gateways FROM merchants WHERE id = $1")
+            .bind(merchant.as_uuid())
+            .fetch_optional(exec)
+            .await?;
+    parse_gateways(names.flatten())
+}
+
+/// Restricts `merchant` to `gateways` (`None`: every gateway). Returns whether it exists.
+pub async fn set_enabled_gateways<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    gateways: Option<&[GatewayName]>,
+) -> Result<bool, DbError> {
+    let names: Option<Vec<&str>> = gateways.map(|g| g.iter().map(GatewayName::as_str).collect());
+    let done = sqlx::query("UPDATE merchants SET enabled_gateways = $2 WHERE id = $1")
+        .bind(merchant.as_uuid())
+        .bind(names)
+        .execute(exec)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A merchant's limits in one currency (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// The largest amount of one deposit or withdrawal, in minor units.
+    pub max_amount: Option<i64>,
+    /// The most that withdrawals accepted in one UTC day may add up to (failed ones give
+    /// their amount back).
+    pub daily_payout_limit: Option<i64>,
+}
+
+/// Sets `merchant`'s limits in `currency`; both `None` removes them.
+pub async fn set_limits<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    currency: Currency,
+    limits: Limits,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO merchant_limits (merchant_id, currency, max_amount, daily_payout_limit)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (merchant_id, currency) DO UPDATE
+           SET max_amount = EXCLUDED.max_amount, daily_payout_limit = EXCLUDED.daily_payout_limit",
+    )
+    .bind(merchant.as_uuid())
+    .bind(currency.code())
+    .bind(limits.max_amount)
+    .bind(limits.daily_payout_limit)
+    .execute(exec)
+    .await?;
+    Ok(())
 }
 
 /// Revokes a key; returns whether a live key was revoked.

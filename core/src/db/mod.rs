@@ -4,6 +4,7 @@
 pub mod broker_resets;
 pub mod deployment;
 pub mod heal;
+pub mod ledger;
 pub mod merchants;
 pub mod outbox;
 pub mod transactions;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgArguments;
 use sqlx::{PgExecutor, PgPool, Postgres};
 
+use super::ledger::Refusal;
 use super::outbox::{self, OutboxMessage};
 use super::DbError;
 use crate::domain::{
@@ -43,6 +44,9 @@ pub enum InsertOutcome {
     KeyReusedWithDifferentRequest,
     /// Another request with this key is being handled right now (Stripe answers 409).
     InFlight,
+    /// The ledger refused it (balance or limits): nothing was written. The caller answers
+    /// 4xx and stores that answer under the key with [`remember_refusal`].
+    Refused(Refusal),
 }
 
 /// Inserts a new transaction, its idempotency key (if any) and the outbox message that
@@ -66,23 +70,34 @@ pub async fn insert(
     announcement: &OutboxMessage,
 ) -> Result<InsertOutcome, DbError> {
     let headers = outbox::encode_headers(&announcement.headers)?;
+    let refused = |error: sqlx::Error| match Refusal::of(&error) {
+        Some(refusal) => Ok(InsertOutcome::Refused(refusal)),
+        None => Err(DbError::from(error)),
+    };
     let Some(request) = idempotency else {
         let query = bind_transaction(sqlx::query(&INSERT_WITHOUT_KEY), transaction);
-        bind_announcement(query, announcement, headers)
+        if let Err(error) = bind_announcement(query, announcement, headers)
             .execute(pool)
-            .await?;
+            .await
+        {
+            return refused(error);
+        }
         outbox::committed();
         return Ok(InsertOutcome::Created);
     };
     let query = bind_transaction(sqlx::query_as(&INSERT_WITH_KEY), transaction);
-    let (locked, created): (bool, bool) = bind_announcement(query, announcement, headers)
+    let inserted = bind_announcement(query, announcement, headers)
         .bind(&request.key)
         .bind(&request.request_hash[..])
         .bind(i16::try_from(request.response_status).unwrap_or(500))
         .bind(&request.response_body)
         .bind(request.retention.as_secs_f64())
         .fetch_one(pool)
-        .await?;
+        .await;
+    let (locked, created): (bool, bool) = match inserted {
+        Ok(row) => row,
+        Err(error) => return refused(error),
+    };
     if !locked {
         return Ok(InsertOutcome::InFlight);
     }
@@ -101,6 +116,57 @@ pub async fn insert(
     // A live key that vanished between the two statements can only have been deleted by
     // retention housekeeping this instant; answering "in flight" makes the client retry.
     Ok(stored.unwrap_or(InsertOutcome::InFlight))
+}
+
+/// Stores a refusal's answer under its idempotency key (nothing else was written), so that
+/// a retry with the same key and request gets the same 4xx. When the key turns out to be
+/// live already (a concurrent request with it committed in between), that stored outcome is
+/// returned instead and is the answer.
+pub async fn remember_refusal(
+    pool: &PgPool,
+    merchant: MerchantId,
+    request: &IdempotentRequest,
+) -> Result<Option<InsertOutcome>, DbError> {
+    let stored = sqlx::query(
+        "INSERT INTO idempotency_keys (merchant_id, key, request_hash, response_status, response_body)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (merchant_id, key) DO UPDATE SET
+             request_hash = EXCLUDED.request_hash, response_status = EXCLUDED.response_status,
+             response_body = EXCLUDED.response_body, transaction_id = NULL, created_at = now()
+         WHERE idempotency_keys.created_at <= now() - make_interval(secs => $6)",
+    )
+    .bind(merchant.as_uuid())
+    .bind(&request.key)
+    .bind(&request.request_hash[..])
+    .bind(i16::try_from(request.response_status).unwrap_or(500))
+    .bind(&request.response_body)
+    .bind(request.retention.as_secs_f64())
+    .execute(pool)
+    .await?;
+    if stored.rows_affected() == 1 {
+        return Ok(None);
+    }
+    stored_outcome(
+        pool,
+        merchant,
+        &request.key,
+        &request.request_hash,
+        request.retention,
+    )
+    .await
+}
+
+/// The merchant a transaction belongs to (`None`: no such transaction).
+pub async fn merchant_of<'e>(
+    exec: impl PgExecutor<'e>,
+    id: TransactionId,
+) -> Result<Option<MerchantId>, DbError> {
+    let merchant: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT merchant_id FROM transactions WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(exec)
+            .await?;
+    Ok(merchant.map(MerchantId::from_uuid))
 }
 
 /// The columns of a new transaction row, bound as `$1..=$19` by [`bind_transaction`].

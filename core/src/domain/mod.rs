@@ -4,6 +4,7 @@ pub mod clock;
 mod ids;
 mod money;
 mod names;
+mod scope;
 mod transaction;
 
 pub use ids::{
@@ -11,6 +12,7 @@ pub use ids::{
 };
 pub use money::{Amount, Currency, Money, MoneyError};
 pub use names::{CustomerReference, GatewayName, NameError};
+pub use scope::Scope;
 pub use transaction::{
     Failure, InvalidTransition, NewTransaction, Transaction, TransactionKind, TransactionStatus,
     TransactionUpdate, UnknownVariant,

@@ -86,6 +86,9 @@ impl World {
         let merchant = paygate_core::db::merchants::create(&pool, merchant_name)
             .await?
             .id;
+        // Withdrawals hold funds from the merchant's balance (the ledger): enough for any test.
+        let funds = Money::from_parts(1_000_000_000_000, "USD")?;
+        paygate_core::db::ledger::top_up(&pool, merchant, funds, "test funds").await?;
         Ok(World {
             config,
             pool,
