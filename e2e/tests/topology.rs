@@ -461,24 +461,27 @@ const DOWN_PAST_SESSION_TIMEOUT: Duration = Duration::from_secs(11);
 /// checks every count.
 async fn crash_and_restart(
     topology: &mut Topology,
-    victim: Service,
+    victims: &[Service],
     n: usize,
     down: Duration,
 ) -> anyhow::Result<()> {
+    let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
+    let victim = names.join(" and ");
     let merchant = topology.merchant(&format!("e2e crash {victim}")).await?;
     let load = mixed_load(n, "crash");
     let ids = send_all(topology, &merchant, &load).await?;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let under_way = match victim {
-            Service::CallbackProcessor => {
+        let applying = victims.contains(&Service::CallbackProcessor);
+        let under_way = match applying {
+            true => {
                 let counts = topology.status_counts().await?;
                 counts.get("succeeded").copied().unwrap_or(0)
                     + counts.get("failed").copied().unwrap_or(0)
                     >= 5
             }
-            _ => topology.sandbox_stats().await?.total.requests >= 5,
+            false => topology.sandbox_stats().await?.total.requests >= 5,
         };
         if under_way {
             break;
@@ -489,7 +492,9 @@ async fn crash_and_restart(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    topology.kill(victim).await?;
+    for victim in victims {
+        topology.kill(*victim).await?;
+    }
     let counts = topology.status_counts().await?;
     let terminal =
         counts.get("succeeded").copied().unwrap_or(0) + counts.get("failed").copied().unwrap_or(0);
@@ -507,7 +512,9 @@ async fn crash_and_restart(
         .await?;
     tokio::time::sleep(down).await;
     let restarted = Instant::now();
-    topology.restart(victim).await?;
+    for victim in victims {
+        topology.restart(*victim).await?;
+    }
     eprintln!(
         "{victim} restarted after {} s down, ready in {:.2} s",
         down.as_secs(),
@@ -528,7 +535,7 @@ async fn a_payment_processor_killed_mid_flight_loses_nothing_and_executes_nothin
     with_topology(crash_options(), |topology| {
         Box::pin(crash_and_restart(
             topology,
-            Service::PaymentProcessor,
+            &[Service::PaymentProcessor],
             60,
             DOWN_PAST_SESSION_TIMEOUT,
         ))
@@ -544,7 +551,23 @@ async fn a_callback_processor_killed_mid_flight_loses_nothing_and_applies_nothin
     with_topology(crash_options(), |topology| {
         Box::pin(crash_and_restart(
             topology,
-            Service::CallbackProcessor,
+            &[Service::CallbackProcessor],
+            60,
+            DOWN_PAST_SESSION_TIMEOUT,
+        ))
+    })
+    .await
+}
+
+/// Both processors are SIGKILLed mid-run and restarted: every payment settles once, and the
+/// ledger agrees (balance = funds + succeeded deposits − succeeded withdrawals, nothing left
+/// reserved, `ledger check` clean; `check_counts`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_processors_killed_mid_run_leave_the_ledger_exact() -> anyhow::Result<()> {
+    with_topology(crash_options(), |topology| {
+        Box::pin(crash_and_restart(
+            topology,
+            &[Service::PaymentProcessor, Service::CallbackProcessor],
             60,
             DOWN_PAST_SESSION_TIMEOUT,
         ))
@@ -564,7 +587,7 @@ async fn a_payment_processor_restarted_at_once_after_a_crash_resumes() -> anyhow
     with_topology(crash_options(), |topology| {
         Box::pin(crash_and_restart(
             topology,
-            Service::PaymentProcessor,
+            &[Service::PaymentProcessor],
             30,
             Duration::from_millis(500),
         ))
