@@ -17,6 +17,7 @@
 //!   references) from `paygate-sandbox-admin`; nothing outside that crate builds an
 //!   `/_admin` URL.
 //! - [`kafka`]: reading a topic from the beginning, for tests that check what was published.
+//! - [`wait`]: the one bounded polling loop for effects that happen eventually.
 //!
 //! The suites keep thin harnesses of their own (`api/tests/api/helpers.rs`,
 //! `payment-processor/tests/common`, ...) for what is specific to them, built on this kit.
@@ -27,6 +28,7 @@ pub mod admin;
 pub mod config;
 pub mod kafka;
 pub mod services;
+pub mod wait;
 
 pub use admin::{AdminClient, AdminError};
 pub use config::{allow_loopback, isolated_config, unique_name};

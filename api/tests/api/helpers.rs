@@ -154,12 +154,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let end = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < end {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    let held = paygate_testkit::wait::poll(Duration::from_millis(100), timeout, || {
+        let check = check();
+        async move { anyhow::Ok(check.await.then_some(())) }
+    })
+    .await;
+    matches!(held, Ok(Some(())))
 }

@@ -389,14 +389,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if probe().await? {
-            return Ok(true);
+    let held = paygate_testkit::wait::poll(Duration::from_millis(20), within, || {
+        let probe = probe();
+        async move {
+            let holds = probe.await?;
+            anyhow::Ok(holds.then_some(()))
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await?;
+    Ok(held.is_some())
 }
