@@ -14,7 +14,7 @@ use axum::Router;
 use base64::Engine;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
-use paygate_callback_dispatcher::{check_destination, DestinationPolicy, Dispatcher, Refused};
+use paygate_callback_dispatcher::{check_destination, DestinationPolicy, Refused};
 use paygate_core::bus::events::{Body, Envelope, TransactionCompleted};
 use paygate_core::bus::{Producer, Topic};
 use paygate_core::config::Config;
@@ -25,7 +25,7 @@ use paygate_core::domain::{
     CustomerReference, MerchantId, Money, NewTransaction, Transaction, TransactionKind,
     TransactionStatus,
 };
-use paygate_core::testing::isolated_config;
+use paygate_testkit::isolated_config;
 use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -171,8 +171,7 @@ fn independently_verifies(secret: &str, received: &Received, body: &[u8]) -> boo
 
 async fn test_config(schedule: &[u64]) -> Result<(Config, PgPool), Error> {
     let (mut config, pool) = isolated_config().await?;
-    config.destinations.allow_loopback = true;
-    config.destinations.allow_http = true;
+    paygate_testkit::allow_loopback(&mut config);
     let d = &mut config.dispatcher;
     d.retry_schedule = schedule.iter().copied().map(Duration::from_secs).collect();
     d.jitter_percent = 0;
@@ -191,9 +190,9 @@ struct Running {
 
 impl Running {
     async fn start(config: &Config) -> Result<Self, Error> {
-        let dispatcher = Dispatcher::build(config.clone()).await?;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(dispatcher.run(stop.clone()));
+        let (stop, task) = paygate_testkit::spawn_dispatcher(config)
+            .await?
+            .into_parts();
         Ok(Self { stop, task })
     }
 

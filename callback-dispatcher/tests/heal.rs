@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::Router;
 use chrono::Utc;
-use paygate_callback_dispatcher::Dispatcher;
 use paygate_core::bus::{OutboxRelay, Producer, RelaySettings, Topic};
 use paygate_core::db::heal::HealKind;
 use paygate_core::db::outbox::OutboxMessage;
@@ -18,7 +17,7 @@ use paygate_core::domain::{
     CustomerReference, Money, NewTransaction, Transaction, TransactionKind, TransactionStatus,
 };
 use paygate_core::heal::{HealSettings, Healer};
-use paygate_core::testing::isolated_config;
+use paygate_testkit::isolated_config;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -97,8 +96,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 async fn a_lost_completed_event_announced_twice_makes_one_webhook_event_and_one_delivery(
 ) -> TestResult {
     let (mut config, pool) = isolated_config().await?;
-    config.destinations.allow_loopback = true;
-    config.destinations.allow_http = true;
+    paygate_testkit::allow_loopback(&mut config);
     config.dispatcher.scheduler_poll = Duration::from_millis(50);
     // The dispatcher's own healer waits long enough not to add announcements of its own.
     config.recovery.webhook_missing = Duration::from_secs(3_600);
@@ -139,8 +137,7 @@ async fn a_lost_completed_event_announced_twice_makes_one_webhook_event_and_one_
         },
     );
     let relay_task = tokio::spawn(relay.run(stop.clone()));
-    let dispatcher = Dispatcher::build(config.clone()).await?;
-    let dispatcher_task = tokio::spawn(dispatcher.run(stop.clone()));
+    let dispatcher = paygate_testkit::spawn_dispatcher(&config).await?;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while hits.load(Ordering::SeqCst) == 0
@@ -169,6 +166,6 @@ async fn a_lost_completed_event_announced_twice_makes_one_webhook_event_and_one_
     assert_eq!(healer.scan_once().await?, 0);
     stop.cancel();
     relay_task.await?;
-    dispatcher_task.await??;
+    dispatcher.shutdown().await?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use paygate_cli::dev::{self, DevOptions, DevStack};
-use paygate_core::testing::isolated_config;
+use paygate_testkit::{isolated_config, AdminClient};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +36,7 @@ async fn a_deposit_goes_through_the_whole_dev_stack_to_a_verified_webhook() -> a
         stack.api_url(),
         format!("{}/openapi.json", stack.api_url()),
         format!("{}/metrics", stack.api_url()),
-        format!("{}/_admin/stats", stack.sandbox_url()),
+        AdminClient::new(stack.sandbox_url())?.endpoint("stats"),
         stack.receiver_url(),
         format!("Authorization: Bearer {}", stack.api_key),
         "Idempotency-Key: ".to_owned(),
@@ -166,8 +166,8 @@ async fn unreachable_postgres_and_redis_are_named_with_the_fix() -> anyhow::Resu
     );
 
     // A database that does not exist yet is created (and migrated) before Redis is checked.
-    let admin = paygate_core::testing::admin_database_url();
-    let name = paygate_core::testing::unique_name("pgt_dev");
+    let admin = paygate_testkit::config::admin_database_url();
+    let name = paygate_testkit::unique_name("pgt_dev");
     let base = admin
         .rsplit_once('/')
         .map(|(b, _)| b.to_owned())

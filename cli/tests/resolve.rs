@@ -16,7 +16,7 @@ use sqlx::PgPool;
 type TestResult = anyhow::Result<()>;
 
 async fn world() -> anyhow::Result<(Config, PgPool)> {
-    Ok(paygate_core::testing::isolated_config().await?)
+    paygate_testkit::isolated_config().await
 }
 
 /// A withdrawal that reached `status` the way the processor moves it there.

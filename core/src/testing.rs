@@ -1,6 +1,10 @@
 //! Test support (feature `testing`): throw-away databases and unique names, so every
 //! integration test runs against the real Postgres, Redis and Kafka without seeing another
 //! test's state.
+//!
+//! The suites reach this through the one test kit, `paygate-testkit`
+//! (`paygate_testkit::config`), which adds the services and the sandbox admin client; it stays
+//! here for core's own tests, which the kit (depending on core) cannot serve.
 
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 

@@ -7,7 +7,7 @@
 //! against
 //!
 //! - a fresh, migrated Postgres database and unique Redis key, Kafka topic and consumer
-//!   group prefixes ([`paygate_core::testing::isolated_config`]);
+//!   group prefixes ([`paygate_testkit::isolated_config`], the one test kit's);
 //! - the real Kafka-protocol broker of the test stack (tansu on 127.0.0.1:9092, or
 //!   `PAYGATE_KAFKA_BROKERS`; `scripts/test` and `scripts/stack up` start it);
 //! - free ports on 127.0.0.1, with one TOML file (`PAYGATE_CONFIG`) for the run.

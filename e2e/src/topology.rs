@@ -12,8 +12,8 @@ use paygate_cli::merchant_setup;
 use paygate_cli::receiver::{Logging, ReceivedWebhook, WebhookReceiver, RECEIVER_PATH};
 use paygate_core::config::Config;
 use paygate_core::domain::MerchantId;
-use paygate_sandbox::admin_client::AdminClient;
-use paygate_sandbox::StatsReport;
+use paygate_testkit::admin::StatsReport;
+use paygate_testkit::AdminClient;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -175,7 +175,7 @@ impl Topology {
     pub async fn start(options: TopologyOptions) -> anyhow::Result<Self> {
         let binaries = binaries::ensure_built().await?;
         paygate_core::telemetry::init(&Config::default().log);
-        let (config, pool) = paygate_core::testing::isolated_config()
+        let (config, pool) = paygate_testkit::isolated_config()
             .await
             .context("creating a fresh database (is Postgres up? run scripts/stack up)")?;
         let dir = binaries

@@ -13,8 +13,7 @@ use paygate_cli::receiver::ReceivedWebhook;
 use paygate_core::bus::events::{Body, Envelope};
 use paygate_core::domain::TransactionId;
 use paygate_e2e::{Kind, Merchant, Topology, TopologyOptions};
-use paygate_sandbox::admin_client::AdminClient;
-use paygate_sandbox::Outcome;
+use paygate_testkit::admin::{AdminClient, Outcome};
 use serde_json::{json, Value};
 
 const N: usize = 200;

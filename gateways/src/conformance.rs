@@ -1,6 +1,7 @@
 //! The conformance kit: one suite every [`PaymentGateway`] must pass against a sandbox
 //! reachable over HTTP (`paygate-sandbox`). Knobs are driven through the sandbox's admin
-//! API, so this crate does not depend on the sandbox crate.
+//! API with the typed client of `paygate-sandbox-admin` (the sandbox depends on this crate,
+//! so this crate cannot depend on the sandbox; the admin types and client live apart).
 //!
 //! The gateway under test must be configured with `base_url = {sandbox}/{gateway name}` and
 //! the sandbox's secrets. The kit points that account's callbacks at a capture listener of
@@ -25,6 +26,7 @@ use chrono::Utc;
 use paygate_core::domain::{
     CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionKind,
 };
+use paygate_sandbox_admin::AdminClient;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -159,7 +161,7 @@ async fn capture(
 struct Kit<'a> {
     gateway: &'a dyn PaymentGateway,
     config: &'a ConformanceConfig,
-    http: reqwest::Client,
+    admin: AdminClient,
     inbox: Arc<Inbox>,
     capture_url: String,
     checks: Vec<Check>,
@@ -197,23 +199,23 @@ pub async fn run(gateway: &dyn PaymentGateway, config: &ConformanceConfig) -> Co
             })
             .await;
     });
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
-        Ok(c) => c,
+    let admin = match AdminClient::new(config.sandbox_url.as_str()) {
+        Ok(admin) => admin,
         Err(e) => return fail(e.to_string()),
     };
     let mut kit = Kit {
         gateway,
         config,
-        http,
+        admin,
         inbox,
         capture_url,
         checks: Vec::new(),
     };
     kit.all().await;
-    let _ = kit.http.delete(kit.admin_url()).send().await;
+    let _ = kit
+        .admin
+        .delete_account_knobs(kit.gateway.name().as_str())
+        .await;
     ConformanceReport {
         gateway: name,
         checks: kit.checks,
@@ -248,14 +250,6 @@ impl Kit<'_> {
         });
     }
 
-    fn admin_url(&self) -> String {
-        format!(
-            "{}/_admin/accounts/{}/knobs",
-            self.config.sandbox_url.trim_end_matches('/'),
-            self.gateway.name()
-        )
-    }
-
     /// Sets the account's knobs: a clean base (callbacks to us, no delay) plus `extra`.
     async fn knobs(&self, extra: Value) -> Result<(), String> {
         let mut knobs = json!({
@@ -267,33 +261,21 @@ impl Kit<'_> {
         if let (Value::Object(base), Value::Object(extra)) = (&mut knobs, extra) {
             base.extend(extra);
         }
-        let response = self
-            .http
-            .put(self.admin_url())
-            .json(&knobs)
-            .send()
+        self.admin
+            .put_account_knobs(self.gateway.name().as_str(), &knobs)
             .await
             .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("sandbox refused knobs: {}", response.status()));
-        }
         Ok(())
     }
 
+    /// The account's counters as JSON (the checks read them by name).
     async fn stats(&self) -> Result<Value, String> {
-        let url = format!(
-            "{}/_admin/accounts/{}/stats",
-            self.config.sandbox_url.trim_end_matches('/'),
-            self.gateway.name()
-        );
-        self.http
-            .get(url)
-            .send()
+        let stats = self
+            .admin
+            .account_stats(self.gateway.name().as_str())
             .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        serde_json::to_value(stats).map_err(|e| e.to_string())
     }
 
     fn clear(&self) {

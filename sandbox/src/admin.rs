@@ -14,7 +14,8 @@
 //! | POST | `/_admin/reset` | forgets records, counters and account knobs |
 //! | GET | `/_admin/references/{reference}` | [`ReferenceReport`]: every account's record of a transaction id (400 if not one) |
 //!
-//! A bad knob value is a 400 `{"error": "..."}`. [`crate::admin_client::AdminClient`] is a
+//! A bad knob value is a 400 `{"error": "..."}`. [`crate::admin_client::AdminClient`] (from
+//! `paygate-sandbox-admin`) is a
 //! typed client of this API.
 //!
 //! Knobs (all per account; see [`Knobs`] for each one's exact meaning):
@@ -54,7 +55,7 @@ use paygate_core::domain::{GatewayName, TransactionId};
 
 use crate::engine::Engine;
 use crate::knobs::{Knobs, Stats};
-use crate::references::{ExecutionReport, ReferenceReport};
+use crate::references::ReferenceReport;
 
 type Shared = State<Arc<Engine>>;
 
@@ -173,7 +174,7 @@ pub async fn reference(State(engine): Shared, Path(raw): Path<String>) -> Respon
     let executions = engine
         .records_of(&reference)
         .iter()
-        .map(ExecutionReport::of)
+        .map(crate::references::execution_report)
         .collect();
     Json(ReferenceReport {
         reference,

@@ -1,77 +1,35 @@
-//! The references report (`GET /_admin/references/{reference}`): what every account (every
-//! gateway) did with one of paygate's transaction ids, so a money-safety test can compare,
-//! per payment, what the providers did with paygate's final state.
+//! The references report (`GET /_admin/references/{reference}`): the wire types live in
+//! `paygate-sandbox-admin`; this module reads them off the sandbox's records.
 
-use chrono::{DateTime, Utc};
-use paygate_core::domain::{TransactionId, TransactionKind};
 use paygate_gateways::ReportedStatus;
-use serde::{Deserialize, Serialize};
 
 use crate::engine::{Record, RecordState};
+pub use paygate_sandbox_admin::references::{ExecutionReport, Outcome, ReferenceReport};
 
-/// Every account's record of one reference (an empty list when no provider saw it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReferenceReport {
-    pub reference: TransactionId,
-    /// In execution order. More than one entry with `outcome != failed` means the payment was
-    /// executed by two gateways (see the `executed_elsewhere` counter).
-    pub executions: Vec<ExecutionReport>,
-}
-
-/// One account's record of the reference.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecutionReport {
-    /// The account (paygate gateway name).
-    pub account: String,
-    pub provider_reference: String,
-    pub kind: TransactionKind,
-    /// Minor units, as executed (never the knob-altered amount of a mismatched callback).
-    pub amount: i64,
-    pub currency: String,
-    /// What the provider's status endpoint reports now: `pending` until the outcome is
-    /// announced by callback (a synchronous decline is `failed` at once).
-    pub outcome: Outcome,
-    /// Whether the outcome is final and told (by callback, or by the synchronous answer).
-    pub announced: bool,
-    /// The outcome decided at execution, announced or not: what will happen to the money.
-    pub decided: Outcome,
-    pub executed_at: DateTime<Utc>,
-}
-
-/// A record's outcome as a word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Pending,
-    Succeeded,
-    Failed,
-}
-
-impl From<&ReportedStatus> for Outcome {
-    fn from(status: &ReportedStatus) -> Self {
-        match status {
-            ReportedStatus::Succeeded => Self::Succeeded,
-            ReportedStatus::Failed { .. } => Self::Failed,
-        }
+fn outcome(status: &ReportedStatus) -> Outcome {
+    match status {
+        ReportedStatus::Succeeded => Outcome::Succeeded,
+        ReportedStatus::Failed { .. } => Outcome::Failed,
     }
 }
 
-impl ExecutionReport {
-    pub(crate) fn of(record: &Record) -> Self {
-        let (outcome, announced, decided) = match &record.state {
-            RecordState::Pending { outcome } => (Outcome::Pending, false, Outcome::from(outcome)),
-            RecordState::Final(outcome) => (Outcome::from(outcome), true, Outcome::from(outcome)),
-        };
-        Self {
-            account: record.order.account.as_str().to_owned(),
-            provider_reference: record.provider_reference.clone(),
-            kind: record.order.kind,
-            amount: record.order.money.amount.minor_units(),
-            currency: record.order.money.currency.code().to_owned(),
-            outcome,
-            announced,
-            decided,
-            executed_at: record.executed_at,
+/// One account's record of a reference, as the report shows it.
+pub(crate) fn execution_report(record: &Record) -> ExecutionReport {
+    let (outcome, announced, decided) = match &record.state {
+        RecordState::Pending { outcome: decided } => {
+            (Outcome::Pending, false, self::outcome(decided))
         }
+        RecordState::Final(told) => (self::outcome(told), true, self::outcome(told)),
+    };
+    ExecutionReport {
+        account: record.order.account.as_str().to_owned(),
+        provider_reference: record.provider_reference.clone(),
+        kind: record.order.kind,
+        amount: record.order.money.amount.minor_units(),
+        currency: record.order.money.currency.code().to_owned(),
+        outcome,
+        announced,
+        decided,
+        executed_at: record.executed_at,
     }
 }

@@ -3,8 +3,7 @@
 
 mod support;
 
-use paygate_sandbox::admin_client::AdminError;
-use paygate_sandbox::Knobs;
+use paygate_testkit::admin::{AdminError, Knobs};
 use serde_json::json;
 use support::World;
 

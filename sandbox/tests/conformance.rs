@@ -7,42 +7,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use paygate_core::config::GatewayConfig;
 use paygate_core::domain::{
     CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionKind,
 };
 use paygate_gateways::conformance::{self, ConformanceConfig};
 use paygate_gateways::{GatewayError, GatewayRegistry, PaymentGateway};
-use paygate_sandbox::admin_client::AdminClient;
-use paygate_sandbox::{
-    Sandbox, SandboxSettings, StatsReport, DEFAULT_SECRET_KEY, DEFAULT_WEBHOOK_SECRET,
-};
+use paygate_testkit::admin::{AdminClient, StatsReport};
+use paygate_testkit::services::{sandbox_gateway, sandbox_settings, spawn_sandbox};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// A sandbox on port 0 (from the test kit) and the token that stops it.
 async fn sandbox(callback_base_url: &str) -> (String, CancellationToken) {
-    let settings = SandboxSettings {
-        listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
-        callback_base_url: callback_base_url.into(),
-        ..SandboxSettings::default()
-    };
-    let sandbox = Sandbox::build(settings)
+    let sandbox = spawn_sandbox(sandbox_settings(callback_base_url))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let url = sandbox.base_url();
-    let shutdown = CancellationToken::new();
-    sandbox.spawn(shutdown.clone());
-    (url, shutdown)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (shutdown, _task) = sandbox.running.into_parts();
+    (sandbox.url, shutdown)
 }
 
 fn registry(sandbox_url: &str, kinds: &[(&str, &str)]) -> GatewayRegistry {
-    let tables: BTreeMap<String, GatewayConfig> = kinds
+    let tables: BTreeMap<String, _> = kinds
         .iter()
         .map(|(name, kind)| {
-            let mut table =
-                GatewayConfig::new(kind, &format!("{sandbox_url}/{name}"), DEFAULT_SECRET_KEY);
-            table.webhook_secret = Some(DEFAULT_WEBHOOK_SECRET.into());
-            table.timeout = Duration::from_millis(1000);
+            let table = sandbox_gateway(sandbox_url, name, kind, &json!({"timeout_ms": 1000}))
+                .unwrap_or_else(|e| panic!("{e:#}"));
             (name.to_string(), table)
         })
         .collect();

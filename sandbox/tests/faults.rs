@@ -264,8 +264,8 @@ async fn references_report_what_every_provider_did() -> anyhow::Result<()> {
     let empty = world.admin.reference(&unknown).await?;
     assert_eq!((empty.reference, empty.executions.len()), (unknown, 0));
     let bad = world
-        .http
-        .get(format!("{}/_admin/references/not-a-txn", world.url))
+        .admin
+        .raw(reqwest::Method::GET, "references/not-a-txn")
         .send()
         .await?;
     assert_eq!(bad.status(), 400);
@@ -299,8 +299,8 @@ async fn references_report_what_every_provider_did() -> anyhow::Result<()> {
     assert!(execution.executed_at >= started - chrono::Duration::seconds(1));
     // The raw JSON has exactly the documented names.
     let raw: serde_json::Value = world
-        .http
-        .get(format!("{}/_admin/references/{reference}", world.url))
+        .admin
+        .raw(reqwest::Method::GET, &format!("references/{reference}"))
         .send()
         .await?
         .json()

@@ -1,18 +1,20 @@
 //! `spawn_app()`: the real API on port 0 against a fresh database, a unique Redis prefix and
-//! unique Kafka topics (`paygate_core::testing::isolated_config`), driven over real HTTP.
+//! unique Kafka topics, driven over real HTTP. Start-up, isolation and the topic reader come
+//! from `paygate-testkit`; this file keeps what is specific to the API's tests (merchants
+//! with keys, request builders, the error shape).
 
 use std::time::Duration;
 
 use anyhow::Context;
-use paygate_api::Application;
 use paygate_core::config::Config;
 use paygate_core::db;
 use paygate_core::domain::{ApiKeyId, MerchantId};
 use paygate_gateways::GatewayRegistry;
+use paygate_testkit::Api;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+pub use paygate_testkit::kafka::consume_topic;
 
 pub type TestResult = anyhow::Result<()>;
 
@@ -21,8 +23,7 @@ pub struct TestApp {
     pub pool: PgPool,
     pub config: Config,
     pub client: reqwest::Client,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    app: Api,
 }
 
 pub struct TestMerchant {
@@ -38,14 +39,7 @@ pub async fn spawn_app() -> anyhow::Result<TestApp> {
 /// The app with the dispatcher's destination policy relaxed as in tests and `paygate dev`
 /// (`allow_loopback`, `allow_http`), for tests that register loopback URLs.
 pub async fn spawn_loopback_app() -> anyhow::Result<TestApp> {
-    spawn_with(
-        |config| {
-            config.destinations.allow_loopback = true;
-            config.destinations.allow_http = true;
-        },
-        GatewayRegistry::default(),
-    )
-    .await
+    spawn_with(paygate_testkit::allow_loopback, GatewayRegistry::default()).await
 }
 
 /// The app with the production destination policy: public `https` only.
@@ -64,9 +58,7 @@ pub async fn spawn_with(
     configure: impl FnOnce(&mut Config),
     registry: GatewayRegistry,
 ) -> anyhow::Result<TestApp> {
-    let (mut config, pool) = paygate_core::testing::isolated_config()
-        .await
-        .context("isolated config")?;
+    let (mut config, pool) = paygate_testkit::isolated_config().await?;
     config.api.bind = "127.0.0.1:0".into();
     configure(&mut config);
     spawn_config(config, pool, registry).await
@@ -78,27 +70,16 @@ pub async fn spawn_config(
     pool: PgPool,
     registry: GatewayRegistry,
 ) -> anyhow::Result<TestApp> {
-    let app = Application::build_with(config.clone(), registry)
-        .await
-        .context("build")?;
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move {
-        if let Err(error) = app.run(token).await {
-            eprintln!("app stopped with error: {error}");
-        }
-    });
+    let app = paygate_testkit::spawn_api(config.clone(), registry).await?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
     Ok(TestApp {
-        address,
+        address: app.address.clone(),
         pool,
         config,
         client,
-        shutdown,
-        task: Some(task),
+        app,
     })
 }
 
@@ -144,18 +125,10 @@ impl TestApp {
         )
     }
 
-    /// Stops the app and waits for it to finish (relay round, producer flush).
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+    /// Stops the app and waits for it to finish (relay round, producer flush). Dropping a
+    /// `TestApp` stops it without waiting.
+    pub async fn stop(self) {
+        self.app.stop().await;
     }
 }
 
@@ -175,68 +148,16 @@ pub async fn error_of(
     ))
 }
 
-/// Reads every message on a topic from the beginning until `expected` arrived and then
-/// `quiet` passed without another (so a duplicate would be seen), or `deadline` passed.
-pub async fn consume_topic(
-    config: &Config,
-    topic: paygate_core::bus::Topic,
-    expected: usize,
-    deadline: Duration,
-    quiet: Duration,
-) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::Message;
-
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", paygate_core::testing::unique_name("apitest"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let name = paygate_core::bus::Topics::new(config.kafka.topic_prefix.clone()).name(topic);
-    consumer.subscribe(&[&name])?;
-    let mut messages = Vec::new();
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        let now = tokio::time::Instant::now();
-        if now >= end {
-            break;
-        }
-        let wait = if messages.len() >= expected {
-            quiet
-        } else {
-            end - now
-        };
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Ok(Ok(message)) => {
-                let key = message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
-                    .unwrap_or_default();
-                messages.push((
-                    key,
-                    message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                ));
-            }
-            Ok(Err(error)) => anyhow::bail!("consume: {error}"),
-            Err(_) => break,
-        }
-    }
-    Ok(messages)
-}
-
 /// Polls `check` every 100 ms until it is true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let end = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < end {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    let held = paygate_testkit::wait::poll(Duration::from_millis(100), timeout, || {
+        let check = check();
+        async move { anyhow::Ok(check.await.then_some(())) }
+    })
+    .await;
+    matches!(held, Ok(Some(())))
 }

@@ -69,7 +69,7 @@ async fn n_accepted_become_exactly_n_messages() -> TestResult {
 /// (`/readyz` degraded); a relay that can reach the broker later publishes each exactly once.
 #[tokio::test]
 async fn accepted_while_the_broker_is_down_are_published_once_when_it_is_back() -> TestResult {
-    let (config, pool) = paygate_core::testing::isolated_config().await?;
+    let (config, pool) = paygate_testkit::isolated_config().await?;
     let mut down = config.clone();
     down.api.bind = "127.0.0.1:0".into();
     // A port nothing listens on: every produce and metadata request fails.

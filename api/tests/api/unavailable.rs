@@ -40,7 +40,7 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_while_postgres_is_unreachable_is_503_with_retry_after() -> TestResult {
-    let (mut config, pool) = paygate_core::testing::isolated_config().await?;
+    let (mut config, pool) = paygate_testkit::isolated_config().await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let proxy = Proxy::start(listener).await;

@@ -1,6 +1,7 @@
 //! Shared set-up for the callback processor's integration tests: a fresh database, unique
 //! Redis and Kafka prefixes, the three real connectors, transactions in a chosen state, and
-//! callbacks signed with the connectors' own helpers.
+//! callbacks signed with the connectors' own helpers. Isolation and the processor's
+//! start-up come from `paygate-testkit`.
 
 #![allow(dead_code)]
 
@@ -12,7 +13,6 @@ use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use paygate_callback_processor::callback_log::{self, Entry};
-use paygate_callback_processor::CallbackProcessor;
 use paygate_core::announce;
 use paygate_core::bus::events::{Body, CallbackReceived, Envelope};
 use paygate_core::bus::trace::{TraceParent, TRACEPARENT};
@@ -26,10 +26,10 @@ use paygate_core::domain::{
     CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
     TransactionKind, TransactionStatus,
 };
-use paygate_core::testing::{isolated_config, unique_name};
 use paygate_gateways::{
     json, protobuf, soap, CallbackFields, GatewayRegistry, ReportedStatus, Secret, SignedCallback,
 };
+use paygate_testkit::{isolated_config, unique_name};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -249,9 +249,8 @@ impl Harness {
     /// Builds and runs a processor; cancel the token to stop it.
     pub async fn start_processor(&self) -> anyhow::Result<Running> {
         let processor =
-            CallbackProcessor::build(self.config.clone(), self.registry.clone()).await?;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(processor.run(stop.clone()));
+            paygate_testkit::spawn_callback_processor(&self.config, self.registry.clone()).await?;
+        let (stop, task) = processor.into_parts();
         Ok(Running { stop, task })
     }
 
@@ -368,19 +367,12 @@ impl Watch {
 }
 
 /// Polls `check` until it returns `Some`, or fails after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    paygate_testkit::wait::poll(Duration::from_millis(50), within, check)
+        .await?
+        .with_context(|| format!("timed out waiting for {what}"))
 }

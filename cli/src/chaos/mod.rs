@@ -24,7 +24,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use paygate_core::config::Config;
 use paygate_core::db;
-use paygate_sandbox::admin_client::AdminClient;
+use paygate_sandbox_admin::AdminClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

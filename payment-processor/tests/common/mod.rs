@@ -1,14 +1,15 @@
 //! What the payment processor's integration tests share: a fresh database and topic prefix,
 //! a sandbox (callbacks off: the processor's job ends at `submitted`) with gateways on it, a
-//! merchant, and helpers to insert transactions and read the sandbox.
+//! merchant, and helpers to insert transactions and read the sandbox. Isolation, the
+//! sandbox, the gateways on it and the processor itself start through `paygate-testkit`.
 
 #![allow(dead_code)] // each test file uses its own part of this
 
 use chrono::Utc;
 use paygate_core::announce;
 use paygate_core::bus::events::{Body, Envelope};
+use paygate_core::config::Config;
 use paygate_core::config::RouteRule;
-use paygate_core::config::{Config, GatewayConfig};
 use paygate_core::db::transactions;
 use std::time::Duration;
 
@@ -16,10 +17,8 @@ use paygate_core::domain::{
     CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
     TransactionKind,
 };
-use paygate_gateways::GatewayRegistry;
-use paygate_payment_processor::PaymentProcessor;
-use paygate_sandbox::admin_client::AdminClient;
-use paygate_sandbox::{Knobs, Sandbox, SandboxSettings, StatsReport};
+use paygate_testkit::admin::{AdminClient, Knobs, Stats, StatsReport};
+use paygate_testkit::services::{sandbox_settings, spawn_sandbox, SandboxHandle};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -33,13 +32,8 @@ pub struct World {
     pub sandbox_url: String,
     pub http: reqwest::Client,
     pub merchant: MerchantId,
-    stop_sandbox: CancellationToken,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.stop_sandbox.cancel();
-    }
+    /// Stopped when the world is dropped.
+    sandbox: SandboxHandle,
 }
 
 impl World {
@@ -51,37 +45,24 @@ impl World {
         gateways: &[(&str, &str)],
         settings: serde_json::Value,
     ) -> Result<Self, BoxError> {
-        let (mut config, pool) = paygate_core::testing::isolated_config().await?;
+        let (mut config, pool) = paygate_testkit::isolated_config().await?;
         // Static membership (KIP-345), as deployments run it (docs/ARCHITECTURE.md change 17):
         // a processor restarted in a test takes its partitions back at once. One processor
         // runs at a time per world, so one id per world.
         config.kafka.instance_id = Some(config.kafka.group_prefix.clone());
-        let sandbox = Sandbox::build(SandboxSettings {
-            listen: "127.0.0.1:0".parse()?,
-            callback_base_url: "http://127.0.0.1:1".into(),
+        let sandbox = spawn_sandbox(paygate_sandbox::SandboxSettings {
             knobs: Knobs {
                 callbacks_enabled: false,
                 ..knobs
             },
-            ..SandboxSettings::default()
+            ..sandbox_settings("http://127.0.0.1:1")
         })
         .await?;
-        let sandbox_url = sandbox.base_url();
-        let stop_sandbox = CancellationToken::new();
-        sandbox.spawn(stop_sandbox.clone());
+        let sandbox_url = sandbox.url.clone();
         for (name, kind) in gateways {
-            let mut table = json!({
-                "kind": kind,
-                "base_url": format!("{sandbox_url}/{name}"),
-                "secret_key": paygate_sandbox::DEFAULT_SECRET_KEY,
-                "webhook_secret": paygate_sandbox::DEFAULT_WEBHOOK_SECRET,
-            });
-            if let (Some(table), Some(extra)) = (table.as_object_mut(), settings.as_object()) {
-                table.extend(extra.clone());
-            }
             config
                 .gateways
-                .insert((*name).to_owned(), GatewayConfig::from_json(name, table)?);
+                .insert((*name).to_owned(), sandbox.gateway(name, kind, &settings)?);
         }
         let merchant = paygate_core::db::merchants::create(&pool, merchant_name)
             .await?
@@ -95,7 +76,7 @@ impl World {
             sandbox_url,
             http: reqwest::Client::new(),
             merchant,
-            stop_sandbox,
+            sandbox,
         })
     }
 
@@ -182,16 +163,8 @@ impl World {
     pub async fn start(
         &self,
     ) -> Result<(CancellationToken, tokio::task::JoinHandle<()>), BoxError> {
-        let registry = GatewayRegistry::from_config(&self.config.gateways)?;
-        let processor = PaymentProcessor::build(self.config.clone(), registry).await?;
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            if let Err(error) = processor.run(token).await {
-                eprintln!("processor stopped with {error}");
-            }
-        });
-        Ok((stop, task))
+        let processor = paygate_testkit::spawn_payment_processor(&self.config).await?;
+        Ok(processor.into_logged())
     }
 
     /// Changes only the given knobs of `account`.
@@ -237,6 +210,6 @@ impl World {
 }
 
 /// One account's counters (zero when it saw nothing).
-pub fn account(stats: &StatsReport, name: &str) -> paygate_sandbox::Stats {
+pub fn account(stats: &StatsReport, name: &str) -> Stats {
     stats.accounts.get(name).copied().unwrap_or_default()
 }

@@ -1,5 +1,6 @@
 //! A sandbox on port 0 and raw clients of its three protocols, so tests see the exact wire
-//! answers (status, content type, body) rather than a connector's reading of them.
+//! answers (status, content type, body) rather than a connector's reading of them. The
+//! sandbox starts through `paygate-testkit`; the admin API is its typed client.
 
 #![allow(dead_code)]
 
@@ -13,8 +14,9 @@ use paygate_core::domain::TransactionId;
 use paygate_gateways::json::wire as jw;
 use paygate_gateways::protobuf::wire as pw;
 use paygate_gateways::soap::wire as sw;
-use paygate_sandbox::admin_client::AdminClient;
-use paygate_sandbox::{Sandbox, SandboxSettings, Stats, DEFAULT_SECRET_KEY};
+use paygate_sandbox::DEFAULT_SECRET_KEY;
+use paygate_testkit::admin::{AdminClient, Stats};
+use paygate_testkit::services::{sandbox_settings, spawn_sandbox};
 use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -121,18 +123,11 @@ pub struct World {
 impl World {
     /// A sandbox on port 0 whose callbacks go to `callback_base_url`.
     pub async fn start(callback_base_url: &str) -> anyhow::Result<Self> {
-        let sandbox = Sandbox::build(SandboxSettings {
-            listen: "127.0.0.1:0".parse()?,
-            callback_base_url: callback_base_url.into(),
-            ..SandboxSettings::default()
-        })
-        .await?;
-        let url = sandbox.base_url();
-        let shutdown = CancellationToken::new();
-        let handle = sandbox.spawn(shutdown.clone());
+        let sandbox = spawn_sandbox(sandbox_settings(callback_base_url)).await?;
+        let (shutdown, handle) = sandbox.running.into_parts();
         Ok(Self {
-            admin: AdminClient::new(url.clone())?,
-            url,
+            admin: sandbox.admin,
+            url: sandbox.url,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
@@ -394,14 +389,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if probe().await? {
-            return Ok(true);
+    let held = paygate_testkit::wait::poll(Duration::from_millis(20), within, || {
+        let probe = probe();
+        async move {
+            let holds = probe.await?;
+            anyhow::Ok(holds.then_some(()))
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await?;
+    Ok(held.is_some())
 }
