@@ -1,24 +1,17 @@
 //! `paygate ledger top-up|check` and `paygate merchants create-key --scope`, run as the
 //! binary against a fresh database.
 
+mod common;
+
 use std::process::Output;
 
+use common::paygate;
 use paygate_core::config::Config;
 use paygate_core::db::{ledger, merchants};
 use paygate_core::domain::{Currency, Scope};
 use sqlx::PgPool;
 
 type TestResult = anyhow::Result<()>;
-
-fn paygate(config: &Config, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
-        .args(args)
-        .env("PAYGATE_DATABASE_URL", &config.database.url)
-        .env("PAYGATE_REDIS_URL", &config.redis.url)
-        .env("PAYGATE_REDIS_KEY_PREFIX", &config.redis.key_prefix)
-        .env("PAYGATE_LOG_FILTER", "warn")
-        .output()?)
-}
 
 fn text(out: &Output) -> String {
     format!(

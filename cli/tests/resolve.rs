@@ -2,9 +2,10 @@
 //! payment is settled by hand with an audit row and its announcement, in one commit; anything
 //! else is refused with a message naming the problem, and nothing is written.
 
-use std::process::Output;
+mod common;
 
 use chrono::Utc;
+use common::paygate;
 use paygate_core::announce;
 use paygate_core::config::Config;
 use paygate_core::db::transactions;
@@ -54,16 +55,6 @@ async fn transaction(pool: &PgPool, path: &[TransactionStatus]) -> anyhow::Resul
             .ok_or_else(|| anyhow::anyhow!("update did not apply"))?;
     }
     Ok(tx)
-}
-
-fn paygate(config: &Config, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
-        .args(args)
-        .env("PAYGATE_DATABASE_URL", &config.database.url)
-        .env("PAYGATE_REDIS_URL", &config.redis.url)
-        .env("PAYGATE_REDIS_KEY_PREFIX", &config.redis.key_prefix)
-        .env("PAYGATE_LOG_FILTER", "warn")
-        .output()?)
 }
 
 async fn completed_rows(pool: &PgPool) -> anyhow::Result<i64> {
