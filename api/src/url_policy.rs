@@ -65,6 +65,7 @@ mod tests {
         let dev = DestinationPolicy {
             allow_loopback: true,
             allow_http: true,
+            ..DestinationPolicy::STRICT
         };
         // IP literals: no lookup, nothing sent anywhere.
         assert!(verdict("https://8.8.8.8/hooks", strict).await.is_ok());

@@ -201,6 +201,14 @@ fn metadata(value: &Value) -> Result<Value, HttpError> {
         )));
     }
     for (key, value) in object {
+        // Postgres `jsonb` cannot hold U+0000 (it would be a 500, and the client would
+        // retry the same body forever): refused here, in keys and values alike, with the
+        // value checks below refusing anything nested.
+        if key.contains('\0') || matches!(value, Value::String(s) if s.contains('\0')) {
+            return Err(invalid(
+                "metadata keys and values must not contain the NUL character (\\u0000)".to_owned(),
+            ));
+        }
         if key.is_empty() || key.chars().count() > METADATA_MAX_KEY_CHARS {
             return Err(invalid(format!(
                 "metadata keys must be 1 to {METADATA_MAX_KEY_CHARS} characters"
@@ -298,6 +306,18 @@ mod tests {
             param_of(with("metadata", json!({"a": {"b": 1}}))).as_deref(),
             Some("metadata")
         );
+        for nul in [
+            json!({"note": "a\u{0}b"}),
+            json!({"a\u{0}": "b"}),
+            json!({"\u{0}": 1}),
+            json!({"nested": {"k": "\u{0}"}}),
+        ] {
+            assert_eq!(
+                param_of(with("metadata", nul.clone())).as_deref(),
+                Some("metadata"),
+                "{nul}"
+            );
+        }
         assert_eq!(param_of(with("extra", json!(1))).as_deref(), Some("extra"));
         assert_eq!(
             param_of(json!({"currency": "USD", "customer": "c"})).as_deref(),

@@ -10,8 +10,10 @@ use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use crate::retry::parse_retry_after;
 use crate::signing::{SignedHeaders, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
-/// Bytes of the response body kept in the attempt log.
-pub const EXCERPT_BYTES: usize = 4 * 1024;
+/// Bytes of the response body kept in the attempt log: enough to tell a merchant why their
+/// endpoint refused, too little to make the dispatcher a fetch oracle for any public host's
+/// pages (the attempt log is shown to the merchant).
+pub const EXCERPT_BYTES: usize = 256;
 const USER_AGENT: &str = concat!("paygate-webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// What one attempt got.
@@ -19,7 +21,8 @@ const USER_AGENT: &str = concat!("paygate-webhooks/", env!("CARGO_PKG_VERSION"))
 pub struct AttemptReport {
     pub status: Option<u16>,
     pub latency: Duration,
-    /// The first [`EXCERPT_BYTES`] of the response body (lossy UTF-8).
+    /// At most [`EXCERPT_BYTES`] bytes of the start of the response body (lossy UTF-8, cut
+    /// at a character boundary); the rest is never read.
     pub excerpt: Option<String>,
     /// Why there is no (complete) response: timeout, refused connection, guard refusal…
     pub error: Option<String>,
@@ -108,16 +111,30 @@ impl Sender {
                 }
             }
         }
-        excerpt.truncate(EXCERPT_BYTES);
         AttemptReport {
             status: Some(status),
             latency: started.elapsed(),
-            excerpt: (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned()),
+            excerpt: excerpt_of(&excerpt),
             error,
             retry_after,
             refused: None,
         }
     }
+}
+
+/// At most [`EXCERPT_BYTES`] bytes of text from the start of `body`: lossy UTF-8 (a
+/// replacement character is three bytes), then cut back to a character boundary.
+pub fn excerpt_of(body: &[u8]) -> Option<String> {
+    let head = &body[..body.len().min(EXCERPT_BYTES)];
+    let mut text = String::from_utf8_lossy(head).into_owned();
+    if text.len() > EXCERPT_BYTES {
+        let mut end = EXCERPT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    (!text.is_empty()).then_some(text)
 }
 
 fn describe(error: &reqwest::Error, timeout: Duration) -> String {
@@ -136,4 +153,31 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
         source = cause.source();
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_excerpt_is_short_whatever_the_body() {
+        assert_eq!(excerpt_of(b""), None);
+        assert_eq!(excerpt_of(b"nope").as_deref(), Some("nope"));
+        // A public page of 4 KiB: only its first 256 bytes are kept.
+        let page = "<html>".repeat(700);
+        let kept = excerpt_of(page.as_bytes()).unwrap_or_default();
+        assert_eq!(kept.len(), EXCERPT_BYTES);
+        assert!(page.starts_with(&kept));
+        // Multi-byte characters and invalid bytes never push it past the bound.
+        let wide = "\u{20ac}".repeat(200);
+        let kept = excerpt_of(wide.as_bytes()).unwrap_or_default();
+        assert!(kept.len() <= EXCERPT_BYTES && kept.chars().all(|c| c == '\u{20ac}'));
+        let invalid = vec![0xff_u8; 1000];
+        let kept = excerpt_of(&invalid).unwrap_or_default();
+        assert!(
+            !kept.is_empty() && kept.len() <= EXCERPT_BYTES,
+            "{}",
+            kept.len()
+        );
+    }
 }

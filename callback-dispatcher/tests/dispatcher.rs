@@ -645,6 +645,7 @@ async fn internal_destinations_are_refused_before_connecting() -> TestResult {
     let dev = DestinationPolicy {
         allow_loopback: true,
         allow_http: true,
+        ..DestinationPolicy::STRICT
     };
     assert!(check_destination(&format!("http://localhost:{port}/"), dev)
         .await

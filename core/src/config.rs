@@ -225,13 +225,31 @@ impl Default for OutboxConfig {
 /// `[destinations]`: what the SSRF guard (`paygate_core::destination`) allows beyond
 /// public `https` URLs, for webhook endpoints and callback URLs. The API applies it when a
 /// URL is registered and the dispatcher before every delivery, so both read it here.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DestinationsConfig {
-    /// Admit loopback addresses (tests and `paygate dev` only).
+    /// Admit loopback addresses, on any port (tests and `paygate dev` only).
     pub allow_loopback: bool,
     /// Admit plain http (tests and `paygate dev` only).
     pub allow_http: bool,
+    /// The ports a (non-loopback) destination may use: 1 to 16 of them. Default 443, 80
+    /// (reachable only with `allow_http`) and 8443; a merchant's webhook on another port is
+    /// refused, so the guard cannot be pointed at e.g. a database or SSH port of a host.
+    /// A list (`[443, 8443]`) or `PAYGATE_DESTINATIONS_ALLOWED_PORTS=443,8443`.
+    #[serde(with = "units::ports_list")]
+    pub allowed_ports: Vec<u16>,
+}
+
+impl Default for DestinationsConfig {
+    fn default() -> Self {
+        Self {
+            allow_loopback: false,
+            allow_http: false,
+            allowed_ports: crate::destination::AllowedPorts::DEFAULT
+                .as_slice()
+                .to_vec(),
+        }
+    }
 }
 
 /// The payment processor: pending transactions to provider calls.
@@ -692,6 +710,18 @@ impl Config {
                     &format!("rule {i} needs at least one gateway"),
                 );
             }
+        }
+        let ports = &self.destinations.allowed_ports;
+        if ports.is_empty() || ports.len() > crate::destination::MAX_ALLOWED_PORTS {
+            bad(
+                "destinations.allowed_ports",
+                &format!(
+                    "must list 1 to {} ports",
+                    crate::destination::MAX_ALLOWED_PORTS
+                ),
+            );
+        } else if ports.contains(&0) {
+            bad("destinations.allowed_ports", "0 is not a port");
         }
         for (name, gateway) in &self.gateways {
             gateway.check(name, &mut problems);

@@ -8,8 +8,13 @@
 //! resolves to is not publicly routable: loopback, private (RFC 1918), link-local (and so
 //! the cloud metadata address 169.254.169.254), unique-local (and so `fd00:ec2::254`),
 //! carrier-grade NAT, unspecified, multicast, broadcast, reserved or documentation ranges,
-//! and IPv4 addresses embedded in IPv6 (mapped, compatible, NAT64) in any of those.
-//! `allow_loopback` admits loopback addresses only (tests, `paygate dev`).
+//! the 6to4 relay anycast (192.88.99.0/24), Teredo (2001::/32), local-use NAT64
+//! (64:ff9b:1::/48), and IPv4 addresses embedded in IPv6 (mapped, compatible, NAT64,
+//! 6to4) in any of those. Only the ports of `allowed_ports` are admitted (default 443, 80,
+//! 8443). `allow_loopback` admits loopback addresses, on any port (tests, `paygate dev`).
+//!
+//! A refusal of a name never says what the name resolved to: the merchant learns that the
+//! host is not a public destination, not which internal address is behind it.
 //!
 //! The checked addresses are returned so the HTTP client connects to exactly those (see
 //! [`CheckedDestination::addrs`] and reqwest's `resolve_to_addrs`): a DNS answer that
@@ -25,20 +30,69 @@ use url::{Host, Url};
 /// How long name resolution may take before the destination counts as unreachable.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the guard allows beyond public `https` destinations.
+/// At most this many ports may be listed in `destinations.allowed_ports`.
+pub const MAX_ALLOWED_PORTS: usize = 16;
+
+/// The ports a destination may use (`destinations.allowed_ports`); a small set kept inline
+/// so the policy stays `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowedPorts {
+    ports: [u16; MAX_ALLOWED_PORTS],
+    len: usize,
+}
+
+impl AllowedPorts {
+    /// https, http (only with `allow_http`) and the common alternative https port.
+    pub const DEFAULT: Self = Self {
+        ports: [443, 80, 8443, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        len: 3,
+    };
+
+    /// The first [`MAX_ALLOWED_PORTS`] of `ports` (the configuration refuses more).
+    pub fn new(ports: &[u16]) -> Self {
+        let mut set = Self {
+            ports: [0; MAX_ALLOWED_PORTS],
+            len: 0,
+        };
+        for port in ports.iter().take(MAX_ALLOWED_PORTS) {
+            set.ports[set.len] = *port;
+            set.len += 1;
+        }
+        set
+    }
+
+    pub fn as_slice(&self) -> &[u16] {
+        &self.ports[..self.len]
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.as_slice().contains(&port)
+    }
+}
+
+impl Default for AllowedPorts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What the guard allows beyond public `https` destinations on [`AllowedPorts::DEFAULT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DestinationPolicy {
-    /// Admit loopback addresses (and only those of the internal ranges).
+    /// Admit loopback addresses (and only those of the internal ranges), on any port.
     pub allow_loopback: bool,
     /// Admit plain `http`.
     pub allow_http: bool,
+    /// The ports a non-loopback destination may use.
+    pub allowed_ports: AllowedPorts,
 }
 
 impl DestinationPolicy {
-    /// Public `https` only: production.
+    /// Public `https` only, on the default ports: production.
     pub const STRICT: Self = Self {
         allow_loopback: false,
         allow_http: false,
+        allowed_ports: AllowedPorts::DEFAULT,
     };
 
     /// The policy of `[destinations]`.
@@ -46,6 +100,7 @@ impl DestinationPolicy {
         Self {
             allow_loopback: config.allow_loopback,
             allow_http: config.allow_http,
+            allowed_ports: AllowedPorts::new(&config.allowed_ports),
         }
     }
 }
@@ -75,12 +130,27 @@ pub enum Refused {
     NoHost,
     #[error("host {host} could not be resolved: {reason}")]
     Unresolvable { host: String, reason: String },
-    #[error("host {host} resolves to {addr}, a {class} address")]
+    /// The message names the address and its range only when the URL gave the address
+    /// itself; what a name resolved to is never shown.
+    #[error("{}", forbidden_message(host, addr, class, *is_domain))]
     Forbidden {
         host: String,
+        /// For logs; never in the message when `is_domain`.
         addr: IpAddr,
         class: &'static str,
+        /// Whether `host` is a name (its addresses are then not shown).
+        is_domain: bool,
     },
+    #[error("URL port {port} is not allowed (allowed: {allowed})")]
+    Port { port: u16, allowed: String },
+}
+
+fn forbidden_message(host: &str, addr: &IpAddr, class: &str, is_domain: bool) -> String {
+    if is_domain {
+        format!("host {host} is not a publicly routable destination")
+    } else {
+        format!("address {addr} is a {class} address, not a publicly routable destination")
+    }
 }
 
 impl Refused {
@@ -138,7 +208,27 @@ pub async fn check_destination(
             host: host.clone(),
             addr: *ip,
             class,
+            is_domain,
         })?;
+    }
+    // After the address check, so an internal address is refused as such whatever its
+    // port. Loopback (admitted only with `allow_loopback`: tests, `paygate dev`) may use
+    // any port.
+    let any_port = policy.allow_loopback
+        && ips
+            .iter()
+            .all(|ip| non_public_class(*ip) == Some("loopback"));
+    if !any_port && !policy.allowed_ports.contains(port) {
+        let allowed: Vec<String> = policy
+            .allowed_ports
+            .as_slice()
+            .iter()
+            .map(u16::to_string)
+            .collect();
+        return Err(Refused::Port {
+            port,
+            allowed: allowed.join(", "),
+        });
     }
     let mut addrs: Vec<SocketAddr> = ips
         .into_iter()
@@ -192,6 +282,9 @@ fn v4_class(ip: Ipv4Addr) -> Option<&'static str> {
     } else if (a == 192 && b == 0 && c == 0) || (a == 198 && (b & 0xfe) == 18) {
         // IETF protocol assignments (192.0.0.0/24), benchmarking (198.18.0.0/15).
         "reserved"
+    } else if a == 192 && b == 88 && c == 99 {
+        // 6to4 relay anycast (192.88.99.0/24, RFC 7526): a relay into unknown networks.
+        "6to4 relay"
     } else if ip.is_documentation() {
         "documentation"
     } else {
@@ -215,6 +308,15 @@ fn v6_class(ip: Ipv6Addr) -> Option<&'static str> {
     let embedded = Ipv4Addr::new(a, b, c, d);
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return v4_class(embedded);
+    }
+    if segments[..3] == [0x64, 0xff9b, 0x0001] {
+        // Local-use NAT64 (64:ff9b:1::/48, RFC 8215): translates into a private network,
+        // with the IPv4 address at a prefix-dependent place; never a public destination.
+        return Some("local-use NAT64");
+    }
+    if segments[..2] == [0x2001, 0x0000] {
+        // Teredo (2001::/32, RFC 4380): a tunnel to an obfuscated IPv4 host.
+        return Some("Teredo");
     }
     if segments[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified() {
         // Deprecated IPv4-compatible form: never a legitimate destination.
@@ -317,6 +419,7 @@ mod tests {
         let dev = DestinationPolicy {
             allow_loopback: true,
             allow_http: true,
+            ..DestinationPolicy::STRICT
         };
         assert_eq!(check_ip(ip("127.0.0.1"), dev), Ok(()));
         assert_eq!(check_ip(ip("::1"), dev), Ok(()));
@@ -338,6 +441,7 @@ mod tests {
         let http_ok = DestinationPolicy {
             allow_loopback: false,
             allow_http: true,
+            ..DestinationPolicy::STRICT
         };
         let refused = |r: Result<CheckedDestination, Refused>| r.err();
         assert!(matches!(
@@ -381,6 +485,120 @@ mod tests {
         assert_eq!(
             ok.addrs,
             vec!["8.8.8.8:8443".parse().unwrap_or_else(|e| panic!("{e}"))]
+        );
+    }
+
+    #[test]
+    fn relay_tunnel_and_translation_ranges_are_refused() {
+        for (internal, class) in [
+            // Local-use NAT64: whatever it embeds, it translates into a private network.
+            ("64:ff9b:1::808:808", "local-use NAT64"),
+            ("64:ff9b:1:ffff::1", "local-use NAT64"),
+            // Teredo, whatever server and client it names.
+            ("2001::1", "Teredo"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+            // 6to4 relay anycast, and the same through a 6to4 address.
+            ("192.88.99.1", "6to4 relay"),
+            ("192.88.99.255", "6to4 relay"),
+            ("2002:c058:6301::1", "6to4 relay"),
+            // Well-known NAT64 embedding an internal IPv4 is judged by that address.
+            ("64:ff9b::7f00:1", "loopback"),
+            ("64:ff9b::a00:1", "private"),
+            ("64:ff9b::a9fe:a9fe", "cloud metadata"),
+            ("64:ff9b::c0a8:101", "private"),
+        ] {
+            assert_eq!(non_public_class(ip(internal)), Some(class), "{internal}");
+        }
+        // Neighbours of the new ranges stay public.
+        for public in [
+            "192.88.98.1",
+            "192.88.100.1",
+            "2001:4860:4860::8888",
+            "64:ff9b:2::1",
+            "64:ff9b::808:808",
+        ] {
+            assert_eq!(non_public_class(ip(public)), None, "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusing_a_name_never_shows_what_it_resolved_to() {
+        let http_ok = DestinationPolicy {
+            allow_http: true,
+            ..DestinationPolicy::STRICT
+        };
+        // `localhost` resolves to loopback without any network.
+        let refused = check_destination("http://localhost/hook", http_ok).await;
+        let Err(refused @ Refused::Forbidden { .. }) = refused else {
+            panic!("localhost admitted: {refused:?}");
+        };
+        let message = refused.to_string();
+        assert_eq!(
+            message,
+            "host localhost is not a publicly routable destination"
+        );
+        for leak in ["127.0.0.1", "::1", "loopback"] {
+            assert!(!message.contains(leak), "{message}");
+        }
+        // An address the merchant wrote may be named.
+        let literal = check_destination("https://10.1.2.3/hook", http_ok).await;
+        assert_eq!(
+            literal.err().map(|e| e.to_string()).as_deref(),
+            Some("address 10.1.2.3 is a private address, not a publicly routable destination")
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_allowed_ports_are_admitted() {
+        let strict = DestinationPolicy::STRICT;
+        for url in [
+            "https://8.8.8.8/x",
+            "https://8.8.8.8:443/x",
+            "https://8.8.8.8:8443/x",
+        ] {
+            assert!(check_destination(url, strict).await.is_ok(), "{url}");
+        }
+        for url in [
+            "https://8.8.8.8:22/x",
+            "https://8.8.8.8:6379/x",
+            "https://8.8.8.8:9092/x",
+            "https://8.8.8.8:65535/x",
+        ] {
+            let refused = check_destination(url, strict).await;
+            assert!(
+                matches!(refused, Err(Refused::Port { .. })),
+                "{url}: {refused:?}"
+            );
+            assert!(refused.is_err_and(|e| e.is_permanent()));
+        }
+        let custom = DestinationPolicy {
+            allowed_ports: AllowedPorts::new(&[9443]),
+            ..strict
+        };
+        assert!(check_destination("https://8.8.8.8:9443/", custom)
+            .await
+            .is_ok());
+        assert!(check_destination("https://8.8.8.8/", custom).await.is_err());
+        // Loopback under `allow_loopback` (tests, `paygate dev`) may use any port; a public
+        // address under the same policy may not.
+        let dev = DestinationPolicy {
+            allow_loopback: true,
+            allow_http: true,
+            ..strict
+        };
+        assert!(check_destination("http://127.0.0.1:54321/hook", dev)
+            .await
+            .is_ok());
+        assert!(check_destination("http://localhost:54321/hook", dev)
+            .await
+            .is_ok());
+        assert!(matches!(
+            check_destination("http://8.8.8.8:54321/hook", dev).await,
+            Err(Refused::Port { .. })
+        ));
+        assert_eq!(
+            DestinationPolicy::from_config(&DestinationsConfig::default()),
+            strict
         );
     }
 }

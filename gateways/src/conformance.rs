@@ -572,6 +572,26 @@ impl Kit<'_> {
             gateway.handle_callback(request).err()
         };
 
+        // Only the declared headers are kept on the bus: the genuine callback must verify
+        // with those alone (and carrying a credential header must change nothing).
+        let declared = self.gateway.callback_headers();
+        let mut kept = base.clone();
+        kept.headers
+            .insert("authorization".into(), "Bearer not-for-the-bus".into());
+        kept.headers
+            .retain(|name, _| declared.contains(&name.as_str()));
+        let r = if kept.headers.contains_key("authorization") {
+            Err(format!(
+                "callback_headers() declares authorization: {declared:?}"
+            ))
+        } else {
+            match self.gateway.handle_callback(&kept) {
+                Ok(_) => Ok(format!("verifies with {declared:?} alone")),
+                Err(e) => Err(format!("refused with only {declared:?}: {e}")),
+            }
+        };
+        self.record("callback_verifies_with_declared_headers_only", r);
+
         // Tampered body, signature kept.
         let mut tampered = base.clone();
         let mut body = tampered.body.to_vec();

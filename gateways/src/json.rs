@@ -39,6 +39,8 @@ pub mod wire {
 
     pub const CONTENT_TYPE: &str = "application/json";
     pub const SIGNATURE_HEADER: &str = "x-paystack-signature";
+    /// The headers a callback is verified with (see `PaymentGateway::callback_headers`).
+    pub const CALLBACK_HEADERS: &[&str] = &["content-type", SIGNATURE_HEADER];
     pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
     pub const CHARGE_PATH: &str = "transaction/charge";
     pub const TRANSFER_PATH: &str = "transfer";
@@ -238,6 +240,10 @@ impl PaymentGateway for JsonGateway {
             recipient: tx.customer.as_str().to_owned(),
         };
         self.submit(wire::TRANSFER_PATH, &body, tx).await
+    }
+
+    fn callback_headers(&self) -> &'static [&'static str] {
+        wire::CALLBACK_HEADERS
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {

@@ -218,8 +218,15 @@ pub trait PaymentGateway: Send + Sync {
     /// Money out: pay the customer.
     async fn withdraw(&self, transaction: &Transaction) -> Result<SubmitOutcome, GatewayError>;
 
+    /// The request headers (lower-case names) [`PaymentGateway::handle_callback`] reads:
+    /// its signature header(s) and `content-type`. Only these are kept with a received
+    /// callback (on the bus, in dead letters); every other header (`authorization`,
+    /// `cookie`, proxies' additions) is dropped at the door, so a callback re-verified later
+    /// from the queue verifies exactly as it did on receipt.
+    fn callback_headers(&self) -> &'static [&'static str];
+
     /// Authenticates (signature, freshness) and parses a callback. Must never panic,
-    /// whatever the bytes.
+    /// whatever the bytes. Reads no header outside [`PaymentGateway::callback_headers`].
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError>;
 
     /// Asks the provider what became of a transaction: after an ambiguous attempt, and for

@@ -31,6 +31,9 @@ use crate::{
 pub mod wire {
     pub const CONTENT_TYPE: &str = "application/x-protobuf";
     pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+    /// The headers a callback is verified with (see `PaymentGateway::callback_headers`):
+    /// the signature travels inside the body (`SignedEvent`), so only the content type.
+    pub const CALLBACK_HEADERS: &[&str] = &["content-type"];
     pub const PAYMENTS_PATH: &str = "v1/payments";
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -254,6 +257,10 @@ impl PaymentGateway for ProtobufGateway {
 
     async fn withdraw(&self, tx: &Transaction) -> Result<SubmitOutcome, GatewayError> {
         self.submit(tx, PaymentKind::Withdrawal).await
+    }
+
+    fn callback_headers(&self) -> &'static [&'static str] {
+        wire::CALLBACK_HEADERS
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {

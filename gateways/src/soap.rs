@@ -41,6 +41,8 @@ pub mod wire {
     /// Media types accepted on callbacks.
     pub const ACCEPTED_TYPES: &[&str] = &["text/xml", "application/xml", "application/soap+xml"];
     pub const SIGNATURE_HEADER: &str = "x-soap-signature";
+    /// The headers a callback is verified with (see `PaymentGateway::callback_headers`).
+    pub const CALLBACK_HEADERS: &[&str] = &["content-type", SIGNATURE_HEADER];
     pub const SOAP_ACTION_HEADER: &str = "soapaction";
     pub const PATH: &str = "soap";
     pub const SOAP_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
@@ -481,6 +483,10 @@ impl PaymentGateway for SoapGateway {
             tx,
         )
         .await
+    }
+
+    fn callback_headers(&self) -> &'static [&'static str] {
+        wire::CALLBACK_HEADERS
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {

@@ -5,6 +5,8 @@
 //! 200 is answered only after the broker acknowledged it. Nothing is written to Postgres:
 //! the callback processor applies it. Unknown gateway 404, forged 401, too large 413,
 //! unsupported type 415, malformed 400, broker down 503 (the provider retries).
+//! Of the request's headers only those the connector declares it verifies with
+//! (`PaymentGateway::callback_headers`) are read and queued; none other reaches Kafka.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -68,9 +70,14 @@ pub async fn receive(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // Header names from the HTTP layer are already lower case.
+    // Only the headers the connector verifies with are kept: they are all it reads here,
+    // and all the callback processor needs to verify the queued callback again. Anything
+    // else (`authorization`, `cookie`, a proxy's additions) is dropped before it can reach
+    // the bus or a dead letter. Header names from the HTTP layer are already lower case.
+    let declared = gateway.callback_headers();
     let header_map: BTreeMap<String, String> = headers
         .iter()
+        .filter(|(k, _)| declared.contains(&k.as_str()))
         .filter_map(|(k, v)| {
             v.to_str()
                 .ok()

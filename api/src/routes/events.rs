@@ -1,17 +1,18 @@
 //! `POST /v1/events/{id}/redeliver`: replay a webhook event. A fresh delivery, due at once, is
 //! scheduled to the merchant's current destinations (enabled endpoints and the transaction's
 //! `callback_url`) with a fresh attempt count; the callback dispatcher picks it up on its next
-//! poll. The event keeps its id, so the receiver can dedupe by `webhook-id`.
+//! poll. The event keeps its id, so the receiver can dedupe by `webhook-id`. At most
+//! `REDELIVERIES_PER_HOUR` (5) replays of one event per rolling hour: 429 past that.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use paygate_core::db::webhooks;
+use paygate_core::db::webhooks::{self, RedeliveryOutcome};
 use paygate_core::domain::EventId;
 
 use crate::auth::Merchant;
-use crate::error::HttpError;
+use crate::error::{ErrorType, HttpError};
 use crate::resources::RedeliveryResource;
 use crate::AppState;
 use paygate_core::domain::Scope;
@@ -25,6 +26,7 @@ use paygate_core::domain::Scope;
         (status = 400, description = "Malformed id", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody),
         (status = 404, description = "No such event for this merchant", body = crate::error::ErrorBody),
+        (status = 429, description = "This event was already redelivered 5 times in the last hour (`redelivery_limit_reached`); `Retry-After` says when the oldest of those leaves the window", body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -39,10 +41,32 @@ pub async fn redeliver(
     };
     let id = EventId::parse(&raw)
         .map_err(|e| HttpError::invalid_param("id_invalid", "id", e.to_string()))?;
-    let redelivery = webhooks::redeliver(&state.pool, merchant.id, id)
-        .await
-        .map_err(HttpError::internal)?
-        .ok_or_else(|| HttpError::not_found("event"))?;
+    let outcome = webhooks::redeliver_within(
+        &state.pool,
+        merchant.id,
+        id,
+        webhooks::REDELIVERIES_PER_HOUR,
+    )
+    .await
+    .map_err(HttpError::internal)?;
+    let redelivery = match outcome {
+        RedeliveryOutcome::Scheduled(redelivery) => redelivery,
+        RedeliveryOutcome::NotFound => return Err(HttpError::not_found("event")),
+        RedeliveryOutcome::Limited { retry_after } => {
+            tracing::info!(event = %id, merchant = %merchant.id, "event redelivery refused: limit reached");
+            let mut error = HttpError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorType::RateLimitError,
+                "redelivery_limit_reached",
+                format!(
+                    "this event was redelivered {} times in the last hour; retry after the Retry-After delay",
+                    webhooks::REDELIVERIES_PER_HOUR
+                ),
+            );
+            error.retry_after = Some(retry_after);
+            return Err(error);
+        }
+    };
     tracing::info!(
         event = %id,
         merchant = %merchant.id,

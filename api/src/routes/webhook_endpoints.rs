@@ -33,7 +33,7 @@ pub const MAX_ENDPOINTS: i64 = 16;
     request_body = CreateWebhookEndpointRequest,
     responses(
         (status = 201, description = "Created; `secret` is shown only in this response", body = WebhookEndpointResource),
-        (status = 400, description = "Invalid body, or a `url` the SSRF guard refuses (internal address, not https, unresolvable host); `param` is `url`", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid body; a `url` the SSRF guard refuses (internal address, port outside `destinations.allowed_ports`, not https, unresolvable host; `param` is `url`); or 16 endpoints already (`endpoint_limit_reached`)", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
@@ -45,25 +45,24 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<WebhookEndpointResource>), HttpError> {
     merchant.require(Scope::WebhooksManage)?;
     let request = validation::create_webhook_endpoint(&body, state.destinations).await?;
-    let count = repo::count_enabled(&state.pool, merchant.id)
-        .await
-        .map_err(HttpError::internal)?;
-    if count >= MAX_ENDPOINTS {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorType::InvalidRequestError,
-            "endpoint_limit_reached",
-            format!("at most {MAX_ENDPOINTS} webhook endpoints; delete one first"),
-        ));
-    }
-    let endpoint = repo::create(
+    // Counted and inserted under one per-merchant lock: concurrent creates cannot overshoot.
+    let endpoint = repo::create_capped(
         &state.pool,
         merchant.id,
         &request.url,
         request.description.as_deref(),
+        MAX_ENDPOINTS,
     )
     .await
-    .map_err(HttpError::internal)?;
+    .map_err(HttpError::internal)?
+    .ok_or_else(|| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorType::InvalidRequestError,
+            "endpoint_limit_reached",
+            format!("at most {MAX_ENDPOINTS} webhook endpoints; delete one first"),
+        )
+    })?;
     tracing::info!(endpoint = %endpoint.id, merchant = %merchant.id, "webhook endpoint registered");
     Ok((
         StatusCode::CREATED,

@@ -5,6 +5,7 @@ mod auth;
 mod bench;
 mod callbacks;
 mod events;
+mod hardening;
 mod helpers;
 mod idempotency;
 mod ledger;

@@ -92,6 +92,11 @@ pub struct GatewayConfig {
     /// provider whose callbacks may be lost (e.g. while paygate's API is down).
     #[serde(rename = "reconcile_after_ms", with = "units::opt_ms", default)]
     pub reconcile_after: Option<Duration>,
+    /// Admit a plain `http` `base_url` whose host is not loopback: the secret key then
+    /// travels in clear, so only for a sandbox on a private network (docker compose), never
+    /// a real provider. Loopback `http` (tests, `paygate dev`) needs no flag.
+    #[serde(default)]
+    pub allow_http: bool,
     /// The table's other keys: the connector's own settings, deserialized by the connector.
     #[serde(skip)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -168,6 +173,7 @@ impl GatewayConfig {
             breaker: BreakerConfig::default(),
             status_not_found_after: DEFAULT_STATUS_NOT_FOUND_AFTER,
             reconcile_after: None,
+            allow_http: false,
             extra: BTreeMap::new(),
         }
     }
@@ -221,6 +227,11 @@ impl GatewayConfig {
             Ok(url) if !matches!(url.scheme(), "http" | "https") || url.host().is_none() => {
                 bad("base_url", "must be an http(s) URL with a host")
             }
+            Ok(url) if url.scheme() == "http" && !self.allow_http && !is_loopback(&url) => bad(
+                "base_url",
+                "plain http would send the secret key in clear: use https (http is admitted \
+                 only for a loopback host, or with allow_http = true for a sandbox)",
+            ),
             Ok(_) => {}
         }
         if self.secret_key.is_empty() {
@@ -282,6 +293,16 @@ impl GatewayConfig {
             Ok(serde_json::Value::Object(map)) => map.into_iter().map(|(k, _)| k).collect(),
             _ => Vec::new(),
         }
+    }
+}
+
+/// Whether a URL's host is this machine: `localhost` or a loopback address.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 

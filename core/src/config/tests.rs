@@ -253,7 +253,7 @@ fn a_bad_gateway_table_names_its_key() {
         places(file.path(), &zero),
         ["PAYGATE_GATEWAYS_SANDBOX-JSON__TIMEOUT_MS"]
     );
-    let no_kind = [("PAYGATE_GATEWAYS_OTHER__BASE_URL", "http://x")];
+    let no_kind = [("PAYGATE_GATEWAYS_OTHER__BASE_URL", "https://x")];
     assert_eq!(places(None, &no_kind), ["PAYGATE_GATEWAYS_OTHER__KIND"]);
 }
 
@@ -269,7 +269,7 @@ fn a_gateway_table_keeps_the_connectors_keys() {
 #[test]
 fn gateway_tables_from_json_read_like_files() {
     let table = serde_json::json!({
-        "kind": "json", "base_url": "http://x", "secret_key": "sk",
+        "kind": "json", "base_url": "https://x", "secret_key": "sk",
         "timeout_ms": "2500", "breaker": {"min_requests": 0}, "region": "eu",
     });
     let err = GatewayConfig::from_json("gw", table.clone()).err();
@@ -337,4 +337,44 @@ fn pairs_read_like_figments_env() {
         assert_eq!(errors.0, errors.1);
         Ok(())
     });
+}
+
+#[test]
+fn destination_ports_are_a_bounded_list() {
+    assert_eq!(load(&[]).destinations.allowed_ports, [443, 80, 8443]);
+    let config = load(&[("PAYGATE_DESTINATIONS_ALLOWED_PORTS", "443,9443")]);
+    assert_eq!(config.destinations.allowed_ports, [443, 9443]);
+    let file = TempToml::new("[destinations]\nallowed_ports = [8443]\n");
+    let config = Config::load_from(file.path(), env(&[])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.destinations.allowed_ports, [8443]);
+    for bad in [
+        "[destinations]\nallowed_ports = []\n",
+        "[destinations]\nallowed_ports = [0]\n",
+    ] {
+        let file = TempToml::new(bad);
+        assert_eq!(
+            places(file.path(), &[]).len(),
+            1,
+            "{bad} must be refused at one key"
+        );
+    }
+    let file = TempToml::new("[destinations]\nallowed_ports = [70000]\n");
+    assert!(!places(file.path(), &[]).is_empty(), "70000 is not a port");
+}
+
+#[test]
+fn a_gateway_over_plain_http_is_refused_at_load_unless_loopback_or_allowed() {
+    let remote =
+        "[gateways.psp]\nkind = \"json\"\nbase_url = \"http://psp.example/v1\"\nsecret_key = \"sk_live\"\n";
+    let file = TempToml::new(remote);
+    let at = places(file.path(), &[]);
+    assert!(
+        at.len() == 1 && at[0].ends_with("gateways.psp.base_url"),
+        "{at:?}"
+    );
+    let file = TempToml::new(&format!("{remote}allow_http = true\n"));
+    assert!(places(file.path(), &[]).is_empty());
+    // Loopback http (tests, `paygate dev`, scripts/topology.toml) needs no flag.
+    let file = TempToml::new(GATEWAY);
+    assert!(places(file.path(), &[]).is_empty());
 }

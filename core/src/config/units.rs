@@ -166,3 +166,56 @@ pub mod secs_list {
         d.deserialize_any(List)
     }
 }
+
+/// A list of TCP ports: a sequence (`[443, 8443]`), a comma-separated string
+/// (`PAYGATE_DESTINATIONS_ALLOWED_PORTS=443,8443`), or one number.
+pub mod ports_list {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(list: &[u16], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(list.len()))?;
+        for port in list {
+            seq.serialize_element(port)?;
+        }
+        seq.end()
+    }
+
+    fn port<E: de::Error>(v: u64) -> Result<u16, E> {
+        u16::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &"a port"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = Vec<u16>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of ports (`[443, 8443]` or \"443,8443\")")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                port(v).map(|p| vec![p])
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Whole("ports").visit_i64(v).and_then(port).map(|p| vec![p])
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.split(',')
+                    .map(|part| Whole("ports").visit_str(part).and_then(port))
+                    .collect()
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                struct Port(u16);
+                impl<'de> de::Deserialize<'de> for Port {
+                    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                        whole(d, "ports").and_then(port).map(Port)
+                    }
+                }
+                let mut list = Vec::new();
+                while let Some(Port(p)) = seq.next_element()? {
+                    list.push(p);
+                }
+                Ok(list)
+            }
+        }
+        d.deserialize_any(List)
+    }
+}

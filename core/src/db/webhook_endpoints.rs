@@ -129,6 +129,31 @@ pub async fn create<'e>(
     })
 }
 
+/// [`create`], unless the merchant already has `max` enabled endpoints (`None` then). The
+/// count and the insert run under a per-merchant advisory lock in one transaction, so
+/// concurrent creates cannot all pass the check and overshoot the cap.
+pub async fn create_capped(
+    pool: &sqlx::PgPool,
+    merchant: MerchantId,
+    url: &str,
+    description: Option<&str>,
+    max: i64,
+) -> Result<Option<WebhookEndpoint>, DbError> {
+    let mut db = pool.begin().await?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('paygate.webhook_endpoints:' || $1::text, 0))",
+    )
+    .bind(merchant.as_uuid())
+    .execute(&mut *db)
+    .await?;
+    if count_enabled(&mut *db, merchant).await? >= max {
+        return Ok(None);
+    }
+    let endpoint = create(&mut *db, merchant, url, description).await?;
+    db.commit().await?;
+    Ok(Some(endpoint))
+}
+
 /// How many enabled endpoints a merchant has (the API caps it).
 pub async fn count_enabled<'e>(
     exec: impl PgExecutor<'e>,

@@ -205,14 +205,57 @@ pub struct Redelivery {
     pub deliveries: usize,
 }
 
+/// Redeliveries of one event allowed per rolling hour through the API
+/// ([`redeliver_within`]): replays are for a receiver that lost events, not a way to make
+/// the dispatcher hammer a host.
+pub const REDELIVERIES_PER_HOUR: i64 = 5;
+
+/// What [`redeliver_within`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedeliveryOutcome {
+    Scheduled(Redelivery),
+    /// The event does not exist or belongs to another merchant.
+    NotFound,
+    /// The event was replayed `max_per_hour` times in the last hour; the oldest of those
+    /// leaves the window after `retry_after`.
+    Limited {
+        retry_after: std::time::Duration,
+    },
+}
+
 /// Schedules a fresh delivery of the event, due at once, to the merchant's current
 /// destinations (enabled endpoints and the transaction's `callback_url`), with a fresh
 /// attempt count. `None` when the event does not exist or belongs to another merchant.
+/// Not capped: for operators and tests; the API uses [`redeliver_within`].
 pub async fn redeliver(
     pool: &PgPool,
     merchant: MerchantId,
     event: EventId,
 ) -> Result<Option<Redelivery>, DbError> {
+    match redeliver_checked(pool, merchant, event, None).await? {
+        RedeliveryOutcome::Scheduled(redelivery) => Ok(Some(redelivery)),
+        RedeliveryOutcome::NotFound | RedeliveryOutcome::Limited { .. } => Ok(None),
+    }
+}
+
+/// [`redeliver`], refused once the event was replayed `max_per_hour` times in the last
+/// hour. The count is taken under the event's row lock, so concurrent requests cannot all
+/// pass it.
+pub async fn redeliver_within(
+    pool: &PgPool,
+    merchant: MerchantId,
+    event: EventId,
+    max_per_hour: i64,
+) -> Result<RedeliveryOutcome, DbError> {
+    redeliver_checked(pool, merchant, event, Some(max_per_hour)).await
+}
+
+async fn redeliver_checked(
+    pool: &PgPool,
+    merchant: MerchantId,
+    event: EventId,
+    max_per_hour: Option<i64>,
+) -> Result<RedeliveryOutcome, DbError> {
     let mut db = pool.begin().await?;
     let found: Option<(Uuid, Option<String>)> = sqlx::query_as(
         "SELECT e.transaction_id, t.callback_url FROM webhook_events e JOIN transactions t ON t.id = e.transaction_id
@@ -223,8 +266,26 @@ pub async fn redeliver(
     .fetch_optional(&mut *db)
     .await?;
     let Some((transaction, callback_url)) = found else {
-        return Ok(None);
+        return Ok(RedeliveryOutcome::NotFound);
     };
+    if let Some(max) = max_per_hour {
+        // Replays in the last hour, and seconds until the oldest of them leaves the window.
+        let (recent, wait): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(DISTINCT generation),
+                    EXTRACT(EPOCH FROM min(created_at) + interval '1 hour' - now())::float8
+             FROM webhook_deliveries
+             WHERE event_id = $1 AND generation > 0 AND created_at > now() - interval '1 hour'",
+        )
+        .bind(event.as_uuid())
+        .fetch_one(&mut *db)
+        .await?;
+        if recent >= max {
+            let secs = wait.unwrap_or(3_600.0).clamp(1.0, 3_600.0).ceil();
+            return Ok(RedeliveryOutcome::Limited {
+                retry_after: std::time::Duration::from_secs_f64(secs),
+            });
+        }
+    }
     let generation = deliveries::next_generation(&mut *db, event).await?;
     let to = Destinations {
         event,
@@ -235,7 +296,7 @@ pub async fn redeliver(
     };
     let deliveries = deliveries::schedule(&mut db, to).await?;
     db.commit().await?;
-    Ok(Some(Redelivery {
+    Ok(RedeliveryOutcome::Scheduled(Redelivery {
         event_id: event,
         generation,
         deliveries,

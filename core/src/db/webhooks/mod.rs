@@ -25,8 +25,9 @@ pub use deliveries::{
     ClaimLimits, ClaimedDelivery, Delivery, DeliveryOutcome, DeliveryState,
 };
 pub use events::{
-    event_id_for, events_for_transaction, get_event, record_event, redeliver, EventType, NewEvent,
-    Recorded, Redelivery, WebhookEvent,
+    event_id_for, events_for_transaction, get_event, record_event, redeliver, redeliver_within,
+    EventType, NewEvent, Recorded, Redelivery, RedeliveryOutcome, WebhookEvent,
+    REDELIVERIES_PER_HOUR,
 };
 pub use secrets::{
     merchant_default_secret, rotate_endpoint_secret, rotate_merchant_default_secret, SigningSecret,
