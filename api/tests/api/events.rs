@@ -2,8 +2,7 @@
 //! is not running here: events are recorded as its handler records them, and the test reads
 //! the delivery rows a redelivery schedules.
 
-use paygate_core::db::webhooks::{self, EventType, NewEvent};
-use paygate_core::domain::{EventId, TransactionId, TransactionStatus};
+use paygate_core::domain::{EventId, TransactionId};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -23,31 +22,8 @@ async fn transaction_with_event(
         .send()
         .await?;
     anyhow::ensure!(response.status() == 201, "register: {}", response.status());
-    let mut body = deposit_body();
-    body["callback_url"] = json!("http://127.0.0.1:9/cb");
-    let created: Value = app
-        .post("/v1/deposits", &merchant.key, &body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let transaction = TransactionId::parse(created["id"].as_str().unwrap_or_default())?;
-    let event = webhooks::event_id_for(transaction, TransactionStatus::Succeeded);
-    let payload = json!({"type": "transaction.succeeded", "id": event.to_string(),
-        "created_at": "2026-01-01T00:00:00Z", "data": created});
-    let recorded = webhooks::record_event(
-        &app.pool,
-        &NewEvent {
-            id: event,
-            merchant_id: merchant.id,
-            transaction_id: transaction,
-            event_type: EventType::TransactionSucceeded,
-            payload: payload.to_string(),
-            callback_url: Some("http://127.0.0.1:9/cb".to_owned()),
-        },
-    )
-    .await?;
-    anyhow::ensure!(recorded.deliveries == 2, "{recorded:?}");
+    let (transaction, event, deliveries) = deposit_with_event(app, merchant).await?;
+    anyhow::ensure!(deliveries == 2, "{deliveries} deliveries scheduled");
     Ok((transaction, event))
 }
 

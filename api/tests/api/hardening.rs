@@ -11,10 +11,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use paygate_core::bus::events::{Body, Envelope};
 use paygate_core::bus::Topic;
-use paygate_core::db::webhooks::{self, EventType, NewEvent};
-use paygate_core::domain::{
-    EventId, GatewayName, Money, TransactionId, TransactionKind, TransactionStatus,
-};
+use paygate_core::db::webhooks;
+use paygate_core::domain::{EventId, GatewayName, Money, TransactionId, TransactionKind};
 use paygate_gateways::callback::{CallbackFields, SignedCallback};
 use paygate_gateways::{
     json, protobuf, soap, CallbackRequest, GatewayRegistry, GatewaySettings, PaymentGateway,
@@ -255,34 +253,9 @@ async fn webhook_url_refusals_do_not_reveal_internal_addresses_and_ports_are_pol
     Ok(())
 }
 
-/// A deposit with a loopback `callback_url` (never delivered to: no dispatcher runs) and
-/// its `transaction.succeeded` event recorded.
+/// A deposit with its `transaction.succeeded` event recorded (`deposit_with_event`).
 async fn recorded_event(app: &TestApp, merchant: &TestMerchant) -> anyhow::Result<EventId> {
-    let mut body = deposit_body();
-    body["callback_url"] = json!("http://127.0.0.1:9/cb");
-    let created: Value = app
-        .post("/v1/deposits", &merchant.key, &body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let transaction = TransactionId::parse(created["id"].as_str().unwrap_or_default())?;
-    let event = webhooks::event_id_for(transaction, TransactionStatus::Succeeded);
-    let payload = json!({"type": "transaction.succeeded", "id": event.to_string(),
-        "created_at": "2026-01-01T00:00:00Z", "data": created});
-    webhooks::record_event(
-        &app.pool,
-        &NewEvent {
-            id: event,
-            merchant_id: merchant.id,
-            transaction_id: transaction,
-            event_type: EventType::TransactionSucceeded,
-            payload: payload.to_string(),
-            callback_url: Some("http://127.0.0.1:9/cb".to_owned()),
-        },
-    )
-    .await?;
-    Ok(event)
+    Ok(deposit_with_event(app, merchant).await?.1)
 }
 
 /// Item 5a: `POST /v1/events/{id}/redeliver` used to schedule a fresh delivery every time

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use paygate_core::config::Config;
 use paygate_core::db;
-use paygate_core::domain::{ApiKeyId, MerchantId};
+use paygate_core::domain::{ApiKeyId, EventId, MerchantId, TransactionId, TransactionStatus};
 use paygate_gateways::GatewayRegistry;
 use paygate_testkit::Api;
 use serde_json::{json, Value};
@@ -160,4 +160,39 @@ where
     })
     .await;
     matches!(held, Ok(Some(())))
+}
+
+/// A deposit with a loopback `callback_url` (never delivered to: no dispatcher runs here)
+/// and its `transaction.succeeded` event recorded as the dispatcher's handler records it.
+/// The transaction, the event, and how many deliveries the recording scheduled.
+pub async fn deposit_with_event(
+    app: &TestApp,
+    merchant: &TestMerchant,
+) -> anyhow::Result<(TransactionId, EventId, usize)> {
+    use paygate_core::db::webhooks::{self, EventType, NewEvent};
+    let mut body = deposit_body();
+    body["callback_url"] = json!("http://127.0.0.1:9/cb");
+    let created: Value = app
+        .post("/v1/deposits", &merchant.key, &body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let transaction = TransactionId::parse(created["id"].as_str().unwrap_or_default())?;
+    let event = webhooks::event_id_for(transaction, TransactionStatus::Succeeded);
+    let payload = json!({"type": "transaction.succeeded", "id": event.to_string(),
+        "created_at": "2026-01-01T00:00:00Z", "data": created});
+    let recorded = webhooks::record_event(
+        &app.pool,
+        &NewEvent {
+            id: event,
+            merchant_id: merchant.id,
+            transaction_id: transaction,
+            event_type: EventType::TransactionSucceeded,
+            payload: payload.to_string(),
+            callback_url: Some("http://127.0.0.1:9/cb".to_owned()),
+        },
+    )
+    .await?;
+    Ok((transaction, event, recorded.deliveries))
 }
