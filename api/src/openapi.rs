@@ -70,7 +70,8 @@ impl Modify for BearerAuth {
 
 /// Every route behind an API key may answer 403 `scope_missing` (the key lacks the route's
 /// scope: `payments:write` for deposits, `payouts:write` for withdrawals, `read` for reads,
-/// `webhooks:manage` for endpoints, secrets and redelivery). Said once here for all of them.
+/// `webhooks:manage` for endpoints, secrets and redelivery) and 429 (the per-key rate
+/// limit, checked with authentication). Said once here for all of them.
 struct ScopeForbidden;
 
 impl Modify for ScopeForbidden {
@@ -88,22 +89,22 @@ impl Modify for ScopeForbidden {
                 if operation.security.is_none() {
                     continue;
                 }
-                operation
-                    .responses
-                    .responses
-                    .entry("403".to_owned())
-                    .or_insert_with(|| {
-                        ResponseBuilder::new()
-                            .description(
-                                "The API key lacks the scope this route needs (`scope_missing`)",
-                            )
-                            .content(
-                                "application/json",
-                                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
-                            )
-                            .build()
-                            .into()
-                    });
+                let error = |description: &str| {
+                    ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                        )
+                        .build()
+                };
+                let responses = &mut operation.responses.responses;
+                responses.entry("403".to_owned()).or_insert_with(|| {
+                    error("The API key lacks the scope this route needs (`scope_missing`)").into()
+                });
+                responses.entry("429".to_owned()).or_insert_with(|| {
+                    error("Rate limited for this API key (`rate_limited`); retry after the `Retry-After` seconds").into()
+                });
             }
         }
     }

@@ -20,7 +20,7 @@ use paygate_core::domain::Scope;
 /// Redeliver a webhook event to the merchant's current destinations.
 #[utoipa::path(
     post, path = "/v1/events/{id}/redeliver", tag = "webhook_endpoints",
-    params(("id" = String, Path, description = "Event id, `evt_…` (see `GET /v1/transactions/{id}/events`)")),
+    params(("id" = EventId, Path, description = "Event id, `evt_…` (see `GET /v1/transactions/{id}/events`)")),
     responses(
         (status = 202, description = "Scheduled: a fresh delivery to each current destination, due at once", body = RedeliveryResource),
         (status = 400, description = "Malformed id", body = crate::error::ErrorBody),

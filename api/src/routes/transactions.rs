@@ -26,7 +26,7 @@ const MAX_DELIVERIES: i64 = 100;
 /// Retrieve a transaction.
 #[utoipa::path(
     get, path = "/v1/transactions/{id}", tag = "transactions",
-    params(("id" = String, Path, description = "Transaction id, `txn_…`")),
+    params(("id" = TransactionId, Path, description = "Transaction id, `txn_…`")),
     responses(
         (status = 200, body = TransactionResource),
         (status = 400, description = "Malformed id", body = crate::error::ErrorBody),
@@ -69,7 +69,7 @@ pub async fn retrieve(
     get, path = "/v1/transactions", tag = "transactions",
     params(
         ("status" = Option<TransactionStatus>, Query, description = "Only transactions in this status"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1 to 100 (default 10)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, 1 to 100 (default 10)"),
         ("starting_after" = Option<String>, Query, description = "The last id of the previous page"),
     ),
     responses(
@@ -109,7 +109,7 @@ pub async fn list(
 /// The delivery attempts of a transaction's webhooks, oldest first.
 #[utoipa::path(
     get, path = "/v1/transactions/{id}/deliveries", tag = "transactions",
-    params(("id" = String, Path, description = "Transaction id, `txn_…`")),
+    params(("id" = TransactionId, Path, description = "Transaction id, `txn_…`")),
     responses(
         (status = 200, body = DeliveryAttemptList),
         (status = 400, description = "Malformed id", body = crate::error::ErrorBody),
@@ -141,7 +141,7 @@ pub async fn deliveries(
 /// The webhook events of a transaction (at most one per terminal outcome), oldest first.
 #[utoipa::path(
     get, path = "/v1/transactions/{id}/events", tag = "transactions",
-    params(("id" = String, Path, description = "Transaction id, `txn_…`")),
+    params(("id" = TransactionId, Path, description = "Transaction id, `txn_…`")),
     responses(
         (status = 200, body = WebhookEventList),
         (status = 400, description = "Malformed id", body = crate::error::ErrorBody),

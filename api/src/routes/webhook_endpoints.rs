@@ -96,7 +96,7 @@ pub async fn list(
 /// Retrieve a webhook endpoint (without its secret).
 #[utoipa::path(
     get, path = "/v1/webhook-endpoints/{id}", tag = "webhook_endpoints",
-    params(("id" = String, Path, description = "Endpoint id, `we_…`")),
+    params(("id" = WebhookEndpointId, Path, description = "Endpoint id, `we_…`")),
     responses(
         (status = 200, body = WebhookEndpointResource),
         (status = 400, body = crate::error::ErrorBody),
@@ -122,7 +122,7 @@ pub async fn retrieve(
 /// Delete (disable) a webhook endpoint.
 #[utoipa::path(
     delete, path = "/v1/webhook-endpoints/{id}", tag = "webhook_endpoints",
-    params(("id" = String, Path, description = "Endpoint id, `we_…`")),
+    params(("id" = WebhookEndpointId, Path, description = "Endpoint id, `we_…`")),
     responses(
         (status = 200, body = DeletedResource),
         (status = 400, body = crate::error::ErrorBody),
@@ -155,7 +155,7 @@ pub async fn delete(
 /// previous one keeps signing, as a second `v1,…` signature, for the overlap window.
 #[utoipa::path(
     post, path = "/v1/webhook-endpoints/{id}/rotate-secret", tag = "webhook_endpoints",
-    params(("id" = String, Path, description = "Endpoint id, `we_…`")),
+    params(("id" = WebhookEndpointId, Path, description = "Endpoint id, `we_…`")),
     responses(
         (status = 200, description = "Rotated; `secret` is the new one", body = WebhookSecretResource),
         (status = 400, description = "Malformed id", body = crate::error::ErrorBody),

@@ -100,6 +100,7 @@ macro_rules! typed_id {
                 utoipa::openapi::ObjectBuilder::new()
                     .schema_type(utoipa::openapi::schema::Type::String)
                     .description(Some(concat!("A ", $kind, " id: \"", $prefix, "_\" and 32 hex digits")))
+                    .pattern(Some(concat!("^", $prefix, "_[0-9a-fA-F]{32}$")))
                     .examples([serde_json::json!(concat!($prefix, "_0192f4a1c2b37d8e9f0a1b2c3d4e5f60"))])
                     .into()
             }
