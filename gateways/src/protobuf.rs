@@ -265,8 +265,11 @@ impl PaymentGateway for ProtobufGateway {
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
         callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
+        // The outer frame carries the signature: a body that is not one cannot be authentic,
+        // so it is refused as unauthenticated, and the decoder's detail is not echoed to an
+        // anonymous sender.
         let signed = SignedEvent::decode(request.body.as_ref())
-            .map_err(|e| callback::malformed(format!("not a SignedEvent: {e}")))?;
+            .map_err(|_| CallbackError::Unauthenticated("not a SignedEvent".into()))?;
         if signed.signature.is_empty() {
             return Err(CallbackError::Unauthenticated("missing signature".into()));
         }
