@@ -16,11 +16,14 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Postgres, Redis and Kafka checks per this interval (issue 17).
 pub const READINESS_CACHE_TTL: Duration = Duration::from_secs(1);
 
+/// One round of checks: `(postgres, redis, kafka)`, each reachable or not.
+type Checks = (bool, bool, bool);
+
 /// The last probe's results `(postgres, redis, kafka)` and when they were taken. Held across
 /// a probe, so callers arriving meanwhile wait for that probe instead of starting their own.
 #[derive(Default)]
 pub struct ReadinessCache {
-    last: tokio::sync::Mutex<Option<(Instant, (bool, bool, bool))>>,
+    last: tokio::sync::Mutex<Option<(Instant, Checks)>>,
 }
 
 /// Liveness: the process is up and serving.
@@ -68,7 +71,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// One round of checks: `(postgres, redis, kafka)`.
-async fn probe(state: &AppState) -> (bool, bool, bool) {
+async fn probe(state: &AppState) -> Checks {
     let postgres = async {
         let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
         matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(_)))
