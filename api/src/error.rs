@@ -169,6 +169,31 @@ impl HttpError {
         error
     }
 
+    /// 408: the request (body read included) took longer than `api.request_timeout_ms`.
+    pub fn request_timeout(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorType::InvalidRequestError,
+            "request_timeout",
+            format!(
+                "the request was not completed within {} ms; send the body promptly",
+                limit.as_millis()
+            ),
+        )
+    }
+
+    /// 429 before authentication: too many failed authentications from this address.
+    pub fn address_rate_limited(retry_after: Duration) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::RateLimitError,
+            "rate_limited",
+            "too many failed authentications from this address; retry after the Retry-After delay",
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     /// 503: a dependency is down; the caller should retry later.
     pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> Self {
         let mut error = Self::new(

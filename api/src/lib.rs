@@ -56,6 +56,8 @@ pub struct Shared {
     pub pool: PgPool,
     pub cache: cache::TransactionCache,
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    /// Failed authentications per client address, checked before any database work.
+    pub address_limiter: Arc<rate_limit::AddressLimiter>,
     pub registry: GatewayRegistry,
     /// Produces authenticated callbacks; also probes the broker for `/readyz`.
     pub producer: Producer,
@@ -67,6 +69,10 @@ pub struct Shared {
     /// The SSRF guard's policy for webhook and callback URLs: `[destinations]`, which the
     /// dispatcher applies too, so the API never accepts a URL the dispatcher would refuse.
     pub destinations: DestinationPolicy,
+    /// Well-formed API keys Postgres did not know, remembered briefly (by hash).
+    pub unknown_keys: auth::UnknownKeys,
+    /// `/readyz`'s last answer, reused for a second.
+    pub readiness: routes::health::ReadinessCache,
 }
 
 impl Deref for AppState {
@@ -143,6 +149,10 @@ impl Application {
                 config.api.rate_limit_per_second,
                 config.api.rate_limit_burst,
             )),
+            address_limiter: Arc::new(rate_limit::AddressLimiter::new(
+                config.api.unauthenticated_per_second,
+                config.api.unauthenticated_burst,
+            )),
             registry,
             producer,
             relay_health,
@@ -151,6 +161,8 @@ impl Application {
             config: config.api.clone(),
             metrics,
             destinations: DestinationPolicy::from_config(&config.destinations),
+            unknown_keys: auth::UnknownKeys::default(),
+            readiness: routes::health::ReadinessCache::default(),
         }));
         Ok(Self {
             listener,
@@ -187,6 +199,7 @@ impl Application {
         let background = shutdown.child_token();
 
         state.rate_limiter.spawn_cleanup(background.clone());
+        state.address_limiter.spawn_cleanup(background.clone());
         let sampler = relay::spawn_lag_sampler(
             state.pool.clone(),
             state.backlog.clone(),
@@ -198,7 +211,12 @@ impl Application {
         }
         let relay_task = tokio::spawn(relay.run(background.clone()));
 
-        let app = routes::router(state.clone());
+        let app = routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+            state.config.request_timeout,
+            request_timeout,
+        ));
+        // With the peer address, for the per-address limit on failed authentications.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
@@ -214,6 +232,21 @@ impl Application {
         }
         tracing::info!("paygate API stopped");
         served.map_err(ApiError::Serve)
+    }
+}
+
+/// The whole-request timeout (`api.request_timeout_ms`): the handler, body read included,
+/// must finish within it, or the client gets 408 with the error shape. A request cut off
+/// is dropped like a client disconnect: an open transaction rolls back.
+async fn request_timeout(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => HttpError::request_timeout(limit).into_response(),
     }
 }
 

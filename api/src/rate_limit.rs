@@ -1,9 +1,17 @@
 //! Per-API-key rate limiting (governor's GCRA): `api.rate_limit_per_second` sustained with
 //! `api.rate_limit_burst` allowed at once. Over the limit: 429 with `Retry-After`.
+//!
+//! [`AddressLimiter`]: failed authentications per client address
+//! (`api.unauthenticated_per_second`, `api.unauthenticated_burst`). An address past its
+//! quota is refused with 429 *before* the key is parsed or looked up, so a flood of bad keys
+//! costs Postgres at most that rate per address. Only failures count: the benchmarks'
+//! thousands of authenticated requests a second from one address are never limited here.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -51,9 +59,111 @@ impl RateLimiter {
     }
 }
 
+/// Most addresses held as refused at once; past it, expired ones go, then all of them.
+const MAX_REFUSED: usize = 100_000;
+
+/// Failed authentications per client address, and the addresses refused until a time.
+pub struct AddressLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    refused: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AddressLimiter {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst).unwrap_or(rate);
+        Self {
+            limiter: governor::RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            clock: DefaultClock::default(),
+            refused: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Before any work on a request from `address`: `Err(wait)` while it is refused.
+    pub fn admit(&self, address: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut refused = lock(&self.refused);
+        match refused.get(&address) {
+            Some(until) if *until > now => Err(*until - now),
+            Some(_) => {
+                refused.remove(&address);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one failed authentication from `address`; past the quota, the address is
+    /// refused until it may fail again.
+    pub fn failed(&self, address: IpAddr) {
+        if let Err(not_until) = self.limiter.check_key(&address) {
+            let now = Instant::now();
+            let wait = not_until.wait_time_from(self.clock.now());
+            let mut refused = lock(&self.refused);
+            if refused.len() >= MAX_REFUSED {
+                refused.retain(|_, until| *until > now);
+                if refused.len() >= MAX_REFUSED {
+                    refused.clear();
+                }
+            }
+            refused.insert(address, now + wait);
+        }
+    }
+
+    /// Forgets addresses idle long enough to be back at full burst, every minute.
+    pub fn spawn_cleanup(self: &Arc<Self>, shutdown: CancellationToken) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        this.limiter.retain_recent();
+                        this.limiter.shrink_to_fit();
+                        let now = Instant::now();
+                        lock(&this.refused).retain(|_, until| *until > now);
+                    }
+                }
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_past_its_failures_is_refused_then_readmitted() {
+        let limiter = AddressLimiter::new(20, 3);
+        let bad = IpAddr::from([192, 0, 2, 1]);
+        let other = IpAddr::from([192, 0, 2, 2]);
+        for _ in 0..3 {
+            assert!(limiter.admit(bad).is_ok());
+            limiter.failed(bad);
+        }
+        assert!(limiter.admit(bad).is_ok(), "the burst is not exceeded yet");
+        limiter.failed(bad);
+        let wait = limiter.admit(bad).err();
+        assert!(
+            wait.is_some_and(|w| w > Duration::ZERO && w <= Duration::from_millis(50)),
+            "{wait:?}"
+        );
+        assert!(
+            limiter.admit(other).is_ok(),
+            "addresses are limited separately"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(limiter.admit(bad).is_ok(), "readmitted after the wait");
+    }
 
     #[test]
     fn burst_then_refusal_with_a_wait() {

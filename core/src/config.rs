@@ -187,6 +187,17 @@ pub struct ApiConfig {
     /// `cache_ttl_ms`.
     #[serde(rename = "cache_ttl_ms", with = "units::ms")]
     pub cache_ttl: Duration,
+    /// Longest a request may take from its headers being read to its response, body read
+    /// included (a slowloris body is cut off): 408 with the error shape past it. Key:
+    /// `request_timeout_ms`.
+    #[serde(rename = "request_timeout_ms", with = "units::ms")]
+    pub request_timeout: Duration,
+    /// Failed authentications allowed per second per client address (governor), sustained.
+    /// An address past it is refused with 429 before any database work, valid keys
+    /// included, until its `Retry-After`. Requests that authenticate cost nothing here.
+    pub unauthenticated_per_second: u32,
+    /// Failed authentications an address may make at once.
+    pub unauthenticated_burst: u32,
 }
 
 /// `[outbox]`: the outbox relay, which every service runs (a service's committed events
@@ -441,6 +452,9 @@ impl Default for Config {
                 rate_limit_burst: 4_000,
                 idempotency_retention: Duration::from_secs(24 * 3_600),
                 cache_ttl: Duration::from_millis(2_000),
+                request_timeout: Duration::from_millis(30_000),
+                unauthenticated_per_second: 20,
+                unauthenticated_burst: 100,
             },
             outbox: OutboxConfig::default(),
             destinations: DestinationsConfig::default(),
@@ -677,6 +691,15 @@ impl Config {
         }
         if self.api.rate_limit_burst == 0 {
             bad("api.rate_limit_burst", at_least_one);
+        }
+        if self.api.unauthenticated_per_second == 0 {
+            bad("api.unauthenticated_per_second", at_least_one);
+        }
+        if self.api.unauthenticated_burst == 0 {
+            bad("api.unauthenticated_burst", at_least_one);
+        }
+        if self.api.request_timeout < Duration::from_millis(100) {
+            bad("api.request_timeout_ms", "must be at least 100");
         }
         if self.outbox.batch_size < 1 {
             bad("outbox.batch_size", at_least_one);

@@ -1,6 +1,7 @@
 //! Integration tests of the API service: real HTTP against the real Postgres, Redis and
 //! Kafka (tansu), each test with its own database, Redis prefix and topics.
 
+mod abuse;
 mod auth;
 mod bench;
 mod callbacks;
