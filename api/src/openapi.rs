@@ -71,7 +71,8 @@ impl Modify for BearerAuth {
 /// Every route behind an API key may answer 403 `scope_missing` (the key lacks the route's
 /// scope: `payments:write` for deposits, `payouts:write` for withdrawals, `read` for reads,
 /// `webhooks:manage` for endpoints, secrets and redelivery) and 429 (the per-key rate
-/// limit, checked with authentication). Said once here for all of them.
+/// limit, checked with authentication, or the per-address limit on failed authentications).
+/// Every route may answer 408 (`api.request_timeout_ms`). Said once here for all of them.
 struct ScopeForbidden;
 
 impl Modify for ScopeForbidden {
@@ -86,9 +87,6 @@ impl Modify for ScopeForbidden {
                 &mut item.patch,
             ];
             for operation in operations.into_iter().flatten() {
-                if operation.security.is_none() {
-                    continue;
-                }
                 let error = |description: &str| {
                     ResponseBuilder::new()
                         .description(description)
@@ -98,7 +96,14 @@ impl Modify for ScopeForbidden {
                         )
                         .build()
                 };
+                let secured = operation.security.is_some();
                 let responses = &mut operation.responses.responses;
+                responses.entry("408".to_owned()).or_insert_with(|| {
+                    error("The request (body included) took longer than `api.request_timeout_ms` (`request_timeout`)").into()
+                });
+                if !secured {
+                    continue;
+                }
                 responses.entry("403".to_owned()).or_insert_with(|| {
                     error("The API key lacks the scope this route needs (`scope_missing`)").into()
                 });
