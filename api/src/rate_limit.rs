@@ -44,17 +44,9 @@ impl RateLimiter {
     /// the keys active recently.
     pub fn spawn_cleanup(self: &Arc<Self>, shutdown: CancellationToken) {
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {
-                        this.limiter.retain_recent();
-                        this.limiter.shrink_to_fit();
-                    }
-                }
-            }
+        every_minute(shutdown, move || {
+            this.limiter.retain_recent();
+            this.limiter.shrink_to_fit();
         });
     }
 }
@@ -120,21 +112,26 @@ impl AddressLimiter {
     /// Forgets addresses idle long enough to be back at full burst, every minute.
     pub fn spawn_cleanup(self: &Arc<Self>, shutdown: CancellationToken) {
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {
-                        this.limiter.retain_recent();
-                        this.limiter.shrink_to_fit();
-                        let now = Instant::now();
-                        lock(&this.refused).retain(|_, until| *until > now);
-                    }
-                }
-            }
+        every_minute(shutdown, move || {
+            this.limiter.retain_recent();
+            this.limiter.shrink_to_fit();
+            let now = Instant::now();
+            lock(&this.refused).retain(|_, until| *until > now);
         });
     }
+}
+
+/// Runs `work` once a minute until `shutdown`: the limiters' housekeeping.
+fn every_minute(shutdown: CancellationToken, mut work: impl FnMut() + Send + 'static) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => work(),
+            }
+        }
+    });
 }
 
 #[cfg(test)]
