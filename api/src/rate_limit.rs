@@ -25,10 +25,8 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(per_second: u32, burst: u32) -> Self {
-        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst).unwrap_or(rate);
         Self {
-            limiter: governor::RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            limiter: governor::RateLimiter::keyed(quota(per_second, burst)),
             clock: DefaultClock::default(),
         }
     }
@@ -69,10 +67,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl AddressLimiter {
     pub fn new(per_second: u32, burst: u32) -> Self {
-        let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst).unwrap_or(rate);
         Self {
-            limiter: governor::RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            limiter: governor::RateLimiter::keyed(quota(per_second, burst)),
             clock: DefaultClock::default(),
             refused: Mutex::new(HashMap::new()),
         }
@@ -119,6 +115,14 @@ impl AddressLimiter {
             lock(&this.refused).retain(|_, until| *until > now);
         });
     }
+}
+
+/// `per_second` with bursts of `burst` (config validation keeps both ≥ 1; a zero here
+/// falls back to the smallest quota rather than panicking).
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(rate);
+    Quota::per_second(rate).allow_burst(burst)
 }
 
 /// Runs `work` once a minute until `shutdown`: the limiters' housekeeping.

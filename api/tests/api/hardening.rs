@@ -263,16 +263,7 @@ async fn recorded_event(app: &TestApp, merchant: &TestMerchant) -> anyhow::Resul
 /// shape and a `Retry-After`, and schedules nothing. Another event is not affected.
 #[tokio::test]
 async fn redeliveries_of_an_event_are_capped_per_hour() -> TestResult {
-    let app = spawn_with(
-        |config| {
-            config.destinations.allow_loopback = true;
-            config.destinations.allow_http = true;
-            config.api.rate_limit_per_second = 1_000;
-            config.api.rate_limit_burst = 1_000;
-        },
-        GatewayRegistry::default(),
-    )
-    .await?;
+    let app = loopback_app_without_rate_limits().await?;
     let merchant = app.merchant().await?;
     let event = recorded_event(&app, &merchant).await?;
     let path = format!("/v1/events/{event}/redeliver");
@@ -321,16 +312,7 @@ async fn redeliveries_of_an_event_are_capped_per_hour() -> TestResult {
 /// the limit was reached.
 #[tokio::test]
 async fn concurrent_endpoint_creates_cannot_pass_the_cap() -> TestResult {
-    let app = spawn_with(
-        |config| {
-            config.destinations.allow_loopback = true;
-            config.destinations.allow_http = true;
-            config.api.rate_limit_per_second = 1_000;
-            config.api.rate_limit_burst = 1_000;
-        },
-        GatewayRegistry::default(),
-    )
-    .await?;
+    let app = loopback_app_without_rate_limits().await?;
     let merchant = app.merchant().await?;
     let requests = (0..32).map(|i| {
         app.post(
@@ -363,4 +345,18 @@ async fn concurrent_endpoint_creates_cannot_pass_the_cap() -> TestResult {
     assert_eq!(stored, 16);
     app.stop().await;
     Ok(())
+}
+
+/// The app with loopback destinations allowed and a per-key limit no test here reaches.
+async fn loopback_app_without_rate_limits() -> anyhow::Result<TestApp> {
+    spawn_with(
+        |config| {
+            config.destinations.allow_loopback = true;
+            config.destinations.allow_http = true;
+            config.api.rate_limit_per_second = 1_000;
+            config.api.rate_limit_burst = 1_000;
+        },
+        GatewayRegistry::default(),
+    )
+    .await
 }
