@@ -36,6 +36,7 @@ use crate::routes::{
         webhook_secret::rotate,
         events::redeliver,
         callbacks::receive,
+        callbacks::receive_unsigned,
         health::healthz,
         health::readyz,
         health::metrics,

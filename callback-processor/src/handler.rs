@@ -12,7 +12,7 @@ use paygate_core::bus::{Delivery, Handler, HandlerError};
 use paygate_core::config::Config;
 use paygate_core::domain::{GatewayName, MerchantId, TransactionId};
 use paygate_core::lock::{Lease, RedisLock};
-use paygate_gateways::{CallbackRequest, GatewayRegistry};
+use paygate_gateways::{CallbackEvent, CallbackRequest, GatewayRegistry};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -116,6 +116,7 @@ impl CallbackHandler {
             body,
             headers,
             received_at_unix_ms,
+            path,
         } = received;
         let name = GatewayName::parse(&gateway)
             .map_err(|_| reject("invalid", "malformed gateway name".to_owned()))?;
@@ -133,10 +134,20 @@ impl CallbackHandler {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect::<BTreeMap<_, _>>(),
             received_at,
+            path: Some(path).filter(|p| !p.is_empty()),
         };
-        let outcome = connector
+        let event = connector
             .handle_callback(&request)
             .map_err(|e| reject("invalid", format!("callback refused by {name}: {e}")))?;
+        let outcome = match event {
+            CallbackEvent::Payment(outcome) => outcome,
+            other => {
+                return Err(reject(
+                    "invalid",
+                    format!("not a payment callback: {other:?}"),
+                ))
+            }
+        };
         if let Some(key) = delivery.key_str() {
             if key != outcome.transaction_id.to_string() {
                 tracing::warn!(gateway = %name, transaction = %outcome.transaction_id, "message key is not the callback's transaction id");

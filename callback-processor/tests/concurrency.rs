@@ -264,5 +264,8 @@ fn outcome_of(
         .registry
         .get(&format.gateway())
         .ok_or_else(|| anyhow::anyhow!("gateway missing"))?;
-    Ok(gateway.handle_callback(&format.sign(fields).to_request(Utc::now()))?)
+    gateway
+        .handle_callback(&format.sign(fields).to_request(Utc::now()))?
+        .payment()
+        .ok_or_else(|| anyhow::anyhow!("not a payment callback"))
 }

@@ -29,8 +29,9 @@ use figment::{Figment, Metadata, Provider};
 use serde::{Deserialize, Serialize};
 
 pub use gateway::{
-    BreakerConfig, GatewayConfig, DEFAULT_CALLBACK_TOLERANCE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_CALLBACK_BYTES, DEFAULT_STATUS_NOT_FOUND_AFTER, DEFAULT_TIMEOUT,
+    BreakerConfig, GatewayConfig, DEFAULT_ACTION_EXPIRES_AFTER, DEFAULT_CALLBACK_TOLERANCE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CALLBACK_BYTES, DEFAULT_STATUS_NOT_FOUND_AFTER,
+    DEFAULT_TIMEOUT,
 };
 
 /// Environment variable naming an optional TOML file.

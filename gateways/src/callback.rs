@@ -55,6 +55,7 @@ impl SignedCallback {
             content_type: Some(self.content_type.clone()),
             headers,
             received_at,
+            path: None,
         }
     }
 }
@@ -159,6 +160,22 @@ pub fn verify_sha256(secret: &[u8], parts: &[&[u8]], tag: &[u8]) -> Result<(), C
         .map_err(|_| CallbackError::Unauthenticated("signature mismatch".into()))
 }
 
+/// The secret path token of an unsigned provider's callback URL for one reference
+/// ([`crate::CallbackAuth::PathToken`]): hex HMAC-SHA256 of `"callback-path:{reference}"`
+/// keyed with the gateway's webhook secret, truncated to 32 hex digits (128 bits). One
+/// token per payment, so a URL seen in a log opens no other payment's door.
+pub fn path_token(secret: &[u8], reference: &str) -> String {
+    let tag = hmac_sha256(secret, &[b"callback-path:", reference.as_bytes()]);
+    hex::encode(tag.get(..16).unwrap_or_default())
+}
+
+/// Checks a callback path's token in constant time.
+pub fn verify_path_token(secret: &[u8], reference: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let expected = path_token(secret, reference);
+    expected.len() == token.len() && bool::from(expected.as_bytes().ct_eq(token.as_bytes()))
+}
+
 /// Decodes a hex signature; anything else is `Unauthenticated`.
 pub fn decode_hex_signature(text: &str) -> Result<Vec<u8>, CallbackError> {
     hex::decode(text.trim())
@@ -202,6 +219,7 @@ mod tests {
             content_type: content_type.map(str::to_owned),
             headers: BTreeMap::new(),
             received_at: Utc::now(),
+            path: None,
         }
     }
 
@@ -243,6 +261,17 @@ mod tests {
         );
         assert!(check_fresh(now - chrono::Duration::seconds(301), now, tolerance).is_err());
         assert!(check_fresh(now + chrono::Duration::seconds(301), now, tolerance).is_err());
+    }
+
+    #[test]
+    fn path_tokens_are_per_reference_and_per_secret() {
+        let token = path_token(b"whsec", "txn_a");
+        assert_eq!(token.len(), 32);
+        assert!(verify_path_token(b"whsec", "txn_a", &token));
+        assert!(!verify_path_token(b"whsec", "txn_b", &token));
+        assert!(!verify_path_token(b"other", "txn_a", &token));
+        assert!(!verify_path_token(b"whsec", "txn_a", &token[..31]));
+        assert!(!verify_path_token(b"whsec", "txn_a", ""));
     }
 
     #[test]

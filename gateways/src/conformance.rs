@@ -31,7 +31,8 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::{
-    CallbackError, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus, ReportedStatus,
+    CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway,
+    ProviderStatus, ReportedStatus,
 };
 
 /// Where the sandbox is and how patient to be.
@@ -105,6 +106,8 @@ impl fmt::Display for ConformanceReport {
 struct Captured {
     headers: HeaderMap,
     body: Bytes,
+    /// The path after `/callbacks/{gateway}/` (unsigned providers' reference and token).
+    path: Option<String>,
 }
 
 impl Captured {
@@ -121,6 +124,7 @@ impl Captured {
             content_type: headers.get("content-type").cloned(),
             headers,
             received_at: Utc::now(),
+            path: self.path.clone(),
         }
     }
 }
@@ -149,11 +153,39 @@ async fn capture(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    keep(
+        &inbox,
+        Captured {
+            headers,
+            body,
+            path: None,
+        },
+    )
+}
+
+async fn capture_with_path(
+    State(inbox): State<Arc<Inbox>>,
+    Path((_gateway, path)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let path = Some(path);
+    keep(
+        &inbox,
+        Captured {
+            headers,
+            body,
+            path,
+        },
+    )
+}
+
+fn keep(inbox: &Inbox, captured: Captured) -> StatusCode {
     inbox
         .received
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(Captured { headers, body });
+        .push(captured);
     inbox.notify.notify_waiters();
     StatusCode::OK
 }
@@ -191,6 +223,7 @@ pub async fn run(gateway: &dyn PaymentGateway, config: &ConformanceConfig) -> Co
     let _stop = Shutdown(Some(stop_tx));
     let app = Router::new()
         .route("/callbacks/{gateway}", post(capture))
+        .route("/callbacks/{gateway}/{*path}", post(capture_with_path))
         .with_state(Arc::clone(&inbox));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -238,6 +271,16 @@ fn transaction(kind: TransactionKind, minor_units: i64) -> Option<Transaction> {
 }
 
 impl Kit<'_> {
+    /// The callback as a payment outcome; any other event is an error here.
+    fn payment(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
+        match self.gateway.handle_callback(request)? {
+            CallbackEvent::Payment(outcome) => Ok(outcome),
+            other => Err(CallbackError::Malformed(format!(
+                "expected a payment event, got {other:?}"
+            ))),
+        }
+    }
+
     fn record(&mut self, name: &'static str, result: Result<String, String>) {
         let (passed, detail) = match result {
             Ok(detail) => (true, detail),
@@ -340,7 +383,7 @@ impl Kit<'_> {
                 TransactionKind::Withdrawal => "withdrawal_succeeds_and_callback_parses",
             };
             let result = match self.executed_with_callback(kind, json!({})).await {
-                Ok((tx, captured)) => match self.gateway.handle_callback(&captured.request()) {
+                Ok((tx, captured)) => match self.payment(&captured.request()) {
                     Ok(o)
                         if o.transaction_id == tx.id
                             && o.status == ReportedStatus::Succeeded
@@ -712,7 +755,7 @@ impl Kit<'_> {
             )
             .await
         {
-            Ok((tx, captured)) => match self.gateway.handle_callback(&captured.request()) {
+            Ok((tx, captured)) => match self.payment(&captured.request()) {
                 Ok(o) if o.transaction_id == tx.id && o.money != tx.money => {
                     Ok(format!("reported {} for {}", o.money, tx.money))
                 }
@@ -729,7 +772,7 @@ impl Kit<'_> {
             )
             .await
         {
-            Ok((tx, captured)) => match self.gateway.handle_callback(&captured.request()) {
+            Ok((tx, captured)) => match self.payment(&captured.request()) {
                 Ok(o)
                     if o.transaction_id == tx.id
                         && matches!(o.status, ReportedStatus::Failed { .. }) =>
@@ -752,7 +795,7 @@ impl Kit<'_> {
             let captured = self.callbacks(2).await;
             let outcomes: Vec<_> = captured
                 .iter()
-                .map(|c| self.gateway.handle_callback(&c.request()))
+                .map(|c| self.payment(&c.request()))
                 .collect();
             match outcomes.as_slice() {
                 [Ok(a), Ok(b)]

@@ -28,8 +28,8 @@ use crate::http;
 use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
 use crate::{
-    CallbackError, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus,
-    Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
+    CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway,
+    ProviderStatus, Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
 };
 
 /// The provider's wire format, shared with the sandbox that plays this provider.
@@ -246,7 +246,7 @@ impl PaymentGateway for JsonGateway {
         wire::CALLBACK_HEADERS
     }
 
-    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
+    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
         callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
         verify(&self.conn.webhook_secret, request)?;
         let event: WebhookEvent =
@@ -275,14 +275,14 @@ impl PaymentGateway for JsonGateway {
                 )))
             }
         };
-        Ok(CallbackOutcome {
+        Ok(CallbackEvent::Payment(CallbackOutcome {
             transaction_id: callback::parse_reference(&event.data.reference)?,
             status,
             provider_reference: callback::non_empty("data.id", &event.data.id)?,
             provider_event_id: callback::non_empty("event_id", &event.event_id)?,
             money: callback::parse_money(event.data.amount, &event.data.currency)?,
             kind,
-        })
+        }))
     }
 
     async fn status(&self, tx: &Transaction) -> Result<ProviderStatus, GatewayError> {

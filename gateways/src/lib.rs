@@ -33,7 +33,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use paygate_core::domain::{GatewayName, Money, Transaction, TransactionId, TransactionKind};
+use paygate_core::domain::{
+    GatewayName, Money, RefundId, Transaction, TransactionId, TransactionKind,
+};
 
 /// What the caller of [`PaymentGateway::deposit`] / [`PaymentGateway::withdraw`] should do
 /// after a failed attempt. Connectors must classify every failure into one of these, by
@@ -95,6 +97,13 @@ pub enum SubmitStatus {
     Accepted,
     /// The provider answered with a final success at once.
     Succeeded,
+    /// The customer must act at the provider first (3-D Secure, a hosted checkout page):
+    /// send them to `url`. The transaction becomes `requires_action` with
+    /// `next_action: {"type": "redirect_to_url", "url": …}`; a callback or a status query
+    /// completes it, and the gateway's `action_expires_after_ms` fails it (voiding any
+    /// hold) when the customer never finishes. Nothing has moved yet, so expiry is safe
+    /// only after the provider's status says so: the processor asks before failing it.
+    RequiresAction { url: String },
 }
 
 /// A provider's answer to a deposit or withdrawal it accepted.
@@ -117,6 +126,10 @@ pub struct CallbackRequest {
     pub content_type: Option<String>,
     /// Headers with lower-case names.
     pub headers: BTreeMap<String, String>,
+    /// The URL path after `/callbacks/{gateway}/`, for [`CallbackAuth::PathToken`]
+    /// gateways (`{reference}/{token}`); `None` when the callback came to
+    /// `/callbacks/{gateway}`. A signed gateway ignores it.
+    pub path: Option<String>,
     /// When paygate received it. Timestamp freshness is judged against this, not the
     /// current time, so re-parsing a queued callback later gives the same answer.
     pub received_at: DateTime<Utc>,
@@ -185,6 +198,123 @@ impl CallbackOutcome {
     }
 }
 
+/// What an authentic callback is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackEvent {
+    /// The outcome of one of our payments: queued for the callback processor.
+    Payment(CallbackOutcome),
+    /// The outcome of a refund of one of our payments.
+    Refund(RefundReport),
+    /// Authentic, but nothing paygate acts on (a provider's subscription, dispute or
+    /// customer event): answered 200 so the provider stops retrying, logged and counted
+    /// (`paygate_callbacks_ignored_total`), never queued. `event` is the provider's event
+    /// name, bounded, for the log.
+    Ignored { event: String },
+}
+
+impl CallbackEvent {
+    /// The payment outcome, if this is one.
+    pub fn payment(self) -> Option<CallbackOutcome> {
+        match self {
+            Self::Payment(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// Our transaction id this event is about, if any (the bus key).
+    pub fn transaction_id(&self) -> Option<TransactionId> {
+        match self {
+            Self::Payment(outcome) => Some(outcome.transaction_id),
+            Self::Refund(report) => Some(report.transaction_id),
+            Self::Ignored { .. } => None,
+        }
+    }
+}
+
+/// How a provider authenticates its callbacks, declared by the connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackAuth {
+    /// Every callback carries a signature over its body ([`PaymentGateway::handle_callback`]
+    /// verifies it). Received at `POST /callbacks/{gateway}`.
+    Signed,
+    /// The provider signs nothing (M-Pesa Daraja). The connector gives the provider a
+    /// callback URL per payment, `/callbacks/{gateway}/{reference}/{token}` with
+    /// `token = `[`callback::path_token`]`(webhook_secret, reference)`, and its
+    /// `handle_callback` checks the token in [`CallbackRequest::path`] (constant time,
+    /// [`callback::verify_path_token`]) before reading the body, and takes the payment from
+    /// the path, never from the body. The API refuses a callback to such a gateway without
+    /// a path (404) and one with a wrong token (401). Because a URL can leak, the body is
+    /// still not believed: the callback processor confirms every such callback with
+    /// [`PaymentGateway::status`] and applies the provider's answer, flagging one the
+    /// status contradicts.
+    PathToken,
+}
+
+/// A refund paygate asks a provider for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// Our refund id: the provider's idempotency reference for this refund.
+    pub id: RefundId,
+    /// How much to give back (at most what is left of the payment).
+    pub money: Money,
+}
+
+/// Where a refund stands at the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundStatus {
+    /// Accepted; a callback (or a later status) finishes it.
+    Pending,
+    Succeeded,
+    Failed {
+        code: String,
+        reason: String,
+    },
+}
+
+/// A provider's answer to a refund it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOutcome {
+    pub provider_reference: String,
+    pub status: RefundStatus,
+}
+
+/// A callback about a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundReport {
+    /// The payment refunded.
+    pub transaction_id: TransactionId,
+    /// Our refund id where the provider echoes it; else matched by `provider_reference`.
+    pub refund_id: Option<RefundId>,
+    pub provider_reference: String,
+    pub provider_event_id: String,
+    pub status: RefundStatus,
+    pub money: Money,
+}
+
+/// Which provider answer a response fixture holds ([`PaymentGateway::parse_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderCall {
+    Deposit,
+    Withdraw,
+    Status,
+    Refund,
+}
+
+/// One HTTP answer of a provider, as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderResponse {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// What a connector read from a provider's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    Submit(SubmitOutcome),
+    Status(ProviderStatus),
+    Refund(RefundOutcome),
+}
+
 /// Why a callback was refused. Mapped by the API to HTTP statuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackError {
@@ -227,7 +357,60 @@ pub trait PaymentGateway: Send + Sync {
 
     /// Authenticates (signature, freshness) and parses a callback. Must never panic,
     /// whatever the bytes. Reads no header outside [`PaymentGateway::callback_headers`].
-    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError>;
+    /// An authentic event that is about none of our payments is
+    /// [`CallbackEvent::Ignored`], never an error (an error makes the provider retry).
+    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError>;
+
+    /// How this provider authenticates callbacks. Default: signed bodies.
+    fn callback_auth(&self) -> CallbackAuth {
+        CallbackAuth::Signed
+    }
+
+    /// Our transaction id as this provider's payment reference (its charset and length
+    /// rules). Must round-trip through [`PaymentGateway::decode_reference`] (tested for
+    /// every connector). Default: the id as is (`txn_<32 hex>`).
+    fn encode_reference(&self, id: TransactionId) -> String {
+        id.to_string()
+    }
+
+    /// The transaction id a provider reference stands for.
+    fn decode_reference(&self, reference: &str) -> Result<TransactionId, CallbackError> {
+        callback::parse_reference(reference)
+    }
+
+    /// Whether resubmitting the same reference after an ambiguous attempt is safe because
+    /// the provider dedupes it. A provider without idempotency (M-Pesa's STK push prompts
+    /// the customer again for every request) answers `false`: after an ambiguous attempt
+    /// the processor only asks its status, and never submits again.
+    fn idempotent_submit(&self) -> bool {
+        true
+    }
+
+    /// Gives money back to the customer of a succeeded deposit. Default: this provider
+    /// offers no refunds (`Permanent`, code `refunds_unsupported`).
+    async fn refund(
+        &self,
+        _transaction: &Transaction,
+        _refund: &RefundRequest,
+    ) -> Result<RefundOutcome, GatewayError> {
+        Err(GatewayError::Permanent {
+            code: "refunds_unsupported".into(),
+            reason: format!("gateway {} offers no refunds", self.name()),
+        })
+    }
+
+    /// Reads one provider answer without a server, for the conformance kit's response
+    /// fixtures (the provider's documented samples). A connector builds its requests,
+    /// sends them and hands each answer to this; `None` means it does not expose its
+    /// parsing (the older built-in connectors).
+    fn parse_response(
+        &self,
+        _call: ProviderCall,
+        _transaction: &Transaction,
+        _response: &ProviderResponse,
+    ) -> Option<Result<Parsed, GatewayError>> {
+        None
+    }
 
     /// Asks the provider what became of a transaction: after an ambiguous attempt, and for
     /// reconciliation of one stuck mid-flight or unresolved. The default says the provider

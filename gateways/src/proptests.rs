@@ -45,7 +45,7 @@ proptest! {
         let mut headers = BTreeMap::new();
         headers.insert(json::wire::SIGNATURE_HEADER.to_owned(), header.clone());
         headers.insert(soap::wire::SIGNATURE_HEADER.to_owned(), header);
-        let request = CallbackRequest { body: Bytes::from(body), content_type, headers, received_at: Utc::now() };
+        let request = CallbackRequest { body: Bytes::from(body), content_type, headers, received_at: Utc::now(), path: None };
         for gateway in gateways() {
             prop_assert!(gateway.handle_callback(&request).is_err());
         }

@@ -23,8 +23,8 @@ use crate::http;
 use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
 use crate::{
-    CallbackError, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus,
-    Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
+    CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway,
+    ProviderStatus, Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
 };
 
 /// The provider's wire format, shared with the sandbox that plays this provider.
@@ -263,7 +263,7 @@ impl PaymentGateway for ProtobufGateway {
         wire::CALLBACK_HEADERS
     }
 
-    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
+    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
         callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
         // The outer frame carries the signature: a body that is not one cannot be authentic,
         // so it is refused as unauthenticated, and the decoder's detail is not echoed to an
@@ -291,7 +291,7 @@ impl PaymentGateway for ProtobufGateway {
             }
             other => return Err(callback::malformed(format!("event state {other:?}"))),
         };
-        Ok(CallbackOutcome {
+        Ok(CallbackEvent::Payment(CallbackOutcome {
             transaction_id: callback::parse_reference(&event.reference)?,
             status,
             provider_reference: callback::non_empty(
@@ -305,7 +305,7 @@ impl PaymentGateway for ProtobufGateway {
                 Ok(PaymentKind::Withdrawal) => Some(TransactionKind::Withdrawal),
                 _ => None,
             },
-        })
+        }))
     }
 
     async fn status(&self, tx: &Transaction) -> Result<ProviderStatus, GatewayError> {

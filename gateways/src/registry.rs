@@ -22,8 +22,8 @@ use crate::secret::Secret;
 use crate::PaymentGateway;
 
 pub use paygate_core::config::{
-    DEFAULT_CALLBACK_TOLERANCE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CALLBACK_BYTES,
-    DEFAULT_STATUS_NOT_FOUND_AFTER, DEFAULT_TIMEOUT,
+    DEFAULT_ACTION_EXPIRES_AFTER, DEFAULT_CALLBACK_TOLERANCE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CALLBACK_BYTES, DEFAULT_STATUS_NOT_FOUND_AFTER, DEFAULT_TIMEOUT,
 };
 
 /// Builds one gateway instance from its parsed settings.
@@ -160,6 +160,7 @@ impl GatewaySettings {
             timings: Timings {
                 status_not_found_after: config.status_not_found_after,
                 reconcile_after: config.reconcile_after,
+                action_expires_after: config.action_expires_after,
             },
             extra: config.extra.clone(),
         })
@@ -193,6 +194,9 @@ pub struct Timings {
     /// is asked about (a status query first). `None`: the processor's `stuck_after_secs`.
     /// Shorter for a provider whose callbacks may be lost (e.g. while paygate's API is down).
     pub reconcile_after: Option<Duration>,
+    /// `action_expires_after_ms`: how long a `requires_action` payment waits for its
+    /// customer before the provider is asked and, unless it completed, the payment fails.
+    pub action_expires_after: Duration,
 }
 
 impl Default for Timings {
@@ -200,6 +204,7 @@ impl Default for Timings {
         Self {
             status_not_found_after: DEFAULT_STATUS_NOT_FOUND_AFTER,
             reconcile_after: None,
+            action_expires_after: DEFAULT_ACTION_EXPIRES_AFTER,
         }
     }
 }

@@ -29,8 +29,8 @@ use crate::http;
 use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
 use crate::{
-    CallbackError, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway, ProviderStatus,
-    Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
+    CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway,
+    ProviderStatus, Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
 };
 
 /// The provider's wire format, shared with the sandbox that plays this provider.
@@ -489,7 +489,7 @@ impl PaymentGateway for SoapGateway {
         wire::CALLBACK_HEADERS
     }
 
-    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackOutcome, CallbackError> {
+    fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
         callback::check_envelope(request, self.conn.max_callback_bytes, wire::ACCEPTED_TYPES)?;
         let timestamp = verify(&self.conn.webhook_secret, request)?;
         callback::check_fresh(timestamp, request.received_at, self.conn.callback_tolerance)?;
@@ -504,7 +504,7 @@ impl PaymentGateway for SoapGateway {
             }
             other => return Err(callback::malformed(format!("notification state {other:?}"))),
         };
-        Ok(CallbackOutcome {
+        Ok(CallbackEvent::Payment(CallbackOutcome {
             transaction_id: callback::parse_reference(&n.reference)?,
             status,
             provider_reference: callback::non_empty("ProviderReference", &n.provider_reference)?,
@@ -515,7 +515,7 @@ impl PaymentGateway for SoapGateway {
                 "withdrawal" => Some(TransactionKind::Withdrawal),
                 _ => None,
             },
-        })
+        }))
     }
 
     async fn status(&self, tx: &Transaction) -> Result<ProviderStatus, GatewayError> {

@@ -51,3 +51,13 @@ pub fn fields(tx: &Transaction, status: ReportedStatus, sent_at: DateTime<Utc>) 
         sent_at,
     }
 }
+
+/// The payment outcome of a callback, or a panic naming what came instead.
+pub fn payment(
+    verdict: Result<crate::CallbackEvent, crate::CallbackError>,
+) -> crate::CallbackOutcome {
+    match verdict {
+        Ok(crate::CallbackEvent::Payment(outcome)) => outcome,
+        other => panic!("expected a payment callback, got {other:?}"),
+    }
+}

@@ -431,7 +431,8 @@ impl Engine {
                 .await;
         }
         match outcome.status {
-            SubmitStatus::Accepted => {
+            // Interim: waits for the callback like an accepted payment.
+            SubmitStatus::Accepted | SubmitStatus::RequiresAction { .. } => {
                 let update = claimed
                     .advance(TransactionStatus::Submitted, now)?
                     .provider_reference(outcome.provider_reference)
@@ -838,6 +839,10 @@ fn outcome_class(result: &Result<SubmitOutcome, BreakerError>) -> &'static str {
             status: SubmitStatus::Succeeded,
             ..
         }) => "succeeded",
+        Ok(SubmitOutcome {
+            status: SubmitStatus::RequiresAction { .. },
+            ..
+        }) => "requires_action",
         Err(BreakerError::Rejected { .. }) => "breaker_rejected",
         Err(BreakerError::Gateway(GatewayError::Permanent { .. })) => "permanent",
         Err(BreakerError::Gateway(GatewayError::Retryable { .. })) => "retryable",

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use paygate_core::domain::TransactionId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -150,7 +149,7 @@ impl AdminClient {
     /// What every account did with `reference`.
     pub async fn reference(
         &self,
-        reference: &TransactionId,
+        reference: &impl std::fmt::Display,
     ) -> Result<ReferenceReport, AdminError> {
         let request = self.http.get(self.url(&format!("references/{reference}")));
         json_of(request, format!("reference {reference}")).await

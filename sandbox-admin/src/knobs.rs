@@ -218,6 +218,11 @@ pub struct Stats {
     pub executed_elsewhere: u64,
     /// JSON status answers that reported one minor unit more than was executed.
     pub statuses_mismatched: u64,
+    /// Payments that waited for the customer's step at the provider (hosted page, 3-D
+    /// Secure); counted in `executions` (or `declines`) once the step is finished.
+    pub actions_required: u64,
+    /// Refunds executed (a new refund reference accepted).
+    pub refunds: u64,
 }
 
 /// Stats for all accounts and per account.

@@ -3,13 +3,15 @@
 //! per payment, what the providers did with paygate's final state.
 
 use chrono::{DateTime, Utc};
-use paygate_core::domain::{TransactionId, TransactionKind};
+use paygate_core::domain::TransactionKind;
 use serde::{Deserialize, Serialize};
 
 /// Every account's record of one reference (an empty list when no provider saw it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferenceReport {
-    pub reference: TransactionId,
+    /// The reference as providers received it (paygate's transaction id for the
+    /// sandbox protocols; each emulated provider's own encoding of it).
+    pub reference: String,
     /// In execution order. More than one entry with `outcome != failed` means the payment was
     /// executed by two gateways (see the `executed_elsewhere` counter).
     pub executions: Vec<ExecutionReport>,

@@ -11,18 +11,73 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use paygate_core::domain::{Amount, GatewayName, Money};
-use paygate_gateways::{json, protobuf, soap, CallbackFields, SignedCallback};
+use paygate_core::domain::{Amount, GatewayName, Money, TransactionId, TransactionKind};
+use paygate_gateways::{json, protobuf, soap, CallbackFields, ReportedStatus, SignedCallback};
 
+use crate::emulators;
 use crate::engine::{chance, Engine, Protocol, Record, RecordState};
 use crate::knobs::Knobs;
+
+/// A callback ready to POST: the sandbox's own shape, so emulators of real providers
+/// depend on nothing of the connectors that will read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub content_type: String,
+    /// Extra headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl From<SignedCallback> for Outbound {
+    fn from(signed: SignedCallback) -> Self {
+        Self {
+            content_type: signed.content_type,
+            headers: signed.headers,
+            body: signed.body,
+        }
+    }
+}
+
+/// The facts of one payment event, whatever the format that will carry them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// The merchant's reference as the provider received it.
+    pub reference: String,
+    pub kind: TransactionKind,
+    pub status: ReportedStatus,
+    pub provider_reference: String,
+    /// The provider's event id (repeats of one event share it).
+    pub event_id: String,
+    /// What the provider says moved (off by one for a mismatched callback).
+    pub money: Money,
+    /// When the callback is sent; every attempt is re-signed with a fresh one.
+    pub sent_at: DateTime<Utc>,
+}
+
+impl Facts {
+    /// The invented protocols' callback fields (their references are paygate ids, checked
+    /// on submission); `None` for a reference that is not one.
+    fn callback_fields(&self) -> Option<CallbackFields> {
+        Some(CallbackFields {
+            transaction_id: TransactionId::parse(&self.reference).ok()?,
+            kind: self.kind,
+            status: self.status.clone(),
+            provider_reference: self.provider_reference.clone(),
+            event_id: self.event_id.clone(),
+            money: self.money,
+            sent_at: self.sent_at,
+        })
+    }
+}
 
 /// One planned callback (and its optional duplicate).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub account: GatewayName,
     pub protocol: Protocol,
-    pub fields: CallbackFields,
+    pub fields: Facts,
+    /// The URL the payment's request named for its callback (M-Pesa's `CallBackURL`).
+    pub callback_url: Option<String>,
     pub malformed: bool,
     pub delay: Duration,
     /// Extra delay of a duplicate copy, if one is sent.
@@ -65,6 +120,11 @@ impl Delivery {
     pub fn plan(record: &Record, knobs: &Knobs, event_number: u64, now: DateTime<Utc>) -> Self {
         let status = match &record.state {
             RecordState::Pending { outcome } | RecordState::Final(outcome) => outcome.clone(),
+            // Never planned for a payment still waiting for its customer.
+            RecordState::AwaitingAction => ReportedStatus::Failed {
+                code: "action_required".into(),
+                reason: "The customer has not finished".into(),
+            },
         };
         let mut money = record.order.money;
         let mismatched = chance(knobs.mismatched_callback_rate);
@@ -86,8 +146,9 @@ impl Delivery {
         Self {
             account: record.order.account.clone(),
             protocol: record.order.protocol,
-            fields: CallbackFields {
-                transaction_id: record.order.reference,
+            callback_url: record.order.callback_url.clone(),
+            fields: Facts {
+                reference: record.order.reference.clone(),
                 kind: record.order.kind,
                 status,
                 provider_reference: record.provider_reference.clone(),
@@ -124,7 +185,7 @@ pub fn schedule(engine: &Arc<Engine>, delivery: Delivery) {
 async fn run(engine: &Arc<Engine>, delivery: Delivery) {
     let account = delivery.account.as_str().to_owned();
     tokio::time::sleep(delivery.delay).await;
-    engine.announce(&delivery.account, &delivery.fields.transaction_id);
+    engine.announce(&delivery.account, &delivery.fields.reference);
     if delivery.out_of_order {
         engine.count(&account, |c| &c.callbacks_out_of_order);
     }
@@ -142,14 +203,36 @@ async fn run(engine: &Arc<Engine>, delivery: Delivery) {
     }
 }
 
-/// The signed request for this delivery, signed now.
-pub fn sign(engine: &Engine, delivery: &Delivery, now: DateTime<Utc>) -> SignedCallback {
+/// The signed request for this delivery, signed now (`None`: nothing sendable).
+pub fn sign(engine: &Engine, delivery: &Delivery, now: DateTime<Utc>) -> Option<Outbound> {
     let secret = &engine.settings.webhook_secret;
-    let fields = CallbackFields {
+    let facts = Facts {
         sent_at: now,
         ..delivery.fields.clone()
     };
-    match (delivery.protocol, delivery.malformed) {
+    let emulated = match delivery.protocol {
+        Protocol::Paystack => Some(emulators::paystack::callback(
+            engine,
+            &facts,
+            delivery.malformed,
+        )),
+        Protocol::Mpesa => Some(emulators::mpesa::callback(
+            engine,
+            &facts,
+            delivery.malformed,
+        )),
+        Protocol::Stripe => Some(emulators::stripe::callback(
+            engine,
+            &facts,
+            delivery.malformed,
+        )),
+        Protocol::Json | Protocol::Soap | Protocol::Protobuf => None,
+    };
+    if emulated.is_some() {
+        return emulated;
+    }
+    let fields = facts.callback_fields()?;
+    let signed = match (delivery.protocol, delivery.malformed) {
         (Protocol::Json, false) => json::signed_callback(secret, &fields),
         (Protocol::Soap, false) => soap::signed_callback(secret, &fields),
         (Protocol::Protobuf, false) => protobuf::signed_callback(secret, &fields),
@@ -170,18 +253,39 @@ pub fn sign(engine: &Engine, delivery: &Delivery, now: DateTime<Utc>) -> SignedC
         (Protocol::Protobuf, true) => {
             protobuf::sign_body(secret, vec![0x12, 0xff, 0xff, 0xff, 0x0f, 0x01])
         }
+        (Protocol::Paystack | Protocol::Mpesa | Protocol::Stripe, _) => return None,
+    };
+    Some(signed.into())
+}
+
+/// Where this delivery goes: the URL its request named, else
+/// `{callback_base_url}/callbacks/{account}`. The `callback_base_url` knob redirects
+/// either (a named URL keeps its path), so tests can capture them.
+fn target_url(engine: &Engine, delivery: &Delivery) -> String {
+    let base = delivery
+        .target
+        .as_deref()
+        .unwrap_or(&engine.settings.callback_base_url)
+        .trim_end_matches('/');
+    match delivery.callback_url.as_deref().map(url::Url::parse) {
+        Some(Ok(named)) if delivery.target.is_some() => {
+            let query = named.query().map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{base}{}{query}", named.path())
+        }
+        Some(Ok(named)) => named.to_string(),
+        _ => format!("{base}/callbacks/{}", delivery.account),
     }
 }
 
 async fn send(engine: &Engine, delivery: &Delivery) {
     let account = delivery.account.as_str();
-    let base = delivery
-        .target
-        .as_deref()
-        .unwrap_or(&engine.settings.callback_base_url);
-    let url = format!("{}/callbacks/{}", base.trim_end_matches('/'), account);
+    let url = target_url(engine, delivery);
     for attempt in 1..=delivery.max_attempts {
-        let signed = sign(engine, delivery, Utc::now());
+        let Some(signed) = sign(engine, delivery, Utc::now()) else {
+            tracing::warn!(%url, reference = %delivery.fields.reference, "callback cannot be rendered");
+            engine.count(account, |c| &c.callbacks_failed);
+            return;
+        };
         let mut request = engine
             .http
             .post(&url)
@@ -205,7 +309,7 @@ async fn send(engine: &Engine, delivery: &Delivery) {
         }
     }
     engine.count(account, |c| &c.callbacks_failed);
-    tracing::warn!(%url, transaction = %delivery.fields.transaction_id, "callback given up");
+    tracing::warn!(%url, reference = %delivery.fields.reference, "callback given up");
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use paygate_core::domain::{GatewayName, Money, TransactionId, TransactionKind};
+use paygate_core::domain::{GatewayName, Money, TransactionKind};
 use paygate_gateways::{ReportedStatus, Secret};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +23,14 @@ use crate::knobs::{Counters, Knobs, KnobsReport, StatsReport};
 /// Which provider the request came in as; decides the callback format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
+    /// The invented protocols of `sandbox-json`, `sandbox-soap` and `sandbox-proto`.
     Json,
     Soap,
     Protobuf,
+    /// Emulators of real providers (`crate::emulators`), each from its public docs.
+    Paystack,
+    Mpesa,
+    Stripe,
 }
 
 /// A parsed payment request, whatever its wire format.
@@ -34,9 +39,19 @@ pub struct Order {
     pub account: GatewayName,
     pub protocol: Protocol,
     pub kind: TransactionKind,
-    pub reference: TransactionId,
+    /// The merchant's (paygate's) reference, as the provider received it: the key of
+    /// the provider's idempotency. A string, because a real provider knows nothing of
+    /// paygate's id format.
+    pub reference: String,
     pub money: Money,
     pub customer: String,
+    /// The customer must act at the provider (3-D Secure, a hosted page) before the
+    /// payment executes: it waits in [`RecordState::AwaitingAction`] until
+    /// [`Engine::finish_action`].
+    pub needs_action: bool,
+    /// Where the provider sends this payment's callback, when the request named one
+    /// (M-Pesa's `CallBackURL`); else `{callback_base_url}/callbacks/{account}`.
+    pub callback_url: Option<String>,
 }
 
 /// What the provider holds for one reference.
@@ -60,6 +75,8 @@ impl Record {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordState {
+    /// Waiting for the customer's step at the provider; nothing has moved.
+    AwaitingAction,
     /// Executed; the outcome is decided and will be announced by callback.
     Pending { outcome: ReportedStatus },
     /// The outcome has been announced (or was a synchronous decline).
@@ -89,15 +106,15 @@ pub enum Decision {
 /// disagree. The index makes `executed_elsewhere` and the references report O(1) lookups.
 #[derive(Default)]
 struct Book {
-    records: HashMap<(GatewayName, TransactionId), Record>,
-    by_reference: HashMap<TransactionId, Vec<GatewayName>>,
+    records: HashMap<(GatewayName, String), Record>,
+    by_reference: HashMap<String, Vec<GatewayName>>,
 }
 
 impl Book {
     fn insert(&mut self, record: Record) {
         let account = record.order.account.clone();
-        let reference = record.order.reference;
-        let accounts = self.by_reference.entry(reference).or_default();
+        let reference = record.order.reference.clone();
+        let accounts = self.by_reference.entry(reference.clone()).or_default();
         if !accounts.contains(&account) {
             accounts.push(account.clone());
         }
@@ -105,11 +122,11 @@ impl Book {
     }
 
     /// Whether an account other than `account` executed (not merely declined) `reference`.
-    fn executed_by_other(&self, account: &GatewayName, reference: &TransactionId) -> bool {
+    fn executed_by_other(&self, account: &GatewayName, reference: &str) -> bool {
         self.by_reference.get(reference).is_some_and(|accounts| {
             accounts.iter().filter(|a| *a != account).any(|other| {
                 self.records
-                    .get(&(other.clone(), *reference))
+                    .get(&(other.clone(), reference.to_owned()))
                     .is_some_and(|r| !r.declined())
             })
         })
@@ -117,12 +134,16 @@ impl Book {
 
     /// Every account's record of `reference`, in execution order (the index is appended to
     /// under the lock, so its order is the true one even if the wall clock steps back).
-    fn of_reference(&self, reference: &TransactionId) -> Vec<Record> {
+    fn of_reference(&self, reference: &str) -> Vec<Record> {
         self.by_reference
             .get(reference)
             .into_iter()
             .flatten()
-            .filter_map(|account| self.records.get(&(account.clone(), *reference)).cloned())
+            .filter_map(|account| {
+                self.records
+                    .get(&(account.clone(), reference.to_owned()))
+                    .cloned()
+            })
             .collect()
     }
 }
@@ -253,23 +274,86 @@ impl Engine {
         self.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn record(&self, account: &GatewayName, reference: &TransactionId) -> Option<Record> {
+    pub fn record(&self, account: &GatewayName, reference: &str) -> Option<Record> {
         lock(&self.book)
             .records
-            .get(&(account.clone(), *reference))
+            .get(&(account.clone(), reference.to_owned()))
+            .cloned()
+    }
+
+    /// The record whose provider reference is `provider_reference` (emulators whose
+    /// status query takes the provider's id, such as M-Pesa's `CheckoutRequestID`).
+    pub fn record_by_provider_reference(
+        &self,
+        account: &GatewayName,
+        provider_reference: &str,
+    ) -> Option<Record> {
+        lock(&self.book)
+            .records
+            .values()
+            .find(|r| &r.order.account == account && r.provider_reference == provider_reference)
             .cloned()
     }
 
     /// What every account holds for `reference` (the admin references report).
-    pub fn records_of(&self, reference: &TransactionId) -> Vec<Record> {
+    pub fn records_of(&self, reference: &str) -> Vec<Record> {
         lock(&self.book).of_reference(reference)
     }
 
+    /// The customer finished (`approve`) or abandoned the provider's step for a payment in
+    /// [`RecordState::AwaitingAction`]: it executes now, as a fresh submission would (the
+    /// decline and callback knobs apply), and its callback is scheduled. `None` when there
+    /// is no such payment waiting.
+    pub fn finish_action(
+        self: &Arc<Self>,
+        account: &GatewayName,
+        reference: &str,
+        approve: bool,
+    ) -> Option<Record> {
+        let knobs = self.knobs(account.as_str());
+        let record = {
+            let mut book = lock(&self.book);
+            let record = book
+                .records
+                .get_mut(&(account.clone(), reference.to_owned()))
+                .filter(|r| r.state == RecordState::AwaitingAction)?;
+            record.state = if approve {
+                decided_state(&knobs)
+            } else {
+                RecordState::Pending {
+                    outcome: ReportedStatus::Failed {
+                        code: "cancelled".into(),
+                        reason: "The customer cancelled the payment".into(),
+                    },
+                }
+            };
+            record.executed_at = Utc::now();
+            record.clone()
+        };
+        if matches!(
+            &record.state,
+            RecordState::Pending {
+                outcome: ReportedStatus::Succeeded
+            }
+        ) {
+            self.count(account.as_str(), |c| &c.executions);
+        } else {
+            self.count(account.as_str(), |c| &c.declines);
+        }
+        if knobs.callbacks_enabled {
+            delivery::schedule(
+                self,
+                Delivery::plan(&record, &knobs, self.next_id(), Utc::now()),
+            );
+        }
+        Some(record)
+    }
+
     /// Marks a pending record's outcome as announced.
-    pub(crate) fn announce(&self, account: &GatewayName, reference: &TransactionId) {
+    pub(crate) fn announce(&self, account: &GatewayName, reference: &str) {
         if let Some(record) = lock(&self.book)
             .records
-            .get_mut(&(account.clone(), *reference))
+            .get_mut(&(account.clone(), reference.to_owned()))
         {
             if let RecordState::Pending { outcome } = &record.state {
                 record.state = RecordState::Final(outcome.clone());
@@ -330,7 +414,7 @@ impl Engine {
     /// The idempotent core: one execution per (account, reference), decided under the lock.
     fn execute(self: &Arc<Self>, order: Order, knobs: &Knobs) -> Decision {
         let account = order.account.as_str().to_owned();
-        let key = (order.account.clone(), order.reference);
+        let key = (order.account.clone(), order.reference.clone());
         let (decision, fresh, elsewhere) = {
             let mut book = lock(&self.book);
             if let Some(existing) = book.records.get(&key) {
@@ -345,28 +429,17 @@ impl Engine {
                 };
                 (decision, false, false)
             } else {
-                let provider_reference = match order.protocol {
-                    Protocol::Json => self.next_id().to_string(),
-                    Protocol::Soap => format!("SOAP-{}", self.next_id()),
-                    Protocol::Protobuf => format!("pb_{}", self.next_id()),
-                };
-                let declined = chance(knobs.decline_rate);
-                let state = if declined {
-                    RecordState::Final(ReportedStatus::Failed {
+                let provider_reference = provider_reference(order.protocol, self.next_id());
+                let (declined, state) = if order.needs_action {
+                    (false, RecordState::AwaitingAction)
+                } else if chance(knobs.decline_rate) {
+                    let declined = ReportedStatus::Failed {
                         code: "declined".into(),
                         reason: "Do not honor".into(),
-                    })
-                } else if chance(knobs.callback_failure_rate) {
-                    RecordState::Pending {
-                        outcome: ReportedStatus::Failed {
-                            code: "insufficient_funds".into(),
-                            reason: "Insufficient funds".into(),
-                        },
-                    }
+                    };
+                    (true, RecordState::Final(declined))
                 } else {
-                    RecordState::Pending {
-                        outcome: ReportedStatus::Succeeded,
-                    }
+                    (false, decided_state(knobs))
                 };
                 let record = Record {
                     order,
@@ -398,6 +471,9 @@ impl Engine {
             }
             (_, false) => self.count(&account, |c| &c.duplicates_suppressed),
             (Decision::Declined(_), true) => self.count(&account, |c| &c.declines),
+            (Decision::Accepted(record), true) if record.state == RecordState::AwaitingAction => {
+                self.count(&account, |c| &c.actions_required);
+            }
             (Decision::Accepted(record), true) => {
                 self.count(&account, |c| &c.executions);
                 if knobs.callbacks_enabled {
@@ -418,6 +494,31 @@ impl Engine {
         }
         decision
     }
+}
+
+/// The provider's own id for a new payment, in each provider's documented shape.
+fn provider_reference(protocol: Protocol, n: u64) -> String {
+    match protocol {
+        Protocol::Json => n.to_string(),
+        Protocol::Soap => format!("SOAP-{n}"),
+        Protocol::Protobuf => format!("pb_{n}"),
+        Protocol::Paystack => crate::emulators::paystack::provider_reference(n),
+        Protocol::Mpesa => crate::emulators::mpesa::provider_reference(n),
+        Protocol::Stripe => crate::emulators::stripe::provider_reference(n),
+    }
+}
+
+/// The outcome an executed payment will announce, rolled from the callback knobs.
+fn decided_state(knobs: &Knobs) -> RecordState {
+    let outcome = if chance(knobs.callback_failure_rate) {
+        ReportedStatus::Failed {
+            code: "insufficient_funds".into(),
+            reason: "Insufficient funds".into(),
+        }
+    } else {
+        ReportedStatus::Succeeded
+    };
+    RecordState::Pending { outcome }
 }
 
 /// The refusal status for a repeated reference, when `duplicate_reference_status` is set.

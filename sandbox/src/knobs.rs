@@ -49,4 +49,6 @@ counters! {
     duplicate_references_refused,
     executed_elsewhere,
     statuses_mismatched,
+    actions_required,
+    refunds,
 }

@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod admin_client;
 mod delivery;
+pub mod emulators;
 mod engine;
 pub mod knobs;
 mod providers;
@@ -229,5 +230,6 @@ fn router(engine: Arc<Engine>) -> Router {
             "/{account}/v1/payments/{reference}",
             get(providers::proto_status),
         )
+        .merge(emulators::routes())
         .with_state(engine)
 }

@@ -60,15 +60,19 @@ fn order(
         account,
         protocol,
         kind,
-        reference: TransactionId::parse(reference).map_err(|e| Refusal::Invalid(e.to_string()))?,
+        reference: TransactionId::parse(reference)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?
+            .to_string(),
         money: Money::from_parts(amount, currency).map_err(|e| Refusal::Invalid(e.to_string()))?,
         customer: customer.to_owned(),
+        needs_action: false,
+        callback_url: None,
     })
 }
 
 fn outcome(record: &Record) -> Option<&ReportedStatus> {
     match &record.state {
-        RecordState::Pending { .. } => None,
+        RecordState::Pending { .. } | RecordState::AwaitingAction => None,
         RecordState::Final(outcome) => Some(outcome),
     }
 }
@@ -352,7 +356,7 @@ async fn status_lookup(engine: &Engine, account: &GatewayName, reference: &str) 
     }
     match TransactionId::parse(reference)
         .ok()
-        .and_then(|id| engine.record(account, &id))
+        .and_then(|id| engine.record(account, &id.to_string()))
     {
         Some(record) if lagging(&record, knobs.status_not_found_for_ms) => Lookup::Missing,
         Some(record) => Lookup::Found(Box::new(record)),

@@ -16,6 +16,7 @@ fn outcome(status: &ReportedStatus) -> Outcome {
 /// One account's record of a reference, as the report shows it.
 pub(crate) fn execution_report(record: &Record) -> ExecutionReport {
     let (outcome, announced, decided) = match &record.state {
+        RecordState::AwaitingAction => (Outcome::Pending, false, Outcome::Pending),
         RecordState::Pending { outcome: decided } => {
             (Outcome::Pending, false, self::outcome(decided))
         }

@@ -242,7 +242,7 @@ async fn executed_elsewhere_counts_a_second_accounts_execution() -> anyhow::Resu
     assert_eq!(world.admin.stats().await?.total.executed_elsewhere, 1);
 
     let refs = world.admin.reference(&reference).await?;
-    assert_eq!(refs.reference, reference);
+    assert_eq!(refs.reference, reference.to_string());
     let accounts: Vec<&str> = refs.executions.iter().map(|e| e.account.as_str()).collect();
     assert_eq!(accounts, ["else-declines", "else-a", "else-b"]);
     let outcomes: Vec<Outcome> = refs.executions.iter().map(|e| e.outcome).collect();
@@ -262,10 +262,16 @@ async fn references_report_what_every_provider_did() -> anyhow::Result<()> {
 
     let unknown = TransactionId::new();
     let empty = world.admin.reference(&unknown).await?;
-    assert_eq!((empty.reference, empty.executions.len()), (unknown, 0));
+    assert_eq!(
+        (empty.reference, empty.executions.len()),
+        (unknown.to_string(), 0)
+    );
     let bad = world
         .admin
-        .raw(reqwest::Method::GET, "references/not-a-txn")
+        .raw(
+            reqwest::Method::GET,
+            &format!("references/{}", "r".repeat(257)),
+        )
         .send()
         .await?;
     assert_eq!(bad.status(), 400);

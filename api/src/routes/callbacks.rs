@@ -20,7 +20,7 @@ use paygate_core::bus::events::{Body, CallbackReceived, Envelope};
 use paygate_core::bus::trace::TRACEPARENT;
 use paygate_core::bus::Topic;
 use paygate_core::domain::GatewayName;
-use paygate_gateways::{CallbackError, CallbackRequest};
+use paygate_gateways::{CallbackAuth, CallbackError, CallbackRequest};
 
 use crate::body;
 use crate::error::{ErrorType, HttpError};
@@ -41,10 +41,10 @@ use crate::AppState;
         )
     ),
     responses(
-        (status = 200, description = "Authenticated and durably queued", body = CallbackAccepted),
+        (status = 200, description = "Authenticated and durably queued, or authentic and about nothing paygate acts on (ignored)", body = CallbackAccepted),
         (status = 400, description = "Authentic but malformed", body = crate::error::ErrorBody),
         (status = 401, description = "Signature missing, forged or stale", body = crate::error::ErrorBody),
-        (status = 404, description = "No such gateway", body = crate::error::ErrorBody),
+        (status = 404, description = "No such gateway, or a gateway whose callbacks carry a path token", body = crate::error::ErrorBody),
         (status = 413, body = crate::error::ErrorBody),
         (status = 415, body = crate::error::ErrorBody),
         (status = 503, description = "Could not be queued; retry", body = crate::error::ErrorBody),
@@ -58,11 +58,66 @@ pub async fn receive(
     let Ok(Path(raw_name)) = gateway else {
         return Err(HttpError::not_found("gateway"));
     };
-    let name = GatewayName::parse(&raw_name).map_err(|_| HttpError::not_found("gateway"))?;
+    accept(&state, &raw_name, None, request).await
+}
+
+/// Receive a callback of a provider that signs nothing (M-Pesa Daraja): the URL the
+/// connector gave the provider for one payment, `{reference}/{token}`.
+#[utoipa::path(
+    post, path = "/callbacks/{gateway}/{reference}/{token}", tag = "callbacks",
+    params(
+        ("gateway" = String, Path, description = "The configured gateway name"),
+        ("reference" = String, Path, description = "The payment's reference at the provider"),
+        ("token" = String, Path, description = "The secret token the connector put in this payment's callback URL"),
+    ),
+    request_body(
+        description = "The provider's callback",
+        content((Vec<u8> = "application/json"))
+    ),
+    responses(
+        (status = 200, description = "Queued for confirmation by a status query, or ignored", body = CallbackAccepted),
+        (status = 400, description = "Malformed", body = crate::error::ErrorBody),
+        (status = 401, description = "Wrong path token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such gateway, or one whose callbacks are signed", body = crate::error::ErrorBody),
+        (status = 413, body = crate::error::ErrorBody),
+        (status = 415, body = crate::error::ErrorBody),
+        (status = 503, description = "Could not be queued; retry", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn receive_unsigned(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    request: Request,
+) -> Result<Json<CallbackAccepted>, HttpError> {
+    let Ok(Path((raw_name, reference, token))) = path else {
+        return Err(HttpError::not_found("gateway"));
+    };
+    accept(
+        &state,
+        &raw_name,
+        Some(format!("{reference}/{token}")),
+        request,
+    )
+    .await
+}
+
+/// Verifies, then queues (or ignores) one callback. `path`: an unsigned provider's
+/// `{reference}/{token}`; each gateway is reachable on exactly one of the two routes.
+async fn accept(
+    state: &AppState,
+    raw_name: &str,
+    path: Option<String>,
+    request: Request,
+) -> Result<Json<CallbackAccepted>, HttpError> {
+    let name = GatewayName::parse(raw_name).map_err(|_| HttpError::not_found("gateway"))?;
     let gateway = state
         .registry
         .get(&name)
         .ok_or_else(|| HttpError::not_found("gateway"))?;
+    let wants_path = gateway.callback_auth() == CallbackAuth::PathToken;
+    if wants_path != path.is_some() {
+        return Err(HttpError::not_found("gateway"));
+    }
 
     let (headers, bytes) = body::read_raw(request, state.config.callback_max_body_bytes).await?;
     let received_at = Utc::now();
@@ -89,6 +144,7 @@ pub async fn receive(
         content_type: content_type.clone(),
         headers: header_map.clone(),
         received_at,
+        path: path.clone(),
     };
 
     // The trait forbids panics; a connector bug must still not take the request down
@@ -101,29 +157,37 @@ pub async fn receive(
             "gateway {name} panicked while verifying a callback"
         ))
     })?;
-    let outcome = verdict.map_err(|error| {
+    let event = verdict.map_err(|error| {
         tracing::warn!(gateway = %name, %error, "provider callback refused");
         metrics::counter!("paygate_callbacks_refused_total", "gateway" => name.to_string())
             .increment(1);
         refusal(error)
     })?;
+    let Some(transaction) = event.transaction_id() else {
+        // Authentic, about nothing we act on: 200 so the provider stops retrying.
+        tracing::info!(gateway = %name, ?event, "provider callback ignored");
+        metrics::counter!("paygate_callbacks_ignored_total", "gateway" => name.to_string())
+            .increment(1);
+        return Ok(Json(CallbackAccepted { received: true }));
+    };
 
     let trace = super::trace_from(&headers);
-    let event = Envelope::new(Body::CallbackReceived(CallbackReceived {
+    let envelope = Envelope::new(Body::CallbackReceived(CallbackReceived {
         gateway: name.to_string(),
         content_type: content_type.unwrap_or_default(),
         body: bytes.to_vec(),
         headers: header_map.into_iter().collect::<HashMap<_, _>>(),
         received_at_unix_ms: received_at.timestamp_millis(),
+        path: path.unwrap_or_default(),
     }));
     let kafka_headers = BTreeMap::from([(TRACEPARENT.to_owned(), trace.to_string())]);
-    let key = outcome.transaction_id.to_string();
+    let key = transaction.to_string();
     if let Err(error) = state
         .producer
         .send(
             Topic::CallbacksReceived,
             &key,
-            &event.encode_to_bytes(),
+            &envelope.encode_to_bytes(),
             &kafka_headers,
         )
         .await

@@ -49,6 +49,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhook-secret/rotate", post(webhook_secret::rotate))
         .route("/v1/events/{id}/redeliver", post(events::redeliver))
         .route("/callbacks/{gateway}", post(callbacks::receive))
+        .route(
+            "/callbacks/{gateway}/{reference}/{token}",
+            post(callbacks::receive_unsigned),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -147,10 +147,13 @@ async fn callback_secrets_in_headers_never_reach_kafka() -> TestResult {
                 .collect::<BTreeMap<_, _>>(),
             received_at: DateTime::from_timestamp_millis(event.received_at_unix_ms)
                 .ok_or_else(|| anyhow::anyhow!("receipt time"))?,
+            path: None,
         };
         let outcome = connector
             .handle_callback(&request)
-            .map_err(|e| anyhow::anyhow!("{gateway}: queued callback no longer verifies: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{gateway}: queued callback no longer verifies: {e}"))?
+            .payment()
+            .ok_or_else(|| anyhow::anyhow!("{gateway}: not a payment callback"))?;
         assert_eq!(outcome.transaction_id, id, "{gateway}");
         assert_eq!(outcome.status, ReportedStatus::Succeeded, "{gateway}");
     }

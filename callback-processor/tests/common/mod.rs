@@ -201,6 +201,7 @@ impl Harness {
             body: signed.body.to_vec(),
             headers: request.headers.into_iter().collect::<HashMap<_, _>>(),
             received_at_unix_ms: received_at.timestamp_millis(),
+            path: String::new(),
         }))
         .encode_to_bytes()
     }

@@ -60,6 +60,10 @@ pub struct CallbackReceived {
     pub headers: std::collections::HashMap<String, String>,
     #[prost(int64, tag = "5")]
     pub received_at_unix_ms: i64,
+    /// The callback URL's path after `/callbacks/{gateway}/` (an unsigned provider's
+    /// reference and secret token); empty for signed providers.
+    #[prost(string, tag = "6")]
+    pub path: String,
 }
 
 /// A transaction reached a terminal state: the dispatcher tells the merchant.

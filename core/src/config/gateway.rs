@@ -13,6 +13,7 @@
 //! max_callback_bytes = 65536
 //! status_not_found_after_ms = 120000 # settle window of a status query
 //! reconcile_after_ms = 60000         # optional; the processor's stuck_after_secs otherwise
+//! action_expires_after_ms = 3600000  # a customer's time for a 3-D Secure / hosted step
 //! [gateways.paystack-ng.breaker]     # optional, see BreakerConfig
 //! error_threshold_percent = 50
 //! ```
@@ -42,6 +43,11 @@ pub const DEFAULT_CALLBACK_TOLERANCE: Duration = Duration::from_secs(300);
 /// visible" rather than "never executed". Status endpoints of real providers lag their
 /// payment endpoints by seconds; two minutes leaves a wide margin.
 pub const DEFAULT_STATUS_NOT_FOUND_AFTER: Duration = Duration::from_secs(120);
+
+/// How long a customer has to finish a `requires_action` step (3-D Secure, a hosted
+/// page) before the payment is failed: an hour, the lifetime of a Paystack access code
+/// and well inside Stripe's 24 h for an unconfirmed PaymentIntent.
+pub const DEFAULT_ACTION_EXPIRES_AFTER: Duration = Duration::from_secs(3600);
 /// Callbacks are small; anything bigger is refused before its signature is even computed.
 pub const DEFAULT_MAX_CALLBACK_BYTES: usize = 64 * 1024;
 
@@ -92,6 +98,15 @@ pub struct GatewayConfig {
     /// provider whose callbacks may be lost (e.g. while paygate's API is down).
     #[serde(rename = "reconcile_after_ms", with = "units::opt_ms", default)]
     pub reconcile_after: Option<Duration>,
+    /// How long a payment may wait in `requires_action` for its customer (see
+    /// [`DEFAULT_ACTION_EXPIRES_AFTER`]); then the provider is asked, and a payment it has
+    /// not completed fails with `action_expired` (a withdrawal's hold is voided).
+    #[serde(
+        rename = "action_expires_after_ms",
+        with = "units::ms",
+        default = "action_expires_after"
+    )]
+    pub action_expires_after: Duration,
     /// Admit a plain `http` `base_url` whose host is not loopback: the secret key then
     /// travels in clear, so only for a sandbox on a private network (docker compose), never
     /// a real provider. Loopback `http` (tests, `paygate dev`) needs no flag.
@@ -116,6 +131,10 @@ fn max_callback_bytes() -> usize {
 }
 fn status_not_found_after() -> Duration {
     DEFAULT_STATUS_NOT_FOUND_AFTER
+}
+
+fn action_expires_after() -> Duration {
+    DEFAULT_ACTION_EXPIRES_AFTER
 }
 
 /// `[gateways.<name>.breaker]`: the circuit breaker's tunables (see `paygate_gateways::
@@ -173,6 +192,7 @@ impl GatewayConfig {
             breaker: BreakerConfig::default(),
             status_not_found_after: DEFAULT_STATUS_NOT_FOUND_AFTER,
             reconcile_after: None,
+            action_expires_after: DEFAULT_ACTION_EXPIRES_AFTER,
             allow_http: false,
             extra: BTreeMap::new(),
         }
@@ -248,6 +268,7 @@ impl GatewayConfig {
             ("breaker.window_ms", self.breaker.window),
             ("breaker.sleep_window_ms", self.breaker.sleep_window),
             ("breaker.call_timeout_ms", self.breaker.call_timeout),
+            ("action_expires_after_ms", self.action_expires_after),
         ];
         for (key, value) in positive {
             if value.is_zero() {

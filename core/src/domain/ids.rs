@@ -116,6 +116,10 @@ typed_id!(
     TransactionId, "txn", "transaction"
 );
 typed_id!(
+    /// Our id for a refund of a payment: the provider's idempotency reference for it.
+    RefundId, "rfd", "refund"
+);
+typed_id!(
     /// A merchant: the owner of API keys, transactions and webhook endpoints.
     MerchantId, "mer", "merchant"
 );

@@ -8,7 +8,8 @@ mod scope;
 mod transaction;
 
 pub use ids::{
-    ApiKeyId, DeliveryAttemptId, EventId, IdError, MerchantId, TransactionId, WebhookEndpointId,
+    ApiKeyId, DeliveryAttemptId, EventId, IdError, MerchantId, RefundId, TransactionId,
+    WebhookEndpointId,
 };
 pub use money::{Amount, Currency, Money, MoneyError};
 pub use names::{CustomerReference, GatewayName, NameError};
