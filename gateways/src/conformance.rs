@@ -30,6 +30,7 @@ use paygate_sandbox_admin::AdminClient;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use crate::check::check_outcome;
 use crate::{
     CallbackAuth, CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError,
     PaymentGateway, ProviderStatus, ReportedStatus,
@@ -383,7 +384,7 @@ impl Kit<'_> {
     ) -> Result<(Transaction, Captured), String> {
         self.knobs(extra).await?;
         self.clear();
-        let tx = transaction(kind, 1050).ok_or("cannot build a transaction")?;
+        let mut tx = transaction(kind, 1050).ok_or("cannot build a transaction")?;
         let outcome = self
             .submit(&tx)
             .await
@@ -391,6 +392,9 @@ impl Kit<'_> {
         if outcome.provider_reference.is_empty() || outcome.money.is_some_and(|m| m != tx.money) {
             return Err(format!("unexpected outcome {outcome:?}"));
         }
+        // As the payment processor records it: later reports must fit this.
+        tx.routed_gateway = Some(self.gateway.name().clone());
+        tx.provider_reference = Some(outcome.provider_reference.clone());
         if let crate::SubmitStatus::RequiresAction { url } = &outcome.status {
             complete_customer_step(url).await?;
         }
@@ -408,6 +412,12 @@ impl Kit<'_> {
             };
             let result = match self.executed_with_callback(kind, json!({})).await {
                 Ok((tx, captured)) => match self.payment(&captured.request()) {
+                    Ok(o) if check_outcome(&tx, self.gateway.name(), &o.reported()).is_err() => {
+                        Err(format!(
+                            "the callback does not fit the submitted payment: {:?}",
+                            check_outcome(&tx, self.gateway.name(), &o.reported())
+                        ))
+                    }
                     Ok(o)
                         if o.transaction_id == tx.id
                             && o.status == ReportedStatus::Succeeded
