@@ -134,6 +134,7 @@ fn transaction(t: &FixtureTransaction) -> Result<Transaction, String> {
         next_attempt_at: None,
         ambiguous_since: None,
         provider_reference: t.provider_reference.clone(),
+        next_action_url: None,
         failure: None,
         callback_url: None,
         metadata: serde_json::json!({}),
@@ -247,6 +248,7 @@ fn check_response(got: Result<Parsed, GatewayError>, expect: &Value) -> Result<(
                 ProviderStatus::Unsupported => "unsupported",
                 ProviderStatus::NotFound => "not_found",
                 ProviderStatus::InProgress => "in_progress",
+                ProviderStatus::AwaitingCustomer => "awaiting_customer",
                 ProviderStatus::Final {
                     status: ReportedStatus::Succeeded,
                     ..
