@@ -501,13 +501,7 @@ impl Kit<'_> {
     }
 
     async fn error_classes(&mut self) {
-        self.expect_error(
-            "decline_is_permanent",
-            json!({"decline_rate": 1.0}),
-            |e| matches!(e, GatewayError::Permanent { .. }),
-            false,
-        )
-        .await;
+        self.decline().await;
         // Every 5xx is ambiguous: a load balancer answers them too, after the provider may
         // have committed (the rule on `GatewayError`).
         self.expect_error(
@@ -594,6 +588,51 @@ impl Kit<'_> {
         self.record("duplicate_reference_refusal_is_ambiguous", result);
     }
 
+    /// A declined payment is refused for good: `Permanent` at once, or, where the customer
+    /// pays on the provider's page (`RequiresAction`), declined there and reported `failed`
+    /// by callback after the customer's step. Never executed either way.
+    async fn decline(&mut self) {
+        let result = async {
+            self.knobs(json!({"decline_rate": 1.0})).await?;
+            self.clear();
+            let before = self.stats().await?;
+            let tx =
+                transaction(TransactionKind::Deposit, 2000).ok_or("cannot build a transaction")?;
+            let detail = match self.submit(&tx).await {
+                Err(e @ GatewayError::Permanent { .. }) => e.to_string(),
+                Ok(crate::SubmitOutcome {
+                    status: crate::SubmitStatus::RequiresAction { url },
+                    ..
+                }) => {
+                    complete_customer_step(&url).await?;
+                    let captured = self.callbacks(1).await;
+                    let first = captured.first().ok_or("no callback after the declined step")?;
+                    match self.payment(&first.request()) {
+                        Ok(o) if o.transaction_id == tx.id
+                            && matches!(o.status, ReportedStatus::Failed { .. }) =>
+                        {
+                            format!("declined on the provider's page: {:?}", o.status)
+                        }
+                        other => return Err(format!("declined step's callback: {other:?}")),
+                    }
+                }
+                other => return Err(format!("got {other:?}")),
+            };
+            let after = self.stats().await?;
+            let executed = after["executions"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before["executions"].as_u64().unwrap_or(0));
+            if executed == 0 {
+                Ok(detail)
+            } else {
+                Err(format!("{detail}, but the sandbox executed it"))
+            }
+        }
+        .await;
+        self.record("decline_is_permanent", result);
+    }
+
     /// Executed but the answer is lost: `Ambiguous`; the retry with the same reference is
     /// answered from the provider's record, and the provider executed exactly once.
     async fn lost_response(&mut self) {
@@ -609,6 +648,10 @@ impl Kit<'_> {
             }
             self.knobs(json!({})).await?;
             let retry = self.submit(&tx).await.map_err(|e| format!("retry: {e}"))?;
+            // Where the customer pays on the provider's page, nothing executes until then.
+            if let crate::SubmitStatus::RequiresAction { url } = &retry.status {
+                complete_customer_step(url).await?;
+            }
             let after = self.stats().await?;
             let delta = |k: &str| {
                 after[k]

@@ -317,7 +317,15 @@ impl Engine {
                 .records
                 .get_mut(&(account.clone(), reference.to_owned()))
                 .filter(|r| r.state == RecordState::AwaitingAction)?;
-            record.state = if approve {
+            record.state = if approve && chance(knobs.decline_rate) {
+                // Declined on the provider's page (a card refused after 3-D Secure).
+                RecordState::Pending {
+                    outcome: ReportedStatus::Failed {
+                        code: "declined".into(),
+                        reason: "Do not honor".into(),
+                    },
+                }
+            } else if approve {
                 decided_state(&knobs)
             } else {
                 RecordState::Pending {
