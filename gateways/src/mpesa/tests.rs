@@ -189,3 +189,104 @@ fn status_without_a_checkout_id_is_an_error_never_not_found() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(rt.block_on(g.status(&tx)).is_err());
 }
+
+/// A quick local reading of `gateways/fixtures/mpesa` (the lead's runner is the real one).
+#[test]
+fn fixtures_read_as_expected() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mpesa");
+    let read = |p: &std::path::Path| -> Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let config = read(&dir.join("gateway.json"));
+    let mut s = crate::test_support::settings("mpesa", "http://127.0.0.1:9/");
+    s.secret_key = Secret::new(config["secret_key"].as_str().unwrap_or_default());
+    s.webhook_secret = Secret::new(config["webhook_secret"].as_str().unwrap_or_default());
+    s.extra = serde_json::from_value(config["extra"].clone()).unwrap_or_else(|e| panic!("{e}"));
+    let g = MpesaGateway::new(s).unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir.join("callbacks")).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let f = read(&path);
+        let ct = f["content_type"].as_str().map(str::to_owned);
+        let mut r = request(
+            f["path"].as_str().map(str::to_owned),
+            f["body"].as_str().unwrap_or_default(),
+        );
+        r.content_type = ct.clone();
+        r.headers = ct.map(|c| ("content-type".to_owned(), c)).into_iter().collect();
+        let got = g.handle_callback(&r);
+        let e = &f["expect"];
+        let ok = match (e["event"].as_str(), e["error"].as_str(), &got) {
+            (Some("ignored"), _, Ok(CallbackEvent::Ignored { .. })) => true,
+            (Some("payment"), _, Ok(CallbackEvent::Payment(o))) => {
+                o.transaction_id.to_string() == e["transaction_id"].as_str().unwrap_or_default()
+                    && o.money.amount.minor_units() == e["amount"].as_i64().unwrap_or(0)
+                    && o.money.currency.code() == e["currency"].as_str().unwrap_or_default()
+                    && matches!(
+                        (&o.status, e["status"].as_str()),
+                        (ReportedStatus::Succeeded, Some("succeeded"))
+                            | (ReportedStatus::Failed { .. }, Some("failed"))
+                    )
+                    && o.kind.map(|k| k.as_str().to_owned()) == e["kind"].as_str().map(str::to_owned)
+            }
+            (_, Some("unauthenticated"), Err(CallbackError::Unauthenticated(_)))
+            | (_, Some("malformed"), Err(CallbackError::Malformed(_)))
+            | (_, Some("unsupported_content_type"), Err(CallbackError::UnsupportedContentType(_))) => true,
+            _ => false,
+        };
+        assert!(ok, "{}: {got:?}", path.display());
+        seen += 1;
+    }
+    for entry in std::fs::read_dir(dir.join("responses")).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let f = read(&path);
+        let t = &f["transaction"];
+        let kind = match t["kind"].as_str() {
+            Some("withdrawal") => TransactionKind::Withdrawal,
+            _ => TransactionKind::Deposit,
+        };
+        let mut tx = transaction(
+            kind,
+            t["amount"].as_i64().unwrap_or(0),
+            t["currency"].as_str().unwrap_or_default(),
+            "254708374149",
+        );
+        tx.id = TransactionId::parse(t["id"].as_str().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        tx.provider_reference = t["provider_reference"].as_str().map(str::to_owned);
+        let call = match f["call"].as_str() {
+            Some("deposit") => ProviderCall::Deposit,
+            Some("withdraw") => ProviderCall::Withdraw,
+            Some("status") => ProviderCall::Status,
+            _ => ProviderCall::Refund,
+        };
+        let response = ProviderResponse {
+            status: u16::try_from(f["status"].as_u64().unwrap_or(0)).unwrap_or(0),
+            body: Bytes::from(f["body"].as_str().unwrap_or_default().to_owned()),
+        };
+        let got = g.parse_response(call, &tx, &response);
+        let e = &f["expect"];
+        let ok = match (&got, e) {
+            (Some(Ok(Parsed::Submit(o))), e) if e["submit"] == "accepted" => {
+                o.status == SubmitStatus::Accepted
+                    && Some(o.provider_reference.as_str()) == e["provider_reference"].as_str()
+            }
+            (Some(Ok(Parsed::Status(s))), e) => matches!(
+                (s, e["status"].as_str()),
+                (ProviderStatus::InProgress, Some("in_progress"))
+                    | (ProviderStatus::Final { status: ReportedStatus::Succeeded, .. }, Some("succeeded"))
+                    | (ProviderStatus::Final { status: ReportedStatus::Failed { .. }, .. }, Some("failed"))
+            ),
+            (Some(Err(err)), e) => matches!(
+                (err, e["error"].as_str()),
+                (GatewayError::Retryable { .. }, Some("retryable"))
+                    | (GatewayError::Ambiguous { .. }, Some("ambiguous"))
+                    | (GatewayError::Permanent { .. }, Some("permanent"))
+            ),
+            _ => false,
+        };
+        assert!(ok, "{}: {got:?}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 30, "{seen}");
+}

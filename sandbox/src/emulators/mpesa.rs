@@ -547,7 +547,7 @@ async fn stk_query(
     let checkout = match (|| {
         let body = json_body(&body)?;
         password_ok(&engine, &body)?;
-        Ok(field(&body, "CheckoutRequestID")?.to_owned())
+        Ok::<_, Refusal>(field(&body, "CheckoutRequestID")?.to_owned())
     })() {
         Ok(c) => c,
         Err(refusal) => return refusal.respond(&engine, Some(&account)),
@@ -663,7 +663,7 @@ async fn b2c(
 /// Unsigned, as Daraja's are. Amounts are decimal shillings literals (`1050.00`), written
 /// into the JSON text directly (no float on the way).
 pub fn callback(_engine: &Engine, facts: &Facts, malformed: bool) -> Outbound {
-    const AMOUNT: &str = "\"__AMOUNT__\"";
+    const AMOUNT: &str = "__AMOUNT__";
     let cents = facts.money.amount.minor_units();
     let (code, desc) = result_code(facts.kind, &facts.status);
     let succeeded = facts.status == ReportedStatus::Succeeded;
@@ -724,7 +724,9 @@ pub fn callback(_engine: &Engine, facts: &Facts, malformed: bool) -> Outbound {
             json!({"Result": result})
         }
     };
-    let text = body.to_string().replace(AMOUNT, &shillings(cents));
+    let text = body
+        .to_string()
+        .replace(&format!("\"{AMOUNT}\""), &shillings(cents));
     Outbound {
         content_type: "application/json".into(),
         headers: Vec::new(),
