@@ -143,7 +143,8 @@ impl Config {
         let extra = std::mem::take(&mut settings.extra);
         let raw: Extra = serde_json::from_value(Value::Object(extra.into_iter().collect()))
             .map_err(|e| settings.field_error("extra", e.to_string()))?;
-        let shortcode_ok = |s: &str| (5..=7).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+        let shortcode_ok =
+            |s: &str| (5..=7).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
         if !shortcode_ok(&raw.shortcode) {
             return Err(settings.field_error("shortcode", "must be 5 to 7 digits"));
         }
@@ -180,7 +181,9 @@ impl Config {
             initiator_name: raw.initiator_name,
             security_credential: Secret::new(raw.security_credential),
             b2c_party_a,
-            b2c_command_id: raw.b2c_command_id.unwrap_or_else(|| "BusinessPayment".into()),
+            b2c_command_id: raw
+                .b2c_command_id
+                .unwrap_or_else(|| "BusinessPayment".into()),
             account_reference,
             transaction_desc: raw.transaction_desc.unwrap_or_else(|| "Payment".into()),
             b2c_remarks: raw.b2c_remarks.unwrap_or_else(|| "Payout".into()),
@@ -447,12 +450,8 @@ fn parse_stk_query(
         // hold it because M-Pesa accepted the push).
         return Err(refusal(status, body));
     }
-    let answer = answer.ok_or_else(|| {
-        ambiguous(format!(
-            "unreadable status answer: {}",
-            http::excerpt(body)
-        ))
-    })?;
+    let answer = answer
+        .ok_or_else(|| ambiguous(format!("unreadable status answer: {}", http::excerpt(body))))?;
     let checkout = text(&answer, "CheckoutRequestID").unwrap_or_default();
     if Some(checkout) != tx.provider_reference.as_deref() {
         return Err(ambiguous(format!(
@@ -556,11 +555,10 @@ impl MpesaGateway {
             reason: format!("cannot get an M-Pesa access token: {reason}"),
             retry_after: None,
         };
-        let request = self
-            .conn
-            .client
-            .get(self.conn.url(OAUTH_PATH)?)
-            .basic_auth(&self.config.consumer_key, Some(self.conn.secret_key.expose()));
+        let request = self.conn.client.get(self.conn.url(OAUTH_PATH)?).basic_auth(
+            &self.config.consumer_key,
+            Some(self.conn.secret_key.expose()),
+        );
         let started = Instant::now();
         let (status, _, body) = http::exchange(request)
             .await
@@ -695,13 +693,18 @@ impl MpesaGateway {
                 .and_then(|i| i.get("Value"))
         };
         let (status, money) = if result_code == 0 {
-            let cents = item("Amount")
-                .and_then(kes_cents)
-                .ok_or_else(|| callback::malformed("a paid STK callback needs a readable Amount"))?;
+            let cents = item("Amount").and_then(kes_cents).ok_or_else(|| {
+                callback::malformed("a paid STK callback needs a readable Amount")
+            })?;
             if item("MpesaReceiptNumber").is_none() {
-                return Err(callback::malformed("a paid STK callback needs MpesaReceiptNumber"));
+                return Err(callback::malformed(
+                    "a paid STK callback needs MpesaReceiptNumber",
+                ));
             }
-            (ReportedStatus::Succeeded, callback::parse_money(cents, "KES")?)
+            (
+                ReportedStatus::Succeeded,
+                callback::parse_money(cents, "KES")?,
+            )
         } else {
             // Daraja sends no metadata on failure: the amount is the one we asked for
             // (authenticated by the path token).
@@ -751,7 +754,10 @@ impl MpesaGateway {
             let cents = parameter("TransactionAmount")
                 .and_then(kes_cents)
                 .ok_or_else(|| callback::malformed("a paid B2C result needs TransactionAmount"))?;
-            (ReportedStatus::Succeeded, callback::parse_money(cents, "KES")?)
+            (
+                ReportedStatus::Succeeded,
+                callback::parse_money(cents, "KES")?,
+            )
         } else {
             let desc = text(result, "ResultDesc").unwrap_or("failed");
             (failure(result_code, desc), path_money)
@@ -799,10 +805,9 @@ impl PaymentGateway for MpesaGateway {
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
         // The token first: nothing else is looked at for a caller without it.
-        let path = request
-            .path
-            .as_deref()
-            .ok_or_else(|| CallbackError::Unauthenticated("no reference/token in the path".into()))?;
+        let path = request.path.as_deref().ok_or_else(|| {
+            CallbackError::Unauthenticated("no reference/token in the path".into())
+        })?;
         let (reference, token) = path
             .split_once('/')
             .ok_or_else(|| CallbackError::Unauthenticated("no token in the path".into()))?;
@@ -833,7 +838,9 @@ impl PaymentGateway for MpesaGateway {
             return b2c_status(tx);
         }
         let checkout = tx.provider_reference.as_deref().ok_or_else(|| {
-            ambiguous("no CheckoutRequestID to ask M-Pesa about: the push may have reached the customer")
+            ambiguous(
+                "no CheckoutRequestID to ask M-Pesa about: the push may have reached the customer",
+            )
         })?;
         let (timestamp, password) = self.password();
         let body = json!({

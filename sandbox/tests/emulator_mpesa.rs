@@ -143,10 +143,27 @@ async fn mpesa_connector_conforms() {
     let mut config = ConformanceConfig::new(&url);
     config.hang = Duration::from_secs(3);
     config.checks_timestamp = false;
+    // M-Pesa pays whole shillings to a Safaricom number: 1050.00 KES and so on.
+    config.currency = "KES".into();
+    config.customer = "254708374149".into();
+    config.amount_factor = 100;
     let report = conformance::run(gateway.as_ref(), &config).await;
     shutdown.cancel();
     println!("{report}");
-    assert!(report.passed(), "{report}");
+    // Three checks cannot fit M-Pesa, by the provider's documented behaviour (see the
+    // connector's module doc): a declined STK push is a 1032 callback, not a synchronous
+    // refusal; a push without a CheckoutRequestID cannot be asked about, and "not found"
+    // would be a lie; and STK push has no idempotency, so the kit's resubmission after a
+    // lost response executes again (the processor never resubmits: `idempotent_submit()`
+    // is false). Every other check must pass.
+    const CANNOT_FIT: &[&str] = &[
+        "decline_is_permanent",
+        "status_of_unknown_payment",
+        "lost_response_is_ambiguous_and_retry_executes_once",
+    ];
+    let failed: Vec<&str> = report.failures().map(|c| c.name).collect();
+    assert_eq!(failed, CANNOT_FIT, "{report}");
+    assert!(report.checks.len() >= 25, "{report}");
 }
 
 #[tokio::test]
@@ -154,14 +171,22 @@ async fn stk_push_callback_parses_and_a_wrong_path_token_is_refused() {
     let (url, shutdown) = sandbox().await;
     let (capture, capture_url) = Capture::start().await;
     let name = "mp-stk";
-    knobs(&url, name, json!({"callback_base_url": capture_url, "callback_delay_ms": 0})).await;
+    knobs(
+        &url,
+        name,
+        json!({"callback_base_url": capture_url, "callback_delay_ms": 0}),
+    )
+    .await;
     let g = gateway(&url, name);
     let mut tx = transaction(TransactionKind::Deposit, 105_000);
     let outcome = g.deposit(&tx).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome.status, SubmitStatus::Accepted);
     assert!(outcome.provider_reference.starts_with("ws_CO_"));
     let got = capture.wait(1).await;
-    let (path, body) = got.first().cloned().unwrap_or_else(|| panic!("no callback"));
+    let (path, body) = got
+        .first()
+        .cloned()
+        .unwrap_or_else(|| panic!("no callback"));
     let event = g
         .handle_callback(&request(Some(path.clone()), body.clone()))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -225,7 +250,10 @@ async fn a_declined_push_is_a_cancel_callback_and_the_query_waits_for_the_custom
     let outcome = g.deposit(&tx).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outcome.status, SubmitStatus::Accepted);
     let got = capture.wait(1).await;
-    let (path, body) = got.first().cloned().unwrap_or_else(|| panic!("no callback"));
+    let (path, body) = got
+        .first()
+        .cloned()
+        .unwrap_or_else(|| panic!("no callback"));
     match g.handle_callback(&request(Some(path), body)) {
         Ok(CallbackEvent::Payment(o)) => {
             assert!(
@@ -244,7 +272,10 @@ async fn a_declined_push_is_a_cancel_callback_and_the_query_waits_for_the_custom
     pending.provider_reference = Some(outcome.provider_reference);
     assert_eq!(g.status(&pending).await, Ok(ProviderStatus::InProgress));
     // Without a CheckoutRequestID there is nothing to ask: an error, never "not found".
-    assert!(g.status(&transaction(TransactionKind::Deposit, 5_000)).await.is_err());
+    assert!(g
+        .status(&transaction(TransactionKind::Deposit, 5_000))
+        .await
+        .is_err());
     shutdown.cancel();
 }
 
@@ -253,13 +284,21 @@ async fn b2c_payout_result_parses() {
     let (url, shutdown) = sandbox().await;
     let (capture, capture_url) = Capture::start().await;
     let name = "mp-b2c";
-    knobs(&url, name, json!({"callback_base_url": capture_url, "callback_delay_ms": 0})).await;
+    knobs(
+        &url,
+        name,
+        json!({"callback_base_url": capture_url, "callback_delay_ms": 0}),
+    )
+    .await;
     let g = gateway(&url, name);
     let tx = transaction(TransactionKind::Withdrawal, 250_000);
     let outcome = g.withdraw(&tx).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(outcome.provider_reference.starts_with("AG_"));
     let got = capture.wait(1).await;
-    let (path, body) = got.first().cloned().unwrap_or_else(|| panic!("no callback"));
+    let (path, body) = got
+        .first()
+        .cloned()
+        .unwrap_or_else(|| panic!("no callback"));
     match g.handle_callback(&request(Some(path), body)) {
         Ok(CallbackEvent::Payment(o)) => {
             assert_eq!(
@@ -354,7 +393,10 @@ async fn wrong_credentials_and_bad_requests_get_darajas_shapes() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(granted["expires_in"].is_string(), "{granted}");
-    let token = granted["access_token"].as_str().unwrap_or_default().to_owned();
+    let token = granted["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
 
     let push = format!("{url}/{name}/mpesa/stkpush/v1/processrequest");
     let bad_token = client

@@ -116,9 +116,12 @@ fn cancelled_push_and_timeouts() {
     let g = gateway();
     let tx = transaction(TransactionKind::Deposit, 100, "KES", "254708374149");
     let cancelled = r#"{"Body":{"stkCallback":{"MerchantRequestID":"1-2-1","CheckoutRequestID":"ws_CO_1","ResultCode":1032,"ResultDesc":"Request cancelled by user"}}}"#;
-    let outcome =
-        crate::test_support::payment(g.handle_callback(&request(Some(path_for(&tx, Hook::Stk)), cancelled)));
-    assert!(matches!(outcome.status, ReportedStatus::Failed { ref code, .. } if code == "cancelled"));
+    let outcome = crate::test_support::payment(
+        g.handle_callback(&request(Some(path_for(&tx, Hook::Stk)), cancelled)),
+    );
+    assert!(
+        matches!(outcome.status, ReportedStatus::Failed { ref code, .. } if code == "cancelled")
+    );
     assert_eq!(outcome.money, tx.money);
 
     let payout = transaction(TransactionKind::Withdrawal, 1000, "KES", "254708374149");
@@ -129,7 +132,10 @@ fn cancelled_push_and_timeouts() {
     ));
     // An STK body on a B2C result URL is not believed.
     assert!(matches!(
-        g.handle_callback(&request(Some(path_for(&payout, Hook::B2cResult)), cancelled)),
+        g.handle_callback(&request(
+            Some(path_for(&payout, Hook::B2cResult)),
+            cancelled
+        )),
         Err(CallbackError::Malformed(_))
     ));
 }
@@ -147,7 +153,10 @@ fn amounts_and_customers_are_checked_before_sending() {
             TransactionKind::Deposit => g.stk_push_body(&tx),
             TransactionKind::Withdrawal => g.b2c_body(&tx),
         };
-        assert!(matches!(body, Err(GatewayError::Permanent { .. })), "{tx:?}");
+        assert!(
+            matches!(body, Err(GatewayError::Permanent { .. })),
+            "{tx:?}"
+        );
     }
     let tx = transaction(TransactionKind::Deposit, 105_000, "KES", "254708374149");
     let body = g.stk_push_body(&tx).unwrap_or_else(|e| panic!("{e}"));
@@ -160,7 +169,10 @@ fn amounts_and_customers_are_checked_before_sending() {
     assert_eq!(decoded, format!("174379pk_test{timestamp}").into_bytes());
     let url = body["CallBackURL"].as_str().unwrap_or_default();
     assert!(
-        url.starts_with(&format!("https://pay.example.com/callbacks/test-mpesa/{}.d105000/", tx.id)),
+        url.starts_with(&format!(
+            "https://pay.example.com/callbacks/test-mpesa/{}.d105000/",
+            tx.id
+        )),
         "{url}"
     );
 }
@@ -214,7 +226,10 @@ fn fixtures_read_as_expected() {
             f["body"].as_str().unwrap_or_default(),
         );
         r.content_type = ct.clone();
-        r.headers = ct.map(|c| ("content-type".to_owned(), c)).into_iter().collect();
+        r.headers = ct
+            .map(|c| ("content-type".to_owned(), c))
+            .into_iter()
+            .collect();
         let got = g.handle_callback(&r);
         let e = &f["expect"];
         let ok = match (e["event"].as_str(), e["error"].as_str(), &got) {
@@ -228,11 +243,16 @@ fn fixtures_read_as_expected() {
                         (ReportedStatus::Succeeded, Some("succeeded"))
                             | (ReportedStatus::Failed { .. }, Some("failed"))
                     )
-                    && o.kind.map(|k| k.as_str().to_owned()) == e["kind"].as_str().map(str::to_owned)
+                    && o.kind.map(|k| k.as_str().to_owned())
+                        == e["kind"].as_str().map(str::to_owned)
             }
             (_, Some("unauthenticated"), Err(CallbackError::Unauthenticated(_)))
             | (_, Some("malformed"), Err(CallbackError::Malformed(_)))
-            | (_, Some("unsupported_content_type"), Err(CallbackError::UnsupportedContentType(_))) => true,
+            | (
+                _,
+                Some("unsupported_content_type"),
+                Err(CallbackError::UnsupportedContentType(_)),
+            ) => true,
             _ => false,
         };
         assert!(ok, "{}: {got:?}", path.display());
@@ -252,7 +272,8 @@ fn fixtures_read_as_expected() {
             t["currency"].as_str().unwrap_or_default(),
             "254708374149",
         );
-        tx.id = TransactionId::parse(t["id"].as_str().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        tx.id = TransactionId::parse(t["id"].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
         tx.provider_reference = t["provider_reference"].as_str().map(str::to_owned);
         let call = match f["call"].as_str() {
             Some("deposit") => ProviderCall::Deposit,
@@ -274,8 +295,20 @@ fn fixtures_read_as_expected() {
             (Some(Ok(Parsed::Status(s))), e) => matches!(
                 (s, e["status"].as_str()),
                 (ProviderStatus::InProgress, Some("in_progress"))
-                    | (ProviderStatus::Final { status: ReportedStatus::Succeeded, .. }, Some("succeeded"))
-                    | (ProviderStatus::Final { status: ReportedStatus::Failed { .. }, .. }, Some("failed"))
+                    | (
+                        ProviderStatus::Final {
+                            status: ReportedStatus::Succeeded,
+                            ..
+                        },
+                        Some("succeeded")
+                    )
+                    | (
+                        ProviderStatus::Final {
+                            status: ReportedStatus::Failed { .. },
+                            ..
+                        },
+                        Some("failed")
+                    )
             ),
             (Some(Err(err)), e) => matches!(
                 (err, e["error"].as_str()),

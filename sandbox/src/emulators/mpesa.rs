@@ -79,10 +79,7 @@ fn state() -> MutexGuard<'static, Accounts> {
 pub fn routes() -> Router<Arc<Engine>> {
     Router::new()
         .route("/{account}/oauth/v1/generate", get(oauth))
-        .route(
-            "/{account}/mpesa/stkpush/v1/processrequest",
-            post(stk_push),
-        )
+        .route("/{account}/mpesa/stkpush/v1/processrequest", post(stk_push))
         .route("/{account}/mpesa/stkpushquery/v1/query", post(stk_query))
         .route("/{account}/mpesa/b2c/v3/paymentrequest", post(b2c))
         .route(
@@ -106,7 +103,11 @@ fn conversation_id(provider_reference: &str) -> String {
 }
 
 fn merchant_request_id(provider_reference: &str) -> String {
-    format!("{}-{}-1", digits(provider_reference).len(), digits(provider_reference))
+    format!(
+        "{}-{}-1",
+        digits(provider_reference).len(),
+        digits(provider_reference)
+    )
 }
 
 fn eat_now(format: &str) -> String {
@@ -410,11 +411,9 @@ fn fault(decision: &Decision) -> Option<Response> {
         ),
         Decision::Hung => bare_status(StatusCode::GATEWAY_TIMEOUT),
         Decision::ExecutedThenError(status) => bare_status(*status),
-        Decision::DuplicateRefused(status) => error(
-            *status,
-            "409.001.01",
-            "Duplicate OriginatorConversationID",
-        ),
+        Decision::DuplicateRefused(status) => {
+            error(*status, "409.001.01", "Duplicate OriginatorConversationID")
+        }
         Decision::Conflict => error(
             StatusCode::CONFLICT,
             "409.001.01",
@@ -426,9 +425,7 @@ fn fault(decision: &Decision) -> Option<Response> {
 
 /// A declined request is answered as accepted and announced by a failure callback, once.
 fn announce_decline(engine: &Arc<Engine>, record: &Record) {
-    let fresh = state()
-        .announced
-        .insert(record.provider_reference.clone());
+    let fresh = state().announced.insert(record.provider_reference.clone());
     let knobs = engine.knobs(record.order.account.as_str());
     if fresh && knobs.callbacks_enabled {
         delivery::schedule(
@@ -527,10 +524,14 @@ fn result_code(kind: TransactionKind, status: &ReportedStatus) -> (i64, &'static
         {
             (1032, "Request cancelled by user")
         }
-        (TransactionKind::Withdrawal, ReportedStatus::Failed { code, .. }) if code == "declined" => {
+        (TransactionKind::Withdrawal, ReportedStatus::Failed { code, .. })
+            if code == "declined" =>
+        {
             (2001, "The initiator information is invalid.")
         }
-        (_, ReportedStatus::Failed { .. }) => (1, "The balance is insufficient for the transaction."),
+        (_, ReportedStatus::Failed { .. }) => {
+            (1, "The balance is insufficient for the transaction.")
+        }
     }
 }
 
@@ -557,7 +558,8 @@ async fn stk_query(
     engine.latency(&knobs).await;
     if knobs.outage {
         engine.count(account.as_str(), |c| &c.outage_rejections);
-        return fault(&Decision::Outage).unwrap_or_else(|| bare_status(StatusCode::SERVICE_UNAVAILABLE));
+        return fault(&Decision::Outage)
+            .unwrap_or_else(|| bare_status(StatusCode::SERVICE_UNAVAILABLE));
     }
     let Some(record) = engine
         .record_by_provider_reference(&account, &checkout)
