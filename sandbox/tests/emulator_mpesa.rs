@@ -157,8 +157,8 @@ async fn mpesa_connector_conforms() {
     // lost response executes again (the processor never resubmits: `idempotent_submit()`
     // is false). Every other check must pass.
     const CANNOT_FIT: &[&str] = &[
-        "decline_is_permanent",
         "status_of_unknown_payment",
+        "decline_is_permanent",
         "lost_response_is_ambiguous_and_retry_executes_once",
     ];
     let failed: Vec<&str> = report.failures().map(|c| c.name).collect();
