@@ -803,6 +803,12 @@ impl PaymentGateway for MpesaGateway {
         false
     }
 
+    /// Our id as sent (`OriginatorConversationID`), or a callback path's reference segment
+    /// (`{id}.{d|w|t}{cents}`).
+    fn decode_reference(&self, reference: &str) -> Result<TransactionId, CallbackError> {
+        callback::parse_reference(reference.split_once('.').map_or(reference, |(id, _)| id))
+    }
+
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
         // The token first: nothing else is looked at for a caller without it.
         let path = request.path.as_deref().ok_or_else(|| {

@@ -323,3 +323,14 @@ fn fixtures_read_as_expected() {
     }
     assert!(seen >= 30, "{seen}");
 }
+
+#[test]
+fn references_round_trip_and_path_segments_decode() {
+    let g = gateway();
+    let tx = transaction(TransactionKind::Deposit, 100, "KES", "254708374149");
+    assert_eq!(g.decode_reference(&g.encode_reference(tx.id)), Ok(tx.id));
+    assert_eq!(
+        g.decode_reference(&path_reference(tx.id, Hook::Stk, tx.money)),
+        Ok(tx.id)
+    );
+}
