@@ -48,6 +48,13 @@ pub struct ConformanceConfig {
     /// Whether the format carries a signed timestamp (then a replay an hour later must be
     /// refused).
     pub checks_timestamp: bool,
+    /// The payments the kit submits: currency, customer reference, and the factor every
+    /// amount (10.50, 20.00, 30.00, 40.00 in the default USD) is multiplied by. A provider
+    /// that pays one currency in whole units to one kind of account (M-Pesa: whole KES to
+    /// an MSISDN) sets these; the checks stay the same.
+    pub currency: String,
+    pub customer: String,
+    pub amount_factor: i64,
 }
 
 impl ConformanceConfig {
@@ -57,6 +64,9 @@ impl ConformanceConfig {
             hang: Duration::from_secs(5),
             callback_wait: Duration::from_secs(5),
             checks_timestamp: true,
+            currency: "USD".into(),
+            customer: "cust_conformance".into(),
+            amount_factor: 1,
         }
     }
 }
@@ -277,13 +287,21 @@ async fn complete_customer_step(url: &str) -> Result<(), String> {
     }
 }
 
-fn transaction(kind: TransactionKind, minor_units: i64) -> Option<Transaction> {
+fn transaction(
+    config: &ConformanceConfig,
+    kind: TransactionKind,
+    minor_units: i64,
+) -> Option<Transaction> {
     Some(Transaction::create(
         NewTransaction {
             merchant_id: MerchantId::new(),
             kind,
-            money: Money::from_parts(minor_units, "USD").ok()?,
-            customer: CustomerReference::parse("cust_conformance").ok()?,
+            money: Money::from_parts(
+                minor_units.checked_mul(config.amount_factor)?,
+                &config.currency,
+            )
+            .ok()?,
+            customer: CustomerReference::parse(&config.customer).ok()?,
             gateway: None,
             callback_url: None,
             metadata: json!({}),
@@ -384,7 +402,7 @@ impl Kit<'_> {
     ) -> Result<(Transaction, Captured), String> {
         self.knobs(extra).await?;
         self.clear();
-        let mut tx = transaction(kind, 1050).ok_or("cannot build a transaction")?;
+        let mut tx = transaction(self.config, kind, 1050).ok_or("cannot build a transaction")?;
         let outcome = self
             .submit(&tx)
             .await
@@ -459,7 +477,7 @@ impl Kit<'_> {
             };
             self.record("status_of_executed_payment", result);
         }
-        let result = match transaction(TransactionKind::Deposit, 1050) {
+        let result = match transaction(self.config, TransactionKind::Deposit, 1050) {
             Some(tx) => match self.gateway.status(&tx).await {
                 Ok(ProviderStatus::NotFound | ProviderStatus::Unsupported) => {
                     Ok("not found".into())
@@ -482,8 +500,8 @@ impl Kit<'_> {
         let result = async {
             self.knobs(knobs).await?;
             let before = self.stats().await?;
-            let tx =
-                transaction(TransactionKind::Deposit, 2000).ok_or("cannot build a transaction")?;
+            let tx = transaction(self.config, TransactionKind::Deposit, 2000)
+                .ok_or("cannot build a transaction")?;
             let outcome = self.submit(&tx).await;
             let after = self.stats().await?;
             let executed = after["executions"]
@@ -567,7 +585,7 @@ impl Kit<'_> {
         let result = async {
             self.knobs(json!({"duplicate_reference_status": 409}))
                 .await?;
-            let tx = transaction(TransactionKind::Withdrawal, 4000)
+            let tx = transaction(self.config, TransactionKind::Withdrawal, 4000)
                 .ok_or("cannot build a transaction")?;
             self.submit(&tx)
                 .await
@@ -640,8 +658,8 @@ impl Kit<'_> {
             self.knobs(json!({"lost_response_rate": 1.0})).await?;
             self.clear();
             let before = self.stats().await?;
-            let tx =
-                transaction(TransactionKind::Deposit, 3000).ok_or("cannot build a transaction")?;
+            let tx = transaction(self.config, TransactionKind::Deposit, 3000)
+                .ok_or("cannot build a transaction")?;
             match self.submit(&tx).await {
                 Err(GatewayError::Ambiguous { .. }) => {}
                 other => return Err(format!("first attempt: {other:?}")),

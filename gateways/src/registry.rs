@@ -37,6 +37,7 @@ pub const CONNECTORS: &[(&str, Constructor)] = &[
         "sandbox-proto",
         crate::protobuf::ProtobufGateway::from_settings,
     ),
+    ("mpesa", crate::mpesa::MpesaGateway::from_settings),
 ];
 
 /// A `[gateways.<name>]` table that cannot be used. `path` names the offending key, e.g.
