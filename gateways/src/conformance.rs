@@ -482,6 +482,13 @@ impl Kit<'_> {
                 Ok(ProviderStatus::NotFound | ProviderStatus::Unsupported) => {
                     Ok("not found".into())
                 }
+                // A provider whose status query takes only its own id (M-Pesa's
+                // `CheckoutRequestID`) cannot be asked about a payment it never answered:
+                // "could not find out" is the honest answer, never "not found" (which
+                // would let the payment go to another gateway).
+                Err(e) if tx.provider_reference.is_none() && !self.gateway.idempotent_submit() => {
+                    Ok(format!("cannot be asked without the provider's id: {e}"))
+                }
                 other => Err(format!("status of an unknown payment: {other:?}")),
             },
             None => Err("cannot build a transaction".into()),
@@ -614,22 +621,28 @@ impl Kit<'_> {
             self.knobs(json!({"decline_rate": 1.0})).await?;
             self.clear();
             let before = self.stats().await?;
-            let tx =
-                transaction(TransactionKind::Deposit, 2000).ok_or("cannot build a transaction")?;
+            let tx = transaction(self.config, TransactionKind::Deposit, 2000)
+                .ok_or("cannot build a transaction")?;
             let detail = match self.submit(&tx).await {
                 Err(e @ GatewayError::Permanent { .. }) => e.to_string(),
-                Ok(crate::SubmitOutcome {
-                    status: crate::SubmitStatus::RequiresAction { url },
-                    ..
-                }) => {
-                    complete_customer_step(&url).await?;
+                // Declined after the answer: on the provider's page, or by the customer on
+                // the phone (M-Pesa's ResultCode 1032), and reported `failed` by callback.
+                Ok(crate::SubmitOutcome { status, .. })
+                    if !matches!(status, crate::SubmitStatus::Succeeded) =>
+                {
+                    if let crate::SubmitStatus::RequiresAction { url } = &status {
+                        complete_customer_step(url).await?;
+                    }
                     let captured = self.callbacks(1).await;
-                    let first = captured.first().ok_or("no callback after the declined step")?;
+                    let first = captured
+                        .first()
+                        .ok_or("no callback after the declined step")?;
                     match self.payment(&first.request()) {
-                        Ok(o) if o.transaction_id == tx.id
-                            && matches!(o.status, ReportedStatus::Failed { .. }) =>
+                        Ok(o)
+                            if o.transaction_id == tx.id
+                                && matches!(o.status, ReportedStatus::Failed { .. }) =>
                         {
-                            format!("declined on the provider's page: {:?}", o.status)
+                            format!("declined after the answer: {:?}", o.status)
                         }
                         other => return Err(format!("declined step's callback: {other:?}")),
                     }
@@ -663,6 +676,11 @@ impl Kit<'_> {
             match self.submit(&tx).await {
                 Err(GatewayError::Ambiguous { .. }) => {}
                 other => return Err(format!("first attempt: {other:?}")),
+            }
+            if !self.gateway.idempotent_submit() {
+                // The provider would execute a retry as a second payment (M-Pesa's STK
+                // push): the gateway says so, and the processor never resubmits to it.
+                return Ok("ambiguous; no idempotency declared, so never retried".into());
             }
             self.knobs(json!({})).await?;
             let retry = self.submit(&tx).await.map_err(|e| format!("retry: {e}"))?;
