@@ -50,7 +50,8 @@ fn signed(body: &str, t: i64, received_at: DateTime<Utc>) -> CallbackRequest {
 fn documented_event_is_accepted_and_forgeries_are_not() {
     let g = gateway();
     let tx = transaction(TransactionKind::Deposit);
-    let now = Utc::now();
+    // A whole second, as Stripe's `t` is.
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_else(Utc::now);
     let t = now.timestamp();
     let body = succeeded_event(&tx, t);
     let outcome = crate::test_support::payment(g.handle_callback(&signed(&body, t, now)));
