@@ -39,10 +39,49 @@ pub use crate::receiver::{ReceivedWebhook, RECEIVER_PATH};
 /// The gateways `paygate dev` configures on the sandbox when the config names none:
 /// (gateway name = sandbox account, connector kind).
 pub const DEV_GATEWAYS: [(&str, &str); 3] = [
-    ("sandbox-json", "json"),
-    ("sandbox-soap", "soap"),
-    ("sandbox-proto", "protobuf"),
+    ("sandbox-json", "sandbox-json"),
+    ("sandbox-soap", "sandbox-soap"),
+    ("sandbox-proto", "sandbox-proto"),
 ];
+/// The emulated real providers `paygate dev` (and the e2e topology) also configure on the
+/// sandbox: (gateway name = sandbox account, connector kind). Payments reach them only by
+/// naming them (`"gateway": "paystack"`); the default route stays on the invented protocols.
+pub const PROVIDER_GATEWAYS: [(&str, &str); 3] = [
+    ("paystack", "paystack"),
+    ("stripe", "stripe"),
+    ("mpesa", "mpesa"),
+];
+
+/// The connector keys a provider gateway needs against the sandbox's emulator of it, with
+/// the sandbox's secrets. `api_url` is paygate's own root: M-Pesa is told a callback URL per
+/// payment under it.
+pub fn provider_settings(kind: &str, api_url: &str) -> BTreeMap<String, serde_json::Value> {
+    let pairs: Vec<(&str, String)> = match kind {
+        // A bank code for transfer recipients (Access Bank's, from Paystack's bank list).
+        "paystack" => vec![("bank_code", "044".into())],
+        // A test card that asks for 3-D Secure, so every deposit shows the redirect.
+        "stripe" => vec![
+            ("payment_method", "pm_card_threeDSecure2Required".into()),
+            ("return_url", format!("{api_url}/")),
+        ],
+        // Daraja's public sandbox shortcode; the emulator takes its webhook secret as the
+        // passkey.
+        "mpesa" => vec![
+            ("consumer_key", "paygate-dev".into()),
+            ("shortcode", "174379".into()),
+            ("passkey", paygate_sandbox::DEFAULT_WEBHOOK_SECRET.into()),
+            ("callback_base_url", api_url.to_owned()),
+            ("initiator_name", "testapi".into()),
+            ("security_credential", "sandbox-credential".into()),
+        ],
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v)))
+        .collect()
+}
+
 /// The default route's order (all transactions, with failover).
 const DEV_ROUTE: [&str; 3] = ["sandbox-json", "sandbox-proto", "sandbox-soap"];
 /// Bound on each connectivity check and on each service's start.
@@ -231,7 +270,7 @@ fn configure_services(
     config.destinations.allow_loopback = true;
     config.destinations.allow_http = true;
     if config.gateways.is_empty() {
-        config.gateways = sandbox_gateways(sandbox);
+        config.gateways = sandbox_gateways(sandbox, &format!("http://{api}"));
     }
     if config.processor.routes.is_empty() {
         config.processor.routes = vec![default_route()];
@@ -681,10 +720,15 @@ async fn service_build<T>(
 /// endpoint does not lag unless told to. The e2e harness uses it too.
 pub const SANDBOX_SETTLE_MS: u64 = 5_000;
 
-/// `[gateways.*]` for the three sandbox accounts.
-fn sandbox_gateways(sandbox: &paygate_sandbox::Sandbox) -> BTreeMap<String, GatewayConfig> {
+/// `[gateways.*]` for the sandbox accounts: the three invented protocols and the three
+/// emulated providers.
+fn sandbox_gateways(
+    sandbox: &paygate_sandbox::Sandbox,
+    api_url: &str,
+) -> BTreeMap<String, GatewayConfig> {
     DEV_GATEWAYS
         .iter()
+        .chain(PROVIDER_GATEWAYS.iter())
         .map(|(name, kind)| {
             let mut table = GatewayConfig::new(
                 kind,
@@ -694,6 +738,7 @@ fn sandbox_gateways(sandbox: &paygate_sandbox::Sandbox) -> BTreeMap<String, Gate
             table.webhook_secret = Some(paygate_sandbox::DEFAULT_WEBHOOK_SECRET.into());
             // The sandbox's status endpoint does not lag unless told to.
             table.status_not_found_after = Duration::from_millis(SANDBOX_SETTLE_MS);
+            table.extra = provider_settings(kind, api_url);
             ((*name).to_owned(), table)
         })
         .collect()

@@ -25,4 +25,4 @@ pub mod process;
 pub mod topology;
 
 pub use process::Service;
-pub use topology::{Kind, Merchant, Topology, TopologyOptions, GATEWAYS, ROUTE};
+pub use topology::{Kind, Merchant, Topology, TopologyOptions, GATEWAYS, PROVIDERS, ROUTE};

@@ -23,6 +23,9 @@ use crate::process::{Launch, Service, ServiceProcess};
 
 /// The sandbox gateways (name = sandbox account, connector kind): one per protocol.
 pub const GATEWAYS: [(&str, &str); 3] = paygate_cli::dev::DEV_GATEWAYS;
+/// The emulated real providers (name = sandbox account, connector kind), reached by naming
+/// them; as `paygate dev`'s.
+pub const PROVIDERS: [(&str, &str); 3] = paygate_cli::dev::PROVIDER_GATEWAYS;
 /// The routing rule for transactions that name no gateway (as `paygate dev`'s).
 pub const ROUTE: [&str; 3] = ["sandbox-json", "sandbox-proto", "sandbox-soap"];
 /// The settle window of the sandbox gateways' status queries (ms), as `paygate dev`'s.
@@ -91,7 +94,7 @@ impl Kind {
         }
     }
 
-    fn path(self) -> &'static str {
+    pub fn path(self) -> &'static str {
         match self {
             Kind::Deposit => "/v1/deposits",
             Kind::Withdrawal => "/v1/withdrawals",
@@ -362,6 +365,22 @@ impl Topology {
                 q(paygate_sandbox::DEFAULT_WEBHOOK_SECRET),
             );
         }
+        let api_url = format!("http://127.0.0.1:{}", ports.api);
+        for (name, kind) in PROVIDERS {
+            let _ = writeln!(
+                toml,
+                "[gateways.{name}]\nkind = {}\nbase_url = \"http://127.0.0.1:{}/{name}\"\n\
+                 secret_key = {}\nwebhook_secret = {}\nstatus_not_found_after_ms = {settle_ms}",
+                q(kind),
+                ports.sandbox,
+                q(paygate_sandbox::DEFAULT_SECRET_KEY),
+                q(paygate_sandbox::DEFAULT_WEBHOOK_SECRET),
+            );
+            for (key, value) in paygate_cli::dev::provider_settings(kind, &api_url) {
+                let _ = writeln!(toml, "{key} = {}", q(value.as_str().unwrap_or_default()));
+            }
+            toml.push('\n');
+        }
         let route: Vec<String> = if route.is_empty() {
             ROUTE.iter().map(|g| q(g)).collect()
         } else {
@@ -589,6 +608,89 @@ impl Topology {
             .await
             .with_context(|| format!("POST {}: reading the answer", kind.path()))?;
         Ok((status, answer))
+    }
+
+    /// `POST {path}` with `body` under `idempotency_key`; the HTTP status and the JSON answer.
+    pub async fn post_json(
+        &self,
+        merchant: &Merchant,
+        path: &str,
+        body: &Value,
+        idempotency_key: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.api_url))
+            .bearer_auth(&merchant.api_key)
+            .header("Idempotency-Key", idempotency_key)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = response.status().as_u16();
+        let answer = response
+            .json()
+            .await
+            .with_context(|| format!("POST {path}: reading the answer"))?;
+        Ok((status, answer))
+    }
+
+    /// `GET {path}` as `merchant`; the JSON answer of a 2xx, else an error naming it.
+    pub async fn get_json(&self, merchant: &Merchant, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api_url))
+            .bearer_auth(&merchant.api_key)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("GET {path}: reading the answer"))?;
+        if !status.is_success() {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// Polls `GET {path}` until `done` holds for its answer (or `within` passes: an error
+    /// with the last answer).
+    pub async fn wait_for(
+        &mut self,
+        merchant: &Merchant,
+        path: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let answer = self.get_json(merchant, path).await?;
+            if done(&answer) {
+                return Ok(answer);
+            }
+            self.check_alive()?;
+            if tokio::time::Instant::now() >= deadline {
+                bail!("GET {path}: still {answer} after {} s", within.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Funds `merchant` with `minor_units` of `currency` (a ledger top-up).
+    pub async fn top_up(
+        &self,
+        merchant: &Merchant,
+        currency: &str,
+        minor_units: i64,
+    ) -> anyhow::Result<()> {
+        let money = paygate_core::domain::Money::from_parts(minor_units, currency)?;
+        let reference = format!("e2e-{currency}-{minor_units}");
+        paygate_core::db::ledger::top_up(&self.pool, merchant.id, money, &reference)
+            .await
+            .map_err(|e| anyhow!("top-up {currency}: {e}"))?;
+        Ok(())
     }
 
     /// `GET /v1/transactions/{id}`.

@@ -30,7 +30,8 @@
 //!   payment's id; `Idempotency-Key` = the refund id. Its `status`: `pending` /
 //!   `requires_action` → Pending, `succeeded`, `failed` / `canceled` → Failed
 //!   (<https://docs.stripe.com/api/refunds/object>).
-//! - **Status**: `GET /v1/payment_intents/{pi_…}` or `GET /v1/transfers/{tr_…}` when we hold
+//! - **Status** (`requires_action` → AwaitingCustomer; `processing` → InProgress):
+//!   `GET /v1/payment_intents/{pi_…}` or `GET /v1/transfers/{tr_…}` when we hold
 //!   Stripe's id. When we do not (the answer was lost), a deposit is looked up with
 //!   `GET /v1/payment_intents/search?query=metadata['paygate_reference']:'txn_…'`
 //!   (<https://docs.stripe.com/search>), and a withdrawal with
@@ -529,6 +530,8 @@ fn intent_status(tx: &Transaction, intent: PaymentIntent) -> Result<ProviderStat
             let (code, reason) = intent_failure(&intent);
             ReportedStatus::Failed { code, reason }
         }
+        // The customer has not finished 3-D Secure: nothing has moved.
+        "requires_action" => return Ok(ProviderStatus::AwaitingCustomer),
         _ => return Ok(ProviderStatus::InProgress),
     };
     Ok(ProviderStatus::Final {

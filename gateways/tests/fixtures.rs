@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The invented protocols of the sandbox: checked by the behaviour kit only.
-const SANDBOX_PROTOCOLS: &[&str] = &["json", "soap", "protobuf"];
+const SANDBOX_PROTOCOLS: &[&str] = &["sandbox-json", "sandbox-soap", "sandbox-proto"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +134,7 @@ fn transaction(t: &FixtureTransaction) -> Result<Transaction, String> {
         next_attempt_at: None,
         ambiguous_since: None,
         provider_reference: t.provider_reference.clone(),
+        next_action_url: None,
         failure: None,
         callback_url: None,
         metadata: serde_json::json!({}),
@@ -247,6 +248,7 @@ fn check_response(got: Result<Parsed, GatewayError>, expect: &Value) -> Result<(
                 ProviderStatus::Unsupported => "unsupported",
                 ProviderStatus::NotFound => "not_found",
                 ProviderStatus::InProgress => "in_progress",
+                ProviderStatus::AwaitingCustomer => "awaiting_customer",
                 ProviderStatus::Final {
                     status: ReportedStatus::Succeeded,
                     ..

@@ -189,8 +189,11 @@ async fn three_d_secure_step_completes_or_cancels_at_the_hosted_page() {
         };
         assert!(page.starts_with(&format!("{url}/{name}/")), "{page}");
         tx.provider_reference = Some(outcome.provider_reference.clone());
-        // Waiting for the customer: in progress, not failed.
-        assert_eq!(gateway.status(&tx).await, Ok(ProviderStatus::InProgress));
+        // Waiting for the customer: nothing moved, not failed.
+        assert_eq!(
+            gateway.status(&tx).await,
+            Ok(ProviderStatus::AwaitingCustomer)
+        );
         // The retry answers from the record: the same page, no second PaymentIntent.
         let again = gateway.deposit(&tx).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.provider_reference, outcome.provider_reference);

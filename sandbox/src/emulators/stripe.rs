@@ -109,16 +109,23 @@ struct StoredRefund {
     created: i64,
 }
 
+/// (engine, account, reference or idempotency key).
+type AccountKey = (usize, String, String);
+/// An idempotency key's first use: the endpoint and its sorted parameters.
+type Fingerprint = (String, Vec<(String, String)>);
+/// An early refusal of a request (boxed: a response is large).
+type Refused = Box<Response>;
+
 #[derive(Default)]
 struct Store {
     /// (engine, account, reference) → what the creating request said.
-    meta: HashMap<(usize, String, String), Meta>,
+    meta: HashMap<AccountKey, Meta>,
     /// (engine, account, idempotency key) → (endpoint, sorted parameters).
-    keys: HashMap<(usize, String, String), (String, Vec<(String, String)>)>,
+    keys: HashMap<AccountKey, Fingerprint>,
     /// (engine, refund id) → refund.
     refunds: HashMap<(usize, String), StoredRefund>,
     /// (engine, account, idempotency key) → refund id.
-    refund_keys: HashMap<(usize, String, String), String>,
+    refund_keys: HashMap<AccountKey, String>,
 }
 
 fn store() -> MutexGuard<'static, Store> {
@@ -241,15 +248,15 @@ fn fault(decision: &Decision) -> Response {
 
 /// The account and the checks every call starts with: a known account name, a form body
 /// for `POST`s, and the bearer key.
-fn admit(engine: &Engine, raw: &str, headers: &HeaderMap) -> Result<GatewayName, Response> {
+fn admit(engine: &Engine, raw: &str, headers: &HeaderMap) -> Result<GatewayName, Refused> {
     let Ok(account) = GatewayName::parse(raw) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             None,
             "Unrecognized request URL.",
             None,
-        ));
+        )));
     };
     engine.count(account.as_str(), |c| &c.requests);
     let given = headers
@@ -260,23 +267,23 @@ fn admit(engine: &Engine, raw: &str, headers: &HeaderMap) -> Result<GatewayName,
         Some(given) if given == expected => Ok(account),
         Some(_) => {
             engine.count(account.as_str(), |c| &c.unauthorized);
-            Err(error(
+            Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
                 None,
                 "Invalid API Key provided: sk_****",
                 None,
-            ))
+            )))
         }
         None => {
             engine.count(account.as_str(), |c| &c.unauthorized);
-            Err(error(
+            Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
                 None,
                 "You did not provide an API key. You need to provide your API key in the Authorization header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
                 None,
-            ))
+            )))
         }
     }
 }
@@ -287,7 +294,7 @@ fn form(
     account: &GatewayName,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Vec<(String, String)>, Response> {
+) -> Result<Vec<(String, String)>, Refused> {
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -295,7 +302,7 @@ fn form(
         .map(|v| v.trim().to_ascii_lowercase());
     if media.as_deref() != Some("application/x-www-form-urlencoded") {
         engine.count(account.as_str(), |c| &c.bad_requests);
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             None,
@@ -304,7 +311,7 @@ fn form(
                 media.unwrap_or_default()
             ),
             None,
-        ));
+        )));
     }
     Ok(url::form_urlencoded::parse(body).into_owned().collect())
 }
@@ -320,8 +327,8 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
-    fn required(&self, key: &str) -> Result<&str, Response> {
-        self.get(key).ok_or_else(|| missing(key))
+    fn required(&self, key: &str) -> Result<&str, Refused> {
+        self.get(key).ok_or_else(|| Box::new(missing(key)))
     }
 
     fn metadata(&self) -> BTreeMap<String, String> {
@@ -358,22 +365,22 @@ fn api_exponent(code: &str, iso: u32) -> u32 {
 }
 
 /// `amount` + `currency` as money, or the 400 Stripe gives.
-fn money(params: &Params) -> Result<Money, Response> {
+fn money(params: &Params) -> Result<Money, Refused> {
     let amount = params.required("amount")?;
     let currency = params.required("currency")?;
     let Ok(amount) = amount.parse::<i64>() else {
-        return Err(invalid(
+        return Err(Box::new(invalid(
             "parameter_invalid_integer",
             &format!("Invalid integer: {amount}"),
             Some("amount"),
-        ));
+        )));
     };
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_lowercase()) {
-        return Err(invalid(
+        return Err(Box::new(invalid(
             "parameter_invalid_string",
             &format!("Invalid currency: {currency}. Stripe currencies are three-letter ISO codes in lower case."),
             Some("currency"),
-        ));
+        )));
     }
     let code = currency.to_ascii_uppercase();
     let unit = |minor: i64| Money::from_parts(minor, &code).ok();
@@ -390,11 +397,11 @@ fn money(params: &Params) -> Result<Money, Response> {
         }
     });
     converted.ok_or_else(|| {
-        invalid(
+        Box::new(invalid(
             "amount_too_small",
             &format!("Invalid amount {amount} {currency}."),
             Some("amount"),
-        )
+        ))
     })
 }
 
@@ -451,7 +458,7 @@ fn check_key(
     key: &str,
     endpoint: &str,
     params: &Params,
-) -> Result<(), Response> {
+) -> Result<(), Refused> {
     let mut store = store();
     let slot = (
         engine_id(engine),
@@ -460,7 +467,7 @@ fn check_key(
     );
     let fingerprint = (endpoint.to_owned(), params.sorted());
     match store.keys.get(&slot) {
-        Some(first) if *first != fingerprint => Err(idempotency_conflict(key)),
+        Some(first) if *first != fingerprint => Err(Box::new(idempotency_conflict(key))),
         Some(_) => Ok(()),
         None => {
             store.keys.insert(slot, fingerprint);
@@ -687,13 +694,13 @@ fn parse_create(
     account: &GatewayName,
     reference: String,
     kind: TransactionKind,
-) -> Result<(Order, Meta), Response> {
+) -> Result<(Order, Meta), Refused> {
     let money = money(params)?;
     let metadata = params.metadata();
     match kind {
         TransactionKind::Deposit => {
             if params.get("confirm") != Some("true") {
-                return Err(missing("confirm"));
+                return Err(Box::new(missing("confirm")));
             }
             let payment_method = params.required("payment_method")?.to_owned();
             let return_url = params.get("return_url").map(str::to_owned);
@@ -751,11 +758,11 @@ async fn create(
 ) -> Response {
     let account = match admit(&engine, raw, headers) {
         Ok(account) => account,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let params = match form(&engine, &account, headers, body) {
         Ok(pairs) => Params(pairs),
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let key = idempotency_key(headers);
     // Without a key Stripe executes every request: a fresh reference each time.
@@ -766,7 +773,7 @@ async fn create(
         Ok(parsed) => parsed,
         Err(response) => {
             engine.count(account.as_str(), |c| &c.bad_requests);
-            return response;
+            return *response;
         }
     };
     let endpoint = match kind {
@@ -775,7 +782,7 @@ async fn create(
     };
     if let Some(key) = &key {
         if let Err(response) = check_key(&engine, &account, key, endpoint, &params) {
-            return response;
+            return *response;
         }
     }
     store()
@@ -832,13 +839,13 @@ async fn create(
 // ---------------------------------------------------------------- reading payments
 
 /// The knobs a read obeys: latency, outage, and whether its amounts are off by one.
-async fn read_faults(engine: &Engine, account: &GatewayName) -> Result<bool, Response> {
+async fn read_faults(engine: &Engine, account: &GatewayName) -> Result<bool, Refused> {
     engine.count(account.as_str(), |c| &c.status_queries);
     let knobs = engine.knobs(account.as_str());
     engine.latency(&knobs).await;
     if knobs.outage {
         engine.count(account.as_str(), |c| &c.outage_rejections);
-        return Err(fault(&Decision::Outage));
+        return Err(Box::new(fault(&Decision::Outage)));
     }
     let mismatch = chance(knobs.mismatched_status_rate);
     if mismatch {
@@ -889,11 +896,11 @@ async fn get_one(
 ) -> Response {
     let account = match admit(engine, raw, headers) {
         Ok(account) => account,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mismatch = match read_faults(engine, &account).await {
         Ok(mismatch) => mismatch,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match record_by_id(engine, &account, kind, id) {
         Some(record) => reply(
@@ -972,7 +979,7 @@ async fn search_intents(
 ) -> Response {
     let account = match admit(&engine, &account, &headers) {
         Ok(account) => account,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let pairs = query_pairs(raw.as_deref());
     let Some(query) = pairs
@@ -993,7 +1000,7 @@ async fn search_intents(
     };
     let mismatch = match read_faults(&engine, &account).await {
         Ok(mismatch) => mismatch,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let lag = engine.knobs(account.as_str()).status_not_found_for_ms;
     let host = host(&headers);
@@ -1024,7 +1031,7 @@ async fn list_transfers(
 ) -> Response {
     let account = match admit(&engine, &account, &headers) {
         Ok(account) => account,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let pairs = query_pairs(raw.as_deref());
     let group = pairs
@@ -1033,7 +1040,7 @@ async fn list_transfers(
         .map(|(_, v)| v.clone());
     let mismatch = match read_faults(&engine, &account).await {
         Ok(mismatch) => mismatch,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let host = host(&headers);
     let data: Vec<Value> = matching(&engine, &account, TransactionKind::Withdrawal, |m| {
@@ -1120,11 +1127,11 @@ async fn create_refund(
 ) -> Response {
     let account = match admit(&engine, &account, &headers) {
         Ok(account) => account,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let params = match form(&engine, &account, &headers, &body) {
         Ok(pairs) => Params(pairs),
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let knobs = engine.knobs(account.as_str());
     engine.latency(&knobs).await;
@@ -1143,7 +1150,7 @@ async fn create_refund(
     let key = idempotency_key(&headers);
     if let Some(key) = &key {
         if let Err(response) = check_key(&engine, &account, key, "refunds", &params) {
-            return response;
+            return *response;
         }
         let replay = {
             let store = store();
@@ -1254,7 +1261,7 @@ async fn get_refund(
 ) -> Response {
     let account = match admit(&engine, &account, &headers) {
         Ok(account) => account,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let found = store()
         .refunds
