@@ -18,6 +18,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod secret;
 pub mod soap;
+pub mod stripe;
 #[cfg(test)]
 mod test_support;
 

@@ -38,6 +38,7 @@ pub const CONNECTORS: &[(&str, Constructor)] = &[
         crate::protobuf::ProtobufGateway::from_settings,
     ),
     ("mpesa", crate::mpesa::MpesaGateway::from_settings),
+    ("stripe", crate::stripe::StripeGateway::from_settings),
 ];
 
 /// A `[gateways.<name>]` table that cannot be used. `path` names the offending key, e.g.
