@@ -11,6 +11,7 @@ pub mod check;
 pub mod conformance;
 pub mod http;
 pub mod json;
+pub mod paystack;
 #[cfg(test)]
 mod proptests;
 pub mod protobuf;

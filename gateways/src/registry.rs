@@ -34,6 +34,7 @@ pub const CONNECTORS: &[(&str, Constructor)] = &[
     ("json", crate::json::JsonGateway::from_settings),
     ("soap", crate::soap::SoapGateway::from_settings),
     ("protobuf", crate::protobuf::ProtobufGateway::from_settings),
+    ("paystack", crate::paystack::PaystackGateway::from_settings),
 ];
 
 /// A `[gateways.<name>]` table that cannot be used. `path` names the offending key, e.g.
