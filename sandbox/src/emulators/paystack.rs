@@ -786,7 +786,7 @@ async fn transfer(
                     "invalid_transfer_recipient",
                 )
             })?;
-        let currency = text(&map, "currency").unwrap_or(&recipient.currency);
+        let currency = text(&map, "currency").unwrap_or(recipient.currency.as_str());
         let money = Money::from_parts(minor, currency).map_err(|_| {
             bad(
                 &engine,
