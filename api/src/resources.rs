@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use paygate_core::db::webhook_endpoints::{DeliveryAttempt, WebhookEndpoint};
 use paygate_core::db::webhooks::{Redelivery, SigningSecret, WebhookEvent};
 use paygate_core::domain::{
-    DeliveryAttemptId, EventId, Failure, Transaction, TransactionId, TransactionKind,
+    DeliveryAttemptId, EventId, Failure, NextAction, Transaction, TransactionId, TransactionKind,
     TransactionStatus, WebhookEndpointId,
 };
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,12 @@ pub struct TransactionResource {
     /// the payment and paygate cannot tell yet: **do not re-issue it** (the customer could be
     /// paid twice). paygate keeps asking the provider for up to 72 hours and an operator
     /// settles what remains; `transaction.succeeded` or `transaction.failed` follows.
+    /// `requires_action`: send the customer to `next_action.url` (the provider's 3-D Secure
+    /// or hosted page); the payment completes when they finish there, and fails
+    /// (`action_expired`) if they do not within the gateway's time.
     pub status: TransactionStatus,
+    /// Set only while `status` is `requires_action`.
+    pub next_action: Option<NextAction>,
     /// Provider calls made so far.
     pub attempts: i32,
     pub provider_reference: Option<String>,
@@ -56,6 +61,7 @@ impl From<&Transaction> for TransactionResource {
             id: t.id,
             object: "transaction".to_owned(),
             kind: t.kind,
+            next_action: t.next_action(),
             amount: t.money.amount.minor_units(),
             currency: t.money.currency.code().to_owned(),
             customer: t.customer.as_str().to_owned(),

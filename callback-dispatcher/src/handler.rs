@@ -49,9 +49,9 @@ impl Handler for CompletedHandler {
             .await
             .map_err(|e| HandlerError::Retry(e.to_string()))?
             .ok_or_else(|| HandlerError::Reject(format!("transaction {id} does not exist")))?;
-        if status == TransactionStatus::Unresolved && transaction.status != status {
-            // Resolved since (a late callback, a status answer, a person): its own event
-            // follows, and "unresolved" is no longer true, so it is not told.
+        if !status.is_terminal() && transaction.status != status {
+            // Moved on since (`unresolved` resolved, `requires_action` completed): its own
+            // event follows, and the old state is no longer true, so it is not told.
             tracing::debug!(transaction = %id, now = %transaction.status, "unresolved event outdated; skipped");
             return Ok(());
         }

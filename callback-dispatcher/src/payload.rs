@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use paygate_core::db::webhooks::EventType;
 use paygate_core::domain::{
-    EventId, Failure, Transaction, TransactionId, TransactionKind, TransactionStatus,
+    EventId, Failure, NextAction, Transaction, TransactionId, TransactionKind, TransactionStatus,
 };
 use serde::Serialize;
 
@@ -29,6 +29,7 @@ struct TransactionData<'a> {
     customer: &'a str,
     gateway: Option<&'a str>,
     status: TransactionStatus,
+    next_action: Option<NextAction>,
     attempts: i32,
     provider_reference: Option<&'a str>,
     failure: Option<&'a Failure>,
@@ -67,6 +68,7 @@ pub fn event_body(
                 .map(|g| g.as_str()),
             status: transaction.status,
             attempts: transaction.attempts,
+            next_action: transaction.next_action(),
             provider_reference: transaction.provider_reference.as_deref(),
             failure: transaction.failure.as_ref(),
             callback_url: transaction.callback_url.as_deref(),

@@ -78,8 +78,9 @@ pub fn target_status(status: &ReportedStatus) -> TransactionStatus {
 }
 
 /// The statuses in which a provider may report an outcome: an attempt is (or was) under
-/// way. `submitting` too: the callback can overtake our own `submitted` write; and
-/// `unresolved`, which a late authentic callback finishes.
+/// way. `submitting` too: the callback can overtake our own `submitted` write;
+/// `unresolved`, which a late authentic callback finishes; and `requires_action`, which the
+/// customer finished at the provider.
 pub fn awaits_outcome(status: TransactionStatus) -> bool {
     matches!(
         status,
@@ -87,6 +88,7 @@ pub fn awaits_outcome(status: TransactionStatus) -> bool {
             | TransactionStatus::Submitted
             | TransactionStatus::RetryScheduled
             | TransactionStatus::Unresolved
+            | TransactionStatus::RequiresAction
     )
 }
 
@@ -412,7 +414,10 @@ mod tests {
                 let applied = matches!(decision, Decision::Apply(_));
                 assert_eq!(
                     applied,
-                    matches!(status, Submitting | Submitted | RetryScheduled | Unresolved),
+                    matches!(
+                        status,
+                        Submitting | Submitted | RetryScheduled | Unresolved | RequiresAction
+                    ),
                     "{status} {reported:?}"
                 );
             }

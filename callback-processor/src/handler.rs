@@ -12,7 +12,10 @@ use paygate_core::bus::{Delivery, Handler, HandlerError};
 use paygate_core::config::Config;
 use paygate_core::domain::{GatewayName, MerchantId, TransactionId};
 use paygate_core::lock::{Lease, RedisLock};
-use paygate_gateways::{CallbackEvent, CallbackRequest, GatewayRegistry};
+use paygate_gateways::{
+    CallbackAuth, CallbackEvent, CallbackRequest, GatewayError, GatewayRegistry, ProviderStatus,
+    ReportedStatus,
+};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -62,7 +65,8 @@ impl CallbackHandler {
     /// Handles one delivery and says what became of it. `Reject` for a message that can
     /// never be settled (dead-lettered), `Retry` for a passing failure.
     pub async fn process(&self, delivery: &Delivery) -> Result<Settled, HandlerError> {
-        let callback = self.parse(delivery)?;
+        let mut callback = self.parse(delivery)?;
+        callback.contradicted = self.confirm_unsigned(&callback).await?;
         let id = callback.outcome.transaction_id;
         let lease = self.lock(id).await?;
         let settled = settle(&self.pool, &callback).await;
@@ -158,7 +162,47 @@ impl CallbackHandler {
             outcome,
             received_at,
             traceparent: delivery.traceparent(),
+            contradicted: None,
         })
+    }
+
+    /// An unsigned provider's callback ([`CallbackAuth::PathToken`]) is believed only when
+    /// the provider's status query says the same: `Ok(None)` confirmed (or a signed
+    /// provider: nothing to confirm), `Ok(Some(why))` contradicted (flagged, not applied),
+    /// `Retry` when the provider cannot say yet (asked again with the message's backoff).
+    async fn confirm_unsigned(
+        &self,
+        callback: &ReceivedCallback,
+    ) -> Result<Option<String>, HandlerError> {
+        let Some(connector) = self.registry.get(&callback.gateway) else {
+            return Ok(None);
+        };
+        if connector.callback_auth() != CallbackAuth::PathToken {
+            return Ok(None);
+        }
+        let id = callback.outcome.transaction_id;
+        let tx = paygate_core::db::transactions::get(&self.pool, id)
+            .await
+            .map_err(|e| HandlerError::Retry(e.to_string()))?
+            .ok_or_else(|| HandlerError::Reject(format!("unknown transaction {id}")))?;
+        let answer = connector.status(&tx).await;
+        let verdict = confirmation(&callback.outcome.status, &answer);
+        metrics::counter!("paygate_callbacks_confirmations_total", "gateway" => callback.gateway.to_string(), "verdict" => match &verdict {
+            Confirmation::Confirmed => "confirmed",
+            Confirmation::Contradicted(_) => "contradicted",
+            Confirmation::Undecided(_) => "undecided",
+        })
+        .increment(1);
+        match verdict {
+            Confirmation::Confirmed => Ok(None),
+            Confirmation::Contradicted(why) => {
+                tracing::warn!(gateway = %callback.gateway, transaction = %id, %why, "unsigned callback contradicted by the provider; flagged");
+                Ok(Some(why))
+            }
+            Confirmation::Undecided(why) => Err(HandlerError::Retry(format!(
+                "unsigned callback for {id} not yet confirmed: {why}"
+            ))),
+        }
     }
 
     /// The lease on the transaction. Busy past `lock_wait` → retry later. Redis down →
@@ -230,5 +274,91 @@ fn report(callback: &ReceivedCallback, settled: &Settled) {
         Outcome::Conflict | Outcome::Mismatch => tracing::warn!(%gateway, %transaction,
             provider_event_id = %event, outcome = %settled.outcome, needs_review = settled.needs_review, detail,
             "callback flagged for review, not applied"),
+    }
+}
+
+/// What a provider's status answer says of an unsigned callback's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The provider's final answer is the callback's.
+    Confirmed,
+    /// The provider says otherwise: why.
+    Contradicted(String),
+    /// The provider cannot say yet (executing, lagging, unreachable): why.
+    Undecided(String),
+}
+
+/// Compares an unsigned callback's reported outcome with the provider's status answer.
+/// Only a final answer with the same verdict confirms; a final answer with the other
+/// verdict contradicts; anything else decides nothing yet.
+pub fn confirmation(
+    reported: &ReportedStatus,
+    answer: &Result<ProviderStatus, GatewayError>,
+) -> Confirmation {
+    let same = |a: &ReportedStatus, b: &ReportedStatus| {
+        matches!(
+            (a, b),
+            (ReportedStatus::Succeeded, ReportedStatus::Succeeded)
+                | (ReportedStatus::Failed { .. }, ReportedStatus::Failed { .. })
+        )
+    };
+    match answer {
+        Ok(ProviderStatus::Final { status, .. }) if same(status, reported) => {
+            Confirmation::Confirmed
+        }
+        Ok(ProviderStatus::Final { status, .. }) => Confirmation::Contradicted(format!(
+            "the callback reports {reported:?}, the status query {status:?}"
+        )),
+        Ok(other) => Confirmation::Undecided(format!("status query answered {other:?}")),
+        Err(error) => Confirmation::Undecided(format!("status query failed: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod confirmation_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_same_final_verdict_confirms() {
+        let failed = ReportedStatus::Failed {
+            code: "cancelled".into(),
+            reason: "1032".into(),
+        };
+        let fin = |status: ReportedStatus| {
+            Ok(ProviderStatus::Final {
+                status,
+                reported: Default::default(),
+            })
+        };
+        assert_eq!(
+            confirmation(&ReportedStatus::Succeeded, &fin(ReportedStatus::Succeeded)),
+            Confirmation::Confirmed
+        );
+        assert_eq!(
+            confirmation(&failed, &fin(failed.clone())),
+            Confirmation::Confirmed
+        );
+        assert!(matches!(
+            confirmation(&ReportedStatus::Succeeded, &fin(failed.clone())),
+            Confirmation::Contradicted(_)
+        ));
+        assert!(matches!(
+            confirmation(&failed, &fin(ReportedStatus::Succeeded)),
+            Confirmation::Contradicted(_)
+        ));
+        for answer in [
+            Ok(ProviderStatus::InProgress),
+            Ok(ProviderStatus::NotFound),
+            Ok(ProviderStatus::AwaitingCustomer),
+            Ok(ProviderStatus::Unsupported),
+            Err(GatewayError::Ambiguous {
+                reason: "timeout".into(),
+            }),
+        ] {
+            assert!(matches!(
+                confirmation(&ReportedStatus::Succeeded, &answer),
+                Confirmation::Undecided(_)
+            ));
+        }
     }
 }

@@ -35,6 +35,9 @@ pub struct ReceivedCallback {
     pub received_at: DateTime<Utc>,
     /// Trace context to carry onto the completed event.
     pub traceparent: Option<TraceParent>,
+    /// For an unsigned provider's callback: why the provider's own status answer
+    /// contradicts it. Such a callback is recorded and flagged for review, never applied.
+    pub contradicted: Option<String>,
 }
 
 /// What settling did.
@@ -108,7 +111,14 @@ pub async fn settle_against(
         }));
     }
 
-    let decision = decide(snapshot, &callback.gateway, cb, now);
+    let decision = match &callback.contradicted {
+        Some(why) => Decision::Record {
+            outcome: Outcome::Conflict,
+            needs_review: true,
+            detail: format!("unsigned callback contradicted by the provider's status: {why}"),
+        },
+        None => decide(snapshot, &callback.gateway, cb, now),
+    };
     let (outcome, needs_review, detail) = match &decision {
         Decision::Apply(_) => (Outcome::Applied, false, None),
         Decision::Record {

@@ -167,6 +167,7 @@ async fn a_lock_holder_paused_past_its_lease_cannot_overwrite_the_newer_state() 
         )?,
         received_at: Utc::now(),
         traceparent: None,
+        contradicted: None,
     };
 
     // A pauses; its lease runs out and B takes the lock.
@@ -182,6 +183,7 @@ async fn a_lock_holder_paused_past_its_lease_cannot_overwrite_the_newer_state() 
         outcome: outcome_of(&h, Format::Soap, &fields(&tx, declined(), "evt_b"))?,
         received_at: Utc::now(),
         traceparent: None,
+        contradicted: None,
     };
     let b = settle(&h.pool, &callback_b).await?;
     assert_eq!(b.outcome, Outcome::Applied);
@@ -237,6 +239,7 @@ async fn a_recording_decision_on_a_stale_snapshot_is_also_refused() -> anyhow::R
         outcome: outcome_of(&h, Format::Protobuf, &wrong)?,
         received_at: Utc::now(),
         traceparent: None,
+        contradicted: None,
     };
     let stale = h.reload(tx.id).await?;
     // Someone else moves the transaction on.

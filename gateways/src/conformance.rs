@@ -30,9 +30,10 @@ use paygate_sandbox_admin::AdminClient;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use crate::check::check_outcome;
 use crate::{
-    CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway,
-    ProviderStatus, ReportedStatus,
+    CallbackAuth, CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError,
+    PaymentGateway, ProviderStatus, ReportedStatus,
 };
 
 /// Where the sandbox is and how patient to be.
@@ -255,6 +256,27 @@ pub async fn run(gateway: &dyn PaymentGateway, config: &ConformanceConfig) -> Co
     }
 }
 
+/// Plays the customer at the provider's hosted step: a `GET` on the redirect URL (the
+/// sandbox's emulators complete the payment on it).
+async fn complete_customer_step(url: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("customer step {url}: {e}"))?;
+    let status = response.status();
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("customer step {url} answered {status}"))
+    }
+}
+
 fn transaction(kind: TransactionKind, minor_units: i64) -> Option<Transaction> {
     Some(Transaction::create(
         NewTransaction {
@@ -362,13 +384,19 @@ impl Kit<'_> {
     ) -> Result<(Transaction, Captured), String> {
         self.knobs(extra).await?;
         self.clear();
-        let tx = transaction(kind, 1050).ok_or("cannot build a transaction")?;
+        let mut tx = transaction(kind, 1050).ok_or("cannot build a transaction")?;
         let outcome = self
             .submit(&tx)
             .await
             .map_err(|e| format!("{} failed: {e}", kind.as_str()))?;
         if outcome.provider_reference.is_empty() || outcome.money.is_some_and(|m| m != tx.money) {
             return Err(format!("unexpected outcome {outcome:?}"));
+        }
+        // As the payment processor records it: later reports must fit this.
+        tx.routed_gateway = Some(self.gateway.name().clone());
+        tx.provider_reference = Some(outcome.provider_reference.clone());
+        if let crate::SubmitStatus::RequiresAction { url } = &outcome.status {
+            complete_customer_step(url).await?;
         }
         let captured = self.callbacks(1).await;
         let first = captured.into_iter().next().ok_or("no callback arrived")?;
@@ -384,6 +412,12 @@ impl Kit<'_> {
             };
             let result = match self.executed_with_callback(kind, json!({})).await {
                 Ok((tx, captured)) => match self.payment(&captured.request()) {
+                    Ok(o) if check_outcome(&tx, self.gateway.name(), &o.reported()).is_err() => {
+                        Err(format!(
+                            "the callback does not fit the submitted payment: {:?}",
+                            check_outcome(&tx, self.gateway.name(), &o.reported())
+                        ))
+                    }
                     Ok(o)
                         if o.transaction_id == tx.id
                             && o.status == ReportedStatus::Succeeded
@@ -609,6 +643,84 @@ impl Kit<'_> {
         self.record("lost_response_is_ambiguous_and_retry_executes_once", result);
     }
 
+    /// A signed gateway: a tampered body and forged signature headers are refused. Never
+    /// skipped: a signed gateway that declares no signature header fails here.
+    fn forged_signatures(&mut self, base: &CallbackRequest) {
+        let mut tampered = base.clone();
+        let mut body = tampered.body.to_vec();
+        if let Some(i) = body.len().checked_div(2).filter(|_| !body.is_empty()) {
+            body[i] ^= 0x01;
+        }
+        tampered.body = Bytes::from(body);
+        let r = match self.gateway.handle_callback(&tampered).err() {
+            Some(e) => Ok(e.to_string()),
+            None => Err("a tampered body was believed".into()),
+        };
+        self.record("tampered_body_refused", r);
+
+        // Every declared header but content-type corrupted. A format that declares none
+        // carries its signature in the body, which the tampered-body check just covered:
+        // the report says so rather than skipping silently.
+        let declared = self.gateway.callback_headers();
+        let mut forged = base.clone();
+        let mut any = false;
+        for (name, value) in forged.headers.iter_mut() {
+            if name != "content-type" && declared.contains(&name.as_str()) {
+                *value = value.chars().rev().collect();
+                any = true;
+            }
+        }
+        let r = if !any {
+            Ok("the signature travels in the body: covered by tampered_body_refused".into())
+        } else {
+            match self.gateway.handle_callback(&forged).err() {
+                Some(CallbackError::Unauthenticated(m)) => Ok(m),
+                other => Err(format!("forged signature gave {other:?}")),
+            }
+        };
+        self.record("forged_signature_unauthenticated", r);
+    }
+
+    /// An unsigned gateway ([`CallbackAuth::PathToken`]): the path is its only credential.
+    /// No path, a wrong token, and one payment's token on another payment's path are all
+    /// refused as unauthenticated.
+    fn forged_paths(&mut self, base: &CallbackRequest) {
+        let Some(path) = base.path.clone() else {
+            self.record(
+                "path_token_callback_carries_a_path",
+                Err("an unsigned gateway's callback came without a reference/token path".into()),
+            );
+            return;
+        };
+        let (reference, token) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        let flipped: String = token.chars().rev().collect();
+        let other = crate::callback::path_token(b"not-the-secret", reference);
+        let cases = [
+            ("missing_path_unauthenticated", None),
+            (
+                "wrong_path_token_unauthenticated",
+                Some(format!("{reference}/{flipped}")),
+            ),
+            (
+                "foreign_secret_token_unauthenticated",
+                Some(format!("{reference}/{other}")),
+            ),
+            (
+                "token_of_another_reference_unauthenticated",
+                Some(format!("{reference}x/{token}")),
+            ),
+        ];
+        for (name, path) in cases {
+            let mut forged = base.clone();
+            forged.path = path;
+            let r = match self.gateway.handle_callback(&forged) {
+                Err(CallbackError::Unauthenticated(m)) => Ok(m),
+                other => Err(format!("gave {other:?}")),
+            };
+            self.record(name, r);
+        }
+    }
+
     fn hostile_callbacks(&mut self, tx: &Transaction, genuine: &Captured) {
         let base = genuine.request();
         let refused = |request: &CallbackRequest, gateway: &dyn PaymentGateway| {
@@ -635,34 +747,9 @@ impl Kit<'_> {
         };
         self.record("callback_verifies_with_declared_headers_only", r);
 
-        // Tampered body, signature kept.
-        let mut tampered = base.clone();
-        let mut body = tampered.body.to_vec();
-        if let Some(i) = body.len().checked_div(2).filter(|_| !body.is_empty()) {
-            body[i] ^= 0x01;
-        }
-        tampered.body = Bytes::from(body);
-        let r = match refused(&tampered, self.gateway) {
-            Some(e) => Ok(e.to_string()),
-            None => Err("a tampered body was believed".into()),
-        };
-        self.record("tampered_body_refused", r);
-
-        // Forged signature headers (every header but content-type corrupted).
-        let mut forged = base.clone();
-        let mut any = false;
-        for (name, value) in forged.headers.iter_mut() {
-            if name != "content-type" && name.contains("signature") {
-                *value = value.chars().rev().collect();
-                any = true;
-            }
-        }
-        if any {
-            let r = match refused(&forged, self.gateway) {
-                Some(CallbackError::Unauthenticated(m)) => Ok(m),
-                other => Err(format!("forged signature gave {other:?}")),
-            };
-            self.record("forged_signature_unauthenticated", r);
+        match self.gateway.callback_auth() {
+            CallbackAuth::Signed => self.forged_signatures(&base),
+            CallbackAuth::PathToken => self.forged_paths(&base),
         }
 
         if self.config.checks_timestamp {

@@ -154,6 +154,10 @@ pub enum ProviderStatus {
     NotFound,
     /// Executing; the outcome will follow.
     InProgress,
+    /// The provider holds the payment but waits for the customer (a hosted page or 3-D
+    /// Secure not finished, Paystack's `abandoned`, Stripe's `requires_action`): nothing has
+    /// moved. Past the gateway's `action_expires_after` such a payment fails.
+    AwaitingCustomer,
     /// Done, with this result and what the provider says moved (checked against ours by
     /// [`check::check_outcome`] before it is applied).
     Final {

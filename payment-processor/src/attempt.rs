@@ -49,6 +49,9 @@ pub mod codes {
     /// The provider certainly did not execute it: any gateway of the route may retry.
     pub const RETRYABLE: &str = "retryable";
     pub const BREAKER_OPEN: &str = "breaker_open";
+    /// `failed` from `requires_action`: the customer did not finish at the provider in time
+    /// (and the provider confirmed nothing moved).
+    pub const ACTION_EXPIRED: &str = "action_expired";
     /// Failed after attempts that certainly never reached a provider.
     pub const MAX_ATTEMPTS: &str = "max_attempts_exceeded";
     pub const NO_ROUTE: &str = "no_route";
@@ -115,6 +118,8 @@ pub enum Outcome {
     Deferred,
     /// Accepted by the provider; the callback will finish it.
     Submitted,
+    /// Waiting for the customer at the provider.
+    RequiresAction,
     /// A retry (or the next status query) is scheduled.
     RetryScheduled,
     /// Terminal now.
@@ -311,6 +316,15 @@ impl Engine {
         let now = Utc::now();
         let step = self.ask(&tx, &gateway, &entry, since, now).await;
         Ok(AfterAsking::Done(match step {
+            // A provider without idempotency would execute a resubmit as a second payment
+            // (M-Pesa's STK push prompts the customer again): only a person may decide.
+            Step::Resubmit if !entry.gateway.idempotent_submit() => {
+                let reason = format!(
+                    "{gateway} may hold this payment, cannot be asked, and would execute a resubmit twice"
+                );
+                self.unresolve(&tx, codes::OUTCOME_UNKNOWN, reason, trace)
+                    .await?
+            }
             Step::Resubmit => return Ok(AfterAsking::Attempt(Box::new(tx))),
             Step::NeverExecuted => {
                 metrics::counter!("paygate_processor_never_executed_total", "gateway" => gateway.to_string()).increment(1);
@@ -319,7 +333,7 @@ impl Engine {
             step @ (Step::Finish { .. } | Step::Mismatch(_)) => {
                 self.settle(&tx, step, trace).await?
             }
-            Step::Executing => {
+            Step::Executing | Step::AwaitingCustomer => {
                 let update = tx.advance(TransactionStatus::Submitted, now)?;
                 // A provider that refused our resubmit as a duplicate holds the reference:
                 // keep that mark, so a later "not found" is never read as "never executed".
@@ -431,8 +445,11 @@ impl Engine {
                 .await;
         }
         match outcome.status {
-            // Interim: waits for the callback like an accepted payment.
-            SubmitStatus::Accepted | SubmitStatus::RequiresAction { .. } => {
+            SubmitStatus::RequiresAction { url } => {
+                self.await_customer(claimed, &gateway, outcome.provider_reference, url, trace)
+                    .await
+            }
+            SubmitStatus::Accepted => {
                 let update = claimed
                     .advance(TransactionStatus::Submitted, now)?
                     .provider_reference(outcome.provider_reference)
@@ -454,6 +471,38 @@ impl Engine {
                 .await
             }
         }
+    }
+
+    /// The provider needs the customer first: `requires_action` with where to send them,
+    /// announced to the merchant (`transaction.requires_action`) in the same commit, and
+    /// due for the expiry check at the gateway's `action_expires_after`.
+    async fn await_customer(
+        &self,
+        claimed: &Transaction,
+        gateway: &GatewayName,
+        provider_reference: String,
+        url: String,
+        trace: Option<TraceParent>,
+    ) -> Result<Outcome, ProcessError> {
+        let now = Utc::now();
+        let expires_after = self
+            .registry
+            .entry(gateway)
+            .map(|e| e.timings.action_expires_after)
+            .unwrap_or(paygate_gateways::registry::DEFAULT_ACTION_EXPIRES_AFTER);
+        let update = claimed
+            .advance(TransactionStatus::RequiresAction, now)?
+            .provider_reference(provider_reference)
+            .next_action(url)
+            .retry_at(clock::after(now, expires_after))
+            .clear_failure();
+        let message = announce::completed(&update.next, trace);
+        Ok(
+            match transactions::apply_and_announce(&self.pool, &update, Some(&message)).await? {
+                Some(_) => Outcome::RequiresAction,
+                None => Outcome::Skipped("callback arrived first"),
+            },
+        )
     }
 
     async fn record_failure(
@@ -735,6 +784,7 @@ pub(crate) fn changed_state(result: &Result<Outcome, ProcessError>) -> bool {
     matches!(
         result,
         Ok(Outcome::Submitted
+            | Outcome::RequiresAction
             | Outcome::RetryScheduled
             | Outcome::Completed(_)
             | Outcome::Deferred
@@ -800,6 +850,7 @@ fn answer_class(answer: &Result<ProviderStatus, GatewayError>) -> &'static str {
         Ok(ProviderStatus::Unsupported) => "unsupported",
         Ok(ProviderStatus::NotFound) => "not_found",
         Ok(ProviderStatus::InProgress) => "in_progress",
+        Ok(ProviderStatus::AwaitingCustomer) => "awaiting_customer",
         Ok(ProviderStatus::Final { .. }) => "final",
         Err(_) => "error",
     }

@@ -45,7 +45,7 @@ impl Engine {
             };
             match step {
                 Step::Finish { .. } | Step::Mismatch(_) => self.settle(&tx, step, None).await,
-                Step::Executing => {
+                Step::Executing | Step::AwaitingCustomer => {
                     // Still executing at the provider: look again after `stuck_after`.
                     transactions::touch(&self.pool, tx.id, tx.version).await?;
                     Ok(Outcome::Skipped("provider still executing"))
@@ -90,7 +90,7 @@ impl Engine {
                     .await
                 }
                 Some(Step::AskAgainAt { at, why }) => self.ask_again(&tx, since, now, at, &why).await,
-                Some(Step::Executing) => {
+                Some(Step::Executing | Step::AwaitingCustomer) => {
                     let at = self.settings.pacing.next(since, now);
                     self.ask_again(&tx, since, now, at, "the provider is still executing it")
                         .await
@@ -100,6 +100,63 @@ impl Engine {
                     transactions::reschedule(&self.pool, tx.id, tx.version, None, None).await?;
                     tracing::warn!(id = %tx.id, "unresolved and its provider cannot be asked: left for a callback or a person");
                     Ok(Outcome::StillUnresolved)
+                }
+            }
+        })
+        .await
+    }
+
+    /// A `requires_action` payment whose customer's time is up: the provider is asked
+    /// first, and only what it shows never moved fails.
+    /// - a final (checked) answer finishes it, whatever the clock says;
+    /// - waiting for the customer, or no record past the settle window: fails with
+    ///   `action_expired` (a withdrawal's hold is voided by the ledger in the same commit);
+    /// - executing (the customer finished, the provider is at work): `submitted`, for its
+    ///   callback or reconciliation;
+    /// - the query failed: asked again later, never failed blind;
+    /// - no status query: `unresolved` (the customer may have paid), for a person.
+    ///
+    /// A success reported after the expiry is a conflict with `failed`, flagged for review
+    /// by the callback processor: the merchant refunds the customer.
+    pub async fn expire_action(&self, id: TransactionId) -> Result<Outcome, ProcessError> {
+        self.with_lease(id, |tx| async move {
+            if tx.status != TransactionStatus::RequiresAction {
+                return Ok(Outcome::Skipped("no longer awaiting the customer"));
+            }
+            let now = Utc::now();
+            let since = tx.updated_at;
+            metrics::counter!("paygate_processor_actions_expired_checks_total").increment(1);
+            match self.status_of(&tx, since, now).await {
+                Some(step @ (Step::Finish { .. } | Step::Mismatch(_))) => {
+                    self.settle(&tx, step, None).await
+                }
+                Some(Step::AwaitingCustomer | Step::NeverExecuted) => {
+                    let reason = "the customer did not finish the payment at the provider in time";
+                    self.finish(
+                        &tx,
+                        TransactionStatus::Failed,
+                        Some((codes::ACTION_EXPIRED, reason.to_owned())),
+                        None,
+                        None,
+                    )
+                    .await
+                }
+                Some(Step::Executing) => {
+                    let update = tx.advance(TransactionStatus::Submitted, now)?;
+                    Ok(match transactions::apply(&self.pool, &update).await? {
+                        Some(_) => Outcome::Submitted,
+                        None => Outcome::Skipped("changed while asking the provider"),
+                    })
+                }
+                Some(Step::AskAgainAt { at, why }) => {
+                    tracing::info!(id = %tx.id, %why, "expired action: the provider could not say; asking again");
+                    transactions::reschedule(&self.pool, tx.id, tx.version, Some(at), None).await?;
+                    Ok(Outcome::Skipped("provider could not say"))
+                }
+                Some(Step::Resubmit) | None => {
+                    let reason = "the customer's time is up and the provider cannot be asked whether they paid".to_owned();
+                    self.unresolve(&tx, codes::STATUS_UNKNOWN, reason, None)
+                        .await
                 }
             }
         })

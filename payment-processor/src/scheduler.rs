@@ -121,6 +121,19 @@ async fn reconcile_loop(
                 tracing::warn!(%error, "unresolved check round failed; retrying next tick")
             }
         }
+        match expire_actions(pool, engine, settings, shutdown).await {
+            Ok(pass) if pass.found > 0 => {
+                tracing::info!(
+                    found = pass.found,
+                    finished = pass.finished,
+                    "expired customer steps checked"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "action expiry round failed; retrying next tick")
+            }
+        }
         match reconcile_stuck(pool, engine, settings, shutdown).await {
             Ok(pass) if pass.abandoned => {
                 tracing::info!(
@@ -224,6 +237,30 @@ pub async fn check_unresolved(
             Err(error) => {
                 tracing::warn!(id = %tx.id, %error, "unresolved check failed; will retry")
             }
+        }
+    })
+    .await)
+}
+
+/// One pass over `requires_action` transactions whose customer's time is up
+/// ([`Engine::expire_action`]), bounded and cancel-safe like [`check_unresolved`].
+pub async fn expire_actions(
+    pool: &PgPool,
+    engine: &Engine,
+    settings: &SchedulerSettings,
+    shutdown: &CancellationToken,
+) -> Result<ReconcilePass, paygate_core::db::DbError> {
+    let due = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {
+            return Ok(ReconcilePass { abandoned: true, ..ReconcilePass::default() });
+        }
+        due = transactions::take_due_actions(pool, settings.batch, settings.requeue_after) => due?,
+    };
+    Ok(bounded_pass(due, settings, shutdown, |tx| async move {
+        match engine.expire_action(tx.id).await {
+            Ok(outcome) => tracing::info!(id = %tx.id, ?outcome, "expired customer step"),
+            Err(error) => tracing::warn!(id = %tx.id, %error, "action expiry failed; will retry"),
         }
     })
     .await)

@@ -59,6 +59,10 @@ pub enum Step {
     Mismatch(OutcomeMismatch),
     /// The provider holds the payment and is executing it: its callback will tell.
     Executing,
+    /// The provider holds the payment and waits for the customer: nothing has moved yet.
+    /// Like `Executing` for a payment in flight; fails a `requires_action` one past its
+    /// expiry.
+    AwaitingCustomer,
     /// Nothing settled yet (not visible yet, or the query failed): ask again at.
     AskAgainAt { at: DateTime<Utc>, why: String },
     /// The provider has no record after its settle window: it never executed. The payment
@@ -88,6 +92,7 @@ pub fn after_asking(
         Err(error) => ask_again(format!("status query failed: {error}")),
         Ok(ProviderStatus::Unsupported) => Step::Resubmit,
         Ok(ProviderStatus::InProgress) => Step::Executing,
+        Ok(ProviderStatus::AwaitingCustomer) => Step::AwaitingCustomer,
         Ok(ProviderStatus::NotFound) => {
             let settled_at = clock::after(since, settle_window);
             if tx.provider_reference.is_some() || holds_reference(tx) {

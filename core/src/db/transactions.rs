@@ -307,7 +307,7 @@ fn bind_transaction<'q, Q: Bindable<'q>>(query: Q, t: &'q Transaction) -> Q {
 }
 
 /// Binds an outbox row as the next four parameters (`$20..=$23` of an insert, [`OUTBOX_VALUES`];
-/// `$13..=$16` after [`bind_update`]).
+/// `$14..=$17` after [`bind_update`]).
 fn bind_announcement<'q, Q: Bindable<'q>>(
     query: Q,
     message: &'q OutboxMessage,
@@ -334,7 +334,7 @@ pub async fn apply<'e>(
     Ok((result.rows_affected() == 1).then(|| update.next.clone()))
 }
 
-/// Binds `update` as `$1..=$12` of [`UPDATE_SQL`]; works for any query kind.
+/// Binds `update` as `$1..=$13` of [`UPDATE_SQL`]; works for any query kind.
 fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q TransactionUpdate) -> Q {
     let t = &update.next;
     query
@@ -350,6 +350,7 @@ fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q TransactionUpdate) -> 
         .bind_value(t.failure.as_ref().map(|f| f.message.as_str()))
         .bind_value(t.updated_at)
         .bind_value(t.ambiguous_since)
+        .bind_value(t.next_action_url.as_deref())
 }
 
 /// Applies `update` and, only if it applied, enqueues `announcement` in the same commit:
@@ -374,18 +375,19 @@ pub async fn apply_and_announce(
     Ok(applied.then(|| update.next.clone()))
 }
 
-/// The version-checked update, `$1..=$12` ([`bind_update`]).
+/// The version-checked update, `$1..=$13` ([`bind_update`]).
 const UPDATE_SQL: &str = "UPDATE transactions SET status = $3, version = $4, attempts = $5, next_attempt_at = $6, routed_gateway = $7,
-     provider_reference = $8, failure_code = $9, failure_message = $10, updated_at = $11, ambiguous_since = $12
+     provider_reference = $8, failure_code = $9, failure_message = $10, updated_at = $11, ambiguous_since = $12,
+     next_action_url = $13
  WHERE id = $1 AND version = $2";
 
-/// The update and, when it applied, the outbox row `$13..=$16`. Answers whether it applied.
+/// The update and, when it applied, the outbox row `$14..=$17`. Answers whether it applied.
 static APPLY_AND_ANNOUNCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH applied AS ({UPDATE_SQL} RETURNING 1),
          announced AS (
              INSERT INTO outbox (topic, message_key, payload, headers)
-             SELECT $13, $14, $15, $16 FROM applied
+             SELECT $14, $15, $16, $17 FROM applied
          )
          SELECT EXISTS (SELECT 1 FROM applied)"
     )
@@ -422,18 +424,18 @@ pub async fn resolve(
     Ok(applied.then(|| update.next.clone()))
 }
 
-/// [`APPLY_AND_ANNOUNCE`] plus the audit row: `$17` previous status, `$18` actor, `$19` reason.
+/// [`APPLY_AND_ANNOUNCE`] plus the audit row: `$18` previous status, `$19` actor, `$20` reason.
 static RESOLVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH applied AS ({UPDATE_SQL} RETURNING 1),
          announced AS (
              INSERT INTO outbox (topic, message_key, payload, headers)
-             SELECT $13, $14, $15, $16 FROM applied
+             SELECT $14, $15, $16, $17 FROM applied
          ),
          audited AS (
              INSERT INTO transaction_resolutions
                  (transaction_id, previous_status, previous_version, resolved_status, actor, reason)
-             SELECT $1, $17, $2, $3, $18, $19 FROM applied
+             SELECT $1, $18, $2, $3, $19, $20 FROM applied
          )
          SELECT EXISTS (SELECT 1 FROM applied)"
     )
@@ -510,6 +512,22 @@ pub async fn take_due_checks(
     requeue_after: Duration,
 ) -> Result<Vec<Transaction>, DbError> {
     take_due(pool, TransactionStatus::Unresolved, limit, requeue_after).await
+}
+
+/// `requires_action` transactions whose customer's time is up, taken the same way as
+/// [`take_due_retries`].
+pub async fn take_due_actions(
+    pool: &PgPool,
+    limit: i64,
+    requeue_after: Duration,
+) -> Result<Vec<Transaction>, DbError> {
+    take_due(
+        pool,
+        TransactionStatus::RequiresAction,
+        limit,
+        requeue_after,
+    )
+    .await
 }
 
 async fn take_due(
@@ -601,7 +619,7 @@ pub async fn retry_queue_depth<'e>(exec: impl PgExecutor<'e>) -> Result<i64, DbE
 
 const COLUMNS: &str = "id, merchant_id, kind, amount, currency, customer_reference, gateway, status, version, attempts,
     next_attempt_at, provider_reference, failure_code, failure_message, callback_url, metadata, created_at, updated_at,
-    routed_gateway, ambiguous_since";
+    routed_gateway, ambiguous_since, next_action_url";
 
 /// Any merchant's transaction, for the services (never for a merchant-facing read).
 pub async fn get<'e>(
@@ -694,6 +712,7 @@ struct TransactionRow {
     updated_at: DateTime<Utc>,
     routed_gateway: Option<String>,
     ambiguous_since: Option<DateTime<Utc>>,
+    next_action_url: Option<String>,
 }
 
 impl TryFrom<TransactionRow> for Transaction {
@@ -728,6 +747,7 @@ impl TryFrom<TransactionRow> for Transaction {
             attempts: row.attempts,
             next_attempt_at: row.next_attempt_at,
             ambiguous_since: row.ambiguous_since,
+            next_action_url: row.next_action_url,
             provider_reference: row.provider_reference,
             failure: row.failure_code.map(|code| Failure {
                 code,

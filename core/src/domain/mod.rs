@@ -15,6 +15,6 @@ pub use money::{Amount, Currency, Money, MoneyError};
 pub use names::{CustomerReference, GatewayName, NameError};
 pub use scope::Scope;
 pub use transaction::{
-    Failure, InvalidTransition, NewTransaction, Transaction, TransactionKind, TransactionStatus,
-    TransactionUpdate, UnknownVariant,
+    Failure, InvalidTransition, NewTransaction, NextAction, Transaction, TransactionKind,
+    TransactionStatus, TransactionUpdate, UnknownVariant,
 };

@@ -7,7 +7,14 @@
 //!    └──────▶ retry_scheduled ◀───┘   (and retry_scheduled ──▶ succeeded | failed)
 //!
 //! submitting | submitted | retry_scheduled ──▶ unresolved ──▶ succeeded | failed
+//!
+//! submitting | retry_scheduled ──▶ requires_action ──▶ submitted | succeeded | failed | unresolved
 //! ```
+//!
+//! `requires_action`: the provider needs the customer first (3-D Secure, a hosted page);
+//! nothing has moved. The customer finishes at the provider; its callback or a status
+//! query completes the payment, and the gateway's expiry fails one the provider has not
+//! completed.
 //!
 //! `unresolved` is "we do not know yet": a provider may have executed the payment and we
 //! cannot learn whether. It is never failed automatically (a merchant told "failed" would
@@ -89,10 +96,14 @@ pub enum TransactionStatus {
     /// keeps asking the provider; a callback, a status answer or a person finishes it. The
     /// payment processor never submits it again, and it is never failed automatically.
     Unresolved,
+    /// The customer must act at the provider first (`next_action` says where). Not
+    /// terminal: a callback or a status answer completes it; past its gateway's expiry the
+    /// provider is asked and, unless it completed the payment, it fails (`action_expired`).
+    RequiresAction,
 }
 
 impl TransactionStatus {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Pending,
         Self::Submitting,
         Self::Submitted,
@@ -100,6 +111,7 @@ impl TransactionStatus {
         Self::Succeeded,
         Self::Failed,
         Self::Unresolved,
+        Self::RequiresAction,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +123,7 @@ impl TransactionStatus {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Unresolved => "unresolved",
+            Self::RequiresAction => "requires_action",
         }
     }
 
@@ -138,6 +151,12 @@ impl TransactionStatus {
     ///   the payment (wrong amount, currency, kind or reference).
     /// - `unresolved → succeeded | failed`: a late authentic callback, a status answer, or a
     ///   person's resolution (`paygate transactions resolve`).
+    /// - `submitting | retry_scheduled → requires_action`: the provider took the payment but
+    ///   needs the customer first (an attempt's answer, or the status query after an
+    ///   ambiguous one).
+    /// - `requires_action → submitted`: the customer finished and the provider is executing;
+    ///   `→ succeeded | failed` its outcome (or the expiry); `→ unresolved` a provider answer
+    ///   that does not fit the payment.
     pub fn can_transition_to(self, next: Self) -> bool {
         use TransactionStatus::*;
         matches!(
@@ -150,8 +169,10 @@ impl TransactionStatus {
                 | (Submitted, RetryScheduled | Succeeded | Failed | Unresolved)
                 | (
                     RetryScheduled,
-                    Submitting | Submitted | Succeeded | Failed | Unresolved
+                    Submitting | Submitted | Succeeded | Failed | Unresolved | RequiresAction
                 )
+                | (Submitting, RequiresAction)
+                | (RequiresAction, Submitted | Succeeded | Failed | Unresolved)
                 | (Unresolved, Succeeded | Failed)
         )
     }
@@ -194,6 +215,18 @@ pub struct Failure {
     pub message: String,
 }
 
+/// What the merchant must do for a `requires_action` payment: send the customer to `url`
+/// (the provider's 3-D Secure or hosted payment page). Stripe's `next_action` shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NextAction {
+    /// Always `redirect_to_url`.
+    #[serde(rename = "type")]
+    #[schema(example = "redirect_to_url")]
+    pub action_type: String,
+    /// Where the customer finishes the payment.
+    pub url: String,
+}
+
 /// A payment as paygate records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
@@ -219,6 +252,8 @@ pub struct Transaction {
     /// its settle window. While set, the payment may go to no other gateway.
     pub ambiguous_since: Option<DateTime<Utc>>,
     pub provider_reference: Option<String>,
+    /// `requires_action`: where the customer finishes the payment (the provider's page).
+    pub next_action_url: Option<String>,
     pub failure: Option<Failure>,
     /// Where to tell the merchant of the outcome, besides its registered endpoints.
     pub callback_url: Option<String>,
@@ -241,6 +276,15 @@ pub struct NewTransaction {
 }
 
 impl Transaction {
+    /// The customer's step, while the payment waits for it.
+    pub fn next_action(&self) -> Option<NextAction> {
+        let url = self.next_action_url.as_ref()?;
+        (self.status == TransactionStatus::RequiresAction).then(|| NextAction {
+            action_type: "redirect_to_url".to_owned(),
+            url: url.clone(),
+        })
+    }
+
     /// A freshly accepted transaction: `pending`, version 0, no attempts.
     pub fn create(new: NewTransaction, now: DateTime<Utc>) -> Self {
         Self {
@@ -257,6 +301,7 @@ impl Transaction {
             next_attempt_at: None,
             ambiguous_since: None,
             provider_reference: None,
+            next_action_url: None,
             failure: None,
             callback_url: new.callback_url,
             metadata: new.metadata,
@@ -283,8 +328,10 @@ impl Transaction {
         next.status = to;
         next.version = self.version + 1;
         next.updated_at = now;
-        // A due time belongs to the state that set it; the caller sets the new one.
+        // A due time belongs to the state that set it; the caller sets the new one. So does
+        // the customer's step.
         next.next_attempt_at = None;
+        next.next_action_url = None;
         Ok(TransactionUpdate {
             expected_version: self.version,
             next,
@@ -352,6 +399,12 @@ impl TransactionUpdate {
         self
     }
 
+    /// Where the customer finishes the payment (`requires_action`).
+    pub fn next_action(mut self, url: impl Into<String>) -> Self {
+        self.next.next_action_url = Some(url.into());
+        self
+    }
+
     pub fn failure(mut self, code: impl Into<String>, message: impl Into<String>) -> Self {
         self.next.failure = Some(Failure {
             code: code.into(),
@@ -402,6 +455,12 @@ mod tests {
             (RetryScheduled, Unresolved),
             (Unresolved, Succeeded),
             (Unresolved, Failed),
+            (Submitting, RequiresAction),
+            (RetryScheduled, RequiresAction),
+            (RequiresAction, Submitted),
+            (RequiresAction, Succeeded),
+            (RequiresAction, Failed),
+            (RequiresAction, Unresolved),
         ];
         let mut checked = 0;
         for from in TransactionStatus::ALL {
@@ -411,7 +470,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 49);
+        assert_eq!(checked, 64);
     }
 
     #[test]

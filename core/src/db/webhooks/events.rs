@@ -27,6 +27,9 @@ pub enum EventType {
     /// The provider may have executed the payment and we cannot tell yet: the merchant must
     /// not re-issue it. Sent once; `transaction.succeeded` or `.failed` follows when it ends.
     TransactionUnresolved,
+    /// The customer must act at the provider (`data.next_action`). Sent once; the outcome's
+    /// own event follows.
+    TransactionRequiresAction,
 }
 
 impl EventType {
@@ -35,16 +38,19 @@ impl EventType {
             Self::TransactionSucceeded => "transaction.succeeded",
             Self::TransactionFailed => "transaction.failed",
             Self::TransactionUnresolved => "transaction.unresolved",
+            Self::TransactionRequiresAction => "transaction.requires_action",
         }
     }
 
-    /// The event for a status the merchant is told of (terminal, or `unresolved`); `None`
+    /// The event for a status the merchant is told of (terminal, `unresolved` or
+    /// `requires_action`); `None`
     /// for any other.
     pub fn for_status(status: TransactionStatus) -> Option<Self> {
         match status {
             TransactionStatus::Succeeded => Some(Self::TransactionSucceeded),
             TransactionStatus::Failed => Some(Self::TransactionFailed),
             TransactionStatus::Unresolved => Some(Self::TransactionUnresolved),
+            TransactionStatus::RequiresAction => Some(Self::TransactionRequiresAction),
             _ => None,
         }
     }
@@ -54,6 +60,7 @@ impl EventType {
             Self::TransactionSucceeded,
             Self::TransactionFailed,
             Self::TransactionUnresolved,
+            Self::TransactionRequiresAction,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -326,6 +333,7 @@ mod tests {
             TransactionStatus::Succeeded,
             TransactionStatus::Failed,
             TransactionStatus::Unresolved,
+            TransactionStatus::RequiresAction,
         ] {
             let event_type = EventType::for_status(status).expect("an announced status");
             assert_eq!(EventType::parse(event_type.as_str()), Some(event_type));
