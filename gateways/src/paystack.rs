@@ -35,8 +35,9 @@
 //!   `otp` means the integration asks for an OTP per transfer (disable it for API payouts):
 //!   accepted, never failed, because the transfer can still be finalised.
 //! - **Status** = `GET /transaction/verify/{reference}` or `GET /transfer/verify/{reference}`:
-//!   `success` → succeeded; `failed|reversed` → failed; `abandoned|ongoing|pending|
-//!   processing|queued|received|otp` → in progress; a `404`, or the documented
+//!   `success` → succeeded; `failed|reversed` → failed; `abandoned` (checkout opened, not
+//!   finished) → awaiting the customer; `ongoing|pending|processing|queued|received|otp` → in
+//!   progress; a `404`, or the documented
 //!   `Transaction reference not found` / `Transfer not found` message, → not found.
 //! - **Refund** = `POST /refund` `{transaction: reference, amount, currency, merchant_note}`
 //!   → `data.status` `pending|processing|needs-attention` (pending), `processed`
@@ -503,7 +504,8 @@ fn charge_state(status: &str, gateway_response: Option<&str>) -> Option<Provider
             code: "reversed".into(),
             reason: gateway_response.unwrap_or("Reversed").to_owned(),
         },
-        "abandoned" | "ongoing" | "pending" | "processing" | "queued" => ProviderState::Pending,
+        "abandoned" => ProviderState::AwaitingCustomer,
+        "ongoing" | "pending" | "processing" | "queued" => ProviderState::Pending,
         _ => return None,
     })
 }
@@ -525,9 +527,14 @@ fn transfer_state(status: &str, gateway_response: Option<&str>) -> Option<Provid
 }
 
 enum ProviderState {
+    /// Paystack's `abandoned`: the checkout was opened and not finished; nothing moved.
+    AwaitingCustomer,
     Pending,
     Succeeded,
-    Failed { code: String, reason: String },
+    Failed {
+        code: String,
+        reason: String,
+    },
 }
 
 fn unknown_state(status: &str) -> GatewayError {
@@ -575,7 +582,9 @@ impl PaystackGateway {
         same_reference(&reference, &data.reference)?;
         let money = answer_money(data.amount, &data.currency)?;
         let status = match transfer_state(&data.status, data.gateway_response.as_deref()) {
-            Some(ProviderState::Pending) => SubmitStatus::Accepted,
+            Some(ProviderState::Pending | ProviderState::AwaitingCustomer) => {
+                SubmitStatus::Accepted
+            }
             Some(ProviderState::Succeeded) => SubmitStatus::Succeeded,
             Some(ProviderState::Failed { code, reason }) => {
                 return Err(GatewayError::Permanent { code, reason })
@@ -626,6 +635,7 @@ impl PaystackGateway {
         same_reference(&reference, &reported_reference)?;
         let status = match state {
             Some(ProviderState::Pending) => return Ok(ProviderStatus::InProgress),
+            Some(ProviderState::AwaitingCustomer) => return Ok(ProviderStatus::AwaitingCustomer),
             Some(ProviderState::Succeeded) => ReportedStatus::Succeeded,
             Some(ProviderState::Failed { code, reason }) => ReportedStatus::Failed { code, reason },
             None => return Err(unknown_state(&raw)),

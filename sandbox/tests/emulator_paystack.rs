@@ -187,7 +187,7 @@ async fn the_hosted_checkout_completes_or_cancels() {
         };
         assert_eq!(
             gateway.status(&tx).await.unwrap_or_else(|e| panic!("{e}")),
-            ProviderStatus::InProgress,
+            ProviderStatus::AwaitingCustomer,
             "before the customer acts, verify says abandoned"
         );
         let page = if cancel {

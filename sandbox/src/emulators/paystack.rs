@@ -35,7 +35,8 @@
 //! key, body))` — the secret key, as Paystack does — with no event id and no timestamp.
 //! Paystack sends no webhook for a failed charge; the engine still delivers one for a
 //! failed deposit, so it is sent as `charge.failed`, an event a correct connector ignores
-//! (the outcome is learnt from verify).
+//! (the outcome is learnt from verify). `execute_then_error_rate` also applies to
+//! `transaction/initialize`: the checkout exists at Paystack, then a bare 5xx is answered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -499,7 +500,17 @@ async fn initialize(
     if let Some(response) = fault(&decision, "Duplicate Transaction Reference") {
         return response;
     }
+    let knobs = engine.knobs(account.as_str());
     match decision {
+        // The engine answers `execute_then_error_rate` only for payments that executed; a
+        // checkout's initialisation took effect at Paystack too (the reference is now
+        // taken), so a load balancer's bare 5xx after it is played here.
+        Decision::Accepted(_) if chance(knobs.execute_then_error_rate) => {
+            engine.count(account.as_str(), |c| &c.executed_then_errored);
+            let status = StatusCode::from_u16(knobs.execute_then_error_status)
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            fault(&Decision::ExecutedThenError(status), "").unwrap_or_default()
+        }
         Decision::Accepted(record) => ok(
             StatusCode::OK,
             "Authorization URL created",
