@@ -231,11 +231,11 @@ fn invalid(message: &str, code: &str) -> Response {
 }
 
 /// What a request was refused with before reaching the engine.
-struct Refused(Response);
+struct Refused(Box<Response>);
 
 impl From<Response> for Refused {
     fn from(response: Response) -> Self {
-        Self(response)
+        Self(Box::new(response))
     }
 }
 
@@ -273,7 +273,7 @@ fn authorize(
 /// A `400` that counts as a bad request.
 fn bad(engine: &Engine, account: &GatewayName, message: &str, code: &str) -> Refused {
     engine.count(account.as_str(), |c| &c.bad_requests);
-    Refused(invalid(message, code))
+    Refused::from(invalid(message, code))
 }
 
 fn body_object(
@@ -493,7 +493,7 @@ async fn initialize(
     })();
     let order = match parsed {
         Ok(order) => order,
-        Err(Refused(response)) => return response,
+        Err(Refused(response)) => return *response,
     };
     let account = order.account.clone();
     let decision = engine.submit(order).await;
@@ -581,7 +581,7 @@ async fn verify_transaction(
 ) -> Response {
     let account = match authorize(&engine, &raw, &headers, false) {
         Ok(account) => account,
-        Err(Refused(response)) => return response,
+        Err(Refused(response)) => return *response,
     };
     let record = match lookup(
         &engine,
@@ -642,7 +642,9 @@ async fn recipient(
         let account = authorize(&engine, &raw, &headers, false)?;
         if engine.knobs(account.as_str()).outage {
             engine.count(account.as_str(), |c| &c.outage_rejections);
-            return Err(Refused(fault(&Decision::Outage, "").unwrap_or_default()));
+            return Err(Refused::from(
+                fault(&Decision::Outage, "").unwrap_or_default(),
+            ));
         }
         let map = body_object(&engine, &account, &body)?;
         let kind = text(&map, "type")
@@ -712,7 +714,7 @@ async fn recipient(
             "Transfer recipient created successfully",
             recipient_json(&recipient),
         ),
-        Err(Refused(response)) => response,
+        Err(Refused(response)) => *response,
     }
 }
 
@@ -832,7 +834,7 @@ async fn transfer(
     })();
     let (order, recipient) = match parsed {
         Ok(parsed) => parsed,
-        Err(Refused(response)) => return response,
+        Err(Refused(response)) => return *response,
     };
     let decision = engine.submit(order).await;
     if let Some(response) = fault(&decision, "Duplicate Transfer Reference") {
@@ -863,7 +865,7 @@ async fn verify_transfer(
 ) -> Response {
     let account = match authorize(&engine, &raw, &headers, false) {
         Ok(account) => account,
-        Err(Refused(response)) => return response,
+        Err(Refused(response)) => return *response,
     };
     let record = match lookup(
         &engine,
@@ -902,7 +904,9 @@ async fn refund(
         let account = authorize(&engine, &raw, &headers, false)?;
         if engine.knobs(account.as_str()).outage {
             engine.count(account.as_str(), |c| &c.outage_rejections);
-            return Err(Refused(fault(&Decision::Outage, "").unwrap_or_default()));
+            return Err(Refused::from(
+                fault(&Decision::Outage, "").unwrap_or_default(),
+            ));
         }
         let map = body_object(&engine, &account, &body)?;
         let reference = text(&map, "transaction").ok_or_else(|| {
@@ -978,7 +982,7 @@ async fn refund(
     })();
     let (account, record, wanted, refund_id) = match accepted {
         Ok(accepted) => accepted,
-        Err(Refused(response)) => return response,
+        Err(Refused(response)) => return *response,
     };
     let currency = record.order.money.currency.code();
     schedule_refund_webhook(&engine, &account, &record, wanted, refund_id);
