@@ -39,9 +39,9 @@ pub use crate::receiver::{ReceivedWebhook, RECEIVER_PATH};
 /// The gateways `paygate dev` configures on the sandbox when the config names none:
 /// (gateway name = sandbox account, connector kind).
 pub const DEV_GATEWAYS: [(&str, &str); 3] = [
-    ("sandbox-json", "json"),
-    ("sandbox-soap", "soap"),
-    ("sandbox-proto", "protobuf"),
+    ("sandbox-json", "sandbox-json"),
+    ("sandbox-soap", "sandbox-soap"),
+    ("sandbox-proto", "sandbox-proto"),
 ];
 /// The default route's order (all transactions, with failover).
 const DEV_ROUTE: [&str; 3] = ["sandbox-json", "sandbox-proto", "sandbox-soap"];

@@ -1,8 +1,10 @@
-//! JSON over HTTP, shaped like Paystack's API.
+//! `sandbox-json`: a JSON-over-HTTP protocol invented for paygate's sandbox, for
+//! development, tests and benchmarks. It is NOT Paystack's (no real provider speaks it):
+//! for Paystack configure `kind = "paystack"` ([`crate::paystack`]).
 //!
 //! - Auth: `Authorization: Bearer <secret_key>`.
 //! - Deposit = a charge: `POST {base}/transaction/charge`; withdrawal = a transfer:
-//!   `POST {base}/transfer`. Both carry our transaction id as `reference` (Paystack's
+//!   `POST {base}/transfer`. Both carry our transaction id as `reference` (the
 //!   idempotency key) and again as an `Idempotency-Key` header.
 //! - Answers: `{"status": true, "message": …, "data": {"id", "reference", "status":
 //!   "pending"|"success"|"failed", …}}`; refusals are `4xx` with `{"status": false,
@@ -14,16 +16,19 @@
 //!   the reference already, which [`http::refusal`] reads as ambiguous, never as a decline.
 //! - Webhooks: `{"event": "charge.success" | "charge.failed" | "transfer.success" |
 //!   "transfer.failed", "event_id", "sent_at", "data": {…}}`, signed with
-//!   `x-paystack-signature: hex(HMAC-SHA512(webhook_secret, raw body))`. Because the whole
+//!   `x-sandbox-signature: hex(HMAC-SHA512(webhook_secret, raw body))`. Because the whole
 //!   body is signed, its `sent_at` is too, and stale events are refused.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+#[cfg(any(test, feature = "simulator"))]
 use bytes::Bytes;
 use paygate_core::domain::{GatewayName, Transaction, TransactionKind};
 
-use crate::callback::{self, CallbackFields, SignedCallback};
+use crate::callback;
+#[cfg(any(test, feature = "simulator"))]
+use crate::callback::{CallbackFields, SignedCallback};
 use crate::http;
 use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
@@ -38,7 +43,7 @@ pub mod wire {
     use serde::{Deserialize, Serialize};
 
     pub const CONTENT_TYPE: &str = "application/json";
-    pub const SIGNATURE_HEADER: &str = "x-paystack-signature";
+    pub const SIGNATURE_HEADER: &str = "x-sandbox-signature";
     /// The headers a callback is verified with (see `PaymentGateway::callback_headers`).
     pub const CALLBACK_HEADERS: &[&str] = &["content-type", SIGNATURE_HEADER];
     pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -330,7 +335,8 @@ impl PaymentGateway for JsonGateway {
     }
 }
 
-/// The signing rule: `x-paystack-signature` = hex HMAC-SHA512 of the raw body.
+#[cfg(any(test, feature = "simulator"))]
+/// The signing rule: `x-sandbox-signature` = hex HMAC-SHA512 of the raw body.
 pub fn sign_body(webhook_secret: &Secret, body: Bytes) -> SignedCallback {
     let signature = hex::encode(callback::hmac_sha512(
         webhook_secret.expose().as_bytes(),
@@ -355,6 +361,7 @@ fn verify(webhook_secret: &Secret, request: &CallbackRequest) -> Result<(), Call
     )
 }
 
+#[cfg(any(test, feature = "simulator"))]
 /// The webhook body for `fields`.
 pub fn event(fields: &CallbackFields) -> WebhookEvent {
     let prefix = match fields.kind {
@@ -391,6 +398,7 @@ pub fn event(fields: &CallbackFields) -> WebhookEvent {
     }
 }
 
+#[cfg(any(test, feature = "simulator"))]
 /// A correctly signed webhook for `fields`, as the provider would send it.
 pub fn signed_callback(webhook_secret: &Secret, fields: &CallbackFields) -> SignedCallback {
     let body = serde_json::to_vec(&event(fields)).unwrap_or_default();

@@ -15,10 +15,16 @@ use crate::{json, protobuf, soap, CallbackRequest, PaymentGateway};
 fn gateways() -> Vec<Box<dyn PaymentGateway>> {
     let base = "http://127.0.0.1:9/acct";
     let built: Vec<Box<dyn PaymentGateway>> = vec![
-        Box::new(json::JsonGateway::new(settings("json", base)).unwrap_or_else(|e| panic!("{e}"))),
-        Box::new(soap::SoapGateway::new(settings("soap", base)).unwrap_or_else(|e| panic!("{e}"))),
         Box::new(
-            protobuf::ProtobufGateway::new(settings("protobuf", base))
+            json::JsonGateway::new(settings("sandbox-json", base))
+                .unwrap_or_else(|e| panic!("{e}")),
+        ),
+        Box::new(
+            soap::SoapGateway::new(settings("sandbox-soap", base))
+                .unwrap_or_else(|e| panic!("{e}")),
+        ),
+        Box::new(
+            protobuf::ProtobufGateway::new(settings("sandbox-proto", base))
                 .unwrap_or_else(|e| panic!("{e}")),
         ),
     ];

@@ -13,14 +13,18 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+#[cfg(any(test, feature = "simulator"))]
 use bytes::Bytes;
 use chrono::DateTime;
 use paygate_core::domain::{GatewayName, Transaction, TransactionKind};
 use prost::Message;
 
-use crate::callback::{self, CallbackFields, SignedCallback};
+use crate::callback;
+#[cfg(any(test, feature = "simulator"))]
+use crate::callback::{CallbackFields, SignedCallback};
 use crate::http;
 use crate::registry::{GatewaySettings, RegistryError};
+#[cfg(any(test, feature = "simulator"))]
 use crate::secret::Secret;
 use crate::{
     CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway,
@@ -348,6 +352,7 @@ impl PaymentGateway for ProtobufGateway {
     }
 }
 
+#[cfg(any(test, feature = "simulator"))]
 /// The signing rule: wrap `payload` in a `SignedEvent` with `HMAC-SHA256(secret, payload)`.
 pub fn sign_body(webhook_secret: &Secret, payload: Vec<u8>) -> SignedCallback {
     let signature = callback::hmac_sha256(webhook_secret.expose().as_bytes(), &[&payload]);
@@ -358,6 +363,7 @@ pub fn sign_body(webhook_secret: &Secret, payload: Vec<u8>) -> SignedCallback {
     }
 }
 
+#[cfg(any(test, feature = "simulator"))]
 /// The event message for `fields`.
 pub fn event(fields: &CallbackFields) -> PaymentEvent {
     let (state, failure_code, failure_reason) = match &fields.status {
@@ -383,6 +389,7 @@ pub fn event(fields: &CallbackFields) -> PaymentEvent {
     }
 }
 
+#[cfg(any(test, feature = "simulator"))]
 /// A correctly signed callback for `fields`, as the provider would send it.
 pub fn signed_callback(webhook_secret: &Secret, fields: &CallbackFields) -> SignedCallback {
     sign_body(webhook_secret, event(fields).encode_to_vec())

@@ -31,9 +31,12 @@ pub type Constructor = fn(GatewaySettings) -> Result<Arc<dyn PaymentGateway>, Re
 
 /// The connector kinds `kind = "…"` may name. **Add a provider here** (one line).
 pub const CONNECTORS: &[(&str, Constructor)] = &[
-    ("json", crate::json::JsonGateway::from_settings),
-    ("soap", crate::soap::SoapGateway::from_settings),
-    ("protobuf", crate::protobuf::ProtobufGateway::from_settings),
+    ("sandbox-json", crate::json::JsonGateway::from_settings),
+    ("sandbox-soap", crate::soap::SoapGateway::from_settings),
+    (
+        "sandbox-proto",
+        crate::protobuf::ProtobufGateway::from_settings,
+    ),
     ("paystack", crate::paystack::PaystackGateway::from_settings),
 ];
 

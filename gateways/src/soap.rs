@@ -19,12 +19,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+#[cfg(any(test, feature = "simulator"))]
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use paygate_core::domain::{GatewayName, Transaction, TransactionKind};
 use url::Url;
 
-use crate::callback::{self, CallbackFields, SignedCallback};
+use crate::callback;
+#[cfg(any(test, feature = "simulator"))]
+use crate::callback::{CallbackFields, SignedCallback};
 use crate::http;
 use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
@@ -555,6 +558,7 @@ impl PaymentGateway for SoapGateway {
     }
 }
 
+#[cfg(any(test, feature = "simulator"))]
 /// The signing rule: `x-soap-signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`.
 pub fn sign_body(webhook_secret: &Secret, body: Bytes, at: DateTime<Utc>) -> SignedCallback {
     let t = at.timestamp().to_string();
@@ -607,6 +611,7 @@ fn verify(
         })
 }
 
+#[cfg(any(test, feature = "simulator"))]
 /// The notification envelope for `fields`.
 pub fn notification(fields: &CallbackFields) -> Envelope<wire::Callback> {
     let (state, failure_code, failure_reason) = match &fields.status {
@@ -635,6 +640,7 @@ pub fn notification(fields: &CallbackFields) -> Envelope<wire::Callback> {
     )
 }
 
+#[cfg(any(test, feature = "simulator"))]
 /// A correctly signed notification for `fields`, as the provider would send it.
 pub fn signed_callback(webhook_secret: &Secret, fields: &CallbackFields) -> SignedCallback {
     let body = wire::to_xml(&notification(fields)).unwrap_or_default();

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The invented protocols of the sandbox: checked by the behaviour kit only.
-const SANDBOX_PROTOCOLS: &[&str] = &["json", "soap", "protobuf"];
+const SANDBOX_PROTOCOLS: &[&str] = &["sandbox-json", "sandbox-soap", "sandbox-proto"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -48,7 +48,7 @@ async fn world(settle_ms: u64) -> Result<World, BoxError> {
         hang_ms: 2_000,
         ..Knobs::default()
     };
-    let gateways = [(A, "json"), (B, "protobuf")];
+    let gateways = [(A, "sandbox-json"), (B, "sandbox-proto")];
     let settings =
         json!({"timeout_ms": 800, "breaker": {}, "status_not_found_after_ms": settle_ms});
     let mut w = World::new("Money safety tests", knobs, &gateways, settings).await?;
@@ -388,7 +388,7 @@ async fn an_absurd_retry_after_is_capped_and_does_not_crash_the_processor() -> T
     let mut w = World::new(
         "Money safety Retry-After",
         Knobs::default(),
-        &[(A, "json"), (LIMITED, "json")],
+        &[(A, "sandbox-json"), (LIMITED, "sandbox-json")],
         json!({"timeout_ms": 800, "breaker": {}, "status_not_found_after_ms": 300}),
     )
     .await?;

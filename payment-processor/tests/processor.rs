@@ -30,7 +30,11 @@ async fn world(breaker: serde_json::Value) -> Result<World, BoxError> {
         hang_ms: 3_000,
         ..Knobs::default()
     };
-    let gateways = [(JSON, "json"), (SOAP, "soap"), (PROTO, "protobuf")];
+    let gateways = [
+        (JSON, "sandbox-json"),
+        (SOAP, "sandbox-soap"),
+        (PROTO, "sandbox-proto"),
+    ];
     // A short settle window: the sandbox's status endpoint does not lag unless told to.
     let settings = json!({"timeout_ms": 800, "breaker": breaker, "status_not_found_after_ms": 300});
     let mut w = World::new("Processor tests", knobs, &gateways, settings).await?;

@@ -36,7 +36,13 @@ async fn world() -> Result<World, BoxError> {
     };
     // No settle window: a stuck row the sandbox never saw counts as never executed at once.
     let settings = json!({"timeout_ms": 5_000, "breaker": {}, "status_not_found_after_ms": 1});
-    let mut w = World::new("Reconciliation tests", knobs, &[(JSON, "json")], settings).await?;
+    let mut w = World::new(
+        "Reconciliation tests",
+        knobs,
+        &[(JSON, "sandbox-json")],
+        settings,
+    )
+    .await?;
     let p = &mut w.config.processor;
     p.concurrency = 8;
     p.lock_ttl = Duration::from_millis(3_000);

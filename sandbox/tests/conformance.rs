@@ -60,17 +60,17 @@ async fn conform(kind: &str) {
 
 #[tokio::test]
 async fn json_connector_conforms() {
-    conform("json").await;
+    conform("sandbox-json").await;
 }
 
 #[tokio::test]
 async fn soap_connector_conforms() {
-    conform("soap").await;
+    conform("sandbox-soap").await;
 }
 
 #[tokio::test]
 async fn protobuf_connector_conforms() {
-    conform("protobuf").await;
+    conform("sandbox-proto").await;
 }
 
 fn transaction() -> Transaction {
@@ -108,7 +108,13 @@ async fn knobs(url: &str, account: &str, knobs: serde_json::Value) {
 #[tokio::test]
 async fn same_reference_executes_once_and_duplicates_are_counted() {
     let (url, shutdown) = sandbox("http://127.0.0.1:9").await;
-    let registry = registry(&url, &[("dupe-json", "json"), ("dupe-proto", "protobuf")]);
+    let registry = registry(
+        &url,
+        &[
+            ("dupe-json", "sandbox-json"),
+            ("dupe-proto", "sandbox-proto"),
+        ],
+    );
 
     // Lost response, then a retry: Ambiguous, then answered from the record.
     knobs(
@@ -235,7 +241,7 @@ async fn callbacks_are_retried_until_acknowledged() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let (url, shutdown) = sandbox(&receiver).await;
-    let registry = registry(&url, &[("retry-soap", "soap")]);
+    let registry = registry(&url, &[("retry-soap", "sandbox-soap")]);
     knobs(
         &url,
         "retry-soap",

@@ -79,9 +79,15 @@ async fn a_spawned_sandbox_answers_its_admin_client() -> anyhow::Result<()> {
         sandbox.admin.endpoint("stats"),
         format!("{}/_admin/stats", sandbox.url)
     );
-    let gateway = sandbox.gateway("kit-json", "json", &json!({"timeout_ms": 1500}))?;
+    let gateway = sandbox.gateway("kit-json", "sandbox-json", &json!({"timeout_ms": 1500}))?;
     assert_eq!(gateway.base_url, format!("{}/kit-json", sandbox.url));
     assert_eq!(gateway.timeout, Duration::from_millis(1500));
-    assert!(sandbox_gateway(&sandbox.url, "kit-x", "json", &json!({"timeout_ms": 0})).is_err());
+    assert!(sandbox_gateway(
+        &sandbox.url,
+        "kit-x",
+        "sandbox-json",
+        &json!({"timeout_ms": 0})
+    )
+    .is_err());
     sandbox.stop().await
 }

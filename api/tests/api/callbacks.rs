@@ -63,9 +63,9 @@ fn registry() -> anyhow::Result<GatewayRegistry> {
         let name = GatewayName::parse(format.gateway())?;
         let url = url::Url::parse("http://127.0.0.1:1/")?;
         let kind = match format {
-            Format::Json => "json",
-            Format::Soap => "soap",
-            Format::Protobuf => "protobuf",
+            Format::Json => "sandbox-json",
+            Format::Soap => "sandbox-soap",
+            Format::Protobuf => "sandbox-proto",
         };
         let settings = GatewaySettings::new(
             name,

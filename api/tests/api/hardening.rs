@@ -24,9 +24,9 @@ use crate::helpers::*;
 
 const WEBHOOK_SECRET: &str = "whsec_hardening_provider";
 const GATEWAYS: [(&str, &str); 3] = [
-    ("psp-json", "json"),
-    ("psp-soap", "soap"),
-    ("psp-proto", "protobuf"),
+    ("psp-json", "sandbox-json"),
+    ("psp-soap", "sandbox-soap"),
+    ("psp-proto", "sandbox-proto"),
 ];
 
 fn connectors() -> anyhow::Result<Vec<Arc<dyn PaymentGateway>>> {
@@ -57,8 +57,8 @@ fn signed(kind: &str, id: TransactionId) -> anyhow::Result<SignedCallback> {
     };
     let secret = Secret::new(WEBHOOK_SECRET);
     Ok(match kind {
-        "json" => json::signed_callback(&secret, &fields),
-        "soap" => soap::signed_callback(&secret, &fields),
+        "sandbox-json" => json::signed_callback(&secret, &fields),
+        "sandbox-soap" => soap::signed_callback(&secret, &fields),
         _ => protobuf::signed_callback(&secret, &fields),
     })
 }

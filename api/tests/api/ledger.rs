@@ -389,7 +389,7 @@ fn two_gateways() -> anyhow::Result<GatewayRegistry> {
     for name in ["gw-one", "gw-two"] {
         let settings = GatewaySettings::new(
             GatewayName::parse(name)?,
-            "json",
+            "sandbox-json",
             url::Url::parse("http://127.0.0.1:1/")?,
             Secret::new("sk_provider"),
             Secret::new("whsec_provider"),

@@ -50,9 +50,9 @@ impl Format {
 
     pub fn kind(self) -> &'static str {
         match self {
-            Format::Json => "json",
-            Format::Soap => "soap",
-            Format::Protobuf => "protobuf",
+            Format::Json => "sandbox-json",
+            Format::Soap => "sandbox-soap",
+            Format::Protobuf => "sandbox-proto",
         }
     }
 

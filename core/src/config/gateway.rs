@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [gateways.paystack-ng]
-//! kind = "json"                      # json | soap | protobuf (the registry's CONNECTORS)
+//! kind = "paystack"                  # a connector of the registry's CONNECTORS
 //! base_url = "https://api.example.com/"
 //! secret_key = "sk_live_…"           # authenticates our requests
 //! webhook_secret = "whsec_…"         # verifies callbacks; defaults to secret_key

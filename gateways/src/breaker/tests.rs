@@ -268,7 +268,7 @@ async fn a_call_admitted_before_opening_does_not_touch_the_new_state() {
 fn settings_parse_from_a_table_and_name_bad_fields() {
     let table = |breaker: serde_json::Value| {
         let gateway = serde_json::json!({
-            "kind": "json", "base_url": "https://x", "secret_key": "s", "breaker": breaker,
+            "kind": "sandbox-json", "base_url": "https://x", "secret_key": "s", "breaker": breaker,
         });
         paygate_core::config::GatewayConfig::from_json("gw", gateway).map(|g| g.breaker)
     };

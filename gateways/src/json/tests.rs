@@ -3,7 +3,8 @@ use crate::test_support::{fields, settings, transaction, WEBHOOK_SECRET};
 use chrono::{Duration as Span, Utc};
 
 fn gateway() -> JsonGateway {
-    JsonGateway::new(settings("json", "http://127.0.0.1:9/acct")).unwrap_or_else(|e| panic!("{e}"))
+    JsonGateway::new(settings("sandbox-json", "http://127.0.0.1:9/acct"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

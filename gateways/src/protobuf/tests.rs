@@ -3,7 +3,7 @@ use crate::test_support::{fields, settings, transaction, WEBHOOK_SECRET};
 use chrono::{Duration as Span, Utc};
 
 fn gateway() -> ProtobufGateway {
-    ProtobufGateway::new(settings("protobuf", "http://127.0.0.1:9/acct"))
+    ProtobufGateway::new(settings("sandbox-proto", "http://127.0.0.1:9/acct"))
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

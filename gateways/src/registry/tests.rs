@@ -33,9 +33,9 @@ fn valid(kind: &str) -> Value {
 #[test]
 fn builds_every_kind_with_a_breaker_each() {
     let registry = registry(&[
-        ("a-json", valid("json")),
-        ("b-soap", valid("soap")),
-        ("c-proto", valid("protobuf")),
+        ("a-json", valid("sandbox-json")),
+        ("b-soap", valid("sandbox-soap")),
+        ("c-proto", valid("sandbox-proto")),
     ])
     .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = registry.names().map(GatewayName::as_str).collect();
@@ -67,35 +67,35 @@ fn bad_tables_name_the_field() {
             "gateways.gw.kind",
         ),
         (
-            json!({"kind": "json", "base_url": "not a url", "secret_key": "s"}),
+            json!({"kind": "sandbox-json", "base_url": "not a url", "secret_key": "s"}),
             "gateways.gw.base_url",
         ),
         (
-            json!({"kind": "json", "base_url": "ftp://x", "secret_key": "s"}),
+            json!({"kind": "sandbox-json", "base_url": "ftp://x", "secret_key": "s"}),
             "gateways.gw.base_url",
         ),
         (
-            json!({"kind": "json", "base_url": "https://x"}),
+            json!({"kind": "sandbox-json", "base_url": "https://x"}),
             "gateways.gw.secret_key",
         ),
         (
-            json!({"kind": "json", "base_url": "https://x", "secret_key": ""}),
+            json!({"kind": "sandbox-json", "base_url": "https://x", "secret_key": ""}),
             "gateways.gw.secret_key",
         ),
         (
-            json!({"kind": "json", "base_url": "https://x", "secret_key": "s", "timeout_ms": 0}),
+            json!({"kind": "sandbox-json", "base_url": "https://x", "secret_key": "s", "timeout_ms": 0}),
             "gateways.gw.timeout_ms",
         ),
         (
-            json!({"kind": "json", "base_url": "https://x", "secret_key": "s", "timeout_ms": 1.5}),
+            json!({"kind": "sandbox-json", "base_url": "https://x", "secret_key": "s", "timeout_ms": 1.5}),
             "gateways.gw.timeout_ms",
         ),
         (
-            json!({"kind": "json", "base_url": "https://x", "secret_key": "s", "secret": "typo"}),
+            json!({"kind": "sandbox-json", "base_url": "https://x", "secret_key": "s", "secret": "typo"}),
             "gateways.gw.secret",
         ),
         (
-            json!({"kind": "json", "base_url": "https://x", "secret_key": "s", "breaker": {"min_requests": 0}}),
+            json!({"kind": "sandbox-json", "base_url": "https://x", "secret_key": "s", "breaker": {"min_requests": 0}}),
             "gateways.gw.breaker.min_requests",
         ),
         (json!("json"), "gateways.gw"),
@@ -108,7 +108,7 @@ fn bad_tables_name_the_field() {
             "{table}"
         );
     }
-    let bad_name = registry(&[("Bad Name", valid("json"))]);
+    let bad_name = registry(&[("Bad Name", valid("sandbox-json"))]);
     assert_eq!(
         bad_name.map(|_| ()).map_err(|e| e.path),
         Err("gateways.Bad Name".to_owned())
@@ -117,7 +117,7 @@ fn bad_tables_name_the_field() {
 
 #[test]
 fn settings_keep_the_base_path_and_never_print_secrets() {
-    let settings = settings("gw", valid("json"));
+    let settings = settings("gw", valid("sandbox-json"));
     assert_eq!(settings.base_url.as_str(), "http://127.0.0.1:8090/acct/");
     assert_eq!(settings.timeout, Duration::from_millis(2500));
     let shown = format!("{settings:?}");
@@ -127,7 +127,7 @@ fn settings_keep_the_base_path_and_never_print_secrets() {
     );
     let defaulted = self::settings(
         "gw",
-        json!({"kind": "json", "base_url": "https://x", "secret_key": "sk"}),
+        json!({"kind": "sandbox-json", "base_url": "https://x", "secret_key": "sk"}),
     );
     assert_eq!(
         defaulted.webhook_secret.expose(),
@@ -138,7 +138,7 @@ fn settings_keep_the_base_path_and_never_print_secrets() {
 
 #[test]
 fn a_table_built_in_code_is_checked_too() {
-    let mut table = GatewayConfig::new("json", "http://127.0.0.1:1", "sk");
+    let mut table = GatewayConfig::new("sandbox-json", "http://127.0.0.1:1", "sk");
     table.breaker.error_threshold_percent = 0;
     let built = GatewayRegistry::from_config(&BTreeMap::from([("gw".to_owned(), table)]));
     assert_eq!(
@@ -155,7 +155,7 @@ fn plain_http_base_urls_are_refused_unless_loopback_or_allowed() {
         "http://sandbox:8090/sandbox-json",
         "http://127.0.0.1.nip.io/",
     ] {
-        let table = json!({"kind": "json", "base_url": url, "secret_key": "sk_live"});
+        let table = json!({"kind": "sandbox-json", "base_url": url, "secret_key": "sk_live"});
         let refused = registry(&[("gw", table)]);
         match refused {
             Ok(_) => panic!("{url} was admitted over plain http"),
@@ -165,7 +165,7 @@ fn plain_http_base_urls_are_refused_unless_loopback_or_allowed() {
             }
         }
         // The same table built in code is checked by the registry too.
-        let config = GatewayConfig::new("json", url, "sk_live");
+        let config = GatewayConfig::new("sandbox-json", url, "sk_live");
         assert_eq!(
             GatewaySettings::from_config("gw", &config)
                 .map(|_| ())
@@ -180,11 +180,11 @@ fn plain_http_base_urls_are_refused_unless_loopback_or_allowed() {
         "http://localhost:8090/",
         "http://[::1]:8090/",
     ] {
-        let table = json!({"kind": "json", "base_url": url, "secret_key": "sk"});
+        let table = json!({"kind": "sandbox-json", "base_url": url, "secret_key": "sk"});
         assert!(registry(&[("gw", table)]).is_ok(), "{url} refused");
     }
     // A sandbox on a private network (docker compose) says so explicitly.
-    let sandbox = json!({"kind": "json", "base_url": "http://sandbox:8090/sandbox-json",
+    let sandbox = json!({"kind": "sandbox-json", "base_url": "http://sandbox:8090/sandbox-json",
         "secret_key": "sk", "allow_http": true});
     assert!(registry(&[("gw", sandbox)]).is_ok());
 }
@@ -197,7 +197,7 @@ fn every_connector_verifies_with_only_the_headers_it_declares() {
     use paygate_core::domain::TransactionKind;
 
     let secret = Secret::new(WEBHOOK_SECRET);
-    for kind in ["json", "soap", "protobuf"] {
+    for kind in ["sandbox-json", "sandbox-soap", "sandbox-proto"] {
         let gateway = build(test_settings(kind, "http://127.0.0.1:1/"))
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
         let declared = gateway.callback_headers();
@@ -212,8 +212,8 @@ fn every_connector_verifies_with_only_the_headers_it_declares() {
         let tx = transaction(TransactionKind::Deposit);
         let facts = fields(&tx, ReportedStatus::Succeeded, Utc::now());
         let signed = match kind {
-            "json" => crate::json::signed_callback(&secret, &facts),
-            "soap" => crate::soap::signed_callback(&secret, &facts),
+            "sandbox-json" => crate::json::signed_callback(&secret, &facts),
+            "sandbox-soap" => crate::soap::signed_callback(&secret, &facts),
             _ => crate::protobuf::signed_callback(&secret, &facts),
         };
         let mut request = signed.to_request(Utc::now());

@@ -3,7 +3,8 @@ use crate::test_support::{fields, settings, transaction, WEBHOOK_SECRET};
 use chrono::Duration as Span;
 
 fn gateway() -> SoapGateway {
-    SoapGateway::new(settings("soap", "http://127.0.0.1:9/acct")).unwrap_or_else(|e| panic!("{e}"))
+    SoapGateway::new(settings("sandbox-soap", "http://127.0.0.1:9/acct"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
