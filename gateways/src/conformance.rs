@@ -634,17 +634,27 @@ impl Kit<'_> {
                         complete_customer_step(url).await?;
                     }
                     let captured = self.callbacks(1).await;
-                    let first = captured
-                        .first()
-                        .ok_or("no callback after the declined step")?;
-                    match self.payment(&first.request()) {
-                        Ok(o)
+                    let reported = captured.first().map(|c| self.payment(&c.request()));
+                    match reported {
+                        Some(Ok(o))
                             if o.transaction_id == tx.id
                                 && matches!(o.status, ReportedStatus::Failed { .. }) =>
                         {
                             format!("declined after the answer: {:?}", o.status)
                         }
-                        other => return Err(format!("declined step's callback: {other:?}")),
+                        // A provider that sends no event for a failed charge (Paystack):
+                        // its status query must say so.
+                        other => match self.gateway.status(&tx).await {
+                            Ok(ProviderStatus::Final {
+                                status: status @ ReportedStatus::Failed { .. },
+                                ..
+                            }) => format!("declined after the answer, by status: {status:?}"),
+                            answer => {
+                                return Err(format!(
+                                    "declined step: callback {other:?}, status {answer:?}"
+                                ))
+                            }
+                        },
                     }
                 }
                 other => return Err(format!("got {other:?}")),

@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod http;
 pub mod json;
 pub mod mpesa;
+pub mod paystack;
 #[cfg(test)]
 mod proptests;
 pub mod protobuf;

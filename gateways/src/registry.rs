@@ -37,6 +37,7 @@ pub const CONNECTORS: &[(&str, Constructor)] = &[
         "sandbox-proto",
         crate::protobuf::ProtobufGateway::from_settings,
     ),
+    ("paystack", crate::paystack::PaystackGateway::from_settings),
     ("mpesa", crate::mpesa::MpesaGateway::from_settings),
     ("stripe", crate::stripe::StripeGateway::from_settings),
 ];
