@@ -96,7 +96,7 @@ impl Engine {
         else {
             let failure = failure("no_gateway", "the payment was never routed to a gateway");
             return self
-                .finish(&refund, RefundState::Failed, None, Some(failure), trace)
+                .finish_refund(&refund, RefundState::Failed, None, Some(failure), trace)
                 .await;
         };
         let Some(entry) = self.registry.entry(&gateway) else {
@@ -106,13 +106,13 @@ impl Engine {
                 &format!("gateway {gateway} is not configured"),
             );
             return self
-                .retry(&refund, self.settings.breaker_deferral, Some(failure))
+                .retry_refund(&refund, self.settings.breaker_deferral, Some(failure))
                 .await;
         };
         if !entry.breaker.would_admit() {
             let failure = failure("breaker_open", "the gateway's circuit breaker is open");
             return self
-                .retry(&refund, self.settings.breaker_deferral, Some(failure))
+                .retry_refund(&refund, self.settings.breaker_deferral, Some(failure))
                 .await;
         }
         let now = Utc::now();
@@ -131,10 +131,10 @@ impl Engine {
             .await;
         metrics::counter!("paygate_processor_refund_attempts_total", "gateway" => gateway.to_string(), "outcome" => class(&result))
             .increment(1);
-        self.record(&claimed, result, trace).await
+        self.record_refund(&claimed, result, trace).await
     }
 
-    async fn record(
+    async fn record_refund(
         &self,
         claimed: &Refund,
         result: Result<RefundOutcome, BreakerError>,
@@ -152,11 +152,11 @@ impl Engine {
                         (RefundState::Failed, Some(failure(&code, &reason)))
                     }
                 };
-                self.finish(claimed, to, Some(provider_reference), failed, trace)
+                self.finish_refund(claimed, to, Some(provider_reference), failed, trace)
                     .await
             }
             Err(BreakerError::Gateway(GatewayError::Permanent { code, reason })) => {
-                self.finish(
+                self.finish_refund(
                     claimed,
                     RefundState::Failed,
                     None,
@@ -170,17 +170,17 @@ impl Engine {
                 retry_after,
             })) => {
                 let delay = self.retry_delay(claimed.attempts, retry_after);
-                self.retry(claimed, delay, Some(failure("retryable", &reason)))
+                self.retry_refund(claimed, delay, Some(failure("retryable", &reason)))
                     .await
             }
             Err(BreakerError::Gateway(GatewayError::Ambiguous { reason })) => {
                 let delay = self.retry_delay(claimed.attempts, None);
-                self.retry(claimed, delay, Some(failure("ambiguous", &reason)))
+                self.retry_refund(claimed, delay, Some(failure("ambiguous", &reason)))
                     .await
             }
             Err(BreakerError::Rejected { .. }) => {
                 let delay = self.settings.breaker_deferral;
-                self.retry(
+                self.retry_refund(
                     claimed,
                     delay,
                     Some(failure(
@@ -195,7 +195,7 @@ impl Engine {
 
     /// A state change with its announcement (terminal ones tell the merchant) and the
     /// ledger's posting or void, in one commit.
-    async fn finish(
+    async fn finish_refund(
         &self,
         refund: &Refund,
         to: RefundState,
@@ -237,7 +237,7 @@ impl Engine {
     }
 
     /// Stays pending; the scheduler announces it again after `delay`.
-    async fn retry(
+    async fn retry_refund(
         &self,
         refund: &Refund,
         delay: Duration,
