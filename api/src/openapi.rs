@@ -8,14 +8,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    balance, callbacks, deposits, events, health, transactions, webhook_endpoints, webhook_secret,
+    balance, callbacks, deposits, events, health, refunds, transactions, webhook_endpoints,
+    webhook_secret,
 };
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "paygate API",
-        description = "Merchant API (deposits, withdrawals, transactions, webhook endpoints, signing secrets, event redelivery), provider callback ingress and operations endpoints. Amounts are integer minor units with an ISO 4217 currency. Every error is `{\"error\": {\"type\", \"code\", \"message\", \"param\"}}`.",
+        description = "Merchant API (deposits, withdrawals, transactions, refunds, webhook endpoints, signing secrets, event redelivery), provider callback ingress and operations endpoints. Amounts are integer minor units with an ISO 4217 currency. Every error is `{\"error\": {\"type\", \"code\", \"message\", \"param\"}}`.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -27,6 +28,9 @@ use crate::routes::{
         transactions::retrieve,
         transactions::deliveries,
         transactions::events,
+        refunds::create,
+        refunds::list,
+        refunds::retrieve,
         webhook_endpoints::create,
         webhook_endpoints::list,
         webhook_endpoints::retrieve,
@@ -44,6 +48,7 @@ use crate::routes::{
     modifiers(&BearerAuth, &ScopeForbidden),
     tags(
         (name = "transactions", description = "Deposits, withdrawals and their state"),
+        (name = "refunds", description = "Money given back to the customer of a succeeded deposit"),
         (name = "balance", description = "What the merchant holds per currency, and the ledger entries that made it"),
         (name = "webhook_endpoints", description = "Where paygate tells you of outcomes: endpoints, signing secrets, event redelivery"),
         (name = "callbacks", description = "Provider callback ingress"),

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use paygate_core::db::webhook_endpoints::{DeliveryAttempt, WebhookEndpoint};
 use paygate_core::db::webhooks::{Redelivery, SigningSecret, WebhookEvent};
 use paygate_core::domain::{
-    DeliveryAttemptId, EventId, Failure, NextAction, Transaction, TransactionId, TransactionKind,
-    TransactionStatus, WebhookEndpointId,
+    DeliveryAttemptId, EventId, Failure, NextAction, Refund, RefundId, RefundState, Transaction,
+    TransactionId, TransactionKind, TransactionStatus, WebhookEndpointId,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -420,8 +420,9 @@ pub struct LedgerEntryResource {
     /// Always `balance_transaction`.
     #[schema(example = "balance_transaction")]
     pub object: String,
-    /// `deposit` (a deposit succeeded), `withdrawal` (a withdrawal succeeded) or `top_up`
-    /// (funds added by an operator).
+    /// `deposit` (a deposit succeeded), `withdrawal` (a withdrawal succeeded), `refund` (a
+    /// refund of a deposit succeeded; `transaction` is the deposit) or `top_up` (funds added
+    /// by an operator).
     #[serde(rename = "type")]
     #[schema(example = "deposit")]
     pub kind: String,
@@ -462,5 +463,78 @@ pub struct LedgerEntryList {
     pub object: String,
     pub data: Vec<LedgerEntryResource>,
     /// Whether older entries follow; pass the last id as `starting_after` to get them.
+    pub has_more: bool,
+}
+
+/// A refund of a succeeded deposit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RefundResource {
+    pub id: RefundId,
+    /// Always `refund`.
+    #[schema(example = "refund")]
+    pub object: String,
+    /// The refunded deposit.
+    pub transaction: TransactionId,
+    /// Integer minor units, in the deposit's currency.
+    #[schema(example = 500, minimum = 1)]
+    pub amount: i64,
+    #[schema(example = "USD")]
+    pub currency: String,
+    /// `pending` (accepted, the amount is held on your balance) and `submitted` (the
+    /// provider is executing it) are on their way; `succeeded` (the customer has the money
+    /// back; your balance is debited) and `failed` (the hold is released) are final. A
+    /// refund left `submitted` for long waits for the provider's callback: paygate cannot
+    /// ask providers about refunds.
+    pub status: RefundState,
+    /// As given at creation (at most 500 characters).
+    pub reason: Option<String>,
+    /// Why it failed (set only when `failed`).
+    pub failure: Option<Failure>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Refund> for RefundResource {
+    fn from(r: &Refund) -> Self {
+        Self {
+            id: r.id,
+            object: "refund".to_owned(),
+            transaction: r.transaction_id,
+            amount: r.money.amount.minor_units(),
+            currency: r.money.currency.code().to_owned(),
+            status: r.status,
+            reason: r.reason.clone(),
+            failure: if r.status == RefundState::Failed {
+                r.failure.clone()
+            } else {
+                None
+            },
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The body of `POST /v1/transactions/{id}/refunds`. Unknown fields are refused.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRefundRequest {
+    /// Positive integer minor units in the deposit's currency, at most what is left to
+    /// refund of it (its amount less its refunds that have not failed). Absent: all that
+    /// is left.
+    #[schema(example = 500, minimum = 1)]
+    pub amount: Option<i64>,
+    /// Why, in your words (at most 500 characters, no control characters).
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+/// A deposit's refunds, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RefundList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<RefundResource>,
+    /// Whether more than the 100 listed exist (the oldest 100 are shown).
     pub has_more: bool,
 }

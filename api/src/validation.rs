@@ -140,6 +140,53 @@ pub async fn create_webhook_endpoint(
     })
 }
 
+/// The longest refund `reason` accepted, in characters.
+pub const REFUND_REASON_MAX_CHARS: usize = 500;
+
+/// A valid `POST /v1/transactions/{id}/refunds` body: an amount (`None`: all that is left,
+/// decided by the database under the payment's lock) and an optional reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateRefund {
+    pub amount: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// Checks a refund body (an empty or absent body is "refund all that is left").
+pub fn create_refund(body: &Value) -> Result<CreateRefund, HttpError> {
+    if body.is_null() {
+        return Ok(CreateRefund {
+            amount: None,
+            reason: None,
+        });
+    }
+    let object = as_object(body)?;
+    refuse_unknown_fields(object, &["amount", "reason"])?;
+    let amount = match optional(object, "amount") {
+        None => None,
+        Some(value) => Some(
+            Amount::from_json(value)
+                .map_err(|e| HttpError::invalid_param("amount_invalid", "amount", e.to_string()))?
+                .minor_units(),
+        ),
+    };
+    let reason = match optional(object, "reason") {
+        None => None,
+        Some(value) => {
+            let text = value.as_str().ok_or_else(|| not_a_string("reason"))?;
+            if text.chars().count() > REFUND_REASON_MAX_CHARS || text.chars().any(char::is_control)
+            {
+                return Err(HttpError::invalid_param(
+                    "reason_invalid",
+                    "reason",
+                    format!("reason must be at most {REFUND_REASON_MAX_CHARS} characters without control characters"),
+                ));
+            }
+            Some(text.to_owned())
+        }
+    };
+    Ok(CreateRefund { amount, reason })
+}
+
 fn as_object(body: &Value) -> Result<&Map<String, Value>, HttpError> {
     body.as_object().ok_or_else(|| {
         HttpError::new(

@@ -1,10 +1,12 @@
 //! The webhook body: `{"type", "id", "created_at", "data": {transaction}}`, the transaction
-//! shown as the API shows it (`GET /v1/transactions/{id}`).
+//! shown as the API shows it (`GET /v1/transactions/{id}`); a refund's event carries the
+//! refund as `GET /v1/refunds/{id}` shows it.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use paygate_core::db::webhooks::EventType;
 use paygate_core::domain::{
-    EventId, Failure, NextAction, Transaction, TransactionId, TransactionKind, TransactionStatus,
+    EventId, Failure, NextAction, Refund, RefundId, RefundState, Transaction, TransactionId,
+    TransactionKind, TransactionStatus,
 };
 use serde::Serialize;
 
@@ -75,6 +77,60 @@ pub fn event_body(
             metadata: &transaction.metadata,
             created_at: timestamp(transaction.created_at),
             updated_at: timestamp(transaction.updated_at),
+        },
+    };
+    serde_json::to_string(&payload)
+}
+
+#[derive(Serialize)]
+struct RefundPayload<'a> {
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    id: EventId,
+    created_at: String,
+    data: RefundData<'a>,
+}
+
+/// Field for field the API's refund resource.
+#[derive(Serialize)]
+struct RefundData<'a> {
+    id: RefundId,
+    object: &'static str,
+    transaction: TransactionId,
+    amount: i64,
+    currency: &'static str,
+    status: RefundState,
+    reason: Option<&'a str>,
+    failure: Option<&'a Failure>,
+    created_at: String,
+    updated_at: String,
+}
+
+/// The exact JSON body of a refund's event.
+pub fn refund_event_body(
+    id: EventId,
+    event_type: EventType,
+    refund: &Refund,
+    created_at: DateTime<Utc>,
+) -> Result<String, serde_json::Error> {
+    let payload = RefundPayload {
+        event_type: event_type.as_str(),
+        id,
+        created_at: timestamp(created_at),
+        data: RefundData {
+            id: refund.id,
+            object: "refund",
+            transaction: refund.transaction_id,
+            amount: refund.money.amount.minor_units(),
+            currency: refund.money.currency.code(),
+            status: refund.status,
+            reason: refund.reason.as_deref(),
+            failure: refund
+                .failure
+                .as_ref()
+                .filter(|_| refund.status == RefundState::Failed),
+            created_at: timestamp(refund.created_at),
+            updated_at: timestamp(refund.updated_at),
         },
     };
     serde_json::to_string(&payload)

@@ -854,3 +854,89 @@ async fn an_unresolved_payment_is_told_once_and_its_settlement_follows() -> Test
     assert_eq!(count(&pool, "SELECT count(*) FROM webhook_events").await, 2);
     dispatcher.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_succeeded_refund_is_recorded_and_delivered_as_refund_succeeded() -> TestResult {
+    use paygate_core::db::refunds::{self, RefundInsert};
+    use paygate_core::domain::{NewRefund, RefundId, RefundState};
+
+    let (config, pool) = test_config(&[0, 1, 1]).await?;
+    let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    webhook_endpoints::create(
+        &pool,
+        merchant,
+        &format!("{}/endpoint", receiver.base),
+        None,
+    )
+    .await?;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
+    let inserted = refunds::insert(
+        &pool,
+        &NewRefund {
+            transaction_id: tx.id,
+            merchant_id: merchant,
+            amount: Some(50),
+            reason: Some("broken".into()),
+        },
+        RefundId::new(),
+        Utc::now(),
+        None,
+        |r| paygate_core::announce::refund_pending(r, None),
+        |_| {
+            Err(paygate_core::db::DbError::Corrupt {
+                table: "refunds",
+                detail: "no key".into(),
+            })
+        },
+    )
+    .await?;
+    let RefundInsert::Created(refund) = inserted else {
+        return Err(format!("not created: {inserted:?}").into());
+    };
+    let update = refund.transition(RefundState::Succeeded, Utc::now())?;
+    let done = refunds::apply_and_announce(&pool, &update, None)
+        .await?
+        .ok_or("not applied")?;
+    let message = paygate_core::announce::refund_completed(&done, None);
+    // Twice (a replay): one event, one delivery.
+    for _ in 0..2 {
+        producer
+            .send(
+                Topic::TransactionsCompleted,
+                &message.key,
+                &message.payload,
+                &BTreeMap::new(),
+            )
+            .await?;
+    }
+    eventually("the endpoint told", WAIT, || async {
+        !receiver.received().is_empty()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let hits = receiver.on("/endpoint");
+    assert_eq!(hits.len(), 1);
+    let payload = hits[0].json();
+    let event_id = webhooks::event_id_for_refund(refund.id, RefundState::Succeeded).to_string();
+    assert_eq!(hits[0].header("webhook-id"), event_id);
+    assert_eq!(payload["type"], "refund.succeeded");
+    assert_eq!(payload["id"], event_id.as_str());
+    assert_eq!(payload["data"]["object"], "refund");
+    assert_eq!(payload["data"]["id"], refund.id.to_string());
+    assert_eq!(payload["data"]["transaction"], tx.id.to_string());
+    assert_eq!(payload["data"]["amount"], 50);
+    assert_eq!(payload["data"]["status"], "succeeded");
+    assert_eq!(payload["data"]["reason"], "broken");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM webhook_events WHERE event_type = 'refund.succeeded'"
+        )
+        .await,
+        1
+    );
+    dispatcher.stop().await
+}

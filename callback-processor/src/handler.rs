@@ -26,6 +26,13 @@ use crate::settle::{settle, ReceivedCallback, SettleError, Settled};
 /// could quote input; a callback body must never reach a log).
 const MAX_REASON_CHARS: usize = 200;
 
+/// A callback authenticated and parsed by its gateway.
+struct ParsedEvent {
+    gateway: GatewayName,
+    event: CallbackEvent,
+    received_at: DateTime<chrono::Utc>,
+}
+
 /// Settles callbacks; the [`Handler`] the consumer runner drives.
 pub struct CallbackHandler {
     pool: PgPool,
@@ -65,7 +72,16 @@ impl CallbackHandler {
     /// Handles one delivery and says what became of it. `Reject` for a message that can
     /// never be settled (dead-lettered), `Retry` for a passing failure.
     pub async fn process(&self, delivery: &Delivery) -> Result<Settled, HandlerError> {
-        let mut callback = self.parse(delivery)?;
+        let parsed = self.parse_event(delivery)?;
+        self.process_payment(delivery, parsed).await
+    }
+
+    async fn process_payment(
+        &self,
+        delivery: &Delivery,
+        parsed: ParsedEvent,
+    ) -> Result<Settled, HandlerError> {
+        let mut callback = self.payment(delivery, parsed)?;
         callback.contradicted = self.confirm_unsigned(&callback).await?;
         let id = callback.outcome.transaction_id;
         let lease = self.lock(id).await?;
@@ -108,7 +124,7 @@ impl CallbackHandler {
     /// Decodes the envelope and authenticates and parses the callback with its gateway,
     /// exactly as the API did (freshness is judged against the receipt time, so a queued
     /// callback parses the same later).
-    fn parse(&self, delivery: &Delivery) -> Result<ReceivedCallback, HandlerError> {
+    fn parse_event(&self, delivery: &Delivery) -> Result<ParsedEvent, HandlerError> {
         let envelope = Envelope::decode_checked(&delivery.payload)
             .map_err(|e| reject("invalid", format!("undecodable event: {e}")))?;
         let Some(Body::CallbackReceived(received)) = envelope.body else {
@@ -143,6 +159,24 @@ impl CallbackHandler {
         let event = connector
             .handle_callback(&request)
             .map_err(|e| reject("invalid", format!("callback refused by {name}: {e}")))?;
+        Ok(ParsedEvent {
+            gateway: name,
+            event,
+            received_at,
+        })
+    }
+
+    /// The payment outcome of a parsed callback (anything else is refused here).
+    fn payment(
+        &self,
+        delivery: &Delivery,
+        parsed: ParsedEvent,
+    ) -> Result<ReceivedCallback, HandlerError> {
+        let ParsedEvent {
+            gateway: name,
+            event,
+            received_at,
+        } = parsed;
         let outcome = match event {
             CallbackEvent::Payment(outcome) => outcome,
             other => {
@@ -241,7 +275,42 @@ impl CallbackHandler {
 #[async_trait]
 impl Handler for CallbackHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
-        self.process(delivery).await.map(|_| ())
+        let parsed = self.parse_event(delivery)?;
+        if let CallbackEvent::Refund(report) = parsed.event {
+            let settled =
+                crate::refund::settle(&self.pool, &parsed.gateway, &report, delivery.traceparent())
+                    .await;
+            return match settled {
+                Ok((outcome, merchant)) => {
+                    count(outcome.as_str());
+                    if let Some(merchant) = merchant {
+                        let mut conn = self.redis.clone();
+                        paygate_core::cache_keys::invalidate_balance(
+                            &mut conn,
+                            &self.cache_prefix,
+                            merchant,
+                        )
+                        .await;
+                    }
+                    tracing::info!(gateway = %parsed.gateway, transaction = %report.transaction_id, outcome = outcome.as_str(), "refund callback settled");
+                    Ok(())
+                }
+                Err(crate::refund::RefundSettleError::Unknown) => Err(reject(
+                    "unknown",
+                    format!(
+                        "refund callback for an unknown refund of {}",
+                        report.transaction_id
+                    ),
+                )),
+                Err(crate::refund::RefundSettleError::Db(error)) => {
+                    Err(HandlerError::Retry(error.to_string()))
+                }
+                Err(crate::refund::RefundSettleError::Raced) => Err(HandlerError::Retry(
+                    "the refund changed while its callback was settled".to_owned(),
+                )),
+            };
+        }
+        self.process_payment(delivery, parsed).await.map(|_| ())
     }
 }
 

@@ -19,6 +19,7 @@
 pub mod callback_log;
 pub mod decide;
 pub mod handler;
+pub mod refund;
 pub mod settle;
 
 use std::sync::Arc;

@@ -52,6 +52,16 @@ pub const PROVIDER_GATEWAYS: [(&str, &str); 3] = [
     ("mpesa", "mpesa"),
 ];
 
+/// Where an emulator lives under its sandbox account: Paystack's paths (`/transfer`,
+/// `/transaction/verify/…`) are also the invented `sandbox-json` protocol's, so its
+/// emulator answers under `/{account}/paystack/`.
+pub fn provider_path(kind: &str) -> &'static str {
+    match kind {
+        "paystack" => "/paystack",
+        _ => "",
+    }
+}
+
 /// The connector keys a provider gateway needs against the sandbox's emulator of it, with
 /// the sandbox's secrets. `api_url` is paygate's own root: M-Pesa is told a callback URL per
 /// payment under it.
@@ -732,7 +742,7 @@ fn sandbox_gateways(
         .map(|(name, kind)| {
             let mut table = GatewayConfig::new(
                 kind,
-                &sandbox.account_url(name),
+                &format!("{}{}", sandbox.account_url(name), provider_path(kind)),
                 paygate_sandbox::DEFAULT_SECRET_KEY,
             );
             table.webhook_secret = Some(paygate_sandbox::DEFAULT_WEBHOOK_SECRET.into());

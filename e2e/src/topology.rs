@@ -369,10 +369,11 @@ impl Topology {
         for (name, kind) in PROVIDERS {
             let _ = writeln!(
                 toml,
-                "[gateways.{name}]\nkind = {}\nbase_url = \"http://127.0.0.1:{}/{name}\"\n\
+                "[gateways.{name}]\nkind = {}\nbase_url = \"http://127.0.0.1:{}/{name}{}\"\n\
                  secret_key = {}\nwebhook_secret = {}\nstatus_not_found_after_ms = {settle_ms}",
                 q(kind),
                 ports.sandbox,
+                paygate_cli::dev::provider_path(kind),
                 q(paygate_sandbox::DEFAULT_SECRET_KEY),
                 q(paygate_sandbox::DEFAULT_WEBHOOK_SECRET),
             );

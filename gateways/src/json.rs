@@ -18,13 +18,18 @@
 //!   "transfer.failed", "event_id", "sent_at", "data": {…}}`, signed with
 //!   `x-sandbox-signature: hex(HMAC-SHA512(webhook_secret, raw body))`. Because the whole
 //!   body is signed, its `sent_at` is too, and stale events are refused.
+//! - Refunds: `POST {base}/refund` `{"transaction": <the charge's reference>, "reference":
+//!   <our refund id, the idempotency key>, "amount", "currency"}` → `data: {"id",
+//!   "reference", "transaction", "status": "succeeded"|"pending"|"failed", …}`; the outcome
+//!   of a pending one comes as a signed `refund.processed` / `refund.failed` webhook whose
+//!   `data` is the same refund object.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 #[cfg(any(test, feature = "simulator"))]
 use bytes::Bytes;
-use paygate_core::domain::{GatewayName, Transaction, TransactionKind};
+use paygate_core::domain::{GatewayName, RefundId, Transaction, TransactionKind};
 
 use crate::callback;
 #[cfg(any(test, feature = "simulator"))]
@@ -34,7 +39,8 @@ use crate::registry::{GatewaySettings, RegistryError};
 use crate::secret::Secret;
 use crate::{
     CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, GatewayError, PaymentGateway,
-    ProviderStatus, Reported, ReportedStatus, SubmitOutcome, SubmitStatus,
+    ProviderStatus, RefundOutcome, RefundReport, RefundRequest, RefundStatus, Reported,
+    ReportedStatus, SubmitOutcome, SubmitStatus,
 };
 
 /// The provider's wire format, shared with the sandbox that plays this provider.
@@ -51,6 +57,54 @@ pub mod wire {
     pub const TRANSFER_PATH: &str = "transfer";
     pub const CHARGE_VERIFY_PATH: &str = "transaction/verify/";
     pub const TRANSFER_VERIFY_PATH: &str = "transfer/verify/";
+    pub const REFUND_PATH: &str = "refund";
+
+    /// A refund of a charge.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RefundRequest {
+        /// The refunded charge's reference (our transaction id).
+        pub transaction: String,
+        /// Our refund id: the refund's idempotency reference.
+        pub reference: String,
+        /// Minor units.
+        pub amount: i64,
+        pub currency: String,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum RefundState {
+        Pending,
+        Succeeded,
+        Failed,
+    }
+
+    /// A refund as the provider reports it (answer and webhook alike).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RefundData {
+        /// The provider's id for the refund.
+        pub id: String,
+        /// Our refund id.
+        pub reference: String,
+        /// The refunded charge's reference.
+        pub transaction: String,
+        pub status: RefundState,
+        pub amount: i64,
+        pub currency: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub failure_code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub gateway_response: Option<String>,
+    }
+
+    /// A refund webhook: `refund.processed` or `refund.failed`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RefundWebhookEvent {
+        pub event: String,
+        pub event_id: String,
+        pub sent_at: DateTime<Utc>,
+        pub data: RefundData,
+    }
 
     /// A deposit.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,8 +308,16 @@ impl PaymentGateway for JsonGateway {
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
         callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
         verify(&self.conn.webhook_secret, request)?;
-        let event: WebhookEvent =
+        let raw: serde_json::Value =
             serde_json::from_slice(&request.body).map_err(callback::malformed)?;
+        if raw
+            .get("event")
+            .and_then(|e| e.as_str())
+            .is_some_and(|e| e.starts_with("refund."))
+        {
+            return self.refund_callback(raw, request);
+        }
+        let event: WebhookEvent = serde_json::from_value(raw).map_err(callback::malformed)?;
         callback::check_fresh(
             event.sent_at,
             request.received_at,
@@ -288,6 +350,49 @@ impl PaymentGateway for JsonGateway {
             money: callback::parse_money(event.data.amount, &event.data.currency)?,
             kind,
         }))
+    }
+
+    async fn refund(
+        &self,
+        tx: &Transaction,
+        refund: &RefundRequest,
+    ) -> Result<RefundOutcome, GatewayError> {
+        let body = wire::RefundRequest {
+            transaction: tx.id.to_string(),
+            reference: refund.id.to_string(),
+            amount: refund.money.amount.minor_units(),
+            currency: refund.money.currency.code().into(),
+        };
+        let request = self
+            .conn
+            .client
+            .post(self.conn.url(wire::REFUND_PATH)?)
+            .bearer_auth(self.conn.secret_key.expose())
+            .header(wire::IDEMPOTENCY_HEADER, refund.id.to_string())
+            .json(&body);
+        let (status, headers, body) = http::exchange(request).await?;
+        if let Some(error) = http::classify_status(status, &headers) {
+            return Err(error);
+        }
+        if !status.is_success() {
+            return Err(refusal(status, &body));
+        }
+        let answer: ApiResponse<wire::RefundData> =
+            serde_json::from_slice(&body).map_err(|e| GatewayError::Ambiguous {
+                reason: format!("unreadable refund answer ({e}): {}", http::excerpt(&body)),
+            })?;
+        let data = answer.data.ok_or_else(|| GatewayError::Ambiguous {
+            reason: "refund answer without data".into(),
+        })?;
+        if data.reference != refund.id.to_string() {
+            return Err(GatewayError::Ambiguous {
+                reason: format!("refund answer names reference {:?}", data.reference),
+            });
+        }
+        Ok(RefundOutcome {
+            provider_reference: data.id.clone(),
+            status: refund_status(&data),
+        })
     }
 
     async fn status(&self, tx: &Transaction) -> Result<ProviderStatus, GatewayError> {
@@ -333,6 +438,68 @@ impl PaymentGateway for JsonGateway {
             },
         })
     }
+}
+
+impl JsonGateway {
+    /// A verified `refund.*` webhook, read as a [`RefundReport`].
+    fn refund_callback(
+        &self,
+        raw: serde_json::Value,
+        request: &CallbackRequest,
+    ) -> Result<CallbackEvent, CallbackError> {
+        let event: wire::RefundWebhookEvent =
+            serde_json::from_value(raw).map_err(callback::malformed)?;
+        callback::check_fresh(
+            event.sent_at,
+            request.received_at,
+            self.conn.callback_tolerance,
+        )?;
+        let status = match (event.event.as_str(), event.data.status) {
+            ("refund.processed", wire::RefundState::Succeeded) => RefundStatus::Succeeded,
+            ("refund.failed", wire::RefundState::Failed) => refund_status(&event.data),
+            ("refund.pending", wire::RefundState::Pending) => RefundStatus::Pending,
+            (other, state) => {
+                return Err(callback::malformed(format!(
+                    "event {other:?} with refund status {state:?}"
+                )))
+            }
+        };
+        Ok(CallbackEvent::Refund(RefundReport {
+            transaction_id: callback::parse_reference(&event.data.transaction)?,
+            refund_id: RefundId::parse(&event.data.reference).ok(),
+            provider_reference: callback::non_empty("data.id", &event.data.id)?,
+            provider_event_id: callback::non_empty("event_id", &event.event_id)?,
+            status,
+            money: callback::parse_money(event.data.amount, &event.data.currency)?,
+        }))
+    }
+}
+
+fn refund_status(data: &wire::RefundData) -> RefundStatus {
+    match data.status {
+        wire::RefundState::Pending => RefundStatus::Pending,
+        wire::RefundState::Succeeded => RefundStatus::Succeeded,
+        wire::RefundState::Failed => RefundStatus::Failed {
+            code: data
+                .failure_code
+                .clone()
+                .unwrap_or_else(|| callback::DEFAULT_FAILURE_CODE.into()),
+            reason: data
+                .gateway_response
+                .clone()
+                .unwrap_or_else(|| "refused by provider".into()),
+        },
+    }
+}
+
+#[cfg(any(test, feature = "simulator"))]
+/// A correctly signed refund webhook, as the provider would send it.
+pub fn signed_refund_callback(
+    webhook_secret: &Secret,
+    event: &wire::RefundWebhookEvent,
+) -> SignedCallback {
+    let body = serde_json::to_vec(event).unwrap_or_default();
+    sign_body(webhook_secret, Bytes::from(body))
 }
 
 #[cfg(any(test, feature = "simulator"))]

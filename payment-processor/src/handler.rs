@@ -1,11 +1,13 @@
-//! The Kafka side: decode a `transactions.pending` event and hand it to the engine.
+//! The Kafka side: decode a `transactions.pending` event (a payment's or a refund's) and
+//! hand it to the engine.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use paygate_core::bus::events::RefundPending;
 use paygate_core::bus::events::{Body, Envelope};
 use paygate_core::bus::{Delivery, Handler, HandlerError};
-use paygate_core::domain::TransactionId;
+use paygate_core::domain::{RefundId, TransactionId};
 
 use crate::attempt::{Engine, ProcessError};
 
@@ -18,10 +20,14 @@ impl Handler for PendingHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let envelope = Envelope::decode_checked(&delivery.payload)
             .map_err(|e| HandlerError::Reject(e.to_string()))?;
-        let Some(Body::TransactionPending(pending)) = envelope.body else {
-            return Err(HandlerError::Reject(
-                "not a transaction-pending event".into(),
-            ));
+        let pending = match envelope.body {
+            Some(Body::TransactionPending(pending)) => pending,
+            Some(Body::RefundPending(refund)) => return self.refund(refund, delivery).await,
+            _ => {
+                return Err(HandlerError::Reject(
+                    "not a transaction-pending or refund-pending event".into(),
+                ))
+            }
         };
         let id = TransactionId::parse(&pending.transaction_id)
             .map_err(|e| HandlerError::Reject(e.to_string()))?;
@@ -32,6 +38,26 @@ impl Handler for PendingHandler {
         {
             Ok(outcome) => {
                 tracing::debug!(%id, ?outcome, "pending event handled");
+                Ok(())
+            }
+            Err(ProcessError::Transient(reason)) => Err(HandlerError::Retry(reason)),
+            Err(ProcessError::Poison(reason)) => Err(HandlerError::Reject(reason)),
+        }
+    }
+}
+
+impl PendingHandler {
+    /// A refund rides the same topic: same consumer, same DLQ for what can never work.
+    async fn refund(&self, event: RefundPending, delivery: &Delivery) -> Result<(), HandlerError> {
+        let id =
+            RefundId::parse(&event.refund_id).map_err(|e| HandlerError::Reject(e.to_string()))?;
+        match self
+            .engine
+            .process_refund(id, event.version, delivery.traceparent())
+            .await
+        {
+            Ok(outcome) => {
+                tracing::debug!(%id, ?outcome, "refund event handled");
                 Ok(())
             }
             Err(ProcessError::Transient(reason)) => Err(HandlerError::Retry(reason)),

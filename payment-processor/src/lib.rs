@@ -4,6 +4,7 @@
 //! - [`handler`]: the Kafka consumer side (bounded worker pool of the core consumer runner);
 //! - [`attempt`]: claim under the lock with a version check, route, call through the
 //!   breaker, record the outcome;
+//! - [`refund`]: one provider call for a refund (announced on the same topic);
 //! - [`routing`]: explicit gateway or rules, failover order;
 //! - [`backoff`]: exponential backoff with full jitter;
 //! - [`scheduler`]: due retries re-enqueued from Postgres, stuck transactions reconciled
@@ -13,6 +14,7 @@ pub mod attempt;
 pub mod backoff;
 mod handler;
 pub mod reconcile;
+pub mod refund;
 pub mod routing;
 pub mod scheduler;
 pub mod status_step;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use paygate_core::announce;
-use paygate_core::db::{outbox, transactions};
+use paygate_core::db::{outbox, refunds, transactions};
 use paygate_core::domain::Transaction;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -166,11 +166,20 @@ pub async fn enqueue_due(
     for tx in &due {
         outbox::enqueue(pool, &announce::pending(tx, None)).await?;
     }
-    if !due.is_empty() {
-        outbox::committed();
-        tracing::debug!(count = due.len(), "re-enqueued due retries");
+    // Pending refunds whose next call is due (a retry, or one whose announcement was lost).
+    let refunds_due = refunds::take_due(pool, settings.batch, settings.requeue_after).await?;
+    for refund in &refunds_due {
+        outbox::enqueue(pool, &announce::refund_pending(refund, None)).await?;
     }
-    Ok(due.len())
+    if !due.is_empty() || !refunds_due.is_empty() {
+        outbox::committed();
+        tracing::debug!(
+            count = due.len(),
+            refunds = refunds_due.len(),
+            "re-enqueued due retries"
+        );
+    }
+    Ok(due.len() + refunds_due.len())
 }
 
 /// One reconciliation pass: up to `settings.batch` transactions stuck in

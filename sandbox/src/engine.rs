@@ -108,6 +108,39 @@ pub enum Decision {
 struct Book {
     records: HashMap<(GatewayName, String), Record>,
     by_reference: HashMap<String, Vec<GatewayName>>,
+    /// Refunds by (account, refund reference): each executes once.
+    refunds: HashMap<(GatewayName, String), RefundRecord>,
+}
+
+/// A refund request, whatever its wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOrder {
+    pub account: GatewayName,
+    /// The refunded payment's reference.
+    pub transaction: String,
+    /// The merchant's refund reference: the refund's idempotency key.
+    pub reference: String,
+    pub money: Money,
+}
+
+/// A refund the provider executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRecord {
+    pub order: RefundOrder,
+    pub provider_reference: String,
+}
+
+/// How to answer a refund request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundDecision {
+    /// Executed now (`fresh`) or before with the same details (a repeat).
+    Executed { record: RefundRecord, fresh: bool },
+    /// No succeeded payment with that reference at this account.
+    UnknownPayment,
+    /// More than is left of the payment, or in another currency.
+    TooMuch,
+    /// The refund reference was used with other details.
+    Conflict,
 }
 
 impl Book {
@@ -366,6 +399,63 @@ impl Engine {
             if let RecordState::Pending { outcome } = &record.state {
                 record.state = RecordState::Final(outcome.clone());
             }
+        }
+    }
+
+    /// Executes a refund once per (account, refund reference), never more in total than the
+    /// payment it refunds (decided under the book's lock).
+    pub fn refund(&self, order: RefundOrder) -> RefundDecision {
+        let key = (order.account.clone(), order.reference.clone());
+        let mut book = lock(&self.book);
+        if let Some(existing) = book.refunds.get(&key) {
+            return if existing.order == order {
+                RefundDecision::Executed {
+                    record: existing.clone(),
+                    fresh: false,
+                }
+            } else {
+                RefundDecision::Conflict
+            };
+        }
+        let Some(payment) = book
+            .records
+            .get(&(order.account.clone(), order.transaction.clone()))
+        else {
+            return RefundDecision::UnknownPayment;
+        };
+        let paid = matches!(
+            &payment.state,
+            RecordState::Pending {
+                outcome: ReportedStatus::Succeeded
+            } | RecordState::Final(ReportedStatus::Succeeded)
+        );
+        if !paid || payment.order.kind != TransactionKind::Deposit {
+            return RefundDecision::UnknownPayment;
+        }
+        if payment.order.money.currency != order.money.currency {
+            return RefundDecision::TooMuch;
+        }
+        let refunded = book
+            .refunds
+            .values()
+            .filter(|r| {
+                r.order.account == order.account && r.order.transaction == order.transaction
+            })
+            .fold(0_i64, |sum, r| {
+                sum.saturating_add(r.order.money.amount.minor_units())
+            });
+        let total = refunded.saturating_add(order.money.amount.minor_units());
+        if total > payment.order.money.amount.minor_units() {
+            return RefundDecision::TooMuch;
+        }
+        let record = RefundRecord {
+            order,
+            provider_reference: format!("rf_{}", self.next_id()),
+        };
+        book.refunds.insert(key, record.clone());
+        RefundDecision::Executed {
+            record,
+            fresh: true,
         }
     }
 

@@ -216,6 +216,7 @@ fn router(engine: Arc<Engine>) -> Router {
             post(providers::json_charge),
         )
         .route("/{account}/transfer", post(providers::json_transfer))
+        .route("/{account}/refund", post(providers::json_refund))
         .route(
             "/{account}/transaction/verify/{reference}",
             get(providers::json_verify),

@@ -5,11 +5,13 @@
 //! Routes (every path starts with the account, which is the paygate gateway name that
 //! callbacks are addressed to):
 //! - JSON: `POST /{account}/transaction/charge`, `POST /{account}/transfer`,
-//!   `GET /{account}/transaction/verify/{reference}`, `GET /{account}/transfer/verify/{reference}`
+//!   `GET /{account}/transaction/verify/{reference}`, `GET /{account}/transfer/verify/{reference}`,
+//!   `POST /{account}/refund` (a signed `refund.processed` webhook follows a pending one)
 //! - SOAP: `POST /{account}/soap`
 //! - protobuf: `POST /{account}/v1/payments`, `GET /{account}/v1/payments/{reference}`
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -22,7 +24,9 @@ use paygate_gateways::soap::wire as sw;
 use paygate_gateways::ReportedStatus;
 use prost::Message;
 
-use crate::engine::{chance, Decision, Engine, Order, Protocol, Record, RecordState};
+use crate::engine::{
+    chance, Decision, Engine, Order, Protocol, Record, RecordState, RefundDecision, RefundOrder,
+};
 
 type Shared = State<Arc<Engine>>;
 
@@ -278,6 +282,176 @@ async fn json_submit(
             json_refusal(refusal)
         }
     }
+}
+
+/// `POST /{account}/refund`: the outage, rate-limit and error knobs apply as to payments;
+/// an executed refund answers `pending` and its `refund.processed` webhook follows after the
+/// callback delay (or `succeeded` at once when callbacks are off). A repeat answers the
+/// same refund, executed once.
+pub async fn json_refund(
+    State(engine): Shared,
+    Path(raw_account): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let account = match account(&engine, &raw_account) {
+        Ok(account) => account,
+        Err(refusal) => return json_refusal(refusal),
+    };
+    if !bearer_ok(&engine, &headers) {
+        count_refusal(&engine, Some(&account), &Refusal::Unauthorized);
+        return json_refusal(Refusal::Unauthorized);
+    }
+    let request: jw::RefundRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return json_refusal(Refusal::Invalid(e.to_string())),
+    };
+    let Ok(money) = Money::from_parts(request.amount, &request.currency) else {
+        return json_error(StatusCode::BAD_REQUEST, "invalid_amount", "Invalid amount");
+    };
+    let knobs = engine.knobs(account.as_str());
+    engine.latency(&knobs).await;
+    if knobs.outage {
+        return bare_status(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    if chance(knobs.rate_limit_rate) {
+        return bare_status(StatusCode::TOO_MANY_REQUESTS);
+    }
+    if chance(knobs.error_rate) {
+        return bare_status(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let decision = engine.refund(RefundOrder {
+        account: account.clone(),
+        transaction: request.transaction,
+        reference: request.reference,
+        money,
+    });
+    let (record, fresh) = match decision {
+        RefundDecision::Executed { record, fresh } => (record, fresh),
+        RefundDecision::UnknownPayment => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "transaction_not_found",
+                "No successful charge with that reference",
+            )
+        }
+        RefundDecision::TooMuch => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "refund_exceeds_charge",
+                "Refund amount exceeds what is left of the charge",
+            )
+        }
+        RefundDecision::Conflict => {
+            return json_error(
+                StatusCode::CONFLICT,
+                "duplicate_reference",
+                "Reference already used with other details",
+            )
+        }
+    };
+    let state = if knobs.callbacks_enabled {
+        jw::RefundState::Pending
+    } else {
+        jw::RefundState::Succeeded
+    };
+    if fresh && knobs.callbacks_enabled {
+        schedule_refund_callback(
+            &engine,
+            &record,
+            Duration::from_millis(knobs.callback_delay_ms),
+        );
+    }
+    let body = jw::ApiResponse {
+        status: true,
+        message: "Refund accepted".into(),
+        data: Some(refund_data(&record, state)),
+        code: None,
+    };
+    json_reply(StatusCode::OK, &body)
+}
+
+fn refund_data(record: &crate::engine::RefundRecord, status: jw::RefundState) -> jw::RefundData {
+    jw::RefundData {
+        id: record.provider_reference.clone(),
+        reference: record.order.reference.clone(),
+        transaction: record.order.transaction.clone(),
+        status,
+        amount: record.order.money.amount.minor_units(),
+        currency: record.order.money.currency.code().into(),
+        failure_code: None,
+        gateway_response: None,
+    }
+}
+
+/// Sends the signed `refund.processed` webhook after `delay`, retried a few times like a
+/// payment's (tracked, so shutdown cancels it).
+fn schedule_refund_callback(
+    engine: &Arc<Engine>,
+    record: &crate::engine::RefundRecord,
+    delay: Duration,
+) {
+    let engine = Arc::clone(engine);
+    let record = record.clone();
+    let event_id = format!("evt_{}", engine.next_id());
+    let tracker = engine.tasks.clone();
+    tracker.spawn(async move {
+        let shutdown = engine.shutdown.clone();
+        tokio::select! {
+            () = send_refund_callback(&engine, &record, &event_id, delay) => {}
+            () = shutdown.cancelled() => {}
+        }
+    });
+}
+
+async fn send_refund_callback(
+    engine: &Engine,
+    record: &crate::engine::RefundRecord,
+    event_id: &str,
+    delay: Duration,
+) {
+    tokio::time::sleep(delay).await;
+    let knobs = engine.knobs(record.order.account.as_str());
+    let base = knobs
+        .callback_base_url
+        .as_deref()
+        .unwrap_or(&engine.settings.callback_base_url)
+        .trim_end_matches('/')
+        .to_owned();
+    let url = format!("{base}/callbacks/{}", record.order.account);
+    let mut wait = Duration::from_millis(knobs.callback_backoff_ms.max(1));
+    for attempt in 1..=knobs.callback_max_attempts.max(1) {
+        let event = jw::RefundWebhookEvent {
+            event: "refund.processed".into(),
+            event_id: event_id.to_owned(),
+            sent_at: chrono::Utc::now(),
+            data: refund_data(record, jw::RefundState::Succeeded),
+        };
+        let signed =
+            paygate_gateways::json::signed_refund_callback(&engine.settings.webhook_secret, &event);
+        let mut request = engine
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, &signed.content_type);
+        for (name, value) in &signed.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        match request.body(signed.body).send().await {
+            Ok(response) if response.status().is_success() => {
+                engine.count(record.order.account.as_str(), |c| &c.callbacks_sent);
+                return;
+            }
+            Ok(response) => {
+                tracing::debug!(%url, status = %response.status(), attempt, "refund callback refused")
+            }
+            Err(error) => tracing::debug!(%url, %error, attempt, "refund callback failed"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = wait
+            .saturating_mul(2)
+            .min(Duration::from_millis(knobs.callback_backoff_max_ms.max(1)));
+    }
+    engine.count(record.order.account.as_str(), |c| &c.callbacks_failed);
 }
 
 pub async fn json_charge(

@@ -6,6 +6,7 @@ pub mod callbacks;
 pub mod deposits;
 pub mod events;
 pub mod health;
+pub mod refunds;
 pub mod transactions;
 pub mod webhook_endpoints;
 pub mod webhook_secret;
@@ -37,6 +38,11 @@ pub fn router(state: AppState) -> Router {
             post(webhook_endpoints::create).get(webhook_endpoints::list),
         )
         .route("/v1/transactions/{id}/events", get(transactions::events))
+        .route(
+            "/v1/transactions/{id}/refunds",
+            post(refunds::create).get(refunds::list),
+        )
+        .route("/v1/refunds/{id}", get(refunds::retrieve))
         .route(
             "/v1/webhook-endpoints/{id}",
             get(webhook_endpoints::retrieve).delete(webhook_endpoints::delete),

@@ -174,7 +174,9 @@ pub async fn events(
     }))
 }
 
-fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<TransactionId, HttpError> {
+pub(crate) fn parse_id(
+    id: Result<Path<String>, PathRejection>,
+) -> Result<TransactionId, HttpError> {
     let Ok(Path(raw)) = id else {
         return Err(HttpError::not_found("transaction"));
     };

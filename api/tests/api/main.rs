@@ -13,6 +13,7 @@ mod ledger;
 mod operations;
 mod outbox;
 mod rate_limit;
+mod refunds;
 mod transactions;
 mod unavailable;
 mod validation;

@@ -19,7 +19,7 @@ pub struct Envelope {
     pub event_id: String,
     #[prost(int64, tag = "3")]
     pub occurred_at_unix_ms: i64,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13")]
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15")]
     pub body: Option<Body>,
 }
 
@@ -33,6 +33,39 @@ pub enum Body {
     TransactionCompleted(TransactionCompleted),
     #[prost(message, tag = "13")]
     DeadLetter(DeadLetter),
+    /// On `transactions.pending`, keyed by the refunded payment's id.
+    #[prost(message, tag = "14")]
+    RefundPending(RefundPending),
+    /// On `transactions.completed`, keyed by the refunded payment's id.
+    #[prost(message, tag = "15")]
+    RefundCompleted(RefundCompleted),
+}
+
+/// A refund is ready for a provider call. It rides the payment processor's own topic (keyed
+/// by the payment, so a refund is ordered after its payment on one partition) instead of a
+/// topic of its own: the processor's consumer, its group, its DLQ and its deployment stay
+/// as they are, and it only dispatches on the body.
+#[derive(Clone, PartialEq, Message)]
+pub struct RefundPending {
+    #[prost(string, tag = "1")]
+    pub refund_id: String,
+    /// The version the publisher saw; informational (the row's version is what counts).
+    #[prost(int64, tag = "2")]
+    pub version: i64,
+}
+
+/// A refund reached a terminal state: the dispatcher tells the merchant.
+#[derive(Clone, PartialEq, Message)]
+pub struct RefundCompleted {
+    #[prost(string, tag = "1")]
+    pub refund_id: String,
+    #[prost(string, tag = "2")]
+    pub merchant_id: String,
+    /// `succeeded` or `failed`.
+    #[prost(string, tag = "3")]
+    pub status: String,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
 }
 
 /// A transaction is ready for (another) provider attempt. The processor reloads the row;

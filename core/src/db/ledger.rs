@@ -49,7 +49,8 @@ pub struct Balance {
     pub currency: String,
     /// Posted and not held: what a withdrawal may take.
     pub available: i64,
-    /// Held by withdrawals in flight (posted when they succeed, released when they fail).
+    /// Held by withdrawals and refunds in flight (posted when they succeed, released when
+    /// they fail).
     pub reserved: i64,
     /// Deposits accepted and not yet finished: not money yet.
     pub pending: i64,
@@ -121,6 +122,8 @@ pub enum EntryKind {
     Deposit,
     Withdrawal,
     TopUp,
+    /// A refund of a deposit posted (the entry's transaction is the refunded payment).
+    Refund,
 }
 
 impl EntryKind {
@@ -129,6 +132,7 @@ impl EntryKind {
             Self::Deposit => "deposit",
             Self::Withdrawal => "withdrawal",
             Self::TopUp => "top_up",
+            Self::Refund => "refund",
         }
     }
 }
@@ -168,7 +172,9 @@ pub async fn entries<'e>(
     limit: i64,
 ) -> Result<Vec<Entry>, DbError> {
     let rows: Vec<EntryRow> = sqlx::query_as(
-        "SELECT e.id, t.kind, t.transaction_id, t.reference, e.amount, a.currency, e.balance_after, e.created_at
+        "SELECT e.id, t.kind,
+                coalesce(t.transaction_id, (SELECT r.transaction_id FROM refunds r WHERE r.id = t.refund_id)),
+                t.reference, e.amount, a.currency, e.balance_after, e.created_at
            FROM ledger_accounts a
            JOIN ledger_entries e ON e.account_id = a.id
            JOIN ledger_transfers t ON t.id = e.transfer_id
@@ -193,6 +199,7 @@ fn entry_from_row(row: EntryRow) -> Result<Entry, DbError> {
         "deposit" => EntryKind::Deposit,
         "withdrawal" => EntryKind::Withdrawal,
         "top_up" => EntryKind::TopUp,
+        "refund" => EntryKind::Refund,
         other => return Err(corrupt(format!("transfer kind {other:?}"))),
     };
     Ok(Entry {
@@ -316,7 +323,11 @@ const CHECKS: &[(&str, &str)] = &[
         "reserved equals the sum of its pending holds",
         "SELECT 'merchant ' || a.merchant_id || ' ' || a.currency,
                 'reserved ' || a.reserved || ', pending holds sum to ' || coalesce(sum(h.amount), 0)
-           FROM ledger_accounts a LEFT JOIN ledger_holds h ON h.account_id = a.id AND h.state = 'pending'
+           FROM ledger_accounts a
+           LEFT JOIN (SELECT account_id, amount FROM ledger_holds WHERE state = 'pending'
+                      UNION ALL
+                      SELECT account_id, amount FROM refund_holds WHERE state = 'pending') h
+                  ON h.account_id = a.id
           WHERE a.kind = 'merchant'
           GROUP BY a.id HAVING a.reserved <> coalesce(sum(h.amount), 0)",
     ),
@@ -360,6 +371,30 @@ const CHECKS: &[(&str, &str)] = &[
             AND (x.kind = 'deposit' OR EXISTS (SELECT 1 FROM ledger_holds h WHERE h.transaction_id = x.id))
             AND (t.id IS NULL OR t.currency <> x.currency
                  OR t.amount <> coalesce((SELECT posted_amount FROM ledger_holds h WHERE h.transaction_id = x.id), x.amount))",
+    ),
+    (
+        "a refund hold is pending while its refund is, posted when it succeeded, voided when it failed",
+        "SELECT 'refund ' || r.id, 'status ' || r.status || ', hold ' || coalesce(h.state, 'missing')
+           FROM refunds r LEFT JOIN refund_holds h ON h.refund_id = r.id
+          WHERE h.refund_id IS NULL
+             OR (h.state = 'pending') <> (r.status IN ('pending', 'submitted'))
+             OR (h.state = 'posted') <> (r.status = 'succeeded')
+             OR (h.state = 'voided') <> (r.status = 'failed')",
+    ),
+    (
+        "a refund that succeeded is posted once, for its amount, and only then",
+        "SELECT 'refund ' || r.id, r.status || ' ' || r.amount || ' ' || r.currency
+                || ' posted ' || coalesce(t.amount::text || ' ' || t.currency, 'nothing')
+           FROM refunds r LEFT JOIN ledger_transfers t ON t.refund_id = r.id
+          WHERE (r.status = 'succeeded') <> (t.id IS NOT NULL)
+             OR t.amount <> r.amount OR t.currency <> r.currency",
+    ),
+    (
+        "refunds that did not fail stay within their payment",
+        "SELECT 'transaction ' || x.id, 'amount ' || x.amount || ', refunds not failed ' || sum(r.amount)
+           FROM refunds r JOIN transactions x ON x.id = r.transaction_id
+          WHERE r.status <> 'failed'
+          GROUP BY x.id, x.amount HAVING sum(r.amount) > x.amount",
     ),
     (
         "a payment that did not succeed is not posted",

@@ -7,6 +7,7 @@ pub mod heal;
 pub mod ledger;
 pub mod merchants;
 pub mod outbox;
+pub mod refunds;
 pub mod transactions;
 pub mod webhook_endpoints;
 pub mod webhooks;

@@ -4,6 +4,7 @@ pub mod clock;
 mod ids;
 mod money;
 mod names;
+mod refund;
 mod scope;
 mod transaction;
 
@@ -13,6 +14,7 @@ pub use ids::{
 };
 pub use money::{Amount, Currency, Money, MoneyError};
 pub use names::{CustomerReference, GatewayName, NameError};
+pub use refund::{InvalidRefundTransition, NewRefund, Refund, RefundState, RefundUpdate};
 pub use scope::Scope;
 pub use transaction::{
     Failure, InvalidTransition, NewTransaction, NextAction, Transaction, TransactionKind,

@@ -97,3 +97,50 @@ async fn connection_refused_is_retryable() {
         "{result:?}"
     );
 }
+
+#[test]
+fn signed_refund_webhooks_parse_as_refund_reports() {
+    let g = gateway();
+    let tx = transaction(TransactionKind::Deposit);
+    let now = Utc::now();
+    let refund = paygate_core::domain::RefundId::new();
+    let mut event = wire::RefundWebhookEvent {
+        event: "refund.processed".into(),
+        event_id: "evt_9".into(),
+        sent_at: now,
+        data: wire::RefundData {
+            id: "rf_1".into(),
+            reference: refund.to_string(),
+            transaction: tx.id.to_string(),
+            status: wire::RefundState::Succeeded,
+            amount: 500,
+            currency: "USD".into(),
+            failure_code: None,
+            gateway_response: None,
+        },
+    };
+    let signed = signed_refund_callback(&Secret::new(WEBHOOK_SECRET), &event);
+    let Ok(CallbackEvent::Refund(report)) = g.handle_callback(&signed.to_request(now)) else {
+        panic!("not a refund report");
+    };
+    assert_eq!(report.transaction_id, tx.id);
+    assert_eq!(report.refund_id, Some(refund));
+    assert_eq!(report.provider_reference, "rf_1");
+    assert_eq!(report.provider_event_id, "evt_9");
+    assert_eq!(report.status, RefundStatus::Succeeded);
+    assert_eq!(report.money.amount.minor_units(), 500);
+
+    // The event and the refund's status must agree.
+    event.data.status = wire::RefundState::Failed;
+    let signed = signed_refund_callback(&Secret::new(WEBHOOK_SECRET), &event);
+    assert!(matches!(
+        g.handle_callback(&signed.to_request(now)),
+        Err(CallbackError::Malformed(_))
+    ));
+    // Forged: refused before anything is read.
+    let forged = signed_refund_callback(&Secret::new("guess"), &event);
+    assert!(matches!(
+        g.handle_callback(&forged.to_request(now)),
+        Err(CallbackError::Unauthenticated(_))
+    ));
+}

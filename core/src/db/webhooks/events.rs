@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::deliveries::{self, Destinations};
 use crate::db::DbError;
-use crate::domain::{EventId, MerchantId, TransactionId, TransactionStatus};
+use crate::domain::{EventId, MerchantId, RefundId, RefundState, TransactionId, TransactionStatus};
 
 /// Namespace of the UUIDv5 event ids (fixed forever: changing it would re-send every event).
 const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6d1c_1f8e_58a4_4b4e_9a0b_7f3e_2c5d_9a10);
@@ -16,6 +16,13 @@ const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6d1c_1f8e_58a4_4b4e_9a0b_7f3e_2c
 /// completion finds the event already recorded and the merchant sees one `webhook-id`.
 pub fn event_id_for(transaction: TransactionId, status: TransactionStatus) -> EventId {
     let name = format!("{}:{}", transaction.as_uuid().simple(), status.as_str());
+    EventId::from_uuid(Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()))
+}
+
+/// The one event id of a refund reaching `status` (a name space apart from payments': the
+/// name carries the `rfd` prefix), deterministic for the same reason.
+pub fn event_id_for_refund(refund: RefundId, status: RefundState) -> EventId {
+    let name = format!("rfd:{}:{}", refund.as_uuid().simple(), status.as_str());
     EventId::from_uuid(Uuid::new_v5(&EVENT_NAMESPACE, name.as_bytes()))
 }
 
@@ -30,6 +37,10 @@ pub enum EventType {
     /// The customer must act at the provider (`data.next_action`). Sent once; the outcome's
     /// own event follows.
     TransactionRequiresAction,
+    /// A refund succeeded: the customer has the money back (`data` is the refund).
+    RefundSucceeded,
+    /// A refund failed: the hold on the merchant's balance is released.
+    RefundFailed,
 }
 
 impl EventType {
@@ -39,6 +50,8 @@ impl EventType {
             Self::TransactionFailed => "transaction.failed",
             Self::TransactionUnresolved => "transaction.unresolved",
             Self::TransactionRequiresAction => "transaction.requires_action",
+            Self::RefundSucceeded => "refund.succeeded",
+            Self::RefundFailed => "refund.failed",
         }
     }
 
@@ -61,6 +74,8 @@ impl EventType {
             Self::TransactionFailed,
             Self::TransactionUnresolved,
             Self::TransactionRequiresAction,
+            Self::RefundSucceeded,
+            Self::RefundFailed,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -339,5 +354,18 @@ mod tests {
             assert_eq!(EventType::parse(event_type.as_str()), Some(event_type));
         }
         assert_eq!(EventType::parse("transaction.pending"), None);
+        for event_type in [EventType::RefundSucceeded, EventType::RefundFailed] {
+            assert_eq!(EventType::parse(event_type.as_str()), Some(event_type));
+        }
+    }
+
+    #[test]
+    fn refund_event_ids_are_deterministic_and_apart_from_payments() {
+        let r = RefundId::new();
+        let a = event_id_for_refund(r, RefundState::Succeeded);
+        assert_eq!(a, event_id_for_refund(r, RefundState::Succeeded));
+        assert_ne!(a, event_id_for_refund(r, RefundState::Failed));
+        let same_uuid = TransactionId::from_uuid(r.as_uuid());
+        assert_ne!(a, event_id_for(same_uuid, TransactionStatus::Succeeded));
     }
 }

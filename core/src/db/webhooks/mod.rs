@@ -25,8 +25,8 @@ pub use deliveries::{
     ClaimLimits, ClaimedDelivery, Delivery, DeliveryOutcome, DeliveryState,
 };
 pub use events::{
-    event_id_for, events_for_transaction, get_event, record_event, redeliver, redeliver_within,
-    EventType, NewEvent, Recorded, Redelivery, RedeliveryOutcome, WebhookEvent,
+    event_id_for, event_id_for_refund, events_for_transaction, get_event, record_event, redeliver,
+    redeliver_within, EventType, NewEvent, Recorded, Redelivery, RedeliveryOutcome, WebhookEvent,
     REDELIVERIES_PER_HOUR,
 };
 pub use secrets::{
