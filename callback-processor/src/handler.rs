@@ -359,7 +359,8 @@ pub enum Confirmation {
 
 /// Compares an unsigned callback's reported outcome with the provider's status answer.
 /// Only a final answer with the same verdict confirms; a final answer with the other
-/// verdict contradicts; anything else decides nothing yet.
+/// verdict contradicts; a provider without a status query for the payment confirms a
+/// success only; anything else decides nothing yet.
 pub fn confirmation(
     reported: &ReportedStatus,
     answer: &Result<ProviderStatus, GatewayError>,
@@ -378,6 +379,15 @@ pub fn confirmation(
         Ok(ProviderStatus::Final { status, .. }) => Confirmation::Contradicted(format!(
             "the callback reports {reported:?}, the status query {status:?}"
         )),
+        // The provider has no status query for this payment (M-Pesa's B2C payouts): a
+        // success is believed on the secret path token, a failure never (believing a forged
+        // one would release a payout the merchant may then pay again): flagged for a person.
+        Ok(ProviderStatus::Unsupported) => match reported {
+            ReportedStatus::Succeeded => Confirmation::Confirmed,
+            ReportedStatus::Failed { .. } => Confirmation::Contradicted(
+                "a failure the provider offers no status query to confirm".into(),
+            ),
+        },
         Ok(other) => Confirmation::Undecided(format!("status query answered {other:?}")),
         Err(error) => Confirmation::Undecided(format!("status query failed: {error}")),
     }
@@ -415,11 +425,18 @@ mod confirmation_tests {
             confirmation(&failed, &fin(ReportedStatus::Succeeded)),
             Confirmation::Contradicted(_)
         ));
+        assert_eq!(
+            confirmation(&ReportedStatus::Succeeded, &Ok(ProviderStatus::Unsupported)),
+            Confirmation::Confirmed
+        );
+        assert!(matches!(
+            confirmation(&failed, &Ok(ProviderStatus::Unsupported)),
+            Confirmation::Contradicted(_)
+        ));
         for answer in [
             Ok(ProviderStatus::InProgress),
             Ok(ProviderStatus::NotFound),
             Ok(ProviderStatus::AwaitingCustomer),
-            Ok(ProviderStatus::Unsupported),
             Err(GatewayError::Ambiguous {
                 reason: "timeout".into(),
             }),

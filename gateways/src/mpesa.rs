@@ -47,9 +47,10 @@
 //!   have reached the customer): that is an error ("could not find out"). While the customer
 //!   has not answered, Daraja answers `500` with `errorCode` `500.001.1001` "The transaction
 //!   is being processed" (and `ResultCode` 4999 in some answers): `InProgress`. B2C has only
-//!   the asynchronous Transaction Status API (its answer comes to a result URL), so the
-//!   status of an accepted payout is `InProgress` and of one without a `ConversationID` an
-//!   error.
+//!   the asynchronous Transaction Status API (its answer comes to a result URL), so an
+//!   accepted payout's status is `Unsupported` (nothing to ask; its result callback is then
+//!   believed on its secret path token for a success only, a failure waits for a person) and
+//!   one without a `ConversationID` an error.
 //! - Refunds (M-Pesa's Reversal API) are out of scope: the trait's default (unsupported).
 //!
 //! Connector keys (`[gateways.<name>]`, all strings): `consumer_key`, `shortcode`,
@@ -476,7 +477,7 @@ fn parse_stk_query(
 /// What can be said of a payout: B2C has no synchronous status query.
 fn b2c_status(tx: &Transaction) -> Result<ProviderStatus, GatewayError> {
     match &tx.provider_reference {
-        Some(_) => Ok(ProviderStatus::InProgress),
+        Some(_) => Ok(ProviderStatus::Unsupported),
         None => Err(ambiguous(
             "M-Pesa B2C has no synchronous status query and this payout has no ConversationID",
         )),

@@ -295,6 +295,7 @@ fn fixtures_read_as_expected() {
             (Some(Ok(Parsed::Status(s))), e) => matches!(
                 (s, e["status"].as_str()),
                 (ProviderStatus::InProgress, Some("in_progress"))
+                    | (ProviderStatus::Unsupported, Some("unsupported"))
                     | (
                         ProviderStatus::Final {
                             status: ReportedStatus::Succeeded,
