@@ -12,6 +12,7 @@ mod idempotency;
 mod ledger;
 mod operations;
 mod outbox;
+mod providers;
 mod rate_limit;
 mod refunds;
 mod transactions;
