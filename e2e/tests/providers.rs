@@ -249,8 +249,84 @@ async fn every_real_provider_end_to_end() -> anyhow::Result<()> {
         .await?;
         let refused = refund(&mut t, &merchant, &deposit, None, "mp-r1", "failed").await?;
         ensure!(refused["failure"]["code"] == "refunds_unsupported", "{refused}");
-        Ok(())
+
+        forged_stk_callback_is_flagged(&mut t, &merchant).await
     }
     .await;
     t.finish(outcome).await
+}
+
+/// M-Pesa signs nothing: a callback with the right path token (a leaked URL) that says
+/// "paid" for a push the customer declined is contradicted by the provider's status query,
+/// flagged for review and never applied; the genuine decline is.
+async fn forged_stk_callback_is_flagged(
+    t: &mut Topology,
+    merchant: &Merchant,
+) -> anyhow::Result<()> {
+    t.patch_account_knobs(
+        "mpesa",
+        json!({"decline_rate": 1.0, "callback_delay_ms": 3000}),
+    )
+    .await?;
+    let id = create(
+        t,
+        merchant,
+        Kind::Deposit,
+        json!({"amount": 10_000, "currency": "KES", "customer": "254708374149", "gateway": "mpesa"}),
+        "mp-forged",
+    )
+    .await?;
+    let submitted = status_is(t, merchant, &id, "submitted").await?;
+    let checkout = submitted["provider_reference"]
+        .as_str()
+        .ok_or_else(|| anyhow!("{id}: no CheckoutRequestID in {submitted}"))?;
+    // The STK callback's path segment for 100.00 KES, and its token.
+    let segment = format!("{id}.d10000");
+    let token = paygate_gateways::callback::path_token(
+        paygate_sandbox::DEFAULT_WEBHOOK_SECRET.as_bytes(),
+        &segment,
+    );
+    let forged = json!({"Body": {"stkCallback": {
+        "MerchantRequestID": "forged-1",
+        "CheckoutRequestID": checkout,
+        "ResultCode": 0,
+        "ResultDesc": "The service request is processed successfully.",
+        "CallbackMetadata": {"Item": [
+            {"Name": "Amount", "Value": 100},
+            {"Name": "MpesaReceiptNumber", "Value": "FORGED0001"},
+            {"Name": "TransactionDate", "Value": 20261203085500u64},
+            {"Name": "PhoneNumber", "Value": 254708374149u64}
+        ]}
+    }}});
+    let answer = reqwest::Client::new()
+        .post(format!("{}/callbacks/mpesa/{segment}/{token}", t.api_url))
+        .json(&forged)
+        .send()
+        .await?;
+    ensure!(
+        answer.status() == 200,
+        "forged callback: {}",
+        answer.status()
+    );
+
+    let done = status_is(t, merchant, &id, "failed").await?;
+    ensure!(done["failure"]["code"] != "action_expired", "{done}");
+    let uuid = paygate_core::domain::TransactionId::parse(&id)?.as_uuid();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let flagged: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM callback_log WHERE transaction_id = $1 AND needs_review",
+        )
+        .bind(uuid)
+        .fetch_one(&t.pool)
+        .await?;
+        if flagged == 1 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{id}: the forged callback was not flagged for review"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
