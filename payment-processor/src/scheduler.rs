@@ -205,20 +205,15 @@ pub async fn reconcile_stuck(
     settings: &SchedulerSettings,
     shutdown: &CancellationToken,
 ) -> Result<ReconcilePass, paygate_core::db::DbError> {
-    let stuck = tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => {
-            return Ok(ReconcilePass { abandoned: true, ..ReconcilePass::default() });
-        }
-        stuck = transactions::stuck_in_flight(pool, settings.stuck_after, settings.batch) => stuck?,
-    };
-    Ok(bounded_pass(stuck, settings, shutdown, |tx| async move {
-        match engine.reconcile(tx.id).await {
-            Ok(outcome) => tracing::info!(id = %tx.id, ?outcome, "reconciled a stuck transaction"),
-            Err(error) => tracing::warn!(id = %tx.id, %error, "reconciliation failed; will retry"),
-        }
-    })
-    .await)
+    let stuck = transactions::stuck_in_flight(pool, settings.stuck_after, settings.batch);
+    due_pass(
+        stuck,
+        settings,
+        shutdown,
+        "reconcile a stuck transaction",
+        |id| engine.reconcile(id),
+    )
+    .await
 }
 
 /// One pass over `unresolved` transactions whose next status query is due
@@ -231,24 +226,15 @@ pub async fn check_unresolved(
     settings: &SchedulerSettings,
     shutdown: &CancellationToken,
 ) -> Result<ReconcilePass, paygate_core::db::DbError> {
-    let due = tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => {
-            return Ok(ReconcilePass { abandoned: true, ..ReconcilePass::default() });
-        }
-        due = transactions::take_due_checks(pool, settings.batch, settings.requeue_after) => due?,
-    };
-    Ok(bounded_pass(due, settings, shutdown, |tx| async move {
-        match engine.check_unresolved(tx.id).await {
-            Ok(outcome) => {
-                tracing::info!(id = %tx.id, ?outcome, "asked about an unresolved transaction")
-            }
-            Err(error) => {
-                tracing::warn!(id = %tx.id, %error, "unresolved check failed; will retry")
-            }
-        }
-    })
-    .await)
+    let due = transactions::take_due_checks(pool, settings.batch, settings.requeue_after);
+    due_pass(
+        due,
+        settings,
+        shutdown,
+        "ask about an unresolved transaction",
+        |id| engine.check_unresolved(id),
+    )
+    .await
 }
 
 /// One pass over `requires_action` transactions whose customer's time is up
@@ -259,17 +245,40 @@ pub async fn expire_actions(
     settings: &SchedulerSettings,
     shutdown: &CancellationToken,
 ) -> Result<ReconcilePass, paygate_core::db::DbError> {
-    let due = tokio::select! {
+    let due = transactions::take_due_actions(pool, settings.batch, settings.requeue_after);
+    due_pass(due, settings, shutdown, "expire a customer step", |id| {
+        engine.expire_action(id)
+    })
+    .await
+}
+
+/// The shape every reconciliation pass shares: take the rows (unless shutdown comes
+/// first: abandoned), then run `work` on each within [`bounded_pass`]'s bounds, logging
+/// what became of each (`what` names the pass). A failed row is left to the next pass.
+async fn due_pass<W, Fut>(
+    take: impl std::future::Future<Output = Result<Vec<Transaction>, paygate_core::db::DbError>>,
+    settings: &SchedulerSettings,
+    shutdown: &CancellationToken,
+    what: &'static str,
+    work: W,
+) -> Result<ReconcilePass, paygate_core::db::DbError>
+where
+    W: Fn(paygate_core::domain::TransactionId) -> Fut,
+    Fut:
+        std::future::Future<Output = Result<crate::attempt::Outcome, crate::attempt::ProcessError>>,
+{
+    let rows = tokio::select! {
         biased;
         _ = shutdown.cancelled() => {
             return Ok(ReconcilePass { abandoned: true, ..ReconcilePass::default() });
         }
-        due = transactions::take_due_actions(pool, settings.batch, settings.requeue_after) => due?,
+        rows = take => rows?,
     };
-    Ok(bounded_pass(due, settings, shutdown, |tx| async move {
-        match engine.expire_action(tx.id).await {
-            Ok(outcome) => tracing::info!(id = %tx.id, ?outcome, "expired customer step"),
-            Err(error) => tracing::warn!(id = %tx.id, %error, "action expiry failed; will retry"),
+    let work = &work;
+    Ok(bounded_pass(rows, settings, shutdown, |tx| async move {
+        match work(tx.id).await {
+            Ok(outcome) => tracing::info!(id = %tx.id, ?outcome, pass = what, "handled"),
+            Err(error) => tracing::warn!(id = %tx.id, %error, pass = what, "failed; will retry"),
         }
     })
     .await)
