@@ -352,12 +352,7 @@ impl Engine {
                 .filter(|r| r.state == RecordState::AwaitingAction)?;
             record.state = if approve && chance(knobs.decline_rate) {
                 // Declined on the provider's page (a card refused after 3-D Secure).
-                RecordState::Pending {
-                    outcome: ReportedStatus::Failed {
-                        code: "declined".into(),
-                        reason: "Do not honor".into(),
-                    },
-                }
+                RecordState::Pending { outcome: decline() }
             } else if approve {
                 decided_state(&knobs)
             } else {
@@ -531,11 +526,7 @@ impl Engine {
                 let (declined, state) = if order.needs_action {
                     (false, RecordState::AwaitingAction)
                 } else if chance(knobs.decline_rate) {
-                    let declined = ReportedStatus::Failed {
-                        code: "declined".into(),
-                        reason: "Do not honor".into(),
-                    };
-                    (true, RecordState::Final(declined))
+                    (true, RecordState::Final(decline()))
                 } else {
                     (false, decided_state(knobs))
                 };
@@ -603,6 +594,15 @@ fn provider_reference(protocol: Protocol, n: u64) -> String {
         Protocol::Paystack => crate::emulators::paystack::provider_reference(n),
         Protocol::Mpesa => crate::emulators::mpesa::provider_reference(n),
         Protocol::Stripe => crate::emulators::stripe::provider_reference(n),
+    }
+}
+
+/// A refusal by the customer's bank (`decline_rate`): at submission, or on the provider's
+/// page after the customer's step. [`Record::declined`] recognises it by its code.
+fn decline() -> ReportedStatus {
+    ReportedStatus::Failed {
+        code: "declined".into(),
+        reason: "Do not honor".into(),
     }
 }
 
