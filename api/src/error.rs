@@ -303,4 +303,6 @@ pub enum ApiError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }

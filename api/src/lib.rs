@@ -20,6 +20,7 @@ pub mod rate_limit;
 pub mod relay;
 pub mod resources;
 pub mod routes;
+pub mod serve;
 pub mod url_policy;
 pub mod validation;
 
@@ -66,6 +67,8 @@ pub struct Shared {
     pub backlog: Arc<relay::Backlog>,
     pub config: ApiConfig,
     pub metrics: Option<PrometheusHandle>,
+    /// Who may read `/metrics` on the public listener (`[telemetry]`).
+    pub metrics_gate: routes::health::MetricsGate,
     /// The SSRF guard's policy for webhook and callback URLs: `[destinations]`, which the
     /// dispatcher applies too, so the API never accepts a URL the dispatcher would refuse.
     pub destinations: DestinationPolicy,
@@ -90,6 +93,8 @@ pub struct Application {
     relay: OutboxRelay,
     relay_producer: Producer,
     kafka: KafkaConfig,
+    /// Where `/metrics` is served apart from the API, with `telemetry.metrics_bind`.
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Application {
@@ -103,6 +108,17 @@ impl Application {
     /// Builds with an explicit gateway registry (tests, embedders).
     pub async fn build_with(config: Config, registry: GatewayRegistry) -> Result<Self, ApiError> {
         let metrics = metrics::install();
+        let metrics_addr = match (&config.telemetry.metrics_bind, &metrics) {
+            (Some(bind), Some(handle)) => Some(
+                paygate_core::telemetry::serve_exporter(
+                    bind,
+                    handle.clone(),
+                    config.telemetry.metrics_token.clone(),
+                )
+                .map_err(ApiError::Metrics)?,
+            ),
+            _ => None,
+        };
         let base = Foundation::start(&config, Topics::BestEffort(TOPICS_TIMEOUT)).await?;
         let pool = base.pool.clone();
 
@@ -160,6 +176,7 @@ impl Application {
             backlog: Arc::new(relay::Backlog::default()),
             config: config.api.clone(),
             metrics,
+            metrics_gate: routes::health::MetricsGate::from_config(&config.telemetry),
             destinations: DestinationPolicy::from_config(&config.destinations),
             unknown_keys: auth::UnknownKeys::default(),
             readiness: routes::health::ReadinessCache::default(),
@@ -171,7 +188,13 @@ impl Application {
             relay,
             relay_producer,
             kafka: config.kafka,
+            metrics_addr,
         })
+    }
+
+    /// Where `/metrics` is served apart from the API (`telemetry.metrics_bind`).
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// The bound port (useful with `bind = "127.0.0.1:0"`).
@@ -194,6 +217,7 @@ impl Application {
             relay,
             relay_producer,
             kafka,
+            metrics_addr: _,
         } = self;
         tracing::info!(port, "paygate API listening");
         let background = shutdown.child_token();
@@ -215,11 +239,8 @@ impl Application {
             state.config.request_timeout,
             request_timeout,
         ));
-        // With the peer address, for the per-address limit on failed authentications.
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let limits = serve::ConnectionLimits::from_config(&state.config);
+        let served = serve::serve(listener, app, limits, shutdown.clone()).await;
 
         background.cancel();
         let _ = relay_task.await;

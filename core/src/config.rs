@@ -18,6 +18,7 @@
 
 pub mod env;
 mod gateway;
+mod kafka_security;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -28,11 +29,14 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::{Figment, Metadata, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+
 pub use gateway::{
     BreakerConfig, GatewayConfig, DEFAULT_ACTION_EXPIRES_AFTER, DEFAULT_CALLBACK_TOLERANCE,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CALLBACK_BYTES, DEFAULT_STATUS_NOT_FOUND_AFTER,
     DEFAULT_TIMEOUT,
 };
+pub use kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
 
 /// Environment variable naming an optional TOML file.
 pub const CONFIG_FILE_VAR: &str = "PAYGATE_CONFIG";
@@ -134,6 +138,9 @@ pub struct KafkaConfig {
         default = "default_idle_rejoin"
     )]
     pub idle_rejoin: Duration,
+    /// `[kafka.security]`: TLS and SASL for every client (librdkafka's own properties).
+    #[serde(default)]
+    pub security: KafkaSecurity,
 }
 
 /// Consumers heartbeat this often (`heartbeat.interval.ms`); the session timeout must
@@ -164,6 +171,44 @@ pub struct TelemetryConfig {
     /// Prometheus `/metrics` when run as their own processes; absent = not served.
     #[serde(default)]
     pub metrics_bind: Option<String>,
+    /// When set, every `/metrics` (the API's and the workers' exporter) answers only a
+    /// request with `Authorization: Bearer <token>`; others get 401. At least 32
+    /// characters. An API listening beyond loopback must set this or `metrics_bind`
+    /// (which moves the API's `/metrics` off its public listener): metrics name merchants'
+    /// destinations, gateways and volumes.
+    #[serde(default)]
+    pub metrics_token: Option<Secret>,
+}
+
+/// Shortest `telemetry.metrics_token` accepted.
+pub const METRICS_TOKEN_MIN_LEN: usize = 32;
+
+impl TelemetryConfig {
+    /// Why these settings would expose metrics or cannot be used, as (key, why).
+    fn metrics_problem(&self, api_bind: &str) -> Option<(&'static str, &'static str)> {
+        match &self.metrics_token {
+            Some(token) if token.expose().chars().count() < METRICS_TOKEN_MIN_LEN => {
+                Some(("telemetry.metrics_token", "must be at least 32 characters"))
+            }
+            Some(_) => None,
+            None if self.metrics_bind.is_none() && !bind_is_loopback(api_bind) => Some((
+                "telemetry.metrics_token",
+                "must be set (or telemetry.metrics_bind) when api.bind is not a loopback \
+                 address: the API's /metrics would be open to anyone who can reach it",
+            )),
+            None => None,
+        }
+    }
+}
+
+/// Whether a `host:port` listens on this machine only (`localhost` or a loopback address).
+fn bind_is_loopback(bind: &str) -> bool {
+    let host = bind.rsplit_once(':').map_or(bind, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The API process: merchant REST API, provider callback ingress.
@@ -199,6 +244,28 @@ pub struct ApiConfig {
     pub unauthenticated_per_second: u32,
     /// Failed authentications an address may make at once.
     pub unauthenticated_burst: u32,
+    /// Longest a client may take to send a request's headers once it has connected (or
+    /// between two requests on a kept-alive connection): past it the connection is closed.
+    /// `request_timeout_ms` starts only once the headers are read, so without this a client
+    /// trickling its headers held a connection forever. Key: `header_read_timeout_ms`.
+    #[serde(
+        rename = "header_read_timeout_ms",
+        with = "units::ms",
+        default = "default_header_read_timeout"
+    )]
+    pub header_read_timeout: Duration,
+    /// Open connections served at once; further ones wait in the listen backlog (the
+    /// kernel's), so a flood of idle connections cannot take every socket and task.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_connections() -> usize {
+    4_096
 }
 
 /// `[outbox]`: the outbox relay, which every service runs (a service's committed events
@@ -439,6 +506,7 @@ impl Default for Config {
                 instance_id: None,
                 session_timeout_ms: default_session_timeout_ms(),
                 idle_rejoin: default_idle_rejoin(),
+                security: KafkaSecurity::default(),
             },
             log: LogConfig {
                 format: LogFormat::Pretty,
@@ -456,6 +524,8 @@ impl Default for Config {
                 request_timeout: Duration::from_millis(30_000),
                 unauthenticated_per_second: 20,
                 unauthenticated_burst: 100,
+                header_read_timeout: default_header_read_timeout(),
+                max_connections: default_max_connections(),
             },
             outbox: OutboxConfig::default(),
             destinations: DestinationsConfig::default(),
@@ -669,6 +739,9 @@ impl Config {
         {
             bad("kafka.instance_id", "must not be empty when set");
         }
+        for (key, why) in self.kafka.security.problems() {
+            bad(&format!("kafka.security.{key}"), why);
+        }
         let prefix_ok = |p: &str| {
             !p.is_empty()
                 && p.bytes()
@@ -701,6 +774,15 @@ impl Config {
         }
         if self.api.request_timeout < Duration::from_millis(100) {
             bad("api.request_timeout_ms", "must be at least 100");
+        }
+        if self.api.header_read_timeout < Duration::from_millis(100) {
+            bad("api.header_read_timeout_ms", "must be at least 100");
+        }
+        if self.api.max_connections == 0 {
+            bad("api.max_connections", at_least_one);
+        }
+        if let Some(why) = self.telemetry.metrics_problem(&self.api.bind) {
+            bad(why.0, why.1);
         }
         if self.outbox.batch_size < 1 {
             bad("outbox.batch_size", at_least_one);

@@ -36,7 +36,8 @@ where
     crate::telemetry::init(&config.log);
     if metrics == Metrics::Exporter {
         if let Some(bind) = config.telemetry.metrics_bind.clone() {
-            if let Err(error) = crate::telemetry::serve_metrics(&bind) {
+            let token = config.telemetry.metrics_token.clone();
+            if let Err(error) = crate::telemetry::serve_metrics(&bind, token) {
                 tracing::error!(%error, "{name}: metrics exporter failed to start");
                 return ExitCode::FAILURE;
             }

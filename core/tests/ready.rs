@@ -54,7 +54,7 @@ async fn readyz_reports_an_idle_member_with_lag_and_a_dead_database() -> TestRes
         .local_addr()?
         .port();
     let addr = format!("127.0.0.1:{port}");
-    paygate_core::telemetry::serve_metrics(&addr)?;
+    paygate_core::telemetry::serve_metrics(&addr, None)?;
 
     let (status, body) = get(&addr, "/readyz").await?;
     assert_eq!((status, body.contains("starting")), (503, true), "{body}");

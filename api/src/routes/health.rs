@@ -4,10 +4,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use paygate_core::config::TelemetryConfig;
+use paygate_core::secret::Secret;
+use paygate_core::telemetry::bearer_matches;
 
+use crate::error::HttpError;
 use crate::resources::{Health, Readiness, ReadinessChecks};
 use crate::AppState;
 
@@ -85,9 +89,55 @@ async fn probe(state: &AppState) -> Checks {
     tokio::join!(postgres, redis, kafka)
 }
 
+/// Who may read `/metrics` on the API's public listener. Metrics name merchants'
+/// destinations, gateways and volumes, so they are not for anyone who can reach the API:
+/// with `telemetry.metrics_bind` they move to their own (private) listener and the public
+/// route answers 404; with `telemetry.metrics_token` they answer only its bearer. Config
+/// load refuses an API bound beyond loopback with neither.
+#[derive(Debug, Clone)]
+pub struct MetricsGate {
+    public: bool,
+    token: Option<Secret>,
+}
+
+impl MetricsGate {
+    pub fn from_config(telemetry: &TelemetryConfig) -> Self {
+        Self {
+            public: telemetry.metrics_bind.is_none(),
+            token: telemetry.metrics_token.clone(),
+        }
+    }
+
+    fn admit(&self, headers: &HeaderMap) -> Result<(), HttpError> {
+        if !self.public {
+            return Err(HttpError::not_found("route"));
+        }
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if bearer_matches(presented, token) {
+            Ok(())
+        } else {
+            Err(HttpError::unauthenticated(
+                "/metrics needs Authorization: Bearer <telemetry.metrics_token>",
+            ))
+        }
+    }
+}
+
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+    (status = 401, description = "`telemetry.metrics_token` is set and the request does not carry it as a bearer token", body = crate::error::ErrorBody),
+    (status = 404, description = "`telemetry.metrics_bind` serves metrics on a listener of their own", body = crate::error::ErrorBody),
+))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = state.metrics_gate.admit(&headers) {
+        return refused.into_response();
+    }
     let text = match &state.metrics {
         Some(handle) => {
             handle.run_upkeep();

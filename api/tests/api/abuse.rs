@@ -270,3 +270,103 @@ async fn an_address_flooding_bad_keys_is_refused_before_any_lookup() -> TestResu
     assert_eq!(again.status(), 200);
     Ok(())
 }
+
+/// Connects and sends a request head one byte every 100 ms, never finishing it; how long
+/// until the server closed the connection (None: still open after 10 s).
+async fn trickle_headers(app: &TestApp) -> anyhow::Result<Option<Duration>> {
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let head = format!("GET /healthz HTTP/1.1\r\nhost: {address}\r\nx-slow: ");
+    let started = Instant::now();
+    let mut bytes = head.bytes().chain(std::iter::repeat(b'a'));
+    let mut buf = [0u8; 512];
+    while started.elapsed() < Duration::from_secs(10) {
+        let byte = [bytes.next().unwrap_or(b'a')];
+        if stream.write_all(&byte).await.is_err() {
+            return Ok(Some(started.elapsed()));
+        }
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => return Ok(Some(started.elapsed())),
+            Err(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_disconnected() -> TestResult {
+    let app = spawn_with(
+        |config| config.api.header_read_timeout = Duration::from_millis(500),
+        GatewayRegistry::default(),
+    )
+    .await?;
+    let closed = trickle_headers(&app).await?;
+    let closed = closed
+        .ok_or_else(|| anyhow::anyhow!("a trickled request head held the connection for 10 s"))?;
+    assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+
+    // A client that sends its request promptly is served, peer address and all (the
+    // per-address limiter reads it from every request).
+    let ok = app.client.get(app.url("/healthz")).send().await?;
+    assert_eq!(ok.status(), 200);
+    let unknown = app
+        .get("/v1/transactions", &ApiKey::generate().expose().to_owned())
+        .send()
+        .await?;
+    assert_eq!(unknown.status(), 401);
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_behind_a_token_are_refused_without_it() -> TestResult {
+    let token = "metrics-token-".repeat(3);
+    let configured = token.clone();
+    let app = spawn_with(
+        move |config| config.telemetry.metrics_token = Some(configured.as_str().into()),
+        GatewayRegistry::default(),
+    )
+    .await?;
+    let bare = app.client.get(app.url("/metrics")).send().await?;
+    assert_eq!(bare.status(), 401);
+    let body: Value = bare.json().await?;
+    assert_eq!(body["error"]["type"], "authentication_error", "{body}");
+    let wrong = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("metrics-token-")
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 401);
+    let right = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(right.status(), 200);
+    assert!(right.text().await?.contains("http_requests_total"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_on_their_own_bind_are_gone_from_the_public_listener() -> TestResult {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let configured = bind.clone();
+    let app = spawn_with(
+        move |config| config.telemetry.metrics_bind = Some(configured),
+        GatewayRegistry::default(),
+    )
+    .await?;
+    let public = app.client.get(app.url("/metrics")).send().await?;
+    assert_eq!(public.status(), 404);
+    let private = app
+        .client
+        .get(format!("http://{bind}/metrics"))
+        .send()
+        .await?;
+    assert_eq!(private.status(), 200);
+    Ok(())
+}

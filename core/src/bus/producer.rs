@@ -225,12 +225,15 @@ fn create(config: &KafkaConfig) -> Result<FutureProducer, BusError> {
         .create()?)
 }
 
-/// Settings every client shares.
+/// Settings every client shares, TLS and SASL (`[kafka.security]`) included.
 pub(crate) fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
         .set("client.id", "paygate")
         .set("log_level", "4");
+    for (key, value) in config.security.librdkafka_properties() {
+        client.set(key, value);
+    }
     client
 }

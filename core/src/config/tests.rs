@@ -68,7 +68,7 @@ fn environment_overrides_with_single_underscore_keys() {
         ("PAYGATE_KAFKA_TOPIC_PREFIX", "t1"),
         ("PAYGATE_DATABASE_MAX_CONNECTIONS", "3"),
         ("PAYGATE_LOG_FORMAT", "json"),
-        ("PAYGATE_API_BIND", "0.0.0.0:8080"),
+        ("PAYGATE_API_BIND", "127.0.0.1:9000"),
         ("PAYGATE_DISPATCHER_RETRY_SCHEDULE_SECS", "0,1,2"),
         ("PAYGATE_DESTINATIONS_ALLOW_LOOPBACK", "true"),
         ("PAYGATE_OUTBOX_BATCH_SIZE", "16"),
@@ -79,7 +79,7 @@ fn environment_overrides_with_single_underscore_keys() {
     assert_eq!(config.kafka.topic_prefix, "t1");
     assert_eq!(config.database.max_connections, 3);
     assert_eq!(config.log.format, LogFormat::Json);
-    assert_eq!(config.api.bind, "0.0.0.0:8080");
+    assert_eq!(config.api.bind, "127.0.0.1:9000");
     assert_eq!(
         config.dispatcher.retry_schedule,
         [0, 1, 2].map(Duration::from_secs)
@@ -295,7 +295,7 @@ fn gateway_tables_from_json_read_like_files() {
 fn pairs_read_like_figments_env() {
     let vars = [
         ("PAYGATE_KAFKA_TOPIC_PREFIX", "jailed"),
-        ("PAYGATE_API_BIND", "0.0.0.0:8080"),
+        ("PAYGATE_API_BIND", "127.0.0.1:9000"),
         ("PAYGATE_DISPATCHER_RETRY_SCHEDULE_SECS", "0,5,300"),
         ("PAYGATE_DESTINATIONS_ALLOW_HTTP", "true"),
         ("PAYGATE_GATEWAYS_SANDBOX-PROTO__KIND", "protobuf"),
@@ -377,4 +377,74 @@ fn a_gateway_over_plain_http_is_refused_at_load_unless_loopback_or_allowed() {
     // Loopback http (tests, `paygate dev`, scripts/topology.toml) needs no flag.
     let file = TempToml::new(GATEWAY);
     assert!(places(file.path(), &[]).is_empty());
+}
+
+#[test]
+fn kafka_tls_and_sasl_come_from_the_environment_as_librdkafka_properties() {
+    let config = load(&[
+        ("PAYGATE_KAFKA_SECURITY__PROTOCOL", "sasl_ssl"),
+        ("PAYGATE_KAFKA_SECURITY__SASL_MECHANISM", "SCRAM-SHA-256"),
+        ("PAYGATE_KAFKA_SECURITY__SASL_USERNAME", "paygate"),
+        ("PAYGATE_KAFKA_SECURITY__SASL_PASSWORD", "kafka-password-1"),
+        (
+            "PAYGATE_KAFKA_SECURITY__SSL_CA_LOCATION",
+            "/etc/kafka/ca.pem",
+        ),
+    ]);
+    let properties = config.kafka.security.librdkafka_properties();
+    assert!(properties.contains(&("security.protocol", "sasl_ssl".to_owned())));
+    assert!(properties.contains(&("sasl.mechanism", "SCRAM-SHA-256".to_owned())));
+    assert!(properties.contains(&("sasl.password", "kafka-password-1".to_owned())));
+    assert!(properties.contains(&("ssl.ca.location", "/etc/kafka/ca.pem".to_owned())));
+    assert!(!format!("{config:?}").contains("kafka-password-1"));
+
+    let at = places(None, &[("PAYGATE_KAFKA_SECURITY__PROTOCOL", "sasl_ssl")]);
+    assert_eq!(at.len(), 3, "{at:?}");
+    assert!(
+        at.iter().all(|p| p.to_lowercase().contains("security")),
+        "{at:?}"
+    );
+    let at = places(None, &[("PAYGATE_KAFKA_SECURITY__PROTOCOL", "kerberos")]);
+    assert_eq!(at.len(), 1, "{at:?}");
+}
+
+#[test]
+fn an_api_beyond_loopback_must_keep_its_metrics_private() {
+    let public = [("PAYGATE_API_BIND", "0.0.0.0:8080")];
+    let at = places(None, &public);
+    assert!(
+        at.len() == 1 && at[0].to_lowercase().contains("metrics_token"),
+        "{at:?}"
+    );
+    let token = "m".repeat(32);
+    let with_token = [
+        public[0],
+        ("PAYGATE_TELEMETRY_METRICS_TOKEN", token.as_str()),
+    ];
+    assert!(places(None, &with_token).is_empty());
+    let own_bind = [
+        public[0],
+        ("PAYGATE_TELEMETRY_METRICS_BIND", "10.0.0.5:9100"),
+    ];
+    assert!(places(None, &own_bind).is_empty());
+    let short = [("PAYGATE_TELEMETRY_METRICS_TOKEN", "short")];
+    assert_eq!(places(None, &short).len(), 1);
+    // Loopback (tests, `paygate dev`) keeps the open route.
+    assert!(places(None, &[("PAYGATE_API_BIND", "127.0.0.1:0")]).is_empty());
+    assert!(places(None, &[("PAYGATE_API_BIND", "localhost:8080")]).is_empty());
+    assert!(places(None, &[("PAYGATE_API_BIND", "[::1]:8080")]).is_empty());
+}
+
+#[test]
+fn connection_limits_have_floors() {
+    let config = load(&[]);
+    assert_eq!(config.api.header_read_timeout, Duration::from_secs(10));
+    let at = places(
+        None,
+        &[
+            ("PAYGATE_API_HEADER_READ_TIMEOUT_MS", "5"),
+            ("PAYGATE_API_MAX_CONNECTIONS", "0"),
+        ],
+    );
+    assert_eq!(at.len(), 2, "{at:?}");
 }
