@@ -119,6 +119,7 @@ impl Dispatcher {
             deliverer,
             concurrency: settings.concurrency.max(1),
             per_destination: settings.per_endpoint_concurrency.max(1),
+            per_merchant: settings.per_merchant_concurrency.max(1),
             poll: settings.scheduler_poll.max(Duration::from_millis(10)),
             lease: timeout + LEASE_MARGIN,
             wake,

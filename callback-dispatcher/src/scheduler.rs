@@ -1,15 +1,17 @@
 //! The scheduler: claims due deliveries from Postgres and runs them on a bounded worker
 //! pool with a per-destination limit (bulkhead), so a slow or dead endpoint holds at most
-//! `per_endpoint_concurrency` workers and never delays other merchants' deliveries.
+//! `per_endpoint_concurrency` workers, and a per-merchant limit (fair share), so one
+//! merchant's slow endpoints together hold at most `per_merchant_concurrency` and never
+//! delay other merchants' deliveries.
 //!
 //! Everything it needs is in Postgres: a restart, or a second dispatcher, carries on from
 //! the rows (`FOR UPDATE SKIP LOCKED` shares them; a lease covers a crashed worker).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use paygate_core::db::webhooks::{self, ClaimLimits};
+use paygate_core::db::webhooks::{self, ClaimLimits, InFlight};
+use paygate_core::domain::MerchantId;
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,7 @@ pub(crate) struct Scheduler {
     pub deliverer: Arc<Deliverer>,
     pub concurrency: usize,
     pub per_destination: usize,
+    pub per_merchant: usize,
     pub poll: Duration,
     pub lease: Duration,
     /// Rung when new deliveries are recorded or a worker frees up.
@@ -31,32 +34,44 @@ pub(crate) struct Scheduler {
     pub shutdown_grace: Duration,
 }
 
-type InFlight = Arc<Mutex<HashMap<String, usize>>>;
+type Shared = Arc<Mutex<InFlight>>;
 
-fn lock(in_flight: &InFlight) -> MutexGuard<'_, HashMap<String, usize>> {
+fn lock(in_flight: &Shared) -> MutexGuard<'_, InFlight> {
     // A few map operations under the lock: a poisoned lock still holds a usable map.
     in_flight
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Counts a delivery in flight to its destination until dropped (also on panic).
+/// Counts a delivery in flight to its destination and for its merchant until dropped
+/// (also on panic).
 struct InFlightGuard {
-    in_flight: InFlight,
+    in_flight: Shared,
     destination: String,
+    merchant: MerchantId,
     wake: Arc<Notify>,
+}
+
+impl InFlightGuard {
+    fn new(
+        in_flight: &Shared,
+        destination: &str,
+        merchant: MerchantId,
+        wake: &Arc<Notify>,
+    ) -> Self {
+        lock(in_flight).add(destination, merchant);
+        Self {
+            in_flight: in_flight.clone(),
+            destination: destination.to_owned(),
+            merchant,
+            wake: wake.clone(),
+        }
+    }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        let mut map = lock(&self.in_flight);
-        if let Some(count) = map.get_mut(&self.destination) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                map.remove(&self.destination);
-            }
-        }
-        drop(map);
+        lock(&self.in_flight).remove(&self.destination, self.merchant);
         self.wake.notify_one();
     }
 }
@@ -64,11 +79,12 @@ impl Drop for InFlightGuard {
 impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.concurrency.max(1)));
-        let in_flight: InFlight = Arc::new(Mutex::new(HashMap::new()));
+        let in_flight: Shared = Arc::new(Mutex::new(InFlight::default()));
         let tasks = TaskTracker::new();
         tracing::info!(
             concurrency = self.concurrency,
             per_destination = self.per_destination,
+            per_merchant = self.per_merchant,
             "webhook scheduler started"
         );
         while !shutdown.is_cancelled() {
@@ -80,6 +96,7 @@ impl Scheduler {
                     max: free,
                     lease: self.lease,
                     per_destination: self.per_destination.max(1),
+                    per_merchant: self.per_merchant.max(1),
                     in_flight: &snapshot,
                 };
                 match webhooks::claim_due(&self.pool, limits).await {
@@ -92,14 +109,12 @@ impl Scheduler {
                                 tracing::error!("no free worker for a claimed delivery");
                                 break;
                             };
-                            *lock(&in_flight)
-                                .entry(delivery.destination.clone())
-                                .or_insert(0) += 1;
-                            let guard = InFlightGuard {
-                                in_flight: in_flight.clone(),
-                                destination: delivery.destination.clone(),
-                                wake: self.wake.clone(),
-                            };
+                            let guard = InFlightGuard::new(
+                                &in_flight,
+                                &delivery.destination,
+                                delivery.merchant_id,
+                                &self.wake,
+                            );
                             let deliverer = self.deliverer.clone();
                             tasks.spawn(async move {
                                 let _permit = permit;

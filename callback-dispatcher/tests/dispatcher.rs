@@ -940,3 +940,63 @@ async fn a_succeeded_refund_is_recorded_and_delivered_as_refund_succeeded() -> T
     );
     dispatcher.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_with_many_hanging_endpoints_cannot_take_every_worker() -> TestResult {
+    let (mut config, pool) = test_config(&[0, 60]).await?;
+    config.dispatcher.concurrency = 4;
+    config.dispatcher.per_endpoint_concurrency = 2;
+    config.dispatcher.per_merchant_concurrency = 2;
+    let timeout = config.dispatcher.request_timeout;
+    let hanging = Receiver::start(Behaviour::Hang).await?;
+    let fast = Receiver::start(Behaviour::FailFirst(vec![])).await?;
+    let greedy = merchants::create(&pool, "four slow endpoints").await?.id;
+    let other = merchants::create(&pool, "one fast endpoint").await?.id;
+    for n in 0..4 {
+        webhook_endpoints::create(&pool, greedy, &format!("{}/slow-{n}", hanging.base), None)
+            .await?;
+    }
+    webhook_endpoints::create(&pool, other, &format!("{}/fast", fast.base), None).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let dispatcher = Running::start(&config).await?;
+    // The greedy merchant's deliveries are recorded (and due) first.
+    for _ in 0..3 {
+        let tx = completed_transaction(&pool, greedy, None, TransactionStatus::Succeeded).await?;
+        publish_completed(&producer, &tx).await?;
+    }
+    eventually(
+        "the greedy merchant's 12 deliveries recorded",
+        WAIT,
+        || async { count(&pool, "SELECT count(*) FROM webhook_deliveries").await >= 12 },
+    )
+    .await?;
+    eventually("the hanging endpoints reached", WAIT, || async {
+        !hanging.received().is_empty()
+    })
+    .await?;
+    let first_hang = hanging.received()[0].at;
+    let tx = completed_transaction(&pool, other, None, TransactionStatus::Succeeded).await?;
+    publish_completed(&producer, &tx).await?;
+
+    eventually("the other merchant's webhook delivered", WAIT, || async {
+        !fast.received().is_empty()
+    })
+    .await?;
+    let delivered = fast.received()[0].at;
+    assert!(
+        delivered < first_hang + timeout,
+        "the other merchant waited for the greedy one's timeouts ({:?} after they began)",
+        delivered.saturating_duration_since(first_hang)
+    );
+    // The greedy merchant held at most its share while the other one was served.
+    let held = hanging
+        .received()
+        .iter()
+        .filter(|r| r.at <= delivered)
+        .count();
+    assert!(
+        held <= 2,
+        "{held} attempts to the hanging endpoints at once"
+    );
+    dispatcher.stop().await
+}

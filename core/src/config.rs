@@ -260,6 +260,12 @@ pub struct ApiConfig {
     pub max_connections: usize,
 }
 
+/// A quarter of the default `dispatcher.concurrency`: three merchants at their share
+/// still leave a quarter of the workers to everyone else.
+fn default_per_merchant_concurrency() -> usize {
+    32
+}
+
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -446,6 +452,12 @@ pub struct DispatcherConfig {
     pub concurrency: usize,
     /// Deliveries in flight at once to one endpoint (bulkhead).
     pub per_endpoint_concurrency: usize,
+    /// Deliveries in flight at once for one merchant, over all its endpoints: its fair
+    /// share, so a merchant with several slow endpoints cannot hold every worker (four
+    /// endpoints × `per_endpoint_concurrency` used to fill `concurrency`). Key:
+    /// `per_merchant_concurrency`.
+    #[serde(default = "default_per_merchant_concurrency")]
+    pub per_merchant_concurrency: usize,
     #[serde(rename = "request_timeout_ms", with = "units::ms")]
     pub request_timeout: Duration,
     /// Delay before each attempt: the first is attempt 1. Key: `retry_schedule_secs`, a
@@ -558,6 +570,7 @@ impl Default for Config {
                 // most a quarter of the workers.
                 concurrency: 128,
                 per_endpoint_concurrency: 32,
+                per_merchant_concurrency: default_per_merchant_concurrency(),
                 request_timeout: Duration::from_millis(10_000),
                 retry_schedule: [0, 5, 300, 1_800, 7_200, 18_000, 36_000, 36_000]
                     .map(Duration::from_secs)
@@ -794,6 +807,10 @@ impl Config {
             (
                 "dispatcher.per_endpoint_concurrency",
                 self.dispatcher.per_endpoint_concurrency,
+            ),
+            (
+                "dispatcher.per_merchant_concurrency",
+                self.dispatcher.per_merchant_concurrency,
             ),
         ] {
             if n == 0 {

@@ -3,10 +3,9 @@
 //! /v1/webhook-endpoints/{id}/rotate-secret`). After a rotation the dispatcher signs with
 //! the new and the previous secret (both signatures sent) during the overlap.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use paygate_core::db::webhooks::{self, ClaimLimits, EventType, NewEvent};
+use paygate_core::db::webhooks::{self, ClaimLimits, EventType, InFlight, NewEvent};
 use paygate_core::domain::{TransactionId, TransactionStatus};
 use serde_json::{json, Value};
 
@@ -290,13 +289,14 @@ async fn after_rotations_deliveries_carry_both_secrets() -> TestResult {
     assert_eq!(response.status(), 202);
 
     // What a dispatcher claims: the new secret first, then the previous one.
-    let in_flight = HashMap::new();
+    let in_flight = InFlight::default();
     let claimed = webhooks::claim_due(
         &app.pool,
         ClaimLimits {
             max: 16,
             lease: Duration::from_secs(60),
             per_destination: 16,
+            per_merchant: 16,
             in_flight: &in_flight,
         },
     )

@@ -1,7 +1,7 @@
 //! The durable delivery schedule: one row per (event, destination, generation), claimed by
 //! dispatchers under a lease and completed with each attempt's outcome.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -221,6 +221,48 @@ pub struct ClaimedDelivery {
     pub endpoint_disabled: bool,
 }
 
+/// What one dispatcher has in flight: by destination (the bulkhead) and by merchant (the
+/// fair share).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub destinations: HashMap<String, usize>,
+    pub merchants: HashMap<MerchantId, usize>,
+}
+
+impl InFlight {
+    /// Counts one more delivery to `destination` for `merchant`.
+    pub fn add(&mut self, destination: &str, merchant: MerchantId) {
+        let count = self.destinations.entry(destination.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        let count = self.merchants.entry(merchant).or_insert(0);
+        *count = count.saturating_add(1);
+    }
+
+    /// Counts one delivery fewer; entries that reach zero are dropped.
+    pub fn remove(&mut self, destination: &str, merchant: MerchantId) {
+        if let Some(count) = self.destinations.get_mut(destination) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.destinations.remove(destination);
+            }
+        }
+        if let Some(count) = self.merchants.get_mut(&merchant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.merchants.remove(&merchant);
+            }
+        }
+    }
+
+    fn destination(&self, destination: &str) -> usize {
+        self.destinations.get(destination).copied().unwrap_or(0)
+    }
+
+    fn merchant(&self, merchant: MerchantId) -> usize {
+        self.merchants.get(&merchant).copied().unwrap_or(0)
+    }
+}
+
 /// How much [`claim_due`] may take.
 #[derive(Debug, Clone)]
 pub struct ClaimLimits<'a> {
@@ -230,31 +272,70 @@ pub struct ClaimLimits<'a> {
     pub lease: Duration,
     /// Deliveries in flight to one destination at most (the bulkhead).
     pub per_destination: usize,
-    /// Deliveries this process already has in flight, by destination.
-    pub in_flight: &'a HashMap<String, usize>,
+    /// Deliveries in flight for one merchant at most, over all its destinations: a
+    /// merchant with many slow endpoints cannot take every worker (issue 17).
+    pub per_merchant: usize,
+    /// What this process already has in flight.
+    pub in_flight: &'a InFlight,
+}
+
+/// A due delivery [`claim_due`] may take.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Candidate {
+    id: Uuid,
+    destination: String,
+    merchant_id: Uuid,
 }
 
 impl ClaimLimits<'_> {
     /// Destinations already at their limit in this process: not even candidates.
-    fn saturated(&self) -> Vec<String> {
-        let full = self.in_flight.iter();
+    fn saturated_destinations(&self) -> Vec<String> {
+        let full = self.in_flight.destinations.iter();
         let full = full.filter(|(_, n)| **n >= self.per_destination);
         full.map(|(destination, _)| destination.clone()).collect()
     }
 
-    /// The candidates (`(id, destination)`, in due order) to take: at most `max`, and no
-    /// destination past `per_destination` counting what is already in flight.
-    fn choose(&self, candidates: Vec<(Uuid, String)>) -> Vec<Uuid> {
-        let mut taken: HashMap<String, usize> = self.in_flight.clone();
-        let mut chosen = Vec::new();
-        for (id, destination) in candidates {
-            if chosen.len() >= self.max {
-                break;
+    /// Merchants already at their fair share in this process: not even candidates.
+    fn saturated_merchants(&self) -> Vec<Uuid> {
+        let full = self.in_flight.merchants.iter();
+        let full = full.filter(|(_, n)| **n >= self.per_merchant);
+        full.map(|(merchant, _)| merchant.as_uuid()).collect()
+    }
+
+    /// The candidates (in due order) to take: at most `max`, no destination past
+    /// `per_destination` and no merchant past `per_merchant`, counting what is already in
+    /// flight; merchants take turns (round robin, the most overdue first), so one
+    /// merchant's backlog does not hold the others' deliveries back for a round.
+    fn choose(&self, candidates: Vec<Candidate>) -> Vec<Uuid> {
+        let mut queues: Vec<(MerchantId, VecDeque<Candidate>)> = Vec::new();
+        for candidate in candidates {
+            let merchant = MerchantId::from_uuid(candidate.merchant_id);
+            match queues.iter_mut().find(|(m, _)| *m == merchant) {
+                Some((_, queue)) => queue.push_back(candidate),
+                None => queues.push((merchant, VecDeque::from([candidate]))),
             }
-            let count = taken.entry(destination).or_insert(0);
-            if *count < self.per_destination {
-                *count = count.saturating_add(1);
-                chosen.push(id);
+        }
+        let mut taken = self.in_flight.clone();
+        let mut chosen = Vec::new();
+        let mut progressed = true;
+        while progressed && chosen.len() < self.max {
+            progressed = false;
+            for (merchant, queue) in &mut queues {
+                if chosen.len() >= self.max {
+                    break;
+                }
+                if taken.merchant(*merchant) >= self.per_merchant {
+                    queue.clear();
+                    continue;
+                }
+                while let Some(candidate) = queue.pop_front() {
+                    if taken.destination(&candidate.destination) < self.per_destination {
+                        taken.add(&candidate.destination, *merchant);
+                        chosen.push(candidate.id);
+                        progressed = true;
+                        break;
+                    }
+                }
             }
         }
         chosen
@@ -345,17 +426,19 @@ pub async fn claim_due(
 async fn due_candidates(
     db: &mut Transaction<'_, Postgres>,
     limits: &ClaimLimits<'_>,
-) -> Result<Vec<(Uuid, String)>, DbError> {
+) -> Result<Vec<Candidate>, DbError> {
     let candidates = sqlx::query_as(
-        "SELECT id, destination FROM webhook_deliveries
+        "SELECT id, destination, merchant_id FROM webhook_deliveries
          WHERE ((state = 'pending' AND next_attempt_at <= now()) OR (state = 'delivering' AND locked_until <= now()))
            AND NOT (destination = ANY($1))
+           AND NOT (merchant_id = ANY($3))
          ORDER BY next_attempt_at
          LIMIT $2
          FOR UPDATE SKIP LOCKED",
     )
-    .bind(limits.saturated())
+    .bind(limits.saturated_destinations())
     .bind(i64::try_from(limits.max.saturating_mul(4)).unwrap_or(i64::MAX))
+    .bind(limits.saturated_merchants())
     .fetch_all(&mut **db)
     .await?;
     Ok(candidates)
@@ -495,25 +578,97 @@ mod tests {
         assert_eq!(callback_destination("nonsense"), "callback:invalid");
     }
 
+    fn candidate(merchant: MerchantId, destination: &str) -> Candidate {
+        Candidate {
+            id: Uuid::now_v7(),
+            destination: destination.to_owned(),
+            merchant_id: merchant.as_uuid(),
+        }
+    }
+
+    fn ids(candidates: &[Candidate], picks: &[usize]) -> Vec<Uuid> {
+        picks
+            .iter()
+            .filter_map(|i| candidates.get(*i))
+            .map(|c| c.id)
+            .collect()
+    }
+
     #[test]
     fn claims_respect_the_total_and_each_destination_limit() {
-        let in_flight = HashMap::from([("a".to_owned(), 1), ("full".to_owned(), 2)]);
+        let shop = MerchantId::new();
+        let mut in_flight = InFlight::default();
+        in_flight.add("a", shop);
+        in_flight.add("full", shop);
+        in_flight.add("full", shop);
         let limits = ClaimLimits {
             max: 3,
             lease: Duration::from_secs(30),
             per_destination: 2,
+            per_merchant: 100,
             in_flight: &in_flight,
         };
-        assert_eq!(limits.saturated(), vec!["full".to_owned()]);
-        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
-        let candidates = vec![
-            (ids[0], "a".to_owned()),
-            (ids[1], "a".to_owned()),
-            (ids[2], "b".to_owned()),
-            (ids[3], "b".to_owned()),
-            (ids[4], "b".to_owned()),
-        ];
+        assert_eq!(limits.saturated_destinations(), vec!["full".to_owned()]);
+        let candidates: Vec<_> = ["a", "a", "b", "b", "b"]
+            .iter()
+            .map(|d| candidate(shop, d))
+            .collect();
+        let expected = ids(&candidates, &[0, 2, 3]);
         // "a" has one in flight: one more; "b" two; then `max` is reached.
-        assert_eq!(limits.choose(candidates), vec![ids[0], ids[2], ids[3]]);
+        assert_eq!(limits.choose(candidates), expected);
+    }
+
+    #[test]
+    fn a_merchant_past_its_share_leaves_the_workers_to_the_others() {
+        let (busy, quiet) = (MerchantId::new(), MerchantId::new());
+        let mut in_flight = InFlight::default();
+        for endpoint in ["slow-1", "slow-2", "slow-3"] {
+            in_flight.add(endpoint, busy);
+        }
+        let limits = ClaimLimits {
+            max: 10,
+            lease: Duration::from_secs(30),
+            per_destination: 8,
+            per_merchant: 4,
+            in_flight: &in_flight,
+        };
+        assert_eq!(limits.saturated_merchants(), Vec::<Uuid>::new());
+        // The busy merchant's backlog is the most overdue, the quiet one's comes after.
+        let mut candidates: Vec<_> = (0..6).map(|_| candidate(busy, "slow-4")).collect();
+        candidates.push(candidate(quiet, "fast"));
+        candidates.push(candidate(quiet, "fast"));
+        let expected = ids(&candidates, &[0, 6, 7]);
+        // One more for the busy merchant (3 + 1 = its share of 4), both of the quiet one's.
+        assert_eq!(limits.choose(candidates), expected);
+    }
+
+    #[test]
+    fn merchants_take_turns_when_workers_are_scarce() {
+        let (a, b) = (MerchantId::new(), MerchantId::new());
+        let in_flight = InFlight::default();
+        let limits = ClaimLimits {
+            max: 4,
+            lease: Duration::from_secs(30),
+            per_destination: 10,
+            per_merchant: 10,
+            in_flight: &in_flight,
+        };
+        let mut candidates: Vec<_> = (0..5).map(|_| candidate(a, "a")).collect();
+        candidates.push(candidate(b, "b"));
+        candidates.push(candidate(b, "b"));
+        let expected = ids(&candidates, &[0, 5, 1, 6]);
+        assert_eq!(limits.choose(candidates), expected);
+    }
+
+    #[test]
+    fn in_flight_counts_go_back_to_nothing() {
+        let shop = MerchantId::new();
+        let mut in_flight = InFlight::default();
+        in_flight.add("d", shop);
+        in_flight.add("d", shop);
+        in_flight.remove("d", shop);
+        in_flight.remove("d", shop);
+        in_flight.remove("d", shop);
+        assert_eq!(in_flight, InFlight::default());
     }
 }

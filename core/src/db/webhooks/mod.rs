@@ -22,7 +22,7 @@ pub mod secrets;
 
 pub use deliveries::{
     backlog_by_destination, callback_destination, claim_due, complete, deliveries_for_event,
-    ClaimLimits, ClaimedDelivery, Delivery, DeliveryOutcome, DeliveryState,
+    ClaimLimits, ClaimedDelivery, Delivery, DeliveryOutcome, DeliveryState, InFlight,
 };
 pub use events::{
     event_id_for, event_id_for_refund, events_for_transaction, get_event, record_event, redeliver,
