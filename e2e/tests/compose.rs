@@ -87,8 +87,9 @@ impl Check {
     }
 
     /// Checks the container's command and loads its settings as its binary would: `None`
-    /// when it would not start (reported), else the address it binds (`Some(None)`: a job).
-    fn start(&mut self, service: &Service) -> Result<Option<Option<SocketAddr>>> {
+    /// when it would not start (reported), else the addresses it binds, the one its
+    /// healthcheck probes first (`Some(None)`: a job).
+    fn start(&mut self, service: &Service) -> Result<Option<Option<Vec<SocketAddr>>>> {
         let (command, binaries) = (&service.command, &self.binaries);
         let Some(binary) = command.first().filter(|b| binaries.contains(*b)) else {
             self.bad(format!("runs {command:?}, not a workspace binary"));
@@ -100,7 +101,7 @@ impl Check {
             self.bad(format!("{binary} is not built by the Dockerfile"));
         }
         if binary == "paygate-sandbox" {
-            return Ok(self.load_sandbox(service).map(Some));
+            return Ok(self.load_sandbox(service).map(|listen| Some(vec![listen])));
         }
         if binary == "paygate" {
             // The built CLI asked for the subcommand's help: clap refuses unknown ones.
@@ -115,16 +116,24 @@ impl Check {
         let Some(config) = self.load_config(binary, service) else {
             return Ok(None);
         };
-        let bind = match binary.as_str() {
+        let binds = match binary.as_str() {
             "paygate" => return Ok(Some(None)),
-            "paygate-api" => Some(config.api.bind),
-            _ => config.telemetry.metrics_bind,
+            // The API's own listener, then its metrics' when they have one.
+            "paygate-api" => [Some(config.api.bind), config.telemetry.metrics_bind].to_vec(),
+            _ => vec![config.telemetry.metrics_bind],
         };
-        let Some(Ok(bind)) = bind.as_deref().map(str::parse) else {
-            self.bad(format!("{binary} binds no host:port ({bind:?})"));
-            return Ok(None);
-        };
-        Ok(Some(Some(bind)))
+        let mut addresses = Vec::new();
+        for (n, bind) in binds.into_iter().enumerate() {
+            match bind.as_deref().map(str::parse) {
+                Some(Ok(address)) => addresses.push(address),
+                None if n > 0 => {}
+                _ => {
+                    self.bad(format!("{binary} binds no host:port ({bind:?})"));
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(Some(addresses)))
     }
 
     /// The configuration a `Config` reader would start with, gateway registry included;
@@ -174,16 +183,21 @@ impl Check {
     }
 
     /// Published ports and the healthcheck URL against the address the service binds.
-    fn check_ports(&mut self, service: &Service, bind: Option<SocketAddr>) {
-        let Some(bind) = bind else { return };
-        if !bind.ip().is_unspecified() {
-            self.bad(format!("binds {bind}, in the container only"));
+    fn check_ports(&mut self, service: &Service, binds: Option<Vec<SocketAddr>>) {
+        let Some(binds) = binds else { return };
+        let Some(port) = binds.first().map(SocketAddr::port) else {
+            return;
+        };
+        for bind in &binds {
+            if !bind.ip().is_unspecified() {
+                self.bad(format!("binds {bind}, in the container only"));
+            }
         }
-        let port = bind.port();
+        let ports: Vec<u16> = binds.iter().map(SocketAddr::port).collect();
         for entry in &service.ports {
             let container = entry.split('/').next().and_then(|p| p.rsplit(':').next());
-            if container.and_then(|p| p.parse().ok()) != Some(port) {
-                self.bad(format!("ports {entry:?} is not the bound {port}"));
+            if !container.and_then(|p| p.parse().ok()).is_some_and(|p| ports.contains(&p)) {
+                self.bad(format!("ports {entry:?} is not a bound port ({ports:?})"));
             }
         }
         let test = service.healthcheck.as_ref().and_then(|h| h.get("test"));
