@@ -36,8 +36,8 @@ pub fn init(config: &LogConfig) {
     };
 }
 
-/// Serves Prometheus metrics at `http://<bind>/metrics` and the worker's readiness at
-/// `http://<bind>/readyz` ([`crate::ready`]) from this process, for services without an HTTP
+/// Serves Prometheus metrics at `http://<bind>/metrics`, the worker's readiness at
+/// `http://<bind>/readyz` ([`crate::ready`]) and its liveness at `/healthz` from this process, for services without an HTTP
 /// server of their own (the processors, the dispatcher). Must run inside the Tokio runtime.
 /// With a `token` (`telemetry.metrics_token`), `/metrics` answers only
 /// `Authorization: Bearer <token>` (401 otherwise); `/readyz` stays open for probes.
@@ -130,6 +130,9 @@ async fn answer(
             )
         }
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        // Liveness: the process answers. Never its dependencies (an outage of Postgres must
+        // not make an orchestrator restart every worker).
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             let report = crate::ready::current().await;
             let status = if report.ready() {

@@ -57,6 +57,7 @@ async fn metrics_behind_a_token_answer_only_its_bearer() -> TestResult {
     assert!(body.contains("paygate_secret_volume_total 7"), "{body}");
     // Probes need no token.
     assert_ne!(get(&addr, "/readyz", "").await?.0, 401);
+    assert_eq!(get(&addr, "/healthz", "").await?, (200, "ok\n".to_owned()));
     Ok(())
 }
 

@@ -196,7 +196,10 @@ impl Check {
         let ports: Vec<u16> = binds.iter().map(SocketAddr::port).collect();
         for entry in &service.ports {
             let container = entry.split('/').next().and_then(|p| p.rsplit(':').next());
-            if !container.and_then(|p| p.parse().ok()).is_some_and(|p| ports.contains(&p)) {
+            if !container
+                .and_then(|p| p.parse().ok())
+                .is_some_and(|p| ports.contains(&p))
+            {
                 self.bad(format!("ports {entry:?} is not a bound port ({ports:?})"));
             }
         }
