@@ -310,7 +310,7 @@ async fn a_client_trickling_its_headers_is_disconnected() -> TestResult {
     let ok = app.client.get(app.url("/healthz")).send().await?;
     assert_eq!(ok.status(), 200);
     let unknown = app
-        .get("/v1/transactions", &ApiKey::generate().expose().to_owned())
+        .get("/v1/transactions", ApiKey::generate().expose())
         .send()
         .await?;
     assert_eq!(unknown.status(), 401);
