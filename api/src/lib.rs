@@ -69,6 +69,8 @@ pub struct Shared {
     /// The SSRF guard's policy for webhook and callback URLs: `[destinations]`, which the
     /// dispatcher applies too, so the API never accepts a URL the dispatcher would refuse.
     pub destinations: DestinationPolicy,
+    /// Seals and opens webhook signing secrets (`[secrets]`).
+    pub keyring: Arc<paygate_core::keyring::Keyring>,
     /// Well-formed API keys Postgres did not know, remembered briefly (by hash).
     pub unknown_keys: auth::UnknownKeys,
     /// `/readyz`'s last answer, reused for a second.
@@ -102,6 +104,7 @@ impl Application {
 
     /// Builds with an explicit gateway registry (tests, embedders).
     pub async fn build_with(config: Config, registry: GatewayRegistry) -> Result<Self, ApiError> {
+        let keyring = Arc::new(config.secrets.keyring()?);
         let metrics = metrics::install();
         let base = Foundation::start(&config, Topics::BestEffort(TOPICS_TIMEOUT)).await?;
         let pool = base.pool.clone();
@@ -161,6 +164,7 @@ impl Application {
             config: config.api.clone(),
             metrics,
             destinations: DestinationPolicy::from_config(&config.destinations),
+            keyring,
             unknown_keys: auth::UnknownKeys::default(),
             readiness: routes::health::ReadinessCache::default(),
         }));

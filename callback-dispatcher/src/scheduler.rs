@@ -20,6 +20,8 @@ use crate::worker::Deliverer;
 
 pub(crate) struct Scheduler {
     pub pool: PgPool,
+    /// Opens the signing secrets of claimed deliveries (`[secrets]`).
+    pub keyring: Arc<paygate_core::keyring::Keyring>,
     pub deliverer: Arc<Deliverer>,
     pub concurrency: usize,
     pub per_destination: usize,
@@ -82,7 +84,7 @@ impl Scheduler {
                     per_destination: self.per_destination.max(1),
                     in_flight: &snapshot,
                 };
-                match webhooks::claim_due(&self.pool, limits).await {
+                match webhooks::claim_due(&self.pool, &self.keyring, limits).await {
                     Ok(claimed) => {
                         more = claimed.len() == free;
                         for delivery in claimed {

@@ -18,6 +18,7 @@
 
 pub mod env;
 mod gateway;
+mod secrets;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ pub use gateway::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CALLBACK_BYTES, DEFAULT_STATUS_NOT_FOUND_AFTER,
     DEFAULT_TIMEOUT,
 };
+pub use secrets::{SecretsConfig, INSECURE_DEV_KEY, INSECURE_DEV_KEY_ID};
 
 /// Environment variable naming an optional TOML file.
 pub const CONFIG_FILE_VAR: &str = "PAYGATE_CONFIG";
@@ -62,6 +64,9 @@ pub struct Config {
     /// `[recovery]`: healing what the broker lost, readiness probes.
     #[serde(default)]
     pub recovery: RecoveryConfig,
+    /// `[secrets]`: the keyring sealing webhook signing secrets at rest ([`secrets`]).
+    #[serde(default)]
+    pub secrets: SecretsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -499,6 +504,7 @@ impl Default for Config {
             },
             gateways: BTreeMap::new(),
             recovery: RecoveryConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -750,6 +756,7 @@ impl Config {
         for (name, gateway) in &self.gateways {
             gateway.check(name, &mut problems);
         }
+        self.secrets.problems(&mut problems);
         problems
     }
 }
