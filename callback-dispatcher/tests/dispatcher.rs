@@ -538,8 +538,9 @@ async fn gone_disables_the_endpoint() -> TestResult {
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
     publish_completed(&producer, &tx).await?;
 
+    let keys = keyring(&config)?;
     eventually("endpoint disabled", WAIT, || async {
-        webhook_endpoints::get_for_merchant(&pool, &keyring(&config)?, merchant, endpoint.id)
+        webhook_endpoints::get_for_merchant(&pool, &keys, merchant, endpoint.id)
             .await
             .ok()
             .flatten()
