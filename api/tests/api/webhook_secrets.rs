@@ -193,7 +193,8 @@ async fn an_endpoint_secret_rotates_for_its_owner_only() -> TestResult {
         SecretColumn::EndpointSecret,
         SecretColumn::EndpointPreviousSecret,
     );
-    let stored = opened(&app, columns, id.as_uuid(), stored)?;
+    let row = paygate_core::domain::WebhookEndpointId::parse(&id)?.as_uuid();
+    let stored = opened(&app, columns, row, stored)?;
     assert_eq!(stored, (second.clone(), Some(first.clone()), true));
     // The secret is not shown by the endpoint's other routes.
     let one = app
