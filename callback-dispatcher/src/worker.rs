@@ -27,8 +27,10 @@ impl Deliverer {
         let event_id = claimed.event_id.to_string();
         let body = claimed.payload.as_str();
         let signed = match &claimed.secrets {
-            Ok(secrets) => signing::sign(secrets, &event_id, Utc::now().timestamp(), body.as_bytes())
-                .map_err(|error| format!("could not sign: {error}")),
+            Ok(secrets) => {
+                signing::sign(secrets, &event_id, Utc::now().timestamp(), body.as_bytes())
+                    .map_err(|error| format!("could not sign: {error}"))
+            }
             // Never signed with anything else: the attempt fails and is retried on schedule
             // (an operator restoring the key lets the next attempt through).
             Err(error) => {

@@ -381,7 +381,8 @@ async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once
         tampered.as_bytes()
     ));
     // …and the merchant's default secret signs the callback_url delivery.
-    let default_secret = webhooks::merchant_default_secret(&pool, &keyring(&config)?, merchant).await?;
+    let default_secret =
+        webhooks::merchant_default_secret(&pool, &keyring(&config)?, merchant).await?;
     assert!(independently_verifies(
         default_secret.expose(),
         &at_callback[0],
@@ -404,9 +405,14 @@ async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_attempt() -
     let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![500, 503, 500])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint =
-        webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &format!("{}/hook", receiver.base), None)
-            .await?;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Failed).await?;
@@ -512,9 +518,15 @@ async fn a_secret_sealed_under_an_unknown_key_is_never_signed_with() -> TestResu
         &receiver.on("/good")[0],
         &receiver.on("/good")[0].body
     ));
-    assert!(receiver.on("/orphan").is_empty(), "nothing sent unsigned or signed with garbage");
+    assert!(
+        receiver.on("/orphan").is_empty(),
+        "nothing sent unsigned or signed with garbage"
+    );
     let log = webhook_endpoints::list_attempts(&pool, tx.id, 100).await?;
-    for attempt in log.iter().filter(|a| a.attempt.endpoint_id == Some(orphan.id)) {
+    for attempt in log
+        .iter()
+        .filter(|a| a.attempt.endpoint_id == Some(orphan.id))
+    {
         let error = attempt.attempt.error.as_deref().unwrap_or_default();
         assert!(
             error.contains("signing secret unreadable") && error.contains("\"lost\""),
@@ -530,9 +542,14 @@ async fn gone_disables_the_endpoint() -> TestResult {
     let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
     let receiver = Receiver::start(Behaviour::Always(410)).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint =
-        webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &format!("{}/hook", receiver.base), None)
-            .await?;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
@@ -587,9 +604,22 @@ async fn a_hanging_endpoint_does_not_delay_another_endpoint() -> TestResult {
     let slow = Receiver::start(Behaviour::Hang).await?;
     let fast = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let slow_endpoint =
-        webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &format!("{}/slow", slow.base), None).await?;
-    webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &format!("{}/fast", fast.base), None).await?;
+    let slow_endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/slow", slow.base),
+        None,
+    )
+    .await?;
+    webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/fast", fast.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let mut txs = Vec::new();
@@ -642,7 +672,14 @@ async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() 
     let (config, pool) = test_config(&[0, 3]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![500])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &format!("{}/hook", receiver.base), None).await?;
+    webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let first = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
@@ -774,9 +811,14 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
     let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
     let other = merchants::create(&pool, "other").await?.id;
-    let endpoint =
-        webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &format!("{}/hook", receiver.base), None)
-            .await?;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
@@ -787,10 +829,15 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
     .await?;
     let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
 
-    let rotated =
-        webhooks::rotate_endpoint_secret(&pool, &keyring(&config)?, merchant, endpoint.id, Duration::from_secs(3_600))
-            .await?
-            .ok_or("endpoint not rotated")?;
+    let rotated = webhooks::rotate_endpoint_secret(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        endpoint.id,
+        Duration::from_secs(3_600),
+    )
+    .await?
+    .ok_or("endpoint not rotated")?;
     assert!(webhooks::redeliver(&pool, other, event).await?.is_none());
     let replay = webhooks::redeliver(&pool, merchant, event)
         .await?
@@ -835,9 +882,14 @@ async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
     config.dispatcher.disable_after_failing = Duration::from_secs(1);
     let receiver = Receiver::start(Behaviour::Always(500)).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint =
-        webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &format!("{}/hook", receiver.base), None)
-            .await?;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;

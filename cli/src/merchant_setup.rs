@@ -34,9 +34,10 @@ pub async fn create(
     let (_key_id, key) = merchants::create_api_key(&mut *tx, merchant.id)
         .await
         .context("creating the API key")?;
-    let endpoint = webhook_endpoints::create(&mut *tx, keyring, merchant.id, endpoint_url, Some(name))
-        .await
-        .context("registering the webhook endpoint")?;
+    let endpoint =
+        webhook_endpoints::create(&mut *tx, keyring, merchant.id, endpoint_url, Some(name))
+            .await
+            .context("registering the webhook endpoint")?;
     tx.commit().await.context("creating the merchant")?;
     ledger::top_up(pool, merchant.id, funds, "initial funds")
         .await

@@ -210,7 +210,10 @@ async fn rotating_the_key_keeps_every_read_working_and_then_the_old_key_can_go()
         ClearRows::Refuse,
     )
     .await?;
-    assert_eq!((endpoints_pass.resealed, endpoints_pass.failed.len()), (5, 0));
+    assert_eq!(
+        (endpoints_pass.resealed, endpoints_pass.failed.len()),
+        (5, 0)
+    );
     let defaults_pass = reseal::reseal_table(
         &pool,
         &b_current,
@@ -224,7 +227,10 @@ async fn rotating_the_key_keeps_every_read_working_and_then_the_old_key_can_go()
         let again = reseal::reseal_table(&pool, &b_current, table, 2, ClearRows::Refuse).await?;
         assert_eq!(again, reseal::ResealReport::default(), "{table:?}");
     }
-    assert!(raw_secrets(&pool).await?.iter().all(|v| v.starts_with("v1:b:")));
+    assert!(raw_secrets(&pool)
+        .await?
+        .iter()
+        .all(|v| v.starts_with("v1:b:")));
 
     // A removed: the same secrets, previous one included.
     assert_eq!(
@@ -275,8 +281,14 @@ async fn rows_written_in_clear_are_never_read_as_secrets_and_migrate_seals_them(
     }
     let endpoint = uuid::Uuid::now_v7();
     let (clear, clear_before) = (
-        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([7_u8; 32])),
-        format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([8_u8; 32])),
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode([7_u8; 32])
+        ),
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode([8_u8; 32])
+        ),
     );
     sqlx::query(
         "INSERT INTO webhook_endpoints (id, merchant_id, url, secret, previous_secret, previous_secret_expires_at)
@@ -335,7 +347,10 @@ async fn rows_written_in_clear_are_never_read_as_secrets_and_migrate_seals_them(
     }
     assert_eq!(sealed, 2);
     reseal::validate_sealed_only(&pool).await?;
-    assert!(raw_secrets(&pool).await?.iter().all(|v| !v.contains("whsec_")));
+    assert!(raw_secrets(&pool)
+        .await?
+        .iter()
+        .all(|v| !v.contains("whsec_")));
     let read = webhook_endpoints::list_enabled(&pool, &keys, merchant).await?;
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].secret.expose(), clear);

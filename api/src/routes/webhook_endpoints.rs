@@ -174,10 +174,11 @@ pub async fn rotate_secret(
     let id = parse_id(id)?;
     let overlap = crate::routes::webhook_secret::ROTATION_OVERLAP;
     let expires_at = crate::routes::webhook_secret::overlap_end();
-    let secret = webhooks::rotate_endpoint_secret(&state.pool, &state.keyring, merchant.id, id, overlap)
-        .await
-        .map_err(HttpError::internal)?
-        .ok_or_else(|| HttpError::not_found("webhook endpoint"))?;
+    let secret =
+        webhooks::rotate_endpoint_secret(&state.pool, &state.keyring, merchant.id, id, overlap)
+            .await
+            .map_err(HttpError::internal)?
+            .ok_or_else(|| HttpError::not_found("webhook endpoint"))?;
     tracing::info!(endpoint = %id, merchant = %merchant.id, "webhook endpoint secret rotated");
     Ok(crate::routes::webhook_secret::no_store(Json(
         WebhookSecretResource::new(&secret, Some(id), Some(expires_at)),

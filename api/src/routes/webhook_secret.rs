@@ -77,15 +77,14 @@ pub async fn rotate(
 ) -> Result<Response, HttpError> {
     merchant.require(Scope::WebhooksManage)?;
     let expires_at = overlap_end();
-    let secret =
-        webhooks::rotate_merchant_default_secret(
-            &state.pool,
-            &state.keyring,
-            merchant.id,
-            ROTATION_OVERLAP,
-        )
-            .await
-            .map_err(HttpError::internal)?;
+    let secret = webhooks::rotate_merchant_default_secret(
+        &state.pool,
+        &state.keyring,
+        merchant.id,
+        ROTATION_OVERLAP,
+    )
+    .await
+    .map_err(HttpError::internal)?;
     tracing::info!(merchant = %merchant.id, "merchant default webhook secret rotated");
     Ok(no_store(Json(WebhookSecretResource::new(
         &secret,

@@ -338,7 +338,10 @@ async fn after_rotations_deliveries_carry_both_secrets() -> TestResult {
     .await?;
     assert_eq!(claimed.len(), 4, "two generations, two destinations");
     for delivery in &claimed {
-        let opened = delivery.secrets.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let opened = delivery
+            .secrets
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let secrets: Vec<&str> = opened.iter().map(|s| s.expose()).collect();
         let expected = if delivery.endpoint_id.is_some() {
             [endpoint_new.as_str(), endpoint_old.as_str()]
@@ -394,8 +397,14 @@ async fn every_route_showing_a_secret_needs_the_webhooks_manage_scope() -> TestR
 
     let body = json!({"url": "http://127.0.0.1:9/other"});
     let requests = [
-        ("POST /v1/webhook-endpoints", app.post("/v1/webhook-endpoints", &narrow, &body)),
-        ("GET /v1/webhook-endpoints", app.get("/v1/webhook-endpoints", &narrow)),
+        (
+            "POST /v1/webhook-endpoints",
+            app.post("/v1/webhook-endpoints", &narrow, &body),
+        ),
+        (
+            "GET /v1/webhook-endpoints",
+            app.get("/v1/webhook-endpoints", &narrow),
+        ),
         (
             "GET /v1/webhook-endpoints/{id}",
             app.get(&format!("/v1/webhook-endpoints/{id}"), &narrow),
@@ -408,7 +417,10 @@ async fn every_route_showing_a_secret_needs_the_webhooks_manage_scope() -> TestR
                 &json!({}),
             ),
         ),
-        ("GET /v1/webhook-secret", app.get("/v1/webhook-secret", &narrow)),
+        (
+            "GET /v1/webhook-secret",
+            app.get("/v1/webhook-secret", &narrow),
+        ),
         (
             "POST /v1/webhook-secret/rotate",
             app.post("/v1/webhook-secret/rotate", &narrow, &json!({})),

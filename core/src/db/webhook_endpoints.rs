@@ -14,8 +14,8 @@ use rand::RngCore;
 use sqlx::PgExecutor;
 
 use super::DbError;
-use crate::keyring::{Keyring, SecretColumn, Slot};
 use crate::domain::{DeliveryAttemptId, EventId, MerchantId, TransactionId, WebhookEndpointId};
+use crate::keyring::{Keyring, SecretColumn, Slot};
 
 const SECRET_PREFIX: &str = "whsec_";
 /// Random bytes in a new secret (Svix/Standard Webhooks use 24 to 64).
@@ -50,21 +50,25 @@ impl WebhookSecret {
 
     /// Seals this secret for `slot` (what is stored).
     pub(crate) fn seal(&self, keyring: &Keyring, slot: Slot) -> Result<String, DbError> {
-        keyring.seal(slot, &self.0).map_err(|source| DbError::Secret {
-            table: slot.column.table(),
-            row: slot.row,
-            source,
-        })
+        keyring
+            .seal(slot, &self.0)
+            .map_err(|source| DbError::Secret {
+                table: slot.column.table(),
+                row: slot.row,
+                source,
+            })
     }
 
     /// Opens a stored (sealed) secret of `slot`. Anything but a sealed `whsec_…` for this
     /// very slot is an error: a clear value is never taken for a secret.
     pub(crate) fn open(keyring: &Keyring, slot: Slot, stored: &str) -> Result<Self, DbError> {
-        let opened = keyring.open(slot, stored).map_err(|source| DbError::Secret {
-            table: slot.column.table(),
-            row: slot.row,
-            source,
-        })?;
+        let opened = keyring
+            .open(slot, stored)
+            .map_err(|source| DbError::Secret {
+                table: slot.column.table(),
+                row: slot.row,
+                source,
+            })?;
         if !opened.starts_with(SECRET_PREFIX) {
             return Err(DbError::Corrupt {
                 table: slot.column.table(),
@@ -137,7 +141,10 @@ pub async fn create<'e>(
 ) -> Result<WebhookEndpoint, DbError> {
     let id = WebhookEndpointId::new();
     let secret = WebhookSecret::generate();
-    let sealed = secret.seal(keyring, Slot::new(SecretColumn::EndpointSecret, id.as_uuid()))?;
+    let sealed = secret.seal(
+        keyring,
+        Slot::new(SecretColumn::EndpointSecret, id.as_uuid()),
+    )?;
     let created_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO webhook_endpoints (id, merchant_id, url, description, secret) VALUES ($1, $2, $3, $4, $5)
          RETURNING created_at",
