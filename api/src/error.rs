@@ -296,6 +296,9 @@ pub enum ApiError {
     Startup(#[from] paygate_core::startup::StartupError),
     #[error("gateways: {0}")]
     Gateways(String),
+    /// No usable `[secrets]` keyring (the message names the settings, never a key).
+    #[error(transparent)]
+    Secrets(#[from] paygate_core::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,

@@ -72,6 +72,8 @@ pub struct Shared {
     /// The SSRF guard's policy for webhook and callback URLs: `[destinations]`, which the
     /// dispatcher applies too, so the API never accepts a URL the dispatcher would refuse.
     pub destinations: DestinationPolicy,
+    /// Seals and opens webhook signing secrets (`[secrets]`).
+    pub keyring: Arc<paygate_core::keyring::Keyring>,
     /// Well-formed API keys Postgres did not know, remembered briefly (by hash).
     pub unknown_keys: auth::UnknownKeys,
     /// `/readyz`'s last answer, reused for a second.
@@ -107,6 +109,7 @@ impl Application {
 
     /// Builds with an explicit gateway registry (tests, embedders).
     pub async fn build_with(config: Config, registry: GatewayRegistry) -> Result<Self, ApiError> {
+        let keyring = Arc::new(config.secrets.keyring()?);
         let metrics = metrics::install();
         let metrics_addr = match (&config.telemetry.metrics_bind, &metrics) {
             (Some(bind), Some(handle)) => Some(
@@ -178,6 +181,7 @@ impl Application {
             metrics,
             metrics_gate: routes::health::MetricsGate::from_config(&config.telemetry),
             destinations: DestinationPolicy::from_config(&config.destinations),
+            keyring,
             unknown_keys: auth::UnknownKeys::default(),
             readiness: routes::health::ReadinessCache::default(),
         }));

@@ -61,6 +61,9 @@ pub enum DispatcherError {
     Bus(#[from] bus::BusError),
     #[error(transparent)]
     Startup(#[from] StartupError),
+    /// No usable `[secrets]` keyring (the message names the settings, never a key).
+    #[error(transparent)]
+    Secrets(#[from] paygate_core::config::ConfigError),
 }
 
 /// The callback dispatcher service: [`Dispatcher::build`] then [`Dispatcher::run`].
@@ -80,6 +83,7 @@ impl Dispatcher {
     /// Connects to Postgres (migrating when configured), creates the topics and joins the
     /// consumer group of `transactions.completed`.
     pub async fn build(config: Config) -> Result<Self, DispatcherError> {
+        let keyring = Arc::new(config.secrets.keyring()?);
         let base = Foundation::start(&config, Topics::Required).await?;
         let pool = base.pool.clone();
         let settings = &config.dispatcher;
@@ -116,6 +120,7 @@ impl Dispatcher {
         });
         let scheduler = scheduler::Scheduler {
             pool: pool.clone(),
+            keyring,
             deliverer,
             concurrency: settings.concurrency.max(1),
             per_destination: settings.per_endpoint_concurrency.max(1),

@@ -22,6 +22,8 @@ use crate::worker::Deliverer;
 
 pub(crate) struct Scheduler {
     pub pool: PgPool,
+    /// Opens the signing secrets of claimed deliveries (`[secrets]`).
+    pub keyring: Arc<paygate_core::keyring::Keyring>,
     pub deliverer: Arc<Deliverer>,
     pub concurrency: usize,
     pub per_destination: usize,
@@ -99,7 +101,7 @@ impl Scheduler {
                     per_merchant: self.per_merchant.max(1),
                     in_flight: &snapshot,
                 };
-                match webhooks::claim_due(&self.pool, limits).await {
+                match webhooks::claim_due(&self.pool, &self.keyring, limits).await {
                     Ok(claimed) => {
                         more = claimed.len() == free;
                         for delivery in claimed {

@@ -26,15 +26,23 @@ impl Deliverer {
         }
         let event_id = claimed.event_id.to_string();
         let body = claimed.payload.as_str();
-        let report = match signing::sign(
-            &claimed.secrets,
-            &event_id,
-            Utc::now().timestamp(),
-            body.as_bytes(),
-        ) {
+        let signed = match &claimed.secrets {
+            Ok(secrets) => {
+                signing::sign(secrets, &event_id, Utc::now().timestamp(), body.as_bytes())
+                    .map_err(|error| format!("could not sign: {error}"))
+            }
+            // Never signed with anything else: the attempt fails and is retried on schedule
+            // (an operator restoring the key lets the next attempt through).
+            Err(error) => {
+                tracing::error!(%error, event = %claimed.event_id, destination = %claimed.destination,
+                    "webhook signing secret does not open; not delivered");
+                Err(format!("signing secret unreadable: {error}"))
+            }
+        };
+        let report = match signed {
             Ok(signed) => self.sender.send(&claimed.url, &signed, body).await,
             Err(error) => AttemptReport {
-                error: Some(format!("could not sign: {error}")),
+                error: Some(error),
                 ..AttemptReport::default()
             },
         };

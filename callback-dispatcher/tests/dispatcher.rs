@@ -34,6 +34,11 @@ use tokio_util::sync::CancellationToken;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type TestResult = Result<(), Error>;
 
+/// The test configuration's keyring (webhook secrets are stored sealed with it).
+fn keyring(config: &Config) -> Result<paygate_core::keyring::Keyring, Error> {
+    Ok(paygate_testkit::keyring(config)?)
+}
+
 // ---------------------------------------------------------------- the receiver
 
 #[derive(Debug, Clone)]
@@ -307,6 +312,7 @@ async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once
     let merchant = merchants::create(&pool, "shop").await?.id;
     let endpoint = webhook_endpoints::create(
         &pool,
+        &keyring(&config)?,
         merchant,
         &format!("{}/endpoint", receiver.base),
         Some("main"),
@@ -375,7 +381,8 @@ async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once
         tampered.as_bytes()
     ));
     // …and the merchant's default secret signs the callback_url delivery.
-    let default_secret = webhooks::merchant_default_secret(&pool, merchant).await?;
+    let default_secret =
+        webhooks::merchant_default_secret(&pool, &keyring(&config)?, merchant).await?;
     assert!(independently_verifies(
         default_secret.expose(),
         &at_callback[0],
@@ -398,9 +405,14 @@ async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_attempt() -
     let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![500, 503, 500])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint =
-        webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None)
-            .await?;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Failed).await?;
@@ -458,20 +470,94 @@ async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_attempt() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gone_disables_the_endpoint() -> TestResult {
-    let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
-    let receiver = Receiver::start(Behaviour::Always(410)).await?;
+async fn a_secret_sealed_under_an_unknown_key_is_never_signed_with() -> TestResult {
+    let (config, pool) = test_config(&[0, 1, 1]).await?;
+    let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint =
-        webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None)
-            .await?;
+    let good = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/good", receiver.base),
+        None,
+    )
+    .await?;
+    // An endpoint whose secret is sealed under a key the dispatcher's keyring lacks (a key
+    // removed before `paygate secrets rotate-key` finished, or a restored old backup).
+    let lost_key = paygate_core::keyring::KeyId::parse("lost").ok_or("key id")?;
+    let lost = paygate_core::keyring::Keyring::new(lost_key.clone(), [(lost_key, [3_u8; 32])])?;
+    let orphan = webhook_endpoints::create(
+        &pool,
+        &lost,
+        merchant,
+        &format!("{}/orphan", receiver.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
     publish_completed(&producer, &tx).await?;
 
+    eventually("the orphan's attempts failed", WAIT, || async {
+        webhook_endpoints::list_attempts(&pool, tx.id, 100)
+            .await
+            .map(|log| {
+                log.iter()
+                    .filter(|a| a.attempt.endpoint_id == Some(orphan.id))
+                    .count()
+                    >= 2
+            })
+            .unwrap_or(false)
+    })
+    .await?;
+    // The other endpoint got its signed webhook; the orphan's URL was never called.
+    assert_eq!(receiver.on("/good").len(), 1);
+    assert!(independently_verifies(
+        good.secret.expose(),
+        &receiver.on("/good")[0],
+        &receiver.on("/good")[0].body
+    ));
+    assert!(
+        receiver.on("/orphan").is_empty(),
+        "nothing sent unsigned or signed with garbage"
+    );
+    let log = webhook_endpoints::list_attempts(&pool, tx.id, 100).await?;
+    for attempt in log
+        .iter()
+        .filter(|a| a.attempt.endpoint_id == Some(orphan.id))
+    {
+        let error = attempt.attempt.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("signing secret unreadable") && error.contains("\"lost\""),
+            "{error}"
+        );
+        assert_eq!(attempt.attempt.status_code, None);
+    }
+    dispatcher.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint() -> TestResult {
+    let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
+    let receiver = Receiver::start(Behaviour::Always(410)).await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
+    let dispatcher = Running::start(&config).await?;
+    let producer = Producer::new(&config.kafka)?;
+    let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
+    publish_completed(&producer, &tx).await?;
+
+    let keys = keyring(&config)?;
     eventually("endpoint disabled", WAIT, || async {
-        webhook_endpoints::get_for_merchant(&pool, merchant, endpoint.id)
+        webhook_endpoints::get_for_merchant(&pool, &keys, merchant, endpoint.id)
             .await
             .ok()
             .flatten()
@@ -518,9 +604,22 @@ async fn a_hanging_endpoint_does_not_delay_another_endpoint() -> TestResult {
     let slow = Receiver::start(Behaviour::Hang).await?;
     let fast = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let slow_endpoint =
-        webhook_endpoints::create(&pool, merchant, &format!("{}/slow", slow.base), None).await?;
-    webhook_endpoints::create(&pool, merchant, &format!("{}/fast", fast.base), None).await?;
+    let slow_endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/slow", slow.base),
+        None,
+    )
+    .await?;
+    webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/fast", fast.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let mut txs = Vec::new();
@@ -573,7 +672,14 @@ async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() 
     let (config, pool) = test_config(&[0, 3]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![500])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None).await?;
+    webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let first = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
@@ -660,7 +766,7 @@ async fn internal_destinations_are_refused_before_connecting() -> TestResult {
         "http://10.0.0.1/private".to_owned(),
         "http://169.254.169.254/latest/meta-data/".to_owned(),
     ] {
-        webhook_endpoints::create(&pool, merchant, &url, None).await?;
+        webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &url, None).await?;
     }
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
@@ -705,9 +811,14 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
     let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
     let other = merchants::create(&pool, "other").await?.id;
-    let endpoint =
-        webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None)
-            .await?;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
@@ -718,10 +829,15 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
     .await?;
     let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
 
-    let rotated =
-        webhooks::rotate_endpoint_secret(&pool, merchant, endpoint.id, Duration::from_secs(3_600))
-            .await?
-            .ok_or("endpoint not rotated")?;
+    let rotated = webhooks::rotate_endpoint_secret(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        endpoint.id,
+        Duration::from_secs(3_600),
+    )
+    .await?
+    .ok_or("endpoint not rotated")?;
     assert!(webhooks::redeliver(&pool, other, event).await?.is_none());
     let replay = webhooks::redeliver(&pool, merchant, event)
         .await?
@@ -766,9 +882,14 @@ async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
     config.dispatcher.disable_after_failing = Duration::from_secs(1);
     let receiver = Receiver::start(Behaviour::Always(500)).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint =
-        webhook_endpoints::create(&pool, merchant, &format!("{}/hook", receiver.base), None)
-            .await?;
+    let endpoint = webhook_endpoints::create(
+        &pool,
+        &keyring(&config)?,
+        merchant,
+        &format!("{}/hook", receiver.base),
+        None,
+    )
+    .await?;
     let dispatcher = Running::start(&config).await?;
     let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
@@ -865,6 +986,7 @@ async fn a_succeeded_refund_is_recorded_and_delivered_as_refund_succeeded() -> T
     let merchant = merchants::create(&pool, "shop").await?.id;
     webhook_endpoints::create(
         &pool,
+        &keyring(&config)?,
         merchant,
         &format!("{}/endpoint", receiver.base),
         None,
@@ -952,11 +1074,13 @@ async fn a_merchant_with_many_hanging_endpoints_cannot_take_every_worker() -> Te
     let fast = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let greedy = merchants::create(&pool, "four slow endpoints").await?.id;
     let other = merchants::create(&pool, "one fast endpoint").await?.id;
+    let keyring = keyring(&config)?;
     for n in 0..4 {
-        webhook_endpoints::create(&pool, greedy, &format!("{}/slow-{n}", hanging.base), None)
-            .await?;
+        let url = format!("{}/slow-{n}", hanging.base);
+        webhook_endpoints::create(&pool, &keyring, greedy, &url, None).await?;
     }
-    webhook_endpoints::create(&pool, other, &format!("{}/fast", fast.base), None).await?;
+    let url = format!("{}/fast", fast.base);
+    webhook_endpoints::create(&pool, &keyring, other, &url, None).await?;
     let producer = Producer::new(&config.kafka)?;
     let dispatcher = Running::start(&config).await?;
     // The greedy merchant's deliveries are recorded (and due) first.

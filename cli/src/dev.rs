@@ -157,6 +157,12 @@ pub async fn start(
     options: DevOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<DevStack> {
+    if config.secrets.is_empty() {
+        // A development stack: webhook secrets are sealed with the public development key
+        // (a configured keyring is used as given).
+        config.secrets = paygate_core::config::SecretsConfig::insecure_dev();
+    }
+    let keyring = config.secrets.keyring()?;
     let ports = Ports::claim(&options).await?;
     let sandbox = start_sandbox(&options, ports.api).await?;
     let (pool, kafka) = prepare_infrastructure(&mut config, &options).await?;
@@ -167,6 +173,7 @@ pub async fn start(
     let receiver_url = format!("http://{}{RECEIVER_PATH}", ports.receiver);
     let demo = merchant_setup::create(
         &pool,
+        &keyring,
         "paygate dev demo",
         &receiver_url,
         merchant_setup::usd(DEMO_FUNDS)?,

@@ -1,7 +1,9 @@
 //! `paygate`: one binary for operators and developers.
 //!
 //! - `paygate dev`: the whole pipeline in this process (see `paygate_cli::dev`);
-//! - `paygate migrate`: apply the embedded database migrations;
+//! - `paygate migrate`: apply the embedded database migrations, then seal any webhook secret
+//!   still stored in clear (`[secrets]` is required);
+//! - `paygate secrets rotate-key`: re-seal every webhook secret under the current key;
 //! - `paygate topics create`: create the Kafka topics (brokers may not auto-create);
 //! - `paygate merchants create --name …`: create a merchant and print its API key once;
 //! - `paygate merchants create-key --merchant … [--scope …]`, `revoke-key --key …`,
@@ -16,6 +18,7 @@
 
 mod ledger;
 mod merchants;
+mod secrets;
 mod transactions;
 
 use std::time::Duration;
@@ -54,8 +57,14 @@ enum Command {
         #[arg(long, default_value_t = 8099)]
         receiver_port: u16,
     },
-    /// Apply database migrations to PAYGATE_DATABASE_URL.
+    /// Apply database migrations to PAYGATE_DATABASE_URL, then seal every webhook signing
+    /// secret still stored in clear with the configured keyring ([secrets]).
     Migrate,
+    /// Webhook signing secrets at rest: re-seal them under a new key.
+    Secrets {
+        #[command(subcommand)]
+        action: secrets::Action,
+    },
     /// Kafka topic administration.
     Topics {
         #[command(subcommand)]
@@ -145,10 +154,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             stack.wait(DEV_STOP_GRACE).await?;
         }
         Command::Migrate => {
+            let keyring = config.secrets.keyring()?;
             let pool = paygate_core::db::connect(&config.database).await?;
             paygate_core::db::migrate(&pool).await?;
             println!("migrations applied to {}", redact(&config.database.url));
+            secrets::seal_after_migrate(&pool, &keyring).await?;
         }
+        Command::Secrets { action } => secrets::run(action, &config).await?,
         Command::Topics {
             action: TopicsAction::Create,
         } => {

@@ -6,6 +6,7 @@ use anyhow::Context;
 use paygate_core::db::webhooks::SigningSecret;
 use paygate_core::db::{ledger, merchants, webhook_endpoints};
 use paygate_core::domain::{MerchantId, Money};
+use paygate_core::keyring::Keyring;
 use sqlx::PgPool;
 
 /// What was made. `api_key` is the only copy of the key in clear (only its hash is stored).
@@ -17,9 +18,11 @@ pub struct MerchantWithEndpoint {
 }
 
 /// Creates merchant `name` with an API key and a webhook endpoint at `endpoint_url`, all or
-/// nothing, then tops it up with `funds` (reference `initial funds`).
+/// nothing, then tops it up with `funds` (reference `initial funds`). The endpoint's secret
+/// is stored sealed with `keyring`, which must be the pipeline's (`[secrets]`).
 pub async fn create(
     pool: &PgPool,
+    keyring: &Keyring,
     name: &str,
     endpoint_url: &str,
     funds: Money,
@@ -31,9 +34,10 @@ pub async fn create(
     let (_key_id, key) = merchants::create_api_key(&mut *tx, merchant.id)
         .await
         .context("creating the API key")?;
-    let endpoint = webhook_endpoints::create(&mut *tx, merchant.id, endpoint_url, Some(name))
-        .await
-        .context("registering the webhook endpoint")?;
+    let endpoint =
+        webhook_endpoints::create(&mut *tx, keyring, merchant.id, endpoint_url, Some(name))
+            .await
+            .context("registering the webhook endpoint")?;
     tx.commit().await.context("creating the merchant")?;
     ledger::top_up(pool, merchant.id, funds, "initial funds")
         .await

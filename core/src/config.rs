@@ -19,6 +19,7 @@
 pub mod env;
 mod gateway;
 mod kafka_security;
+mod secrets;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ pub use gateway::{
     DEFAULT_TIMEOUT,
 };
 pub use kafka_security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
+pub use secrets::{SecretsConfig, INSECURE_DEV_KEY, INSECURE_DEV_KEY_ID};
 
 /// Environment variable naming an optional TOML file.
 pub const CONFIG_FILE_VAR: &str = "PAYGATE_CONFIG";
@@ -66,6 +68,9 @@ pub struct Config {
     /// `[recovery]`: healing what the broker lost, readiness probes.
     #[serde(default)]
     pub recovery: RecoveryConfig,
+    /// `[secrets]`: the keyring sealing webhook signing secrets at rest ([`secrets`]).
+    #[serde(default)]
+    pub secrets: SecretsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -582,6 +587,7 @@ impl Default for Config {
             },
             gateways: BTreeMap::new(),
             recovery: RecoveryConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -849,6 +855,7 @@ impl Config {
         for (name, gateway) in &self.gateways {
             gateway.check(name, &mut problems);
         }
+        self.secrets.problems(&mut problems);
         problems
     }
 }

@@ -54,6 +54,8 @@ pub async fn isolated_config() -> Result<(Config, PgPool), db::DbError> {
     let (pool, url) = fresh_database().await?;
     let mut config = Config::default();
     config.database.url = url;
+    // The public development key: tests seal webhook secrets like every deployment.
+    config.secrets = crate::config::SecretsConfig::insecure_dev();
     config.redis.key_prefix = unique_name("pgt");
     config.kafka.topic_prefix = unique_name("pgt");
     config.kafka.group_prefix = config.kafka.topic_prefix.clone();

@@ -339,7 +339,9 @@ impl Topology {
              [outbox]\npoll_ms = 100\n\n\
              [processor]\nretry_base_ms = 200\nretry_cap_ms = 2000\nscheduler_poll_ms = 200\n\n\
              [destinations]\nallow_loopback = true\nallow_http = true\n\n\
-             [dispatcher]\nretry_schedule_secs = [0, 1, 2, 5, 10]\nscheduler_poll_ms = 200\n",
+             [dispatcher]\nretry_schedule_secs = [0, 1, 2, 5, 10]\nscheduler_poll_ms = 200\n\n\
+             # The public development key (tests only).\n\
+             [secrets]\ncurrent_key = {}\n[secrets.keys]\n{} = {}\n",
             q(&c.database.url),
             q(&c.redis.url),
             q(&c.redis.key_prefix),
@@ -351,6 +353,9 @@ impl Topology {
             // partitions back at once (each service has its own group, so one id serves all).
             q(&c.kafka.group_prefix),
             ports.api,
+            q(paygate_core::config::INSECURE_DEV_KEY_ID),
+            q(paygate_core::config::INSECURE_DEV_KEY_ID),
+            q(paygate_core::config::INSECURE_DEV_KEY),
         );
         // The sandbox's status endpoint does not lag unless told to (its knob
         // `status_not_found_for_ms`): a short settle window keeps crash recovery quick.
@@ -552,8 +557,10 @@ impl Topology {
             .await
             .context("binding the webhook receiver")?;
         let webhook_url = format!("http://{}{RECEIVER_PATH}", listener.local_addr()?);
+        let keyring = paygate_core::config::SecretsConfig::insecure_dev().keyring()?;
         let created = merchant_setup::create(
             &self.pool,
+            &keyring,
             name,
             &webhook_url,
             merchant_setup::usd(usd_minor)?,

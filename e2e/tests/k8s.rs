@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{anyhow, ensure, Context, Result};
+use base64::Engine;
 use paygate_core::config::{Config, CONFIG_FILE_VAR};
 use paygate_e2e::binaries::workspace_root;
 use paygate_gateways::GatewayRegistry;
@@ -90,7 +91,11 @@ impl Sources {
                 .secrets
                 .get(secret)
                 .ok_or_else(|| anyhow!("envFrom names no Secret {secret:?}"))?;
-            env.extend(values.clone());
+            env.extend(
+                values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), operator_value(k, v))),
+            );
         }
         for var in container["env"].as_sequence().into_iter().flatten() {
             let key = var["name"].as_str().unwrap_or("").to_owned();
@@ -145,6 +150,15 @@ impl Sources {
     }
 }
 
+/// A Secret's value as an operator fills it in: the committed placeholders (`REPLACE_ME…`)
+/// stand for values of the right form, so a keyring key becomes a well-formed one.
+fn operator_value(key: &str, value: &str) -> String {
+    match value.starts_with("REPLACE_ME") && key.starts_with("PAYGATE_SECRETS_KEYS__") {
+        true => base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        false => value.to_owned(),
+    }
+}
+
 /// The port a probe asks, resolved through the container's named ports.
 fn probe_port(container: &Yaml, probe: &str) -> Option<u64> {
     let port = &container[probe]["httpGet"]["port"];
@@ -182,6 +196,10 @@ fn check_container(sources: &Sources, pod: &Yaml, container: &Yaml) -> Result<Ve
     };
     if let Err(e) = GatewayRegistry::from_config(&config.gateways) {
         problems.push(format!("the gateway registry refuses it: {e}"));
+    }
+    // The API, the dispatcher and `paygate migrate` refuse to start without one.
+    if let Err(e) = config.secrets.keyring() {
+        problems.push(format!("no keyring for webhook secrets: {e}"));
     }
     if binary == "paygate" {
         return Ok(problems); // a job: no ports, no probes

@@ -99,6 +99,12 @@ fn scripts_topology_toml_is_a_valid_config() -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", path.display()))?;
     let registry = paygate_gateways::GatewayRegistry::from_config(&config.gateways)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    // The services of `scripts/up` seal webhook secrets with its (public, dev-only) keyring.
+    let keyring = config.secrets.keyring()?;
+    assert_eq!(
+        keyring.current_key().as_str(),
+        paygate_core::config::INSECURE_DEV_KEY_ID
+    );
     let names: BTreeSet<String> = registry.names().map(|n| n.to_string()).collect();
     let expected: BTreeSet<String> = GATEWAYS.iter().map(|(n, _)| (*n).to_owned()).collect();
     assert_eq!(names, expected);

@@ -23,6 +23,15 @@ pub async fn isolated_config() -> anyhow::Result<(Config, PgPool)> {
         .with_context(|| format!("isolated config on {}", admin_database_url()))
 }
 
+/// The keyring of a configuration (the tests' is the public development key, set by
+/// [`isolated_config`]): what a test needs to write or read webhook secrets directly.
+pub fn keyring(config: &Config) -> anyhow::Result<paygate_core::keyring::Keyring> {
+    config
+        .secrets
+        .keyring()
+        .context("the test configuration's [secrets] keyring")
+}
+
 /// Lets webhook destinations be `http://127.0.0.1:…` (`allow_loopback`, `allow_http`), as
 /// `paygate dev` does: tests' receivers listen on loopback.
 pub fn allow_loopback(config: &mut Config) {

@@ -31,7 +31,7 @@ pub mod services;
 pub mod wait;
 
 pub use admin::{AdminClient, AdminError};
-pub use config::{allow_loopback, isolated_config, unique_name};
+pub use config::{allow_loopback, isolated_config, keyring, unique_name};
 pub use services::{
     spawn_api, spawn_callback_processor, spawn_dispatcher, spawn_payment_processor, spawn_sandbox,
     Api, Running, SandboxHandle,

@@ -48,6 +48,7 @@ pub async fn create(
     // Counted and inserted under one per-merchant lock: concurrent creates cannot overshoot.
     let endpoint = repo::create_capped(
         &state.pool,
+        &state.keyring,
         merchant.id,
         &request.url,
         request.description.as_deref(),
@@ -81,7 +82,7 @@ pub async fn list(
     merchant: Merchant,
 ) -> Result<Json<WebhookEndpointList>, HttpError> {
     merchant.require(Scope::WebhooksManage)?;
-    let endpoints = repo::list_enabled(&state.pool, merchant.id)
+    let endpoints = repo::list_enabled(&state.pool, &state.keyring, merchant.id)
         .await
         .map_err(HttpError::internal)?;
     Ok(Json(WebhookEndpointList {
@@ -112,7 +113,7 @@ pub async fn retrieve(
 ) -> Result<Json<WebhookEndpointResource>, HttpError> {
     merchant.require(Scope::WebhooksManage)?;
     let id = parse_id(id)?;
-    let endpoint = repo::get_for_merchant(&state.pool, merchant.id, id)
+    let endpoint = repo::get_for_merchant(&state.pool, &state.keyring, merchant.id, id)
         .await
         .map_err(HttpError::internal)?
         .ok_or_else(|| HttpError::not_found("webhook endpoint"))?;
@@ -173,10 +174,11 @@ pub async fn rotate_secret(
     let id = parse_id(id)?;
     let overlap = crate::routes::webhook_secret::ROTATION_OVERLAP;
     let expires_at = crate::routes::webhook_secret::overlap_end();
-    let secret = webhooks::rotate_endpoint_secret(&state.pool, merchant.id, id, overlap)
-        .await
-        .map_err(HttpError::internal)?
-        .ok_or_else(|| HttpError::not_found("webhook endpoint"))?;
+    let secret =
+        webhooks::rotate_endpoint_secret(&state.pool, &state.keyring, merchant.id, id, overlap)
+            .await
+            .map_err(HttpError::internal)?
+            .ok_or_else(|| HttpError::not_found("webhook endpoint"))?;
     tracing::info!(endpoint = %id, merchant = %merchant.id, "webhook endpoint secret rotated");
     Ok(crate::routes::webhook_secret::no_store(Json(
         WebhookSecretResource::new(&secret, Some(id), Some(expires_at)),

@@ -53,7 +53,7 @@ pub async fn retrieve(
     merchant: Merchant,
 ) -> Result<Response, HttpError> {
     merchant.require(Scope::WebhooksManage)?;
-    let secret = webhooks::merchant_default_secret(&state.pool, merchant.id)
+    let secret = webhooks::merchant_default_secret(&state.pool, &state.keyring, merchant.id)
         .await
         .map_err(HttpError::internal)?;
     Ok(no_store(Json(WebhookSecretResource::new(
@@ -77,10 +77,14 @@ pub async fn rotate(
 ) -> Result<Response, HttpError> {
     merchant.require(Scope::WebhooksManage)?;
     let expires_at = overlap_end();
-    let secret =
-        webhooks::rotate_merchant_default_secret(&state.pool, merchant.id, ROTATION_OVERLAP)
-            .await
-            .map_err(HttpError::internal)?;
+    let secret = webhooks::rotate_merchant_default_secret(
+        &state.pool,
+        &state.keyring,
+        merchant.id,
+        ROTATION_OVERLAP,
+    )
+    .await
+    .map_err(HttpError::internal)?;
     tracing::info!(merchant = %merchant.id, "merchant default webhook secret rotated");
     Ok(no_store(Json(WebhookSecretResource::new(
         &secret,

@@ -88,6 +88,11 @@ pub fn deposit_body() -> Value {
 }
 
 impl TestApp {
+    /// The API's keyring (`[secrets]`): webhook secrets are stored sealed with it.
+    pub fn keyring(&self) -> anyhow::Result<paygate_core::keyring::Keyring> {
+        paygate_testkit::keyring(&self.config)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -32,7 +32,7 @@ async fn register_list_delete_with_the_secret_shown_once() -> TestResult {
     assert_eq!(created["enabled"], true);
 
     // Stored for the dispatcher to sign with.
-    let stored = webhook_endpoints::list_enabled(&app.pool, merchant.id).await?;
+    let stored = webhook_endpoints::list_enabled(&app.pool, &app.keyring()?, merchant.id).await?;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].secret.expose(), secret);
 
@@ -121,7 +121,8 @@ async fn register_list_delete_with_the_secret_shown_once() -> TestResult {
         .send()
         .await?;
     assert_eq!(response.status(), 404, "deleting twice");
-    let remaining = webhook_endpoints::list_enabled(&app.pool, merchant.id).await?;
+    let remaining =
+        webhook_endpoints::list_enabled(&app.pool, &app.keyring()?, merchant.id).await?;
     assert!(remaining.iter().all(|e| e.id != id));
     Ok(())
 }

@@ -7,21 +7,49 @@ use std::time::Duration;
 
 use paygate_core::db::webhooks::{self, ClaimLimits, EventType, InFlight, NewEvent};
 use paygate_core::domain::{TransactionId, TransactionStatus};
+use paygate_core::keyring::{SecretColumn, Slot};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+
+/// A row's two secrets as stored (sealed), opened with the API's keyring.
+fn opened(
+    app: &TestApp,
+    columns: (SecretColumn, SecretColumn),
+    row: uuid::Uuid,
+    stored: (String, Option<String>, bool),
+) -> anyhow::Result<(String, Option<String>, bool)> {
+    let keyring = app.keyring()?;
+    let open = |column, value: &str| {
+        keyring
+            .open(Slot::new(column, row), value)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let (secret, previous, overlapping) = stored;
+    anyhow::ensure!(!secret.contains("whsec_"), "stored in clear");
+    Ok((
+        open(columns.0, &secret)?,
+        previous.map(|p| open(columns.1, &p)).transpose()?,
+        overlapping,
+    ))
+}
 
 async fn stored_default(
     app: &TestApp,
     merchant: &TestMerchant,
 ) -> anyhow::Result<(String, Option<String>, bool)> {
-    Ok(sqlx::query_as(
+    let stored = sqlx::query_as(
         "SELECT secret, previous_secret, coalesce(previous_secret_expires_at > now() + interval '23 hours', false)
          FROM merchant_webhook_secrets WHERE merchant_id = $1",
     )
     .bind(merchant.id.as_uuid())
     .fetch_one(&app.pool)
-    .await?)
+    .await?;
+    let columns = (
+        SecretColumn::MerchantSecret,
+        SecretColumn::MerchantPreviousSecret,
+    );
+    opened(app, columns, merchant.id.as_uuid(), stored)
 }
 
 #[tokio::test]
@@ -160,6 +188,12 @@ async fn an_endpoint_secret_rotates_for_its_owner_only() -> TestResult {
     .bind(merchant.id.as_uuid())
     .fetch_one(&app.pool)
     .await?;
+    let columns = (
+        SecretColumn::EndpointSecret,
+        SecretColumn::EndpointPreviousSecret,
+    );
+    let row = paygate_core::domain::WebhookEndpointId::parse(&id)?.as_uuid();
+    let stored = opened(&app, columns, row, stored)?;
     assert_eq!(stored, (second.clone(), Some(first.clone()), true));
     // The secret is not shown by the endpoint's other routes.
     let one = app
@@ -292,6 +326,7 @@ async fn after_rotations_deliveries_carry_both_secrets() -> TestResult {
     let in_flight = InFlight::default();
     let claimed = webhooks::claim_due(
         &app.pool,
+        &app.keyring()?,
         ClaimLimits {
             max: 16,
             lease: Duration::from_secs(60),
@@ -303,7 +338,11 @@ async fn after_rotations_deliveries_carry_both_secrets() -> TestResult {
     .await?;
     assert_eq!(claimed.len(), 4, "two generations, two destinations");
     for delivery in &claimed {
-        let secrets: Vec<&str> = delivery.secrets.iter().map(|s| s.expose()).collect();
+        let opened = delivery
+            .secrets
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let secrets: Vec<&str> = opened.iter().map(|s| s.expose()).collect();
         let expected = if delivery.endpoint_id.is_some() {
             [endpoint_new.as_str(), endpoint_old.as_str()]
         } else {
@@ -311,5 +350,105 @@ async fn after_rotations_deliveries_carry_both_secrets() -> TestResult {
         };
         assert_eq!(secrets, expected, "{}", delivery.destination);
     }
+    Ok(())
+}
+
+/// "Never return a secret to a key without the scope for it": every route that shows a
+/// signing secret (or an endpoint) answers 403 `scope_missing` to a key holding every scope
+/// but `webhooks:manage`, shows no secret, and changes nothing.
+#[tokio::test]
+async fn every_route_showing_a_secret_needs_the_webhooks_manage_scope() -> TestResult {
+    use paygate_core::db::merchants;
+    use paygate_core::domain::Scope;
+
+    let app = spawn_loopback_app().await?;
+    let merchant = app.merchant().await?;
+    let (_, narrow) = merchants::create_scoped_api_key(
+        &app.pool,
+        merchant.id,
+        &[Scope::Read, Scope::PaymentsWrite, Scope::PayoutsWrite],
+    )
+    .await?;
+    let narrow = narrow.expose().to_owned();
+    // An endpoint and a default secret exist (made with the full key).
+    let created: Value = app
+        .post(
+            "/v1/webhook-endpoints",
+            &merchant.key,
+            &json!({"url": "http://127.0.0.1:9/hooks"}),
+        )
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let shown: Value = app
+        .get("/v1/webhook-secret", &merchant.key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let default_before = shown["secret"].as_str().unwrap_or_default().to_owned();
+    let endpoint_before: String =
+        sqlx::query_scalar("SELECT secret FROM webhook_endpoints WHERE merchant_id = $1")
+            .bind(merchant.id.as_uuid())
+            .fetch_one(&app.pool)
+            .await?;
+
+    let body = json!({"url": "http://127.0.0.1:9/other"});
+    let requests = [
+        (
+            "POST /v1/webhook-endpoints",
+            app.post("/v1/webhook-endpoints", &narrow, &body),
+        ),
+        (
+            "GET /v1/webhook-endpoints",
+            app.get("/v1/webhook-endpoints", &narrow),
+        ),
+        (
+            "GET /v1/webhook-endpoints/{id}",
+            app.get(&format!("/v1/webhook-endpoints/{id}"), &narrow),
+        ),
+        (
+            "POST /v1/webhook-endpoints/{id}/rotate-secret",
+            app.post(
+                &format!("/v1/webhook-endpoints/{id}/rotate-secret"),
+                &narrow,
+                &json!({}),
+            ),
+        ),
+        (
+            "GET /v1/webhook-secret",
+            app.get("/v1/webhook-secret", &narrow),
+        ),
+        (
+            "POST /v1/webhook-secret/rotate",
+            app.post("/v1/webhook-secret/rotate", &narrow, &json!({})),
+        ),
+    ];
+    for (route, request) in requests {
+        let response = request.send().await?;
+        assert_eq!(response.status(), 403, "{route}");
+        let text = response.text().await?;
+        assert!(!text.contains("whsec_"), "{route}: {text}");
+        let body: Value = serde_json::from_str(&text)?;
+        assert_eq!(body["error"]["code"], "scope_missing", "{route}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("webhooks:manage"),
+            "{route}: {body}"
+        );
+    }
+    // Nothing was created or rotated.
+    assert_eq!(app.count("webhook_endpoints").await?, 1);
+    assert_eq!(stored_default(&app, &merchant).await?.0, default_before);
+    let endpoint_after: String =
+        sqlx::query_scalar("SELECT secret FROM webhook_endpoints WHERE merchant_id = $1")
+            .bind(merchant.id.as_uuid())
+            .fetch_one(&app.pool)
+            .await?;
+    assert_eq!(endpoint_after, endpoint_before);
     Ok(())
 }

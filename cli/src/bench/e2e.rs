@@ -133,8 +133,17 @@ pub async fn e2e(args: E2eArgs, config: &Config) -> anyhow::Result<E2eReport> {
         .await
         .context("connecting to PAYGATE_DATABASE_URL to create the bench merchant")?;
     let name = format!("paygate bench {}", unix_now());
+    // The endpoint's secret is sealed with the running pipeline's keyring: the configured
+    // one, or (none configured, as for `paygate dev`) the public development key.
+    let secrets = if config.secrets.is_empty() {
+        paygate_core::config::SecretsConfig::insecure_dev()
+    } else {
+        config.secrets.clone()
+    };
+    let keyring = secrets.keyring()?;
     let merchant = merchant_setup::create(
         &pool,
+        &keyring,
         &name,
         &receiver_url,
         merchant_setup::usd(merchant_setup::LOAD_FUNDS)?,

@@ -274,8 +274,11 @@ async fn phase(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let receiver_url = format!("http://{}{RECEIVER_PATH}", listener.local_addr()?);
     let name = format!("chaos {} {}", fault.name(), uuid::Uuid::new_v4().simple());
+    // scripts/up's topology (scripts/topology.toml) seals with the public development key.
+    let keyring = paygate_core::config::SecretsConfig::insecure_dev().keyring()?;
     let merchant = merchant_setup::create(
         pool,
+        &keyring,
         &name,
         &receiver_url,
         merchant_setup::usd(merchant_setup::LOAD_FUNDS)?,

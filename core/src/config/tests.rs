@@ -448,3 +448,39 @@ fn connection_limits_have_floors() {
     );
     assert_eq!(at.len(), 2, "{at:?}");
 }
+
+#[test]
+fn the_secrets_keyring_comes_from_the_environment_and_bad_keys_are_named_not_shown() {
+    let (k1, k2) = (
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=",
+    );
+    // No keyring: loading is fine (only the services needing one refuse to start).
+    assert!(load(&[]).secrets.is_empty());
+    let config = load(&[
+        ("PAYGATE_SECRETS_CURRENT_KEY", "2026-12"),
+        ("PAYGATE_SECRETS_KEYS__2026-06", k1),
+        ("PAYGATE_SECRETS_KEYS__2026-12", k2),
+    ]);
+    let keyring = config.secrets.keyring().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(keyring.current_key().as_str(), "2026-12");
+    assert_eq!(keyring.key_ids().count(), 2);
+    let shown = format!("{config:?}");
+    assert!(!shown.contains(k1) && !shown.contains(k2), "{shown}");
+
+    let bad = [
+        ("PAYGATE_SECRETS_CURRENT_KEY", "2026-12"),
+        ("PAYGATE_SECRETS_KEYS__2026-12", "dG9vLXNob3J0LWEta2V5"),
+    ];
+    let error = Config::load_from(None, env(&bad))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("PAYGATE_SECRETS_KEYS__2026-12"), "{error}");
+    assert!(!error.contains("dG9vLXNob3J0LWEta2V5"), "{error}");
+    assert_eq!(
+        places(None, &[("PAYGATE_SECRETS_KEYS__A", k1)]),
+        ["PAYGATE_SECRETS_CURRENT_KEY"],
+        "keys without a current one"
+    );
+}

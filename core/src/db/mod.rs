@@ -31,6 +31,15 @@ pub enum DbError {
     /// A stored value that the domain refuses: a bug or a hand edit, never user input.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// A sealed secret that does not open (clear, unknown key, altered, another row's):
+    /// never read as a secret. Names the row, never the value.
+    #[error("unreadable secret in {table} row {row}: {source}")]
+    Secret {
+        table: &'static str,
+        row: uuid::Uuid,
+        #[source]
+        source: crate::keyring::SealError,
+    },
     /// The database belongs to another deployment (see [`deployment`]).
     #[error("this database belongs to the deployment with kafka.topic_prefix {theirs:?}, not {ours:?}: give each deployment its own database (PAYGATE_DATABASE_URL) or the same topic prefix (PAYGATE_KAFKA_TOPIC_PREFIX)")]
     OtherDeployment { ours: String, theirs: String },

@@ -1,9 +1,10 @@
 //! Merchant webhook endpoints (where the dispatcher sends signed events) and the log of
 //! delivery attempts made to them.
 //!
-//! An endpoint's signing secret is stored as given: the dispatcher needs the secret itself to
-//! compute each delivery's HMAC. It is shown to the merchant once, at creation, and its
-//! `Debug` form never prints it.
+//! An endpoint's signing secret is stored sealed ([`crate::keyring`]: AES-256-GCM, bound to
+//! the endpoint's row): the dispatcher needs the secret itself to compute each delivery's
+//! HMAC, and a copy of the database must not give it away. It is shown to the merchant once,
+//! at creation, and its `Debug` form never prints it.
 
 use std::fmt;
 
@@ -14,6 +15,7 @@ use sqlx::PgExecutor;
 
 use super::DbError;
 use crate::domain::{DeliveryAttemptId, EventId, MerchantId, TransactionId, WebhookEndpointId};
+use crate::keyring::{Keyring, SecretColumn, Slot};
 
 const SECRET_PREFIX: &str = "whsec_";
 /// Random bytes in a new secret (Svix/Standard Webhooks use 24 to 64).
@@ -44,6 +46,36 @@ impl WebhookSecret {
         base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .ok()
+    }
+
+    /// Seals this secret for `slot` (what is stored).
+    pub(crate) fn seal(&self, keyring: &Keyring, slot: Slot) -> Result<String, DbError> {
+        keyring
+            .seal(slot, &self.0)
+            .map_err(|source| DbError::Secret {
+                table: slot.column.table(),
+                row: slot.row,
+                source,
+            })
+    }
+
+    /// Opens a stored (sealed) secret of `slot`. Anything but a sealed `whsec_…` for this
+    /// very slot is an error: a clear value is never taken for a secret.
+    pub(crate) fn open(keyring: &Keyring, slot: Slot, stored: &str) -> Result<Self, DbError> {
+        let opened = keyring
+            .open(slot, stored)
+            .map_err(|source| DbError::Secret {
+                table: slot.column.table(),
+                row: slot.row,
+                source,
+            })?;
+        if !opened.starts_with(SECRET_PREFIX) {
+            return Err(DbError::Corrupt {
+                table: slot.column.table(),
+                detail: "signing secret without the whsec_ prefix".to_owned(),
+            });
+        }
+        Ok(Self(opened))
     }
 }
 
@@ -86,27 +118,33 @@ struct EndpointRow {
 
 const ENDPOINT_COLUMNS: &str = "id, merchant_id, url, description, secret, created_at, disabled_at";
 
-fn endpoint_from_row(row: EndpointRow) -> WebhookEndpoint {
-    WebhookEndpoint {
+fn endpoint_from_row(keyring: &Keyring, row: EndpointRow) -> Result<WebhookEndpoint, DbError> {
+    let slot = Slot::new(SecretColumn::EndpointSecret, row.id);
+    Ok(WebhookEndpoint {
         id: WebhookEndpointId::from_uuid(row.id),
         merchant_id: MerchantId::from_uuid(row.merchant_id),
         url: row.url,
         description: row.description,
-        secret: WebhookSecret(row.secret),
+        secret: WebhookSecret::open(keyring, slot, &row.secret)?,
         created_at: row.created_at,
         disabled_at: row.disabled_at,
-    }
+    })
 }
 
-/// Registers an endpoint with a new secret. The caller has validated `url`.
+/// Registers an endpoint with a new secret, stored sealed. The caller has validated `url`.
 pub async fn create<'e>(
     exec: impl PgExecutor<'e>,
+    keyring: &Keyring,
     merchant: MerchantId,
     url: &str,
     description: Option<&str>,
 ) -> Result<WebhookEndpoint, DbError> {
     let id = WebhookEndpointId::new();
     let secret = WebhookSecret::generate();
+    let sealed = secret.seal(
+        keyring,
+        Slot::new(SecretColumn::EndpointSecret, id.as_uuid()),
+    )?;
     let created_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO webhook_endpoints (id, merchant_id, url, description, secret) VALUES ($1, $2, $3, $4, $5)
          RETURNING created_at",
@@ -115,7 +153,7 @@ pub async fn create<'e>(
     .bind(merchant.as_uuid())
     .bind(url)
     .bind(description)
-    .bind(secret.expose())
+    .bind(sealed)
     .fetch_one(exec)
     .await?;
     Ok(WebhookEndpoint {
@@ -134,6 +172,7 @@ pub async fn create<'e>(
 /// concurrent creates cannot all pass the check and overshoot the cap.
 pub async fn create_capped(
     pool: &sqlx::PgPool,
+    keyring: &Keyring,
     merchant: MerchantId,
     url: &str,
     description: Option<&str>,
@@ -149,7 +188,7 @@ pub async fn create_capped(
     if count_enabled(&mut *db, merchant).await? >= max {
         return Ok(None);
     }
-    let endpoint = create(&mut *db, merchant, url, description).await?;
+    let endpoint = create(&mut *db, keyring, merchant, url, description).await?;
     db.commit().await?;
     Ok(Some(endpoint))
 }
@@ -171,6 +210,7 @@ pub async fn count_enabled<'e>(
 /// A merchant's enabled endpoints, oldest first: what the dispatcher delivers to.
 pub async fn list_enabled<'e>(
     exec: impl PgExecutor<'e>,
+    keyring: &Keyring,
     merchant: MerchantId,
 ) -> Result<Vec<WebhookEndpoint>, DbError> {
     let rows: Vec<EndpointRow> = sqlx::query_as(&format!(
@@ -179,12 +219,15 @@ pub async fn list_enabled<'e>(
     .bind(merchant.as_uuid())
     .fetch_all(exec)
     .await?;
-    Ok(rows.into_iter().map(endpoint_from_row).collect())
+    rows.into_iter()
+        .map(|row| endpoint_from_row(keyring, row))
+        .collect()
 }
 
 /// One endpoint of this merchant (enabled or not); another merchant's is not found.
 pub async fn get_for_merchant<'e>(
     exec: impl PgExecutor<'e>,
+    keyring: &Keyring,
     merchant: MerchantId,
     id: WebhookEndpointId,
 ) -> Result<Option<WebhookEndpoint>, DbError> {
@@ -195,7 +238,7 @@ pub async fn get_for_merchant<'e>(
     .bind(merchant.as_uuid())
     .fetch_optional(exec)
     .await?;
-    Ok(row.map(endpoint_from_row))
+    row.map(|row| endpoint_from_row(keyring, row)).transpose()
 }
 
 /// Disables (deletes, for the merchant) an enabled endpoint; returns whether one was.

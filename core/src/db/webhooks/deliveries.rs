@@ -12,6 +12,7 @@ use super::secrets::{self, SigningSecret};
 use crate::db::webhook_endpoints::{self, NewDeliveryAttempt};
 use crate::db::{relax_durability, DbError};
 use crate::domain::{EventId, MerchantId, TransactionId, WebhookEndpointId};
+use crate::keyring::{Keyring, SealError};
 
 /// The bulkhead key of a transaction's `callback_url`: `callback:<host>:<port>`.
 pub fn callback_destination(url: &str) -> String {
@@ -36,7 +37,8 @@ pub(super) struct Destinations<'a> {
 }
 
 /// One delivery row per current destination (enabled endpoints, then the `callback_url`),
-/// due now; returns the rows scheduled.
+/// due now; returns the rows scheduled. A `callback_url` delivery's secret (the merchant's
+/// default) is made when the delivery is claimed, if the merchant has none yet.
 pub(super) async fn schedule(
     db: &mut Transaction<'_, Postgres>,
     to: Destinations<'_>,
@@ -55,7 +57,6 @@ pub(super) async fn schedule(
         })
         .collect();
     if let Some(url) = to.callback_url.filter(|u| !u.is_empty()) {
-        secrets::merchant_default_secret(&mut **db, to.merchant).await?;
         rows.push((None, url.to_owned(), callback_destination(url)));
     }
     let mut scheduled: usize = 0;
@@ -215,8 +216,10 @@ pub struct ClaimedDelivery {
     /// This attempt's number (1 for the first); also the lease's fencing token.
     pub attempt: i32,
     pub payload: String,
-    /// Current secret first, then the previous one while its rotation overlap lasts.
-    pub secrets: Vec<SigningSecret>,
+    /// Current secret first, then the previous one while its rotation overlap lasts; or why
+    /// they could not be opened (unknown key id, altered or copied value): the attempt then
+    /// fails with that error instead of being signed with anything else.
+    pub secrets: Result<Vec<SigningSecret>, SealError>,
     /// The endpoint was disabled or deleted since the delivery was scheduled.
     pub endpoint_disabled: bool,
 }
@@ -363,20 +366,36 @@ struct ClaimRow {
 
 impl ClaimRow {
     /// The claimed delivery; a `callback_url` delivery whose merchant has no default secret
-    /// yet (hand-made rows) gets one created.
+    /// yet gets one created. A secret that does not open fails this delivery only (its
+    /// `secrets` is the error), never the whole claim.
     async fn into_claimed(
         self,
         db: &mut Transaction<'_, Postgres>,
+        keyring: &Keyring,
     ) -> Result<ClaimedDelivery, DbError> {
         let merchant = MerchantId::from_uuid(self.merchant_id);
-        let current = match self.secret {
-            Some(raw) => SigningSecret::stored(&raw, "webhook_endpoints")?,
-            None => secrets::merchant_default_secret(&mut **db, merchant).await?,
+        let (endpoint, row) = match self.endpoint_id {
+            Some(endpoint) => (true, endpoint),
+            None => (false, self.merchant_id),
         };
-        let previous = self
-            .previous_secret
-            .as_deref()
-            .and_then(SigningSecret::parse);
+        let secrets = match self.secret.as_deref() {
+            Some(current) => secrets::open_for_delivery(
+                keyring,
+                endpoint,
+                row,
+                current,
+                self.previous_secret.as_deref(),
+            ),
+            None if !endpoint => {
+                match secrets::merchant_default_secret(&mut **db, keyring, merchant).await {
+                    Ok(secret) => Ok(vec![secret]),
+                    Err(DbError::Secret { source, .. }) => Err(source),
+                    Err(other) => return Err(other),
+                }
+            }
+            // An endpoint row that is gone: `endpoint_disabled` skips the delivery.
+            None => Ok(Vec::new()),
+        };
         Ok(ClaimedDelivery {
             id: self.id,
             event_id: EventId::from_uuid(self.event_id),
@@ -387,7 +406,7 @@ impl ClaimRow {
             destination: self.destination,
             attempt: self.attempts,
             payload: self.payload,
-            secrets: std::iter::once(current).chain(previous).collect(),
+            secrets,
             endpoint_disabled: self.endpoint_disabled,
         })
     }
@@ -397,6 +416,7 @@ impl ClaimRow {
 /// a lease, skipping rows another dispatcher holds and destinations at their limit.
 pub async fn claim_due(
     pool: &PgPool,
+    keyring: &Keyring,
     limits: ClaimLimits<'_>,
 ) -> Result<Vec<ClaimedDelivery>, DbError> {
     if limits.max == 0 {
@@ -415,7 +435,7 @@ pub async fn claim_due(
     let rows = leased(&mut db, &chosen).await?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
-        claimed.push(row.into_claimed(&mut db).await?);
+        claimed.push(row.into_claimed(&mut db, keyring).await?);
     }
     db.commit().await?;
     Ok(claimed)

@@ -7,7 +7,10 @@
 //! - [`secrets`]: endpoints keep a previous secret until an expiry (rotation overlap);
 //!   deliveries to a transaction's `callback_url` are signed with the merchant's default
 //!   secret ([`merchant_default_secret`], table `merchant_webhook_secrets`, created on first
-//!   use).
+//!   use). Every secret is stored sealed ([`crate::keyring`]).
+//! - [`reseal`]: the batch pass that seals rows written in clear before sealing existed
+//!   (`paygate migrate`) and re-seals every row under the current key (`paygate secrets
+//!   rotate-key`).
 //! - [`deliveries`]: the scheduler takes due deliveries under a lease (`FOR UPDATE SKIP
 //!   LOCKED`, so several dispatchers share the work) and reports each attempt; an attempt is
 //!   fenced by its attempt number, so a worker whose lease ran out and was re-claimed cannot
@@ -18,6 +21,7 @@
 
 pub mod deliveries;
 pub mod events;
+pub mod reseal;
 pub mod secrets;
 
 pub use deliveries::{
