@@ -63,7 +63,7 @@ use crate::routes::{
         paygate_core::domain::WebhookEndpointId,
         paygate_core::domain::EventId,
     )),
-    modifiers(&BearerAuth, &Statuses),
+    modifiers(&BearerAuth, &Statuses, &Links),
     tags(
         (name = "transactions", description = "Deposits, withdrawals and their state"),
         (name = "refunds", description = "Money given back to the customer of a succeeded deposit"),
@@ -205,6 +205,150 @@ impl Modify for Statuses {
     }
 }
 
+/// OpenAPI links: which answer's id another operation takes (a payment's `id` to its reads
+/// and refunds, a refund's to its read, an endpoint's to its reads, deletion and rotation,
+/// an event's to its redelivery). Clients and schemathesis' stateful phase follow them.
+struct Links;
+
+/// (source path, method, status, link name, target path, target method, id expression)
+const LINKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
+    (
+        "/v1/deposits",
+        "post",
+        "202",
+        "Retrieve",
+        "/v1/transactions/{id}",
+        "get",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/deposits",
+        "post",
+        "202",
+        "Events",
+        "/v1/transactions/{id}/events",
+        "get",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/deposits",
+        "post",
+        "202",
+        "Deliveries",
+        "/v1/transactions/{id}/deliveries",
+        "get",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/deposits",
+        "post",
+        "202",
+        "Refund",
+        "/v1/transactions/{id}/refunds",
+        "post",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/deposits",
+        "post",
+        "202",
+        "Refunds",
+        "/v1/transactions/{id}/refunds",
+        "get",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/withdrawals",
+        "post",
+        "202",
+        "Retrieve",
+        "/v1/transactions/{id}",
+        "get",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/withdrawals",
+        "post",
+        "202",
+        "Events",
+        "/v1/transactions/{id}/events",
+        "get",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/transactions/{id}/refunds",
+        "post",
+        "201",
+        "Retrieve",
+        "/v1/refunds/{id}",
+        "get",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/webhook-endpoints",
+        "post",
+        "201",
+        "Retrieve",
+        "/v1/webhook-endpoints/{id}",
+        "get",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/webhook-endpoints",
+        "post",
+        "201",
+        "Delete",
+        "/v1/webhook-endpoints/{id}",
+        "delete",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/webhook-endpoints",
+        "post",
+        "201",
+        "RotateSecret",
+        "/v1/webhook-endpoints/{id}/rotate-secret",
+        "post",
+        "$response.body#/id",
+    ),
+    (
+        "/v1/transactions/{id}/events",
+        "get",
+        "200",
+        "Redeliver",
+        "/v1/events/{id}/redeliver",
+        "post",
+        "$response.body#/data/0/id",
+    ),
+];
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::link::LinkBuilder;
+        use utoipa::openapi::RefOr;
+        for (source, method, status, name, target, target_method, id) in LINKS {
+            // JSON Pointer escaping of the path: `~` → `~0`, `/` → `~1`.
+            let pointer = target.replace('~', "~0").replace('/', "~1");
+            let link = LinkBuilder::new()
+                .operation_ref(format!("#/paths/{pointer}/{target_method}"))
+                .parameter("id", *id)
+                .build();
+            let Some(item) = openapi.paths.paths.get_mut(*source) else {
+                continue;
+            };
+            let operation = match *method {
+                "post" => item.post.as_mut(),
+                _ => item.get.as_mut(),
+            };
+            if let Some(RefOr::T(response)) =
+                operation.and_then(|o| o.responses.responses.get_mut(*status))
+            {
+                response.links.insert((*name).to_owned(), link.into());
+            }
+        }
+    }
+}
+
 /// Whether a schema is just `{"type": "null"}`.
 fn is_null(schema: &utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) -> bool {
     use utoipa::openapi::schema::{Schema, SchemaType, Type};
@@ -241,9 +385,41 @@ fn retry_after() -> utoipa::openapi::header::Header {
 /// The generic document (what is checked in): every gateway's callbacks at
 /// `/callbacks/{gateway}`, every content type a connector may take.
 pub fn document_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    render(ApiDoc::openapi())
+}
+
+/// Pretty JSON of a document. utoipa 5.5 writes a Link object's fields in snake case
+/// (`operation_ref`), which no OpenAPI reader knows; they are renamed to the specification's
+/// `operationRef` / `operationId` / `requestBody` here.
+fn render(doc: utoipa::openapi::OpenApi) -> String {
+    let Ok(mut value) = serde_json::to_value(&doc) else {
+        return "{}".to_owned();
+    };
+    if let Some(paths) = value.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        let links = paths
+            .values_mut()
+            .filter_map(|item| item.as_object_mut())
+            .flat_map(|item| item.values_mut())
+            .filter_map(|operation| operation.get_mut("responses"))
+            .filter_map(|responses| responses.as_object_mut())
+            .flat_map(|responses| responses.values_mut())
+            .filter_map(|response| response.get_mut("links"))
+            .filter_map(|links| links.as_object_mut())
+            .flat_map(|links| links.values_mut())
+            .filter_map(|link| link.as_object_mut());
+        for link in links {
+            for (snake, camel) in [
+                ("operation_ref", "operationRef"),
+                ("operation_id", "operationId"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(field) = link.remove(snake) {
+                    link.insert(camel.to_owned(), field);
+                }
+            }
+        }
+    }
+    serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The document this instance serves, built once at start-up from its gateway registry:
@@ -257,7 +433,7 @@ pub fn served_document(registry: &GatewayRegistry) -> String {
         per_gateway_callbacks(&mut doc, registry);
         configured_gateway_names(&mut doc, registry);
     }
-    doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+    render(doc)
 }
 
 const SIGNED_CALLBACK: &str = "/callbacks/{gateway}";

@@ -90,7 +90,7 @@ impl From<&Transaction> for TransactionResource {
 pub struct CreateTransactionRequest {
     /// Positive integer minor units (1050 is 10.50 USD). Floats, zero, negatives and values
     /// beyond a 64-bit integer are refused.
-    #[schema(example = 1050, minimum = 1)]
+    #[schema(schema_with = crate::validation::schema::amount)]
     pub amount: i64,
     /// ISO 4217 code, upper case.
     #[schema(value_type = paygate_core::domain::Currency)]
@@ -521,7 +521,7 @@ pub struct CreateRefundRequest {
     /// Positive integer minor units in the deposit's currency, at most what is left to
     /// refund of it (its amount less its refunds that have not failed). Absent: all that
     /// is left.
-    #[schema(example = 500, minimum = 1)]
+    #[schema(schema_with = crate::validation::schema::optional_amount)]
     pub amount: Option<i64>,
     #[schema(schema_with = crate::validation::schema::reason)]
     pub reason: Option<String>,

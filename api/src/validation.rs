@@ -76,6 +76,30 @@ pub mod schema {
             .build()
     }
 
+    /// An amount: a positive integer of minor units that fits in 64 bits (`Amount::from_json`).
+    pub fn amount() -> utoipa::openapi::Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(i64::MAX))
+            .description(Some("Positive integer minor units (1050 is 10.50 USD)"))
+            .examples([serde_json::json!(1050)])
+            .build()
+    }
+
+    /// An optional amount (a refund's: absent or null is all that is left).
+    pub fn optional_amount() -> utoipa::openapi::Object {
+        ObjectBuilder::new()
+            .schema_type(nullable(Type::Integer))
+            .minimum(Some(1))
+            .maximum(Some(i64::MAX))
+            .description(Some(
+                "Positive integer minor units; absent or null: all that is left",
+            ))
+            .examples([serde_json::json!(500)])
+            .build()
+    }
+
     /// A webhook endpoint's `description`.
     pub fn description() -> utoipa::openapi::Object {
         text(

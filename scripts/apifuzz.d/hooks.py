@@ -1,11 +1,16 @@
 """schemathesis hooks for scripts/apifuzz.
 
-Two things a schema cannot say, handled here so that the checks stay strict everywhere else:
+Things a schema cannot say, handled here so that the checks stay strict everywhere else:
 
 - A destination URL (`url`, `callback_url`) is accepted only when its host resolves to an
   address the SSRF guard admits (paygate_core::destination). The document bounds its form;
   a positive case gets the instance's demo receiver URL instead of a random host (negative
   cases keep whatever the fuzzer drew, and must be refused).
+- An amount is refused when written with a fraction part, even `243.0`: serde_json reads
+  such a literal as an f64, which cannot hold every 64-bit amount exactly, so paygate never
+  reads money from one (core `Amount::from_json`). JSON Schema's `integer` admits `243.0`
+  (numbers compare by value), so no keyword can say it; a positive case sends an integral
+  float as the integer it stands for. Negative cases keep what the fuzzer drew.
 - Some operations may refuse a schema-valid request for the merchant's money or state
   (schemathesis.toml allows 400 there). `refusals_are_about_state` fails such a 400 unless its
   error code is one of those refusals: a refusal of the request's shape is still a failure.
@@ -14,6 +19,9 @@ Two things a schema cannot say, handled here so that the checks stay strict ever
 import os
 
 import schemathesis
+
+# The protobuf callback route takes raw bytes (the schema says a binary string): sent as is.
+schemathesis.serializer.alias("application/x-protobuf", "application/octet-stream")
 
 RECEIVER_URL = os.environ.get("APIFUZZ_RECEIVER_URL", "http://127.0.0.1:8099/webhooks")
 URL_FIELDS = ("url", "callback_url")
@@ -49,6 +57,9 @@ def before_call(ctx, case, **kwargs):
     for field in URL_FIELDS:
         if isinstance(case.body.get(field), str):
             case.body[field] = RECEIVER_URL
+    amount = case.body.get("amount")
+    if isinstance(amount, float) and amount.is_integer():
+        case.body["amount"] = int(amount)
 
 
 @schemathesis.check
