@@ -14,6 +14,12 @@ use crate::url_policy;
 pub const METADATA_MAX_KEYS: usize = 20;
 pub const METADATA_MAX_KEY_CHARS: usize = 40;
 pub const METADATA_MAX_VALUE_CHARS: usize = 500;
+/// The largest magnitude of a number in `metadata`: 2^53 − 1, the largest integer every JSON
+/// reader holds exactly. Beyond it a value may not come back from Postgres (`jsonb` keeps
+/// the exact decimal, which serde_json then reads back past `f64::MAX`): found by
+/// schemathesis, a deposit with `1.79e308` in its metadata made every later list of the
+/// merchant's transactions a 500.
+pub const METADATA_MAX_NUMBER: f64 = 9_007_199_254_740_991.0;
 /// The longest webhook endpoint `description`, in characters.
 pub const DESCRIPTION_MAX_CHARS: usize = 500;
 
@@ -56,7 +62,12 @@ pub mod schema {
                     .max_length(Some(METADATA_MAX_VALUE_CHARS))
                     .pattern(Some(NO_NUL_PATTERN)),
             )
-            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(-METADATA_MAX_NUMBER))
+                    .maximum(Some(METADATA_MAX_NUMBER)),
+            )
             .item(ObjectBuilder::new().schema_type(Type::Boolean))
             .item(ObjectBuilder::new().schema_type(Type::Null));
         ObjectBuilder::new()
@@ -71,7 +82,7 @@ pub mod schema {
             ))
             .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
             .description(Some(format!(
-                "Up to {METADATA_MAX_KEYS} keys of 1 to {METADATA_MAX_KEY_CHARS} characters; values strings (at most {METADATA_MAX_VALUE_CHARS} characters), numbers, booleans or null; no NUL character"
+                "Up to {METADATA_MAX_KEYS} keys of 1 to {METADATA_MAX_KEY_CHARS} characters; values strings (at most {METADATA_MAX_VALUE_CHARS} characters), numbers (magnitude at most 2^53 - 1), booleans or null; no NUL character"
             )))
             .build()
     }
@@ -402,6 +413,15 @@ fn metadata(value: &Value) -> Result<Value, HttpError> {
                     "metadata values must be strings, numbers, booleans or null".to_owned(),
                 ));
             }
+            Value::Number(n)
+                if n
+                    .as_f64()
+                    .is_none_or(|f| f.abs() > METADATA_MAX_NUMBER) =>
+            {
+                return Err(invalid(format!(
+                    "metadata numbers must be at most {METADATA_MAX_NUMBER} in magnitude"
+                )));
+            }
             _ => {}
         }
     }
@@ -495,6 +515,14 @@ mod tests {
                 "{nul}"
             );
         }
+        for huge in [json!(1.797_693_134_862_315_7e308), json!(u64::MAX), json!(-1e16)] {
+            assert_eq!(
+                param_of(with("metadata", json!({ "n": huge }))).as_deref(),
+                Some("metadata"),
+                "{huge}"
+            );
+        }
+        assert!(check(with("metadata", json!({"n": 9_007_199_254_740_991_i64, "f": 0.5}))).is_ok());
         assert_eq!(param_of(with("extra", json!(1))).as_deref(), Some("extra"));
         assert_eq!(
             param_of(json!({"currency": "USD", "customer": "c"})).as_deref(),

@@ -240,3 +240,37 @@ async fn served_openapi_names_each_gateway_with_its_media_types() -> TestResult 
     );
     Ok(())
 }
+
+/// Found by schemathesis (scripts/apifuzz): a deposit whose metadata held a number near
+/// `f64::MAX` was accepted (202), and from then on every list of the merchant's transactions
+/// was a 500 (Postgres' `jsonb` keeps the exact decimal, which serde_json read back past
+/// `f64::MAX`). Such numbers are now a 400 naming `metadata`, as the document says
+/// (magnitude at most 2^53 − 1), and the list stays readable.
+#[tokio::test]
+async fn a_huge_metadata_number_is_refused_and_cannot_poison_the_list() -> TestResult {
+    let app = spawn_app().await?;
+    let merchant = app.merchant().await?;
+    for huge in ["1.7976931348623157e308", "18446744073709551615", "-1e16"] {
+        let body = format!(
+            r#"{{"amount": 1050, "currency": "USD", "customer": "c1", "metadata": {{"n": {huge}}}}}"#
+        );
+        let response = app
+            .client
+            .post(app.url("/v1/deposits"))
+            .bearer_auth(&merchant.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 400, "{huge}");
+        let (_, code, param) = error_of(response).await?;
+        assert_eq!((code.as_str(), param.as_deref()), ("metadata_invalid", Some("metadata")));
+    }
+    let mut ok = deposit_body();
+    ok["metadata"] = serde_json::json!({"n": 9_007_199_254_740_991_i64, "f": 0.25});
+    let response = app.post("/v1/deposits", &merchant.key, &ok).send().await?;
+    assert_eq!(response.status(), 202);
+    let response = app.get("/v1/transactions", &merchant.key).send().await?;
+    assert_eq!(response.status(), 200);
+    Ok(())
+}
