@@ -413,11 +413,7 @@ fn metadata(value: &Value) -> Result<Value, HttpError> {
                     "metadata values must be strings, numbers, booleans or null".to_owned(),
                 ));
             }
-            Value::Number(n)
-                if n
-                    .as_f64()
-                    .is_none_or(|f| f.abs() > METADATA_MAX_NUMBER) =>
-            {
+            Value::Number(n) if n.as_f64().is_none_or(|f| f.abs() > METADATA_MAX_NUMBER) => {
                 return Err(invalid(format!(
                     "metadata numbers must be at most {METADATA_MAX_NUMBER} in magnitude"
                 )));
@@ -515,14 +511,22 @@ mod tests {
                 "{nul}"
             );
         }
-        for huge in [json!(1.797_693_134_862_315_7e308), json!(u64::MAX), json!(-1e16)] {
+        for huge in [
+            json!(1.797_693_134_862_315_7e308),
+            json!(u64::MAX),
+            json!(-1e16),
+        ] {
             assert_eq!(
                 param_of(with("metadata", json!({ "n": huge }))).as_deref(),
                 Some("metadata"),
                 "{huge}"
             );
         }
-        assert!(check(with("metadata", json!({"n": 9_007_199_254_740_991_i64, "f": 0.5}))).is_ok());
+        assert!(check(with(
+            "metadata",
+            json!({"n": 9_007_199_254_740_991_i64, "f": 0.5})
+        ))
+        .is_ok());
         assert_eq!(param_of(with("extra", json!(1))).as_deref(), Some("extra"));
         assert_eq!(
             param_of(json!({"currency": "USD", "customer": "c"})).as_deref(),

@@ -264,7 +264,10 @@ async fn a_huge_metadata_number_is_refused_and_cannot_poison_the_list() -> TestR
             .await?;
         assert_eq!(response.status(), 400, "{huge}");
         let (_, code, param) = error_of(response).await?;
-        assert_eq!((code.as_str(), param.as_deref()), ("metadata_invalid", Some("metadata")));
+        assert_eq!(
+            (code.as_str(), param.as_deref()),
+            ("metadata_invalid", Some("metadata"))
+        );
     }
     let mut ok = deposit_body();
     ok["metadata"] = serde_json::json!({"n": 9_007_199_254_740_991_i64, "f": 0.25});
