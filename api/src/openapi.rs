@@ -210,139 +210,100 @@ impl Modify for Statuses {
 /// an event's to its redelivery). Clients and schemathesis' stateful phase follow them.
 struct Links;
 
-/// (source path, method, status, link name, target path, target method, id expression)
-const LINKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
-    (
-        "/v1/deposits",
-        "post",
-        "202",
-        "Retrieve",
-        "/v1/transactions/{id}",
-        "get",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/deposits",
-        "post",
-        "202",
-        "Events",
-        "/v1/transactions/{id}/events",
-        "get",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/deposits",
-        "post",
-        "202",
-        "Deliveries",
-        "/v1/transactions/{id}/deliveries",
-        "get",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/deposits",
-        "post",
-        "202",
-        "Refund",
-        "/v1/transactions/{id}/refunds",
-        "post",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/deposits",
-        "post",
-        "202",
-        "Refunds",
-        "/v1/transactions/{id}/refunds",
-        "get",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/withdrawals",
-        "post",
-        "202",
-        "Retrieve",
-        "/v1/transactions/{id}",
-        "get",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/withdrawals",
-        "post",
-        "202",
-        "Events",
-        "/v1/transactions/{id}/events",
-        "get",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/transactions/{id}/refunds",
-        "post",
-        "201",
-        "Retrieve",
-        "/v1/refunds/{id}",
-        "get",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/webhook-endpoints",
-        "post",
-        "201",
-        "Retrieve",
-        "/v1/webhook-endpoints/{id}",
-        "get",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/webhook-endpoints",
-        "post",
-        "201",
-        "Delete",
-        "/v1/webhook-endpoints/{id}",
-        "delete",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/webhook-endpoints",
-        "post",
-        "201",
-        "RotateSecret",
-        "/v1/webhook-endpoints/{id}/rotate-secret",
-        "post",
-        "$response.body#/id",
-    ),
-    (
-        "/v1/transactions/{id}/events",
-        "get",
-        "200",
-        "Redeliver",
-        "/v1/events/{id}/redeliver",
-        "post",
-        "$response.body#/data/0/id",
-    ),
+/// One answer's links: (its path, method, status), where its id is, and the operations
+/// (link name, path, method) that take that id as their `{id}`.
+struct LinkSource {
+    path: &'static str,
+    method: &'static str,
+    status: &'static str,
+    id: &'static str,
+    targets: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const BODY_ID: &str = "$response.body#/id";
+const TRANSACTION_READS: &[(&str, &str, &str)] = &[
+    ("Retrieve", "/v1/transactions/{id}", "get"),
+    ("Events", "/v1/transactions/{id}/events", "get"),
+    ("Deliveries", "/v1/transactions/{id}/deliveries", "get"),
+    ("Refunds", "/v1/transactions/{id}/refunds", "get"),
+];
+
+const LINKS: &[LinkSource] = &[
+    LinkSource {
+        path: "/v1/deposits",
+        method: "post",
+        status: "202",
+        id: BODY_ID,
+        targets: &[
+            ("Retrieve", "/v1/transactions/{id}", "get"),
+            ("Events", "/v1/transactions/{id}/events", "get"),
+            ("Deliveries", "/v1/transactions/{id}/deliveries", "get"),
+            ("Refunds", "/v1/transactions/{id}/refunds", "get"),
+            ("Refund", "/v1/transactions/{id}/refunds", "post"),
+        ],
+    },
+    LinkSource {
+        path: "/v1/withdrawals",
+        method: "post",
+        status: "202",
+        id: BODY_ID,
+        targets: TRANSACTION_READS,
+    },
+    LinkSource {
+        path: "/v1/transactions/{id}/refunds",
+        method: "post",
+        status: "201",
+        id: BODY_ID,
+        targets: &[("Retrieve", "/v1/refunds/{id}", "get")],
+    },
+    LinkSource {
+        path: "/v1/webhook-endpoints",
+        method: "post",
+        status: "201",
+        id: BODY_ID,
+        targets: &[
+            ("Retrieve", "/v1/webhook-endpoints/{id}", "get"),
+            ("Delete", "/v1/webhook-endpoints/{id}", "delete"),
+            (
+                "RotateSecret",
+                "/v1/webhook-endpoints/{id}/rotate-secret",
+                "post",
+            ),
+        ],
+    },
+    LinkSource {
+        path: "/v1/transactions/{id}/events",
+        method: "get",
+        status: "200",
+        id: "$response.body#/data/0/id",
+        targets: &[("Redeliver", "/v1/events/{id}/redeliver", "post")],
+    },
 ];
 
 impl Modify for Links {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::link::LinkBuilder;
         use utoipa::openapi::RefOr;
-        for (source, method, status, name, target, target_method, id) in LINKS {
-            // JSON Pointer escaping of the path: `~` → `~0`, `/` → `~1`.
-            let pointer = target.replace('~', "~0").replace('/', "~1");
-            let link = LinkBuilder::new()
-                .operation_ref(format!("#/paths/{pointer}/{target_method}"))
-                .parameter("id", *id)
-                .build();
-            let Some(item) = openapi.paths.paths.get_mut(*source) else {
+        for source in LINKS {
+            let Some(item) = openapi.paths.paths.get_mut(source.path) else {
                 continue;
             };
-            let operation = match *method {
+            let operation = match source.method {
                 "post" => item.post.as_mut(),
                 _ => item.get.as_mut(),
             };
-            if let Some(RefOr::T(response)) =
-                operation.and_then(|o| o.responses.responses.get_mut(*status))
-            {
+            let Some(RefOr::T(response)) =
+                operation.and_then(|o| o.responses.responses.get_mut(source.status))
+            else {
+                continue;
+            };
+            for (name, target, method) in source.targets {
+                // JSON Pointer escaping of the path: `~` → `~0`, `/` → `~1`.
+                let pointer = target.replace('~', "~0").replace('/', "~1");
+                let link = LinkBuilder::new()
+                    .operation_ref(format!("#/paths/{pointer}/{method}"))
+                    .parameter("id", source.id)
+                    .build();
                 response.links.insert((*name).to_owned(), link.into());
             }
         }
