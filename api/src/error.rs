@@ -194,6 +194,18 @@ impl HttpError {
         error
     }
 
+    /// 429 before a callback is read: this address sent this gateway too many callbacks.
+    pub fn callback_rate_limited(retry_after: Duration) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::RateLimitError,
+            "rate_limited",
+            "too many callbacks from this address for this gateway; retry after the Retry-After delay",
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     /// 503: a dependency is down; the caller should retry later.
     pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> Self {
         let mut error = Self::new(

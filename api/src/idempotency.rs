@@ -14,7 +14,32 @@ use crate::error::HttpError;
 pub const HEADER: &str = "idempotency-key";
 /// Set to `true` on a response replayed from an earlier request with the same key.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-const MAX_LEN: usize = 255;
+/// The longest key, in characters (all printable ASCII, so bytes too).
+pub const MAX_LEN: usize = 255;
+/// What [`key_from_headers`] admits, as the API document's pattern: printable ASCII, not
+/// starting or ending with a space (HTTP strips those anyway; the key is the trimmed value).
+pub const PATTERN: &str = "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$";
+
+/// The `Idempotency-Key` header as the API document describes it (bounds from the constants
+/// the check above uses).
+pub struct IdempotencyKey;
+
+impl utoipa::PartialSchema for IdempotencyKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(format!(
+                "1 to {MAX_LEN} printable ASCII characters; the same key and body replay the first response"
+            )))
+            .min_length(Some(1))
+            .max_length(Some(MAX_LEN))
+            .pattern(Some(PATTERN))
+            .examples([serde_json::json!("order-42")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for IdempotencyKey {}
 
 /// The key, if the client sent one. Printable ASCII, 1 to 255 characters.
 pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, HttpError> {

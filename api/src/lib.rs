@@ -59,6 +59,8 @@ pub struct Shared {
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     /// Failed authentications per client address, checked before any database work.
     pub address_limiter: Arc<rate_limit::AddressLimiter>,
+    /// Provider callbacks per gateway and client address, checked before any verification.
+    pub callback_limiter: Arc<rate_limit::CallbackLimiter>,
     pub registry: GatewayRegistry,
     /// Produces authenticated callbacks; also probes the broker for `/readyz`.
     pub producer: Producer,
@@ -78,6 +80,9 @@ pub struct Shared {
     pub unknown_keys: auth::UnknownKeys,
     /// `/readyz`'s last answer, reused for a second.
     pub readiness: routes::health::ReadinessCache,
+    /// The OpenAPI document served at `/openapi.json`, made exact for this registry's
+    /// gateways once at start-up (`openapi::served_document`).
+    pub openapi: Arc<String>,
 }
 
 impl Deref for AppState {
@@ -172,6 +177,11 @@ impl Application {
                 config.api.unauthenticated_per_second,
                 config.api.unauthenticated_burst,
             )),
+            callback_limiter: Arc::new(rate_limit::CallbackLimiter::new(
+                registry.names(),
+                &config.gateways,
+            )),
+            openapi: Arc::new(openapi::served_document(&registry)),
             registry,
             producer,
             relay_health,
@@ -228,6 +238,7 @@ impl Application {
 
         state.rate_limiter.spawn_cleanup(background.clone());
         state.address_limiter.spawn_cleanup(background.clone());
+        state.callback_limiter.spawn_cleanup(background.clone());
         let sampler = relay::spawn_lag_sampler(
             state.pool.clone(),
             state.backlog.clone(),

@@ -6,6 +6,11 @@
 //! quota is refused with 429 *before* the key is parsed or looked up, so a flood of bad keys
 //! costs Postgres at most that rate per address. Only failures count: the benchmarks'
 //! thousands of authenticated requests a second from one address are never limited here.
+//!
+//! [`CallbackLimiter`]: provider callbacks per gateway and client address (`[gateways.x]
+//! callback_per_second`, `callback_burst`), checked before the body is read or verified, so a
+//! flood of forged callbacks costs no HMAC and no parse, and a flood aimed at one gateway
+//! leaves every other gateway's callbacks alone (each gateway has its own limiter).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use paygate_core::domain::ApiKeyId;
+use paygate_core::config::{GatewayConfig, DEFAULT_CALLBACK_BURST, DEFAULT_CALLBACK_PER_SECOND};
+use paygate_core::domain::{ApiKeyId, GatewayName};
 use tokio_util::sync::CancellationToken;
 
 pub struct RateLimiter {
@@ -117,6 +123,61 @@ impl AddressLimiter {
     }
 }
 
+/// Provider callbacks per client address, one limiter (and quota) per gateway.
+pub struct CallbackLimiter {
+    gateways: HashMap<GatewayName, DefaultKeyedRateLimiter<IpAddr>>,
+    clock: DefaultClock,
+}
+
+impl CallbackLimiter {
+    /// One limiter for each gateway in `names`, with its table's quota in `configs`
+    /// (`callback_per_second`, `callback_burst`), or the defaults for a gateway built in code.
+    pub fn new<'a>(
+        names: impl IntoIterator<Item = &'a GatewayName>,
+        configs: &std::collections::BTreeMap<String, GatewayConfig>,
+    ) -> Self {
+        let gateways = names
+            .into_iter()
+            .map(|name| {
+                let (per_second, burst) = configs
+                    .get(name.as_str())
+                    .map(|c| (c.callback_per_second, c.callback_burst))
+                    .unwrap_or((DEFAULT_CALLBACK_PER_SECOND, DEFAULT_CALLBACK_BURST));
+                (
+                    name.clone(),
+                    governor::RateLimiter::keyed(quota(per_second, burst)),
+                )
+            })
+            .collect();
+        Self {
+            gateways,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// `Ok` if `address` may send `gateway` a callback now; otherwise how long until it may.
+    /// A gateway without a limiter (not configured: the route answers 404) is not limited.
+    pub fn check(&self, gateway: &GatewayName, address: IpAddr) -> Result<(), Duration> {
+        match self.gateways.get(gateway) {
+            None => Ok(()),
+            Some(limiter) => limiter
+                .check_key(&address)
+                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+        }
+    }
+
+    /// Forgets addresses idle long enough to be back at full burst, every minute.
+    pub fn spawn_cleanup(self: &Arc<Self>, shutdown: CancellationToken) {
+        let this = Arc::clone(self);
+        every_minute(shutdown, move || {
+            for limiter in this.gateways.values() {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        });
+    }
+}
+
 /// `per_second` with bursts of `burst` (config validation keeps both ≥ 1; a zero here
 /// falls back to the smallest quota rather than panicking).
 fn quota(per_second: u32, burst: u32) -> Quota {
@@ -164,6 +225,35 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(60));
         assert!(limiter.admit(bad).is_ok(), "readmitted after the wait");
+    }
+
+    #[test]
+    fn callbacks_are_limited_per_gateway_and_address() -> Result<(), Box<dyn std::error::Error>> {
+        let flooded = GatewayName::parse("psp-a")?;
+        let other = GatewayName::parse("psp-b")?;
+        let mut configs = std::collections::BTreeMap::new();
+        let mut tight = GatewayConfig::new("sandbox-json", "http://127.0.0.1:1/", "sk");
+        tight.callback_per_second = 1;
+        tight.callback_burst = 2;
+        configs.insert("psp-a".to_owned(), tight);
+        let limiter = CallbackLimiter::new([&flooded, &other], &configs);
+        let attacker = IpAddr::from([192, 0, 2, 1]);
+        let provider = IpAddr::from([192, 0, 2, 2]);
+        assert!(limiter.check(&flooded, attacker).is_ok());
+        assert!(limiter.check(&flooded, attacker).is_ok());
+        let wait = limiter.check(&flooded, attacker).err();
+        assert!(
+            wait.is_some_and(|w| w > Duration::ZERO && w <= Duration::from_secs(1)),
+            "{wait:?}"
+        );
+        assert!(limiter.check(&flooded, provider).is_ok(), "per address");
+        for _ in 0..100 {
+            assert!(
+                limiter.check(&other, attacker).is_ok(),
+                "another gateway keeps its own (default) quota"
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -90,21 +90,21 @@ impl From<&Transaction> for TransactionResource {
 pub struct CreateTransactionRequest {
     /// Positive integer minor units (1050 is 10.50 USD). Floats, zero, negatives and values
     /// beyond a 64-bit integer are refused.
-    #[schema(example = 1050, minimum = 1)]
+    #[schema(schema_with = crate::validation::schema::amount)]
     pub amount: i64,
     /// ISO 4217 code, upper case.
-    #[schema(example = "USD")]
+    #[schema(value_type = paygate_core::domain::Currency)]
     pub currency: String,
-    /// Your reference for the customer's account (1 to 128 characters).
-    #[schema(example = "cust_8812")]
+    /// Your reference for the customer's account.
+    #[schema(value_type = paygate_core::domain::CustomerReference)]
     pub customer: String,
     /// A configured gateway name; omitted, routing chooses.
+    #[schema(value_type = Option<paygate_core::domain::GatewayName>)]
     pub gateway: Option<String>,
     /// Also notify this URL of the outcome (https).
+    #[schema(schema_with = crate::validation::schema::callback_url)]
     pub callback_url: Option<String>,
-    /// Up to 20 keys of at most 40 characters; values strings (at most 500 characters),
-    /// numbers, booleans or null.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::validation::schema::metadata)]
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -158,10 +158,9 @@ impl WebhookEndpointResource {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookEndpointRequest {
-    /// Where to deliver events: https.
-    #[schema(example = "https://merchant.example/paygate/webhooks")]
+    #[schema(schema_with = crate::validation::schema::endpoint_url)]
     pub url: String,
-    /// A note for yourself (at most 500 characters).
+    #[schema(schema_with = crate::validation::schema::description)]
     pub description: Option<String>,
 }
 
@@ -522,10 +521,9 @@ pub struct CreateRefundRequest {
     /// Positive integer minor units in the deposit's currency, at most what is left to
     /// refund of it (its amount less its refunds that have not failed). Absent: all that
     /// is left.
-    #[schema(example = 500, minimum = 1)]
+    #[schema(schema_with = crate::validation::schema::optional_amount)]
     pub amount: Option<i64>,
-    /// Why, in your words (at most 500 characters, no control characters).
-    #[schema(max_length = 500)]
+    #[schema(schema_with = crate::validation::schema::reason)]
     pub reason: Option<String>,
 }
 

@@ -28,7 +28,7 @@ pub async fn check_url(
     policy: DestinationPolicy,
     field: &str,
 ) -> Result<CheckedDestination, HttpError> {
-    if raw.len() > MAX_URL_LEN {
+    if raw.chars().count() > MAX_URL_LEN {
         return Err(HttpError::invalid_param(
             "url_invalid",
             field,

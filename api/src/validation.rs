@@ -14,6 +14,147 @@ use crate::url_policy;
 pub const METADATA_MAX_KEYS: usize = 20;
 pub const METADATA_MAX_KEY_CHARS: usize = 40;
 pub const METADATA_MAX_VALUE_CHARS: usize = 500;
+/// The largest magnitude of a number in `metadata`: 2^53 − 1, the largest integer every JSON
+/// reader holds exactly. Beyond it a value may not come back from Postgres (`jsonb` keeps
+/// the exact decimal, which serde_json then reads back past `f64::MAX`): found by
+/// schemathesis, a deposit with `1.79e308` in its metadata made every later list of the
+/// merchant's transactions a 500.
+pub const METADATA_MAX_NUMBER: f64 = 9_007_199_254_740_991.0;
+/// The longest webhook endpoint `description`, in characters.
+pub const DESCRIPTION_MAX_CHARS: usize = 500;
+
+/// "No control character" (Unicode `Cc`, what `char::is_control` finds), as a pattern of
+/// the API document.
+const NO_CONTROL_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+/// "No NUL character" (Postgres `jsonb` cannot hold U+0000), as a pattern.
+const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
+
+/// The document's schemas of the fields checked here, each built from the constant the
+/// check uses, so a bound is written once (issue 17: the document was looser than the API).
+pub mod schema {
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ObjectBuilder, OneOfBuilder, SchemaFormat, SchemaType, Type,
+    };
+
+    use super::*;
+
+    fn nullable(kind: Type) -> SchemaType {
+        SchemaType::from_iter([kind, Type::Null])
+    }
+
+    /// Free text of at most `max` characters without control characters (or null).
+    fn text(max: usize, description: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(nullable(Type::String))
+            .max_length(Some(max))
+            .pattern(Some(NO_CONTROL_PATTERN))
+            .description(Some(description))
+    }
+
+    /// `metadata`: at most [`METADATA_MAX_KEYS`] keys of 1 to [`METADATA_MAX_KEY_CHARS`]
+    /// characters; values strings (at most [`METADATA_MAX_VALUE_CHARS`]), numbers, booleans
+    /// or null; no NUL anywhere.
+    pub fn metadata() -> utoipa::openapi::Object {
+        let value = OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(METADATA_MAX_VALUE_CHARS))
+                    .pattern(Some(NO_NUL_PATTERN)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(-METADATA_MAX_NUMBER))
+                    .maximum(Some(METADATA_MAX_NUMBER)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(ObjectBuilder::new().schema_type(Type::Null));
+        ObjectBuilder::new()
+            .schema_type(nullable(Type::Object))
+            .max_properties(Some(METADATA_MAX_KEYS))
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(METADATA_MAX_KEY_CHARS))
+                    .pattern(Some(NO_NUL_PATTERN)),
+            ))
+            .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+            .description(Some(format!(
+                "Up to {METADATA_MAX_KEYS} keys of 1 to {METADATA_MAX_KEY_CHARS} characters; values strings (at most {METADATA_MAX_VALUE_CHARS} characters), numbers (magnitude at most 2^53 - 1), booleans or null; no NUL character"
+            )))
+            .build()
+    }
+
+    /// An amount: a positive integer of minor units that fits in 64 bits (`Amount::from_json`).
+    pub fn amount() -> utoipa::openapi::Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(i64::MAX))
+            .description(Some("Positive integer minor units (1050 is 10.50 USD)"))
+            .examples([serde_json::json!(1050)])
+            .build()
+    }
+
+    /// An optional amount (a refund's: absent or null is all that is left).
+    pub fn optional_amount() -> utoipa::openapi::Object {
+        ObjectBuilder::new()
+            .schema_type(nullable(Type::Integer))
+            .minimum(Some(1))
+            .maximum(Some(i64::MAX))
+            .description(Some(
+                "Positive integer minor units; absent or null: all that is left",
+            ))
+            .examples([serde_json::json!(500)])
+            .build()
+    }
+
+    /// A webhook endpoint's `description`.
+    pub fn description() -> utoipa::openapi::Object {
+        text(
+            DESCRIPTION_MAX_CHARS,
+            "A note for yourself, without control characters",
+        )
+        .build()
+    }
+
+    /// A refund's `reason`.
+    pub fn reason() -> utoipa::openapi::Object {
+        text(
+            REFUND_REASON_MAX_CHARS,
+            "Why, in your words, without control characters",
+        )
+        .build()
+    }
+
+    /// A destination URL (`url`, `callback_url`): its length bound. Whether the host
+    /// resolves to an address the SSRF guard admits cannot be said in a schema.
+    fn url(kind: SchemaType) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(kind)
+            .format(Some(SchemaFormat::Custom("uri".to_owned())))
+            .max_length(Some(crate::url_policy::MAX_URL_LEN))
+    }
+
+    pub fn endpoint_url() -> utoipa::openapi::Object {
+        url(SchemaType::Type(Type::String))
+            .description(Some("Where to deliver events: https, a public host"))
+            .examples([serde_json::json!(
+                "https://merchant.example/paygate/webhooks"
+            )])
+            .build()
+    }
+
+    pub fn callback_url() -> utoipa::openapi::Object {
+        url(nullable(Type::String))
+            .description(Some(
+                "Also notify this URL of the outcome: https, a public host",
+            ))
+            .build()
+    }
+}
 
 /// A valid `POST /v1/deposits` / `withdrawals` body.
 #[derive(Debug, Clone)]
@@ -123,11 +264,11 @@ pub async fn create_webhook_endpoint(
         None => None,
         Some(value) => {
             let text = value.as_str().ok_or_else(|| not_a_string("description"))?;
-            if text.chars().count() > 500 || text.chars().any(char::is_control) {
+            if text.chars().count() > DESCRIPTION_MAX_CHARS || text.chars().any(char::is_control) {
                 return Err(HttpError::invalid_param(
                     "description_invalid",
                     "description",
-                    "description must be at most 500 characters without control characters",
+                    format!("description must be at most {DESCRIPTION_MAX_CHARS} characters without control characters"),
                 ));
             }
             Some(text.to_owned())
@@ -272,6 +413,11 @@ fn metadata(value: &Value) -> Result<Value, HttpError> {
                     "metadata values must be strings, numbers, booleans or null".to_owned(),
                 ));
             }
+            Value::Number(n) if n.as_f64().is_none_or(|f| f.abs() > METADATA_MAX_NUMBER) => {
+                return Err(invalid(format!(
+                    "metadata numbers must be at most {METADATA_MAX_NUMBER} in magnitude"
+                )));
+            }
             _ => {}
         }
     }
@@ -365,6 +511,22 @@ mod tests {
                 "{nul}"
             );
         }
+        for huge in [
+            json!(1.797_693_134_862_315_7e308),
+            json!(u64::MAX),
+            json!(-1e16),
+        ] {
+            assert_eq!(
+                param_of(with("metadata", json!({ "n": huge }))).as_deref(),
+                Some("metadata"),
+                "{huge}"
+            );
+        }
+        assert!(check(with(
+            "metadata",
+            json!({"n": 9_007_199_254_740_991_i64, "f": 0.5})
+        ))
+        .is_ok());
         assert_eq!(param_of(with("extra", json!(1))).as_deref(), Some("extra"));
         assert_eq!(
             param_of(json!({"currency": "USD", "customer": "c"})).as_deref(),

@@ -301,12 +301,20 @@ impl PaymentGateway for JsonGateway {
         self.submit(wire::TRANSFER_PATH, &body, tx).await
     }
 
+    fn callback_content_types(&self) -> &'static [&'static str] {
+        &[wire::CONTENT_TYPE]
+    }
+
     fn callback_headers(&self) -> &'static [&'static str] {
         wire::CALLBACK_HEADERS
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
-        callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
+        callback::check_envelope(
+            request,
+            self.conn.max_callback_bytes,
+            self.callback_content_types(),
+        )?;
         verify(&self.conn.webhook_secret, request)?;
         let raw: serde_json::Value =
             serde_json::from_slice(&request.body).map_err(callback::malformed)?;

@@ -368,6 +368,14 @@ pub trait PaymentGateway: Send + Sync {
     /// [`CallbackEvent::Ignored`], never an error (an error makes the provider retry).
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError>;
 
+    /// The media types [`PaymentGateway::handle_callback`] accepts (what it passes to
+    /// [`callback::check_envelope`]; parameters such as `charset` are ignored). The API's
+    /// served OpenAPI document lists them on this gateway's callback route, so a provider
+    /// (or a fuzzer) is told exactly what the route takes. Default: JSON.
+    fn callback_content_types(&self) -> &'static [&'static str] {
+        &["application/json"]
+    }
+
     /// How this provider authenticates callbacks. Default: signed bodies.
     fn callback_auth(&self) -> CallbackAuth {
         CallbackAuth::Signed

@@ -792,6 +792,10 @@ impl PaymentGateway for MpesaGateway {
         parse_submit(tx, status, &headers, &answer)
     }
 
+    fn callback_content_types(&self) -> &'static [&'static str] {
+        &[CONTENT_TYPE]
+    }
+
     fn callback_headers(&self) -> &'static [&'static str] {
         CALLBACK_HEADERS
     }
@@ -825,7 +829,11 @@ impl PaymentGateway for MpesaGateway {
         ) {
             return Err(CallbackError::Unauthenticated("wrong path token".into()));
         }
-        callback::check_envelope(request, self.conn.max_callback_bytes, &[CONTENT_TYPE])?;
+        callback::check_envelope(
+            request,
+            self.conn.max_callback_bytes,
+            self.callback_content_types(),
+        )?;
         let (id, hook, money) = parse_path_reference(reference)?;
         let body: Value = serde_json::from_slice(&request.body).map_err(callback::malformed)?;
         if !body.is_object() {

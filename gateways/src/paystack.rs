@@ -768,12 +768,20 @@ impl PaymentGateway for PaystackGateway {
         self.parse_transfer(tx, status, &headers, &body)
     }
 
+    fn callback_content_types(&self) -> &'static [&'static str] {
+        &[wire::CONTENT_TYPE]
+    }
+
     fn callback_headers(&self) -> &'static [&'static str] {
         wire::CALLBACK_HEADERS
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
-        callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
+        callback::check_envelope(
+            request,
+            self.conn.max_callback_bytes,
+            self.callback_content_types(),
+        )?;
         self.verify_signature(request)?;
         let webhook: wire::Webhook =
             serde_json::from_slice(&request.body).map_err(callback::malformed)?;

@@ -263,12 +263,20 @@ impl PaymentGateway for ProtobufGateway {
         self.submit(tx, PaymentKind::Withdrawal).await
     }
 
+    fn callback_content_types(&self) -> &'static [&'static str] {
+        &[wire::CONTENT_TYPE]
+    }
+
     fn callback_headers(&self) -> &'static [&'static str] {
         wire::CALLBACK_HEADERS
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
-        callback::check_envelope(request, self.conn.max_callback_bytes, &[wire::CONTENT_TYPE])?;
+        callback::check_envelope(
+            request,
+            self.conn.max_callback_bytes,
+            self.callback_content_types(),
+        )?;
         // The outer frame carries the signature: a body that is not one cannot be authentic,
         // so it is refused as unauthenticated, and the decoder's detail is not echoed to an
         // anonymous sender.

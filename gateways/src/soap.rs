@@ -488,12 +488,20 @@ impl PaymentGateway for SoapGateway {
         .await
     }
 
+    fn callback_content_types(&self) -> &'static [&'static str] {
+        wire::ACCEPTED_TYPES
+    }
+
     fn callback_headers(&self) -> &'static [&'static str] {
         wire::CALLBACK_HEADERS
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
-        callback::check_envelope(request, self.conn.max_callback_bytes, wire::ACCEPTED_TYPES)?;
+        callback::check_envelope(
+            request,
+            self.conn.max_callback_bytes,
+            self.callback_content_types(),
+        )?;
         let timestamp = verify(&self.conn.webhook_secret, request)?;
         callback::check_fresh(timestamp, request.received_at, self.conn.callback_tolerance)?;
         let envelope: Envelope<wire::Callback> =

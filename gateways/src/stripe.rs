@@ -749,12 +749,20 @@ impl PaymentGateway for StripeGateway {
         }
     }
 
+    fn callback_content_types(&self) -> &'static [&'static str] {
+        &[CONTENT_TYPE]
+    }
+
     fn callback_headers(&self) -> &'static [&'static str] {
         CALLBACK_HEADERS
     }
 
     fn handle_callback(&self, request: &CallbackRequest) -> Result<CallbackEvent, CallbackError> {
-        callback::check_envelope(request, self.conn.max_callback_bytes, &[CONTENT_TYPE])?;
+        callback::check_envelope(
+            request,
+            self.conn.max_callback_bytes,
+            self.callback_content_types(),
+        )?;
         let signed_at = verify(self.conn.webhook_secret.expose().as_bytes(), request)?;
         callback::check_fresh(signed_at, request.received_at, self.conn.callback_tolerance)?;
         let event: Event = serde_json::from_slice(&request.body).map_err(callback::malformed)?;

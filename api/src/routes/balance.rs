@@ -44,8 +44,8 @@ pub async fn retrieve(
 #[utoipa::path(
     get, path = "/v1/balance/transactions", tag = "balance",
     params(
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, 1 to 100 (default 10)"),
-        ("starting_after" = Option<String>, Query, description = "The last id (`le_…`) of the previous page"),
+        ("limit" = Option<crate::routes::transactions::PageLimit>, Query, description = "Page size"),
+        ("starting_after" = Option<EntryId>, Query, description = "The last id (`le_…`) of the previous page"),
     ),
     responses(
         (status = 200, body = LedgerEntryList),

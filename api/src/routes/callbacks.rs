@@ -3,16 +3,18 @@
 //! The gateway authenticates and parses the raw body first; only an authentic, well-formed
 //! callback is produced to `paygate.callbacks.received` (keyed by our transaction id), and
 //! 200 is answered only after the broker acknowledged it. Nothing is written to Postgres:
-//! the callback processor applies it. Unknown gateway 404, forged 401, too large 413,
-//! unsupported type 415, malformed 400, broker down 503 (the provider retries).
+//! the callback processor applies it. Unknown gateway 404, past the gateway's per-address
+//! limit 429 (before the body is read), forged 401, too large 413, unsupported type 415,
+//! malformed 400, broker down 503 (the provider retries).
 //! Of the request's headers only those the connector declares it verifies with
 //! (`PaymentGateway::callback_headers`) are read and queued; none other reaches Kafka.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
 use chrono::Utc;
@@ -30,7 +32,7 @@ use crate::AppState;
 /// Receive a provider callback.
 #[utoipa::path(
     post, path = "/callbacks/{gateway}", tag = "callbacks",
-    params(("gateway" = String, Path, description = "The configured gateway name")),
+    params(("gateway" = GatewayName, Path, description = "The configured gateway name (the served document lists each with its media types)")),
     request_body(
         description = "The provider's callback, exactly as it signed it",
         content(
@@ -45,8 +47,8 @@ use crate::AppState;
         (status = 400, description = "Authentic but malformed", body = crate::error::ErrorBody),
         (status = 401, description = "Signature missing, forged or stale", body = crate::error::ErrorBody),
         (status = 404, description = "No such gateway, or a gateway whose callbacks carry a path token", body = crate::error::ErrorBody),
-        (status = 413, body = crate::error::ErrorBody),
-        (status = 415, body = crate::error::ErrorBody),
+        (status = 413, description = "Past the gateway's `max_callback_bytes` or `api.callback_max_body_bytes`", body = crate::error::ErrorBody),
+        (status = 415, description = "A media type this gateway does not take", body = crate::error::ErrorBody),
         (status = 503, description = "Could not be queued; retry", body = crate::error::ErrorBody),
     )
 )]
@@ -66,7 +68,7 @@ pub async fn receive(
 #[utoipa::path(
     post, path = "/callbacks/{gateway}/{reference}/{token}", tag = "callbacks",
     params(
-        ("gateway" = String, Path, description = "The configured gateway name"),
+        ("gateway" = GatewayName, Path, description = "The configured gateway name"),
         ("reference" = String, Path, description = "The payment's reference at the provider"),
         ("token" = String, Path, description = "The secret token the connector put in this payment's callback URL"),
     ),
@@ -79,8 +81,8 @@ pub async fn receive(
         (status = 400, description = "Malformed", body = crate::error::ErrorBody),
         (status = 401, description = "Wrong path token", body = crate::error::ErrorBody),
         (status = 404, description = "No such gateway, or one whose callbacks are signed", body = crate::error::ErrorBody),
-        (status = 413, body = crate::error::ErrorBody),
-        (status = 415, body = crate::error::ErrorBody),
+        (status = 413, description = "Past the gateway's `max_callback_bytes` or `api.callback_max_body_bytes`", body = crate::error::ErrorBody),
+        (status = 415, description = "A media type this gateway does not take", body = crate::error::ErrorBody),
         (status = 503, description = "Could not be queued; retry", body = crate::error::ErrorBody),
     )
 )]
@@ -117,6 +119,17 @@ async fn accept(
     let wants_path = gateway.callback_auth() == CallbackAuth::PathToken;
     if wants_path != path.is_some() {
         return Err(HttpError::not_found("gateway"));
+    }
+    // Before the body is read, verified or parsed: a flood costs a map lookup per request.
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if let Err(wait) = state.callback_limiter.check(&name, peer) {
+        metrics::counter!("paygate_callbacks_limited_total", "gateway" => name.to_string())
+            .increment(1);
+        return Err(HttpError::callback_rate_limited(wait));
     }
 
     let (headers, bytes) = body::read_raw(request, state.config.callback_max_body_bytes).await?;

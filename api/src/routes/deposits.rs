@@ -24,7 +24,7 @@ use crate::AppState;
 #[utoipa::path(
     post, path = "/v1/deposits", tag = "transactions",
     request_body = CreateTransactionRequest,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: same key and body replays the first response (1 to 255 characters; kept at least 24 hours)")),
+    params(("Idempotency-Key" = Option<crate::idempotency::IdempotencyKey>, Header, description = "Makes a retry safe: same key and body replays the first response (kept at least 24 hours)")),
     responses(
         (status = 202, description = "Accepted: committed, will be processed", body = TransactionResource),
         (status = 400, description = "Invalid request; `param` names the field. Also `amount_over_limit` (param `amount`: over the merchant's max_amount in this currency) and `gateway_not_enabled` (param `gateway`)", body = crate::error::ErrorBody),
@@ -63,7 +63,7 @@ pub async fn create_deposit(
 #[utoipa::path(
     post, path = "/v1/withdrawals", tag = "transactions",
     request_body = CreateTransactionRequest,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes a retry safe: same key and body replays the first response (1 to 255 characters; kept at least 24 hours)")),
+    params(("Idempotency-Key" = Option<crate::idempotency::IdempotencyKey>, Header, description = "Makes a retry safe: same key and body replays the first response (kept at least 24 hours)")),
     responses(
         (status = 202, description = "Accepted: committed, will be processed", body = TransactionResource),
         (status = 400, description = "Invalid request; `param` names the field. Also `balance_insufficient` (param `amount`: more than the available balance in this currency), `amount_over_limit` and `daily_payout_limit_exceeded` (param `amount`), `gateway_not_enabled` (param `gateway`). A refusal is stored under the Idempotency-Key and replayed", body = crate::error::ErrorBody),

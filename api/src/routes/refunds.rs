@@ -32,7 +32,7 @@ const MAX_LISTED: i64 = 100;
     request_body = crate::resources::CreateRefundRequest,
     params(
         ("id" = paygate_core::domain::TransactionId, Path, description = "The deposit to refund, `txn_…`"),
-        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, description = "Required: same key and body replays the first response (1 to 255 characters; kept at least 24 hours)"),
+        ("Idempotency-Key" = crate::idempotency::IdempotencyKey, Header, description = "Required: same key and body replays the first response (kept at least 24 hours)"),
     ),
     responses(
         (status = 201, description = "Created: the amount is held on your balance until the refund ends", body = RefundResource),

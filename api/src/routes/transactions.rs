@@ -21,6 +21,26 @@ use paygate_core::domain::Scope;
 
 pub const DEFAULT_LIMIT: i64 = 10;
 pub const MAX_LIMIT: i64 = 100;
+
+/// The `limit` query parameter of every list, as the API document describes it (bounds
+/// from [`DEFAULT_LIMIT`] and [`MAX_LIMIT`], which [`parse_limit`] enforces).
+pub struct PageLimit;
+
+impl utoipa::PartialSchema for PageLimit {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .description(Some(format!(
+                "Page size, 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})"
+            )))
+            .minimum(Some(1))
+            .maximum(Some(MAX_LIMIT))
+            .default(Some(serde_json::json!(DEFAULT_LIMIT)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PageLimit {}
 const MAX_DELIVERIES: i64 = 100;
 
 /// Retrieve a transaction.
@@ -69,8 +89,8 @@ pub async fn retrieve(
     get, path = "/v1/transactions", tag = "transactions",
     params(
         ("status" = Option<TransactionStatus>, Query, description = "Only transactions in this status"),
-        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Page size, 1 to 100 (default 10)"),
-        ("starting_after" = Option<String>, Query, description = "The last id of the previous page"),
+        ("limit" = Option<PageLimit>, Query, description = "Page size"),
+        ("starting_after" = Option<TransactionId>, Query, description = "The last id of the previous page"),
     ),
     responses(
         (status = 200, body = TransactionList),
@@ -184,11 +204,12 @@ pub(crate) fn parse_id(
         .map_err(|e| HttpError::invalid_param("id_invalid", "id", e.to_string()))
 }
 
-/// A page size: an integer from 1 to [`MAX_LIMIT`].
+/// A page size: an integer from 1 to [`MAX_LIMIT`], in plain decimal digits (no sign, as
+/// the document's `integer` is written).
 pub(crate) fn parse_limit(value: &str) -> Result<i64, HttpError> {
-    value
-        .parse::<i64>()
-        .ok()
+    Some(value)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<i64>().ok())
         .filter(|l| (1..=MAX_LIMIT).contains(l))
         .ok_or_else(|| {
             HttpError::invalid_param(

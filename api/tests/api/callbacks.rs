@@ -269,3 +269,139 @@ async fn broker_down_is_503_for_every_format() -> TestResult {
     }
     Ok(())
 }
+
+/// Issue 17, "per-gateway limits on callbacks": a flood aimed at one gateway is refused with
+/// 429 and `Retry-After` before its body is read or its signature computed (an oversized
+/// body and a valid signature past the limit are both 429, not 413 or 200), while another
+/// gateway's callbacks from the same address are verified and queued as usual. Before the
+/// limiter every one of these requests cost a read and an HMAC and was answered 401/413/200.
+#[tokio::test]
+async fn a_callback_flood_on_one_gateway_is_refused_before_verification() -> TestResult {
+    const BURST: u32 = 3;
+    let app = spawn_with(
+        |config| {
+            let mut table = paygate_core::config::GatewayConfig::new(
+                "sandbox-json",
+                "http://127.0.0.1:1/",
+                "sk_provider",
+            );
+            table.callback_per_second = 1;
+            table.callback_burst = BURST;
+            config
+                .gateways
+                .insert(Format::Json.gateway().to_owned(), table);
+        },
+        registry()?,
+    )
+    .await?;
+    let flooded = Format::Json;
+    for _ in 0..BURST {
+        let forged = flooded.sign("whsec_not_the_secret", &fields(TransactionId::new())?);
+        let response = send(&app, flooded.gateway(), &forged).await?;
+        assert_eq!(response.status(), 401, "within the burst: verified");
+    }
+    let forged = flooded.sign("whsec_not_the_secret", &fields(TransactionId::new())?);
+    let response = send(&app, flooded.gateway(), &forged).await?;
+    assert_eq!(response.status(), 429, "past the burst");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        retry_after.is_some_and(|s| (1..=2).contains(&s)),
+        "{retry_after:?}"
+    );
+    assert_eq!(error_of(response).await?.0, "rate_limit_error");
+
+    // Refused before anything is looked at: neither the size nor the signature decides.
+    let mut oversized = flooded.sign(WEBHOOK_SECRET, &fields(TransactionId::new())?);
+    oversized.body = Bytes::from(vec![b' '; app.config.api.callback_max_body_bytes + 1]);
+    assert_eq!(
+        send(&app, flooded.gateway(), &oversized).await?.status(),
+        429
+    );
+    let valid = flooded.sign(WEBHOOK_SECRET, &fields(TransactionId::new())?);
+    assert_eq!(send(&app, flooded.gateway(), &valid).await?.status(), 429);
+
+    // The other gateways, same address, same moment: verified and queued as ever.
+    for other in [Format::Soap, Format::Protobuf] {
+        let id = TransactionId::new();
+        let valid = other.sign(WEBHOOK_SECRET, &fields(id)?);
+        let response = send(&app, other.gateway(), &valid).await?;
+        assert_eq!(response.status(), 200, "{other:?} unaffected");
+        let forged = other.sign("whsec_not_the_secret", &fields(TransactionId::new())?);
+        assert_eq!(
+            send(&app, other.gateway(), &forged).await?.status(),
+            401,
+            "{other:?} still verified"
+        );
+    }
+
+    // The flooded gateway admits its provider again once the quota refills.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let valid = flooded.sign(WEBHOOK_SECRET, &fields(TransactionId::new())?);
+    assert_eq!(send(&app, flooded.gateway(), &valid).await?.status(), 200);
+    Ok(())
+}
+
+/// Issue 17: the protobuf callback route answered unauthenticated garbage with 400 and the
+/// decoder's detail. Every unauthenticated body (not a frame, a truncated frame, a frame
+/// without or with a wrong signature, a valid frame from another secret) is now one and the
+/// same 401, saying nothing about the decoder; only an authentic frame reaches it.
+#[tokio::test]
+async fn protobuf_garbage_learns_nothing_about_the_decoder() -> TestResult {
+    use prost::Message;
+    let app = spawn_with(|_| {}, registry()?).await?;
+    let gateway = Format::Protobuf.gateway();
+    let frame = |payload: Vec<u8>, signature: Vec<u8>| {
+        protobuf::wire::SignedEvent { payload, signature }.encode_to_vec()
+    };
+    let valid = Format::Protobuf.sign(WEBHOOK_SECRET, &fields(TransactionId::new())?);
+    let garbage: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("not protobuf", b"\xff\xfe\xfd garbage".to_vec()),
+        ("truncated varint", vec![0x0a, 0xff]),
+        ("wrong wire type", vec![0x0d, 1, 2, 3, 4]),
+        (
+            "truncated frame",
+            valid.body[..valid.body.len() / 2].to_vec(),
+        ),
+        ("no signature", frame(b"\x08\x01".to_vec(), Vec::new())),
+        ("wrong signature", frame(b"\xff\xff".to_vec(), vec![7; 32])),
+        (
+            "another secret",
+            Format::Protobuf
+                .sign("whsec_not_the_secret", &fields(TransactionId::new())?)
+                .body
+                .to_vec(),
+        ),
+    ];
+    let mut answers = std::collections::BTreeSet::new();
+    for (what, body) in garbage {
+        let response = app
+            .client
+            .post(app.url(&format!("/callbacks/{gateway}")))
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        assert_eq!(status, 401, "{what}: {text}");
+        let lower = text.to_lowercase();
+        for leak in [
+            "decode",
+            "signedevent",
+            "wire type",
+            "buffer",
+            "varint",
+            "prost",
+        ] {
+            assert!(!lower.contains(leak), "{what}: {leak} in {text}");
+        }
+        answers.insert(text);
+    }
+    assert_eq!(answers.len(), 1, "one answer for every kind: {answers:?}");
+    Ok(())
+}

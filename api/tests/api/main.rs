@@ -10,6 +10,7 @@ mod hardening;
 mod helpers;
 mod idempotency;
 mod ledger;
+mod openapi;
 mod operations;
 mod outbox;
 mod providers;

@@ -14,6 +14,8 @@
 //! status_not_found_after_ms = 120000 # settle window of a status query
 //! reconcile_after_ms = 60000         # optional; the processor's stuck_after_secs otherwise
 //! action_expires_after_ms = 3600000  # a customer's time for a 3-D Secure / hosted step
+//! callback_per_second = 500          # callbacks per client address, sustained
+//! callback_burst = 1000              # … and at once; past it 429 before any verification
 //! [gateways.paystack-ng.breaker]     # optional, see BreakerConfig
 //! error_threshold_percent = 50
 //! ```
@@ -50,6 +52,14 @@ pub const DEFAULT_STATUS_NOT_FOUND_AFTER: Duration = Duration::from_secs(120);
 pub const DEFAULT_ACTION_EXPIRES_AFTER: Duration = Duration::from_secs(3600);
 /// Callbacks are small; anything bigger is refused before its signature is even computed.
 pub const DEFAULT_MAX_CALLBACK_BYTES: usize = 64 * 1024;
+/// Callbacks one client address may send to one gateway per second, sustained. A provider
+/// sends one callback per payment outcome (and retries): the measured peak of the whole
+/// pipeline is about 200 payments/s over three gateways from one address (BENCHMARKS.md),
+/// so 500/s leaves room while a flood of forged callbacks is refused before any HMAC.
+pub const DEFAULT_CALLBACK_PER_SECOND: u32 = 500;
+/// Callbacks one client address may send to one gateway at once (a provider's retry queue
+/// draining after an outage arrives in a burst).
+pub const DEFAULT_CALLBACK_BURST: u32 = 1000;
 
 /// One `[gateways.<name>]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +122,15 @@ pub struct GatewayConfig {
     /// a real provider. Loopback `http` (tests, `paygate dev`) needs no flag.
     #[serde(default)]
     pub allow_http: bool,
+    /// Callbacks per second one client address may send to this gateway (issue 17). Checked
+    /// before the body is read or its signature computed: past it, 429 with `Retry-After`
+    /// (providers retry). Each gateway has its own limiter, so a flood aimed at one leaves
+    /// the others' callbacks untouched.
+    #[serde(default = "callback_per_second")]
+    pub callback_per_second: u32,
+    /// Callbacks one client address may send to this gateway at once.
+    #[serde(default = "callback_burst")]
+    pub callback_burst: u32,
     /// The table's other keys: the connector's own settings, deserialized by the connector.
     #[serde(skip)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -135,6 +154,12 @@ fn status_not_found_after() -> Duration {
 
 fn action_expires_after() -> Duration {
     DEFAULT_ACTION_EXPIRES_AFTER
+}
+fn callback_per_second() -> u32 {
+    DEFAULT_CALLBACK_PER_SECOND
+}
+fn callback_burst() -> u32 {
+    DEFAULT_CALLBACK_BURST
 }
 
 /// `[gateways.<name>.breaker]`: the circuit breaker's tunables (see `paygate_gateways::
@@ -194,6 +219,8 @@ impl GatewayConfig {
             reconcile_after: None,
             action_expires_after: DEFAULT_ACTION_EXPIRES_AFTER,
             allow_http: false,
+            callback_per_second: DEFAULT_CALLBACK_PER_SECOND,
+            callback_burst: DEFAULT_CALLBACK_BURST,
             extra: BTreeMap::new(),
         }
     }
@@ -287,6 +314,8 @@ impl GatewayConfig {
             ("breaker.buckets", u64::from(b.buckets)),
             ("breaker.min_requests", u64::from(b.min_requests)),
             ("breaker.max_concurrent", u64::from(b.max_concurrent)),
+            ("callback_per_second", u64::from(self.callback_per_second)),
+            ("callback_burst", u64::from(self.callback_burst)),
         ];
         for (key, value) in counts {
             if value == 0 {

@@ -484,3 +484,34 @@ fn the_secrets_keyring_comes_from_the_environment_and_bad_keys_are_named_not_sho
         "keys without a current one"
     );
 }
+
+/// `[gateways.x] callback_per_second` / `callback_burst` (issue 17): defaults, the
+/// environment mapping every other gateway key has, and a zero refused by name.
+#[test]
+fn gateway_callback_limits_default_map_and_refuse_zero() {
+    let base = [
+        ("PAYGATE_GATEWAYS_MY_GW__KIND", "sandbox-json"),
+        ("PAYGATE_GATEWAYS_MY_GW__BASE_URL", "http://127.0.0.1:2/"),
+        ("PAYGATE_GATEWAYS_MY_GW__SECRET_KEY", "sk"),
+    ];
+    let gateway = &load(&base).gateways["my_gw"];
+    assert_eq!(
+        gateway.callback_per_second,
+        super::DEFAULT_CALLBACK_PER_SECOND
+    );
+    assert_eq!(gateway.callback_burst, super::DEFAULT_CALLBACK_BURST);
+    let mut set = base.to_vec();
+    set.push(("PAYGATE_GATEWAYS_MY_GW__CALLBACK_PER_SECOND", "7"));
+    set.push(("PAYGATE_GATEWAYS_MY_GW__CALLBACK_BURST", "9"));
+    let gateway = &load(&set).gateways["my_gw"];
+    assert_eq!(
+        (gateway.callback_per_second, gateway.callback_burst),
+        (7, 9)
+    );
+    let mut zero = base.to_vec();
+    zero.push(("PAYGATE_GATEWAYS_MY_GW__CALLBACK_BURST", "0"));
+    assert_eq!(
+        places(None, &zero),
+        ["PAYGATE_GATEWAYS_MY_GW__CALLBACK_BURST"]
+    );
+}

@@ -95,6 +95,11 @@ pub struct EntryId(i64);
 
 impl EntryId {
     pub const PREFIX: &'static str = "le";
+    /// The external form exactly as [`EntryId::from_str`] admits it (the API document's
+    /// pattern): `le_`, then a positive number without sign or leading zero, at most 18
+    /// digits (so it always fits the 64-bit sequence).
+    pub const PATTERN: &'static str = "^le_[1-9][0-9]{0,17}$";
+    const MAX_DIGITS: usize = 18;
 }
 
 impl fmt::Display for EntryId {
@@ -107,6 +112,11 @@ impl FromStr for EntryId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         s.strip_prefix("le_")
+            .filter(|n| {
+                (1..=Self::MAX_DIGITS).contains(&n.len())
+                    && n.bytes().all(|b| b.is_ascii_digit())
+                    && !n.starts_with('0')
+            })
             .and_then(|n| n.parse::<i64>().ok())
             .filter(|n| *n > 0)
             .map(Self)
@@ -115,6 +125,19 @@ impl FromStr for EntryId {
             })
     }
 }
+
+impl utoipa::PartialSchema for EntryId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("A ledger entry id: \"le_\" and its number"))
+            .pattern(Some(Self::PATTERN))
+            .examples([serde_json::json!("le_42")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EntryId {}
 
 /// What moved money in a merchant's account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

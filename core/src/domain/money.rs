@@ -57,6 +57,25 @@ impl Currency {
         self.0.code()
     }
 
+    /// Every code [`Currency::parse`] admits, in order: the API document's enum. Found by
+    /// asking `parse` itself about each upper-case three-letter code, so the list cannot
+    /// drift from the rule (17,576 look-ups; only the document builder calls it).
+    pub fn payable_codes() -> Vec<&'static str> {
+        let letters = b'A'..=b'Z';
+        let mut codes = Vec::new();
+        for a in letters.clone() {
+            for b in letters.clone() {
+                for c in letters.clone() {
+                    let code = [a, b, c];
+                    if let Ok(Ok(currency)) = std::str::from_utf8(&code).map(Self::parse) {
+                        codes.push(currency.code());
+                    }
+                }
+            }
+        }
+        codes
+    }
+
     /// Number of digits after the decimal point: 2 for USD, 0 for JPY, 3 for KWD.
     pub fn exponent(&self) -> u32 {
         // `parse` only admits currencies that have an exponent.
@@ -95,6 +114,21 @@ impl<'de> Deserialize<'de> for Currency {
         Self::parse(&code).map_err(serde::de::Error::custom)
     }
 }
+
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "An ISO 4217 code, upper case, of a currency with minor units",
+            ))
+            .enum_values(Some(Self::payable_codes()))
+            .examples([serde_json::json!("USD")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Currency {}
 
 /// A strictly positive number of minor units. Payments of zero or less do not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -21,8 +21,13 @@ pub enum NameError {
 pub struct GatewayName(String);
 
 impl GatewayName {
+    /// The longest gateway name, in characters (all ASCII).
+    pub const MAX_LEN: usize = 32;
+    /// What [`GatewayName::parse`] admits, as the API document's pattern.
+    pub const PATTERN: &'static str = "^[a-z][a-z0-9_-]{0,31}$";
+
     pub fn parse(s: &str) -> Result<Self, NameError> {
-        let ok = (1..=32).contains(&s.len())
+        let ok = (1..=Self::MAX_LEN).contains(&s.len())
             && s.starts_with(|c: char| c.is_ascii_lowercase())
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
@@ -71,9 +76,20 @@ impl<'de> Deserialize<'de> for GatewayName {
 pub struct CustomerReference(String);
 
 impl CustomerReference {
+    /// The longest reference, in characters.
+    pub const MAX_CHARS: usize = 128;
+    /// What [`CustomerReference::parse`] admits besides the length, as the API document's
+    /// pattern: no control character (Unicode `Cc`: U+0000–U+001F, U+007F–U+009F) and at
+    /// least one character that is not white space.
+    pub const PATTERN: &'static str =
+        "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let len = s.chars().count();
-        if (1..=128).contains(&len) && !s.chars().any(char::is_control) && !s.trim().is_empty() {
+        if (1..=Self::MAX_CHARS).contains(&len)
+            && !s.chars().any(char::is_control)
+            && !s.trim().is_empty()
+        {
             Ok(Self(s.to_owned()))
         } else {
             Err(NameError::CustomerReference(len))
@@ -97,6 +113,40 @@ impl<'de> Deserialize<'de> for CustomerReference {
         Self::parse(&text).map_err(serde::de::Error::custom)
     }
 }
+
+impl utoipa::PartialSchema for GatewayName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A gateway name: a lower-case letter, then lower-case letters, digits, `-` or `_`",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_LEN))
+            .pattern(Some(Self::PATTERN))
+            .examples([serde_json::json!("sandbox-json")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for GatewayName {}
+
+impl utoipa::PartialSchema for CustomerReference {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "Your reference for the customer's account: no control characters, not only white space",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_CHARS))
+            .pattern(Some(Self::PATTERN))
+            .examples([serde_json::json!("cust_8812")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CustomerReference {}
 
 #[cfg(test)]
 mod tests {
