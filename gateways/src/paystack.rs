@@ -605,6 +605,12 @@ impl PaystackGateway {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<ProviderStatus, GatewayError> {
+        // The status classes first (the table on `GatewayError`): a 408 or 429 means "could
+        // not find out" whatever its body says, never "no record" (found by fuzz/, target
+        // `responses`: a 429 whose body said "reference not found" was read as NotFound).
+        if let Some(error) = http::classify_status(status, headers) {
+            return Err(error);
+        }
         if is_not_found(status, body) {
             return Ok(ProviderStatus::NotFound);
         }
