@@ -141,7 +141,10 @@ async fn transaction(body: &Value, policy: DestinationPolicy) {
         map.values().all(|v| !v.is_object() && !v.is_array()),
         "nested metadata accepted"
     );
-    assert!(no_nul(metadata), "metadata Postgres cannot store was accepted");
+    assert!(
+        no_nul(metadata),
+        "metadata Postgres cannot store was accepted"
+    );
     if let Some(url) = callback_url {
         let again = url_policy::check_url(url, policy, "callback_url")
             .await
@@ -200,6 +203,15 @@ async fn webhook_endpoint(body: &Value, policy: DestinationPolicy) {
     }
     let again = url_policy::check_url(&accepted.url, policy, "url")
         .await
-        .unwrap_or_else(|e| panic!("accepted {:?}, refused when checked again: {e:?}", accepted.url));
-    assert_eq!(again.url.as_str(), accepted.url, "the guard's URL is not a fixpoint");
+        .unwrap_or_else(|e| {
+            panic!(
+                "accepted {:?}, refused when checked again: {e:?}",
+                accepted.url
+            )
+        });
+    assert_eq!(
+        again.url.as_str(),
+        accepted.url,
+        "the guard's URL is not a fixpoint"
+    );
 }

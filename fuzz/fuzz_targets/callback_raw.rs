@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             // The API keeps a header only when its value is visible ASCII (`to_str`).
-            _ if value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) => {
+            _ if value
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) =>
+            {
                 headers.push((name.trim().to_owned(), value.trim().to_owned()))
             }
             _ => {}

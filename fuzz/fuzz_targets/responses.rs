@@ -157,7 +157,10 @@ fn real_provider(connector: Connector, input: &[u8]) {
     let server_error = (500..600).contains(&status);
     match &parsed {
         Ok(Parsed::Submit(outcome)) => {
-            assert!(success, "a {status} read as an accepted payment: {outcome:?}");
+            assert!(
+                success,
+                "a {status} read as an accepted payment: {outcome:?}"
+            );
             assert!(!outcome.provider_reference.trim().is_empty());
             if let Some(money) = &outcome.money {
                 assert!(money.amount.minor_units() > 0);
@@ -191,7 +194,10 @@ fn real_provider(connector: Connector, input: &[u8]) {
                 }
                 GatewayError::Permanent { code, reason } => (reason, Some(code)),
             };
-            assert!(reason.chars().count() <= MAX_MESSAGE_CHARS, "unbounded reason");
+            assert!(
+                reason.chars().count() <= MAX_MESSAGE_CHARS,
+                "unbounded reason"
+            );
             if let Some(code) = code {
                 assert!(!code.is_empty() && code.chars().count() <= MAX_MESSAGE_CHARS);
             }
@@ -231,7 +237,8 @@ fn json_round_trip(body: &[u8]) {
             return;
         };
         let encoded = serde_json::to_vec(&value).unwrap_or_else(|e| panic!("encode: {e}"));
-        let again: T = serde_json::from_slice(&encoded).unwrap_or_else(|e| panic!("re-decode: {e}"));
+        let again: T =
+            serde_json::from_slice(&encoded).unwrap_or_else(|e| panic!("re-decode: {e}"));
         assert_eq!(again, value);
     }
     check::<json_wire::ApiResponse<json_wire::PaymentData>>(body);

@@ -134,7 +134,10 @@ fn settings(connector: Connector, variant: Variant) -> GatewaySettings {
         ),
     };
     let (secret_key, webhook_secret) = match variant {
-        Variant::Twin => (format!("{secret_key}-other"), format!("{webhook_secret}-other")),
+        Variant::Twin => (
+            format!("{secret_key}-other"),
+            format!("{webhook_secret}-other"),
+        ),
         _ => (secret_key, webhook_secret),
     };
     let name = GatewayName::parse(&format!("fuzz-{}", connector.kind()))
@@ -196,7 +199,10 @@ pub const MAX_MESSAGE_CHARS: usize = 1024;
 pub const MAX_IGNORED_EVENT_CHARS: usize = 100;
 
 fn check_money(money: &Money) {
-    assert!(money.amount.minor_units() > 0, "non-positive money {money:?}");
+    assert!(
+        money.amount.minor_units() > 0,
+        "non-positive money {money:?}"
+    );
     // Display is what the logs use; it must hold for every amount a provider can name.
     assert!(!money.to_string().is_empty());
 }
