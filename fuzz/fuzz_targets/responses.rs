@@ -161,7 +161,6 @@ fn real_provider(connector: Connector, input: &[u8]) {
                 success,
                 "a {status} read as an accepted payment: {outcome:?}"
             );
-            assert!(!outcome.provider_reference.trim().is_empty());
             if let Some(money) = &outcome.money {
                 assert!(money.amount.minor_units() > 0);
             }
@@ -202,6 +201,13 @@ fn real_provider(connector: Connector, input: &[u8]) {
                 assert!(!code.is_empty() && code.chars().count() <= MAX_MESSAGE_CHARS);
             }
         }
+    }
+    // Answers a connector gives without asking the provider (M-Pesa has no refund and no
+    // payout status query) do not depend on any status.
+    let unasked = matches!(&parsed, Ok(Parsed::Status(ProviderStatus::Unsupported)))
+        || matches!(&parsed, Err(GatewayError::Permanent { code, .. }) if code == "refunds_unsupported");
+    if unasked {
+        return;
     }
     let submit_or_refund = !matches!(call, ProviderCall::Status);
     if submit_or_refund && server_error {

@@ -558,13 +558,10 @@ impl PaystackGateway {
         let data: wire::Authorization = success_data(body)?;
         let reference = encode(tx.id);
         same_reference(&reference, &data.reference)?;
-        let url =
-            url::Url::parse(&data.authorization_url).map_err(|e| GatewayError::Ambiguous {
-                reason: format!("unusable authorization_url: {e}"),
-            })?;
+        let url = http::redirect_url(&data.authorization_url)?;
         Ok(SubmitOutcome {
             provider_reference: reference,
-            status: SubmitStatus::RequiresAction { url: url.into() },
+            status: SubmitStatus::RequiresAction { url },
             money: None,
         })
     }
