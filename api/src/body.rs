@@ -21,10 +21,15 @@ impl FromRequest<AppState> for JsonBody {
         }
         let declared = content_length(req.headers());
         let bytes = read_limited(req.into_body(), declared, state.config.max_body_bytes).await?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(HttpError::invalid_json)
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// A JSON body's bytes to a value, or the 400 for malformed JSON: what [`JsonBody`] does
+/// once the body is read, on its own so the API fuzz target (fuzz/) reads bodies exactly
+/// as the handlers do.
+pub fn parse_json(bytes: &[u8]) -> Result<serde_json::Value, HttpError> {
+    serde_json::from_slice(bytes).map_err(HttpError::invalid_json)
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.

@@ -213,6 +213,26 @@ pub async fn exchange(
     read_body(response).await
 }
 
+/// Where a provider sends the customer ([`crate::SubmitStatus::RequiresAction`]), checked:
+/// merchants redirect to it or render it as a link, so only an `http(s)` URL with a host is
+/// passed on, never `javascript:` or `data:` (found by fuzz/, target `responses`: Stripe's
+/// `redirect_to_url.url` was passed on unread). Anything else is `Ambiguous`: the provider
+/// accepted the payment and the customer cannot be sent on.
+pub fn redirect_url(text: &str) -> Result<String, GatewayError> {
+    let url = Url::parse(text).map_err(|e| GatewayError::Ambiguous {
+        reason: format!("unusable redirect URL: {e}"),
+    })?;
+    if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
+        return Err(GatewayError::Ambiguous {
+            reason: format!(
+                "redirect URL refused: scheme {:?} or no host",
+                url.scheme().chars().take(20).collect::<String>()
+            ),
+        });
+    }
+    Ok(url.into())
+}
+
 /// A short, quoted excerpt of a body for error messages.
 pub fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
@@ -234,6 +254,30 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use reqwest::header::{HeaderValue, RETRY_AFTER};
+
+    #[test]
+    fn only_web_addresses_are_redirects() {
+        // Found by fuzz/ (target `responses`): Stripe's redirect URL was passed to the
+        // merchant unread, so an answer naming `javascript:` or garbage reached the API.
+        for refused in [
+            "javascript:alert(document.cookie)",
+            "data:text/html,<script>alert(1)</script>",
+            "file:///etc/passwd",
+            "https//missing-colon",
+            "",
+        ] {
+            assert!(
+                matches!(redirect_url(refused), Err(GatewayError::Ambiguous { .. })),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            redirect_url("https://hooks.stripe.com/redirect/authenticate/src_1?client_secret=x"),
+            Ok("https://hooks.stripe.com/redirect/authenticate/src_1?client_secret=x".to_owned())
+        );
+        // The sandbox's hosted step is plain http on loopback.
+        assert!(redirect_url("http://127.0.0.1:8090/hosted/txn_1").is_ok());
+    }
 
     #[test]
     fn statuses_map_to_the_documented_classes() {

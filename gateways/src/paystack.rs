@@ -558,13 +558,10 @@ impl PaystackGateway {
         let data: wire::Authorization = success_data(body)?;
         let reference = encode(tx.id);
         same_reference(&reference, &data.reference)?;
-        let url =
-            url::Url::parse(&data.authorization_url).map_err(|e| GatewayError::Ambiguous {
-                reason: format!("unusable authorization_url: {e}"),
-            })?;
+        let url = http::redirect_url(&data.authorization_url)?;
         Ok(SubmitOutcome {
             provider_reference: reference,
-            status: SubmitStatus::RequiresAction { url: url.into() },
+            status: SubmitStatus::RequiresAction { url },
             money: None,
         })
     }
@@ -605,6 +602,12 @@ impl PaystackGateway {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<ProviderStatus, GatewayError> {
+        // The status classes first (the table on `GatewayError`): a 408 or 429 means "could
+        // not find out" whatever its body says, never "no record" (found by fuzz/, target
+        // `responses`: a 429 whose body said "reference not found" was read as NotFound).
+        if let Some(error) = http::classify_status(status, headers) {
+            return Err(error);
+        }
         if is_not_found(status, body) {
             return Ok(ProviderStatus::NotFound);
         }

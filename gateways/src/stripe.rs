@@ -477,7 +477,9 @@ fn parse_deposit(tx: &Transaction, body: &[u8]) -> Result<SubmitOutcome, Gateway
                 .and_then(|a| a.redirect_to_url.as_ref())
                 .and_then(|r| r.url.clone());
             match url {
-                Some(url) => SubmitStatus::RequiresAction { url },
+                Some(url) => SubmitStatus::RequiresAction {
+                    url: http::redirect_url(&url)?,
+                },
                 None => {
                     return Err(GatewayError::Permanent {
                         code: "authentication_unsupported".into(),

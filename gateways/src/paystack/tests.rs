@@ -209,6 +209,30 @@ fn answers_parse_by_the_documented_shapes() {
 }
 
 #[test]
+fn a_rate_limited_or_timed_out_status_query_is_never_not_found() {
+    // Found by fuzz/ (target `responses`): the "reference not found" body of a 408 or 429
+    // was read as NotFound, which after the settle window lets a payment that may have
+    // executed go to another provider. The status says "ask again".
+    let g = gateway();
+    let tx = transaction(TransactionKind::Deposit);
+    for status in [408u16, 429] {
+        let answer = ProviderResponse {
+            status,
+            body: Bytes::from(
+                r#"{"status":false,"message":"Transaction reference not found","code":"transaction_not_found"}"#,
+            ),
+        };
+        assert!(
+            matches!(
+                g.parse_response(ProviderCall::Status, &tx, &answer),
+                Some(Err(GatewayError::Retryable { .. }))
+            ),
+            "{status}"
+        );
+    }
+}
+
+#[test]
 fn settings_are_typed_and_secrets_stay_hidden() {
     assert!(gateway_with(serde_json::json!({"bank_cod": "058"})).is_err());
     assert!(gateway_with(serde_json::json!({"customer_email_domain": "a@b"})).is_err());

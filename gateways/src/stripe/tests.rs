@@ -235,3 +235,39 @@ fn status_without_stripes_id_searches_by_our_reference() {
     tx.provider_reference = Some("tr_1".into());
     assert!(matches!(status_path(&tx), (p, StatusPath::ById) if p == "v1/transfers/tr_1"));
 }
+
+#[test]
+fn a_redirect_that_is_not_a_web_address_is_never_passed_on() {
+    // Found by fuzz/ (target `responses`): `next_action.redirect_to_url.url` went to the
+    // merchant unread, `javascript:` included.
+    let g = gateway();
+    let tx = transaction(TransactionKind::Deposit);
+    let answer = |url: &str| ProviderResponse {
+        status: 200,
+        body: Bytes::from(
+            serde_json::json!({
+                "id": "pi_3MtwBwLkdIwHu7ix28a3tqPa",
+                "object": "payment_intent",
+                "amount": tx.money.amount.minor_units(),
+                "currency": "usd",
+                "metadata": {"paygate_reference": tx.id.to_string()},
+                "status": "requires_action",
+                "next_action": {"type": "redirect_to_url", "redirect_to_url": {"url": url}},
+            })
+            .to_string(),
+        ),
+    };
+    let forged = answer("javascript:alert(document.cookie)");
+    assert!(matches!(
+        g.parse_response(ProviderCall::Deposit, &tx, &forged),
+        Some(Err(GatewayError::Ambiguous { .. }))
+    ));
+    let real = answer("https://hooks.stripe.com/redirect/authenticate/src_1");
+    assert!(matches!(
+        g.parse_response(ProviderCall::Deposit, &tx, &real),
+        Some(Ok(Parsed::Submit(SubmitOutcome {
+            status: SubmitStatus::RequiresAction { .. },
+            ..
+        })))
+    ));
+}
