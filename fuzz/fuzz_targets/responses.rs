@@ -186,10 +186,26 @@ fn real_provider(connector: Connector, input: &[u8]) {
                 }
             }
         }
-        // A provider's own refusal text is passed on whole (up to the 1 MiB answer limit),
-        // and Stripe's `"code": ""` gives an empty code: found by this target, not yet
-        // fixed (docs/RELIABILITY.md, "not done"), so not asserted here.
-        Err(_) => {}
+        // A provider's own refusal text is bounded and a code is a code (found by this
+        // target: the whole 1 MiB text, and Stripe's `"code": ""`, used to pass through).
+        Err(error) => {
+            let reason = match &error {
+                GatewayError::Permanent { code, reason } => {
+                    assert!(!code.trim().is_empty(), "an empty failure code: {error:?}");
+                    assert!(code.chars().count() <= 64, "an over-long failure code");
+                    reason
+                }
+                GatewayError::Retryable { reason, .. } | GatewayError::Ambiguous { reason } => {
+                    reason
+                }
+            };
+            assert!(
+                reason.chars().count() <= 1_024,
+                "a {}-character reason: {:?}",
+                reason.chars().count(),
+                reason.chars().take(300).collect::<String>()
+            );
+        }
     }
     // Answers a connector gives without asking the provider (M-Pesa has no refund and no
     // payout status query) do not depend on any status.

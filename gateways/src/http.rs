@@ -141,9 +141,42 @@ pub const DUPLICATE_REFERENCE_CODES: &[&str] = &["duplicate_reference", "duplica
 /// [`GatewayError::is_duplicate_reference`] can tell it from other ambiguous failures.
 pub const DUPLICATE_REFERENCE_REASON: &str = "provider already holds this reference";
 
+/// Longest provider text kept in a [`GatewayError`] reason (it becomes the transaction's
+/// failure message and the merchant sees it): a provider may answer with up to
+/// [`MAX_RESPONSE_BYTES`] of text.
+pub const MAX_PROVIDER_TEXT_CHARS: usize = 500;
+/// Longest provider code kept as a failure code.
+pub const MAX_PROVIDER_CODE_CHARS: usize = 64;
+
+/// A provider's own text (a refusal message), cut to [`MAX_PROVIDER_TEXT_CHARS`] characters.
+pub fn provider_text(text: String) -> String {
+    cut(text, MAX_PROVIDER_TEXT_CHARS)
+}
+
+/// `text` cut to `max` characters, with `…` when something was cut.
+fn cut(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
+/// A provider's code, when it is one: blank, over-long or control-character codes are not
+/// (found by fuzzing: Stripe's `"code": ""` became an empty failure code).
+pub fn provider_code(code: Option<String>) -> Option<String> {
+    code.map(|c| c.trim().to_owned()).filter(|c| {
+        !c.is_empty()
+            && c.chars().count() <= MAX_PROVIDER_CODE_CHARS
+            && !c.chars().any(char::is_control)
+    })
+}
+
 /// A provider's `4xx` refusal with its code, if it gave one: `Ambiguous` for a duplicate
-/// reference (`409`, or a code in [`DUPLICATE_REFERENCE_CODES`]), else `Permanent`.
+/// reference (`409`, or a code in [`DUPLICATE_REFERENCE_CODES`]), else `Permanent`. The
+/// provider's text is bounded ([`provider_text`]) and a code that is not one falls back to
+/// `http_<status>`.
 pub fn refusal(status: StatusCode, code: Option<String>, reason: String) -> GatewayError {
+    let (code, reason) = (provider_code(code), provider_text(reason));
     let duplicate = status == StatusCode::CONFLICT
         || code
             .as_deref()
@@ -236,7 +269,8 @@ pub fn redirect_url(text: &str) -> Result<String, GatewayError> {
 /// A short, quoted excerpt of a body for error messages.
 pub fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-    format!("{text:?}")
+    // Escaping can make 200 bytes of control characters 1,200 characters (found by fuzz/).
+    cut(format!("{text:?}"), 300)
 }
 
 fn source_chain(error: &dyn std::error::Error) -> String {
@@ -254,6 +288,51 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use reqwest::header::{HeaderValue, RETRY_AFTER};
+
+    #[test]
+    fn a_refusal_keeps_a_bounded_text_and_a_real_code() {
+        // Found by fuzz/ (target `responses`): a provider's refusal text went whole (up to
+        // the 1 MiB answer limit) into the failure reason, and `"code": ""` into the code.
+        let huge = "é".repeat(1 << 20);
+        let GatewayError::Permanent { code, reason } =
+            refusal(StatusCode::BAD_REQUEST, Some(String::new()), huge)
+        else {
+            panic!("a 400 refusal is permanent");
+        };
+        assert_eq!(code, "http_400");
+        assert_eq!(reason.chars().count(), MAX_PROVIDER_TEXT_CHARS + 1);
+        assert!(reason.ends_with('…'));
+        for not_a_code in ["  ", "a\u{0}b", &"x".repeat(MAX_PROVIDER_CODE_CHARS + 1)] {
+            let refused = refusal(
+                StatusCode::PAYMENT_REQUIRED,
+                Some(not_a_code.into()),
+                "no".into(),
+            );
+            assert!(
+                matches!(&refused, GatewayError::Permanent { code, .. } if code == "http_402"),
+                "{refused:?}"
+            );
+        }
+        let declined = refusal(
+            StatusCode::PAYMENT_REQUIRED,
+            Some(" card_declined ".into()),
+            "no".into(),
+        );
+        assert!(
+            matches!(&declined, GatewayError::Permanent { code, reason } if code == "card_declined" && reason == "no")
+        );
+        let escaped = excerpt(&[0x12; 4096]);
+        assert!(escaped.chars().count() <= 301, "{escaped}");
+        let duplicate = refusal(
+            StatusCode::BAD_REQUEST,
+            Some("duplicate_reference".into()),
+            "x".repeat(900),
+        );
+        assert!(duplicate.is_duplicate_reference());
+        assert!(
+            matches!(&duplicate, GatewayError::Ambiguous { reason } if reason.chars().count() < 700)
+        );
+    }
 
     #[test]
     fn only_web_addresses_are_redirects() {

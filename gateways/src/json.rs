@@ -225,7 +225,7 @@ impl JsonGateway {
             PaymentState::Success => SubmitStatus::Succeeded,
             PaymentState::Failed => {
                 let (code, reason) = failure(&data);
-                return Err(GatewayError::Permanent { code, reason });
+                return Err(GatewayError::declined(code, reason));
             }
         };
         Ok(SubmitOutcome {

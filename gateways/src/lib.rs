@@ -83,6 +83,17 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// A provider's decline, its code and text as the provider gave them: the text bounded
+    /// ([`http::provider_text`]) and a code that is not one (blank, over-long, control
+    /// characters: found by fuzzing) replaced by `provider_declined`. Every connector builds
+    /// a decline from provider data through here or [`http::refusal`].
+    pub fn declined(code: String, reason: String) -> Self {
+        Self::Permanent {
+            code: http::provider_code(Some(code)).unwrap_or_else(|| "provider_declined".into()),
+            reason: http::provider_text(reason),
+        }
+    }
+
     /// Whether this is a provider's "duplicate reference" refusal ([`http::refusal`]): the
     /// provider holds our reference, so the payment reached it, whatever its status query
     /// says while it lags. Still `Ambiguous` (the class is the table's); the processor keeps

@@ -313,10 +313,7 @@ fn msisdn(customer: &str) -> Option<&str> {
 }
 
 fn permanent(code: &str, reason: impl Into<String>) -> GatewayError {
-    GatewayError::Permanent {
-        code: code.into(),
-        reason: reason.into(),
-    }
+    GatewayError::declined(code.into(), reason.into())
 }
 
 fn ambiguous(reason: impl Into<String>) -> GatewayError {

@@ -584,7 +584,7 @@ impl PaystackGateway {
             }
             Some(ProviderState::Succeeded) => SubmitStatus::Succeeded,
             Some(ProviderState::Failed { code, reason }) => {
-                return Err(GatewayError::Permanent { code, reason })
+                return Err(GatewayError::declined(code, reason))
             }
             None => return Err(unknown_state(&data.status)),
         };

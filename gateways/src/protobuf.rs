@@ -212,7 +212,7 @@ impl ProtobufGateway {
             Ok(PaymentState::Succeeded) => SubmitStatus::Succeeded,
             Ok(PaymentState::Failed) => {
                 let (code, reason) = failure(answer.failure_code, answer.failure_reason);
-                return Err(GatewayError::Permanent { code, reason });
+                return Err(GatewayError::declined(code, reason));
             }
             other => {
                 return Err(GatewayError::Ambiguous {

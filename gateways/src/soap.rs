@@ -382,7 +382,7 @@ impl SoapGateway {
             State::Succeeded => SubmitStatus::Succeeded,
             State::Failed => {
                 let (code, reason) = failure(result.failure_code, result.failure_reason);
-                return Err(GatewayError::Permanent { code, reason });
+                return Err(GatewayError::declined(code, reason));
             }
             State::NotFound => {
                 return Err(GatewayError::Ambiguous {

@@ -401,7 +401,8 @@ fn refusal(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GatewayError
         .ok()
         .map(|b| b.error);
     let error = parsed.unwrap_or_default();
-    let message = error.message.clone().unwrap_or_else(|| http::excerpt(body));
+    let message = error.message.clone().map(http::provider_text);
+    let message = message.unwrap_or_else(|| http::excerpt(body));
     // Stripe holds this idempotency key (reused with other parameters, or in flight):
     // the first request may have executed.
     if error.kind.as_deref() == Some("idempotency_error") || status == StatusCode::CONFLICT {
@@ -493,7 +494,7 @@ fn parse_deposit(tx: &Transaction, body: &[u8]) -> Result<SubmitOutcome, Gateway
         }
         "requires_payment_method" | "canceled" => {
             let (code, reason) = intent_failure(&intent);
-            return Err(GatewayError::Permanent { code, reason });
+            return Err(GatewayError::declined(code, reason));
         }
         other => {
             return Err(GatewayError::Ambiguous {
