@@ -39,6 +39,17 @@ fn keyring(config: &Config) -> Result<paygate_core::keyring::Keyring, Error> {
     Ok(paygate_testkit::keyring(config)?)
 }
 
+/// An endpoint of `merchant` at `url`, its secret sealed with the test keyring.
+async fn endpoint(
+    config: &Config,
+    pool: &PgPool,
+    merchant: MerchantId,
+    url: &str,
+    description: Option<&str>,
+) -> Result<webhook_endpoints::WebhookEndpoint, Error> {
+    Ok(webhook_endpoints::create(pool, &keyring(config)?, merchant, url, description).await?)
+}
+
 // ---------------------------------------------------------------- the receiver
 
 #[derive(Debug, Clone)]
@@ -310,9 +321,9 @@ async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once
     let (config, pool) = test_config(&[0, 1, 1]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint = webhook_endpoints::create(
+    let endpoint = endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/endpoint", receiver.base),
         Some("main"),
@@ -405,9 +416,9 @@ async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_attempt() -
     let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![500, 503, 500])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint = webhook_endpoints::create(
+    let endpoint = endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/hook", receiver.base),
         None,
@@ -474,9 +485,9 @@ async fn a_secret_sealed_under_an_unknown_key_is_never_signed_with() -> TestResu
     let (config, pool) = test_config(&[0, 1, 1]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let good = webhook_endpoints::create(
+    let good = endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/good", receiver.base),
         None,
@@ -542,9 +553,9 @@ async fn gone_disables_the_endpoint() -> TestResult {
     let (config, pool) = test_config(&[0, 1, 1, 1]).await?;
     let receiver = Receiver::start(Behaviour::Always(410)).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint = webhook_endpoints::create(
+    let endpoint = endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/hook", receiver.base),
         None,
@@ -604,17 +615,17 @@ async fn a_hanging_endpoint_does_not_delay_another_endpoint() -> TestResult {
     let slow = Receiver::start(Behaviour::Hang).await?;
     let fast = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let slow_endpoint = webhook_endpoints::create(
+    let slow_endpoint = endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/slow", slow.base),
         None,
     )
     .await?;
-    webhook_endpoints::create(
+    endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/fast", fast.base),
         None,
@@ -672,9 +683,9 @@ async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() 
     let (config, pool) = test_config(&[0, 3]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![500])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    webhook_endpoints::create(
+    endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/hook", receiver.base),
         None,
@@ -811,9 +822,9 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
     let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
     let other = merchants::create(&pool, "other").await?.id;
-    let endpoint = webhook_endpoints::create(
+    let endpoint = endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/hook", receiver.base),
         None,
@@ -882,9 +893,9 @@ async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
     config.dispatcher.disable_after_failing = Duration::from_secs(1);
     let receiver = Receiver::start(Behaviour::Always(500)).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    let endpoint = webhook_endpoints::create(
+    let endpoint = endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/hook", receiver.base),
         None,
@@ -984,9 +995,9 @@ async fn a_succeeded_refund_is_recorded_and_delivered_as_refund_succeeded() -> T
     let (config, pool) = test_config(&[0, 1, 1]).await?;
     let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
-    webhook_endpoints::create(
+    endpoint(
+        &config,
         &pool,
-        &keyring(&config)?,
         merchant,
         &format!("{}/endpoint", receiver.base),
         None,
