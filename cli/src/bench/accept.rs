@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
+use super::cpu::{CpuReport, CpuSnapshot};
 use super::load::{self, LoadSpec, Percentiles, Recorder};
 
 #[derive(Args, Debug, Clone)]
@@ -52,6 +53,10 @@ pub struct AcceptReport {
     pub errors: u64,
     pub throughput_per_sec: f64,
     pub latency_ms: Percentiles,
+    /// CPU over the load, by process kind (the relay's publishing included, so the broker too).
+    pub cpu: CpuReport,
+    /// `cpu` in milliseconds per accepted request, by kind, `machine` and `machine - bench`.
+    pub cpu_ms_per_request: std::collections::BTreeMap<String, f64>,
 }
 
 pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
@@ -83,6 +88,7 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
     }
 
     let recorder = Arc::new(Recorder::new()?);
+    let cpu_before = CpuSnapshot::take();
     let elapsed = load::drive(spec, &recorder, String::new, move |n, _start| {
         let (client, endpoint, keys, body) =
             (client.clone(), endpoint.clone(), keys.clone(), body.clone());
@@ -95,6 +101,7 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
     })
     .await
     .as_secs_f64();
+    let cpu = cpu_before.until(&CpuSnapshot::take());
 
     if let Some(error) = recorder.first_error() {
         eprintln!("first error: {error}");
@@ -110,6 +117,8 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
         errors: recorder.errors(),
         throughput_per_sec: accepted as f64 / elapsed,
         latency_ms: recorder.percentiles(),
+        cpu_ms_per_request: cpu.per_unit_ms(accepted),
+        cpu,
     })
 }
 
@@ -134,4 +143,5 @@ pub fn print(report: &AcceptReport) {
     println!("  latency p90   {:>10.2} ms", report.latency_ms.p90);
     println!("  latency p99   {:>10.2} ms", report.latency_ms.p99);
     println!("  latency max   {:>10.2} ms", report.latency_ms.max);
+    report.cpu.print(report.accepted, "request");
 }

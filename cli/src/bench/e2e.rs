@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::load::{self, Latencies, LoadSpec, Percentiles, Recorder};
 use super::pgbench::{self, PgbenchReport};
+use super::cpu::{CpuReport, CpuSnapshot};
 use super::rss::PeakRss;
 use crate::merchant_setup;
 use crate::receiver::{Logging, ReceivedWebhook, WebhookReceiver, RECEIVER_PATH};
@@ -104,6 +105,10 @@ pub struct E2eReport {
     pub sandbox_duplicates_suppressed: Option<u64>,
     /// Peak resident memory by paygate process, MiB.
     pub peak_rss_mib: BTreeMap<String, f64>,
+    /// CPU from the first request to the last webhook (before pgbench), by process kind.
+    pub cpu: CpuReport,
+    /// `cpu` in milliseconds per delivered payment, by kind, `machine` and `machine - bench`.
+    pub cpu_ms_per_payment: BTreeMap<String, f64>,
     pub pgbench: Option<PgbenchReport>,
     /// `e2e_per_sec / pgbench.tps`.
     pub ratio_to_pgbench: Option<f64>,
@@ -196,6 +201,7 @@ async fn run(
     let baseline = receiver.count();
 
     let recorder = Arc::new(Recorder::new()?);
+    let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let status_receiver = receiver.clone();
     let send = {
@@ -250,6 +256,7 @@ async fn run(
         Duration::from_secs(args.drain_secs),
     )
     .await;
+    let cpu = cpu_before.until(&CpuSnapshot::take());
     sampling.cancel();
     let _ = sampler.await;
     let sandbox_after = sandbox_stats(&load::client(1)?, &args.sandbox_url).await;
@@ -312,6 +319,8 @@ async fn run(
         sandbox_executions: delta(|s| s.executions),
         sandbox_duplicates_suppressed: delta(|s| s.duplicates_suppressed),
         peak_rss_mib: rss.peaks(),
+        cpu_ms_per_payment: cpu.per_unit_ms(outcome.delivered),
+        cpu,
         ratio_to_pgbench: pgbench
             .as_ref()
             .filter(|p| p.tps > 0.0)
@@ -483,6 +492,7 @@ pub fn print(r: &E2eReport) {
     for (name, mib) in &r.peak_rss_mib {
         println!("  peak RSS            {mib:>10.1} MiB  {name}");
     }
+    r.cpu.print(r.delivered, "payment");
     match (&r.pgbench, r.ratio_to_pgbench) {
         (Some(p), Some(ratio)) => println!(
             "  pgbench -N -c {:<3}   {:>10.0} TPS → end to end is {:.3}× of it",

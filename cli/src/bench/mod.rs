@@ -4,6 +4,7 @@
 //! - [`e2e`]: the whole pipeline, accept to signed webhook, with `pgbench -N` as yardstick.
 
 pub mod accept;
+mod cpu;
 pub mod e2e;
 pub(crate) mod load;
 mod pgbench;
