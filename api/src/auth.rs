@@ -13,10 +13,16 @@
 //! Revocation stays immediate: only keys that were *not found* are cached, so a live key is
 //! always looked up. The one cost: a key created after a client presented it while it did not
 //! exist yet is refused for at most [`UNKNOWN_KEY_TTL`].
+//!
+//! Creates (issue 18) authenticate through [`CachedMerchant`]: a live key is remembered in
+//! process for `api.key_cache_secs`, so a create costs one statement, not two. Revocation
+//! stays immediate there too: the create's insert re-checks, in the same statement, that the
+//! key is live and its merchant still has the named gateway enabled
+//! (`transactions::insert_checked`), and on a refusal the handler looks the key up afresh
+//! ([`reauthenticate`]). Every other route looks the key up each time.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -28,6 +34,7 @@ use paygate_core::domain::{ApiKeyId, GatewayName, MerchantId, Scope};
 use paygate_core::secret::ApiKey;
 
 use crate::error::HttpError;
+use crate::key_memo::{lock, KeyMemo};
 use crate::AppState;
 
 /// The merchant a request is made for, and what its key may do.
@@ -38,6 +45,8 @@ pub struct Merchant {
     pub scopes: Vec<Scope>,
     /// The gateways this merchant may name (`None`: all).
     pub enabled_gateways: Option<Vec<GatewayName>>,
+    /// The SHA-256 of the key it authenticated with (what the caches are keyed by).
+    key_hash: [u8; 32],
 }
 
 impl Merchant {
@@ -58,32 +67,78 @@ impl Merchant {
     }
 }
 
+/// A merchant authenticated from the in-process key cache when the key is in it: only for
+/// routes whose write re-checks the key inside its own statement (creates), see the module
+/// documentation.
+#[derive(Debug, Clone)]
+pub struct CachedMerchant(pub Merchant);
+
 impl FromRequestParts<AppState> for Merchant {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HttpError> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| address.ip());
-        if let Some(address) = peer {
-            state
-                .address_limiter
-                .admit(address)
-                .map_err(HttpError::address_rate_limited)?;
-        }
-        let result = authenticate(parts, state).await;
-        if let (Err(error), Some(address)) = (&result, peer) {
-            if error.status == StatusCode::UNAUTHORIZED {
-                state.address_limiter.failed(address);
-            }
-        }
-        result
+        limited(parts, state, Lookup::Always).await
     }
 }
 
-/// The key's form, the negative cache, Postgres, then the per-key limit.
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Merchant, HttpError> {
+impl FromRequestParts<AppState> for CachedMerchant {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HttpError> {
+        limited(parts, state, Lookup::CacheFirst).await.map(Self)
+    }
+}
+
+/// Whether a route may take a live key from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Always,
+    CacheFirst,
+}
+
+/// The address limiter around [`authenticate`]: refused addresses first, failures counted.
+async fn limited(parts: &Parts, state: &AppState, lookup: Lookup) -> Result<Merchant, HttpError> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip());
+    if let Some(address) = peer {
+        state
+            .address_limiter
+            .admit(address)
+            .map_err(HttpError::address_rate_limited)?;
+    }
+    let result = authenticate(parts, state, lookup).await;
+    if let (Err(error), Some(address)) = (&result, peer) {
+        if error.status == StatusCode::UNAUTHORIZED {
+            state.address_limiter.failed(address);
+        }
+    }
+    result
+}
+
+/// The key's form, the negative cache, the positive cache (creates only), Postgres, then
+/// the per-key limit.
+async fn authenticate(parts: &Parts, state: &AppState, lookup: Lookup) -> Result<Merchant, HttpError> {
+    let key = presented_key(parts)?;
+    let hash = key.hash();
+    let cached = match lookup {
+        Lookup::CacheFirst => state.known_keys.get(&hash),
+        Lookup::Always => None,
+    };
+    let merchant = match cached {
+        Some(merchant) => merchant,
+        None => look_up(state, hash, Some(&key)).await?,
+    };
+    state
+        .rate_limiter
+        .check(merchant.key_id)
+        .map_err(HttpError::rate_limited)?;
+    Ok(merchant)
+}
+
+/// The key of the `Authorization` header, checked for form.
+fn presented_key(parts: &Parts) -> Result<ApiKey, HttpError> {
     let Some(header) = parts.headers.get(AUTHORIZATION) else {
         return Err(HttpError::unauthenticated(
             "no API key provided: send it as `Authorization: Bearer sk_…`",
@@ -96,65 +151,84 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Merchant, HttpE
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(malformed());
     }
-    let key = ApiKey::parse(token.trim()).map_err(|_| malformed())?;
-    let hash = key.hash();
-    let invalid = |cached: bool| {
-        if let Some(since) = state.unknown_keys.log_failure() {
-            tracing::info!(
-                key = ?key,
-                cached,
-                failures_since_last_line = since,
-                "unknown or revoked API key"
-            );
-        }
-        HttpError::unauthenticated("invalid API key")
-    };
+    ApiKey::parse(token.trim()).map_err(|_| malformed())
+}
+
+/// Postgres's answer for a key digest (the negative cache first); a live key is remembered
+/// in the positive cache, an unknown one in the negative cache.
+async fn look_up(
+    state: &AppState,
+    hash: [u8; 32],
+    key: Option<&ApiKey>,
+) -> Result<Merchant, HttpError> {
     if state.unknown_keys.contains(&hash) {
-        return Err(invalid(true));
+        return Err(invalid(state, key, true));
     }
-    let found = db::merchants::authenticate(&state.pool, &key)
+    let found = db::merchants::authenticate_hash(&state.pool, &hash)
         .await
         .map_err(HttpError::internal)?;
     let Some(auth) = found else {
         state.unknown_keys.insert(hash);
-        return Err(invalid(false));
+        return Err(invalid(state, key, false));
     };
-    state
-        .rate_limiter
-        .check(auth.key_id)
-        .map_err(HttpError::rate_limited)?;
-    Ok(Merchant {
+    let merchant = Merchant {
         id: auth.merchant_id,
         key_id: auth.key_id,
         scopes: auth.scopes,
         enabled_gateways: auth.enabled_gateways,
-    })
+        key_hash: hash,
+    };
+    state.known_keys.insert(hash, merchant.clone());
+    Ok(merchant)
+}
+
+/// The merchant of a cached key whose create was refused as not live (revoked, or a gateway
+/// disabled since it was cached): forgotten, then looked up afresh. 401 when revoked.
+pub async fn reauthenticate(state: &AppState, merchant: &Merchant) -> Result<Merchant, HttpError> {
+    state.known_keys.remove(&merchant.key_hash);
+    look_up(state, merchant.key_hash, None).await
+}
+
+/// The 401 for an unknown or revoked key, with the summarised failure log (the key only as
+/// its redacting `Debug` shows it).
+fn invalid(state: &AppState, key: Option<&ApiKey>, cached: bool) -> HttpError {
+    if let Some(since) = state.unknown_keys.log_failure() {
+        tracing::info!(
+            key = ?key,
+            cached,
+            failures_since_last_line = since,
+            "unknown or revoked API key"
+        );
+    }
+    HttpError::unauthenticated("invalid API key")
 }
 
 /// How long a key Postgres did not know is answered 401 without asking again.
 pub const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(5);
 /// Most unknown keys remembered at once; past it, expired entries go, then all of them.
 pub const UNKNOWN_KEY_CAPACITY: usize = 10_000;
+/// Most live keys remembered at once (the same bound: a merchant has a handful of keys).
+pub const KNOWN_KEY_CAPACITY: usize = 10_000;
 /// At most one "unknown or revoked API key" log line per this interval.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The positive cache: live keys' merchants, for creates ([`CachedMerchant`]).
+pub type KnownKeys = KeyMemo<Merchant>;
+
+/// A positive cache of `ttl` (`api.key_cache_secs`; zero keeps nothing).
+pub fn known_keys(ttl: Duration) -> KnownKeys {
+    KeyMemo::new(ttl, KNOWN_KEY_CAPACITY)
+}
+
 /// The negative cache of unknown API keys (by SHA-256) and the failure-log throttle.
 pub struct UnknownKeys {
-    entries: Mutex<HashMap<[u8; 32], Instant>>,
-    ttl: Duration,
-    capacity: usize,
+    entries: KeyMemo<()>,
     log: Mutex<LogThrottle>,
 }
 
 struct LogThrottle {
     last: Option<Instant>,
     since: u64,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Default for UnknownKeys {
@@ -166,9 +240,7 @@ impl Default for UnknownKeys {
 impl UnknownKeys {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
-            ttl,
-            capacity: capacity.max(1),
+            entries: KeyMemo::new(ttl, capacity),
             log: Mutex::new(LogThrottle {
                 last: None,
                 since: 0,
@@ -178,40 +250,21 @@ impl UnknownKeys {
 
     /// Whether this hash was found unknown less than the TTL ago.
     pub fn contains(&self, hash: &[u8; 32]) -> bool {
-        let now = Instant::now();
-        let mut entries = lock(&self.entries);
-        match entries.get(hash) {
-            Some(expires) if *expires > now => true,
-            Some(_) => {
-                entries.remove(hash);
-                false
-            }
-            None => false,
-        }
+        self.entries.get(hash).is_some()
     }
 
-    /// Remembers a hash Postgres did not know. Bounded: when full, expired entries are
-    /// dropped, and if that frees nothing the whole map is (a flood of distinct keys then
-    /// costs what it cost before the cache, never memory).
+    /// Remembers a hash Postgres did not know (bounded, [`KeyMemo::insert`]).
     pub fn insert(&self, hash: [u8; 32]) {
-        let now = Instant::now();
-        let mut entries = lock(&self.entries);
-        if entries.len() >= self.capacity {
-            entries.retain(|_, expires| *expires > now);
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
-        }
-        entries.insert(hash, now + self.ttl);
+        self.entries.insert(hash, ());
     }
 
     /// Entries held (tests, metrics).
     pub fn len(&self) -> usize {
-        lock(&self.entries).len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 
     /// Counts one failure; `Some(n)` when a log line is due, `n` being the failures since the
@@ -237,21 +290,6 @@ impl UnknownKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_keys_expire_and_stay_bounded() {
-        let cache = UnknownKeys::new(Duration::from_millis(50), 3);
-        cache.insert([1; 32]);
-        assert!(cache.contains(&[1; 32]));
-        assert!(!cache.contains(&[2; 32]));
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(!cache.contains(&[1; 32]), "expired");
-        for i in 0..10u8 {
-            cache.insert([i; 32]);
-            assert!(cache.len() <= 3, "bounded: {}", cache.len());
-        }
-        assert!(cache.contains(&[9; 32]), "the newest is held");
-    }
 
     #[test]
     fn failure_log_is_one_line_per_interval_with_a_count() {

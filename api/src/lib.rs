@@ -14,6 +14,7 @@ pub mod body;
 pub mod cache;
 pub mod error;
 pub mod idempotency;
+pub mod key_memo;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
@@ -78,6 +79,8 @@ pub struct Shared {
     pub keyring: Arc<paygate_core::keyring::Keyring>,
     /// Well-formed API keys Postgres did not know, remembered briefly (by hash).
     pub unknown_keys: auth::UnknownKeys,
+    /// Live keys remembered for creates (`api.key_cache_secs`).
+    pub known_keys: auth::KnownKeys,
     /// `/readyz`'s last answer, reused for a second.
     pub readiness: routes::health::ReadinessCache,
     /// The OpenAPI document served at `/openapi.json`, made exact for this registry's
@@ -193,6 +196,7 @@ impl Application {
             destinations: DestinationPolicy::from_config(&config.destinations),
             keyring,
             unknown_keys: auth::UnknownKeys::default(),
+            known_keys: auth::known_keys(config.api.key_cache),
             readiness: routes::health::ReadinessCache::default(),
         }));
         Ok(Self {

@@ -263,6 +263,17 @@ pub struct ApiConfig {
     /// kernel's), so a flood of idle connections cannot take every socket and task.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// How long an authenticated API key is remembered in the API process, so a create
+    /// costs one statement instead of two. Only creates use it, and their insert re-checks
+    /// in the same statement that the key is live and the named gateway still enabled, so
+    /// revocation stays immediate; every other route looks the key up each time. 0 turns it
+    /// off. Key: `key_cache_secs`.
+    #[serde(
+        rename = "key_cache_secs",
+        with = "units::secs",
+        default = "default_key_cache"
+    )]
+    pub key_cache: Duration,
 }
 
 /// A quarter of the default `dispatcher.concurrency`: three merchants at their share
@@ -277,6 +288,10 @@ fn default_header_read_timeout() -> Duration {
 
 fn default_max_connections() -> usize {
     4_096
+}
+
+fn default_key_cache() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[outbox]`: the outbox relay, which every service runs (a service's committed events
@@ -543,6 +558,7 @@ impl Default for Config {
                 unauthenticated_burst: 100,
                 header_read_timeout: default_header_read_timeout(),
                 max_connections: default_max_connections(),
+                key_cache: default_key_cache(),
             },
             outbox: OutboxConfig::default(),
             destinations: DestinationsConfig::default(),

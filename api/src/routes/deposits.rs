@@ -12,7 +12,7 @@ use paygate_core::db::ledger::Refusal;
 use paygate_core::db::transactions::{self, IdempotentRequest, InsertOutcome};
 use paygate_core::domain::{NewTransaction, Scope, Transaction, TransactionKind};
 
-use crate::auth::Merchant;
+use crate::auth::{self, CachedMerchant, Merchant};
 use crate::body::JsonBody;
 use crate::error::{ErrorType, HttpError};
 use crate::idempotency;
@@ -41,7 +41,7 @@ use crate::AppState;
 )]
 pub async fn create_deposit(
     State(state): State<AppState>,
-    merchant: Merchant,
+    CachedMerchant(merchant): CachedMerchant,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -80,7 +80,7 @@ pub async fn create_deposit(
 )]
 pub async fn create_withdrawal(
     State(state): State<AppState>,
-    merchant: Merchant,
+    CachedMerchant(merchant): CachedMerchant,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -98,6 +98,34 @@ pub async fn create_withdrawal(
     .await
 }
 
+/// The request as received, for [`create_as`] (which may run twice).
+struct Received {
+    kind: TransactionKind,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: serde_json::Value,
+}
+
+/// What one attempt at a create came to.
+enum Attempt {
+    Answered(Response),
+    /// What the key cache said may be out of date: the insert found the key revoked or the
+    /// named gateway disabled since, or the cached merchant lacks the gateway named (it may
+    /// have been enabled since).
+    Stale,
+}
+
+/// Where the merchant of an attempt came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    KeyCache,
+    Postgres,
+}
+
+/// Creates as `merchant`, authenticated from the key cache; when the attempt finds the
+/// cache out of date, the key is looked up afresh (401 if revoked) and the create tried once
+/// more with what Postgres says now.
 async fn create(
     state: AppState,
     merchant: Merchant,
@@ -107,21 +135,58 @@ async fn create(
     headers: HeaderMap,
     body: serde_json::Value,
 ) -> Result<Response, HttpError> {
+    let received = Received {
+        kind,
+        method,
+        uri,
+        headers,
+        body,
+    };
+    let first = create_as(&state, &merchant, Source::KeyCache, &received).await?;
+    if let Attempt::Answered(response) = first {
+        return Ok(response);
+    }
+    let fresh = auth::reauthenticate(&state, &merchant).await?;
+    match create_as(&state, &fresh, Source::Postgres, &received).await? {
+        Attempt::Answered(response) => Ok(response),
+        // Revoked (or the gateway disabled) between the lookup and the insert, a moment ago.
+        Attempt::Stale => Err(HttpError::unauthenticated("invalid API key")),
+    }
+}
+
+async fn create_as(
+    state: &AppState,
+    merchant: &Merchant,
+    source: Source,
+    received: &Received,
+) -> Result<Attempt, HttpError> {
+    let Received {
+        kind,
+        method,
+        uri,
+        headers,
+        body,
+    } = received;
+    let kind = *kind;
     merchant.require(match kind {
         TransactionKind::Deposit => Scope::PaymentsWrite,
         TransactionKind::Withdrawal => Scope::PayoutsWrite,
     })?;
-    let key = idempotency::key_from_headers(&headers)?;
-    let request_hash = idempotency::request_hash(&method, uri.path(), &body);
+    let key = idempotency::key_from_headers(headers)?;
+    let request_hash = idempotency::request_hash(method, uri.path(), body);
     let retention = state.config.idempotency_retention;
     let validated = validation::create_transaction(
-        &body,
+        body,
         |name| state.registry.get(name).is_some(),
         state.destinations,
     )
-    .await
-    .and_then(|request| enabled_for(&merchant, request));
-    let request = match validated {
+    .await;
+    if source == Source::KeyCache
+        && matches!(&validated, Ok(request) if enabled_for(merchant, request).is_err())
+    {
+        return Ok(Attempt::Stale);
+    }
+    let request = match validated.and_then(|request| enabled_for(merchant, &request).map(|()| request)) {
         Ok(request) => request,
         Err(invalid) => {
             // A repeat is answered with the first response even when a check fails this time
@@ -138,7 +203,7 @@ async fn create(
                 .await
                 .map_err(HttpError::internal)?;
                 if let Some(outcome) = stored {
-                    return respond(outcome, serde_json::Value::Null);
+                    return respond(outcome, serde_json::Value::Null).map(Attempt::Answered);
                 }
             }
             return Err(invalid);
@@ -160,7 +225,7 @@ async fn create(
     let resource = TransactionResource::from(&transaction);
     let response_body = serde_json::to_value(&resource).map_err(HttpError::internal)?;
 
-    let trace = super::trace_from(&headers);
+    let trace = super::trace_from(headers);
     let announcement = paygate_core::announce::pending(&transaction, Some(trace));
     let idempotent = key.map(|key| IdempotentRequest {
         key,
@@ -170,11 +235,12 @@ async fn create(
         retention,
     });
 
-    let outcome = transactions::insert(
+    let outcome = transactions::insert_checked(
         &state.pool,
         &transaction,
         idempotent.as_ref(),
         &announcement,
+        Some(merchant.key_id),
     )
     .await
     .map_err(HttpError::internal)?;
@@ -189,25 +255,28 @@ async fn create(
         InsertOutcome::Refused(refusal) => {
             metrics::counter!("paygate_transactions_refused_total", "kind" => kind.as_str())
                 .increment(1);
-            return refuse(&state, merchant.id, refusal, idempotent).await;
+            return refuse(state, merchant.id, refusal, idempotent)
+                .await
+                .map(Attempt::Answered);
         }
+        InsertOutcome::KeyNotLive => return Ok(Attempt::Stale),
         _ => {}
     }
-    respond(outcome, response_body)
+    respond(outcome, response_body).map(Attempt::Answered)
 }
 
 /// The merchant may name only its enabled gateways.
 fn enabled_for(
     merchant: &Merchant,
-    request: validation::CreateTransaction,
-) -> Result<validation::CreateTransaction, HttpError> {
+    request: &validation::CreateTransaction,
+) -> Result<(), HttpError> {
     match &request.gateway {
         Some(gateway) if !merchant.may_use(gateway) => Err(HttpError::invalid_param(
             "gateway_not_enabled",
             "gateway",
             format!("gateway {gateway:?} is not enabled for this merchant"),
         )),
-        _ => Ok(request),
+        _ => Ok(()),
     }
 }
 
@@ -272,7 +341,7 @@ fn respond(outcome: InsertOutcome, created_body: serde_json::Value) -> Result<Re
         )
         .param("Idempotency-Key")),
         InsertOutcome::Refused(refusal) => Err(refusal_error(refusal)),
-        InsertOutcome::InFlight => Err(HttpError::new(
+        InsertOutcome::InFlight | InsertOutcome::KeyNotLive => Err(HttpError::new(
             StatusCode::CONFLICT,
             ErrorType::IdempotencyError,
             "idempotency_key_in_use",

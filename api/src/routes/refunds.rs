@@ -264,7 +264,10 @@ fn respond_keyed(outcome: InsertOutcome) -> Result<Response, HttpError> {
             "this Idempotency-Key was already used with a different request; use a new key for a new request",
         )
         .param("Idempotency-Key")),
-        InsertOutcome::Created | InsertOutcome::InFlight | InsertOutcome::Refused(_) => {
+        InsertOutcome::Created
+        | InsertOutcome::InFlight
+        | InsertOutcome::Refused(_)
+        | InsertOutcome::KeyNotLive => {
             Err(HttpError::new(
                 StatusCode::CONFLICT,
                 ErrorType::IdempotencyError,

@@ -48,6 +48,14 @@ async fn missing_malformed_wrong_and_revoked_keys_are_401_and_write_nothing() ->
         .send()
         .await?;
     assert_eq!(revoked.status(), 401);
+    // Also with an Idempotency-Key: the key row is not written either.
+    let keyed = app
+        .post("/v1/withdrawals", &merchant.key, &body)
+        .header("Idempotency-Key", "after-revocation")
+        .send()
+        .await?;
+    assert_eq!(keyed.status(), 401);
+    assert_eq!(app.count("idempotency_keys").await?, 0);
     let listing = app.get("/v1/transactions", &merchant.key).send().await?;
     assert_eq!(listing.status(), 401);
 

@@ -436,6 +436,16 @@ async fn a_merchant_may_name_only_its_enabled_gateways() -> TestResult {
         202,
         "routed: the processor keeps to gw-one"
     );
-    assert_eq!(app.count("transactions").await?, 3);
+    // Enabled again: the API's key cache still says gw-one only, and must not refuse.
+    db::merchants::set_enabled_gateways(&app.pool, merchant.id, None).await?;
+    assert_eq!(
+        app.post("/v1/deposits", &merchant.key, &with_gateway("gw-two"))
+            .send()
+            .await?
+            .status(),
+        202,
+        "a gateway enabled since the key was cached is usable at once"
+    );
+    assert_eq!(app.count("transactions").await?, 4);
     Ok(())
 }

@@ -107,12 +107,20 @@ pub async fn authenticate<'e>(
     exec: impl PgExecutor<'e>,
     presented: &ApiKey,
 ) -> Result<Option<Authenticated>, DbError> {
+    authenticate_hash(exec, &presented.hash()).await
+}
+
+/// [`authenticate`] by the key's SHA-256 (what the API's caches hold instead of the key).
+pub async fn authenticate_hash<'e>(
+    exec: impl PgExecutor<'e>,
+    hash: &[u8; 32],
+) -> Result<Option<Authenticated>, DbError> {
     let row: Option<KeyRow> = sqlx::query_as(
         "SELECT k.id, k.merchant_id, k.scopes, m.enabled_gateways
            FROM api_keys k JOIN merchants m ON m.id = k.merchant_id
           WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
     )
-    .bind(&presented.hash()[..])
+    .bind(&hash[..])
     .fetch_optional(exec)
     .await?;
     let Some(KeyRow {

@@ -11,7 +11,7 @@ use super::ledger::Refusal;
 use super::outbox::{self, OutboxMessage};
 use super::DbError;
 use crate::domain::{
-    CustomerReference, Failure, GatewayName, MerchantId, Money, Transaction, TransactionId,
+    ApiKeyId, CustomerReference, Failure, GatewayName, MerchantId, Money, Transaction, TransactionId,
     TransactionStatus, TransactionUpdate,
 };
 
@@ -47,6 +47,9 @@ pub enum InsertOutcome {
     /// The ledger refused it (balance or limits): nothing was written. The caller answers
     /// 4xx and stores that answer under the key with [`remember_refusal`].
     Refused(Refusal),
+    /// The API key given to [`insert_checked`] was revoked, or its merchant no longer has the
+    /// named gateway enabled: nothing was written. The caller authenticates afresh.
+    KeyNotLive,
 }
 
 /// Inserts a new transaction, its idempotency key (if any) and the outbox message that
@@ -69,21 +72,41 @@ pub async fn insert(
     idempotency: Option<&IdempotentRequest>,
     announcement: &OutboxMessage,
 ) -> Result<InsertOutcome, DbError> {
+    insert_checked(pool, transaction, idempotency, announcement, None).await
+}
+
+/// [`insert`], writing only if the API key `live_key` is still live (not revoked), belongs to
+/// the transaction's merchant, and that merchant still has the named gateway enabled, checked
+/// inside the same statement: [`InsertOutcome::KeyNotLive`] otherwise, with nothing written.
+/// The API authenticates creates from an in-process cache of keys and passes the key here,
+/// so a revoked key cannot create anything even while it is still cached.
+pub async fn insert_checked(
+    pool: &PgPool,
+    transaction: &Transaction,
+    idempotency: Option<&IdempotentRequest>,
+    announcement: &OutboxMessage,
+    live_key: Option<ApiKeyId>,
+) -> Result<InsertOutcome, DbError> {
     let headers = outbox::encode_headers(&announcement.headers)?;
     let refused = |error: sqlx::Error| match Refusal::of(&error) {
         Some(refusal) => Ok(InsertOutcome::Refused(refusal)),
         None => Err(DbError::from(error)),
     };
+    let live_key = live_key.map(|k| k.as_uuid());
     let Some(request) = idempotency else {
-        let query = bind_transaction(sqlx::query(&INSERT_WITHOUT_KEY), transaction);
-        if let Err(error) = bind_announcement(query, announcement, headers)
-            .execute(pool)
-            .await
-        {
-            return refused(error);
-        }
-        outbox::committed();
-        return Ok(InsertOutcome::Created);
+        let query = bind_transaction(sqlx::query_as(&INSERT_WITHOUT_KEY), transaction);
+        let inserted: Result<(bool, bool), _> = bind_announcement(query, announcement, headers)
+            .bind(live_key)
+            .fetch_one(pool)
+            .await;
+        return match inserted {
+            Err(error) => refused(error),
+            Ok((false, _)) => Ok(InsertOutcome::KeyNotLive),
+            Ok((true, _)) => {
+                outbox::committed();
+                Ok(InsertOutcome::Created)
+            }
+        };
     };
     let query = bind_transaction(sqlx::query_as(&INSERT_WITH_KEY), transaction);
     let inserted = bind_announcement(query, announcement, headers)
@@ -92,12 +115,16 @@ pub async fn insert(
         .bind(i16::try_from(request.response_status).unwrap_or(500))
         .bind(&request.response_body)
         .bind(request.retention.as_secs_f64())
+        .bind(live_key)
         .fetch_one(pool)
         .await;
-    let (locked, created): (bool, bool) = match inserted {
+    let (locked, live, created): (bool, bool, bool) = match inserted {
         Ok(row) => row,
         Err(error) => return refused(error),
     };
+    if !live {
+        return Ok(InsertOutcome::KeyNotLive);
+    }
     if !locked {
         return Ok(InsertOutcome::InFlight);
     }
@@ -178,19 +205,49 @@ const INSERT_VALUES: &str =
 /// The outbox row, `$20..=$23` ([`bind_announcement`]).
 const OUTBOX_VALUES: &str = "$20, $21, $22, $23";
 
+/// Whether the API key `$N` (the last parameter; NULL: no check) is live, belongs to the
+/// merchant `$2`, and that merchant may use the named gateway `$7` (NULL: routing chooses).
+fn live_key_check(n: u8) -> String {
+    format!(
+        "live AS MATERIALIZED (
+             SELECT ${n}::uuid IS NULL OR EXISTS (
+                 SELECT 1 FROM api_keys k JOIN merchants m ON m.id = k.merchant_id
+                  WHERE k.id = ${n}::uuid AND k.revoked_at IS NULL AND k.merchant_id = $2
+                    AND ($7::text IS NULL OR m.enabled_gateways IS NULL
+                         OR $7::text = ANY (m.enabled_gateways))
+             ) AS ok
+         )"
+    )
+}
+
+/// `$24` the live-key check ([`live_key_check`]). Answers `(live, created)`.
 static INSERT_WITHOUT_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH txn AS (INSERT INTO transactions ({INSERT_COLUMNS}) VALUES ({INSERT_VALUES}) RETURNING 1)
-         INSERT INTO outbox (topic, message_key, payload, headers) SELECT {OUTBOX_VALUES} FROM txn"
+        "WITH {live},
+         txn AS (
+             INSERT INTO transactions ({INSERT_COLUMNS})
+             SELECT {INSERT_VALUES} WHERE (SELECT ok FROM live)
+             RETURNING 1
+         ),
+         announced AS (
+             INSERT INTO outbox (topic, message_key, payload, headers)
+             SELECT {OUTBOX_VALUES} FROM txn
+             RETURNING 1
+         )
+         SELECT (SELECT ok FROM live), EXISTS (SELECT 1 FROM announced)",
+        live = live_key_check(24)
     )
 });
 
 /// `$24` key, `$25` request hash, `$26` response status, `$27` response body, `$28`
-/// retention in seconds. Answers `(locked, created)`.
+/// retention in seconds, `$29` the live-key check ([`live_key_check`]). Answers
+/// `(locked, live, created)`.
 static INSERT_WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH gate AS MATERIALIZED (
-             SELECT pg_try_advisory_xact_lock(hashtextextended($2::text || ':' || $24, 0)) AS locked
+        "WITH {live},
+         gate AS MATERIALIZED (
+             SELECT (SELECT ok FROM live)
+                AND pg_try_advisory_xact_lock(hashtextextended($2::text || ':' || $24, 0)) AS locked
          ),
          idem AS (
              INSERT INTO idempotency_keys (merchant_id, key, request_hash, response_status, response_body, transaction_id)
@@ -212,7 +269,8 @@ static INSERT_WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
              SELECT {OUTBOX_VALUES} FROM txn
              RETURNING 1
          )
-         SELECT (SELECT locked FROM gate), EXISTS (SELECT 1 FROM announced)"
+         SELECT (SELECT locked FROM gate), (SELECT ok FROM live), EXISTS (SELECT 1 FROM announced)",
+        live = live_key_check(29)
     )
 });
 
