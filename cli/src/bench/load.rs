@@ -468,10 +468,16 @@ mod tests {
     fn only_no_answer_or_an_unavailable_answer_is_retried() {
         assert!(CreateError::Transport("connection refused".into()).retryable());
         for code in [409, 502, 503, 504] {
-            assert!(CreateError::Status(code, String::new()).retryable(), "{code}");
+            assert!(
+                CreateError::Status(code, String::new()).retryable(),
+                "{code}"
+            );
         }
         for code in [400, 401, 402, 422, 429, 500] {
-            assert!(!CreateError::Status(code, String::new()).retryable(), "{code}");
+            assert!(
+                !CreateError::Status(code, String::new()).retryable(),
+                "{code}"
+            );
         }
     }
 

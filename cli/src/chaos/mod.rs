@@ -675,8 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn only_can_name_the_kill_of_one_of_each_and_refuses_unknown_faults() -> anyhow::Result<()>
-    {
+    fn only_can_name_the_kill_of_one_of_each_and_refuses_unknown_faults() -> anyhow::Result<()> {
         let plan = plan_of(&["--only", "kill-one-of-each,broker"])?;
         assert_eq!(names(&plan), ["kill-one-of-each", "broker"]);
         assert!(plan_of(&["--only", "kill-everything"]).is_err());

@@ -347,8 +347,7 @@ impl Topology {
                 Ok(response) => {
                     let ok = response.status().is_success();
                     let body = response.text().await.unwrap_or_default();
-                    let degraded =
-                        instance.service == Service::Api && !body.contains("\"ok\"");
+                    let degraded = instance.service == Service::Api && !body.contains("\"ok\"");
                     if !ok || degraded {
                         return Some(format!(
                             "{instance}: {}",
@@ -494,7 +493,9 @@ mod tests {
             ports.sort_unstable();
             ports.dedup();
             assert_eq!(ports.len(), count, "{instances}: a port is shared");
-            assert!(ports.iter().all(|p| (base..base + 4 * instances + 1).contains(p)));
+            assert!(ports
+                .iter()
+                .all(|p| (base..base + 4 * instances + 1).contains(p)));
         }
         assert_eq!(port_block(u16::MAX - 3, 2), None);
     }
