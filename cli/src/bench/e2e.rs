@@ -222,7 +222,9 @@ async fn run(
                     "withdrawals"
                 };
                 let key = &keys[(n % keys.len() as u64) as usize];
-                let api = round_robin(&apis, n);
+                // By pairs: each API gets deposits and withdrawals alike (by `n` alone, two
+                // APIs would split them one kind each).
+                let api = round_robin(&apis, n / 2);
                 let body = payment_body(n, &gateways);
                 let created =
                     load::create_payment(&client, &format!("{api}/v1/{path}"), key, &body).await?;

@@ -339,7 +339,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// How a client with several API instances sends one create: request `n` goes to
+/// How a client with several API instances sends one create: request (slot) `n` goes to
 /// `urls[n % len]`; when it gets no answer (or a retryable one), the same request with the
 /// same Idempotency-Key goes to the next URL, and so on, until `give_up_after` has passed.
 #[derive(Debug, Clone)]

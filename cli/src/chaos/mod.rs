@@ -416,7 +416,8 @@ fn spawn_load(
                 "currency": "USD",
                 "customer": format!("chaos_{}", n % 1000),
             });
-            let created = failover.create(&client, n, path, &key, &body).await?;
+            // By pairs: each API instance gets deposits and withdrawals alike.
+            let created = failover.create(&client, n / 2, path, &key, &body).await?;
             retries.fetch_add(u64::from(created.retries), Ordering::Relaxed);
             let created = created.body;
             let id = created["id"]
