@@ -12,7 +12,8 @@ use serde::Serialize;
 pub struct Observed {
     /// Transaction ids answered `202`, with when the answer came.
     pub accepted: HashMap<String, Instant>,
-    /// Create requests that got no `202` (connection refused while the API was down, 503).
+    /// Create requests that got no `202` even after the client's failover (every API
+    /// instance refused or was down for its whole give-up time, or a non-retryable answer).
     pub create_errors: u64,
     /// Creates sent again (same Idempotency-Key) after no answer, mostly to another API
     /// instance; each re-send counts.
