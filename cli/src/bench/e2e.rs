@@ -35,9 +35,11 @@ const BENCH_KEYS: usize = 4;
 
 #[derive(Args, Debug, Clone)]
 pub struct E2eArgs {
-    /// The API's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// The API's base URL; repeat the flag for several API instances (requests go to them
+    /// in turn, e.g. `--url http://127.0.0.1:8080 --url http://127.0.0.1:8081` against
+    /// `TOPOLOGY_INSTANCES=2 scripts/up`).
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080")]
+    pub urls: Vec<String>,
     /// The sandbox's base URL (for its execution counts).
     #[arg(long, default_value = "http://127.0.0.1:8090")]
     pub sandbox_url: String,
@@ -76,6 +78,8 @@ pub struct E2eArgs {
 #[derive(Debug, Serialize)]
 pub struct E2eReport {
     pub mode: String,
+    /// The API base URLs the requests went to in turn.
+    pub apis: Vec<String>,
     pub concurrency: usize,
     pub target_rate: Option<u64>,
     /// Time spent sending.
@@ -181,7 +185,7 @@ async fn run(
     database_url: &str,
 ) -> anyhow::Result<E2eReport> {
     let client = load::client(args.concurrency)?;
-    let api = args.url.trim_end_matches('/').to_owned();
+    let apis = Arc::new(api_urls(&args.urls)?);
     let sandbox_before = sandbox_stats(&client, &args.sandbox_url).await;
     let rss = PeakRss::default();
     let sampling = CancellationToken::new();
@@ -190,13 +194,16 @@ async fn run(
     let starts: Starts = Arc::new(Mutex::new(HashMap::new()));
     let keys = Arc::new(keys);
     let gateways = Arc::new(args.gateway.clone());
-    // One request first, so a wrong URL or key fails fast with the API's own message.
+    // One request to each API first, so a wrong URL or key fails fast with the API's own
+    // message.
     let probe = payment_body(0, &gateways);
-    if let Err(error) =
-        load::create_payment(&client, &format!("{api}/v1/deposits"), &keys[0], &probe).await
-    {
-        sampling.cancel();
-        anyhow::bail!("the API refused the first request: {error}");
+    for api in apis.iter() {
+        if let Err(error) =
+            load::create_payment(&client, &format!("{api}/v1/deposits"), &keys[0], &probe).await
+        {
+            sampling.cancel();
+            anyhow::bail!("the API at {api} refused the first request: {error}");
+        }
     }
     let baseline = receiver.count();
 
@@ -205,11 +212,11 @@ async fn run(
     let started = Instant::now();
     let status_receiver = receiver.clone();
     let send = {
-        let starts = starts.clone();
+        let (starts, apis) = (starts.clone(), apis.clone());
         move |n: u64, start: Instant| {
-            let (client, api, keys, gateways, starts) = (
+            let (client, apis, keys, gateways, starts) = (
                 client.clone(),
-                api.clone(),
+                apis.clone(),
                 keys.clone(),
                 gateways.clone(),
                 starts.clone(),
@@ -221,6 +228,9 @@ async fn run(
                     "withdrawals"
                 };
                 let key = &keys[(n % keys.len() as u64) as usize];
+                // By pairs: each API gets deposits and withdrawals alike (by `n` alone, two
+                // APIs would split them one kind each).
+                let api = round_robin(&apis, n / 2);
                 let body = payment_body(n, &gateways);
                 let created =
                     load::create_payment(&client, &format!("{api}/v1/{path}"), key, &body).await?;
@@ -301,6 +311,7 @@ async fn run(
     let send_secs = send_time.as_secs_f64();
     Ok(E2eReport {
         mode: spec.mode().into(),
+        apis: apis.to_vec(),
         concurrency: args.concurrency,
         target_rate: args.rate,
         send_secs,
@@ -327,6 +338,24 @@ async fn run(
             .map(|p| e2e_per_sec / p.tps),
         pgbench,
     })
+}
+
+/// The `--url` values without trailing slashes; at least one.
+fn api_urls(urls: &[String]) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!(!urls.is_empty(), "--url needs at least one API base URL");
+    Ok(urls
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect())
+}
+
+/// The API request `n` goes to: each in turn (`apis` is never empty: [`api_urls`]).
+fn round_robin(apis: &[String], n: u64) -> &str {
+    let len = (apis.len() as u64).max(1);
+    usize::try_from(n % len)
+        .ok()
+        .and_then(|at| apis.get(at))
+        .map_or("", String::as_str)
 }
 
 /// A deposit (even `n`) or withdrawal (odd) body; gateways named in turn when given.
@@ -455,12 +484,14 @@ pub fn print(r: &E2eReport) {
     };
     println!();
     println!(
-        "paygate bench e2e ({} loop{}, {} connections)",
+        "paygate bench e2e ({} loop{}, {} connections, {} API{})",
         r.mode,
         r.target_rate
             .map(|t| format!(", target {t}/s"))
             .unwrap_or_default(),
-        r.concurrency
+        r.concurrency,
+        r.apis.len(),
+        if r.apis.len() == 1 { "" } else { "s in turn" }
     );
     println!("  sent for            {:>10.1} s", r.send_secs);
     println!(
@@ -499,5 +530,36 @@ pub fn print(r: &E2eReport) {
             p.clients, p.tps, ratio
         ),
         _ => println!("  pgbench             (not run)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_go_to_each_api_in_turn() -> anyhow::Result<()> {
+        let apis = api_urls(&["http://a/".to_owned(), "http://b".to_owned()])?;
+        let picked: Vec<&str> = (0..4).map(|n| round_robin(&apis, n)).collect();
+        assert_eq!(picked, ["http://a", "http://b", "http://a", "http://b"]);
+        let one = api_urls(&["http://a".to_owned()])?;
+        assert_eq!(round_robin(&one, 7), "http://a");
+        assert!(api_urls(&[]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn url_repeats_and_defaults_to_one_api() -> anyhow::Result<()> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: E2eArgs,
+        }
+        let cli = Cli::try_parse_from(["e2e"])?;
+        assert_eq!(cli.args.urls, ["http://127.0.0.1:8080"]);
+        let cli = Cli::try_parse_from(["e2e", "--url", "http://x:1", "--url", "http://x:2"])?;
+        assert_eq!(cli.args.urls, ["http://x:1", "http://x:2"]);
+        Ok(())
     }
 }

@@ -258,21 +258,234 @@ pub async fn create_payment(
     key: &str,
     body: &serde_json::Value,
 ) -> Result<serde_json::Value, String> {
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
+    create_payment_keyed(client, endpoint, key, &idempotency_key, body)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Why a create request got no `202`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateError {
+    /// No HTTP answer: refused, reset, closed mid-answer (the API instance died).
+    Transport(String),
+    /// An HTTP answer other than `202`.
+    Status(u16, String),
+}
+
+impl CreateError {
+    /// Whether a client behind a load balancer sends the same request (same
+    /// Idempotency-Key) again to another instance: no answer at all, the key still held by
+    /// a request in flight (`409`), or a gateway/unavailable answer. Any other answer is
+    /// the API's word on the request, and sending it again would not change it.
+    pub fn retryable(&self) -> bool {
+        match self {
+            CreateError::Transport(_) => true,
+            CreateError::Status(code, _) => matches!(code, 409 | 502 | 503 | 504),
+        }
+    }
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateError::Transport(error) => f.write_str(error),
+            CreateError::Status(code, body) => write!(f, "HTTP {code}: {body}"),
+        }
+    }
+}
+
+/// `POST` one create request with the given idempotency key; `Ok(body)` on `202`.
+pub async fn create_payment_keyed(
+    client: &reqwest::Client,
+    endpoint: &str,
+    key: &str,
+    idempotency_key: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, CreateError> {
     let response = client
         .post(endpoint)
         .bearer_auth(key)
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .header("Idempotency-Key", idempotency_key)
         .json(body)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CreateError::Transport(error_chain(&e)))?;
     let status = response.status();
     if status.as_u16() == 202 {
-        response.json().await.map_err(|e| e.to_string())
+        // A body cut off mid-answer is a transport failure: the request may have committed,
+        // and only sending it again with the same key tells.
+        response
+            .json()
+            .await
+            .map_err(|e| CreateError::Transport(error_chain(&e)))
     } else {
-        Err(format!(
-            "HTTP {status}: {}",
-            response.text().await.unwrap_or_default()
+        Err(CreateError::Status(
+            status.as_u16(),
+            response.text().await.unwrap_or_default(),
         ))
+    }
+}
+
+/// An error with its sources ("error sending request: connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// How a client with several API instances sends one create: request (slot) `n` goes to
+/// `urls[n % len]`; when it gets no answer (or a retryable one), the same request with the
+/// same Idempotency-Key goes to the next URL, and so on, until `give_up_after` has passed.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    urls: Vec<String>,
+    give_up_after: Duration,
+}
+
+/// A create that got its `202`, and how many times it was sent again to get it.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub body: serde_json::Value,
+    pub retries: u32,
+}
+
+impl Failover {
+    /// Between two attempts of one request, at first (doubling up to [`Self::MAX_PAUSE`]).
+    const FIRST_PAUSE: Duration = Duration::from_millis(100);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    /// `urls`: the API base URLs (no trailing slash needed). At least one.
+    pub fn new(urls: Vec<String>, give_up_after: Duration) -> anyhow::Result<Self> {
+        anyhow::ensure!(!urls.is_empty(), "at least one API URL is needed");
+        let urls = urls
+            .into_iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        Ok(Self {
+            urls,
+            give_up_after,
+        })
+    }
+
+    /// The base URL of attempt `attempt` (0 = the first) of request `n`: round-robin over
+    /// the requests, and each retry on the next instance.
+    pub fn url(&self, n: u64, attempt: u32) -> &str {
+        let len = (self.urls.len() as u64).max(1);
+        // Both below `len`, so the sum cannot overflow.
+        let at = (n % len + u64::from(attempt) % len) % len;
+        self.urls
+            .get(usize::try_from(at).unwrap_or(0))
+            .map_or("", String::as_str)
+    }
+
+    /// The pause before attempt `attempt` (≥ 1).
+    fn pause(attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(4);
+        Self::FIRST_PAUSE
+            .saturating_mul(1 << doublings)
+            .min(Self::MAX_PAUSE)
+    }
+
+    /// Sends request `n` (`POST <url>/v1/<path>`) with one Idempotency-Key, failing over as
+    /// the type says; the last error when every attempt failed.
+    pub async fn create(
+        &self,
+        client: &reqwest::Client,
+        n: u64,
+        path: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> Result<Created, String> {
+        let idempotency_key = uuid::Uuid::new_v4().to_string();
+        let deadline = Instant::now() + self.give_up_after;
+        let mut attempt = 0_u32;
+        loop {
+            let endpoint = format!("{}/v1/{path}", self.url(n, attempt));
+            match create_payment_keyed(client, &endpoint, key, &idempotency_key, body).await {
+                Ok(body) => {
+                    return Ok(Created {
+                        body,
+                        retries: attempt,
+                    })
+                }
+                Err(error) if error.retryable() && Instant::now() < deadline => {
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(Self::pause(attempt)).await;
+                }
+                Err(error) => {
+                    return Err(format!(
+                        "{error} (after {} attempts, last to {endpoint})",
+                        attempt.saturating_add(1)
+                    ))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failover(n: usize) -> Failover {
+        let urls = (0..n).map(|i| format!("http://api-{i}/")).collect();
+        Failover::new(urls, Duration::from_secs(1)).expect("urls")
+    }
+
+    #[test]
+    fn requests_go_round_robin_and_a_retry_goes_to_the_next_instance() {
+        let f = failover(2);
+        assert_eq!(f.url(0, 0), "http://api-0");
+        assert_eq!(f.url(1, 0), "http://api-1");
+        assert_eq!(f.url(2, 0), "http://api-0");
+        // Request 1 went to api-1, which died: its retry goes to api-0, then back.
+        assert_eq!(f.url(1, 1), "http://api-0");
+        assert_eq!(f.url(1, 2), "http://api-1");
+        // No overflow at the end of the numbers: u64::MAX is odd (api-1), its retry api-0.
+        assert_eq!(f.url(u64::MAX, 0), "http://api-1");
+        assert_eq!(f.url(u64::MAX, 1), "http://api-0");
+    }
+
+    #[test]
+    fn one_instance_is_retried_in_place() {
+        let f = failover(1);
+        assert_eq!(f.url(7, 0), "http://api-0");
+        assert_eq!(f.url(7, 3), "http://api-0");
+    }
+
+    #[test]
+    fn no_url_is_refused() {
+        assert!(Failover::new(Vec::new(), Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn only_no_answer_or_an_unavailable_answer_is_retried() {
+        assert!(CreateError::Transport("connection refused".into()).retryable());
+        for code in [409, 502, 503, 504] {
+            assert!(
+                CreateError::Status(code, String::new()).retryable(),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 402, 422, 429, 500] {
+            assert!(
+                !CreateError::Status(code, String::new()).retryable(),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pause_grows_and_is_capped() {
+        assert_eq!(Failover::pause(1), Duration::from_millis(100));
+        assert_eq!(Failover::pause(2), Duration::from_millis(200));
+        assert_eq!(Failover::pause(3), Duration::from_millis(400));
+        assert_eq!(Failover::pause(9), Failover::MAX_PAUSE);
     }
 }

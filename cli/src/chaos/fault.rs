@@ -1,4 +1,5 @@
-//! The faults the suite applies, one per phase, and the two plans (full and `--short`).
+//! The faults the suite applies, one per phase, and the plans (full and `--short`, with one
+//! or N instances of each service).
 
 use std::fmt;
 use std::time::Duration;
@@ -16,11 +17,14 @@ pub const SERVER_DOWN: Duration = Duration::from_secs(3);
 /// One fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// SIGKILL a service, start it again after the delay.
+    /// SIGKILL a service (its first instance), start it again after the delay.
     Kill {
         service: Service,
         restart_after: Duration,
     },
+    /// SIGKILL one instance of every service at once (the last: `<service>-<N>`, or the
+    /// only one), start each again after the delay, as an orchestrator replacing them would.
+    KillOneOfEach { restart_after: Duration },
     /// Kill Redis, start it again (empty) after [`SERVER_DOWN`].
     Redis,
     /// `pg_ctl restart -m fast`.
@@ -44,6 +48,34 @@ impl Fault {
         }
         plan.extend([Fault::Redis, Fault::Postgres, Fault::Broker]);
         plan
+    }
+
+    /// The plan for `instances` of each service: [`Fault::short`] or [`Fault::all`] with one;
+    /// with more, `--short` is just [`Fault::KillOneOfEach`] (what N instances add) and the
+    /// full plan ends with it.
+    pub fn plan(short: bool, instances: u16) -> Vec<Fault> {
+        let one_of_each = Fault::KillOneOfEach {
+            restart_after: IMMEDIATE,
+        };
+        match (short, instances > 1) {
+            (true, false) => Fault::short(),
+            (true, true) => vec![one_of_each],
+            (false, false) => Fault::all(),
+            (false, true) => {
+                let mut plan = Fault::all();
+                plan.push(one_of_each);
+                plan
+            }
+        }
+    }
+
+    /// Every fault `--only` can name.
+    pub fn known() -> Vec<Fault> {
+        let mut known = Fault::all();
+        known.push(Fault::KillOneOfEach {
+            restart_after: IMMEDIATE,
+        });
+        known
     }
 
     /// The `--short` plan: an immediate kill of the payment processor (the restart that
@@ -74,6 +106,7 @@ impl Fault {
                 };
                 format!("kill-{service}-{when}")
             }
+            Fault::KillOneOfEach { .. } => "kill-one-of-each".into(),
             Fault::Redis => "redis".into(),
             Fault::Postgres => "postgres".into(),
             Fault::Broker => "broker".into(),
@@ -90,6 +123,11 @@ impl fmt::Display for Fault {
             } => write!(
                 f,
                 "kill -9 {service}, restart after {} s",
+                restart_after.as_secs()
+            ),
+            Fault::KillOneOfEach { restart_after } => write!(
+                f,
+                "kill -9 one instance of each service at once, restart after {} s",
                 restart_after.as_secs()
             ),
             Fault::Redis => write!(f, "Redis down {} s (restart, empty)", SERVER_DOWN.as_secs()),
@@ -127,5 +165,17 @@ mod tests {
     fn the_short_plan_is_an_immediate_processor_kill_and_an_empty_broker() {
         let names: Vec<String> = Fault::short().iter().map(Fault::name).collect();
         assert_eq!(names, ["kill-payment-processor-immediate", "broker"]);
+    }
+
+    #[test]
+    fn one_instance_keeps_todays_plans_and_more_add_the_kill_of_one_of_each() {
+        assert_eq!(Fault::plan(true, 1), Fault::short());
+        assert_eq!(Fault::plan(false, 1), Fault::all());
+        let names = |plan: Vec<Fault>| plan.iter().map(Fault::name).collect::<Vec<_>>();
+        assert_eq!(names(Fault::plan(true, 2)), ["kill-one-of-each"]);
+        let full = names(Fault::plan(false, 3));
+        assert_eq!(full.len(), 12);
+        assert_eq!(full.last().map(String::as_str), Some("kill-one-of-each"));
+        assert!(names(Fault::known()).contains(&"kill-one-of-each".to_owned()));
     }
 }

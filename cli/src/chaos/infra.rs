@@ -18,16 +18,43 @@ use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-/// A free TCP port on 127.0.0.1 (free when asked; nothing reserves it).
+/// A free TCP port on 127.0.0.1 (free when asked; nothing reserves it), below the
+/// kernel's ephemeral range ([`free_ports`] says why).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = StdListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    free_ports(1)
 }
 
-/// A free port `p` with `p + 1 .. p + count` free as well (the workers' metrics ports).
+/// The lowest port the kernel hands out to outgoing connections
+/// (`/proc/sys/net/ipv4/ip_local_port_range`; Linux's default 32768 when unreadable).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// Where the suite's ports are looked for: from here up to the ephemeral range.
+const LOWEST_PORT: u16 = 20_000;
+
+/// A free port `p` with `p + 1 .. p + count` free as well (the APIs', the sandbox's and
+/// the workers' metrics ports).
+///
+/// Taken below the ephemeral range: a port there is never some outgoing connection's
+/// local port. Measured: with nine services, a port the OS had given as free (port 0) was
+/// by the time a worker bound it the local end of another process's connection to the
+/// chaos Postgres (`Address already in use`), and the worker crash-looped. Within
+/// `[LOWEST_PORT, ephemeral low)` the start is random, so two suites rarely try the same.
 pub fn free_ports(count: u16) -> anyhow::Result<u16> {
-    for _ in 0..50 {
-        let base = free_port()?;
+    let high = ephemeral_low();
+    let span = high
+        .checked_sub(LOWEST_PORT)
+        .and_then(|span| span.checked_sub(count))
+        .filter(|span| *span > 0)
+        .context("no room for ports below the ephemeral range")?;
+    for _ in 0..200 {
+        let random = uuid::Uuid::new_v4().as_u128();
+        let offset = u16::try_from(random % u128::from(span)).unwrap_or(0);
+        let base = LOWEST_PORT.saturating_add(offset);
         let Some(last) = base.checked_add(count) else {
             continue;
         };
@@ -36,7 +63,7 @@ pub fn free_ports(count: u16) -> anyhow::Result<u16> {
             return Ok(base);
         }
     }
-    bail!("no {count} consecutive free ports found on 127.0.0.1")
+    bail!("no {count} consecutive free ports found on 127.0.0.1 below {high}")
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.

@@ -1,9 +1,13 @@
 //! `paygate chaos`: faults under load on the real topology, checked end to end.
 //!
-//! It starts its own Postgres, Redis and tansu on free ports ([`infra`]), the five
-//! processes with `scripts/up` against them ([`topology`]), then runs one phase per fault
+//! It starts its own Postgres, Redis and tansu on free ports ([`infra`]), the sandbox and
+//! `--instances` of each paygate service with `scripts/up` against them ([`topology`]),
+//! then runs one phase per fault
 //! ([`fault`]): a fresh merchant whose webhook endpoint is a receiver in this process,
-//! open-loop load at `--rate` for `--duration` seconds, the fault `--fault-at` seconds in,
+//! open-loop load at `--rate` for `--duration` seconds spread round-robin over the API
+//! instances (a create that gets no answer is sent again with the same Idempotency-Key to
+//! the next instance, as a client behind a load balancer would), the fault `--fault-at`
+//! seconds in,
 //! then a drain until every transaction is terminal with its webhook (or `--drain-secs`).
 //! Each phase is judged ([`verdict`]): accepted = terminal = webhooks delivered = provider
 //! executions (sandbox `/_admin/stats`), none twice, none stuck, and the recovery time.
@@ -17,6 +21,7 @@ pub mod verdict;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,12 +33,12 @@ use paygate_sandbox_admin::AdminClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::load::{self, LoadSpec, Recorder};
+use crate::bench::load::{self, Failover, LoadSpec, Recorder};
 use crate::merchant_setup;
 use crate::receiver::{Logging, WebhookReceiver, RECEIVER_PATH};
 use fault::Fault;
 use infra::{Infra, Tools};
-use topology::Topology;
+use topology::{Instance, Service, Topology};
 use verdict::{Observed, Verdict};
 
 #[derive(Args, Debug, Clone)]
@@ -43,10 +48,14 @@ pub struct ChaosArgs {
     /// say otherwise).
     #[arg(long)]
     pub short: bool,
-    /// Only these faults (comma-separated names: kill-<service>-immediate|late, redis,
-    /// postgres, broker).
+    /// Only these faults (comma-separated names: kill-<service>-immediate|late,
+    /// kill-one-of-each, redis, postgres, broker).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Instances of each paygate service (scripts/up's TOPOLOGY_INSTANCES). With more than
+    /// one, --short's plan is just kill-one-of-each, and the full plan ends with it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub instances: u16,
     /// Payments per second (open loop). Default 100, or 20 with --short.
     #[arg(long)]
     pub rate: Option<u64>,
@@ -83,6 +92,8 @@ pub struct ChaosArgs {
 /// Every phase's verdict, and whether the run kept every promise.
 #[derive(Debug, serde::Serialize)]
 pub struct ChaosReport {
+    /// Instances of each service.
+    pub instances: u16,
     pub rate: u64,
     pub duration_secs: u64,
     pub fault_at_secs: u64,
@@ -98,23 +109,21 @@ impl ChaosReport {
     }
 }
 
+#[derive(Debug)]
 struct Plan {
     faults: Vec<Fault>,
+    instances: u16,
     rate: u64,
     duration: Duration,
     fault_at: Duration,
 }
 
 fn plan(args: &ChaosArgs) -> anyhow::Result<Plan> {
-    let base = if args.short {
-        Fault::short()
-    } else {
-        Fault::all()
-    };
+    let base = Fault::plan(args.short, args.instances);
     let faults = if args.only.is_empty() {
         base
     } else {
-        let all = Fault::all();
+        let all = Fault::known();
         let mut chosen = Vec::new();
         for name in &args.only {
             let Some(fault) = all.iter().find(|f| f.name() == *name) else {
@@ -132,6 +141,7 @@ fn plan(args: &ChaosArgs) -> anyhow::Result<Plan> {
     };
     let plan = Plan {
         faults,
+        instances: args.instances,
         rate: args.rate.unwrap_or(rate),
         duration: Duration::from_secs(args.duration.unwrap_or(duration)),
         fault_at: Duration::from_secs(args.fault_at.unwrap_or(fault_at)),
@@ -176,9 +186,20 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ChaosReport> {
         }
         .into(),
     );
-    let topology = Topology::new(&root, &dir.join("topology"), args.release, servers)?;
+    let topology = Topology::new(
+        &root,
+        &dir.join("topology"),
+        args.release,
+        plan.instances,
+        servers,
+    )?;
     eprintln!(
-        "paygate chaos: scripts/up{} (Postgres :{}, Redis :{}, tansu :{}; logs in {})",
+        "paygate chaos: {}scripts/up{} (Postgres :{}, Redis :{}, tansu :{}; logs in {})",
+        if plan.instances > 1 {
+            format!("TOPOLOGY_INSTANCES={} ", plan.instances)
+        } else {
+            String::new()
+        },
         if args.release { " --release" } else { "" },
         infra.pg_port,
         infra.redis_port,
@@ -213,6 +234,7 @@ async fn run_phases(
     let client = load::client(64)?;
     let sandbox = AdminClient::with_client(topology.sandbox_url.clone(), client.clone());
     let mut report = ChaosReport {
+        instances: plan.instances,
         rate: plan.rate,
         duration_secs: plan.duration.as_secs(),
         fault_at_secs: plan.fault_at.as_secs(),
@@ -229,8 +251,9 @@ async fn run_phases(
         let verdict = phase(plan, args, *fault, infra, topology, &pool, &sandbox).await?;
         problems.extend(verdict.problems(args.max_recovery_secs));
         eprintln!(
-            "  accepted {} · terminal {} · webhooks {} · executions {} · lost {} · twice {} · stuck {} · recovery {} · slowest {}",
+            "  accepted {} (retried {}) · terminal {} · webhooks {} · executions {} · lost {} · twice {} · stuck {} · recovery {} · slowest {}",
             verdict.accepted,
+            verdict.create_retries,
             verdict.terminal,
             verdict.webhooks,
             verdict.executions,
@@ -299,12 +322,15 @@ async fn phase(
 
     let accepted: Accepted = Arc::new(Mutex::new(HashMap::new()));
     let recorder = Arc::new(Recorder::new()?);
+    let retries = Arc::new(AtomicU64::new(0));
+    let failover = Failover::new(topology.api_urls.clone(), CLIENT_GIVES_UP_AFTER)?;
     let load = spawn_load(
         plan,
-        &topology.api_url,
+        failover,
         &merchant.api_key,
         &accepted,
         &recorder,
+        &retries,
     )?;
 
     tokio::time::sleep(plan.fault_at).await;
@@ -330,6 +356,7 @@ async fn phase(
         .total;
     let observed = Observed {
         create_errors: recorder.errors(),
+        create_retries: retries.load(Ordering::Relaxed),
         executions: after.executions.saturating_sub(before.executions),
         duplicates_suppressed: after
             .duplicates_suppressed
@@ -347,14 +374,20 @@ async fn phase(
 /// The id of every payment accepted (202) and when.
 type Accepted = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// How long a merchant's client keeps sending one create (same Idempotency-Key, the next
+/// API instance each time) before it gives up: past a restarted instance's start-up.
+const CLIENT_GIVES_UP_AFTER: Duration = Duration::from_secs(20);
+
 /// Open-loop load of the plan's rate for its duration: alternating deposits and
-/// withdrawals of the merchant, each 202's id recorded in `accepted`.
+/// withdrawals of the merchant, round-robin over the API instances with failover
+/// ([`Failover`]), each 202's id recorded in `accepted`, each re-send counted in `retries`.
 fn spawn_load(
     plan: &Plan,
-    api: &str,
+    failover: Failover,
     key: &str,
     accepted: &Accepted,
     recorder: &Arc<Recorder>,
+    retries: &Arc<AtomicU64>,
 ) -> anyhow::Result<tokio::task::JoinHandle<Duration>> {
     let spec = LoadSpec {
         duration: plan.duration,
@@ -363,10 +396,15 @@ fn spawn_load(
     };
     let (accepted, recorder) = (accepted.clone(), recorder.clone());
     let client = load::client(64)?;
-    let (api, key) = (api.to_owned(), key.to_owned());
+    let (failover, key, retries) = (Arc::new(failover), key.to_owned(), retries.clone());
     let send = move |n: u64, _start: Instant| {
-        let (client, api, key, accepted) =
-            (client.clone(), api.clone(), key.clone(), accepted.clone());
+        let (client, failover, key, accepted, retries) = (
+            client.clone(),
+            failover.clone(),
+            key.clone(),
+            accepted.clone(),
+            retries.clone(),
+        );
         async move {
             let path = if n % 2 == 0 {
                 "deposits"
@@ -378,8 +416,10 @@ fn spawn_load(
                 "currency": "USD",
                 "customer": format!("chaos_{}", n % 1000),
             });
-            let created =
-                load::create_payment(&client, &format!("{api}/v1/{path}"), &key, &body).await?;
+            // By pairs: each API instance gets deposits and withdrawals alike.
+            let created = failover.create(&client, n / 2, path, &key, &body).await?;
+            retries.fetch_add(u64::from(created.retries), Ordering::Relaxed);
+            let created = created.body;
             let id = created["id"]
                 .as_str()
                 .ok_or_else(|| format!("202 without an id: {created}"))?
@@ -403,9 +443,35 @@ async fn apply(fault: Fault, infra: &mut Infra, topology: &Topology) -> anyhow::
             service,
             restart_after,
         } => {
-            let launch = topology.kill(service).await?;
+            let launch = topology.kill(Instance::first(service)).await?;
             tokio::time::sleep(restart_after).await;
             topology.restart(&launch)?;
+        }
+        Fault::KillOneOfEach { restart_after } => {
+            let number = topology.instances();
+            let [a, b, c, d] = Service::ALL.map(|service| Instance { service, number });
+            // All at once: each kill reads its launch and signals before any waiting.
+            let (a, b, c, d) = tokio::join!(
+                topology.kill(a),
+                topology.kill(b),
+                topology.kill(c),
+                topology.kill(d)
+            );
+            let launches = [a, b, c, d];
+            tokio::time::sleep(restart_after).await;
+            let mut first_error = None;
+            for launch in launches {
+                // Restart every one that was killed even when another kill failed.
+                match launch.and_then(|launch| topology.restart(&launch)) {
+                    Ok(()) => {}
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            if let Some(error) = first_error {
+                return Err(error);
+            }
         }
         Fault::Redis => infra.restart_redis(fault::SERVER_DOWN).await?,
         Fault::Postgres => infra.restart_postgres().await?,
@@ -526,19 +592,24 @@ fn recovery_text(secs: Option<f64>) -> String {
 pub fn print(report: &ChaosReport) {
     println!();
     println!(
-        "paygate chaos: {} payments/s for {} s per phase, fault at {} s",
-        report.rate, report.duration_secs, report.fault_at_secs
+        "paygate chaos: {} instance{} of each service, {} payments/s for {} s per phase, fault at {} s",
+        report.instances,
+        if report.instances == 1 { "" } else { "s" },
+        report.rate,
+        report.duration_secs,
+        report.fault_at_secs
     );
     println!();
-    println!("| fault | accepted | create errors | terminal | webhooks | executions | lost | executed twice | stuck | repeated webhooks | recovery (s) | slowest accept→webhook (s) | crashes restarted |");
+    println!("| fault | accepted | creates retried | create errors | terminal | webhooks | executions | lost | executed twice | stuck | repeated webhooks | recovery (s) | slowest accept→webhook (s) | crashes restarted |");
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for v in &report.verdicts {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             v.fault,
             v.accepted,
+            v.create_retries,
             v.create_errors,
             v.terminal,
             v.webhooks,
@@ -562,5 +633,58 @@ pub fn print(report: &ChaosReport) {
     }
     if report.passed() {
         println!("paygate chaos: every fault recovered: nothing lost, twice or stuck");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ChaosArgs,
+    }
+
+    fn plan_of(argv: &[&str]) -> anyhow::Result<Plan> {
+        let cli = Cli::try_parse_from(std::iter::once("chaos").chain(argv.iter().copied()))?;
+        plan(&cli.args)
+    }
+
+    fn names(plan: &Plan) -> Vec<String> {
+        plan.faults.iter().map(Fault::name).collect()
+    }
+
+    #[test]
+    fn short_with_two_instances_is_just_the_kill_of_one_of_each() -> anyhow::Result<()> {
+        let plan = plan_of(&["--short", "--instances", "2"])?;
+        assert_eq!(names(&plan), ["kill-one-of-each"]);
+        assert_eq!(
+            (plan.instances, plan.rate, plan.duration.as_secs()),
+            (2, 20, 10)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn one_instance_is_the_default_and_keeps_the_short_plan() -> anyhow::Result<()> {
+        let plan = plan_of(&["--short"])?;
+        assert_eq!(plan.instances, 1);
+        assert_eq!(names(&plan), ["kill-payment-processor-immediate", "broker"]);
+        Ok(())
+    }
+
+    #[test]
+    fn only_can_name_the_kill_of_one_of_each_and_refuses_unknown_faults() -> anyhow::Result<()> {
+        let plan = plan_of(&["--only", "kill-one-of-each,broker"])?;
+        assert_eq!(names(&plan), ["kill-one-of-each", "broker"]);
+        assert!(plan_of(&["--only", "kill-everything"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn zero_instances_are_refused() {
+        assert!(plan_of(&["--instances", "0"]).is_err());
     }
 }

@@ -2,6 +2,9 @@
 //! the chaos suite's own servers, ports and state directory; one service crashed with
 //! SIGKILL and restarted with exactly the command line, environment and log it had.
 //!
+//! With `instances` > 1 (`TOPOLOGY_INSTANCES`), each service runs as that many instances;
+//! [`Instance`] names one as `scripts/up` does (`api`, `api-2`, ...) and knows its port.
+//!
 //! A process's launch is read from `/proc/<pid>/{cmdline,environ,cwd}` before it is killed,
 //! so the restart needs no knowledge of how `scripts/up` started it, and the pid file is
 //! rewritten so `scripts/up status` and `scripts/up down` keep working.
@@ -53,10 +56,65 @@ impl fmt::Display for Service {
     }
 }
 
+/// One process of a service: instance `number` (1-based) of `service`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instance {
+    pub service: Service,
+    pub number: u16,
+}
+
+impl Instance {
+    /// The first (or only) instance of `service`.
+    pub fn first(service: Service) -> Self {
+        Self { service, number: 1 }
+    }
+
+    /// The name `scripts/up` gives it (pid and log files, membership id): the service's
+    /// name for the first, `<service>-<i>` for instance i ≥ 2.
+    pub fn name(self) -> String {
+        if self.number <= 1 {
+            self.service.name().to_owned()
+        } else {
+            format!("{}-{}", self.service.name(), self.number)
+        }
+    }
+
+    /// Its port by `scripts/up`'s scheme: the API's at `api_port + i - 1`, a worker's
+    /// metrics at `metrics_port + 3(i - 1) + 0/1/2` (processor, callbacks, dispatcher).
+    /// `None` when the sum leaves the port range.
+    pub fn port(self, api_port: u16, metrics_port: u16) -> Option<u16> {
+        let slot = self.number.checked_sub(1)?;
+        let offset = |k: u16| slot.checked_mul(3)?.checked_add(k);
+        match self.service {
+            Service::Api => api_port.checked_add(slot),
+            Service::PaymentProcessor => metrics_port.checked_add(offset(0)?),
+            Service::CallbackProcessor => metrics_port.checked_add(offset(1)?),
+            Service::CallbackDispatcher => metrics_port.checked_add(offset(2)?),
+        }
+    }
+}
+
+impl fmt::Display for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// The ports of a topology of `instances` of each service, as one block of `4N + 1` free
+/// ports from `base` (so no two ranges can meet): the APIs at `[base, base + N)`, the
+/// sandbox at `base + N`, the workers' metrics at `[base + N + 1, base + 4N + 1)`.
+/// Returns `(api_port, sandbox_port, metrics_port)`; `None` past the port range.
+pub fn port_block(base: u16, instances: u16) -> Option<(u16, u16, u16)> {
+    let sandbox = base.checked_add(instances)?;
+    let metrics = sandbox.checked_add(1)?;
+    metrics.checked_add(instances.checked_mul(3)?)?;
+    Some((base, sandbox, metrics))
+}
+
 /// How a killed process was running, to start it again the same way.
 #[derive(Debug, Clone)]
 pub struct Launch {
-    service: Service,
+    instance: Instance,
     argv: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     cwd: PathBuf,
@@ -69,36 +127,79 @@ pub struct Topology {
     state: PathBuf,
     env: BTreeMap<String, String>,
     release: bool,
-    pub api_url: String,
+    /// Instances of each service (`TOPOLOGY_INSTANCES`).
+    instances: u16,
+    /// Every API instance's base URL, instance 1 first.
+    pub api_urls: Vec<String>,
     pub sandbox_url: String,
+    api_port: u16,
     metrics_port: u16,
 }
 
 impl Topology {
-    /// The settings for a topology under `state` using the given servers; nothing starts.
+    /// The settings for a topology of `instances` of each service under `state` using the
+    /// given servers, on one block of free ports ([`port_block`]); nothing starts.
     pub fn new(
         root: &Path,
         state: &Path,
         release: bool,
+        instances: u16,
         servers: BTreeMap<String, String>,
     ) -> anyhow::Result<Self> {
-        let api_port = super::infra::free_port()?;
-        let sandbox_port = super::infra::free_port()?;
-        let metrics_port = super::infra::free_ports(3)?;
+        anyhow::ensure!(instances >= 1, "--instances must be at least 1");
+        let count = instances
+            .checked_mul(4)
+            .and_then(|n| n.checked_add(1))
+            .context("--instances is too large")?;
+        let base = super::infra::free_ports(count)?;
+        let (api_port, sandbox_port, metrics_port) =
+            port_block(base, instances).context("no room for the ports")?;
         let mut env = servers;
         env.insert("TOPOLOGY_STATE".into(), state.display().to_string());
         env.insert("TOPOLOGY_API_PORT".into(), api_port.to_string());
         env.insert("TOPOLOGY_SANDBOX_PORT".into(), sandbox_port.to_string());
         env.insert("TOPOLOGY_METRICS_PORT".into(), metrics_port.to_string());
+        env.insert("TOPOLOGY_INSTANCES".into(), instances.to_string());
+        let api_urls = (1..=instances)
+            .map(|number| {
+                Instance {
+                    service: Service::Api,
+                    number,
+                }
+                .port(api_port, metrics_port)
+                .map(|port| format!("http://127.0.0.1:{port}"))
+                .context("an API port past the port range")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             root: root.to_path_buf(),
             state: state.to_path_buf(),
             env,
             release,
-            api_url: format!("http://127.0.0.1:{api_port}"),
+            instances,
+            api_urls,
             sandbox_url: format!("http://127.0.0.1:{sandbox_port}"),
+            api_port,
             metrics_port,
         })
+    }
+
+    /// Instances of each service.
+    pub fn instances(&self) -> u16 {
+        self.instances
+    }
+
+    /// Every instance of every service, each service's in turn.
+    pub fn all_instances(&self) -> Vec<Instance> {
+        Service::ALL
+            .iter()
+            .flat_map(|service| {
+                (1..=self.instances).map(|number| Instance {
+                    service: *service,
+                    number,
+                })
+            })
+            .collect()
     }
 
     fn script(&self) -> std::process::Command {
@@ -107,8 +208,8 @@ impl Topology {
         command
     }
 
-    /// `scripts/up [--release]`: builds, migrates, creates the topics, starts the five
-    /// processes and waits until each is ready. Its output goes to `<state>/up.log`.
+    /// `scripts/up [--release]`: builds, migrates, creates the topics, starts the
+    /// processes (the sandbox and N of each service) and waits until each is ready. Its output goes to `<state>/up.log`.
     pub async fn up(&self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.state)?;
         let log_path = self.state.join("up.log");
@@ -134,7 +235,7 @@ impl Topology {
         Ok(())
     }
 
-    /// `scripts/up down`: stops the five processes.
+    /// `scripts/up down`: stops every process it started.
     pub async fn down(&self) {
         let mut command = self.script();
         command
@@ -144,21 +245,17 @@ impl Topology {
         let _ = tokio::task::spawn_blocking(move || command.status()).await;
     }
 
-    fn pid_file(&self, service: Service) -> PathBuf {
-        self.state
-            .join("pids")
-            .join(format!("{}.pid", service.name()))
+    fn pid_file(&self, instance: Instance) -> PathBuf {
+        self.state.join("pids").join(format!("{instance}.pid"))
     }
 
-    /// A service's log file (as `scripts/up` names it).
-    pub fn log_path(&self, service: Service) -> PathBuf {
-        self.state
-            .join("logs")
-            .join(format!("{}.log", service.name()))
+    /// An instance's log file (as `scripts/up` names it).
+    pub fn log_path(&self, instance: Instance) -> PathBuf {
+        self.state.join("logs").join(format!("{instance}.log"))
     }
 
-    fn pid(&self, service: Service) -> anyhow::Result<u32> {
-        let file = self.pid_file(service);
+    fn pid(&self, instance: Instance) -> anyhow::Result<u32> {
+        let file = self.pid_file(instance);
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         text.trim()
@@ -166,15 +263,15 @@ impl Topology {
             .with_context(|| format!("{} holds no pid", file.display()))
     }
 
-    /// SIGKILLs the service and waits until it is gone; returns how to start it again.
-    pub async fn kill(&self, service: Service) -> anyhow::Result<Launch> {
-        let pid = self.pid(service)?;
-        let launch = read_launch(service, pid)?;
+    /// SIGKILLs the instance and waits until it is gone; returns how to start it again.
+    pub async fn kill(&self, instance: Instance) -> anyhow::Result<Launch> {
+        let pid = self.pid(instance)?;
+        let launch = read_launch(instance, pid)?;
         signal_kill(pid).await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while alive(pid) {
             if Instant::now() >= deadline {
-                bail!("{service} (pid {pid}) still runs 10 s after SIGKILL");
+                bail!("{instance} (pid {pid}) still runs 10 s after SIGKILL");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -185,14 +282,14 @@ impl Topology {
     /// starts it (so a later crash is restarted too), appending to its log.
     pub fn restart(&self, launch: &Launch) -> anyhow::Result<()> {
         if launch.argv.is_empty() {
-            bail!("{} had an empty command line", launch.service);
+            bail!("{} had an empty command line", launch.instance);
         }
-        let pid_file = self.pid_file(launch.service);
+        let pid_file = self.pid_file(launch.instance);
         let _ = std::fs::remove_file(&pid_file);
         let mut command = std::process::Command::new(self.root.join("scripts").join("up"));
         command
             .arg("supervise")
-            .arg(launch.service.name())
+            .arg(launch.instance.name())
             .args(&launch.argv)
             .env_clear()
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
@@ -206,15 +303,15 @@ impl Topology {
             .process_group(0);
         command
             .spawn()
-            .with_context(|| format!("restarting {}", launch.service))?;
+            .with_context(|| format!("restarting {}", launch.instance))?;
         Ok(())
     }
 
-    /// Crashes the supervisors restarted so far, over every service's log.
+    /// Crashes the supervisors restarted so far, over every instance's log.
     pub fn crashes(&self) -> u64 {
-        Service::ALL
-            .iter()
-            .filter_map(|service| std::fs::read_to_string(self.log_path(*service)).ok())
+        self.all_instances()
+            .into_iter()
+            .filter_map(|instance| std::fs::read_to_string(self.log_path(instance)).ok())
             .map(|log| {
                 log.lines()
                     .filter(|line| {
@@ -225,31 +322,22 @@ impl Topology {
             .sum()
     }
 
-    /// The URL whose 200 means the service is ready (workers: `/readyz`, which also asks
+    /// The URL whose 200 means the instance is ready (workers: `/readyz`, which also asks
     /// whether they hold partitions when their group has lag).
-    fn ready_url(&self, service: Service) -> String {
-        match service {
-            Service::Api => format!("{}/readyz", self.api_url),
-            Service::PaymentProcessor => format!("http://127.0.0.1:{}/readyz", self.metrics_port),
-            Service::CallbackProcessor => {
-                format!(
-                    "http://127.0.0.1:{}/readyz",
-                    self.metrics_port.saturating_add(1)
-                )
-            }
-            Service::CallbackDispatcher => {
-                format!(
-                    "http://127.0.0.1:{}/readyz",
-                    self.metrics_port.saturating_add(2)
-                )
-            }
-        }
+    fn ready_url(&self, instance: Instance) -> anyhow::Result<String> {
+        let port = instance
+            .port(self.api_port, self.metrics_port)
+            .with_context(|| format!("{instance}: a port past the port range"))?;
+        Ok(format!("http://127.0.0.1:{port}/readyz"))
     }
 
-    /// Whether every service answers ready now; the first one that does not, with why.
+    /// Whether every instance answers ready now; the first one that does not, with why.
     pub async fn not_ready(&self, client: &reqwest::Client) -> Option<String> {
-        for service in Service::ALL {
-            let url = self.ready_url(service);
+        for instance in self.all_instances() {
+            let url = match self.ready_url(instance) {
+                Ok(url) => url,
+                Err(error) => return Some(format!("{error:#}")),
+            };
             let answer = client
                 .get(&url)
                 .timeout(Duration::from_secs(3))
@@ -259,15 +347,15 @@ impl Topology {
                 Ok(response) => {
                     let ok = response.status().is_success();
                     let body = response.text().await.unwrap_or_default();
-                    let degraded = service == Service::Api && !body.contains("\"ok\"");
+                    let degraded = instance.service == Service::Api && !body.contains("\"ok\"");
                     if !ok || degraded {
                         return Some(format!(
-                            "{service}: {}",
+                            "{instance}: {}",
                             body.chars().take(200).collect::<String>()
                         ));
                     }
                 }
-                Err(error) => return Some(format!("{service}: {error}")),
+                Err(error) => return Some(format!("{instance}: {error}")),
             }
         }
         None
@@ -292,7 +380,7 @@ impl Topology {
     }
 }
 
-fn read_launch(service: Service, pid: u32) -> anyhow::Result<Launch> {
+fn read_launch(instance: Instance, pid: u32) -> anyhow::Result<Launch> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let split = |bytes: Vec<u8>| -> Vec<OsString> {
         bytes
@@ -303,7 +391,7 @@ fn read_launch(service: Service, pid: u32) -> anyhow::Result<Launch> {
     };
     let argv = split(
         std::fs::read(proc_dir.join("cmdline"))
-            .with_context(|| format!("{service} (pid {pid}) is not running"))?,
+            .with_context(|| format!("{instance} (pid {pid}) is not running"))?,
     );
     let env = split(std::fs::read(proc_dir.join("environ"))?)
         .into_iter()
@@ -319,7 +407,7 @@ fn read_launch(service: Service, pid: u32) -> anyhow::Result<Launch> {
         .collect();
     let cwd = std::fs::read_link(proc_dir.join("cwd"))?;
     Ok(Launch {
-        service,
+        instance,
         argv,
         env,
         cwd,
@@ -354,4 +442,61 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(service: Service, number: u16) -> Instance {
+        Instance { service, number }
+    }
+
+    #[test]
+    fn the_first_instance_keeps_the_plain_name_and_the_others_are_numbered() {
+        assert_eq!(Instance::first(Service::Api).name(), "api");
+        assert_eq!(instance(Service::Api, 2).name(), "api-2");
+        assert_eq!(
+            instance(Service::CallbackDispatcher, 3).name(),
+            "callback-dispatcher-3"
+        );
+    }
+
+    #[test]
+    fn ports_follow_the_scripts_up_scheme() {
+        // Instance 1 keeps today's ports: the API's, and metrics, +1, +2.
+        let port = |s, n| instance(s, n).port(8080, 9101);
+        assert_eq!(port(Service::Api, 1), Some(8080));
+        assert_eq!(port(Service::PaymentProcessor, 1), Some(9101));
+        assert_eq!(port(Service::CallbackProcessor, 1), Some(9102));
+        assert_eq!(port(Service::CallbackDispatcher, 1), Some(9103));
+        assert_eq!(port(Service::Api, 2), Some(8081));
+        assert_eq!(port(Service::PaymentProcessor, 2), Some(9104));
+        assert_eq!(port(Service::CallbackProcessor, 2), Some(9105));
+        assert_eq!(port(Service::CallbackDispatcher, 2), Some(9106));
+        assert_eq!(instance(Service::Api, 0).port(8080, 9101), None);
+        assert_eq!(instance(Service::Api, 3).port(u16::MAX, 9101), None);
+    }
+
+    #[test]
+    fn the_port_block_gives_every_instance_its_own_port() {
+        for instances in 1..=4_u16 {
+            let base = 40_000;
+            let (api, sandbox, metrics) = port_block(base, instances).expect("room");
+            let mut ports = vec![sandbox];
+            for service in Service::ALL {
+                for number in 1..=instances {
+                    ports.push(instance(service, number).port(api, metrics).expect("port"));
+                }
+            }
+            let count = ports.len();
+            ports.sort_unstable();
+            ports.dedup();
+            assert_eq!(ports.len(), count, "{instances}: a port is shared");
+            assert!(ports
+                .iter()
+                .all(|p| (base..base + 4 * instances + 1).contains(p)));
+        }
+        assert_eq!(port_block(u16::MAX - 3, 2), None);
+    }
 }

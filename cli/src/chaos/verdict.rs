@@ -12,8 +12,12 @@ use serde::Serialize;
 pub struct Observed {
     /// Transaction ids answered `202`, with when the answer came.
     pub accepted: HashMap<String, Instant>,
-    /// Create requests that got no `202` (connection refused while the API was down, 503).
+    /// Create requests that got no `202` even after the client's failover (every API
+    /// instance refused or was down for its whole give-up time, or a non-retryable answer).
     pub create_errors: u64,
+    /// Creates sent again (same Idempotency-Key) after no answer, mostly to another API
+    /// instance; each re-send counts.
+    pub create_retries: u64,
     /// Every transaction of the phase's merchant in Postgres: id → terminal. Includes creates
     /// that committed although their answer was lost.
     pub rows: HashMap<String, bool>,
@@ -32,6 +36,8 @@ pub struct Verdict {
     pub fault: String,
     pub accepted: u64,
     pub create_errors: u64,
+    /// Creates sent again with the same Idempotency-Key (see [`Observed::create_retries`]).
+    pub create_retries: u64,
     /// Transactions in Postgres (≥ accepted: a create whose answer was lost still counts).
     pub transactions: u64,
     pub terminal: u64,
@@ -115,6 +121,7 @@ impl Verdict {
             fault,
             accepted: count(observed.accepted.len()),
             create_errors: observed.create_errors,
+            create_retries: observed.create_retries,
             transactions,
             terminal: count(terminal),
             webhooks: count(webhooks),
