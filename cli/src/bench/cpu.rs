@@ -166,6 +166,11 @@ fn kind_of(pid: u32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let first = cmdline.split(|b| *b == 0).next()?;
     let first = String::from_utf8_lossy(first);
+    // A Postgres backend's title is `postgres: 15/main: …`: classified before taking the
+    // basename, which its slash would cut.
+    if let Some(kind) = classify(&first) {
+        return Some(kind.to_owned());
+    }
     let name = first.rsplit('/').next()?;
     classify(name).map(str::to_owned).or_else(|| {
         name.starts_with("paygate")
@@ -244,6 +249,7 @@ mod tests {
     #[test]
     fn kinds_group_postgres_backends_and_leave_strangers_out() {
         assert_eq!(classify("postgres: postgres bench 127.0.0.1"), Some("postgres"));
+        assert_eq!(classify("postgres: 15/main: walwriter"), Some("postgres"));
         assert_eq!(classify("tansu"), Some("tansu"));
         assert_eq!(classify("bash"), None);
     }
