@@ -1,16 +1,16 @@
 //! When the dispatcher gives up on an endpoint: at once when it answers 410 Gone, and when
 //! it has been failing (retries or give-ups, no success) for `disable_after`. A disabled
 //! endpoint's pending deliveries stop. The repository only runs the queries
-//! (`webhook_endpoints::{clear_failing, mark_failing, disable_for}`); the decision is here.
+//! (`webhooks::finish` with the streak change, `webhook_endpoints::{disable_for,
+//! disable_if_failing_since}`); the decision is here.
 
 use std::time::Duration;
 
 use chrono::TimeDelta;
 use paygate_core::db::webhook_endpoints::{self, FailingStreak, NewDeliveryAttempt};
-use paygate_core::db::webhooks::{self, ClaimedDelivery, DeliveryOutcome};
-use paygate_core::db::{relax_durability, DbError};
-use paygate_core::domain::WebhookEndpointId;
-use sqlx::{PgPool, Postgres, Transaction};
+use paygate_core::db::webhooks::{self, ClaimedDelivery, DeliveryOutcome, StreakChange};
+use paygate_core::db::DbError;
+use sqlx::PgPool;
 
 /// The stored `disabled_reason` of an endpoint answering 410 Gone.
 pub(crate) const GONE: &str = "gone";
@@ -35,8 +35,12 @@ pub(crate) struct EndpointPolicy {
 
 impl EndpointPolicy {
     /// Logs an attempt (when one was made), moves the delivery on and applies the endpoint
-    /// policy, in one commit. An endpoint's failing streak is tracked here: any success
-    /// clears it.
+    /// policy. An endpoint's failing streak is tracked here: any success clears it.
+    ///
+    /// Round trips: the common case (any outcome but 410 Gone) is one statement
+    /// ([`webhooks::finish`]); an endpoint found failing for too long is then disabled by a
+    /// second one, fenced by the streak's start (a crash in between leaves it to the next
+    /// failed attempt). A 410 disables the endpoint in the attempt's own commit, durably.
     pub async fn complete(
         &self,
         pool: &PgPool,
@@ -44,48 +48,52 @@ impl EndpointPolicy {
         attempt: Option<&NewDeliveryAttempt>,
         outcome: DeliveryOutcome,
     ) -> Result<Completed, DbError> {
-        let mut db = pool.begin().await?;
-        // A lost result only sends the webhook again, with the same `webhook-id`; disabling
-        // a gone endpoint is kept durable.
-        if outcome != DeliveryOutcome::Gone {
-            relax_durability(&mut db).await?;
+        if outcome == DeliveryOutcome::Gone {
+            return self.complete_gone(pool, claimed, attempt).await;
         }
+        let streak = match outcome {
+            DeliveryOutcome::Succeeded => StreakChange::Clear,
+            DeliveryOutcome::Retry { .. } | DeliveryOutcome::Failed => StreakChange::Mark,
+            DeliveryOutcome::Gone | DeliveryOutcome::Skipped => StreakChange::Keep,
+        };
+        let finished = webhooks::finish(pool, claimed, attempt, outcome, streak).await?;
+        let mut endpoint_disabled = false;
+        if let (Some(endpoint), Some(streak)) = (claimed.endpoint_id, finished.failing) {
+            if self.failing_too_long(&streak) {
+                endpoint_disabled = webhook_endpoints::disable_if_failing_since(
+                    pool,
+                    endpoint,
+                    streak.since,
+                    FAILING,
+                )
+                .await?;
+            }
+        }
+        Ok(Completed {
+            applied: finished.applied,
+            endpoint_disabled,
+        })
+    }
+
+    /// A 410 Gone: the attempt, the delivery and the endpoint's disabling in one commit, kept
+    /// durable.
+    async fn complete_gone(
+        &self,
+        pool: &PgPool,
+        claimed: &ClaimedDelivery,
+        attempt: Option<&NewDeliveryAttempt>,
+    ) -> Result<Completed, DbError> {
+        let outcome = DeliveryOutcome::Gone;
+        let mut db = pool.begin().await?;
         let applied = webhooks::complete(&mut db, claimed, attempt, outcome).await?;
         let mut endpoint_disabled = false;
         if let (true, Some(endpoint)) = (applied, claimed.endpoint_id) {
-            if let Some(reason) = self.disable_reason(&mut db, endpoint, outcome).await? {
-                endpoint_disabled =
-                    webhook_endpoints::disable_for(&mut db, endpoint, reason).await?;
-            }
+            endpoint_disabled = webhook_endpoints::disable_for(&mut db, endpoint, GONE).await?;
         }
         db.commit().await?;
         Ok(Completed {
             applied,
             endpoint_disabled,
-        })
-    }
-
-    /// Updates the endpoint's failing streak for `outcome`; the reason to disable it now,
-    /// if any.
-    async fn disable_reason(
-        &self,
-        db: &mut Transaction<'_, Postgres>,
-        endpoint: WebhookEndpointId,
-        outcome: DeliveryOutcome,
-    ) -> Result<Option<&'static str>, DbError> {
-        Ok(match outcome {
-            DeliveryOutcome::Succeeded => {
-                webhook_endpoints::clear_failing(&mut **db, endpoint).await?;
-                None
-            }
-            DeliveryOutcome::Retry { .. } | DeliveryOutcome::Failed => {
-                let streak = webhook_endpoints::mark_failing(&mut **db, endpoint).await?;
-                streak
-                    .filter(|streak| self.failing_too_long(streak))
-                    .map(|_| FAILING)
-            }
-            DeliveryOutcome::Gone => Some(GONE),
-            DeliveryOutcome::Skipped => None,
         })
     }
 

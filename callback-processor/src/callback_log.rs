@@ -1,10 +1,16 @@
 //! The `callback_log` table: one row per provider event settled, unique per
 //! `(gateway, provider_event_id)` so a duplicate is a no-op.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
+use paygate_core::db::outbox::{self, OutboxMessage};
+use paygate_core::db::transactions::{self, Bindable, UPDATE_SQL};
 use paygate_core::db::DbError;
-use paygate_core::domain::{GatewayName, Money, TransactionId, TransactionStatus};
-use sqlx::PgExecutor;
+use paygate_core::domain::{
+    GatewayName, Money, TransactionId, TransactionStatus, TransactionUpdate,
+};
+use sqlx::{PgExecutor, PgPool};
 
 use crate::decide::Outcome;
 
@@ -49,35 +55,202 @@ pub struct Entry {
 
 /// Inserts the row unless the event is already logged. `None` means it was: a duplicate
 /// (a concurrent insert of the same event waits for the other's commit, then lands here).
-pub async fn insert<'e>(
+pub async fn insert<'e, 'q>(
     exec: impl PgExecutor<'e>,
-    entry: &NewEntry<'_>,
+    entry: &'q NewEntry<'q>,
 ) -> Result<Option<i64>, DbError> {
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO callback_log (gateway, provider_event_id, transaction_id, reported_status, failure_code,
-             provider_reference, reported_amount, reported_currency, outcome, needs_review, detail,
-             status_before, version_before, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+    let sql = format!(
+        "INSERT INTO callback_log ({INSERT_COLUMNS}) VALUES ({})
          ON CONFLICT (gateway, provider_event_id) DO NOTHING
          RETURNING id",
-    )
-    .bind(entry.gateway.as_str())
-    .bind(entry.provider_event_id)
-    .bind(entry.transaction_id.as_uuid())
-    .bind(entry.reported_status.as_str())
-    .bind(entry.failure_code)
-    .bind(entry.provider_reference)
-    .bind(entry.reported_money.amount.minor_units())
-    .bind(entry.reported_money.currency.code())
-    .bind(entry.outcome.as_str())
-    .bind(entry.needs_review)
-    .bind(entry.detail)
-    .bind(entry.status_before.as_str())
-    .bind(entry.version_before)
-    .bind(entry.received_at)
-    .fetch_optional(exec)
-    .await?;
+        entry_params(1)
+    );
+    let id: Option<i64> = bind_entry(sqlx::query_scalar(&sql), entry)
+        .fetch_optional(exec)
+        .await?;
     Ok(id)
+}
+
+/// What one settling statement ([`insert_and_apply`], [`insert_if_current`]) wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The transaction no longer has the expected version: nothing was written.
+    Stale,
+    /// The event was logged before (or by a concurrent worker): nothing was written.
+    AlreadyLogged,
+    /// The log row was written (and, for [`insert_and_apply`], the update and its
+    /// announcement with it).
+    Logged,
+}
+
+impl Written {
+    /// From the statement's answer: whether the row had the expected version, and whether
+    /// the log row was written.
+    fn from_flags(current: bool, logged: bool) -> Self {
+        match (current, logged) {
+            (false, _) => Self::Stale,
+            (true, false) => Self::AlreadyLogged,
+            (true, true) => Self::Logged,
+        }
+    }
+}
+
+/// The columns of a new row, in [`bind_entry`]'s order.
+const INSERT_COLUMNS: &str =
+    "gateway, provider_event_id, transaction_id, reported_status, failure_code,
+    provider_reference, reported_amount, reported_currency, outcome, needs_review, detail,
+    status_before, version_before, received_at";
+
+/// How many parameters [`bind_entry`] binds.
+const ENTRY_PARAMS: usize = 14;
+
+/// `$first, …` for the [`ENTRY_PARAMS`] parameters of a row bound from `$first` on.
+fn entry_params(first: usize) -> String {
+    (first..first.saturating_add(ENTRY_PARAMS))
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Binds a new row as the next [`ENTRY_PARAMS`] parameters ([`INSERT_COLUMNS`]).
+fn bind_entry<'q, Q: Bindable<'q>>(query: Q, entry: &'q NewEntry<'q>) -> Q {
+    query
+        .bind_value(entry.gateway.as_str())
+        .bind_value(entry.provider_event_id)
+        .bind_value(entry.transaction_id.as_uuid())
+        .bind_value(entry.reported_status.as_str())
+        .bind_value(entry.failure_code)
+        .bind_value(entry.provider_reference)
+        .bind_value(entry.reported_money.amount.minor_units())
+        .bind_value(entry.reported_money.currency.code())
+        .bind_value(entry.outcome.as_str())
+        .bind_value(entry.needs_review)
+        .bind_value(entry.detail)
+        .bind_value(entry.status_before.as_str())
+        .bind_value(entry.version_before)
+        .bind_value(entry.received_at)
+}
+
+/// The row locked for the statement's commit, only if it still has the expected version
+/// (`$1` id, `$2` version). Waiting for a concurrent writer's commit, Postgres re-reads the
+/// row and drops it when the version moved: then nothing below is written.
+fn current_row(lock: &str) -> String {
+    format!("cur AS (SELECT id FROM transactions WHERE id = $1 AND version = $2 FOR {lock})")
+}
+
+/// The log row, from `$first`, written only for a current row; `ON CONFLICT` makes an
+/// event logged before (or by a concurrent worker, once it commits) write nothing.
+fn log_row(first: usize) -> String {
+    format!(
+        "logged AS (
+             INSERT INTO callback_log ({INSERT_COLUMNS}) SELECT {} FROM cur
+             ON CONFLICT (gateway, provider_event_id) DO NOTHING
+             RETURNING id
+         )",
+        entry_params(first)
+    )
+}
+
+/// [`insert_if_current`]: `$1` id, `$2` version, the row from `$3`. Answers
+/// `(current, logged)`.
+static INSERT_IF_CURRENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, {}
+         SELECT EXISTS (SELECT 1 FROM cur), EXISTS (SELECT 1 FROM logged)",
+        current_row("SHARE"),
+        log_row(3)
+    )
+});
+
+/// The version-checked update (`$1..=$13`, [`transactions::bind_update`]), run only when the
+/// log row was written. The row is locked by `cur` at the expected version, so when the log
+/// row was written the update applies too.
+static APPLY_IF_LOGGED: LazyLock<String> = LazyLock::new(|| {
+    format!("applied AS ({UPDATE_SQL} AND EXISTS (SELECT 1 FROM logged) RETURNING 1)")
+});
+
+/// [`insert_and_apply`] without an announcement: the row from `$14`. Answers
+/// `(current, logged, applied)`.
+static INSERT_AND_APPLY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, {}, {}
+         SELECT EXISTS (SELECT 1 FROM cur), EXISTS (SELECT 1 FROM logged), EXISTS (SELECT 1 FROM applied)",
+        current_row("UPDATE"),
+        log_row(14),
+        *APPLY_IF_LOGGED
+    )
+});
+
+/// [`insert_and_apply`] with the outbox row (`$14..=$17`, [`transactions::bind_announcement`])
+/// written only when the update applied: the row from `$18`.
+static INSERT_APPLY_AND_ANNOUNCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, {}, {},
+         announced AS (
+             INSERT INTO outbox (topic, message_key, payload, headers)
+             SELECT $14, $15, $16, $17 FROM applied
+         )
+         SELECT EXISTS (SELECT 1 FROM cur), EXISTS (SELECT 1 FROM logged), EXISTS (SELECT 1 FROM applied)",
+        current_row("UPDATE"),
+        log_row(18),
+        *APPLY_IF_LOGGED
+    )
+});
+
+/// Logs a decision that changes nothing (late, conflict, mismatch) only if the transaction
+/// still has `expected_version`, in one statement (its own transaction): a decision made
+/// on a stale snapshot is not recorded.
+pub async fn insert_if_current<'q>(
+    pool: &PgPool,
+    entry: &'q NewEntry<'q>,
+    expected_version: i64,
+) -> Result<Written, DbError> {
+    let query = sqlx::query_as(&INSERT_IF_CURRENT)
+        .bind(entry.transaction_id.as_uuid())
+        .bind(expected_version);
+    let (current, logged): (bool, bool) = bind_entry(query, entry).fetch_one(pool).await?;
+    Ok(Written::from_flags(current, logged))
+}
+
+/// Logs the event and applies `update` with its announcement (if any) in one statement, so
+/// one round trip and one commit (the ledger's trigger on `transactions` writes its entries
+/// in it): nothing at all when the version moved or the event was logged before. Calls
+/// [`outbox::committed`] when an outbox row was committed.
+pub async fn insert_and_apply<'q>(
+    pool: &PgPool,
+    entry: &'q NewEntry<'q>,
+    update: &'q TransactionUpdate,
+    announcement: Option<&'q OutboxMessage>,
+) -> Result<Written, DbError> {
+    let row: (bool, bool, bool) = match announcement {
+        Some(message) => {
+            let headers = outbox::encode_headers(&message.headers)?;
+            let query =
+                transactions::bind_update(sqlx::query_as(&INSERT_APPLY_AND_ANNOUNCE), update);
+            let query = transactions::bind_announcement(query, message, headers);
+            bind_entry(query, entry).fetch_one(pool).await?
+        }
+        None => {
+            let query = transactions::bind_update(sqlx::query_as(&INSERT_AND_APPLY), update);
+            bind_entry(query, entry).fetch_one(pool).await?
+        }
+    };
+    let (current, logged, applied) = row;
+    if logged && !applied {
+        // Cannot happen (`cur` holds the row at the expected version); if it did, the log
+        // would say "applied" for a change that was not made: a person must look.
+        return Err(DbError::Corrupt {
+            table: "callback_log",
+            detail: format!(
+                "event logged but transaction {} not updated",
+                update.next.id
+            ),
+        });
+    }
+    if applied && announcement.is_some() {
+        outbox::committed();
+    }
+    Ok(Written::from_flags(current, logged))
 }
 
 const COLUMNS: &str = "id, gateway, provider_event_id, transaction_id, reported_status, failure_code,

@@ -1,5 +1,7 @@
 //! Settling one authenticated callback in Postgres: the decision, the version-checked
-//! update, the callback log row and the completed event, all in ONE database transaction.
+//! update, the callback log row and the completed event, all in ONE database transaction,
+//! which in the common case is ONE statement (data-modifying CTEs): the snapshot load and
+//! that statement are the two round trips of a first delivery.
 //!
 //! The Redis lock (taken by the handler) keeps two workers from doing this at once for one
 //! transaction; it is not what keeps the data right. What does:
@@ -13,13 +15,12 @@
 use chrono::{DateTime, Utc};
 use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
-use paygate_core::db::outbox;
 use paygate_core::db::{transactions, DbError};
 use paygate_core::domain::{GatewayName, Transaction, TransactionId, TransactionUpdate};
 use paygate_gateways::{CallbackOutcome, ReportedStatus};
 use sqlx::PgPool;
 
-use crate::callback_log::{self, Entry, NewEntry};
+use crate::callback_log::{self, Entry, NewEntry, Written};
 use crate::decide::{decide, target_status, Decision, Outcome};
 
 /// How many times a callback is re-decided on a fresh load after losing a version race
@@ -83,74 +84,86 @@ pub async fn settle(pool: &PgPool, callback: &ReceivedCallback) -> Result<Settle
     })
 }
 
-/// One attempt against `snapshot`, in one database transaction. `Ok(None)` means the
-/// snapshot is stale (the row's version moved on): nothing was written, and the caller
-/// reloads and decides again. This is what refuses a lock holder whose lease ran out.
+/// One attempt against `snapshot`, in one database statement (its own transaction) in the
+/// common case: the decision is made on the snapshot, then the log row, the version-checked
+/// update and the completed event are written together only if the row still has the
+/// snapshot's version and the event was not logged before. `Ok(None)` means the snapshot is
+/// stale (the row's version moved on): nothing was written, and the caller reloads and
+/// decides again. This is what refuses a lock holder whose lease ran out.
 pub async fn settle_against(
     pool: &PgPool,
     callback: &ReceivedCallback,
     snapshot: &Transaction,
     now: DateTime<Utc>,
 ) -> Result<Option<Settled>, DbError> {
-    let cb = &callback.outcome;
-    let mut db = pool.begin().await?;
-
-    if let Some(existing) =
-        callback_log::find(&mut *db, &callback.gateway, &cb.provider_event_id).await?
-    {
-        let needs_review = check_duplicate(&mut db, &existing, callback).await?;
-        db.commit().await?;
-        return Ok(Some(Settled {
-            outcome: Outcome::Duplicate,
-            needs_review,
-            detail: Some(format!(
-                "event already settled as {} (log row {})",
-                existing.outcome, existing.id
-            )),
-            transaction: snapshot.clone(),
-        }));
-    }
-
     let decision = match &callback.contradicted {
         Some(why) => Decision::Record {
             outcome: Outcome::Conflict,
             needs_review: true,
             detail: format!("unsigned callback contradicted by the provider's status: {why}"),
         },
-        None => decide(snapshot, &callback.gateway, cb, now),
+        None => decide(snapshot, &callback.gateway, &callback.outcome, now),
     };
-    let (outcome, needs_review, detail) = match &decision {
-        Decision::Apply(_) => (Outcome::Applied, false, None),
+    match decision {
+        Decision::Apply(update) => apply_update(pool, &update, callback, snapshot).await,
         Decision::Record {
             outcome,
             needs_review,
             detail,
-        } => (*outcome, *needs_review, Some(detail.clone())),
-    };
-    let entry = log_entry(callback, snapshot, outcome, needs_review, detail.as_deref());
-    if callback_log::insert(&mut *db, &entry).await?.is_none() {
-        // Another worker logged this very event and committed while we decided.
-        db.rollback().await?;
-        return Ok(Some(Settled {
-            outcome: Outcome::Duplicate,
-            needs_review: false,
-            detail: Some("event settled concurrently".to_owned()),
-            transaction: snapshot.clone(),
-        }));
-    }
-
-    match decision {
-        Decision::Apply(update) => apply_update(db, &update, callback).await,
-        Decision::Record { .. } => {
+        } => {
+            let entry = log_entry(callback, snapshot, outcome, needs_review, Some(&detail));
+            let written = callback_log::insert_if_current(pool, &entry, snapshot.version).await?;
             let recorded = Settled {
                 outcome,
                 needs_review,
-                detail,
+                detail: Some(detail.clone()),
                 transaction: snapshot.clone(),
             };
-            record_if_current(db, snapshot, recorded).await
+            settled(pool, callback, snapshot, written, recorded).await
         }
     }
+}
+
+/// What a settling statement's answer means: stale (`None`), a repeat of a logged event
+/// (looked at on the slow path), or `done`.
+async fn settled(
+    pool: &PgPool,
+    callback: &ReceivedCallback,
+    snapshot: &Transaction,
+    written: Written,
+    done: Settled,
+) -> Result<Option<Settled>, DbError> {
+    match written {
+        Written::Stale => Ok(None),
+        Written::AlreadyLogged => duplicate(pool, callback, snapshot).await,
+        Written::Logged => Ok(Some(done)),
+    }
+}
+
+/// A repeat of a logged event (rare: a redelivered message or a provider's retry): the
+/// logged row is read and, when the content differs, flagged (one conditional statement, so
+/// no transaction is needed around the two). `None` when the row is gone meanwhile (nothing
+/// deletes it; the caller then simply decides again).
+async fn duplicate(
+    pool: &PgPool,
+    callback: &ReceivedCallback,
+    snapshot: &Transaction,
+) -> Result<Option<Settled>, DbError> {
+    let cb = &callback.outcome;
+    let Some(existing) = callback_log::find(pool, &callback.gateway, &cb.provider_event_id).await?
+    else {
+        return Ok(None);
+    };
+    let needs_review = check_duplicate(pool, &existing, callback).await?;
+    Ok(Some(Settled {
+        outcome: Outcome::Duplicate,
+        needs_review,
+        detail: Some(format!(
+            "event already settled as {} (log row {})",
+            existing.outcome, existing.id
+        )),
+        transaction: snapshot.clone(),
+    }))
 }
 
 /// The callback log row for this event and the decision taken on `snapshot`.
@@ -183,57 +196,35 @@ fn log_entry<'a>(
     }
 }
 
-/// Applies the version-checked state change with its announcement (when terminal) in the
-/// transaction that logged the event; `None` when the version moved meanwhile.
+/// Logs the event and applies the version-checked state change with its announcement (when
+/// terminal) in one statement; `None` when the version moved meanwhile.
 async fn apply_update(
-    mut db: sqlx::Transaction<'_, sqlx::Postgres>,
+    pool: &PgPool,
     update: &TransactionUpdate,
     callback: &ReceivedCallback,
+    snapshot: &Transaction,
 ) -> Result<Option<Settled>, DbError> {
-    let Some(next) = transactions::apply(&mut *db, update).await? else {
-        db.rollback().await?;
-        return Ok(None);
-    };
-    let announced = next.status.is_terminal();
-    if announced {
-        outbox::enqueue(&mut *db, &announce::completed(&next, callback.traceparent)).await?;
-    }
-    db.commit().await?;
-    if announced {
-        outbox::committed();
-    }
-    Ok(Some(Settled {
+    let next = &update.next;
+    let entry = log_entry(callback, snapshot, Outcome::Applied, false, None);
+    let announcement = next
+        .status
+        .is_terminal()
+        .then(|| announce::completed(next, callback.traceparent));
+    let written =
+        callback_log::insert_and_apply(pool, &entry, update, announcement.as_ref()).await?;
+    let applied = Settled {
         outcome: Outcome::Applied,
         needs_review: false,
         detail: None,
-        transaction: next,
-    }))
-}
-
-/// Commits a decision made on `snapshot` only if that is still the current version, kept
-/// current (`FOR SHARE`) until the commit; `None` when it moved meanwhile.
-async fn record_if_current(
-    mut db: sqlx::Transaction<'_, sqlx::Postgres>,
-    snapshot: &Transaction,
-    recorded: Settled,
-) -> Result<Option<Settled>, DbError> {
-    let current: Option<i64> =
-        sqlx::query_scalar("SELECT version FROM transactions WHERE id = $1 FOR SHARE")
-            .bind(snapshot.id.as_uuid())
-            .fetch_optional(&mut *db)
-            .await?;
-    if current != Some(snapshot.version) {
-        db.rollback().await?;
-        return Ok(None);
-    }
-    db.commit().await?;
-    Ok(Some(recorded))
+        transaction: next.clone(),
+    };
+    settled(pool, callback, snapshot, written, applied).await
 }
 
 /// A repeat of a logged event. The provider signed it, so the same event id with other
 /// content is a provider bug worth a person's attention: the logged row is flagged.
 async fn check_duplicate(
-    db: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    pool: &PgPool,
     existing: &Entry,
     callback: &ReceivedCallback,
 ) -> Result<bool, DbError> {
@@ -252,7 +243,7 @@ async fn check_duplicate(
         "provider event id reused with different content; flagged for review"
     );
     callback_log::flag_for_review(
-        &mut **db,
+        pool,
         existing.id,
         "the same event id was delivered again with different content",
     )

@@ -257,6 +257,199 @@ async fn a_recording_decision_on_a_stale_snapshot_is_also_refused() -> anyhow::R
     Ok(())
 }
 
+/// The settling statement locks the row only at the expected version: when another writer
+/// holds the row and then commits a version change, the statement waits for it, finds the
+/// version moved and writes nothing at all (no log row, no update, no completed event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_change_committed_while_settling_leaves_nothing_written() -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let tx = h
+        .transaction(Format::Json, TransactionStatus::Submitted)
+        .await?;
+    let callback = received(
+        &h,
+        Format::Json,
+        &fields(&tx, ReportedStatus::Succeeded, "evt_race"),
+    )?;
+    let snapshot = h.reload(tx.id).await?;
+    let update = snapshot.advance(TransactionStatus::RetryScheduled, Utc::now())?;
+
+    let mut other = h.pool.begin().await?;
+    assert!(db::transactions::apply(&mut *other, &update)
+        .await?
+        .is_some());
+    let settling = spawn_settle(&h, &callback, &snapshot);
+    wait_for_a_lock_wait(&h).await?;
+    other.commit().await?;
+
+    assert_eq!(
+        settling.await??,
+        None,
+        "a stale snapshot must change nothing"
+    );
+    assert!(h.log(tx.id).await?.is_empty(), "no log row");
+    let now = h.reload(tx.id).await?;
+    assert_eq!(now.status, TransactionStatus::RetryScheduled);
+    assert_eq!(now.version, snapshot.version + 1);
+    assert_eq!(h.completed_in_outbox(tx.id).await?, 0);
+    Ok(())
+}
+
+/// The same race for a decision that only records (a mismatch): the log row is written
+/// only if the version is still the one decided on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_decision_racing_a_version_change_leaves_no_log_row() -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let tx = h
+        .transaction(Format::Json, TransactionStatus::Submitted)
+        .await?;
+    let mut wrong = fields(&tx, ReportedStatus::Succeeded, "evt_race_mismatch");
+    wrong.money = paygate_core::domain::Money::from_parts(1, "USD")?;
+    let callback = received(&h, Format::Json, &wrong)?;
+    let snapshot = h.reload(tx.id).await?;
+    let update = snapshot.advance(TransactionStatus::RetryScheduled, Utc::now())?;
+
+    let mut other = h.pool.begin().await?;
+    assert!(db::transactions::apply(&mut *other, &update)
+        .await?
+        .is_some());
+    let settling = spawn_settle(&h, &callback, &snapshot);
+    wait_for_a_lock_wait(&h).await?;
+    other.commit().await?;
+
+    assert_eq!(settling.await??, None);
+    assert!(h.log(tx.id).await?.is_empty(), "no log row");
+    let settled = settle(&h.pool, &callback).await?;
+    assert_eq!(settled.outcome, Outcome::Mismatch);
+    assert_eq!(h.log(tx.id).await?.len(), 1);
+    Ok(())
+}
+
+/// A concurrent write that keeps the version (scheduling bookkeeping) is not a reason to
+/// refuse: the statement waits for it, then logs, applies and announces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_write_that_keeps_the_version_does_not_refuse_the_callback(
+) -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let tx = h
+        .transaction(Format::Json, TransactionStatus::Submitted)
+        .await?;
+    let callback = received(
+        &h,
+        Format::Json,
+        &fields(&tx, ReportedStatus::Succeeded, "evt_bookkeeping"),
+    )?;
+    let snapshot = h.reload(tx.id).await?;
+
+    let mut other = h.pool.begin().await?;
+    sqlx::query("UPDATE transactions SET next_attempt_at = now() WHERE id = $1")
+        .bind(tx.id.as_uuid())
+        .execute(&mut *other)
+        .await?;
+    let settling = spawn_settle(&h, &callback, &snapshot);
+    wait_for_a_lock_wait(&h).await?;
+    other.commit().await?;
+
+    let settled = settling
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("refused though the version did not move"))?;
+    assert_eq!(settled.outcome, Outcome::Applied);
+    let now = h.reload(tx.id).await?;
+    assert_eq!(now.status, TransactionStatus::Succeeded);
+    assert_eq!(now.version, snapshot.version + 1);
+    assert_eq!(h.log(tx.id).await?.len(), 1);
+    assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
+    Ok(())
+}
+
+/// The same event logged by another worker whose commit comes while this one settles: the
+/// statement waits for it, writes nothing, and the event is answered as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_logged_concurrently_is_a_duplicate_and_applies_nothing() -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let tx = h
+        .transaction(Format::Json, TransactionStatus::Submitted)
+        .await?;
+    let callback = received(
+        &h,
+        Format::Json,
+        &fields(&tx, ReportedStatus::Succeeded, "evt_twice"),
+    )?;
+    let snapshot = h.reload(tx.id).await?;
+
+    let mut other = h.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO callback_log (gateway, provider_event_id, transaction_id, reported_status,
+             reported_amount, reported_currency, outcome, status_before, version_before, received_at)
+         VALUES ($1, 'evt_twice', $2, 'succeeded', $3, $4, 'late', 'submitted', $5, now())",
+    )
+    .bind(Format::Json.gateway().as_str())
+    .bind(tx.id.as_uuid())
+    .bind(tx.money.amount.minor_units())
+    .bind(tx.money.currency.code())
+    .bind(snapshot.version)
+    .execute(&mut *other)
+    .await?;
+    let settling = spawn_settle(&h, &callback, &snapshot);
+    wait_for_a_lock_wait(&h).await?;
+    other.commit().await?;
+
+    let settled = settling
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("the version did not move"))?;
+    assert_eq!(settled.outcome, Outcome::Duplicate);
+    let now = h.reload(tx.id).await?;
+    assert_eq!(now.status, TransactionStatus::Submitted);
+    assert_eq!(now.version, snapshot.version);
+    assert_eq!(h.log(tx.id).await?.len(), 1);
+    assert_eq!(h.completed_in_outbox(tx.id).await?, 0);
+    Ok(())
+}
+
+/// A signed callback as the handler receives it.
+fn received(
+    h: &Harness,
+    format: Format,
+    fields: &paygate_gateways::CallbackFields,
+) -> anyhow::Result<ReceivedCallback> {
+    Ok(ReceivedCallback {
+        gateway: format.gateway(),
+        outcome: outcome_of(h, format, fields)?,
+        received_at: Utc::now(),
+        traceparent: None,
+        contradicted: None,
+    })
+}
+
+/// Settles `callback` against `snapshot` on a task of its own.
+fn spawn_settle(
+    h: &Harness,
+    callback: &ReceivedCallback,
+    snapshot: &paygate_core::domain::Transaction,
+) -> tokio::task::JoinHandle<Result<Option<paygate_callback_processor::Settled>, db::DbError>> {
+    let (pool, callback, snapshot) = (h.pool.clone(), callback.clone(), snapshot.clone());
+    tokio::spawn(async move { settle_against(&pool, &callback, &snapshot, Utc::now()).await })
+}
+
+/// Waits until a session of this test's database waits for a row lock (the settling
+/// statement queued behind the other writer), so the race is really run.
+async fn wait_for_a_lock_wait(h: &Harness) -> anyhow::Result<()> {
+    common::eventually(
+        Duration::from_secs(10),
+        "a session waiting for a lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&h.pool)
+            .await?;
+            Ok((waiting > 0).then_some(()))
+        },
+    )
+    .await
+}
+
 /// Parses a signed callback with the real connector, as the handler does.
 fn outcome_of(
     h: &Harness,

@@ -276,7 +276,9 @@ static INSERT_WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
 
 /// The `bind` that each of sqlx's query kinds has, as one trait, so that a row's bindings
 /// are written once and used by plain, `query_as` and `query_scalar` statements alike.
-trait Bindable<'q>: Sized {
+/// Public so that a service writing more rows in the statement of a version-checked update
+/// (the callback processor's log row) binds the update with [`bind_update`].
+pub trait Bindable<'q>: Sized {
     fn bind_value<T>(self, value: T) -> Self
     where
         T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>;
@@ -366,7 +368,7 @@ fn bind_transaction<'q, Q: Bindable<'q>>(query: Q, t: &'q Transaction) -> Q {
 
 /// Binds an outbox row as the next four parameters (`$20..=$23` of an insert, [`OUTBOX_VALUES`];
 /// `$14..=$17` after [`bind_update`]).
-fn bind_announcement<'q, Q: Bindable<'q>>(
+pub fn bind_announcement<'q, Q: Bindable<'q>>(
     query: Q,
     message: &'q OutboxMessage,
     headers: serde_json::Value,
@@ -393,7 +395,7 @@ pub async fn apply<'e>(
 }
 
 /// Binds `update` as `$1..=$13` of [`UPDATE_SQL`]; works for any query kind.
-fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q TransactionUpdate) -> Q {
+pub fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q TransactionUpdate) -> Q {
     let t = &update.next;
     query
         .bind_value(t.id.as_uuid())
@@ -433,8 +435,9 @@ pub async fn apply_and_announce(
     Ok(applied.then(|| update.next.clone()))
 }
 
-/// The version-checked update, `$1..=$13` ([`bind_update`]).
-const UPDATE_SQL: &str = "UPDATE transactions SET status = $3, version = $4, attempts = $5, next_attempt_at = $6, routed_gateway = $7,
+/// The version-checked update, `$1..=$13` ([`bind_update`]). It ends with its `WHERE`
+/// clause, so a caller may append further `AND` conditions.
+pub const UPDATE_SQL: &str = "UPDATE transactions SET status = $3, version = $4, attempts = $5, next_attempt_at = $6, routed_gateway = $7,
      provider_reference = $8, failure_code = $9, failure_message = $10, updated_at = $11, ambiguous_since = $12,
      next_action_url = $13
  WHERE id = $1 AND version = $2";

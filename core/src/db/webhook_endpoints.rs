@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sqlx::PgExecutor;
 
+use super::transactions::Bindable;
 use super::DbError;
 use crate::domain::{DeliveryAttemptId, EventId, MerchantId, TransactionId, WebhookEndpointId};
 use crate::keyring::{Keyring, SecretColumn, Slot};
@@ -288,28 +289,43 @@ pub async fn record_attempt<'e>(
     attempt: &NewDeliveryAttempt,
 ) -> Result<DeliveryAttempt, DbError> {
     let id = DeliveryAttemptId::new();
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
-        "INSERT INTO delivery_attempts (id, event_id, transaction_id, endpoint_id, url, attempt, status_code, latency_ms,
-             response_excerpt, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at",
-    )
-    .bind(id.as_uuid())
-    .bind(attempt.event_id.as_uuid())
-    .bind(attempt.transaction_id.as_uuid())
-    .bind(attempt.endpoint_id.map(|e| e.as_uuid()))
-    .bind(&attempt.url)
-    .bind(attempt.attempt)
-    .bind(attempt.status_code)
-    .bind(attempt.latency_ms)
-    .bind(attempt.response_excerpt.as_deref())
-    .bind(attempt.error.as_deref())
-    .fetch_one(exec)
-    .await?;
+    let sql = format!(
+        "INSERT INTO delivery_attempts ({ATTEMPT_COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at"
+    );
+    let created_at: DateTime<Utc> = bind_attempt(sqlx::query_scalar(&sql), id, attempt)
+        .fetch_one(exec)
+        .await?;
     Ok(DeliveryAttempt {
         id,
         attempt: attempt.clone(),
         created_at,
     })
+}
+
+/// The columns of a new `delivery_attempts` row, in [`bind_attempt`]'s order.
+pub(crate) const ATTEMPT_COLUMNS: &str =
+    "id, event_id, transaction_id, endpoint_id, url, attempt, status_code,
+    latency_ms, response_excerpt, error";
+
+/// Binds a new attempt row as the next ten parameters ([`ATTEMPT_COLUMNS`]), so the
+/// dispatcher's completion statement writes it the way [`record_attempt`] does.
+pub(crate) fn bind_attempt<'q, Q: Bindable<'q>>(
+    query: Q,
+    id: DeliveryAttemptId,
+    attempt: &'q NewDeliveryAttempt,
+) -> Q {
+    query
+        .bind_value(id.as_uuid())
+        .bind_value(attempt.event_id.as_uuid())
+        .bind_value(attempt.transaction_id.as_uuid())
+        .bind_value(attempt.endpoint_id.map(|e| e.as_uuid()))
+        .bind_value(attempt.url.as_str())
+        .bind_value(attempt.attempt)
+        .bind_value(attempt.status_code)
+        .bind_value(attempt.latency_ms)
+        .bind_value(attempt.response_excerpt.as_deref())
+        .bind_value(attempt.error.as_deref())
 }
 
 /// A `delivery_attempts` row as [`list_attempts`] selects it.
@@ -439,6 +455,38 @@ pub async fn disable_for<'e>(
     )
     .bind(endpoint.as_uuid())
     .execute(&mut **db)
+    .await?;
+    Ok(disabled)
+}
+
+/// Disables an endpoint for `reason` and stops its pending deliveries, only if its failing
+/// streak is still the one that began at `since` (a success meanwhile ended it; a newer
+/// streak is judged on its own), in one statement. For a decision taken after the attempt's
+/// completion committed. Returns whether it was disabled now.
+pub async fn disable_if_failing_since<'e>(
+    exec: impl PgExecutor<'e>,
+    endpoint: WebhookEndpointId,
+    since: DateTime<Utc>,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let disabled: bool = sqlx::query_scalar(
+        "WITH disabled AS (
+             UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = $2
+             WHERE id = $1 AND disabled_at IS NULL AND failing_since = $3
+             RETURNING id
+         ),
+         stopped AS (
+             UPDATE webhook_deliveries
+             SET state = 'disabled', last_error = COALESCE(last_error, 'endpoint disabled'), completed_at = now(),
+                 updated_at = now()
+             WHERE endpoint_id = $1 AND state = 'pending' AND EXISTS (SELECT 1 FROM disabled)
+         )
+         SELECT EXISTS (SELECT 1 FROM disabled)",
+    )
+    .bind(endpoint.as_uuid())
+    .bind(reason)
+    .bind(since)
+    .fetch_one(exec)
     .await?;
     Ok(disabled)
 }

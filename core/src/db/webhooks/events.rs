@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::deliveries::{self, Destinations};
+use super::deliveries::{self, bind_destinations, Destinations, DELIVERY_ROWS, DESTINATIONS};
 use crate::db::DbError;
 use crate::domain::{EventId, MerchantId, RefundId, RefundState, TransactionId, TransactionStatus};
 
@@ -105,28 +105,10 @@ pub struct Recorded {
 }
 
 /// Records an event and schedules its deliveries (due at once) to the merchant's enabled
-/// endpoints and the transaction's `callback_url`, all in one commit. Idempotent by event id.
+/// endpoints and the transaction's `callback_url`, all in one commit. Idempotent by event id:
+/// a recorded event schedules nothing more. One statement ([`RECORD_EVENT`]), so one round
+/// trip instead of a transaction of one per destination.
 pub async fn record_event(pool: &PgPool, event: &NewEvent) -> Result<Recorded, DbError> {
-    let mut db = pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_events (id, merchant_id, transaction_id, event_type, payload)
-         VALUES ($1, $2, $3, $4, $5::json) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(event.id.as_uuid())
-    .bind(event.merchant_id.as_uuid())
-    .bind(event.transaction_id.as_uuid())
-    .bind(event.event_type.as_str())
-    .bind(&event.payload)
-    .execute(&mut *db)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        db.commit().await?;
-        return Ok(Recorded {
-            created: false,
-            deliveries: 0,
-        });
-    }
     let to = Destinations {
         event: event.id,
         merchant: event.merchant_id,
@@ -134,13 +116,35 @@ pub async fn record_event(pool: &PgPool, event: &NewEvent) -> Result<Recorded, D
         callback_url: event.callback_url.as_deref(),
         generation: 0,
     };
-    let deliveries = deliveries::schedule(&mut db, to).await?;
-    db.commit().await?;
+    let (created, scheduled): (bool, i64) = bind_destinations(sqlx::query_as(&RECORD_EVENT), &to)
+        .bind(event.event_type.as_str())
+        .bind(event.payload.as_str())
+        .fetch_one(pool)
+        .await?;
     Ok(Recorded {
-        created: true,
-        deliveries,
+        created,
+        deliveries: usize::try_from(scheduled).unwrap_or(0),
     })
 }
+
+/// [`record_event`]: the event (`$7` type, `$8` payload; the rest as
+/// [`deliveries::bind_destinations`] binds) and, only when it was new, its delivery rows.
+/// Answers `(created, scheduled)`.
+static RECORD_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH event AS (
+             INSERT INTO webhook_events (id, merchant_id, transaction_id, event_type, payload)
+             VALUES ($1, $2, $3, $7, $8::json) ON CONFLICT (id) DO NOTHING
+             RETURNING id
+         ),
+         {DESTINATIONS},
+         scheduled AS (
+             {DELIVERY_ROWS} WHERE EXISTS (SELECT 1 FROM event)
+             ON CONFLICT (event_id, destination, generation) DO NOTHING RETURNING 1
+         )
+         SELECT EXISTS (SELECT 1 FROM event), (SELECT count(*) FROM scheduled)"
+    )
+});
 
 /// A recorded event.
 #[derive(Debug, Clone, PartialEq, Eq)]
