@@ -14,7 +14,7 @@
 //!   `unresolved` payment by hand, audited;
 //! - `paygate bench accept --key …`: accept throughput and latency of a running API;
 //! - `paygate bench e2e`: the whole running pipeline, accept to signed webhook;
-//! - `paygate chaos [--short]`: faults under load on the real topology (`paygate_cli::chaos`).
+//! - `paygate chaos [--short] [--instances N]`: faults under load on the real topology (`paygate_cli::chaos`).
 
 mod ledger;
 mod merchants;

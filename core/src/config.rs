@@ -108,12 +108,14 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// How long the producer keeps retrying one message before reporting failure.
     pub message_timeout_ms: u64,
-    /// Longest a consumer's fetch waits at the broker for data (`fetch.wait.max.ms`,
-    /// librdkafka's 500 ms by default). Kafka answers a fetch as soon as data arrives; tansu
-    /// (the local broker) waits this out, so on tansu each hop costs up to this long. 10 ms
-    /// takes that away, but with it a consumer restarted after a crash sometimes never got
-    /// some messages from tansu 0.6 (2 runs in 7 of the processor's crash test, 0 in 6 at
-    /// 500 ms): keep the default unless measuring latency on tansu (BENCHMARKS.md).
+    /// Longest a consumer's fetch waits at the broker for data (`fetch.wait.max.ms`). Kafka
+    /// answers a fetch as soon as data arrives; tansu (the local broker) holds it this long,
+    /// so on tansu each of a payment's three hops waits up to this. 25 ms (librdkafka's
+    /// default is 500): hops cost milliseconds, for 10 % of a core of idle polling at tansu
+    /// (measured: 16 % at 10 ms, 2 % at 500 ms). The 10 ms once made a consumer restarted
+    /// after a crash miss messages on tansu 0.6.0 (2 runs in 7, 2026-11-22); on the tansu
+    /// now installed, with the idle-rejoin watchdog and Postgres re-driving pending work,
+    /// every kill-and-restart phase of `paygate chaos` at 10 ms lost nothing (BENCHMARKS.md).
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_max_ms: u64,
     /// How long a producer gathers messages into one request (`linger.ms`). Broker cost is
@@ -165,7 +167,7 @@ fn default_linger_ms() -> u64 {
 }
 
 fn default_fetch_wait_ms() -> u64 {
-    500
+    25
 }
 
 /// Metrics exposure for processes without their own HTTP server.
