@@ -119,7 +119,11 @@ async fn limited(parts: &Parts, state: &AppState, lookup: Lookup) -> Result<Merc
 
 /// The key's form, the negative cache, the positive cache (creates only), Postgres, then
 /// the per-key limit.
-async fn authenticate(parts: &Parts, state: &AppState, lookup: Lookup) -> Result<Merchant, HttpError> {
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    lookup: Lookup,
+) -> Result<Merchant, HttpError> {
     let key = presented_key(parts)?;
     let hash = key.hash();
     let cached = match lookup {

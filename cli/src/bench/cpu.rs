@@ -78,7 +78,8 @@ impl CpuSnapshot {
                 .get(pid)
                 .filter(|(k, _)| k == kind)
                 .map_or(0, |(_, t)| *t);
-            *by_kind.entry(kind.clone()).or_default() += ticks_to_secs(ticks.saturating_sub(before));
+            *by_kind.entry(kind.clone()).or_default() +=
+                ticks_to_secs(ticks.saturating_sub(before));
         }
         let accounted: f64 = by_kind.values().sum();
         by_kind.insert("other".to_owned(), (machine - accounted).max(0.0));
@@ -233,7 +234,8 @@ mod tests {
 
     #[test]
     fn a_process_stat_line_gives_user_plus_system_even_with_odd_names() {
-        let line = "4242 (paygate (api) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 70 0 0 20 0 9 0";
+        let line =
+            "4242 (paygate (api) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 70 0 0 20 0 9 0";
         assert_eq!(parse_process_ticks(line), Some(320));
         assert_eq!(parse_process_ticks("4242 (short) S 1"), None);
     }
@@ -248,7 +250,10 @@ mod tests {
 
     #[test]
     fn kinds_group_postgres_backends_and_leave_strangers_out() {
-        assert_eq!(classify("postgres: postgres bench 127.0.0.1"), Some("postgres"));
+        assert_eq!(
+            classify("postgres: postgres bench 127.0.0.1"),
+            Some("postgres")
+        );
         assert_eq!(classify("postgres: 15/main: walwriter"), Some("postgres"));
         assert_eq!(classify("tansu"), Some("tansu"));
         assert_eq!(classify("bash"), None);
@@ -279,7 +284,10 @@ mod tests {
         assert_eq!(per["machine"], 5.0);
         assert_eq!(per["machine - bench"], 4.0);
         assert_eq!(per["postgres"], 2.0);
-        assert_eq!(per["stack"], 2.0, "postgres alone: bench and other are not the stack");
+        assert_eq!(
+            per["stack"], 2.0,
+            "postgres alone: bench and other are not the stack"
+        );
         assert!(report.per_unit_ms(0).is_empty());
     }
 }

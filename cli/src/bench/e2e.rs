@@ -22,9 +22,9 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::cpu::{CpuReport, CpuSnapshot};
 use super::load::{self, Latencies, LoadSpec, Percentiles, Recorder};
 use super::pgbench::{self, PgbenchReport};
-use super::cpu::{CpuReport, CpuSnapshot};
 use super::rss::PeakRss;
 use crate::merchant_setup;
 use crate::receiver::{Logging, ReceivedWebhook, WebhookReceiver, RECEIVER_PATH};

@@ -11,8 +11,8 @@ use super::ledger::Refusal;
 use super::outbox::{self, OutboxMessage};
 use super::DbError;
 use crate::domain::{
-    ApiKeyId, CustomerReference, Failure, GatewayName, MerchantId, Money, Transaction, TransactionId,
-    TransactionStatus, TransactionUpdate,
+    ApiKeyId, CustomerReference, Failure, GatewayName, MerchantId, Money, Transaction,
+    TransactionId, TransactionStatus, TransactionUpdate,
 };
 
 /// How long an idempotency key is remembered; Stripe keeps keys 24 hours, so do we (at least).
