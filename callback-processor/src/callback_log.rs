@@ -53,24 +53,6 @@ pub struct Entry {
     pub created_at: DateTime<Utc>,
 }
 
-/// Inserts the row unless the event is already logged. `None` means it was: a duplicate
-/// (a concurrent insert of the same event waits for the other's commit, then lands here).
-pub async fn insert<'e, 'q>(
-    exec: impl PgExecutor<'e>,
-    entry: &'q NewEntry<'q>,
-) -> Result<Option<i64>, DbError> {
-    let sql = format!(
-        "INSERT INTO callback_log ({INSERT_COLUMNS}) VALUES ({})
-         ON CONFLICT (gateway, provider_event_id) DO NOTHING
-         RETURNING id",
-        entry_params(1)
-    );
-    let id: Option<i64> = bind_entry(sqlx::query_scalar(&sql), entry)
-        .fetch_optional(exec)
-        .await?;
-    Ok(id)
-}
-
 /// What one settling statement ([`insert_and_apply`], [`insert_if_current`]) wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {

@@ -181,35 +181,36 @@ async fn create_as(
         state.destinations,
     )
     .await;
-    if source == Source::KeyCache
-        && matches!(&validated, Ok(request) if enabled_for(merchant, request).is_err())
-    {
+    let enabled = validated
+        .as_ref()
+        .map_or(Ok(()), |request| enabled_for(merchant, request));
+    // A merchant from the key cache may predate the gateway's enabling: ask Postgres first.
+    if enabled.is_err() && source == Source::KeyCache {
         return Ok(Attempt::Stale);
     }
-    let request =
-        match validated.and_then(|request| enabled_for(merchant, &request).map(|()| request)) {
-            Ok(request) => request,
-            Err(invalid) => {
-                // A repeat is answered with the first response even when a check fails this time
-                // (a callback_url's DNS lookup, say). Only a refused request pays for this read:
-                // a valid repeat is told apart by the insert itself.
-                if let Some(key) = &key {
-                    let stored = transactions::stored_outcome(
-                        &state.pool,
-                        merchant.id,
-                        key,
-                        &request_hash,
-                        retention,
-                    )
-                    .await
-                    .map_err(HttpError::internal)?;
-                    if let Some(outcome) = stored {
-                        return respond(outcome, serde_json::Value::Null).map(Attempt::Answered);
-                    }
+    let request = match validated.and_then(|request| enabled.map(|()| request)) {
+        Ok(request) => request,
+        Err(invalid) => {
+            // A repeat is answered with the first response even when a check fails this time
+            // (a callback_url's DNS lookup, say). Only a refused request pays for this read:
+            // a valid repeat is told apart by the insert itself.
+            if let Some(key) = &key {
+                let stored = transactions::stored_outcome(
+                    &state.pool,
+                    merchant.id,
+                    key,
+                    &request_hash,
+                    retention,
+                )
+                .await
+                .map_err(HttpError::internal)?;
+                if let Some(outcome) = stored {
+                    return respond(outcome, serde_json::Value::Null).map(Attempt::Answered);
                 }
-                return Err(invalid);
             }
-        };
+            return Err(invalid);
+        }
+    };
     let transaction = Transaction::create(
         NewTransaction {
             merchant_id: merchant.id,

@@ -397,40 +397,6 @@ impl FailingStreak {
     }
 }
 
-/// Ends an endpoint's failing streak (a success). Only a failing endpoint's row is written:
-/// every delivery to an endpoint would otherwise lock its one row until commit (a WAL
-/// flush), which serialised all of an endpoint's deliveries (BENCHMARKS.md).
-pub async fn clear_failing<'e>(
-    exec: impl PgExecutor<'e>,
-    endpoint: WebhookEndpointId,
-) -> Result<(), DbError> {
-    sqlx::query(
-        "UPDATE webhook_endpoints SET failing_since = NULL
-         WHERE id = $1 AND failing_since IS NOT NULL",
-    )
-    .bind(endpoint.as_uuid())
-    .execute(exec)
-    .await?;
-    Ok(())
-}
-
-/// Starts (or continues) an enabled endpoint's failing streak; its length so far, `None`
-/// when the endpoint is disabled or gone.
-pub async fn mark_failing<'e>(
-    exec: impl PgExecutor<'e>,
-    endpoint: WebhookEndpointId,
-) -> Result<Option<FailingStreak>, DbError> {
-    let streak = sqlx::query_as(
-        "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, now())
-         WHERE id = $1 AND disabled_at IS NULL
-         RETURNING failing_since AS since, now() AS now",
-    )
-    .bind(endpoint.as_uuid())
-    .fetch_optional(exec)
-    .await?;
-    Ok(streak)
-}
-
 /// Disables an endpoint for the dispatcher's `reason` (`gone`, `failing`) and stops its
 /// pending deliveries; returns whether it was enabled.
 pub async fn disable_for<'e>(
