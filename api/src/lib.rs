@@ -105,6 +105,8 @@ pub struct Application {
     kafka: KafkaConfig,
     /// Where `/metrics` is served apart from the API, with `telemetry.metrics_bind`.
     metrics_addr: Option<std::net::SocketAddr>,
+    /// The web console (`console.enabled`), nested at `/console`.
+    console: Option<paygate_console::ConsoleState>,
 }
 
 impl Application {
@@ -139,6 +141,17 @@ impl Application {
             .set_response_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(2);
         let redis = ConnectionManager::new_with_config(client, redis_config).await?;
+        let console = config.console.enabled.then(|| {
+            paygate_console::ConsoleState::new(paygate_console::ConsoleParts {
+                pool: pool.clone(),
+                redis: redis.clone(),
+                redis_prefix: config.redis.key_prefix.clone(),
+                keyring: keyring.clone(),
+                config: config.console.clone(),
+                kafka: config.kafka.clone(),
+                gateways: registry.names().map(|g| g.as_str().to_owned()).collect(),
+            })
+        });
         let cache = cache::TransactionCache::new(
             redis,
             config.redis.key_prefix.clone(),
@@ -207,6 +220,7 @@ impl Application {
             relay_producer,
             kafka: config.kafka,
             metrics_addr,
+            console,
         })
     }
 
@@ -236,6 +250,7 @@ impl Application {
             relay_producer,
             kafka,
             metrics_addr: _,
+            console,
         } = self;
         tracing::info!(port, "paygate API listening");
         let background = shutdown.child_token();
@@ -254,10 +269,13 @@ impl Application {
         }
         let relay_task = tokio::spawn(relay.run(background.clone()));
 
-        let app = routes::router(state.clone()).layer(axum::middleware::from_fn_with_state(
-            state.config.request_timeout,
-            request_timeout,
-        ));
+        if let Some(console) = &console {
+            spawn_sign_in_limit_cleanup(console.clone(), background.clone());
+        }
+        let console = console.map(paygate_console::router);
+        let app = routes::router(state.clone(), console).layer(
+            axum::middleware::from_fn_with_state(state.config.request_timeout, request_timeout),
+        );
         let limits = serve::ConnectionLimits::from_config(&state.config);
         let served = serve::serve(listener, app, limits, shutdown.clone()).await;
 
@@ -313,6 +331,22 @@ fn spawn_idempotency_purge(
             }
         }
     })
+}
+
+/// Forgets sign-in limiter keys whose allowance has refilled, every minute.
+fn spawn_sign_in_limit_cleanup(
+    console: paygate_console::ConsoleState,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => console.limits.retain_recent(),
+            }
+        }
+    });
 }
 
 /// Keeps trying to create the topics after a degraded start.

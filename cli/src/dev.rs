@@ -137,6 +137,8 @@ pub struct DevStack {
     pub merchant_id: MerchantId,
     /// The demo merchant's API key (`sk_…`), created at this start; printed once on purpose.
     pub api_key: String,
+    /// The demo console users made at this start: the merchant's user, then an operator.
+    pub console_users: Vec<DemoUser>,
     /// The brokers the services use (the mock cluster's address when embedded).
     pub kafka_brokers: String,
     pub embedded_kafka: bool,
@@ -163,6 +165,8 @@ pub async fn start(
         config.secrets = paygate_core::config::SecretsConfig::insecure_dev();
     }
     let keyring = config.secrets.keyring()?;
+    // The console is served over plain HTTP on localhost here: cookies without `Secure`.
+    config.console.secure_cookies = false;
     let ports = Ports::claim(&options).await?;
     let sandbox = start_sandbox(&options, ports.api).await?;
     let (pool, kafka) = prepare_infrastructure(&mut config, &options).await?;
@@ -179,6 +183,7 @@ pub async fn start(
         merchant_setup::usd(DEMO_FUNDS)?,
     )
     .await?;
+    let console_users = demo_console_users(&pool, demo.merchant_id).await?;
     pool.close().await;
     let receiver = WebhookReceiver::new(demo.secret, Logging::EachWebhook);
     let (tasks, running) = services.spawn(
@@ -193,6 +198,7 @@ pub async fn start(
         receiver_addr: ports.receiver,
         merchant_id: demo.merchant_id,
         api_key: demo.api_key,
+        console_users,
         kafka_brokers: config.kafka.brokers.clone(),
         embedded_kafka: options.embedded_kafka,
         database: redact(&config.database.url),
@@ -204,6 +210,39 @@ pub async fn start(
         running,
         kafka,
     })
+}
+
+/// A console user `paygate dev` made, with its password (printed once, on purpose).
+#[derive(Debug, Clone)]
+pub struct DemoUser {
+    pub role: &'static str,
+    pub email: String,
+    pub password: String,
+}
+
+/// A merchant user for the demo merchant and an operator, each with a fresh email (the
+/// database outlives a dev run) and a generated password.
+async fn demo_console_users(pool: &PgPool, merchant: MerchantId) -> anyhow::Result<Vec<DemoUser>> {
+    use paygate_core::db::console_users::Role;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let run = run.get(..8).unwrap_or("demo");
+    let mut users = Vec::new();
+    for (role, label) in [
+        (Role::Merchant(merchant), "merchant"),
+        (Role::Operator, "operator"),
+    ] {
+        let email = format!("{label}-{run}@paygate.test");
+        let password = paygate_console::password::generate();
+        paygate_console::users::create(pool, &email, &password, role)
+            .await
+            .with_context(|| format!("creating the demo console {label}"))?;
+        users.push(DemoUser {
+            role: label,
+            email,
+            password,
+        });
+    }
+    Ok(users)
 }
 
 /// The three ports, checked first: cheapest to check and the likeliest thing to be wrong.
@@ -461,6 +500,8 @@ sandbox providers and a demo webhook receiver, in this process. Ctrl-C stops eve
   API key           {key}
                     (shown once: a new demo merchant and key are made at every start)
 
+  console           {api}/console
+{console_users}
 Make a deposit (10.50 USD):
 
   curl -sS -X POST {api}/v1/deposits \\
@@ -493,6 +534,11 @@ and see the balance and its ledger entries:
             gateways = self.gateways.join(", "),
             routes = routes.join("; "),
             merchant = self.merchant_id,
+            console_users = self
+                .console_users
+                .iter()
+                .map(|u| format!("  console {:<9} {} / {}\n", u.role, u.email, u.password))
+                .collect::<String>(),
         )
     }
 

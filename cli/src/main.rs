@@ -20,6 +20,7 @@ mod ledger;
 mod merchants;
 mod secrets;
 mod transactions;
+mod users;
 
 use std::time::Duration;
 
@@ -84,6 +85,11 @@ enum Command {
     Transactions {
         #[command(subcommand)]
         action: transactions::Action,
+    },
+    /// People who sign in to the web console (`/console`).
+    Users {
+        #[command(subcommand)]
+        action: users::Action,
     },
     /// Benchmarks against a running paygate (e.g. `paygate dev` in another terminal).
     Bench {
@@ -172,6 +178,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Merchants { action } => merchants::run(action, &config).await?,
         Command::Transactions { action } => transactions::run(action, &config).await?,
+        Command::Users { action } => users::run(action, &config).await?,
         Command::Ledger { action } => ledger::run(action, &config).await?,
         Command::Bench {
             which: BenchCommand::Accept(args),

@@ -71,6 +71,9 @@ pub struct Config {
     /// `[secrets]`: the keyring sealing webhook signing secrets at rest ([`secrets`]).
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// `[console]`: the web console the API serves at `/console`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -606,6 +609,7 @@ impl Default for Config {
             gateways: BTreeMap::new(),
             recovery: RecoveryConfig::default(),
             secrets: SecretsConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -644,6 +648,39 @@ impl Default for RecoveryConfig {
             heal_batch: 256,
             heal_lookback: Duration::from_secs(24 * 3_600),
             ready_cache: Duration::from_millis(1_500),
+        }
+    }
+}
+
+/// `[console]`: the web console served by the API process at `/console` (issue 19). Its
+/// sessions are signed with a key derived from `[secrets]`'s current key, so every API
+/// instance accepts every other's sessions with nothing more to configure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console at all.
+    pub enabled: bool,
+    /// How long a sign-in lasts without activity; a session past half of it is renewed by
+    /// the next page. Key: `session_mins`.
+    #[serde(rename = "session_mins", with = "units::mins")]
+    pub session: Duration,
+    /// Send cookies only over HTTPS (`Secure`). Off only for `paygate dev` on plain HTTP.
+    pub secure_cookies: bool,
+    /// Sign-in attempts per account (by email) allowed per minute, sustained; the burst is
+    /// the same number. Counted before the password is checked.
+    pub attempts_per_account_per_minute: u32,
+    /// Sign-in attempts per client address allowed per minute (and as a burst).
+    pub attempts_per_address_per_minute: u32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session: Duration::from_secs(15 * 60),
+            secure_cookies: true,
+            attempts_per_account_per_minute: 5,
+            attempts_per_address_per_minute: 30,
         }
     }
 }
@@ -796,6 +833,15 @@ impl Config {
                 "api.idempotency_retention_hours",
                 "must be at least 24 (merchants rely on a day of replay)",
             );
+        }
+        if self.console.session < Duration::from_secs(60) {
+            bad("console.session_mins", at_least_one);
+        }
+        if self.console.attempts_per_account_per_minute == 0 {
+            bad("console.attempts_per_account_per_minute", at_least_one);
+        }
+        if self.console.attempts_per_address_per_minute == 0 {
+            bad("console.attempts_per_address_per_minute", at_least_one);
         }
         if self.api.rate_limit_per_second == 0 {
             bad("api.rate_limit_per_second", at_least_one);

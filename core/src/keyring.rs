@@ -149,6 +149,8 @@ impl Slot {
 pub struct Keyring {
     current: KeyId,
     keys: BTreeMap<KeyId, Aes256Gcm>,
+    /// HMAC key for [`Keyring::derive_key`]: the current key itself never leaves `keys`.
+    derivation: [u8; KEY_BYTES],
 }
 
 /// A keyring that cannot be built; [`crate::config::SecretsConfig::keyring`] words it as a
@@ -165,14 +167,43 @@ impl Keyring {
         current: KeyId,
         keys: impl IntoIterator<Item = (KeyId, [u8; KEY_BYTES])>,
     ) -> Result<Self, KeyringError> {
-        let keys: BTreeMap<KeyId, Aes256Gcm> = keys
+        let keys: Vec<(KeyId, [u8; KEY_BYTES])> = keys.into_iter().collect();
+        let derivation = keys
+            .iter()
+            .find(|(id, _)| *id == current)
+            .map(|(_, key)| *key)
+            .ok_or_else(|| KeyringError::NoCurrentKey(current.0.clone()))?;
+        let keys = keys
             .into_iter()
             .map(|(id, key)| (id, Aes256Gcm::new(&key.into())))
             .collect();
-        if !keys.contains_key(&current) {
-            return Err(KeyringError::NoCurrentKey(current.0));
-        }
-        Ok(Self { current, keys })
+        Ok(Self {
+            current,
+            keys,
+            derivation,
+        })
+    }
+
+    /// A 32-byte key for another `purpose` (the console's session signatures), derived from
+    /// the current key with HMAC-SHA256 so one configured secret serves both without either
+    /// use revealing the other. Rotating the current key changes every derived key (console
+    /// sessions end: they are short-lived anyway).
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.derivation) else {
+            // HMAC takes keys of any length, so this is unreachable; a hash of the same
+            // inputs still never hands out the current key itself.
+            use sha2::Digest;
+            return sha2::Sha256::new()
+                .chain_update(b"paygate/derive/")
+                .chain_update(purpose.as_bytes())
+                .chain_update(self.derivation)
+                .finalize()
+                .into();
+        };
+        mac.update(b"paygate/derive/");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// The key new values are sealed under.
@@ -295,6 +326,18 @@ mod tests {
     fn ring(current: &str, keys: &[(&str, u8)]) -> Keyring {
         Keyring::new(id(current), keys.iter().map(|(k, b)| (id(k), [*b; 32])))
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_by_current_key_and_are_not_the_key() {
+        let a = ring("a", &[("a", 1), ("b", 2)]);
+        let same = ring("a", &[("a", 1)]);
+        let b = ring("b", &[("a", 1), ("b", 2)]);
+        let session = a.derive_key("console-session");
+        assert_eq!(session, same.derive_key("console-session"));
+        assert_ne!(session, a.derive_key("console-csrf"));
+        assert_ne!(session, b.derive_key("console-session"));
+        assert_ne!(session, [1; 32]);
     }
 
     const SECRET: &str = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";

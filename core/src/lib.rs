@@ -5,6 +5,7 @@
 //! - [`db`]: Postgres pool, migrations and repositories;
 //! - [`destination`]: the SSRF guard for webhook destinations (API and dispatcher);
 //! - [`bus`]: Kafka producer, topic admin, the consumer runner, protobuf events;
+//! - [`gateway_health`]: breakers published by the processors, attempt statistics;
 //! - [`keyring`]: webhook signing secrets sealed at rest (AES-256-GCM, key rotation);
 //! - [`lock`]: the Redis lease lock (an efficiency measure; versions are the guarantee);
 //! - [`startup`]: what every service does when it starts (Postgres, migrations, topics,
@@ -18,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod destination;
 pub mod domain;
+pub mod gateway_health;
 pub mod heal;
 pub mod keyring;
 pub mod lock;

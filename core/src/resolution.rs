@@ -94,9 +94,7 @@ pub async fn resolve(
 }
 
 fn bounded(text: &str, field: &'static str, max: usize) -> Result<String, ResolveError> {
-    let text = text.trim();
-    if text.is_empty() || text.chars().count() > max {
-        return Err(ResolveError::BadText { field, max });
-    }
-    Ok(text.to_owned())
+    crate::domain::bounded_text(text, max)
+        .map(str::to_owned)
+        .ok_or(ResolveError::BadText { field, max })
 }

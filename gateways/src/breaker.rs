@@ -78,23 +78,9 @@ impl Clock for ManualClock {
     }
 }
 
-/// The breaker's state, for metrics and routing decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BreakerState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl BreakerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        }
-    }
-}
+/// The breaker's state, for metrics and routing decisions (defined in core, where the
+/// console reads what the payment processors publish of it).
+pub use paygate_core::gateway_health::BreakerState;
 
 /// Why the breaker refused a call. Nothing was sent to the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

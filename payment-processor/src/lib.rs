@@ -5,6 +5,7 @@
 //! - [`attempt`]: claim under the lock with a version check, route, call through the
 //!   breaker, record the outcome;
 //! - [`refund`]: one provider call for a refund (announced on the same topic);
+//! - [`breakers`]: this instance's circuit breakers published to Redis for the console;
 //! - [`routing`]: explicit gateway or rules, failover order;
 //! - [`backoff`]: exponential backoff with full jitter;
 //! - [`scheduler`]: due retries re-enqueued from Postgres, stuck transactions reconciled
@@ -12,6 +13,7 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod breakers;
 mod handler;
 pub mod reconcile;
 pub mod refund;
@@ -146,8 +148,8 @@ impl PaymentProcessor {
         self.engine.clone()
     }
 
-    /// Runs the consumer, the retry scheduler, the pending healer and an outbox relay until
-    /// `shutdown`.
+    /// Runs the consumer, the retry scheduler, the pending healer, an outbox relay and the
+    /// breaker publisher until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
         paygate_core::ready::register(self.readiness.clone());
         let scheduler = tokio::spawn(scheduler::run(
@@ -160,8 +162,19 @@ impl PaymentProcessor {
         let healer = tokio::spawn(
             paygate_core::heal::Healer::new(self.pool.clone(), self.heal).run(shutdown.clone()),
         );
+        let publisher = self.engine.cache.clone().map(|redis| {
+            tokio::spawn(breakers::run(
+                self.engine.clone(),
+                redis,
+                self.engine.cache_prefix.clone(),
+                shutdown.clone(),
+            ))
+        });
         let consumed = self.consumer.run(shutdown.clone()).await;
         shutdown.cancel();
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
+        }
         let _ = healer.await;
         let _ = scheduler.await;
         let _ = relay.await;

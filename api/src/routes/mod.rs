@@ -21,8 +21,14 @@ use tower_http::trace::TraceLayer;
 use crate::error::{ErrorType, HttpError};
 use crate::AppState;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every route; the web console (if enabled) nested at `/console` inside the same request
+/// metrics and tracing.
+pub fn router(state: AppState, console: Option<Router>) -> Router {
+    let router = match console {
+        Some(console) => Router::new().nest_service("/console", console),
+        None => Router::new(),
+    };
+    router
         .route("/v1/deposits", post(deposits::create_deposit))
         .route("/v1/withdrawals", post(deposits::create_withdrawal))
         .route("/v1/balance", get(balance::retrieve))

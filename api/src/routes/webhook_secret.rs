@@ -5,8 +5,6 @@
 //! previous secret signing for [`ROTATION_OVERLAP`]. Secrets are never logged, and answers
 //! carrying one are `Cache-Control: no-store`.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -20,9 +18,7 @@ use crate::resources::WebhookSecretResource;
 use crate::AppState;
 use paygate_core::domain::Scope;
 
-/// After a rotation the previous secret keeps signing (a second signature) this long, so
-/// receivers can switch without missing a delivery.
-pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+pub use paygate_core::db::webhooks::ROTATION_OVERLAP;
 
 /// About when a rotation made now stops sending the previous secret's signature.
 pub fn overlap_end() -> DateTime<Utc> {

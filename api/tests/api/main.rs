@@ -5,6 +5,7 @@ mod abuse;
 mod auth;
 mod bench;
 mod callbacks;
+mod console;
 mod events;
 mod hardening;
 mod helpers;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod consumer;
+pub mod dlq;
 pub mod events;
 pub mod offsets;
 mod producer;

@@ -71,6 +71,19 @@ pub mod secs {
     }
 }
 
+/// `*_mins` keys.
+pub mod mins {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs() / 60)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        whole(d, "minutes").map(|m| Duration::from_secs(m.saturating_mul(60)))
+    }
+}
+
 /// `*_hours` keys.
 pub mod hours {
     use super::*;

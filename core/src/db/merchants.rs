@@ -234,3 +234,81 @@ pub async fn revoke_api_key<'e>(exec: impl PgExecutor<'e>, key: ApiKeyId) -> Res
             .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// One API key as its merchant's console lists it: never the secret, which is not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySummary {
+    pub id: ApiKeyId,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+type KeySummaryRow = (
+    uuid::Uuid,
+    String,
+    Vec<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+/// A merchant's keys, newest first, revoked ones included (at most `limit`).
+pub async fn list_api_keys<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    limit: i64,
+) -> Result<Vec<KeySummary>, DbError> {
+    let rows: Vec<KeySummaryRow> = sqlx::query_as(
+        "SELECT id, prefix, scopes, created_at, revoked_at FROM api_keys
+             WHERE merchant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+    )
+    .bind(merchant.as_uuid())
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, prefix, scopes, created_at, revoked_at)| KeySummary {
+            id: ApiKeyId::from_uuid(id),
+            prefix,
+            scopes,
+            created_at,
+            revoked_at,
+        })
+        .collect())
+}
+
+/// Revokes one of `merchant`'s live keys; another merchant's key id revokes nothing.
+pub async fn revoke_merchant_api_key<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    key: ApiKeyId,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now()
+         WHERE id = $1 AND merchant_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(key.as_uuid())
+    .bind(merchant.as_uuid())
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Every merchant, by name (the operator's merchant picker), at most `limit`.
+pub async fn list<'e>(exec: impl PgExecutor<'e>, limit: i64) -> Result<Vec<Merchant>, DbError> {
+    let rows: Vec<(uuid::Uuid, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id, name, created_at FROM merchants ORDER BY name, id LIMIT $1")
+            .bind(limit)
+            .fetch_all(exec)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, created_at)| Merchant {
+            id: MerchantId::from_uuid(id),
+            name,
+            created_at,
+        })
+        .collect())
+}

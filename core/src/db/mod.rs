@@ -1,13 +1,18 @@
 //! Postgres access: the pool, the embedded migrations, and one repository module per table
 //! family. Queries are checked by the integration tests against the real database.
 
+pub mod activity;
 pub mod broker_resets;
+pub mod console_users;
 pub mod deployment;
 pub mod heal;
+pub mod history;
 pub mod ledger;
 pub mod merchants;
 pub mod outbox;
 pub mod refunds;
+pub mod review;
+pub mod timeline;
 pub mod transactions;
 pub mod webhook_endpoints;
 pub mod webhooks;

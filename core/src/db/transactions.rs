@@ -12,7 +12,7 @@ use super::outbox::{self, OutboxMessage};
 use super::DbError;
 use crate::domain::{
     ApiKeyId, CustomerReference, Failure, GatewayName, MerchantId, Money, Transaction,
-    TransactionId, TransactionStatus, TransactionUpdate,
+    TransactionId, TransactionKind, TransactionStatus, TransactionUpdate,
 };
 
 /// How long an idempotency key is remembered; Stripe keeps keys 24 hours, so do we (at least).
@@ -733,6 +733,56 @@ pub async fn list<'e>(
     ))
     .bind(merchant.as_uuid())
     .bind(query.status.map(TransactionStatus::as_str))
+    .bind(query.starting_after.map(|id| id.as_uuid()))
+    .bind(query.limit)
+    .fetch_all(exec)
+    .await?;
+    rows.into_iter().map(Transaction::try_from).collect()
+}
+
+/// The console's search: every filter optional, one merchant's or (operator) everyone's,
+/// newest first, keyset-paged on the id (UUIDv7, so id order is creation order).
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    /// `None`: every merchant (operators only; the console decides who may).
+    pub merchant: Option<MerchantId>,
+    pub status: Option<TransactionStatus>,
+    pub kind: Option<TransactionKind>,
+    /// The gateway the payment was routed to (or named by the merchant).
+    pub gateway: Option<String>,
+    pub created_from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub created_before: Option<DateTime<Utc>>,
+    /// The merchant's customer reference, exactly.
+    pub customer: Option<String>,
+    /// Page size; the caller bounds it.
+    pub limit: i64,
+    pub starting_after: Option<TransactionId>,
+}
+
+pub async fn search<'e>(
+    exec: impl PgExecutor<'e>,
+    query: &SearchQuery,
+) -> Result<Vec<Transaction>, DbError> {
+    let rows: Vec<TransactionRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM transactions
+         WHERE ($1::uuid IS NULL OR merchant_id = $1)
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR kind = $3)
+           AND ($4::text IS NULL OR routed_gateway = $4 OR (routed_gateway IS NULL AND gateway = $4))
+           AND ($5::timestamptz IS NULL OR created_at >= $5)
+           AND ($6::timestamptz IS NULL OR created_at < $6)
+           AND ($7::text IS NULL OR customer_reference = $7)
+           AND ($8::uuid IS NULL OR id < $8)
+         ORDER BY id DESC LIMIT $9"
+    ))
+    .bind(query.merchant.map(|m| m.as_uuid()))
+    .bind(query.status.map(TransactionStatus::as_str))
+    .bind(query.kind.map(TransactionKind::as_str))
+    .bind(query.gateway.as_deref())
+    .bind(query.created_from)
+    .bind(query.created_before)
+    .bind(query.customer.as_deref())
     .bind(query.starting_after.map(|id| id.as_uuid()))
     .bind(query.limit)
     .fetch_all(exec)

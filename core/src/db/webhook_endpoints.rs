@@ -483,3 +483,88 @@ mod tests {
         assert_ne!(WebhookSecret::generate(), secret);
     }
 }
+
+/// An endpoint as the console lists it: no secret (it is shown once, at creation or
+/// rotation), with why it is disabled if it is.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EndpointSummary {
+    pub id: WebhookEndpointId,
+    pub url: String,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+    pub failing_since: Option<DateTime<Utc>>,
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, url, description, created_at, disabled_at, disabled_reason, failing_since";
+
+/// A merchant's endpoints, enabled or not, newest first (at most `limit`).
+pub async fn summaries<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    limit: i64,
+) -> Result<Vec<EndpointSummary>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM webhook_endpoints WHERE merchant_id = $1
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(merchant.as_uuid())
+    .bind(limit)
+    .fetch_all(exec)
+    .await?)
+}
+
+/// One of `merchant`'s endpoints, enabled or not.
+pub async fn summary<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    id: WebhookEndpointId,
+) -> Result<Option<EndpointSummary>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND merchant_id = $2"
+    ))
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .fetch_optional(exec)
+    .await?)
+}
+
+/// Enables a disabled endpoint again (a person decided it is fixed): its failing streak
+/// starts afresh. Events from now on reach it; what was skipped while it was disabled is
+/// redelivered per event. Returns whether it was disabled.
+pub async fn enable<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    id: WebhookEndpointId,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL
+         WHERE id = $1 AND merchant_id = $2 AND disabled_at IS NOT NULL",
+    )
+    .bind(id.as_uuid())
+    .bind(merchant.as_uuid())
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// An endpoint's delivery attempts, newest first, at most `limit`. The caller has checked
+/// that the endpoint belongs to the merchant asking.
+pub async fn attempts_for_endpoint<'e>(
+    exec: impl PgExecutor<'e>,
+    endpoint: WebhookEndpointId,
+    limit: i64,
+) -> Result<Vec<DeliveryAttempt>, DbError> {
+    let rows: Vec<AttemptRow> = sqlx::query_as(
+        "SELECT id, event_id, transaction_id, endpoint_id, url, attempt, status_code, latency_ms, response_excerpt,
+                error, created_at
+         FROM delivery_attempts WHERE endpoint_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+    )
+    .bind(endpoint.as_uuid())
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows.into_iter().map(DeliveryAttempt::from).collect())
+}

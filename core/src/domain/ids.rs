@@ -139,6 +139,10 @@ typed_id!(
     /// One attempt to deliver an event to one endpoint.
     DeliveryAttemptId, "att", "delivery attempt"
 );
+typed_id!(
+    /// A person who signs in to the console (a merchant user or an operator).
+    ConsoleUserId, "usr", "console user"
+);
 
 #[cfg(test)]
 mod tests {

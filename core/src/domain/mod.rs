@@ -9,11 +9,11 @@ mod scope;
 mod transaction;
 
 pub use ids::{
-    ApiKeyId, DeliveryAttemptId, EventId, IdError, MerchantId, RefundId, TransactionId,
-    WebhookEndpointId,
+    ApiKeyId, ConsoleUserId, DeliveryAttemptId, EventId, IdError, MerchantId, RefundId,
+    TransactionId, WebhookEndpointId,
 };
-pub use money::{Amount, Currency, Money, MoneyError};
-pub use names::{CustomerReference, GatewayName, NameError};
+pub use money::{Amount, Currency, MinorUnits, Money, MoneyError};
+pub use names::{bounded_text, CustomerReference, GatewayName, NameError};
 pub use refund::{InvalidRefundTransition, NewRefund, Refund, RefundState, RefundUpdate};
 pub use scope::Scope;
 pub use transaction::{

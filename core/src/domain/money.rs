@@ -223,20 +223,31 @@ impl Money {
 impl fmt::Display for Money {
     /// `10.50 USD`, `1000 JPY`, `1.005 KWD`: the decimal form, for people and logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let units = self.amount.minor_units();
-        let exponent = self.currency.exponent();
-        if exponent == 0 {
-            return write!(f, "{} {}", units, self.currency);
+        MinorUnits(self.amount.minor_units(), self.currency).fmt(f)
+    }
+}
+
+/// Any signed count of minor units shown in its currency's decimal form (`-0.05 USD`): for
+/// balances and ledger entries, which may be zero or negative where a [`Money`] may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinorUnits(pub i64, pub Currency);
+
+impl fmt::Display for MinorUnits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self(units, currency) = *self;
+        let sign = if units < 0 { "-" } else { "" };
+        let magnitude = units.unsigned_abs();
+        let exponent = currency.exponent();
+        match 10_u64.checked_pow(exponent) {
+            Some(divisor) if exponent > 0 => write!(
+                f,
+                "{sign}{}.{:0width$} {currency}",
+                magnitude / divisor,
+                magnitude % divisor,
+                width = exponent as usize
+            ),
+            _ => write!(f, "{sign}{magnitude} {currency}"),
         }
-        let divisor = 10_i64.pow(exponent);
-        write!(
-            f,
-            "{}.{:0width$} {}",
-            units / divisor,
-            units % divisor,
-            self.currency,
-            width = exponent as usize
-        )
     }
 }
 

@@ -148,6 +148,13 @@ impl utoipa::PartialSchema for CustomerReference {
 
 impl utoipa::ToSchema for CustomerReference {}
 
+/// Free text a person writes into an audit row (a resolution's reason, a review's note):
+/// trimmed, and only if 1 to `max` characters remain.
+pub fn bounded_text(text: &str, max: usize) -> Option<&str> {
+    let text = text.trim();
+    (!text.is_empty() && text.chars().count() <= max).then_some(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,4 +36,5 @@ pub use events::{
 };
 pub use secrets::{
     merchant_default_secret, rotate_endpoint_secret, rotate_merchant_default_secret, SigningSecret,
+    ROTATION_OVERLAP,
 };

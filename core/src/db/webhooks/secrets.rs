@@ -15,6 +15,10 @@ use crate::db::DbError;
 use crate::domain::{MerchantId, WebhookEndpointId};
 use crate::keyring::{Keyring, SealError, SecretColumn, Slot};
 
+/// After a rotation the previous secret keeps signing (a second signature) this long, so
+/// receivers can switch without missing a delivery (the API and the console rotate alike).
+pub const ROTATION_OVERLAP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// A `whsec_…` signing secret as read back for signing. `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SigningSecret(String);
