@@ -184,7 +184,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             which: BenchCommand::Accept(args),
         } => {
             let json = args.json.clone();
-            let report = paygate_cli::bench::accept(args).await?;
+            let report = paygate_cli::bench::accept(args, &config.database.url).await?;
             paygate_cli::bench::print(&report);
             write_json(json, &report)?;
         }

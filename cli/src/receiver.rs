@@ -53,13 +53,16 @@ pub enum Logging {
 }
 
 struct Inner {
-    secret: SigningSecret,
+    /// The endpoints' secrets (one per merchant whose endpoint points here): a webhook is
+    /// verified when one of them signed it.
+    secrets: Vec<SigningSecret>,
     logging: Logging,
     received: Mutex<Vec<ReceivedWebhook>>,
     seen: Mutex<HashSet<String>>,
 }
 
-/// A webhook receiver for one endpoint secret. Cheap to clone; clones share what arrived.
+/// A webhook receiver for one endpoint secret (or several: [`Self::for_endpoints`]). Cheap to
+/// clone; clones share what arrived.
 #[derive(Clone)]
 pub struct WebhookReceiver {
     inner: Arc<Inner>,
@@ -67,9 +70,14 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub fn new(secret: SigningSecret, logging: Logging) -> Self {
+        Self::for_endpoints(vec![secret], logging)
+    }
+
+    /// One receiver for the endpoints of several merchants, each with its own secret.
+    pub fn for_endpoints(secrets: Vec<SigningSecret>, logging: Logging) -> Self {
         Self {
             inner: Arc::new(Inner {
-                secret,
+                secrets,
                 logging,
                 received: Mutex::new(Vec::new()),
                 seen: Mutex::new(HashSet::new()),
@@ -129,15 +137,29 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or_default();
-    let verdict = signing::verify(
-        &inner.secret,
-        &webhook_id,
-        &header(signing::HEADER_TIMESTAMP),
-        &header(signing::HEADER_SIGNATURE),
-        &body,
-        now,
-        WEBHOOK_TOLERANCE_SECS,
+    let (timestamp, signature) = (
+        header(signing::HEADER_TIMESTAMP),
+        header(signing::HEADER_SIGNATURE),
     );
+    let verify = |secret| {
+        signing::verify(
+            secret,
+            &webhook_id,
+            &timestamp,
+            &signature,
+            &body,
+            now,
+            WEBHOOK_TOLERANCE_SECS,
+        )
+    };
+    // The first secret that verifies, else the last one's reason.
+    let mut verdict = Err(signing::SignatureError::NoSecret);
+    for secret in &inner.secrets {
+        verdict = verify(secret);
+        if verdict.is_ok() {
+            break;
+        }
+    }
     let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
     let repeat = inner
@@ -191,5 +213,64 @@ fn log(logging: Logging, webhook: &ReceivedWebhook, error: Option<&signing::Sign
             repeat,
             "webhook for {transaction}: signature NOT verified ({error})"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A `whsec_` secret of the given base64 key.
+    fn secret(encoded: &str) -> SigningSecret {
+        SigningSecret::parse(&format!("whsec_{encoded}")).expect("a whsec_ secret")
+    }
+
+    async fn post_signed(receiver: &WebhookReceiver, by: &SigningSecret, id: &str) -> StatusCode {
+        let body = br#"{"type":"payment.succeeded","data":{"id":"txn_1","status":"succeeded"}}"#;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let signed = signing::sign(std::slice::from_ref(by), id, now, body).expect("signs");
+        let request = Request::post(RECEIVER_PATH)
+            .header(signing::HEADER_ID, signed.id)
+            .header(signing::HEADER_TIMESTAMP, signed.timestamp)
+            .header(signing::HEADER_SIGNATURE, signed.signature)
+            .body(Body::from(&body[..]))
+            .expect("a request");
+        receiver
+            .router()
+            .oneshot(request)
+            .await
+            .expect("the router answers")
+            .status()
+    }
+
+    #[tokio::test]
+    async fn each_endpoints_secret_verifies_and_no_other() {
+        let (a, b, stranger) = (
+            secret("YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="),
+            secret("YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI="),
+            secret("Y2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2M="),
+        );
+        let receiver = WebhookReceiver::for_endpoints(vec![a.clone(), b.clone()], Logging::Quiet);
+        assert_eq!(
+            post_signed(&receiver, &a, "msg_1").await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            post_signed(&receiver, &b, "msg_2").await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            post_signed(&receiver, &stranger, "msg_3").await,
+            StatusCode::BAD_REQUEST
+        );
+        let verified: Vec<bool> = receiver.received().iter().map(|w| w.verified).collect();
+        assert_eq!(verified, [true, true, false]);
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::cpu::{CpuReport, CpuSnapshot};
 use super::load::{self, LoadSpec, Percentiles, Recorder};
+use super::statements::{StatementStats, StatementsReport};
 
 #[derive(Args, Debug, Clone)]
 pub struct AcceptArgs {
@@ -37,6 +38,10 @@ pub struct AcceptArgs {
     /// `paygate ledger top-up`). Several comma-separated keys spread the load over merchants.
     #[arg(long, default_value = "deposit", value_parser = ["deposit", "withdrawal"])]
     pub kind: String,
+    /// Report this many of the costliest Postgres statements of the run, read from
+    /// `PAYGATE_DATABASE_URL`'s server (needs `pg_stat_statements` loaded; 0 = do not ask).
+    #[arg(long, default_value_t = 12)]
+    pub statements: usize,
     /// Write the summary as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -57,9 +62,11 @@ pub struct AcceptReport {
     pub cpu: CpuReport,
     /// `cpu` in milliseconds per accepted request, by kind, `machine` and `machine - bench`.
     pub cpu_ms_per_request: std::collections::BTreeMap<String, f64>,
+    /// Postgres statements over the same window, per accepted request.
+    pub statements: Option<StatementsReport>,
 }
 
-pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
+pub async fn accept(args: AcceptArgs, database_url: &str) -> anyhow::Result<AcceptReport> {
     let spec = LoadSpec {
         duration: Duration::from_secs(args.duration),
         concurrency: args.concurrency,
@@ -88,6 +95,10 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
     }
 
     let recorder = Arc::new(Recorder::new()?);
+    let statements = match args.statements {
+        0 => None,
+        _ => StatementStats::start(database_url).await,
+    };
     let cpu_before = CpuSnapshot::take();
     let elapsed = load::drive(spec, &recorder, String::new, move |n, _start| {
         let (client, endpoint, keys, body) =
@@ -107,6 +118,14 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
         eprintln!("first error: {error}");
     }
     let accepted = recorder.ok();
+    let statements = match statements {
+        Some(stats) => stats
+            .finish(accepted, "request", args.statements)
+            .await
+            .map_err(|error| eprintln!("statement statistics: {error:#}"))
+            .ok(),
+        None => None,
+    };
     Ok(AcceptReport {
         mode: spec.mode().into(),
         kind: args.kind.clone(),
@@ -119,6 +138,7 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<AcceptReport> {
         latency_ms: recorder.percentiles(),
         cpu_ms_per_request: cpu.per_unit_ms(accepted),
         cpu,
+        statements,
     })
 }
 
@@ -144,4 +164,7 @@ pub fn print(report: &AcceptReport) {
     println!("  latency p99   {:>10.2} ms", report.latency_ms.p99);
     println!("  latency max   {:>10.2} ms", report.latency_ms.max);
     report.cpu.print(report.accepted, "request");
+    if let Some(statements) = &report.statements {
+        statements.print();
+    }
 }

@@ -26,6 +26,7 @@ use super::cpu::{CpuReport, CpuSnapshot};
 use super::load::{self, Latencies, LoadSpec, Percentiles, Recorder};
 use super::pgbench::{self, PgbenchReport};
 use super::rss::PeakRss;
+use super::statements::{StatementStats, StatementsReport};
 use crate::merchant_setup;
 use crate::receiver::{Logging, ReceivedWebhook, WebhookReceiver, RECEIVER_PATH};
 
@@ -55,6 +56,11 @@ pub struct E2eArgs {
     /// Open loop at this many payments per second; absent = closed loop.
     #[arg(long)]
     pub rate: Option<u64>,
+    /// Spread the load over this many merchants (each with its keys, its ledger account and
+    /// an endpoint at the bench's receiver). One merchant puts every settlement on one
+    /// balance row: what a single large merchant costs (BENCHMARKS.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub merchants: u16,
     /// Gateways to name in turn (repeat the flag); absent: routing rules choose.
     #[arg(long)]
     pub gateway: Vec<String>,
@@ -70,6 +76,10 @@ pub struct E2eArgs {
     /// pgbench duration in seconds.
     #[arg(long, default_value_t = 30)]
     pub pgbench_secs: u64,
+    /// Report this many of the costliest Postgres statements of the run (needs
+    /// `pg_stat_statements` loaded by the server; 0 = do not ask).
+    #[arg(long, default_value_t = 12)]
+    pub statements: usize,
     /// Write the summary as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -81,6 +91,7 @@ pub struct E2eReport {
     /// The API base URLs the requests went to in turn.
     pub apis: Vec<String>,
     pub concurrency: usize,
+    pub merchants: u16,
     pub target_rate: Option<u64>,
     /// Time spent sending.
     pub send_secs: f64,
@@ -113,6 +124,8 @@ pub struct E2eReport {
     pub cpu: CpuReport,
     /// `cpu` in milliseconds per delivered payment, by kind, `machine` and `machine - bench`.
     pub cpu_ms_per_payment: BTreeMap<String, f64>,
+    /// Postgres statements over the same window, per delivered payment.
+    pub statements: Option<StatementsReport>,
     pub pgbench: Option<PgbenchReport>,
     /// `e2e_per_sec / pgbench.tps`.
     pub ratio_to_pgbench: Option<f64>,
@@ -150,23 +163,29 @@ pub async fn e2e(args: E2eArgs, config: &Config) -> anyhow::Result<E2eReport> {
         config.secrets.clone()
     };
     let keyring = secrets.keyring()?;
-    let merchant = merchant_setup::create(
-        &pool,
-        &keyring,
-        &name,
-        &receiver_url,
-        merchant_setup::usd(merchant_setup::LOAD_FUNDS)?,
-    )
-    .await?;
-    let mut keys = vec![merchant.api_key.clone()];
-    for _ in 1..BENCH_KEYS {
-        let (_id, key) = merchants::create_api_key(&pool, merchant.merchant_id).await?;
-        keys.push(key.expose().to_owned());
+    let mut keys = Vec::new();
+    let mut endpoint_secrets = Vec::new();
+    for m in 0..args.merchants {
+        let merchant = merchant_setup::create(
+            &pool,
+            &keyring,
+            &format!("{name} #{m}"),
+            &receiver_url,
+            merchant_setup::usd(merchant_setup::LOAD_FUNDS)?,
+        )
+        .await?;
+        keys.push(merchant.api_key.clone());
+        endpoint_secrets.push(merchant.secret);
+        // Keys in turn go merchant by merchant: each merchant's share of the load is equal.
+        for _ in 1..BENCH_KEYS.div_ceil(usize::from(args.merchants)) {
+            let (_id, key) = merchants::create_api_key(&pool, merchant.merchant_id).await?;
+            keys.push(key.expose().to_owned());
+        }
     }
     pool.close().await;
 
     let stop = CancellationToken::new();
-    let receiver = WebhookReceiver::new(merchant.secret, Logging::Quiet);
+    let receiver = WebhookReceiver::for_endpoints(endpoint_secrets, Logging::Quiet);
     let serving = {
         let (receiver, stop) = (receiver.clone(), stop.clone());
         tokio::spawn(async move { receiver.serve(listener, stop).await })
@@ -208,6 +227,10 @@ async fn run(
     let baseline = receiver.count();
 
     let recorder = Arc::new(Recorder::new()?);
+    let statements = match args.statements {
+        0 => None,
+        _ => StatementStats::start(database_url).await,
+    };
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let status_receiver = receiver.clone();
@@ -227,7 +250,8 @@ async fn run(
                 } else {
                     "withdrawals"
                 };
-                let key = &keys[(n % keys.len() as u64) as usize];
+                // By pairs, as the APIs below: each key (each merchant) gets both kinds.
+                let key = &keys[((n / 2) % keys.len() as u64) as usize];
                 // By pairs: each API gets deposits and withdrawals alike (by `n` alone, two
                 // APIs would split them one kind each).
                 let api = round_robin(&apis, n / 2);
@@ -267,6 +291,14 @@ async fn run(
     )
     .await;
     let cpu = cpu_before.until(&CpuSnapshot::take());
+    let statements = match statements {
+        Some(stats) => stats
+            .finish(recorder.ok(), "payment", args.statements)
+            .await
+            .map_err(|error| eprintln!("statement statistics: {error:#}"))
+            .ok(),
+        None => None,
+    };
     sampling.cancel();
     let _ = sampler.await;
     let sandbox_after = sandbox_stats(&load::client(1)?, &args.sandbox_url).await;
@@ -313,6 +345,7 @@ async fn run(
         mode: spec.mode().into(),
         apis: apis.to_vec(),
         concurrency: args.concurrency,
+        merchants: args.merchants,
         target_rate: args.rate,
         send_secs,
         accepted: expected,
@@ -332,6 +365,7 @@ async fn run(
         peak_rss_mib: rss.peaks(),
         cpu_ms_per_payment: cpu.per_unit_ms(outcome.delivered),
         cpu,
+        statements,
         ratio_to_pgbench: pgbench
             .as_ref()
             .filter(|p| p.tps > 0.0)
@@ -484,14 +518,16 @@ pub fn print(r: &E2eReport) {
     };
     println!();
     println!(
-        "paygate bench e2e ({} loop{}, {} connections, {} API{})",
+        "paygate bench e2e ({} loop{}, {} connections, {} API{}, {} merchant{})",
         r.mode,
         r.target_rate
             .map(|t| format!(", target {t}/s"))
             .unwrap_or_default(),
         r.concurrency,
         r.apis.len(),
-        if r.apis.len() == 1 { "" } else { "s in turn" }
+        if r.apis.len() == 1 { "" } else { "s in turn" },
+        r.merchants,
+        if r.merchants == 1 { "" } else { "s" }
     );
     println!("  sent for            {:>10.1} s", r.send_secs);
     println!(
@@ -524,6 +560,9 @@ pub fn print(r: &E2eReport) {
         println!("  peak RSS            {mib:>10.1} MiB  {name}");
     }
     r.cpu.print(r.delivered, "payment");
+    if let Some(statements) = &r.statements {
+        statements.print();
+    }
     match (&r.pgbench, r.ratio_to_pgbench) {
         (Some(p), Some(ratio)) => println!(
             "  pgbench -N -c {:<3}   {:>10.0} TPS → end to end is {:.3}× of it",

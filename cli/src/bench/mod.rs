@@ -9,6 +9,7 @@ pub mod e2e;
 pub(crate) mod load;
 mod pgbench;
 mod rss;
+mod statements;
 
 pub use accept::{accept, print, AcceptArgs, AcceptReport};
 pub use e2e::{E2eArgs, E2eReport};
