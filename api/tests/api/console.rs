@@ -108,6 +108,22 @@ impl Browser {
         )
         .await
     }
+
+    /// The sign-in's answer itself (its headers), its cookies not yet kept.
+    async fn sign_in_response(&mut self, email: &str, password: &str) -> anyhow::Result<Response> {
+        let csrf = self.csrf("/console/login").await?;
+        Ok(self
+            .client
+            .post(format!("{}/console/login", self.base))
+            .header(COOKIE, self.cookie_header())
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("email", email),
+                ("password", password),
+            ])
+            .send()
+            .await?)
+    }
 }
 
 fn location(response: &Response) -> Option<String> {
@@ -178,17 +194,8 @@ async fn signing_in_sets_strict_http_only_secure_cookies_and_a_wrong_password_is
     );
     assert!(!browser.cookies.contains_key("paygate_session"));
 
-    let csrf = browser.csrf("/console/login").await?;
     let response = browser
-        .client
-        .post(format!("{}/console/login", app.address))
-        .header(COOKIE, browser.cookie_header())
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("email", "SHOP@example.com"),
-            ("password", PASSWORD),
-        ])
-        .send()
+        .sign_in_response("SHOP@example.com", PASSWORD)
         .await?;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let session = response
@@ -548,17 +555,8 @@ async fn sign_in_attempts_are_limited_per_account() -> TestResult {
             StatusCode::UNAUTHORIZED
         );
     }
-    let csrf = browser.csrf("/console/login").await?;
     let response = browser
-        .client
-        .post(format!("{}/console/login", app.address))
-        .header(COOKIE, browser.cookie_header())
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("email", "shop@example.com"),
-            ("password", PASSWORD),
-        ])
-        .send()
+        .sign_in_response("shop@example.com", PASSWORD)
         .await?;
     assert_eq!(
         response.status(),
