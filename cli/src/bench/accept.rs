@@ -95,10 +95,7 @@ pub async fn accept(args: AcceptArgs, database_url: &str) -> anyhow::Result<Acce
     }
 
     let recorder = Arc::new(Recorder::new()?);
-    let statements = match args.statements {
-        0 => None,
-        _ => StatementStats::start(database_url).await,
-    };
+    let statements = StatementStats::start(database_url, args.statements).await;
     let cpu_before = CpuSnapshot::take();
     let elapsed = load::drive(spec, &recorder, String::new, move |n, _start| {
         let (client, endpoint, keys, body) =
@@ -118,14 +115,8 @@ pub async fn accept(args: AcceptArgs, database_url: &str) -> anyhow::Result<Acce
         eprintln!("first error: {error}");
     }
     let accepted = recorder.ok();
-    let statements = match statements {
-        Some(stats) => stats
-            .finish(accepted, "request", args.statements)
-            .await
-            .map_err(|error| eprintln!("statement statistics: {error:#}"))
-            .ok(),
-        None => None,
-    };
+    let statements =
+        StatementStats::finish_run(statements, accepted, "request", args.statements).await;
     Ok(AcceptReport {
         mode: spec.mode().into(),
         kind: args.kind.clone(),

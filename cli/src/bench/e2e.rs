@@ -227,10 +227,7 @@ async fn run(
     let baseline = receiver.count();
 
     let recorder = Arc::new(Recorder::new()?);
-    let statements = match args.statements {
-        0 => None,
-        _ => StatementStats::start(database_url).await,
-    };
+    let statements = StatementStats::start(database_url, args.statements).await;
     let cpu_before = CpuSnapshot::take();
     let started = Instant::now();
     let status_receiver = receiver.clone();
@@ -291,14 +288,8 @@ async fn run(
     )
     .await;
     let cpu = cpu_before.until(&CpuSnapshot::take());
-    let statements = match statements {
-        Some(stats) => stats
-            .finish(recorder.ok(), "payment", args.statements)
-            .await
-            .map_err(|error| eprintln!("statement statistics: {error:#}"))
-            .ok(),
-        None => None,
-    };
+    let statements =
+        StatementStats::finish_run(statements, recorder.ok(), "payment", args.statements).await;
     sampling.cancel();
     let _ = sampler.await;
     let sandbox_after = sandbox_stats(&load::client(1)?, &args.sandbox_url).await;

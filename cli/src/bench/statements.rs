@@ -54,8 +54,12 @@ pub struct StatementStats {
 }
 
 impl StatementStats {
-    /// Resets the statistics; `None` (with the reason printed) where the extension is absent.
-    pub async fn start(database_url: &str) -> Option<Self> {
+    /// Resets the statistics when `top` statements are asked for; `None` when none are, or
+    /// (with the reason printed) where the extension is absent.
+    pub async fn start(database_url: &str, top: usize) -> Option<Self> {
+        if top == 0 {
+            return None;
+        }
         match Self::try_start(database_url).await {
             Ok(stats) => Some(stats),
             Err(error) => {
@@ -82,8 +86,23 @@ impl StatementStats {
         Ok(Self { conn })
     }
 
+    /// [`Self::finish`] of a run that may have no statistics; a failed read is printed and
+    /// leaves the report without them (the other figures stand on their own).
+    pub async fn finish_run(
+        stats: Option<Self>,
+        units: u64,
+        unit: &str,
+        top: usize,
+    ) -> Option<StatementsReport> {
+        stats?
+            .finish(units, unit, top)
+            .await
+            .map_err(|error| eprintln!("statement statistics: {error:#}"))
+            .ok()
+    }
+
     /// The run's statements per `units` (payments delivered, requests accepted).
-    pub async fn finish(
+    async fn finish(
         mut self,
         units: u64,
         unit: &str,
