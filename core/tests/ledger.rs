@@ -272,6 +272,55 @@ async fn the_check_names_an_account_whose_balance_disagrees_with_its_entries() -
     Ok(())
 }
 
+/// The keys dropped from the hot path (migration 20261207000100): payments and accounts
+/// cannot be deleted, and the check finds any row that names one that does not exist.
+#[tokio::test]
+async fn payments_and_accounts_are_never_deleted_and_the_check_finds_rows_naming_missing_ones(
+) -> TestResult {
+    let (pool, _) = fresh_database().await?;
+    let merchant = funded_merchant(&pool, 1_000).await?;
+    let (payout, _) = accept(&pool, merchant, TransactionKind::Withdrawal, 400).await?;
+    for statement in [
+        "DELETE FROM transactions",
+        "TRUNCATE transactions CASCADE",
+        "DELETE FROM ledger_accounts",
+        "TRUNCATE ledger_accounts CASCADE",
+    ] {
+        let refused = sqlx::query(statement).execute(&pool).await;
+        assert!(refused.is_err(), "{statement} is refused");
+    }
+    assert_eq!(count(&pool, "transactions").await?, 1);
+    assert_eq!(ledger::check(&pool).await?, vec![]);
+
+    let account: i64 = sqlx::query_scalar("SELECT account_id FROM ledger_holds")
+        .fetch_one(&pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO ledger_entries (transfer_id, account_id, amount) VALUES (987654321, $1, 5)",
+    )
+    .bind(account)
+    .execute(&pool)
+    .await?;
+    sqlx::query("UPDATE ledger_holds SET account_id = 987654322 WHERE transaction_id = $1")
+        .bind(payout.id.as_uuid())
+        .execute(&pool)
+        .await?;
+    let found = ledger::check(&pool).await?;
+    let mut orphans: Vec<_> = found
+        .iter()
+        .filter(|v| v.rule == "every entry, hold and transfer names rows that exist")
+        .map(|v| v.detail.as_str())
+        .collect();
+    orphans.sort();
+    assert_eq!(orphans.len(), 2, "{found:?}");
+    assert!(
+        orphans[0].contains("hold on account 987654322"),
+        "{found:?}"
+    );
+    assert!(orphans[1].contains("names transfer 987654321"), "{found:?}");
+    Ok(())
+}
+
 async fn count(pool: &PgPool, table: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(pool)

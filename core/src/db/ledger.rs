@@ -420,6 +420,28 @@ const CHECKS: &[(&str, &str)] = &[
           GROUP BY x.id, x.amount HAVING sum(r.amount) > x.amount",
     ),
     (
+        // The foreign keys of these rows were dropped from the hot path (migration
+        // 20261207000100_hot_path_keys.sql: each is written from the row it names); this
+        // rule is what checks them now.
+        "every entry, hold and transfer names rows that exist",
+        "SELECT 'entry ' || e.id, 'names transfer ' || e.transfer_id || ' and account ' || e.account_id
+           FROM ledger_entries e
+          WHERE NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.id = e.transfer_id)
+             OR NOT EXISTS (SELECT 1 FROM ledger_accounts a WHERE a.id = e.account_id)
+         UNION ALL
+         SELECT 'transaction ' || h.transaction_id, 'hold on account ' || h.account_id
+           FROM ledger_holds h
+          WHERE NOT EXISTS (SELECT 1 FROM transactions x WHERE x.id = h.transaction_id)
+             OR NOT EXISTS (SELECT 1 FROM ledger_accounts a WHERE a.id = h.account_id)
+         UNION ALL
+         SELECT 'transfer ' || t.id, 'names payment ' || coalesce(t.transaction_id::text, 'none')
+                || ' and merchant ' || t.merchant_id
+           FROM ledger_transfers t
+          WHERE (t.transaction_id IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM transactions x WHERE x.id = t.transaction_id))
+             OR NOT EXISTS (SELECT 1 FROM merchants m WHERE m.id = t.merchant_id)",
+    ),
+    (
         "a payment that did not succeed is not posted",
         "SELECT 'transaction ' || x.id, x.kind || ' ' || x.status || ' has transfer ' || t.id
            FROM ledger_transfers t JOIN transactions x ON x.id = t.transaction_id
