@@ -134,9 +134,15 @@ fn location(response: &Response) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn csrf_in(html: &str) -> Option<String> {
-    let start = html.find("name=\"csrf\" value=\"")? + "name=\"csrf\" value=\"".len();
+/// The value of the hidden field `name` on a page.
+fn field_in(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
     html.get(start..)?.split('"').next().map(str::to_owned)
+}
+
+fn csrf_in(html: &str) -> Option<String> {
+    field_in(html, "csrf")
 }
 
 async fn user(app: &TestApp, email: &str, role: Role) -> anyhow::Result<()> {
@@ -391,17 +397,16 @@ async fn an_api_key_made_in_the_console_works_once_shown_and_stops_when_revoked(
     let app = spawn_app().await?;
     let merchant = app.merchant().await?;
     let mut browser = signed_in(&app, "shop@example.com", Role::Merchant(merchant.id)).await?;
-    let csrf = browser.csrf("/console/api-keys").await?;
-    let (status, page, _) = browser
-        .post(
-            "/console/api-keys",
-            &[
-                ("csrf", &csrf),
-                ("scopes", "read"),
-                ("scopes", "payments:write"),
-            ],
-        )
-        .await?;
+    let (_, form_page, _) = browser.get("/console/api-keys").await?;
+    let csrf = csrf_in(&form_page).ok_or_else(|| anyhow::anyhow!("no csrf field"))?;
+    let form = field_in(&form_page, "form").ok_or_else(|| anyhow::anyhow!("no form id"))?;
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("form", form.as_str()),
+        ("scopes", "read"),
+        ("scopes", "payments:write"),
+    ];
+    let (status, page, _) = browser.post("/console/api-keys", &fields).await?;
     assert_eq!(status, StatusCode::OK, "{page}");
     let shown = page
         .split("data-testid=\"new-key\">")
@@ -412,6 +417,30 @@ async fn an_api_key_made_in_the_console_works_once_shown_and_stops_when_revoked(
     assert!(shown.starts_with("sk_"), "{page}");
     let (_, again, _) = browser.get("/console/api-keys").await?;
     assert!(!again.contains(&shown), "the key is shown once");
+    let (status, reposted, _) = browser.post("/console/api-keys", &fields).await?;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a reload re-posts the form: {reposted}"
+    );
+    assert!(!reposted.contains("data-testid=\"new-key\""), "{reposted}");
+    assert!(reposted.contains("already sent"), "{reposted}");
+    let (status, stale, _) = browser
+        .post("/console/api-keys", &[("csrf", &csrf), ("scopes", "read")])
+        .await?;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a form without its id: {stale}"
+    );
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE merchant_id = $1")
+        .bind(merchant.id.as_uuid())
+        .fetch_one(&app.pool)
+        .await?;
+    assert_eq!(
+        keys, 2,
+        "the merchant's first key and the one form's key, no more"
+    );
     let created = app
         .post("/v1/deposits", &shown, &deposit_body())
         .send()

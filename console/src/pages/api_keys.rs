@@ -2,6 +2,10 @@
 //! `POST` creates one with the scopes ticked and shows it once, on the page the creation
 //! answers with (never in a URL, never again); `POST /console/api-keys/{id}/revoke` revokes
 //! one at once (the API re-checks a key in the same statement as every create).
+//!
+//! The creation form carries a one-time id, stored with the key it makes: a browser reload
+//! (or a double click) posts the same id again and makes no second key
+//! ([`merchants::create_api_key_once`]).
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +29,14 @@ pub struct NewKey {
     scopes: Vec<String>,
     #[serde(default)]
     merchant: Option<String>,
+    /// The form's one-time id ([`keys_page`] draws a new one each time).
+    #[serde(default)]
+    form: Option<String>,
 }
+
+/// What a re-posted creation form is answered with.
+const ALREADY_SENT: &str = "This form was already sent: the key it made was shown then, \
+    once, and is in the list below. To make another key, use the form on this page.";
 
 pub async fn list(
     State(state): State<ConsoleState>,
@@ -68,7 +79,19 @@ pub async fn create(
     if scopes.is_empty() {
         return Err(PageError::BadRequest("tick at least one scope".into()));
     }
-    let (id, key) = merchants::create_scoped_api_key(&state.pool, merchant, &scopes).await?;
+    let form_id = form
+        .form
+        .as_deref()
+        .and_then(|f| uuid::Uuid::parse_str(f).ok())
+        .ok_or_else(|| {
+            PageError::BadRequest("this form is out of date: reload the page and try again".into())
+        })?;
+    let Some((id, key)) =
+        merchants::create_api_key_once(&state.pool, merchant, &scopes, form_id).await?
+    else {
+        let page = keys_page(&state, &viewer, &csrf, merchant, Some(ALREADY_SENT), None).await?;
+        return Ok((axum::http::StatusCode::CONFLICT, page).into_response());
+    };
     tracing::info!(key = %id, %merchant, user = %viewer.user.id, "API key created from the console");
     let page = keys_page(&state, &viewer, &csrf, merchant, None, Some(key.expose())).await?;
     Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], page).into_response())
@@ -122,6 +145,7 @@ async fn keys_page(
         form #create-key .filters method="post" action="/console/api-keys" {
             (hidden_csrf(csrf))
             (merchant_field)
+            input type="hidden" name="form" value=(uuid::Uuid::new_v4());
             @for scope in Scope::ALL {
                 label { (scope.as_str()) input type="checkbox" name="scopes" value=(scope.as_str()) checked; }
             }

@@ -71,25 +71,54 @@ pub async fn create_scoped_api_key<'e>(
     merchant: MerchantId,
     scopes: &[Scope],
 ) -> Result<(ApiKeyId, ApiKey), DbError> {
-    let key = ApiKey::generate();
-    let id = ApiKeyId::new();
+    let (id, key) = (ApiKeyId::new(), ApiKey::generate());
+    // Without a form id nothing can conflict: the row is always inserted.
+    insert_api_key(exec, merchant, (id, &key), scopes, None).await?;
+    Ok((id, key))
+}
+
+/// [`create_scoped_api_key`] once per `form` (the console's one-time form id): `None` when
+/// that form already made its key, so a re-posted form makes no second one.
+pub async fn create_api_key_once<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    scopes: &[Scope],
+    form: uuid::Uuid,
+) -> Result<Option<(ApiKeyId, ApiKey)>, DbError> {
+    let (id, key) = (ApiKeyId::new(), ApiKey::generate());
+    let inserted = insert_api_key(exec, merchant, (id, &key), scopes, Some(form)).await?;
+    Ok(inserted.then_some((id, key)))
+}
+
+/// Stores the key's hash; false when `form` already made a key.
+async fn insert_api_key<'e>(
+    exec: impl PgExecutor<'e>,
+    merchant: MerchantId,
+    (id, key): (ApiKeyId, &ApiKey),
+    scopes: &[Scope],
+    form: Option<uuid::Uuid>,
+) -> Result<bool, DbError> {
     let scopes = if scopes.is_empty() {
         &Scope::ALL[..]
     } else {
         scopes
     };
     let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO api_keys (id, merchant_id, key_hash, prefix, scopes) VALUES ($1, $2, $3, $4, $5)",
+    let inserted = sqlx::query(
+        "INSERT INTO api_keys (id, merchant_id, key_hash, prefix, scopes, created_by_form)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (created_by_form) DO NOTHING",
     )
     .bind(id.as_uuid())
     .bind(merchant.as_uuid())
     .bind(&key.hash()[..])
     .bind(key.display_prefix())
     .bind(names)
+    .bind(form)
     .execute(exec)
-    .await?;
-    Ok((id, key))
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 /// A live key as `authenticate` reads it.
