@@ -148,6 +148,19 @@ pub struct KafkaConfig {
         default = "default_idle_rejoin"
     )]
     pub idle_rejoin: Duration,
+    /// How long a consumer keeps reading a partition again after a fetch skipped offsets
+    /// (a message's offset past the one after the last it was given). paygate's topics have
+    /// no compaction and no transactions, so their offsets have no holes: a skip means the
+    /// broker answered before an earlier batch was written (tansu's memory storage reserves a
+    /// batch's offsets before it stores it; docs/ARCHITECTURE.md, change 22). Past this the
+    /// hole is taken as real, logged and counted. 0 takes every hole at once.
+    /// Key: `offset_gap_patience_ms`.
+    #[serde(
+        rename = "offset_gap_patience_ms",
+        with = "units::ms",
+        default = "default_offset_gap_patience"
+    )]
+    pub offset_gap_patience: Duration,
     /// `[kafka.security]`: TLS and SASL for every client (librdkafka's own properties).
     #[serde(default)]
     pub security: KafkaSecurity,
@@ -163,6 +176,10 @@ fn default_session_timeout_ms() -> u64 {
 
 fn default_idle_rejoin() -> Duration {
     Duration::from_secs(15)
+}
+
+fn default_offset_gap_patience() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_linger_ms() -> u64 {
@@ -543,6 +560,7 @@ impl Default for Config {
                 instance_id: None,
                 session_timeout_ms: default_session_timeout_ms(),
                 idle_rejoin: default_idle_rejoin(),
+                offset_gap_patience: default_offset_gap_patience(),
                 security: KafkaSecurity::default(),
             },
             log: LogConfig {

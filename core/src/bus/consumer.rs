@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::events::{Body, DeadLetter, Envelope};
-use super::offsets::{OffsetTracker, Ticket};
+use super::offsets::{OffsetTracker, Take, Ticket};
 use super::producer::client_config;
 use super::trace::{TraceParent, TRACEPARENT};
 use super::{BusError, Producer, Topic, Topics};
@@ -217,6 +217,8 @@ pub struct ConsumerRunner {
     assigned: Arc<AtomicUsize>,
     /// `kafka.idle_rejoin_secs` (zero: no watchdog).
     idle_rejoin: Duration,
+    /// `kafka.offset_gap_patience_ms`: how long a hole in a partition's offsets is read again.
+    gap_patience: Duration,
 }
 
 /// What `/readyz` asks a running consumer: does it hold partitions, and if not, does its
@@ -422,6 +424,7 @@ impl ConsumerRunner {
             topics,
             assigned,
             idle_rejoin: config.idle_rejoin,
+            gap_patience: config.offset_gap_patience,
         })
     }
 
@@ -481,8 +484,10 @@ impl ConsumerRunner {
                         let delivery = Delivery::from_message(&message);
                         let produced_at_ms = message.timestamp().to_millis();
                         drop(message);
-                        let ticket = lock(&self.worker.tracker).begin(&delivery.topic, delivery.partition, delivery.offset);
-                        self.dispatch(&tasks, Job { delivery, ticket, produced_at_ms, _permit: held });
+                        match self.take(&delivery) {
+                            Some(ticket) => self.dispatch(&tasks, Job { delivery, ticket, produced_at_ms, _permit: held }),
+                            None => permit = Some(held),
+                        }
                     }
                     Err(error) => {
                         // Broker unreachable and the like: librdkafka reconnects by itself.
@@ -511,6 +516,43 @@ impl ConsumerRunner {
         self.consumer.unsubscribe();
         tracing::info!(%group, "consumer stopped");
         Ok(())
+    }
+
+    /// Registers a message, or (a hole before it in its partition, see `offsets`) reads the
+    /// partition again from the hole and answers `None`: the message comes again after it.
+    fn take(&self, delivery: &Delivery) -> Option<Ticket> {
+        let (topic, partition, offset) = (&delivery.topic, delivery.partition, delivery.offset);
+        let taken = lock(&self.worker.tracker).take(
+            topic,
+            partition,
+            offset,
+            std::time::Instant::now(),
+            self.gap_patience,
+        );
+        let group = &self.worker.settings.group_id;
+        match taken {
+            Take::Begun(ticket) => Some(ticket),
+            Take::BegunAfterHole { ticket, expected } => {
+                tracing::warn!(%group, %topic, partition, missing_from = expected, missing_to = offset.saturating_sub(1),
+                    "offsets never came after reading the partition again; going on (Postgres re-drives what they carried)");
+                metrics::counter!("paygate_consumer_offset_holes_total", "topic" => topic.clone(), "outcome" => "skipped")
+                    .increment(1);
+                Some(ticket)
+            }
+            Take::Refetch { expected, first } => {
+                if first {
+                    tracing::warn!(%group, %topic, partition, expected, got = offset,
+                        "the fetch skipped offsets; reading the partition again from the first missing one");
+                    metrics::counter!("paygate_consumer_offset_holes_total", "topic" => topic.clone(), "outcome" => "seen")
+                        .increment(1);
+                }
+                let at = Offset::Offset(expected);
+                if let Err(error) = self.consumer.seek(topic, partition, at, Duration::ZERO) {
+                    tracing::warn!(%error, %group, %topic, partition, "seek back to the hole failed; the next message decides again");
+                }
+                None
+            }
+        }
     }
 
     /// Starts a job now, or queues it behind the running job with the same key.

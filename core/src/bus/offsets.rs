@@ -7,8 +7,15 @@
 //!
 //! Partitions carry an epoch: when a partition is revoked and later assigned again, handlers
 //! still running from the earlier assignment cannot mark offsets in the new one.
+//!
+//! Holes: paygate's topics have no compaction and no transactions, so within one assignment
+//! a partition's messages come at consecutive offsets. A message past the one after the last
+//! means the fetch skipped a batch the broker had acknowledged but not yet stored (tansu's
+//! memory storage reserves offsets before it writes); [`OffsetTracker::take`] then says to
+//! read the partition again from the hole, for a while, before it takes the hole as real.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 /// A topic and partition.
 pub type TopicPartition = (String, i32);
@@ -21,6 +28,26 @@ pub struct Ticket {
     epoch: u64,
 }
 
+/// What [`OffsetTracker::take`] makes of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Take {
+    /// Registered: handle it.
+    Begun(Ticket),
+    /// The fetch skipped offsets from `expected`: do not handle this message, read the
+    /// partition again from `expected`. `first`: the first time this hole was seen.
+    Refetch { expected: i64, first: bool },
+    /// Registered after its hole outlasted the patience: offsets `expected..` before it
+    /// never came. Handle it (Postgres re-drives whatever the missing ones carried).
+    BegunAfterHole { ticket: Ticket, expected: i64 },
+}
+
+/// A hole being waited out: the offset expected, since when.
+#[derive(Debug, Clone, Copy)]
+struct Hole {
+    expected: i64,
+    since: Instant,
+}
+
 #[derive(Debug, Default)]
 struct PartitionState {
     epoch: u64,
@@ -28,6 +55,7 @@ struct PartitionState {
     /// One past the highest offset seen (registered) so far.
     next_after_seen: Option<i64>,
     last_committed: Option<i64>,
+    hole: Option<Hole>,
 }
 
 impl PartitionState {
@@ -68,6 +96,46 @@ impl OffsetTracker {
             partition: key,
             offset,
             epoch: state.epoch,
+        }
+    }
+
+    /// Registers a message unless it comes after a hole in its partition's offsets (see the
+    /// module's doc): then, until the hole has lasted `patience`, it answers
+    /// [`Take::Refetch`] and registers nothing.
+    pub fn take(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        now: Instant,
+        patience: Duration,
+    ) -> Take {
+        let key = (topic.to_owned(), partition);
+        let expected = self
+            .partitions
+            .get(&key)
+            .and_then(|state| state.next_after_seen)
+            .filter(|&expected| offset > expected);
+        let Some(expected) = expected else {
+            if let Some(state) = self.partitions.get_mut(&key) {
+                state.hole = None;
+            }
+            return Take::Begun(self.begin(topic, partition, offset));
+        };
+        let state = self.partitions.entry(key).or_default();
+        let known = state.hole.filter(|hole| hole.expected == expected);
+        let since = known.map_or(now, |hole| hole.since);
+        if now.saturating_duration_since(since) < patience {
+            state.hole = Some(Hole { expected, since });
+            return Take::Refetch {
+                expected,
+                first: known.is_none(),
+            };
+        }
+        state.hole = None;
+        Take::BegunAfterHole {
+            ticket: self.begin(topic, partition, offset),
+            expected,
         }
     }
 
@@ -128,6 +196,105 @@ mod tests {
 
     fn tp(p: i32) -> TopicPartition {
         ("t".to_owned(), p)
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn consecutive_offsets_are_taken_and_a_hole_is_read_again_until_it_fills() {
+        let mut tracker = OffsetTracker::new();
+        let start = Instant::now();
+        for offset in 0..3 {
+            assert!(matches!(
+                tracker.take("t", 0, offset, start, PATIENCE),
+                Take::Begun(_)
+            ));
+        }
+        // The fetch at 3 answered with the batch at 4: 3 was acknowledged, not yet stored.
+        assert_eq!(
+            tracker.take("t", 0, 4, start, PATIENCE),
+            Take::Refetch {
+                expected: 3,
+                first: true
+            }
+        );
+        let later = start + Duration::from_millis(10);
+        assert_eq!(
+            tracker.take("t", 0, 4, later, PATIENCE),
+            Take::Refetch {
+                expected: 3,
+                first: false
+            },
+            "the same hole, still waited for"
+        );
+        assert_eq!(
+            tracker.committable(),
+            vec![(tp(0), 0)],
+            "4 was not registered"
+        );
+        // Read again from 3, it comes, then 4.
+        assert!(matches!(
+            tracker.take("t", 0, 3, later, PATIENCE),
+            Take::Begun(_)
+        ));
+        assert!(matches!(
+            tracker.take("t", 0, 4, later, PATIENCE),
+            Take::Begun(_)
+        ));
+        // Another partition's first message after an assignment is no hole.
+        assert!(matches!(
+            tracker.take("t", 1, 57, later, PATIENCE),
+            Take::Begun(_)
+        ));
+    }
+
+    #[test]
+    fn a_hole_that_outlasts_the_patience_is_taken_as_real() {
+        let mut tracker = OffsetTracker::new();
+        let start = Instant::now();
+        let Take::Begun(first) = tracker.take("t", 0, 7, start, PATIENCE) else {
+            panic!("the first message of an assignment is no hole");
+        };
+        tracker.complete(&first);
+        assert!(matches!(
+            tracker.take("t", 0, 9, start, PATIENCE),
+            Take::Refetch {
+                expected: 8,
+                first: true
+            }
+        ));
+        let Take::BegunAfterHole { ticket, expected } =
+            tracker.take("t", 0, 9, start + PATIENCE, PATIENCE)
+        else {
+            panic!("the hole outlasted the patience");
+        };
+        assert_eq!((ticket.offset, expected), (9, 8));
+        tracker.complete(&ticket);
+        assert_eq!(tracker.committable(), vec![(tp(0), 10)]);
+        // Zero patience: every hole at once.
+        assert!(matches!(
+            tracker.take("t", 0, 12, start, Duration::ZERO),
+            Take::BegunAfterHole { expected: 10, .. }
+        ));
+    }
+
+    #[test]
+    fn a_lower_offset_is_no_hole() {
+        // A broker that came back empty starts again at 0; a replay after a seek goes back.
+        let mut tracker = OffsetTracker::new();
+        let now = Instant::now();
+        assert!(matches!(
+            tracker.take("t", 0, 40, now, PATIENCE),
+            Take::Begun(_)
+        ));
+        assert!(matches!(
+            tracker.take("t", 0, 0, now, PATIENCE),
+            Take::Begun(_)
+        ));
+        assert!(matches!(
+            tracker.take("t", 0, 41, now, PATIENCE),
+            Take::Begun(_)
+        ));
     }
 
     #[test]
