@@ -77,7 +77,10 @@ impl OffsetTracker {
 
     /// Registers a message as taken from the broker and not yet handled.
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> Ticket {
-        let key = (topic.to_owned(), partition);
+        self.register((topic.to_owned(), partition), offset)
+    }
+
+    fn register(&mut self, key: TopicPartition, offset: i64) -> Ticket {
         let next_epoch = &mut self.next_epoch;
         let state = self.partitions.entry(key.clone()).or_insert_with(|| {
             *next_epoch += 1;
@@ -87,11 +90,10 @@ impl OffsetTracker {
             }
         });
         state.in_flight.insert(offset);
-        state.next_after_seen = Some(
-            state
-                .next_after_seen
-                .map_or(offset + 1, |n| n.max(offset + 1)),
-        );
+        // A registered message ends any wait for a hole before it.
+        state.hole = None;
+        let after = offset.saturating_add(1);
+        state.next_after_seen = Some(state.next_after_seen.map_or(after, |n| n.max(after)));
         Ticket {
             partition: key,
             offset,
@@ -111,32 +113,24 @@ impl OffsetTracker {
         patience: Duration,
     ) -> Take {
         let key = (topic.to_owned(), partition);
-        let expected = self
-            .partitions
-            .get(&key)
-            .and_then(|state| state.next_after_seen)
-            .filter(|&expected| offset > expected);
-        let Some(expected) = expected else {
-            if let Some(state) = self.partitions.get_mut(&key) {
-                state.hole = None;
+        if let Some(state) = self.partitions.get_mut(&key) {
+            if let Some(expected) = state.next_after_seen.filter(|&next| offset > next) {
+                let known = state.hole.filter(|hole| hole.expected == expected);
+                let since = known.map_or(now, |hole| hole.since);
+                if now.saturating_duration_since(since) < patience {
+                    state.hole = Some(Hole { expected, since });
+                    return Take::Refetch {
+                        expected,
+                        first: known.is_none(),
+                    };
+                }
+                return Take::BegunAfterHole {
+                    ticket: self.register(key, offset),
+                    expected,
+                };
             }
-            return Take::Begun(self.begin(topic, partition, offset));
-        };
-        let state = self.partitions.entry(key).or_default();
-        let known = state.hole.filter(|hole| hole.expected == expected);
-        let since = known.map_or(now, |hole| hole.since);
-        if now.saturating_duration_since(since) < patience {
-            state.hole = Some(Hole { expected, since });
-            return Take::Refetch {
-                expected,
-                first: known.is_none(),
-            };
         }
-        state.hole = None;
-        Take::BegunAfterHole {
-            ticket: self.begin(topic, partition, offset),
-            expected,
-        }
+        Take::Begun(self.register(key, offset))
     }
 
     /// Marks a message handled. A ticket from an earlier assignment is ignored.
