@@ -7,6 +7,7 @@
 //! Everything it needs is in Postgres: a restart, or a second dispatcher, carries on from
 //! the rows (`FOR UPDATE SKIP LOCKED` shares them; a lease covers a crashed worker).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,22 +46,34 @@ fn lock(in_flight: &Shared) -> MutexGuard<'_, InFlight> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Wakes the scheduler when a worker frees room, but only if the last claim left due
+/// deliveries behind for want of room ([`webhooks::Claimed::held_back`]): otherwise the
+/// wake-up would only claim nothing, three round trips to Postgres per delivery for no work.
+#[derive(Clone)]
+struct RoomWake {
+    notify: Arc<Notify>,
+    held_back: Arc<AtomicBool>,
+}
+
+impl RoomWake {
+    fn room_freed(&self) {
+        if self.held_back.load(Ordering::Acquire) {
+            self.notify.notify_one();
+        }
+    }
+}
+
 /// Counts a delivery in flight to its destination and for its merchant until dropped
 /// (also on panic).
 struct InFlightGuard {
     in_flight: Shared,
     destination: String,
     merchant: MerchantId,
-    wake: Arc<Notify>,
+    wake: RoomWake,
 }
 
 impl InFlightGuard {
-    fn new(
-        in_flight: &Shared,
-        destination: &str,
-        merchant: MerchantId,
-        wake: &Arc<Notify>,
-    ) -> Self {
+    fn new(in_flight: &Shared, destination: &str, merchant: MerchantId, wake: &RoomWake) -> Self {
         lock(in_flight).add(destination, merchant);
         Self {
             in_flight: in_flight.clone(),
@@ -74,7 +87,7 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         lock(&self.in_flight).remove(&self.destination, self.merchant);
-        self.wake.notify_one();
+        self.wake.room_freed();
     }
 }
 
@@ -82,6 +95,10 @@ impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let in_flight: Shared = Arc::new(Mutex::new(InFlight::default()));
+        let room = RoomWake {
+            notify: self.wake.clone(),
+            held_back: Arc::new(AtomicBool::new(false)),
+        };
         let tasks = TaskTracker::new();
         tracing::info!(
             concurrency = self.concurrency,
@@ -103,8 +120,9 @@ impl Scheduler {
                 };
                 match webhooks::claim_due(&self.pool, &self.keyring, limits).await {
                     Ok(claimed) => {
-                        more = claimed.len() == free;
-                        for delivery in claimed {
+                        more = claimed.deliveries.len() == free;
+                        room.held_back.store(claimed.held_back, Ordering::Release);
+                        for delivery in claimed.deliveries {
                             let Ok(permit) = slots.clone().try_acquire_owned() else {
                                 // Only this loop takes permits, so this cannot happen; the
                                 // delivery would be taken again when its lease runs out.
@@ -115,7 +133,7 @@ impl Scheduler {
                                 &in_flight,
                                 &delivery.destination,
                                 delivery.merchant_id,
-                                &self.wake,
+                                &room,
                             );
                             let deliverer = self.deliverer.clone();
                             tasks.spawn(async move {
@@ -129,6 +147,9 @@ impl Scheduler {
                         tracing::warn!(%error, "could not claim due webhook deliveries; retrying");
                     }
                 }
+            } else {
+                // Every worker is busy: the first to finish must wake the loop.
+                room.held_back.store(true, Ordering::Release);
             }
             if more {
                 continue;

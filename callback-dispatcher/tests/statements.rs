@@ -83,7 +83,9 @@ async fn claim_all(config: &Config, pool: &PgPool) -> Result<Vec<ClaimedDelivery
         per_merchant: 16,
         in_flight: &in_flight,
     };
-    Ok(webhooks::claim_due(pool, &keyring, limits).await?)
+    Ok(webhooks::claim_due(pool, &keyring, limits)
+        .await?
+        .deliveries)
 }
 
 fn attempt(claimed: &ClaimedDelivery, status: u16) -> NewDeliveryAttempt {
@@ -245,5 +247,57 @@ async fn a_completion_is_fenced_by_its_attempt_and_a_disable_by_its_streak() -> 
         states,
         vec![DeliveryState::Disabled, DeliveryState::Succeeded]
     );
+    Ok(())
+}
+
+/// A claim says whether it passed due deliveries over for want of room, so that a worker
+/// finishing wakes the scheduler only when there is something to wake it for: a claim that
+/// took everything due says no; one held back by the bulkhead, or one that filled every free
+/// slot, says yes. The claim leases what it takes (one attempt more, `delivering`).
+#[tokio::test]
+async fn a_claim_says_whether_it_left_due_deliveries_behind() -> TestResult {
+    let (config, pool) = isolated_config().await?;
+    let keyring = paygate_testkit::keyring(&config)?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    // Two payments whose only destination is the same callback_url.
+    for _ in 0..2 {
+        let tx = transaction(&pool, merchant).await?;
+        webhooks::record_event(&pool, &event(&tx)).await?;
+    }
+    let in_flight = InFlight::default();
+    let limits = |max, per_destination| ClaimLimits {
+        max,
+        lease: Duration::from_secs(60),
+        per_destination,
+        per_merchant: 16,
+        in_flight: &in_flight,
+    };
+
+    let bulkhead = webhooks::claim_due(&pool, &keyring, limits(16, 1)).await?;
+    assert_eq!(bulkhead.deliveries.len(), 1, "one per destination");
+    assert!(bulkhead.held_back, "the second waits for room");
+    let leased = &bulkhead.deliveries[0];
+    assert_eq!(leased.attempt, 1);
+    let rows = webhooks::deliveries_for_event(&pool, leased.event_id).await?;
+    assert_eq!(
+        rows.iter().map(|d| d.state).collect::<Vec<_>>(),
+        vec![DeliveryState::Delivering]
+    );
+
+    let rest = webhooks::claim_due(&pool, &keyring, limits(16, 16)).await?;
+    assert_eq!(rest.deliveries.len(), 1);
+    assert!(!rest.held_back, "nothing due was left");
+
+    let nothing = webhooks::claim_due(&pool, &keyring, limits(16, 16)).await?;
+    assert!(nothing.deliveries.is_empty());
+    assert!(!nothing.held_back);
+
+    let tx = transaction(&pool, merchant).await?;
+    webhooks::record_event(&pool, &event(&tx)).await?;
+    let tx = transaction(&pool, merchant).await?;
+    webhooks::record_event(&pool, &event(&tx)).await?;
+    let full = webhooks::claim_due(&pool, &keyring, limits(1, 16)).await?;
+    assert_eq!(full.deliveries.len(), 1);
+    assert!(full.held_back, "every free slot taken: more may be due");
     Ok(())
 }

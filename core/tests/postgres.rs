@@ -411,3 +411,36 @@ async fn a_database_belongs_to_the_deployment_that_claimed_it_first() -> TestRes
     assert_eq!(owner, "blue");
     Ok(())
 }
+
+/// The payment processor reads a transaction and its merchant's enabled gateways in one
+/// round trip: the list as the merchant set it, `None` for "every gateway", and nothing for
+/// an unknown id.
+#[tokio::test]
+async fn a_transaction_is_read_with_its_merchants_enabled_gateways() -> TestResult {
+    let (pool, _) = fresh_database().await?;
+    let merchant = merchants::create(&pool, "Acme").await?;
+    let tx = new_transaction(&pool, merchant.id, 100).await?;
+    transactions::insert(&pool, &tx, None, &announcement(&tx)).await?;
+
+    let (read, enabled) = transactions::get_with_enabled_gateways(&pool, tx.id)
+        .await?
+        .ok_or("the transaction exists")?;
+    assert_eq!(
+        (read.id, read.merchant_id, read.version),
+        (tx.id, tx.merchant_id, tx.version)
+    );
+    assert_eq!(enabled, None, "no list: every gateway");
+
+    let only = vec![paygate_core::domain::GatewayName::parse("paystack")?];
+    merchants::set_enabled_gateways(&pool, merchant.id, Some(&only)).await?;
+    let (_, enabled) = transactions::get_with_enabled_gateways(&pool, tx.id)
+        .await?
+        .ok_or("the transaction exists")?;
+    assert_eq!(enabled, Some(only));
+
+    let unknown = paygate_core::domain::TransactionId::new();
+    assert!(transactions::get_with_enabled_gateways(&pool, unknown)
+        .await?
+        .is_none());
+    Ok(())
+}

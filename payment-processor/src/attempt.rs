@@ -20,8 +20,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
+use paygate_core::db::transactions;
 use paygate_core::db::DbError;
-use paygate_core::db::{self, transactions};
 use paygate_core::domain::clock;
 use paygate_core::domain::{
     Failure, GatewayName, InvalidTransition, Transaction, TransactionId, TransactionKind,
@@ -206,8 +206,8 @@ impl Engine {
         version: i64,
         trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
-        let tx = match self.claimable(id, version).await? {
-            ControlFlow::Continue(tx) => tx,
+        let (tx, enabled) = match self.claimable(id, version).await? {
+            ControlFlow::Continue(claimable) => claimable,
             ControlFlow::Break(outcome) => return Ok(outcome),
         };
         let tx = match self.ask_if_pinned(tx, trace).await? {
@@ -218,7 +218,7 @@ impl Engine {
             let reason = format!("gave up after {} attempts", tx.attempts);
             return self.give_up(&tx, reason, trace).await;
         }
-        let route = match self.route_or_fail(&tx, trace).await? {
+        let route = match self.route_or_fail(&tx, enabled.as_deref(), trace).await? {
             ControlFlow::Continue(route) => route,
             ControlFlow::Break(outcome) => return Ok(outcome),
         };
@@ -240,13 +240,14 @@ impl Engine {
 
     /// The transaction as this event may act on it: known, still waiting for an attempt,
     /// and at the event's version (an older event's replay would retry before the backoff
-    /// is over).
+    /// is over); with the gateways its merchant enabled (`None`: all), read with it.
     async fn claimable(
         &self,
         id: TransactionId,
         version: i64,
-    ) -> Result<ControlFlow<Outcome, Transaction>, ProcessError> {
-        let Some(tx) = transactions::get(&self.pool, id).await? else {
+    ) -> Result<ControlFlow<Outcome, (Transaction, Option<Vec<GatewayName>>)>, ProcessError> {
+        let Some((tx, enabled)) = transactions::get_with_enabled_gateways(&self.pool, id).await?
+        else {
             return Err(ProcessError::Poison(format!("unknown transaction {id}")));
         };
         if !matches!(
@@ -259,22 +260,24 @@ impl Engine {
             // A replay of an older event: acting on it would retry before the backoff is over.
             return Ok(ControlFlow::Break(Outcome::Skipped("stale event")));
         }
-        Ok(ControlFlow::Continue(tx))
+        Ok(ControlFlow::Continue((tx, enabled)))
     }
 
-    /// The route for `tx`, or the transaction failed when there is none: no matching rule,
-    /// or a rule naming a gateway that is not configured (also dead-lettered, as poison).
+    /// The route for `tx` within its merchant's `enabled` gateways, or the transaction
+    /// failed when there is none: no matching rule, or a rule naming a gateway that is not
+    /// configured (also dead-lettered, as poison).
     async fn route_or_fail(
         &self,
         tx: &Transaction,
+        enabled: Option<&[GatewayName]>,
         trace: Option<TraceParent>,
     ) -> Result<ControlFlow<Outcome, Route>, ProcessError> {
         let enabled = match &tx.gateway {
             // Named by the merchant: the API allowed it.
             Some(_) => None,
-            None => db::merchants::enabled_gateways(&self.pool, tx.merchant_id).await?,
+            None => enabled,
         };
-        match self.router.route_within(tx, enabled.as_deref()) {
+        match self.router.route_within(tx, enabled) {
             Ok(route) => Ok(ControlFlow::Continue(route)),
             Err(error @ (RouteError::NoRoute | RouteError::NoEnabledGateway)) => {
                 let failure = Some((codes::NO_ROUTE, error.to_string()));

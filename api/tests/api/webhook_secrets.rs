@@ -335,7 +335,8 @@ async fn after_rotations_deliveries_carry_both_secrets() -> TestResult {
             in_flight: &in_flight,
         },
     )
-    .await?;
+    .await?
+    .deliveries;
     assert_eq!(claimed.len(), 4, "two generations, two destinations");
     for delivery in &claimed {
         let opened = delivery

@@ -177,7 +177,9 @@ pub async fn authenticate_hash<'e>(
     }))
 }
 
-fn parse_gateways(names: Option<Vec<String>>) -> Result<Option<Vec<GatewayName>>, DbError> {
+pub(crate) fn parse_gateways(
+    names: Option<Vec<String>>,
+) -> Result<Option<Vec<GatewayName>>, DbError> {
     names
         .map(|names| {
             names

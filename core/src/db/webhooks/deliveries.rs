@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::secrets::{self, SigningSecret};
 use crate::db::transactions::Bindable;
 use crate::db::webhook_endpoints::{self, FailingStreak, NewDeliveryAttempt, ATTEMPT_COLUMNS};
-use crate::db::{relax_durability, DbError};
+use crate::db::DbError;
 use crate::domain::{DeliveryAttemptId, EventId, MerchantId, TransactionId, WebhookEndpointId};
 use crate::keyring::{Keyring, SealError};
 
@@ -432,33 +432,57 @@ impl ClaimRow {
     }
 }
 
+/// What [`claim_due`] took, and whether it left due deliveries behind for want of room.
+#[derive(Debug)]
+pub struct Claimed {
+    pub deliveries: Vec<ClaimedDelivery>,
+    /// Due deliveries were passed over because a destination or a merchant was at its
+    /// limit (or the claim filled every free slot): a worker finishing frees room for them,
+    /// so it should wake the scheduler. When false, everything due was taken, and a worker
+    /// finishing has nothing to wake it for (new work wakes it by itself).
+    pub held_back: bool,
+}
+
 /// Takes due deliveries (pending and due, or leased by a worker whose lease ran out) under
-/// a lease, skipping rows another dispatcher holds and destinations at their limit.
+/// a lease, skipping rows another dispatcher holds and destinations at their limit. Four
+/// round trips when something is taken (begin, candidates, lease-and-read, commit), three
+/// when nothing is.
 pub async fn claim_due(
     pool: &PgPool,
     keyring: &Keyring,
     limits: ClaimLimits<'_>,
-) -> Result<Vec<ClaimedDelivery>, DbError> {
+) -> Result<Claimed, DbError> {
     if limits.max == 0 {
-        return Ok(Vec::new());
+        return Ok(Claimed {
+            deliveries: Vec::new(),
+            held_back: true,
+        });
     }
     let mut db = pool.begin().await?;
     let candidates = due_candidates(&mut db, &limits).await?;
+    let offered = candidates.len();
     let chosen = limits.choose(candidates);
+    let held_back = chosen.len() < offered
+        || chosen.len() >= limits.max
+        || !limits.saturated_destinations().is_empty()
+        || !limits.saturated_merchants().is_empty();
     if chosen.is_empty() {
         db.commit().await?;
-        return Ok(Vec::new());
+        return Ok(Claimed {
+            deliveries: Vec::new(),
+            held_back,
+        });
     }
-    // A lost lease only lets the delivery be claimed (and sent) again.
-    relax_durability(&mut db).await?;
-    lease(&mut db, &chosen, limits.lease).await?;
-    let rows = leased(&mut db, &chosen).await?;
-    let mut claimed = Vec::with_capacity(rows.len());
+    let rows = lease(&mut db, &chosen, limits.lease).await?;
+    let mut deliveries = Vec::with_capacity(rows.len());
     for row in rows {
-        claimed.push(row.into_claimed(&mut db, keyring).await?);
+        deliveries.push(row.into_claimed(&mut db, keyring).await?);
     }
     db.commit().await?;
-    Ok(claimed)
+    Ok(Claimed {
+        deliveries,
+        held_back,
+    })
 }
 
 /// Due deliveries nobody holds, oldest due first, locked for this transaction: a few times
@@ -484,32 +508,26 @@ async fn due_candidates(
     Ok(candidates)
 }
 
-/// Marks the chosen deliveries as being delivered, one attempt more, until the lease ends.
+/// Marks the chosen deliveries as being delivered, one attempt more, until the lease ends,
+/// and reads what sending them needs, in due order: one statement. The claim's commit does
+/// not wait for the WAL flush (`set_config(…, true)` is `SET LOCAL` for the claim's
+/// transaction): a lost lease only lets the delivery be claimed (and sent) again.
 async fn lease(
     db: &mut Transaction<'_, Postgres>,
     chosen: &[Uuid],
     lease: Duration,
-) -> Result<(), DbError> {
-    sqlx::query(
-        "UPDATE webhook_deliveries
-         SET state = 'delivering', attempts = attempts + 1, locked_until = now() + make_interval(secs => $2),
-             updated_at = now()
-         WHERE id = ANY($1)",
-    )
-    .bind(chosen)
-    .bind(lease.as_secs_f64())
-    .execute(&mut **db)
-    .await?;
-    Ok(())
-}
-
-/// The leased deliveries with what sending needs, in due order.
-async fn leased(
-    db: &mut Transaction<'_, Postgres>,
-    chosen: &[Uuid],
 ) -> Result<Vec<ClaimRow>, DbError> {
     let rows = sqlx::query_as(
-        "SELECT d.id, d.event_id, d.merchant_id, d.transaction_id, d.endpoint_id, d.url, d.destination, d.attempts,
+        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting),
+         leased AS (
+             UPDATE webhook_deliveries
+             SET state = 'delivering', attempts = attempts + 1, locked_until = now() + make_interval(secs => $2),
+                 updated_at = now()
+             WHERE id = ANY($1) AND EXISTS (SELECT 1 FROM relaxed)
+             RETURNING id, event_id, merchant_id, transaction_id, endpoint_id, url, destination, attempts,
+                       next_attempt_at
+         )
+         SELECT d.id, d.event_id, d.merchant_id, d.transaction_id, d.endpoint_id, d.url, d.destination, d.attempts,
                 e.payload::text AS payload,
                 CASE WHEN d.endpoint_id IS NULL THEN m.secret ELSE w.secret END AS secret,
                 CASE WHEN d.endpoint_id IS NULL
@@ -517,14 +535,14 @@ async fn leased(
                      ELSE CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END END
                   AS previous_secret,
                 (d.endpoint_id IS NOT NULL AND (w.id IS NULL OR w.disabled_at IS NOT NULL)) AS endpoint_disabled
-         FROM webhook_deliveries d
+         FROM leased d
          JOIN webhook_events e ON e.id = d.event_id
          LEFT JOIN webhook_endpoints w ON w.id = d.endpoint_id
          LEFT JOIN merchant_webhook_secrets m ON m.merchant_id = d.merchant_id
-         WHERE d.id = ANY($1)
          ORDER BY d.next_attempt_at",
     )
     .bind(chosen)
+    .bind(lease.as_secs_f64())
     .fetch_all(&mut **db)
     .await?;
     Ok(rows)

@@ -26,8 +26,8 @@ pub mod secrets;
 
 pub use deliveries::{
     backlog_by_destination, callback_destination, claim_due, complete, deliveries_for_event,
-    finish, ClaimLimits, ClaimedDelivery, Delivery, DeliveryOutcome, DeliveryState, Finished,
-    InFlight, StreakChange,
+    finish, ClaimLimits, Claimed, ClaimedDelivery, Delivery, DeliveryOutcome, DeliveryState,
+    Finished, InFlight, StreakChange,
 };
 pub use events::{
     event_id_for, event_id_for_refund, events_for_transaction, get_event, record_event, redeliver,
