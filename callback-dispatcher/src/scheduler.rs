@@ -147,9 +147,6 @@ impl Scheduler {
                         tracing::warn!(%error, "could not claim due webhook deliveries; retrying");
                     }
                 }
-            } else {
-                // Every worker is busy: the first to finish must wake the loop.
-                room.held_back.store(true, Ordering::Release);
             }
             if more {
                 continue;

@@ -195,20 +195,6 @@ pub(crate) fn parse_gateways(
         .transpose()
 }
 
-/// The gateways `merchant` may use (`None`: all). The payment processor asks before routing
-/// a payment that names none.
-pub async fn enabled_gateways<'e>(
-    exec: impl PgExecutor<'e>,
-    merchant: MerchantId,
-) -> Result<Option<Vec<GatewayName>>, DbError> {
-    let names: Option<Option<Vec<String>>> =
-        sqlx::query_scalar("SELECT enabled_gateways FROM merchants WHERE id = $1")
-            .bind(merchant.as_uuid())
-            .fetch_optional(exec)
-            .await?;
-    parse_gateways(names.flatten())
-}
-
 /// Restricts `merchant` to `gateways` (`None`: every gateway). Returns whether it exists.
 pub async fn set_enabled_gateways<'e>(
     exec: impl PgExecutor<'e>,

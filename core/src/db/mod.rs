@@ -67,8 +67,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Lets the current database transaction commit without waiting for its WAL flush
-/// (`SET LOCAL synchronous_commit = off`). Only for writes whose loss in a Postgres crash
+/// A CTE that lets the statement's database transaction commit without waiting for its WAL
+/// flush (`set_config(…, true)` is `SET LOCAL` for that transaction, implicit or not; as a
+/// CTE it costs no round trip of its own). A statement takes effect of it by referring to
+/// `relaxed` (a CTE nobody reads is not run). Only for writes whose loss in a Postgres crash
 /// causes a *repeat* that is already handled, never a lost effect: stamping outbox rows as
 /// published (lost → published again; consumers are idempotent), a webhook delivery's lease
 /// and result (lost → delivered again with the same `webhook-id`). Money state, idempotency
@@ -76,11 +78,5 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 ///
 /// Why: the pipeline is bound by WAL flushes on a small machine (BENCHMARKS.md), and these
 /// bookkeeping commits were almost half of them.
-pub async fn relax_durability(
-    db: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-) -> Result<(), DbError> {
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut **db)
-        .await?;
-    Ok(())
-}
+pub const RELAXED: &str =
+    "relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting)";

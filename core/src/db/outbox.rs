@@ -84,22 +84,16 @@ type OutboxRow = (
 /// Locks up to `limit` unpublished rows, oldest first, for the rest of the caller's database
 /// transaction. `SKIP LOCKED` lets several relays share the work without publishing a row twice.
 ///
-/// The same statement makes the caller's transaction commit without waiting for the WAL
-/// flush (`set_config(…, true)` is `SET LOCAL`; a separate `SET LOCAL` was one more round
-/// trip per round): its only write is the "published" stamp, and a lost stamp only
-/// publishes the rows again, which consumers absorb.
+/// The same statement relaxes the caller's transaction ([`super::RELAXED`]; a separate
+/// `SET LOCAL` was one more round trip per round): its only write is the "published" stamp.
 pub async fn claim_batch(
     db: &mut sqlx::Transaction<'_, Postgres>,
     limit: i64,
 ) -> Result<Vec<PendingRow>, DbError> {
-    let rows: Vec<OutboxRow> = sqlx::query_as(
-        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting)
-         SELECT o.id, o.topic, o.message_key, o.payload, o.headers, o.created_at FROM outbox o, relaxed
-         WHERE o.published_at IS NULL ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
-    )
-    .bind(limit)
-    .fetch_all(&mut **db)
-    .await?;
+    let rows: Vec<OutboxRow> = sqlx::query_as(&CLAIM)
+        .bind(limit)
+        .fetch_all(&mut **db)
+        .await?;
     rows.into_iter()
         .map(|(id, topic, key, payload, headers, created_at)| {
             let corrupt = |detail: String| DbError::Corrupt {
@@ -123,6 +117,16 @@ pub async fn claim_batch(
         })
         .collect()
 }
+
+/// [`claim_batch`]'s statement.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}
+         SELECT o.id, o.topic, o.message_key, o.payload, o.headers, o.created_at FROM outbox o, relaxed
+         WHERE o.published_at IS NULL ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+        super::RELAXED
+    )
+});
 
 /// Stamps rows as published (inside the same database transaction that claimed them).
 pub async fn mark_published(

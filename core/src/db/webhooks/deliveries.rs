@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::secrets::{self, SigningSecret};
 use crate::db::transactions::Bindable;
 use crate::db::webhook_endpoints::{self, FailingStreak, NewDeliveryAttempt, ATTEMPT_COLUMNS};
-use crate::db::DbError;
+use crate::db::{DbError, RELAXED};
 use crate::domain::{DeliveryAttemptId, EventId, MerchantId, TransactionId, WebhookEndpointId};
 use crate::keyring::{Keyring, SealError};
 
@@ -458,14 +458,18 @@ pub async fn claim_due(
             held_back: true,
         });
     }
+    let saturated = (
+        limits.saturated_destinations(),
+        limits.saturated_merchants(),
+    );
     let mut db = pool.begin().await?;
-    let candidates = due_candidates(&mut db, &limits).await?;
+    let candidates = due_candidates(&mut db, &limits, &saturated).await?;
     let offered = candidates.len();
     let chosen = limits.choose(candidates);
     let held_back = chosen.len() < offered
         || chosen.len() >= limits.max
-        || !limits.saturated_destinations().is_empty()
-        || !limits.saturated_merchants().is_empty();
+        || !saturated.0.is_empty()
+        || !saturated.1.is_empty();
     if chosen.is_empty() {
         db.commit().await?;
         return Ok(Claimed {
@@ -486,10 +490,13 @@ pub async fn claim_due(
 }
 
 /// Due deliveries nobody holds, oldest due first, locked for this transaction: a few times
-/// `max`, so that destinations at their limit still leave enough to choose from.
+/// `max`, so that destinations at their limit still leave enough to choose from. Destinations
+/// and merchants already `saturated` (as [`ClaimLimits::saturated_destinations`] and
+/// [`ClaimLimits::saturated_merchants`] give them) are not even candidates.
 async fn due_candidates(
     db: &mut Transaction<'_, Postgres>,
     limits: &ClaimLimits<'_>,
+    (destinations, merchants): &(Vec<String>, Vec<Uuid>),
 ) -> Result<Vec<Candidate>, DbError> {
     let candidates = sqlx::query_as(
         "SELECT id, destination, merchant_id FROM webhook_deliveries
@@ -500,25 +507,34 @@ async fn due_candidates(
          LIMIT $2
          FOR UPDATE SKIP LOCKED",
     )
-    .bind(limits.saturated_destinations())
+    .bind(destinations)
     .bind(i64::try_from(limits.max.saturating_mul(4)).unwrap_or(i64::MAX))
-    .bind(limits.saturated_merchants())
+    .bind(merchants)
     .fetch_all(&mut **db)
     .await?;
     Ok(candidates)
 }
 
 /// Marks the chosen deliveries as being delivered, one attempt more, until the lease ends,
-/// and reads what sending them needs, in due order: one statement. The claim's commit does
-/// not wait for the WAL flush (`set_config(…, true)` is `SET LOCAL` for the claim's
-/// transaction): a lost lease only lets the delivery be claimed (and sent) again.
+/// and reads what sending them needs, in due order: one statement. It relaxes the claim's
+/// commit ([`RELAXED`]): a lost lease only lets the delivery be claimed (and sent) again.
 async fn lease(
     db: &mut Transaction<'_, Postgres>,
     chosen: &[Uuid],
     lease: Duration,
 ) -> Result<Vec<ClaimRow>, DbError> {
-    let rows = sqlx::query_as(
-        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting),
+    let rows = sqlx::query_as(&LEASE)
+        .bind(chosen)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&mut **db)
+        .await?;
+    Ok(rows)
+}
+
+/// [`lease`]'s statement: `$1` the chosen ids, `$2` the lease in seconds.
+static LEASE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH {RELAXED},
          leased AS (
              UPDATE webhook_deliveries
              SET state = 'delivering', attempts = attempts + 1, locked_until = now() + make_interval(secs => $2),
@@ -539,14 +555,9 @@ async fn lease(
          JOIN webhook_events e ON e.id = d.event_id
          LEFT JOIN webhook_endpoints w ON w.id = d.endpoint_id
          LEFT JOIN merchant_webhook_secrets m ON m.merchant_id = d.merchant_id
-         ORDER BY d.next_attempt_at",
+         ORDER BY d.next_attempt_at"
     )
-    .bind(chosen)
-    .bind(lease.as_secs_f64())
-    .fetch_all(&mut **db)
-    .await?;
-    Ok(rows)
-}
+});
 
 /// How one claimed delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -655,12 +666,12 @@ pub struct Finished {
 }
 
 /// [`finish`]: `$7` endpoint (NULL for a `callback_url`), `$8` [`StreakChange`]. The
-/// endpoint's row is written only when the delivery moved on. Commits without waiting for
-/// the WAL flush (`set_config(…, true)` is `SET LOCAL` for the statement's own transaction):
-/// a lost result only sends the webhook again, with the same `webhook-id`.
+/// endpoint's row is written only when the delivery moved on. Relaxed ([`RELAXED`], for the
+/// statement's own transaction): a lost result only sends the webhook again, with the same
+/// `webhook-id`.
 static FINISH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting),
+        "WITH {RELAXED},
          moved AS ({MOVE_ON} RETURNING 1),
          streak AS (
              UPDATE webhook_endpoints
