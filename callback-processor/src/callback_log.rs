@@ -10,7 +10,7 @@ use paygate_core::db::DbError;
 use paygate_core::domain::{
     GatewayName, Money, TransactionId, TransactionStatus, TransactionUpdate,
 };
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 
 use crate::decide::Outcome;
 
@@ -183,23 +183,24 @@ static INSERT_APPLY_AND_ANNOUNCE: LazyLock<String> = LazyLock::new(|| {
 /// still has `expected_version`, in one statement (its own transaction): a decision made
 /// on a stale snapshot is not recorded.
 pub async fn insert_if_current<'q>(
-    pool: &PgPool,
+    exec: impl PgExecutor<'_>,
     entry: &'q NewEntry<'q>,
     expected_version: i64,
 ) -> Result<Written, DbError> {
     let query = sqlx::query_as(&INSERT_IF_CURRENT)
         .bind(entry.transaction_id.as_uuid())
         .bind(expected_version);
-    let (current, logged): (bool, bool) = bind_entry(query, entry).fetch_one(pool).await?;
+    let (current, logged): (bool, bool) = bind_entry(query, entry).fetch_one(exec).await?;
     Ok(Written::from_flags(current, logged))
 }
 
 /// Logs the event and applies `update` with its announcement (if any) in one statement, so
 /// one round trip and one commit (the ledger's trigger on `transactions` writes its entries
-/// in it): nothing at all when the version moved or the event was logged before. Calls
-/// [`outbox::committed`] when an outbox row was committed.
+/// in it): nothing at all when the version moved or the event was logged before. Run inside
+/// a group's transaction, the caller tells the relay ([`outbox::committed`]) once that
+/// transaction committed.
 pub async fn insert_and_apply<'q>(
-    pool: &PgPool,
+    exec: impl PgExecutor<'_>,
     entry: &'q NewEntry<'q>,
     update: &'q TransactionUpdate,
     announcement: Option<&'q OutboxMessage>,
@@ -210,11 +211,11 @@ pub async fn insert_and_apply<'q>(
             let query =
                 transactions::bind_update(sqlx::query_as(&INSERT_APPLY_AND_ANNOUNCE), update);
             let query = transactions::bind_announcement(query, message, headers);
-            bind_entry(query, entry).fetch_one(pool).await?
+            bind_entry(query, entry).fetch_one(exec).await?
         }
         None => {
             let query = transactions::bind_update(sqlx::query_as(&INSERT_AND_APPLY), update);
-            bind_entry(query, entry).fetch_one(pool).await?
+            bind_entry(query, entry).fetch_one(exec).await?
         }
     };
     let (current, logged, applied) = row;
@@ -228,9 +229,6 @@ pub async fn insert_and_apply<'q>(
                 update.next.id
             ),
         });
-    }
-    if applied && announcement.is_some() {
-        outbox::committed();
     }
     Ok(Written::from_flags(current, logged))
 }

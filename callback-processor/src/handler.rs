@@ -20,7 +20,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::decide::Outcome;
-use crate::settle::{settle, ReceivedCallback, SettleError, Settled};
+use crate::settle::{settle, ReceivedCallback, SettleError, SettleWriter, Settled};
 
 /// Reasons sent to the DLQ and logs are cut to this many characters (a connector's error
 /// could quote input; a callback body must never reach a log).
@@ -36,6 +36,8 @@ struct ParsedEvent {
 /// Settles callbacks; the [`Handler`] the consumer runner drives.
 pub struct CallbackHandler {
     pool: PgPool,
+    /// Settling statements, written by group commit (`settle`).
+    writer: SettleWriter,
     registry: GatewayRegistry,
     lock: RedisLock,
     redis: ConnectionManager,
@@ -59,6 +61,7 @@ impl CallbackHandler {
         config: &Config,
     ) -> Self {
         Self {
+            writer: SettleWriter::start(pool.clone(), config.callbacks.settle_batch_max),
             pool,
             registry,
             lock: RedisLock::new(redis.clone(), config.redis.key_prefix.clone()),
@@ -85,7 +88,7 @@ impl CallbackHandler {
         callback.contradicted = self.confirm_unsigned(&callback).await?;
         let id = callback.outcome.transaction_id;
         let lease = self.lock(id).await?;
-        let settled = settle(&self.pool, &callback).await;
+        let settled = settle(&self.writer, &callback).await;
         if let Some(lease) = lease {
             match self.lock.release(lease).await {
                 Ok(true) => {}

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use decide::{decide, Decision, Outcome};
 pub use handler::CallbackHandler;
-pub use settle::{settle, settle_against, ReceivedCallback, SettleError, Settled};
+pub use settle::{settle, settle_against, ReceivedCallback, SettleError, SettleWriter, Settled};
 
 /// Why the processor could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,11 @@
 //! which in the common case is ONE statement (data-modifying CTEs): the snapshot load and
 //! that statement are the two round trips of a first delivery.
 //!
+//! The settling statements go through a [`SettleWriter`] (group commit): settlements that
+//! arrive while others are being written go in one database transaction per merchant, so a
+//! busy merchant's ledger account row is locked and flushed once per batch, not once per
+//! callback. Each is answered only after its transaction committed.
+//!
 //! The Redis lock (taken by the handler) keeps two workers from doing this at once for one
 //! transaction; it is not what keeps the data right. What does:
 //! - `UPDATE … WHERE version = $expected`: a writer holding a stale snapshot (a lock holder
@@ -12,13 +17,18 @@
 //! - the outbox row written in the same commit: the completed event cannot be lost between
 //!   the commit and the publish, whatever process dies when.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
+use paygate_core::db::group_commit::{GroupCommit, Write};
+use paygate_core::db::outbox::{self, OutboxMessage};
 use paygate_core::db::{transactions, DbError};
 use paygate_core::domain::{GatewayName, Transaction, TransactionId, TransactionUpdate};
 use paygate_gateways::{CallbackOutcome, ReportedStatus};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use crate::callback_log::{self, Entry, NewEntry, Written};
 use crate::decide::{decide, target_status, Decision, Outcome};
@@ -26,6 +36,9 @@ use crate::decide::{decide, target_status, Decision, Outcome};
 /// How many times a callback is re-decided on a fresh load after losing a version race
 /// before the message is retried later (each loss means another writer made progress).
 pub const MAX_STALE_ATTEMPTS: usize = 8;
+
+/// Writes settling statements by group commit; reads go to its pool.
+pub type SettleWriter = GroupCommit<Written>;
 
 /// An authenticated, parsed callback, ready to settle.
 #[derive(Debug, Clone)]
@@ -66,13 +79,16 @@ pub enum SettleError {
 
 /// Loads the transaction and settles the callback against it, reloading and deciding again
 /// whenever another writer got there first.
-pub async fn settle(pool: &PgPool, callback: &ReceivedCallback) -> Result<Settled, SettleError> {
+pub async fn settle(
+    writer: &SettleWriter,
+    callback: &ReceivedCallback,
+) -> Result<Settled, SettleError> {
     let id = callback.outcome.transaction_id;
     for _ in 0..MAX_STALE_ATTEMPTS {
-        let snapshot = transactions::get(pool, id)
+        let snapshot = transactions::get(writer.pool(), id)
             .await?
             .ok_or(SettleError::UnknownTransaction(id))?;
-        if let Some(settled) = settle_against(pool, callback, &snapshot, Utc::now()).await? {
+        if let Some(settled) = settle_against(writer, callback, &snapshot, Utc::now()).await? {
             return Ok(settled);
         }
         metrics::counter!("paygate_callbacks_stale_snapshot_total").increment(1);
@@ -84,14 +100,14 @@ pub async fn settle(pool: &PgPool, callback: &ReceivedCallback) -> Result<Settle
     })
 }
 
-/// One attempt against `snapshot`, in one database statement (its own transaction) in the
-/// common case: the decision is made on the snapshot, then the log row, the version-checked
+/// One attempt against `snapshot`, in one database statement (in its group's transaction) in
+/// the common case: the decision is made on the snapshot, then the log row, the version-checked
 /// update and the completed event are written together only if the row still has the
 /// snapshot's version and the event was not logged before. `Ok(None)` means the snapshot is
 /// stale (the row's version moved on): nothing was written, and the caller reloads and
 /// decides again. This is what refuses a lock holder whose lease ran out.
 pub async fn settle_against(
-    pool: &PgPool,
+    writer: &SettleWriter,
     callback: &ReceivedCallback,
     snapshot: &Transaction,
     now: DateTime<Utc>,
@@ -105,29 +121,94 @@ pub async fn settle_against(
         None => decide(snapshot, &callback.gateway, &callback.outcome, now),
     };
     match decision {
-        Decision::Apply(update) => apply_update(pool, &update, callback, snapshot).await,
+        Decision::Apply(update) => apply_update(writer, *update, callback, snapshot).await,
         Decision::Record {
             outcome,
             needs_review,
             detail,
         } => {
-            let entry = log_entry(callback, snapshot, outcome, needs_review, Some(&detail));
-            let written = callback_log::insert_if_current(pool, &entry, snapshot.version).await?;
             let recorded = Settled {
                 outcome,
                 needs_review,
                 detail: Some(detail.clone()),
                 transaction: snapshot.clone(),
             };
-            settled(pool, callback, snapshot, written, recorded).await
+            let change = Change::Record {
+                outcome,
+                needs_review,
+                detail,
+            };
+            let written = writer
+                .write(settling_write(callback, snapshot, change))
+                .await?;
+            settled(writer, callback, snapshot, written, recorded).await
         }
+    }
+}
+
+/// What a settling write changes.
+enum Change {
+    /// Logs a decision that changes nothing (late, conflict, mismatch), only if the
+    /// transaction still has the snapshot's version.
+    Record {
+        outcome: Outcome,
+        needs_review: bool,
+        detail: String,
+    },
+    /// Logs the event and applies the update, with its announcement when terminal.
+    Apply {
+        update: TransactionUpdate,
+        announcement: Option<OutboxMessage>,
+    },
+}
+
+/// The settling statement as a group-commit write: grouped by the merchant (its ledger
+/// account is the row settlements share), in the order of the gateway (whose system account
+/// the ledger also updates) and then the transaction.
+fn settling_write(callback: &ReceivedCallback, snapshot: &Transaction, change: Change) -> Write<Written> {
+    let order = format!(
+        "{}/{}",
+        snapshot.routed_gateway.as_ref().map_or("", GatewayName::as_str),
+        snapshot.id
+    );
+    let owned = Arc::new((callback.clone(), snapshot.clone(), change));
+    Write {
+        group: snapshot.merchant_id.as_uuid(),
+        order,
+        statement: Box::new(
+            move |conn: &mut PgConnection| -> BoxFuture<'_, Result<Written, DbError>> {
+                let owned = owned.clone();
+                Box::pin(async move {
+                    let (callback, snapshot, change) = &*owned;
+                    match change {
+                        Change::Record {
+                            outcome,
+                            needs_review,
+                            detail,
+                        } => {
+                            let entry =
+                                log_entry(callback, snapshot, *outcome, *needs_review, Some(detail));
+                            callback_log::insert_if_current(conn, &entry, snapshot.version).await
+                        }
+                        Change::Apply {
+                            update,
+                            announcement,
+                        } => {
+                            let entry = log_entry(callback, snapshot, Outcome::Applied, false, None);
+                            callback_log::insert_and_apply(conn, &entry, update, announcement.as_ref())
+                                .await
+                        }
+                    }
+                })
+            },
+        ),
     }
 }
 
 /// What a settling statement's answer means: stale (`None`), a repeat of a logged event
 /// (looked at on the slow path), or `done`.
 async fn settled(
-    pool: &PgPool,
+    writer: &SettleWriter,
     callback: &ReceivedCallback,
     snapshot: &Transaction,
     written: Written,
@@ -135,7 +216,7 @@ async fn settled(
 ) -> Result<Option<Settled>, DbError> {
     match written {
         Written::Stale => Ok(None),
-        Written::AlreadyLogged => duplicate(pool, callback, snapshot).await,
+        Written::AlreadyLogged => duplicate(writer, callback, snapshot).await,
         Written::Logged => Ok(Some(done)),
     }
 }
@@ -145,10 +226,11 @@ async fn settled(
 /// no transaction is needed around the two). `None` when the row is gone meanwhile (nothing
 /// deletes it; the caller then simply decides again).
 async fn duplicate(
-    pool: &PgPool,
+    writer: &SettleWriter,
     callback: &ReceivedCallback,
     snapshot: &Transaction,
 ) -> Result<Option<Settled>, DbError> {
+    let pool = writer.pool();
     let cb = &callback.outcome;
     let Some(existing) = callback_log::find(pool, &callback.gateway, &cb.provider_event_id).await?
     else {
@@ -199,32 +281,41 @@ fn log_entry<'a>(
 /// Logs the event and applies the version-checked state change with its announcement (when
 /// terminal) in one statement; `None` when the version moved meanwhile.
 async fn apply_update(
-    pool: &PgPool,
-    update: &TransactionUpdate,
+    writer: &SettleWriter,
+    update: TransactionUpdate,
     callback: &ReceivedCallback,
     snapshot: &Transaction,
 ) -> Result<Option<Settled>, DbError> {
-    let next = &update.next;
-    let entry = log_entry(callback, snapshot, Outcome::Applied, false, None);
-    let announcement = next
-        .status
-        .is_terminal()
-        .then(|| announce::completed(next, callback.traceparent));
-    let written =
-        callback_log::insert_and_apply(pool, &entry, update, announcement.as_ref()).await?;
     let applied = Settled {
         outcome: Outcome::Applied,
         needs_review: false,
         detail: None,
-        transaction: next.clone(),
+        transaction: update.next.clone(),
     };
-    settled(pool, callback, snapshot, written, applied).await
+    let announcement = applied
+        .transaction
+        .status
+        .is_terminal()
+        .then(|| announce::completed(&applied.transaction, callback.traceparent));
+    let announced = announcement.is_some();
+    let change = Change::Apply {
+        update,
+        announcement,
+    };
+    let written = writer
+        .write(settling_write(callback, snapshot, change))
+        .await?;
+    if announced && written == Written::Logged {
+        // Committed (the writer answers after the commit): the relay may publish it now.
+        outbox::committed();
+    }
+    settled(writer, callback, snapshot, written, applied).await
 }
 
 /// A repeat of a logged event. The provider signed it, so the same event id with other
 /// content is a provider bug worth a person's attention: the logged row is flagged.
 async fn check_duplicate(
-    pool: &PgPool,
+    pool: &sqlx::PgPool,
     existing: &Entry,
     callback: &ReceivedCallback,
 ) -> Result<bool, DbError> {

@@ -185,13 +185,13 @@ async fn a_lock_holder_paused_past_its_lease_cannot_overwrite_the_newer_state() 
         traceparent: None,
         contradicted: None,
     };
-    let b = settle(&h.pool, &callback_b).await?;
+    let b = settle(&h.writer, &callback_b).await?;
     assert_eq!(b.outcome, Outcome::Applied);
     assert_eq!(b.transaction.status, TransactionStatus::Failed);
     assert!(lock.release(lease_b).await?);
 
     // A wakes up and writes against its snapshot: refused, nothing written.
-    let refused = settle_against(&h.pool, &callback_a, &snapshot_a, Utc::now()).await?;
+    let refused = settle_against(&h.writer, &callback_a, &snapshot_a, Utc::now()).await?;
     assert_eq!(refused, None, "a stale snapshot must change nothing");
     let now = h.reload(tx.id).await?;
     assert_eq!(now.status, TransactionStatus::Failed);
@@ -199,7 +199,7 @@ async fn a_lock_holder_paused_past_its_lease_cannot_overwrite_the_newer_state() 
     assert_eq!(h.log(tx.id).await?.len(), 1, "A wrote no log row");
 
     // A's own loop reloads and decides again: recorded as a conflict, never applied.
-    let a = settle(&h.pool, &callback_a).await?;
+    let a = settle(&h.writer, &callback_a).await?;
     assert_eq!(a.outcome, Outcome::Conflict);
     assert!(a.needs_review);
     assert!(!lock.release(lease_a).await?, "A's lease was long gone");
@@ -247,11 +247,11 @@ async fn a_recording_decision_on_a_stale_snapshot_is_also_refused() -> anyhow::R
     assert!(db::transactions::apply(&h.pool, &update).await?.is_some());
 
     assert_eq!(
-        settle_against(&h.pool, &callback, &stale, Utc::now()).await?,
+        settle_against(&h.writer, &callback, &stale, Utc::now()).await?,
         None
     );
     assert!(h.log(tx.id).await?.is_empty());
-    let settled = settle(&h.pool, &callback).await?;
+    let settled = settle(&h.writer, &callback).await?;
     assert_eq!(settled.outcome, Outcome::Mismatch);
     assert_eq!(h.log(tx.id).await?[0].status_before, "retry_scheduled");
     Ok(())
@@ -319,7 +319,7 @@ async fn a_recording_decision_racing_a_version_change_leaves_no_log_row() -> any
 
     assert_eq!(settling.await??, None);
     assert!(h.log(tx.id).await?.is_empty(), "no log row");
-    let settled = settle(&h.pool, &callback).await?;
+    let settled = settle(&h.writer, &callback).await?;
     assert_eq!(settled.outcome, Outcome::Mismatch);
     assert_eq!(h.log(tx.id).await?.len(), 1);
     Ok(())
@@ -406,6 +406,71 @@ async fn an_event_logged_concurrently_is_a_duplicate_and_applies_nothing() -> an
     Ok(())
 }
 
+/// Settlements of one merchant that queue while the writer is busy are written in one
+/// database transaction (group commit), each with its ledger transfer and its completed
+/// event, and each is answered only after that transaction committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_merchants_settlements_that_queue_commit_together_each_with_its_ledger_and_event(
+) -> anyhow::Result<()> {
+    let h = Harness::new().await?;
+    let mut txs = Vec::new();
+    for _ in 0..8 {
+        txs.push(
+            h.transaction(Format::Json, TransactionStatus::Submitted)
+                .await?,
+        );
+    }
+    // Another session holds the first payment's row: its settlement, written alone (the
+    // writer was idle), waits, and the writer with it.
+    let mut other = h.pool.begin().await?;
+    sqlx::query("SELECT 1 FROM transactions WHERE id = $1 FOR UPDATE")
+        .bind(txs[0].id.as_uuid())
+        .execute(&mut *other)
+        .await?;
+    let settle_one = |n: usize| {
+        let (writer, callback) = (
+            h.writer.clone(),
+            received(&h, Format::Json, &fields(&txs[n], ReportedStatus::Succeeded, &format!("evt_{n}"))),
+        );
+        tokio::spawn(async move {
+            let settled = settle(&writer, &callback?).await?;
+            anyhow::Ok(settled)
+        })
+    };
+    let first = settle_one(0);
+    wait_for_a_lock_wait(&h).await?;
+    let rest: Vec<_> = (1..txs.len()).map(settle_one).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    other.rollback().await?;
+
+    assert_eq!(first.await??.outcome, Outcome::Applied);
+    for (settled, tx) in join_all(rest).await.into_iter().zip(&txs[1..]) {
+        let settled = settled??;
+        assert_eq!(settled.outcome, Outcome::Applied);
+        assert_eq!(settled.transaction.status, TransactionStatus::Succeeded);
+        assert_eq!(h.reload(tx.id).await?.status, TransactionStatus::Succeeded);
+        assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
+    }
+    let xmin = |id: paygate_core::domain::TransactionId| {
+        sqlx::query_scalar::<_, String>("SELECT xmin::text FROM transactions WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_one(&h.pool)
+    };
+    let together = xmin(txs[1].id).await?;
+    for tx in &txs[2..] {
+        assert_eq!(xmin(tx.id).await?, together, "{} was not in the group's commit", tx.id);
+    }
+    assert_ne!(xmin(txs[0].id).await?, together);
+    let ids: Vec<uuid::Uuid> = txs.iter().map(|t| t.id.as_uuid()).collect();
+    let transfers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_transfers WHERE transaction_id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&h.pool)
+            .await?;
+    assert_eq!(transfers, 8, "one ledger transfer per settled payment");
+    Ok(())
+}
+
 /// A signed callback as the handler receives it.
 fn received(
     h: &Harness,
@@ -427,8 +492,8 @@ fn spawn_settle(
     callback: &ReceivedCallback,
     snapshot: &paygate_core::domain::Transaction,
 ) -> tokio::task::JoinHandle<Result<Option<paygate_callback_processor::Settled>, db::DbError>> {
-    let (pool, callback, snapshot) = (h.pool.clone(), callback.clone(), snapshot.clone());
-    tokio::spawn(async move { settle_against(&pool, &callback, &snapshot, Utc::now()).await })
+    let (writer, callback, snapshot) = (h.writer.clone(), callback.clone(), snapshot.clone());
+    tokio::spawn(async move { settle_against(&writer, &callback, &snapshot, Utc::now()).await })
 }
 
 /// Waits until a session of this test's database waits for a row lock (the settling

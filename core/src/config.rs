@@ -483,6 +483,16 @@ pub struct CallbacksConfig {
     pub lock_ttl: Duration,
     #[serde(rename = "lock_wait_ms", with = "units::ms")]
     pub lock_wait: Duration,
+    /// The most settlements written per round of the group commit (one database transaction
+    /// per merchant among them): settlements that arrive while a round is being written go
+    /// in the next one, so one merchant's ledger account row is locked and flushed once per
+    /// round. 1 writes each alone.
+    #[serde(default = "default_settle_batch_max")]
+    pub settle_batch_max: usize,
+}
+
+fn default_settle_batch_max() -> usize {
+    64
 }
 
 /// The callback dispatcher: signed merchant webhooks. Which URLs it may deliver to is
@@ -607,6 +617,7 @@ impl Default for Config {
                 concurrency: 64,
                 lock_ttl: Duration::from_millis(10_000),
                 lock_wait: Duration::from_millis(5_000),
+                settle_batch_max: default_settle_batch_max(),
             },
             dispatcher: DispatcherConfig {
                 // A busy merchant gets hundreds of webhooks a second on one endpoint; 4 at a

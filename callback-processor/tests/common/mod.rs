@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use paygate_callback_processor::callback_log::{self, Entry};
+use paygate_callback_processor::SettleWriter;
 use paygate_core::announce;
 use paygate_core::bus::events::{Body, CallbackReceived, Envelope};
 use paygate_core::bus::trace::{TraceParent, TRACEPARENT};
@@ -74,6 +75,8 @@ impl Format {
 pub struct Harness {
     pub config: Config,
     pub pool: PgPool,
+    /// Settling statements by group commit, as the handler writes them.
+    pub writer: SettleWriter,
     pub registry: GatewayRegistry,
     pub merchant: MerchantId,
     pub producer: Producer,
@@ -101,6 +104,7 @@ impl Harness {
         let redis = ConnectionManager::new(redis::Client::open(config.redis.url.as_str())?).await?;
         let merchant = merchants::create(&pool, "Callback Tests").await?.id;
         Ok(Self {
+            writer: SettleWriter::start(pool.clone(), config.callbacks.settle_batch_max),
             config,
             pool,
             registry,

@@ -111,8 +111,12 @@ pub struct E2eReport {
     pub by_status: BTreeMap<String, u64>,
     /// From the first request to the last webhook.
     pub e2e_secs: f64,
-    /// Delivered payments per second over `e2e_secs`.
+    /// Delivered payments per second over `e2e_secs`. In a closed loop that outruns the
+    /// pipeline this counts the drain after sending stopped, so it is above what the pipeline
+    /// keeps up with while accepting: `while_sending` says that.
     pub e2e_per_sec: f64,
+    /// The pipeline's own pace while the load ran (the second half of the send window).
+    pub while_sending: WhileSending,
     /// Accept (request sent, or due in open loop) to webhook received.
     pub e2e_latency_ms: Percentiles,
     /// The sandbox's counters over the run (other traffic to it would count too).
@@ -129,6 +133,38 @@ pub struct E2eReport {
     pub pgbench: Option<PgbenchReport>,
     /// `e2e_per_sec / pgbench.tps`.
     pub ratio_to_pgbench: Option<f64>,
+    /// `while_sending.delivered_per_sec / pgbench.tps`.
+    pub sustained_ratio_to_pgbench: Option<f64>,
+}
+
+/// Delivery while accepting. A pipeline that keeps up delivers about as fast as it accepts
+/// and leaves no backlog when sending stops; one that does not shows a rate below the
+/// accept rate and a backlog the drain then works off (and that `e2e_per_sec` counts).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WhileSending {
+    /// First webhooks received in the second half of the send window, per second of it (the
+    /// first half is left out: the pipeline is still filling).
+    pub delivered_per_sec: f64,
+    /// Accepted payments without a webhook when sending stopped.
+    pub backlog_at_end: u64,
+}
+
+impl WhileSending {
+    /// From each delivered payment's first-webhook time (since the load started), the send
+    /// window and how many were accepted in it.
+    fn of(arrivals: &[Duration], send: Duration, accepted: u64) -> Self {
+        let from = send / 2;
+        let in_window = arrivals
+            .iter()
+            .filter(|at| **at >= from && **at <= send)
+            .count() as f64;
+        let by_end = arrivals.iter().filter(|at| **at <= send).count() as u64;
+        let window = send.saturating_sub(from).as_secs_f64();
+        Self {
+            delivered_per_sec: if window > 0.0 { in_window / window } else { 0.0 },
+            backlog_at_end: accepted.saturating_sub(by_end),
+        }
+    }
 }
 
 /// When each accepted payment's request started, by transaction id.
@@ -322,6 +358,7 @@ async fn run(
         eprintln!("pgbench is not installed: no reference run");
         None
     };
+    let while_sending = WhileSending::of(&outcome.arrivals, send_time, expected);
     let e2e_per_sec = if outcome.e2e_secs > 0.0 {
         outcome.delivered as f64 / outcome.e2e_secs
     } else {
@@ -350,6 +387,7 @@ async fn run(
         by_status: outcome.by_status,
         e2e_secs: outcome.e2e_secs,
         e2e_per_sec,
+        while_sending,
         e2e_latency_ms: outcome.latencies.percentiles(),
         sandbox_executions: delta(|s| s.executions),
         sandbox_duplicates_suppressed: delta(|s| s.duplicates_suppressed),
@@ -361,6 +399,10 @@ async fn run(
             .as_ref()
             .filter(|p| p.tps > 0.0)
             .map(|p| e2e_per_sec / p.tps),
+        sustained_ratio_to_pgbench: pgbench
+            .as_ref()
+            .filter(|p| p.tps > 0.0)
+            .map(|p| while_sending.delivered_per_sec / p.tps),
         pgbench,
     })
 }
@@ -435,6 +477,8 @@ struct Outcome {
     by_status: BTreeMap<String, u64>,
     e2e_secs: f64,
     latencies: Latencies,
+    /// When each delivered payment's first webhook came, since the load started.
+    arrivals: Vec<Duration>,
 }
 
 impl Outcome {
@@ -450,6 +494,7 @@ impl Outcome {
             by_status: BTreeMap::new(),
             e2e_secs: 0.0,
             latencies: Latencies::new()?,
+            arrivals: Vec::new(),
         };
         let mut first = std::collections::HashSet::new();
         let mut last_arrival = started;
@@ -477,6 +522,9 @@ impl Outcome {
                 .latencies
                 .record(webhook.received_at.saturating_duration_since(*start));
             last_arrival = last_arrival.max(webhook.received_at);
+            outcome
+                .arrivals
+                .push(webhook.received_at.saturating_duration_since(started));
         }
         outcome.e2e_secs = last_arrival
             .saturating_duration_since(started)
@@ -540,6 +588,10 @@ pub fn print(r: &E2eReport) {
         "  end to end          {:>10.0} payments/s over {:.1} s",
         r.e2e_per_sec, r.e2e_secs
     );
+    println!(
+        "  while sending       {:>10.0} payments/s delivered in its second half, {} accepted not yet delivered at its end",
+        r.while_sending.delivered_per_sec, r.while_sending.backlog_at_end
+    );
     println!("  accept→webhook      {}", pct(&r.e2e_latency_ms));
     match (r.sandbox_executions, r.sandbox_duplicates_suppressed) {
         (Some(executions), Some(duplicates)) => println!(
@@ -556,8 +608,11 @@ pub fn print(r: &E2eReport) {
     }
     match (&r.pgbench, r.ratio_to_pgbench) {
         (Some(p), Some(ratio)) => println!(
-            "  pgbench -N -c {:<3}   {:>10.0} TPS → end to end is {:.3}× of it",
-            p.clients, p.tps, ratio
+            "  pgbench -N -c {:<3}   {:>10.0} TPS → end to end is {:.3}× of it, {:.3}× while sending",
+            p.clients,
+            p.tps,
+            ratio,
+            r.sustained_ratio_to_pgbench.unwrap_or_default()
         ),
         _ => println!("  pgbench             (not run)"),
     }
@@ -576,6 +631,22 @@ mod tests {
         assert_eq!(round_robin(&one, 7), "http://a");
         assert!(api_urls(&[]).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn the_pace_while_sending_leaves_out_the_fill_and_the_drain() {
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        // 10 s of sending: 4 arrivals in the first half (filling), 10 in the second, 6 after.
+        let mut arrivals: Vec<Duration> = [1.0, 2.0, 3.0, 4.0].map(secs).to_vec();
+        arrivals.extend((0..10).map(|n| secs(5.0 + f64::from(n) * 0.5)));
+        arrivals.extend((0..6).map(|n| secs(11.0 + f64::from(n))));
+        let pace = WhileSending::of(&arrivals, secs(10.0), 22);
+        assert!((pace.delivered_per_sec - 2.0).abs() < 1e-9, "{pace:?}");
+        // 14 delivered by the end of sending, 22 accepted: 8 behind.
+        assert_eq!(pace.backlog_at_end, 8);
+        // A pipeline that kept up leaves nothing behind; an empty window is no pace at all.
+        assert_eq!(WhileSending::of(&arrivals, secs(30.0), 20).backlog_at_end, 0);
+        assert_eq!(WhileSending::of(&[], Duration::ZERO, 0).delivered_per_sec, 0.0);
     }
 
     #[test]

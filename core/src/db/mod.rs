@@ -5,6 +5,7 @@ pub mod activity;
 pub mod broker_resets;
 pub mod console_users;
 pub mod deployment;
+pub mod group_commit;
 pub mod heal;
 pub mod history;
 pub mod ledger;
@@ -48,6 +49,10 @@ pub enum DbError {
     /// The database belongs to another deployment (see [`deployment`]).
     #[error("this database belongs to the deployment with kafka.topic_prefix {theirs:?}, not {ours:?}: give each deployment its own database (PAYGATE_DATABASE_URL) or the same topic prefix (PAYGATE_KAFKA_TOPIC_PREFIX)")]
     OtherDeployment { ours: String, theirs: String },
+    /// A write given to a [`group_commit::GroupCommit`] got no answer it can act on (its
+    /// group's commit failed, or the writer stopped): retry it on a fresh read.
+    #[error("group commit: {0}")]
+    GroupCommit(String),
 }
 
 /// Opens a pool (lazily: the first query connects), sized from config.
