@@ -121,7 +121,7 @@ pub async fn settle_against(
         None => decide(snapshot, &callback.gateway, &callback.outcome, now),
     };
     match decision {
-        Decision::Apply(update) => apply_update(writer, *update, callback, snapshot).await,
+        Decision::Apply(update) => apply_update(writer, update, callback, snapshot).await,
         Decision::Record {
             outcome,
             needs_review,
@@ -157,7 +157,7 @@ enum Change {
     },
     /// Logs the event and applies the update, with its announcement when terminal.
     Apply {
-        update: TransactionUpdate,
+        update: Box<TransactionUpdate>,
         announcement: Option<OutboxMessage>,
     },
 }
@@ -282,7 +282,7 @@ fn log_entry<'a>(
 /// terminal) in one statement; `None` when the version moved meanwhile.
 async fn apply_update(
     writer: &SettleWriter,
-    update: TransactionUpdate,
+    update: Box<TransactionUpdate>,
     callback: &ReceivedCallback,
     snapshot: &Transaction,
 ) -> Result<Option<Settled>, DbError> {

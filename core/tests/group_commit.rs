@@ -82,6 +82,20 @@ fn spawn_write(
     })
 }
 
+/// A writer of at most `max` per round, kept busy by a first write (row 0, group `a`) that
+/// pauses 300 ms inside its transaction, so what is written next queues behind it.
+async fn busy_writer(
+    pool: &PgPool,
+    max: usize,
+) -> (GroupCommit<i32>, tokio::task::JoinHandle<Result<(i32, bool), DbError>>) {
+    let writer = GroupCommit::start(pool.clone(), max);
+    let first = spawn_write(&writer, pool, insert(0, A, "x", 300));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (writer, first)
+}
+
+const A: Uuid = Uuid::from_u128(1);
+
 async fn xmin_of(pool: &PgPool, id: i32) -> Result<String, sqlx::Error> {
     sqlx::query_scalar("SELECT xmin::text FROM gc WHERE id = $1")
         .bind(id)
@@ -92,12 +106,9 @@ async fn xmin_of(pool: &PgPool, id: i32) -> Result<String, sqlx::Error> {
 #[tokio::test]
 async fn writes_that_queue_behind_a_round_commit_together_per_group_in_order() -> TestResult {
     let pool = scratch().await?;
-    let writer = GroupCommit::start(pool.clone(), 64);
-    let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
-
-    // The writer is idle: the first write goes at once, alone, and keeps it busy.
-    let first = spawn_write(&writer, &pool, insert(0, a, "x", 300));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (a, b) = (A, Uuid::from_u128(2));
+    // The writer was idle: the first write went at once, alone, and keeps it busy.
+    let (writer, first) = busy_writer(&pool, 64).await;
     // These queue behind it. Group a's orders are given backwards.
     let mut queued = Vec::new();
     for (id, order) in [(1, "e"), (2, "d"), (3, "c"), (4, "b"), (5, "a")] {
@@ -136,11 +147,8 @@ async fn writes_that_queue_behind_a_round_commit_together_per_group_in_order() -
 #[tokio::test]
 async fn a_failing_write_fails_alone_and_the_rest_of_its_group_is_written() -> TestResult {
     let pool = scratch().await?;
-    let writer = GroupCommit::start(pool.clone(), 64);
-    let a = Uuid::from_u128(1);
-
-    let first = spawn_write(&writer, &pool, insert(0, a, "x", 300));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = A;
+    let (writer, first) = busy_writer(&pool, 64).await;
     let one = spawn_write(&writer, &pool, insert(1, a, "a", 0));
     let bad = {
         let writer = writer.clone();
@@ -166,12 +174,9 @@ async fn a_failing_write_fails_alone_and_the_rest_of_its_group_is_written() -> T
 #[tokio::test]
 async fn a_writer_whose_round_is_capped_takes_the_rest_next_round() -> TestResult {
     let pool = scratch().await?;
+    let a = A;
     // Two writes per round: the four queued go as two transactions of two.
-    let writer = GroupCommit::start(pool.clone(), 2);
-    let a = Uuid::from_u128(1);
-
-    let first = spawn_write(&writer, &pool, insert(0, a, "x", 300));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (writer, first) = busy_writer(&pool, 2).await;
     let mut queued = Vec::new();
     for id in 1..=4 {
         queued.push(spawn_write(&writer, &pool, insert(id, a, &id.to_string(), 0)));

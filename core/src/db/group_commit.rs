@@ -172,7 +172,7 @@ async fn together<T>(pool: &PgPool, group: &[Pending<T>]) -> Result<Vec<T>, Fail
         .map_err(|e| Failed::Statement(e.into()))?;
     let mut results = Vec::with_capacity(group.len());
     for pending in group {
-        match (pending.write.statement)(&mut *tx).await {
+        match (pending.write.statement)(&mut tx).await {
             Ok(result) => results.push(result),
             Err(error) => {
                 // Dropping `tx` rolls back too; saying so frees the connection at once.
@@ -188,7 +188,7 @@ async fn together<T>(pool: &PgPool, group: &[Pending<T>]) -> Result<Vec<T>, Fail
 /// One write in its own (implicit) transaction.
 async fn alone<T>(pool: &PgPool, pending: Pending<T>) {
     let result = match pool.acquire().await {
-        Ok(mut conn) => (pending.write.statement)(&mut *conn).await,
+        Ok(mut conn) => (pending.write.statement)(&mut conn).await,
         Err(error) => Err(error.into()),
     };
     let _ = pending.reply.send(result);
