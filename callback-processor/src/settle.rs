@@ -162,15 +162,12 @@ enum Change {
     },
 }
 
-/// The settling statement as a group-commit write: grouped by the merchant (its ledger
-/// account is the row settlements share), in the order of the gateway (whose system account
-/// the ledger also updates) and then the transaction.
+/// The settling statement as a group-commit write, grouped by the merchant: its ledger
+/// account is the row that one merchant's settlements share (the ledger updates no other
+/// account row; the gateway's system account is only named in the entries). In the order of
+/// the transaction's id.
 fn settling_write(callback: &ReceivedCallback, snapshot: &Transaction, change: Change) -> Write<Written> {
-    let order = format!(
-        "{}/{}",
-        snapshot.routed_gateway.as_ref().map_or("", GatewayName::as_str),
-        snapshot.id
-    );
+    let order = snapshot.id.to_string();
     let owned = Arc::new((callback.clone(), snapshot.clone(), change));
     Write {
         group: snapshot.merchant_id.as_uuid(),

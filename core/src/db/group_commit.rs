@@ -16,9 +16,12 @@
 //! - one write that fails does not fail the others: the group's transaction is rolled back
 //!   and each of its writes runs again alone (so a write must be safe to run again after a
 //!   rollback, which any statement is);
-//! - a group's writes run in their `order`, and a transaction holds one merchant's writes
-//!   only, so two groups' transactions (two merchants, or two processes) take the rows they
-//!   share (the system accounts) in one order and never wait on each other in a cycle.
+//! - a transaction holds one group's writes only, in their `order`. For settlements a group
+//!   is a merchant, whose ledger account is the only row its writes share with anyone else's,
+//!   so two groups' transactions never wait on each other; two processes' transactions for
+//!   one merchant wait in line for its row (a cycle would need one payment settled by both at
+//!   once, which the per-payment Redis lock prevents; were it to happen, Postgres breaks the
+//!   deadlock and the aborted group is written again one by one).
 
 use std::collections::BTreeMap;
 
@@ -38,7 +41,7 @@ pub type Statement<T> =
 pub struct Write<T> {
     /// Writes of one group share a transaction: the merchant whose ledger account they update.
     pub group: Uuid,
-    /// The order within the group's transaction, which is the order its rows are locked in.
+    /// The order within the group's transaction (the order its rows are locked in).
     pub order: String,
     pub statement: Statement<T>,
 }
