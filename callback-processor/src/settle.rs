@@ -166,7 +166,11 @@ enum Change {
 /// account is the row that one merchant's settlements share (the ledger updates no other
 /// account row; the gateway's system account is only named in the entries). In the order of
 /// the transaction's id.
-fn settling_write(callback: &ReceivedCallback, snapshot: &Transaction, change: Change) -> Write<Written> {
+fn settling_write(
+    callback: &ReceivedCallback,
+    snapshot: &Transaction,
+    change: Change,
+) -> Write<Written> {
     let order = snapshot.id.to_string();
     let owned = Arc::new((callback.clone(), snapshot.clone(), change));
     Write {
@@ -174,31 +178,34 @@ fn settling_write(callback: &ReceivedCallback, snapshot: &Transaction, change: C
         order,
         statement: Box::new(
             move |conn: &mut PgConnection| -> BoxFuture<'_, Result<Written, DbError>> {
-                let owned = owned.clone();
-                Box::pin(async move {
-                    let (callback, snapshot, change) = &*owned;
-                    match change {
-                        Change::Record {
-                            outcome,
-                            needs_review,
-                            detail,
-                        } => {
-                            let entry =
-                                log_entry(callback, snapshot, *outcome, *needs_review, Some(detail));
-                            callback_log::insert_if_current(conn, &entry, snapshot.version).await
-                        }
-                        Change::Apply {
-                            update,
-                            announcement,
-                        } => {
-                            let entry = log_entry(callback, snapshot, Outcome::Applied, false, None);
-                            callback_log::insert_and_apply(conn, &entry, update, announcement.as_ref())
-                                .await
-                        }
-                    }
-                })
+                Box::pin(write_change(conn, owned.clone()))
             },
         ),
+    }
+}
+
+/// Runs a settling write's statement on `conn` (in its group's transaction, or alone).
+async fn write_change(
+    conn: &mut PgConnection,
+    owned: Arc<(ReceivedCallback, Transaction, Change)>,
+) -> Result<Written, DbError> {
+    let (callback, snapshot, change) = &*owned;
+    match change {
+        Change::Record {
+            outcome,
+            needs_review,
+            detail,
+        } => {
+            let entry = log_entry(callback, snapshot, *outcome, *needs_review, Some(detail));
+            callback_log::insert_if_current(conn, &entry, snapshot.version).await
+        }
+        Change::Apply {
+            update,
+            announcement,
+        } => {
+            let entry = log_entry(callback, snapshot, Outcome::Applied, false, None);
+            callback_log::insert_and_apply(conn, &entry, update, announcement.as_ref()).await
+        }
     }
 }
 

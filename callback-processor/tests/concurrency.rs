@@ -430,7 +430,11 @@ async fn one_merchants_settlements_that_queue_commit_together_each_with_its_ledg
     let settle_one = |n: usize| {
         let (writer, callback) = (
             h.writer.clone(),
-            received(&h, Format::Json, &fields(&txs[n], ReportedStatus::Succeeded, &format!("evt_{n}"))),
+            received(
+                &h,
+                Format::Json,
+                &fields(&txs[n], ReportedStatus::Succeeded, &format!("evt_{n}")),
+            ),
         );
         tokio::spawn(async move {
             let settled = settle(&writer, &callback?).await?;
@@ -458,7 +462,12 @@ async fn one_merchants_settlements_that_queue_commit_together_each_with_its_ledg
     };
     let together = xmin(txs[1].id).await?;
     for tx in &txs[2..] {
-        assert_eq!(xmin(tx.id).await?, together, "{} was not in the group's commit", tx.id);
+        assert_eq!(
+            xmin(tx.id).await?,
+            together,
+            "{} was not in the group's commit",
+            tx.id
+        );
     }
     assert_ne!(xmin(txs[0].id).await?, together);
     let ids: Vec<uuid::Uuid> = txs.iter().map(|t| t.id.as_uuid()).collect();

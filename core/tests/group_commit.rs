@@ -87,7 +87,10 @@ fn spawn_write(
 async fn busy_writer(
     pool: &PgPool,
     max: usize,
-) -> (GroupCommit<i32>, tokio::task::JoinHandle<Result<(i32, bool), DbError>>) {
+) -> (
+    GroupCommit<i32>,
+    tokio::task::JoinHandle<Result<(i32, bool), DbError>>,
+) {
     let writer = GroupCommit::start(pool.clone(), max);
     let first = spawn_write(&writer, pool, insert(0, A, "x", 300));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -115,7 +118,11 @@ async fn writes_that_queue_behind_a_round_commit_together_per_group_in_order() -
         queued.push(spawn_write(&writer, &pool, insert(id, a, order, 0)));
     }
     for id in [6, 7, 8] {
-        queued.push(spawn_write(&writer, &pool, insert(id, b, &id.to_string(), 0)));
+        queued.push(spawn_write(
+            &writer,
+            &pool,
+            insert(id, b, &id.to_string(), 0),
+        ));
     }
 
     assert_eq!(first.await??, (0, true));
@@ -179,7 +186,11 @@ async fn a_writer_whose_round_is_capped_takes_the_rest_next_round() -> TestResul
     let (writer, first) = busy_writer(&pool, 2).await;
     let mut queued = Vec::new();
     for id in 1..=4 {
-        queued.push(spawn_write(&writer, &pool, insert(id, a, &id.to_string(), 0)));
+        queued.push(spawn_write(
+            &writer,
+            &pool,
+            insert(id, a, &id.to_string(), 0),
+        ));
         // In order of arrival, so the rounds are (1, 2) and (3, 4).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -161,7 +161,11 @@ impl WhileSending {
         let by_end = arrivals.iter().filter(|at| **at <= send).count() as u64;
         let window = send.saturating_sub(from).as_secs_f64();
         Self {
-            delivered_per_sec: if window > 0.0 { in_window / window } else { 0.0 },
+            delivered_per_sec: if window > 0.0 {
+                in_window / window
+            } else {
+                0.0
+            },
             backlog_at_end: accepted.saturating_sub(by_end),
         }
     }
@@ -645,8 +649,14 @@ mod tests {
         // 14 delivered by the end of sending, 22 accepted: 8 behind.
         assert_eq!(pace.backlog_at_end, 8);
         // A pipeline that kept up leaves nothing behind; an empty window is no pace at all.
-        assert_eq!(WhileSending::of(&arrivals, secs(30.0), 20).backlog_at_end, 0);
-        assert_eq!(WhileSending::of(&[], Duration::ZERO, 0).delivered_per_sec, 0.0);
+        assert_eq!(
+            WhileSending::of(&arrivals, secs(30.0), 20).backlog_at_end,
+            0
+        );
+        assert_eq!(
+            WhileSending::of(&[], Duration::ZERO, 0).delivered_per_sec,
+            0.0
+        );
     }
 
     #[test]

@@ -88,9 +88,9 @@ impl<T: Send + 'static> GroupCommit<T> {
         self.queue
             .send(Pending { write, reply })
             .map_err(|_| DbError::GroupCommit("the writer has stopped".to_owned()))?;
-        answer.await.map_err(|_| {
-            DbError::GroupCommit("the writer stopped before answering".to_owned())
-        })?
+        answer
+            .await
+            .map_err(|_| DbError::GroupCommit("the writer stopped before answering".to_owned()))?
     }
 }
 
@@ -109,7 +109,12 @@ async fn drive<T: Send + 'static>(
             }
         }
         metrics::histogram!("paygate_group_commit_round_writes").record(round.len() as f64);
-        join_all(by_group(round).into_iter().map(|group| write_group(&pool, group))).await;
+        join_all(
+            by_group(round)
+                .into_iter()
+                .map(|group| write_group(&pool, group)),
+        )
+        .await;
     }
 }
 
