@@ -28,7 +28,7 @@ use paygate_core::db::outbox::{self, OutboxMessage};
 use paygate_core::db::{transactions, DbError};
 use paygate_core::domain::{GatewayName, Transaction, TransactionId, TransactionUpdate};
 use paygate_gateways::{CallbackOutcome, ReportedStatus};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::callback_log::{self, Entry, NewEntry, Written};
 use crate::decide::{decide, target_status, Decision, Outcome};
@@ -319,7 +319,7 @@ async fn apply_update(
 /// A repeat of a logged event. The provider signed it, so the same event id with other
 /// content is a provider bug worth a person's attention: the logged row is flagged.
 async fn check_duplicate(
-    pool: &sqlx::PgPool,
+    pool: &PgPool,
     existing: &Entry,
     callback: &ReceivedCallback,
 ) -> Result<bool, DbError> {

@@ -141,10 +141,10 @@ enum Failed {
     Commit(sqlx::Error),
 }
 
-async fn write_group<T>(pool: &PgPool, group: Vec<Pending<T>>) {
+async fn write_group<T>(pool: &PgPool, mut group: Vec<Pending<T>>) {
     if group.len() == 1 {
-        for pending in group {
-            alone(pool, pending).await;
+        if let Some(only) = group.pop() {
+            alone(pool, only).await;
         }
         return;
     }
