@@ -34,6 +34,12 @@ use super::DbError;
 
 /// One write: a statement (or a few) run on the connection given, inside the group's
 /// transaction or alone. It may run twice (together, rolled back, then alone).
+///
+/// It must return every database error it meets, never turn one into an answer (a ledger
+/// refusal read as "refused", say): an error leaves the group's transaction aborted, and
+/// Postgres answers the `COMMIT` of an aborted transaction by rolling it back without an
+/// error, so every write of the group would be answered as written while none was. Read
+/// such errors after [`GroupCommit::write`] returns.
 pub type Statement<T> =
     Box<dyn for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, DbError>> + Send + Sync>;
 
