@@ -22,6 +22,7 @@
 //! `disable_after_failing_secs`, `scheduler_poll_ms`; which URLs it delivers to is
 //! `[destinations]` (`allow_loopback`, `allow_http`), shared with the API.
 
+pub mod clients;
 pub mod payload;
 pub mod retry;
 pub mod sender;
@@ -112,6 +113,7 @@ impl Dispatcher {
             sender: sender::Sender {
                 timeout,
                 policy: DestinationPolicy::from_config(&config.destinations),
+                clients: clients::Clients::new(timeout),
             },
             retry: retry::RetryPolicy::from_config(settings),
             endpoints: endpoint_policy::EndpointPolicy {

@@ -7,6 +7,7 @@ use chrono::Utc;
 use paygate_core::destination::{check_destination, DestinationPolicy, Refused};
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
+use crate::clients::Clients;
 use crate::retry::parse_retry_after;
 use crate::signing::{SignedHeaders, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
@@ -14,7 +15,6 @@ use crate::signing::{SignedHeaders, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAM
 /// endpoint refused, too little to make the dispatcher a fetch oracle for any public host's
 /// pages (the attempt log is shown to the merchant).
 pub const EXCERPT_BYTES: usize = 256;
-const USER_AGENT: &str = concat!("paygate-webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// What one attempt got.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -31,11 +31,13 @@ pub struct AttemptReport {
     pub refused: Option<Refused>,
 }
 
-/// Sends attempts with a timeout, never following redirects, never through a proxy.
+/// Sends attempts with a timeout, never following redirects, never through a proxy, over
+/// connections kept per checked destination ([`Clients`]).
 #[derive(Debug, Clone)]
 pub struct Sender {
     pub timeout: Duration,
     pub policy: DestinationPolicy,
+    pub clients: Clients,
 }
 
 impl Sender {
@@ -52,18 +54,7 @@ impl Sender {
                 }
             }
         };
-        let mut builder = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .user_agent(USER_AGENT);
-        if destination.is_domain {
-            // Connect only to the addresses just checked (no second, unchecked lookup).
-            builder = builder.resolve_to_addrs(&destination.host, &destination.addrs);
-        }
-        let client = match builder.build() {
+        let client = match self.clients.for_destination(&destination) {
             Ok(client) => client,
             Err(error) => {
                 return AttemptReport {

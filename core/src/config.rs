@@ -87,6 +87,24 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     /// Apply embedded migrations when a service starts.
     pub migrate_on_start: bool,
+    /// A pooled connection idle at least this long is pinged before it is handed out (one
+    /// round trip); one used more recently is handed out as it is. sqlx's default pings
+    /// before every use, a round trip per statement, which on a busy pipeline was a tenth of
+    /// the machine (BENCHMARKS.md, session 15). A connection that died in the meantime fails
+    /// its statement instead, and every caller already treats a failed statement as
+    /// retryable. 0 pings before every use.
+    #[serde(
+        rename = "ping_after_idle_ms",
+        with = "units::ms",
+        default = "DatabaseConfig::default_ping_after_idle"
+    )]
+    pub ping_after_idle: Duration,
+}
+
+impl DatabaseConfig {
+    fn default_ping_after_idle() -> Duration {
+        Duration::from_millis(1_000)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -553,6 +571,7 @@ impl Default for Config {
                 max_connections: 16,
                 acquire_timeout: Duration::from_millis(5_000),
                 migrate_on_start: true,
+                ping_after_idle: DatabaseConfig::default_ping_after_idle(),
             },
             redis: RedisConfig {
                 url: "redis://127.0.0.1:6379".into(),

@@ -17,15 +17,19 @@ use anyhow::Context;
 use clap::Args;
 use paygate_core::config::Config;
 use paygate_core::db::{self, merchants};
+use paygate_core::domain::TransactionId;
 use paygate_sandbox_admin::{AdminClient, Stats};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::cpu::{CpuReport, CpuSnapshot};
 use super::load::{self, Latencies, LoadSpec, Percentiles, Recorder};
+use super::net::{TcpReport, TcpSnapshot};
 use super::pgbench::{self, PgbenchReport};
 use super::rss::PeakRss;
+use super::stages::{self, Stage};
 use super::statements::{StatementStats, StatementsReport};
 use crate::merchant_setup;
 use crate::receiver::{Logging, ReceivedWebhook, WebhookReceiver, RECEIVER_PATH};
@@ -128,6 +132,10 @@ pub struct E2eReport {
     pub cpu: CpuReport,
     /// `cpu` in milliseconds per delivered payment, by kind, `machine` and `machine - bench`.
     pub cpu_ms_per_payment: BTreeMap<String, f64>,
+    /// TCP connections and segments over the same window, per delivered payment.
+    pub tcp: TcpReport,
+    /// Each hop's latency, from the database's history of the run's payments.
+    pub stages: Vec<Stage>,
     /// Postgres statements over the same window, per delivered payment.
     pub statements: Option<StatementsReport>,
     pub pgbench: Option<PgbenchReport>,
@@ -269,6 +277,7 @@ async fn run(
     let recorder = Arc::new(Recorder::new()?);
     let statements = StatementStats::start(database_url, args.statements).await;
     let cpu_before = CpuSnapshot::take();
+    let tcp_before = TcpSnapshot::take();
     let started = Instant::now();
     let status_receiver = receiver.clone();
     let send = {
@@ -328,6 +337,7 @@ async fn run(
     )
     .await;
     let cpu = cpu_before.until(&CpuSnapshot::take());
+    let tcp_after = TcpSnapshot::take();
     let statements =
         StatementStats::finish_run(statements, recorder.ok(), "payment", args.statements).await;
     sampling.cancel();
@@ -342,6 +352,12 @@ async fn run(
         .map(|s| s.clone())
         .map_err(|_| anyhow::anyhow!("start times lock poisoned"))?;
     let outcome = Outcome::of(&receiver.received(), &starts, started)?;
+    let ids: Vec<Uuid> = starts
+        .keys()
+        .filter_map(|id| TransactionId::parse(id).ok())
+        .map(|id| id.as_uuid())
+        .collect();
+    let stages = stages::of(database_url, &ids).await;
 
     let pgbench = if args.no_pgbench {
         None
@@ -398,6 +414,8 @@ async fn run(
         peak_rss_mib: rss.peaks(),
         cpu_ms_per_payment: cpu.per_unit_ms(outcome.delivered),
         cpu,
+        tcp: tcp_before.until(&tcp_after, outcome.delivered),
+        stages,
         statements,
         ratio_to_pgbench: pgbench
             .as_ref()
@@ -607,6 +625,8 @@ pub fn print(r: &E2eReport) {
         println!("  peak RSS            {mib:>10.1} MiB  {name}");
     }
     r.cpu.print(r.delivered, "payment");
+    r.tcp.print("payment");
+    stages::print(&r.stages);
     if let Some(statements) = &r.statements {
         statements.print();
     }

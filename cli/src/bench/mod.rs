@@ -7,8 +7,10 @@ pub mod accept;
 mod cpu;
 pub mod e2e;
 pub(crate) mod load;
+mod net;
 mod pgbench;
 mod rss;
+mod stages;
 mod statements;
 
 pub use accept::{accept, print, AcceptArgs, AcceptReport};

@@ -57,12 +57,27 @@ pub enum DbError {
 
 /// Opens a pool (lazily: the first query connects), sized from config.
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
-    let pool = PgPoolOptions::new()
+    let pool = pool_options(config).connect(&config.url).await?;
+    Ok(pool)
+}
+
+/// The pool's settings. A connection is pinged before use only when it has been idle for
+/// `ping_after_idle` (sqlx's `before_acquire` hook): one in steady use has just answered a
+/// statement, so a ping would only add a round trip to every statement.
+pub fn pool_options(config: &DatabaseConfig) -> PgPoolOptions {
+    let ping_after_idle = config.ping_after_idle;
+    PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
-        .connect(&config.url)
-        .await?;
-    Ok(pool)
+        .test_before_acquire(false)
+        .before_acquire(move |connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= ping_after_idle {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Applies every migration not yet applied. Safe to run from several processes at once:
