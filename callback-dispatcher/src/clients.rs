@@ -87,6 +87,11 @@ impl Clients {
         Ok(kept.entry(key).or_insert(client).clone())
     }
 
+    /// The whole-request timeout every client is built with.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// How many destinations have a kept client.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -111,7 +111,6 @@ impl Dispatcher {
         let deliverer = Arc::new(worker::Deliverer {
             pool: pool.clone(),
             sender: sender::Sender {
-                timeout,
                 policy: DestinationPolicy::from_config(&config.destinations),
                 clients: clients::Clients::new(timeout),
             },

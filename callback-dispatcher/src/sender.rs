@@ -35,8 +35,8 @@ pub struct AttemptReport {
 /// connections kept per checked destination ([`Clients`]).
 #[derive(Debug, Clone)]
 pub struct Sender {
-    pub timeout: Duration,
     pub policy: DestinationPolicy,
+    /// The kept clients; their request timeout is the attempt's.
     pub clients: Clients,
 }
 
@@ -76,7 +76,7 @@ impl Sender {
             Err(error) => {
                 return AttemptReport {
                     latency: started.elapsed(),
-                    error: Some(describe(&error, self.timeout)),
+                    error: Some(describe(&error, self.clients.timeout())),
                     ..AttemptReport::default()
                 }
             }
@@ -96,7 +96,7 @@ impl Sender {
                 Err(e) => {
                     error = Some(format!(
                         "reading the response: {}",
-                        describe(&e, self.timeout)
+                        describe(&e, self.clients.timeout())
                     ));
                     break;
                 }

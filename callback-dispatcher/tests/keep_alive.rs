@@ -48,15 +48,13 @@ async fn endpoint() -> (SocketAddr, Arc<Mutex<Vec<SocketAddr>>>) {
 }
 
 fn sender() -> Sender {
-    let timeout = Duration::from_secs(5);
     Sender {
-        timeout,
         policy: DestinationPolicy::from_config(&DestinationsConfig {
             allow_loopback: true,
             allow_http: true,
             ..DestinationsConfig::default()
         }),
-        clients: Clients::new(timeout),
+        clients: Clients::new(Duration::from_secs(5)),
     }
 }
 

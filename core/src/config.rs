@@ -89,10 +89,10 @@ pub struct DatabaseConfig {
     pub migrate_on_start: bool,
     /// A pooled connection idle at least this long is pinged before it is handed out (one
     /// round trip); one used more recently is handed out as it is. sqlx's default pings
-    /// before every use, a round trip per statement, which on a busy pipeline was a tenth of
-    /// the machine (BENCHMARKS.md, session 15). A connection that died in the meantime fails
-    /// its statement instead, and every caller already treats a failed statement as
-    /// retryable. 0 pings before every use.
+    /// before every use, a second round trip per statement: on the API's accept, one
+    /// statement per request, it cost 13–25 % of the CPU per request (BENCHMARKS.md, session
+    /// 15). A connection that died in the meantime fails its statement instead, and every
+    /// caller already treats a failed statement as retryable. 0 pings before every use.
     #[serde(
         rename = "ping_after_idle_ms",
         with = "units::ms",
