@@ -109,6 +109,9 @@ enum BenchCommand {
     /// The whole pipeline: payments/s and accept→webhook latency at a receiver of its own,
     /// sandbox executions, peak RSS per service, and `pgbench -N` on the same Postgres.
     E2e(paygate_cli::bench::E2eArgs),
+    /// The Kafka broker alone: its CPU per message and a consumer's wait, for each number
+    /// of partitions and fetch wait, with paygate's own producer and consumer settings.
+    Broker(paygate_cli::bench::broker::BrokerArgs),
 }
 
 #[derive(Subcommand)]
@@ -194,6 +197,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let json = args.json.clone();
             let report = paygate_cli::bench::e2e::e2e(args, &config).await?;
             paygate_cli::bench::e2e::print(&report);
+            write_json(json, &report)?;
+        }
+        Command::Bench {
+            which: BenchCommand::Broker(args),
+        } => {
+            let json = args.json.clone();
+            let report = paygate_cli::bench::broker::broker(args, &config.kafka).await?;
+            paygate_cli::bench::broker::print(&report);
             write_json(json, &report)?;
         }
         Command::Chaos(args) => {

@@ -1,9 +1,11 @@
 //! `paygate bench …`: load against a running paygate, measured from the merchant's side.
 //!
 //! - [`accept`]: the API alone (`POST /v1/deposits` throughput and latency);
-//! - [`e2e`]: the whole pipeline, accept to signed webhook, with `pgbench -N` as yardstick.
+//! - [`e2e`]: the whole pipeline, accept to signed webhook, with `pgbench -N` as yardstick;
+//! - [`broker`]: the Kafka broker alone, its CPU and a consumer's wait per partitions and fetch wait.
 
 pub mod accept;
+pub mod broker;
 mod cpu;
 pub mod e2e;
 pub(crate) mod load;

@@ -44,18 +44,7 @@ pub async fn create_missing_topics(config: &KafkaConfig) -> Result<usize, BusErr
             )
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new_topics, &options).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(BusError::TopicCreation {
-                    topic: name,
-                    code: code.to_string(),
-                })
-            }
-        }
-    }
+    create(&admin, &new_topics).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let listed = list_topics(&admin).await?;
@@ -70,6 +59,56 @@ pub async fn create_missing_topics(config: &KafkaConfig) -> Result<usize, BusErr
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Creates one topic by full name (`paygate bench broker`'s scratch topics; the four
+/// pipeline topics go through [`ensure_topics`]). "Already exists" is success.
+pub async fn create_topic(
+    config: &KafkaConfig,
+    name: &str,
+    partitions: i32,
+) -> Result<(), BusError> {
+    let admin: Admin = Arc::new(client_config(config).create()?);
+    let topic = NewTopic::new(
+        name,
+        partitions,
+        TopicReplication::Fixed(config.replication_factor),
+    );
+    create(&admin, &[topic]).await
+}
+
+/// Creates `topics`; "already exists" (a racing process made it) is success.
+async fn create(admin: &Admin, topics: &[NewTopic<'_>]) -> Result<(), BusError> {
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::TopicCreation {
+                    topic,
+                    code: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one topic by full name ("unknown topic" is success: it is gone either way).
+pub async fn delete_topic(config: &KafkaConfig, name: &str) -> Result<(), BusError> {
+    let admin: Admin = Arc::new(client_config(config).create()?);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(&[name], &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::Other(format!(
+                    "could not delete topic {topic}: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn list_topics(admin: &Admin) -> Result<Vec<String>, BusError> {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -377,6 +378,22 @@ fn judge(
     }
 }
 
+/// The librdkafka settings of every paygate consumer: the runner's, and `paygate bench
+/// broker`'s, which measures what the broker costs for exactly these (the fetch wait and the
+/// heartbeat set how often a consumer asks, and on tansu each ask costs the broker CPU).
+pub fn consumer_client_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut client = client_config(config);
+    client
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string())
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string());
+    client
+}
+
 impl ConsumerRunner {
     /// Joins the group and subscribes (topics must exist: see [`super::ensure_topics`]).
     pub fn new(
@@ -387,15 +404,7 @@ impl ConsumerRunner {
     ) -> Result<Self, BusError> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         let assigned = Arc::new(AtomicUsize::new(0));
-        let mut client = client_config(config);
-        client
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string())
-            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string());
+        let mut client = consumer_client_config(config, &settings.group_id);
         if let Some(instance) = &config.instance_id {
             // One process has one member per group, so the instance id alone is unique
             // within each group it joins.

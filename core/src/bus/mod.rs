@@ -12,9 +12,10 @@ pub mod reset;
 mod topics;
 pub mod trace;
 
-pub use admin::{create_missing_topics, ensure_topics};
+pub use admin::{create_missing_topics, create_topic, delete_topic, ensure_topics};
 pub use consumer::{
-    ConsumerProbe, ConsumerRunner, ConsumerSettings, Delivery, GroupProgress, Handler, HandlerError,
+    consumer_client_config, ConsumerProbe, ConsumerRunner, ConsumerSettings, Delivery,
+    GroupProgress, Handler, HandlerError,
 };
 pub use producer::{Delivered, Producer};
 pub use relay::{OutboxRelay, RelayHealth, RelaySettings};
