@@ -190,28 +190,12 @@ async fn measure(
     setting: Setting,
 ) -> anyhow::Result<BrokerRow> {
     let groups = usize::from(args.consumers);
-    let reads = Arc::new(Mutex::new(Reads {
-        window_from_ms: i64::MAX,
-        latencies: Latencies::new()?,
-        in_window: 0,
-        by_group: vec![0; groups],
-    }));
-    let stop = CancellationToken::new();
-    let mut readers = JoinSet::new();
-    let mut consumer_config = config.clone();
-    consumer_config.fetch_wait_max_ms = setting.fetch_wait_ms;
-    for group in 0..groups {
-        let group_id = format!("{topic}.g{group}");
-        let consumer: StreamConsumer =
-            consumer_client_config(&consumer_config, &group_id).create()?;
-        consumer.subscribe(&[topic])?;
-        readers.spawn(read(consumer, group, reads.clone(), stop.clone()));
-    }
+    let readers = Readers::start(config, topic, setting, groups)?;
     let sender = Sender::new(producer.clone(), topic, args.message_bytes as usize);
 
     // Warm-up at the same rate until every group has read something.
     let warm = Instant::now();
-    while lock(&reads).by_group.contains(&0) {
+    while !readers.all_reading() {
         anyhow::ensure!(
             warm.elapsed() < WARM_UP_LIMIT,
             "the consumers read nothing within {} s (is the broker up?)",
@@ -221,27 +205,18 @@ async fn measure(
     }
     sender.settle().await;
 
-    lock(&reads).window_from_ms = epoch_ms();
+    readers.open_window();
     let (cpu_before, tcp_before) = (CpuSnapshot::take(), TcpSnapshot::take());
-    let sent_before = sender.sent();
-    let errors_before = sender.errors();
+    let (sent_before, errors_before) = (sender.sent(), sender.errors());
     let window = Duration::from_secs(args.duration);
     sender.pace(args.rate, window).await;
     let cpu = cpu_before.until(&CpuSnapshot::take());
     let tcp_after = TcpSnapshot::take();
     sender.settle().await;
     let produced = sender.sent().saturating_sub(sent_before);
-    let send_errors = sender.errors().saturating_sub(errors_before);
-
     let expected = produced.saturating_mul(groups as u64);
-    let drain = Instant::now();
-    while lock(&reads).in_window < expected && drain.elapsed() < DRAIN_LIMIT {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.cancel();
-    while readers.join_next().await.is_some() {}
+    let (read, latency_ms) = readers.stop_after(expected).await;
 
-    let reads = lock(&reads);
     let secs = window.as_secs_f64();
     let per_message = |cpu_secs: f64| cpu_secs * 1000.0 / produced.max(1) as f64;
     let broker = cpu.by_kind_cpu_secs.get("tansu").copied();
@@ -250,10 +225,10 @@ async fn measure(
         fetch_wait_ms: setting.fetch_wait_ms,
         produced,
         produced_per_sec: produced as f64 / secs,
-        send_errors,
-        read_per_sec: reads.in_window as f64 / groups as f64 / secs,
-        unread: expected.saturating_sub(reads.in_window),
-        latency_ms: reads.latencies.percentiles(),
+        send_errors: sender.errors().saturating_sub(errors_before),
+        read_per_sec: read as f64 / groups as f64 / secs,
+        unread: expected.saturating_sub(read),
+        latency_ms,
         broker_cpu_pct: broker.map(|s| s * 100.0 / cpu.seconds.max(f64::EPSILON)),
         broker_cpu_ms_per_message: broker.map(per_message),
         bench_cpu_ms_per_message: per_message(
@@ -261,6 +236,65 @@ async fn measure(
         ),
         tcp: tcp_before.until(&tcp_after, produced),
     })
+}
+
+/// The consumer groups' readers, and what they saw.
+struct Readers {
+    reads: Arc<Mutex<Reads>>,
+    tasks: JoinSet<()>,
+    stop: CancellationToken,
+}
+
+impl Readers {
+    /// One consumer per group, each with paygate's settings and the row's fetch wait.
+    fn start(
+        config: &KafkaConfig,
+        topic: &str,
+        setting: Setting,
+        groups: usize,
+    ) -> anyhow::Result<Self> {
+        let reads = Arc::new(Mutex::new(Reads {
+            window_from_ms: i64::MAX,
+            latencies: Latencies::new()?,
+            in_window: 0,
+            by_group: vec![0; groups],
+        }));
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut consumer_config = config.clone();
+        consumer_config.fetch_wait_max_ms = setting.fetch_wait_ms;
+        for group in 0..groups {
+            let group_id = format!("{topic}.g{group}");
+            let consumer: StreamConsumer =
+                consumer_client_config(&consumer_config, &group_id).create()?;
+            consumer.subscribe(&[topic])?;
+            tasks.spawn(read(consumer, group, reads.clone(), stop.clone()));
+        }
+        Ok(Self { reads, tasks, stop })
+    }
+
+    /// Whether every group has read a message.
+    fn all_reading(&self) -> bool {
+        !lock(&self.reads).by_group.contains(&0)
+    }
+
+    /// From now on, messages are the window's: timed and counted.
+    fn open_window(&self) {
+        lock(&self.reads).window_from_ms = epoch_ms();
+    }
+
+    /// Waits (at most [`DRAIN_LIMIT`]) until the groups read `expected` window messages,
+    /// then stops the readers: the window messages they read, and how long those waited.
+    async fn stop_after(mut self, expected: u64) -> (u64, Percentiles) {
+        let drain = Instant::now();
+        while lock(&self.reads).in_window < expected && drain.elapsed() < DRAIN_LIMIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        let reads = lock(&self.reads);
+        (reads.in_window, reads.latencies.percentiles())
+    }
 }
 
 /// Now, in ms since the epoch: the clock Kafka's message timestamps use.
