@@ -124,10 +124,11 @@ pub struct KafkaConfig {
     /// Topic names are `<prefix>.transactions.pending` etc.
     pub topic_prefix: String,
     /// Partitions of each topic paygate creates: at least the most instances of any worker
-    /// (each member of a group reads its own partitions). More cost the broker per request
-    /// and buy one instance nothing; Kafka cannot take partitions back, and adding some later
-    /// moves keys between partitions, so size it for the scale-out planned (`scripts/up`: one
-    /// per instance; `deploy/k8s`: 12; docs/ARCHITECTURE.md, change 26).
+    /// (each member of a group reads its own partitions). More buy one instance nothing and
+    /// change what the broker spends (on tansu, more or less by rate: docs/ARCHITECTURE.md,
+    /// change 26). Kafka cannot take partitions back, and adding some later moves keys
+    /// between partitions, so size it for the scale-out planned (`scripts/up`: one per
+    /// instance; `deploy/k8s`: 12).
     pub partitions: i32,
     pub replication_factor: i32,
     /// Consumer group ids are `<group_prefix>.<service>`.
