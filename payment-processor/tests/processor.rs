@@ -155,15 +155,26 @@ async fn an_executed_payment_whose_response_was_lost_is_not_executed_again() -> 
         ));
     }
     for (gateway, id) in &ids {
-        let first = w
-            .wait(*id, "an ambiguous first attempt", |t| {
-                t.attempts >= 1 && t.status == TransactionStatus::RetryScheduled
-            })
-            .await?;
+        // The first attempt's answer is lost, so it ends ambiguous with a retry scheduled.
+        // That retry asks the provider first and may find the payment executing before this
+        // loop gets to it (the gateways are looked at in turn), so the first attempt's end
+        // is read from the payment's history, not from the row's current state.
+        w.wait(*id, "the first attempt's end", |t| {
+            t.attempts >= 1
+                && matches!(
+                    t.status,
+                    TransactionStatus::RetryScheduled | TransactionStatus::Submitted
+                )
+        })
+        .await?;
+        let history = paygate_core::db::history::for_transaction(&w.pool, *id).await?;
+        let retry = history
+            .iter()
+            .find(|h| h.to_status == TransactionStatus::RetryScheduled);
         assert_eq!(
-            first.failure.as_ref().map(|f| f.code.as_str()),
+            retry.and_then(|h| h.failure_code.as_deref()),
             Some("ambiguous"),
-            "{gateway}"
+            "{gateway}: {history:?}"
         );
         w.knobs(gateway, json!({"lost_response_rate": 0.0})).await?;
     }
