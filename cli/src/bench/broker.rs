@@ -22,13 +22,12 @@ use paygate_core::config::KafkaConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::cpu::CpuSnapshot;
-use super::load::{Latencies, Percentiles};
+use super::load::{self, Latencies, LoadSpec, Percentiles, Recorder};
 use super::net::{TcpReport, TcpSnapshot};
 
 /// How long the consumers may take to join their groups and read a first message.
@@ -38,6 +37,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Sends waiting for their acknowledgement at once, at most (a stalled broker makes the
 /// bench wait instead of queueing without bound).
 const MAX_IN_FLIGHT: usize = 20_000;
+/// The warm-up sends in steps of this long, checking between them whether every group reads.
+const WARM_UP_STEP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
@@ -174,8 +175,8 @@ struct Reads {
     latencies: Latencies,
     /// Window messages read, summed over the groups.
     in_window: u64,
-    /// Any message read, per group (the warm-up waits until each has one).
-    by_group: Vec<u64>,
+    /// Whether each group has read any message yet (the warm-up waits until all have).
+    started: Vec<bool>,
 }
 
 fn lock(reads: &Mutex<Reads>) -> MutexGuard<'_, Reads> {
@@ -201,40 +202,35 @@ async fn measure(
             "the consumers read nothing within {} s (is the broker up?)",
             WARM_UP_LIMIT.as_secs()
         );
-        sender.pace(args.rate, Duration::from_secs(1)).await;
+        sender.send_for(args.rate, WARM_UP_STEP).await?;
     }
-    sender.settle().await;
 
     readers.open_window();
     let (cpu_before, tcp_before) = (CpuSnapshot::take(), TcpSnapshot::take());
-    let (sent_before, errors_before) = (sender.sent(), sender.errors());
     let window = Duration::from_secs(args.duration);
-    sender.pace(args.rate, window).await;
+    let sent = sender.send_for(args.rate, window).await?;
     let cpu = cpu_before.until(&CpuSnapshot::take());
-    let tcp_after = TcpSnapshot::take();
-    sender.settle().await;
-    let produced = sender.sent().saturating_sub(sent_before);
+    let tcp = tcp_before.until(&TcpSnapshot::take(), sent.ok());
+    let produced = sent.ok();
     let expected = produced.saturating_mul(groups as u64);
     let (read, latency_ms) = readers.stop_after(expected).await;
 
     let secs = window.as_secs_f64();
-    let per_message = |cpu_secs: f64| cpu_secs * 1000.0 / produced.max(1) as f64;
+    let per_message = cpu.per_unit_ms(produced);
     let broker = cpu.by_kind_cpu_secs.get("tansu").copied();
     Ok(BrokerRow {
         partitions: setting.partitions,
         fetch_wait_ms: setting.fetch_wait_ms,
         produced,
         produced_per_sec: produced as f64 / secs,
-        send_errors: sender.errors().saturating_sub(errors_before),
+        send_errors: sent.errors(),
         read_per_sec: read as f64 / groups as f64 / secs,
         unread: expected.saturating_sub(read),
         latency_ms,
         broker_cpu_pct: broker.map(|s| s * 100.0 / cpu.seconds.max(f64::EPSILON)),
-        broker_cpu_ms_per_message: broker.map(per_message),
-        bench_cpu_ms_per_message: per_message(
-            cpu.by_kind_cpu_secs.get("bench").copied().unwrap_or(0.0),
-        ),
-        tcp: tcp_before.until(&tcp_after, produced),
+        broker_cpu_ms_per_message: per_message.get("tansu").copied(),
+        bench_cpu_ms_per_message: per_message.get("bench").copied().unwrap_or(0.0),
+        tcp,
     })
 }
 
@@ -257,7 +253,7 @@ impl Readers {
             window_from_ms: i64::MAX,
             latencies: Latencies::new()?,
             in_window: 0,
-            by_group: vec![0; groups],
+            started: vec![false; groups],
         }));
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -275,7 +271,7 @@ impl Readers {
 
     /// Whether every group has read a message.
     fn all_reading(&self) -> bool {
-        !lock(&self.reads).by_group.contains(&0)
+        lock(&self.reads).started.iter().all(|s| *s)
     }
 
     /// From now on, messages are the window's: timed and counted.
@@ -324,8 +320,8 @@ async fn read(
         let now_ms = epoch_ms();
         let stamped = message.timestamp().to_millis();
         let mut reads = lock(&reads);
-        if let Some(count) = reads.by_group.get_mut(group) {
-            *count = count.saturating_add(1);
+        if let Some(started) = reads.started.get_mut(group) {
+            *started = true;
         }
         if let Some(stamped) = stamped.filter(|s| *s >= reads.window_from_ms) {
             let waited = u64::try_from(now_ms.saturating_sub(stamped)).unwrap_or(0);
@@ -335,15 +331,14 @@ async fn read(
     }
 }
 
-/// Sends at a steady rate, each message on its own task, as the relays and the API do.
+/// What a message carries: a random key (so messages spread over the partitions), a payload
+/// of the asked size and a `traceparent` header, as paygate's events do.
 #[derive(Clone)]
 struct Sender {
     producer: Producer,
     topic: Arc<str>,
     payload: Arc<[u8]>,
     headers: Arc<BTreeMap<String, String>>,
-    in_flight: Arc<Semaphore>,
-    counts: Arc<Mutex<(u64, u64)>>,
 }
 
 impl Sender {
@@ -355,64 +350,38 @@ impl Sender {
             topic: topic.into(),
             payload: vec![b'x'; bytes].into(),
             headers: Arc::new(headers),
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            counts: Arc::new(Mutex::new((0, 0))),
         }
     }
 
-    /// Messages acknowledged so far.
-    fn sent(&self) -> u64 {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner).0
-    }
-
-    fn errors(&self) -> u64 {
-        self.counts.lock().unwrap_or_else(PoisonError::into_inner).1
-    }
-
-    /// Sends `rate` messages a second for `length`, each when it is due (a 1 ms tick sends
-    /// those that came due since the last): exactly rate × length of them, however late the
-    /// ticks come on a busy machine.
-    async fn pace(&self, rate: u64, length: Duration) {
-        let total = (length.as_secs_f64() * rate as f64) as u64;
-        let start = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        let mut issued: u64 = 0;
-        while issued < total {
-            tick.tick().await;
-            let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-            while issued < due {
-                self.spawn_one().await;
-                issued = issued.saturating_add(1);
-            }
-        }
-    }
-
-    async fn spawn_one(&self) {
-        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
-            return;
+    /// Sends `rate` messages a second for `length` with the benches' open loop
+    /// ([`load::drive`]: each send on its own task when it is due, as the relays and the API
+    /// send), and returns once every one has its acknowledgement.
+    async fn send_for(&self, rate: u64, length: Duration) -> anyhow::Result<Arc<Recorder>> {
+        let spec = LoadSpec {
+            duration: length,
+            concurrency: MAX_IN_FLIGHT,
+            rate: Some(rate),
         };
-        let this = self.clone();
-        tokio::spawn(async move {
-            let key = Uuid::new_v4();
-            let result = this
-                .producer
-                .send_to(&this.topic, key.as_bytes(), &this.payload, &this.headers)
-                .await;
-            let mut counts = this.counts.lock().unwrap_or_else(PoisonError::into_inner);
-            match result {
-                Ok(_) => counts.0 = counts.0.saturating_add(1),
-                Err(_) => counts.1 = counts.1.saturating_add(1),
+        let recorder = Arc::new(Recorder::new()?);
+        let sender = self.clone();
+        load::drive(spec, &recorder, String::new, move |_, _| {
+            let sender = sender.clone();
+            async move {
+                sender
+                    .producer
+                    .send_to(
+                        &sender.topic,
+                        Uuid::new_v4().as_bytes(),
+                        &sender.payload,
+                        &sender.headers,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
-            drop(permit);
-        });
-    }
-
-    /// Waits until every send so far has its answer.
-    async fn settle(&self) {
-        let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
-        if let Ok(permits) = self.in_flight.acquire_many(all).await {
-            drop(permits);
-        }
+        })
+        .await;
+        Ok(recorder)
     }
 }
 
