@@ -1,10 +1,10 @@
-//! paygate-callback-dispatcher: completed transactions become signed merchant webhooks,
+//! paygate-callback-dispatcher: recorded webhook events become signed merchant webhooks,
 //! delivered at least once.
 //!
 //! ```text
-//! Kafka transactions.completed ──▶ handler ──(event + deliveries, one PG commit)──▶ Postgres
+//! payment / callback processor: state change + webhook event + deliveries, one PG commit
 //!                                                                                    │
-//!        scheduler: due deliveries, FOR UPDATE SKIP LOCKED, leased ◀─────────────────┘
+//!        scheduler: due deliveries, FOR UPDATE SKIP LOCKED, leased ◀── polls ────────┘
 //!            │ bounded worker pool, ≤ per_endpoint_concurrency per destination
 //!            ▼
 //!        SSRF guard ─▶ sign (Standard Webhooks) ─▶ POST ─▶ attempt row ─▶ next state
@@ -13,23 +13,25 @@
 //! - [`check_destination`] (re-exported from `paygate_core::destination`): the SSRF guard,
 //!   shared with the API, which applies it at registration;
 //! - [`signing`]: Standard Webhooks signatures (with rotation);
+//! - the event and its delivery rows are written by whoever changes the transaction, in the
+//!   same statement (`paygate_core::announce`); the dispatcher needs Postgres alone: no
+//!   broker, no Redis, so webhooks flow while Kafka is down;
 //! - the repository is `paygate_core::db::webhooks` (`redeliver` for the API) and
 //!   `paygate_core::db::webhook_endpoints`; when an endpoint is disabled is decided here.
 //!
 //! Config (`[dispatcher]`): `concurrency`, `per_endpoint_concurrency`, `request_timeout_ms`,
 //! `retry_schedule_secs` (one entry per attempt; the first, the delay before attempt 1, is
 //! 0: deliveries are due when recorded), `jitter_percent`, `retry_after_max_secs`,
-//! `disable_after_failing_secs`, `scheduler_poll_ms`; which URLs it delivers to is
+//! `disable_after_failing_secs`, `scheduler_poll_ms` (how soon a new event's deliveries are
+//! seen: 20 ms); which URLs it delivers to is
 //! `[destinations]` (`allow_loopback`, `allow_http`), shared with the API.
 
 pub mod clients;
-pub mod payload;
 pub mod retry;
 pub mod sender;
 pub mod signing;
 
 mod endpoint_policy;
-mod handler;
 mod metrics;
 mod scheduler;
 mod worker;
@@ -37,10 +39,9 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, Topic};
 use paygate_core::config::Config;
 use paygate_core::db::DbError;
-use paygate_core::startup::{Foundation, StartupError, Topics};
+use paygate_core::startup::{self, StartupError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -59,8 +60,6 @@ pub enum DispatcherError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
-    Bus(#[from] bus::BusError),
-    #[error(transparent)]
     Startup(#[from] StartupError),
     /// No usable `[secrets]` keyring (the message names the settings, never a key).
     #[error(transparent)]
@@ -70,43 +69,22 @@ pub enum DispatcherError {
 /// The callback dispatcher service: [`Dispatcher::build`] then [`Dispatcher::run`].
 pub struct Dispatcher {
     pool: sqlx::PgPool,
-    consumer: ConsumerRunner,
     scheduler: scheduler::Scheduler,
-    /// Re-announces terminal transactions with no webhook event (`[recovery]`). It runs
-    /// here, beside the webhook events it checks; its outbox rows are published by the
-    /// other services' relays (they poll), as this service writes no other outbox rows.
+    /// Records the event of a terminal transaction that has none (`[recovery]`): one
+    /// finished before events were recorded with the state change, or written by hand.
     heal: paygate_core::heal::HealSettings,
     /// What `/readyz` reports (registered when the dispatcher runs).
     readiness: Arc<paygate_core::ready::Readiness>,
 }
 
 impl Dispatcher {
-    /// Connects to Postgres (migrating when configured), creates the topics and joins the
-    /// consumer group of `transactions.completed`.
+    /// Connects to Postgres (migrating when configured). Nothing else: the work is there.
     pub async fn build(config: Config) -> Result<Self, DispatcherError> {
         let keyring = Arc::new(config.secrets.keyring()?);
-        let base = Foundation::start(&config, Topics::Required).await?;
-        let pool = base.pool.clone();
+        let pool = startup::postgres(&config).await?;
         let settings = &config.dispatcher;
         let wake = Arc::new(Notify::new());
-        let handler = Arc::new(handler::CompletedHandler {
-            pool: pool.clone(),
-            wake: wake.clone(),
-        });
-        let mut consumer_settings = ConsumerSettings::new(
-            format!("{}.callback-dispatcher", config.kafka.group_prefix),
-            vec![Topic::TransactionsCompleted],
-        );
-        consumer_settings.concurrency = settings.concurrency.max(1);
-        let consumer = ConsumerRunner::new(
-            &config.kafka,
-            consumer_settings,
-            handler,
-            base.producer.clone(),
-        )?;
-        // No relay here: this service writes no outbox rows of its own (the healer's are
-        // published by the other services' relays, which poll).
-        let readiness = base.worker_readiness(&config, consumer.probe());
+        let readiness = paygate_core::ready::Readiness::postgres_only(&config, pool.clone());
         let timeout = settings.request_timeout.max(Duration::from_millis(1));
         let deliverer = Arc::new(worker::Deliverer {
             pool: pool.clone(),
@@ -133,15 +111,14 @@ impl Dispatcher {
         };
         Ok(Self {
             pool,
-            consumer,
             scheduler,
             heal: paygate_core::heal::HealSettings::completed(&config.recovery),
             readiness,
         })
     }
 
-    /// Consumes, schedules and delivers until `shutdown` is cancelled; then stops taking
-    /// work, lets attempts in flight finish (up to the request timeout) and returns.
+    /// Schedules and delivers until `shutdown` is cancelled; then stops taking work, lets
+    /// attempts in flight finish (up to the request timeout) and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), DispatcherError> {
         paygate_core::ready::register(self.readiness.clone());
         let backlog = tokio::spawn(scheduler::report_backlog(
@@ -152,14 +129,10 @@ impl Dispatcher {
         let healer = tokio::spawn(
             paygate_core::heal::Healer::new(self.pool.clone(), self.heal).run(shutdown.clone()),
         );
-        let (consumed, ()) = tokio::join!(
-            self.consumer.run(shutdown.clone()),
-            self.scheduler.run(shutdown.clone())
-        );
+        self.scheduler.run(shutdown.clone()).await;
         shutdown.cancel();
         let _ = backlog.await;
         let _ = healer.await;
-        consumed?;
         Ok(())
     }
 }

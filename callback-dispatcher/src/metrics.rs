@@ -7,7 +7,6 @@
 //!   `2xx`/`3xx`/`4xx`/`5xx`/`error`;
 //! - `paygate_webhook_backlog{destination}`: deliveries pending or in flight per endpoint
 //!   (`we_…`) or callback host (`callback:host:port`);
-//! - `paygate_webhook_events_total{type}`: events recorded;
 //! - `paygate_webhook_endpoints_disabled_total{reason}`: endpoints disabled (`gone`, `failing`).
 
 use crate::sender::AttemptReport;
@@ -26,10 +25,6 @@ pub(crate) fn attempt(report: &AttemptReport) {
     };
     metrics::histogram!("paygate_webhook_attempt_duration_seconds", "result" => result)
         .record(report.latency.as_secs_f64());
-}
-
-pub(crate) fn event_recorded(event_type: &'static str) {
-    metrics::counter!("paygate_webhook_events_total", "type" => event_type).increment(1);
 }
 
 pub(crate) fn endpoint_disabled(reason: &'static str) {

@@ -1,7 +1,8 @@
-//! The dispatcher end to end: real Postgres and tansu, a real HTTP receiver (axum on
-//! 127.0.0.1:0), TransactionCompleted envelopes produced to the completed topic.
+//! The dispatcher end to end: real Postgres, a real HTTP receiver (axum on 127.0.0.1:0),
+//! transactions finished as the processors finish them (the webhook event and its
+//! deliveries recorded in the statement that changes the state), and events recorded again
+//! as the healer would (a replay must tell nothing more).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,8 +16,8 @@ use base64::Engine;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use paygate_callback_dispatcher::{check_destination, DestinationPolicy, Refused};
-use paygate_core::bus::events::{Body, Envelope, TransactionCompleted};
-use paygate_core::bus::{Producer, Topic};
+use paygate_core::announce;
+use paygate_core::bus::Topic;
 use paygate_core::config::Config;
 use paygate_core::db::outbox::OutboxMessage;
 use paygate_core::db::webhooks::{self, DeliveryState};
@@ -251,7 +252,8 @@ async fn completed_transaction(
             let update = tx
                 .advance(TransactionStatus::Failed, Utc::now())?
                 .failure("declined", "The card was declined");
-            transactions::apply(pool, &update).await?
+            transactions::apply_with_event(pool, &update, &announce::completed(&update.next)?)
+                .await?
         }
         _ => {
             let submitting = transactions::apply(
@@ -269,27 +271,20 @@ async fn completed_transaction(
                     .advance(TransactionStatus::Succeeded, Utc::now())?
                     .provider_reference("prov_1"),
             };
-            transactions::apply(pool, &update).await?
+            transactions::apply_with_event(pool, &update, &announce::completed(&update.next)?)
+                .await?
         }
     };
     Ok(done.ok_or("terminal update not applied")?)
 }
 
-async fn publish_completed(producer: &Producer, tx: &Transaction) -> TestResult {
-    let envelope = Envelope::new(Body::TransactionCompleted(TransactionCompleted {
-        transaction_id: tx.id.to_string(),
-        merchant_id: tx.merchant_id.to_string(),
-        status: tx.status.as_str().to_owned(),
-        version: tx.version,
-    }));
-    producer
-        .send(
-            Topic::TransactionsCompleted,
-            &tx.id.to_string(),
-            &envelope.encode_to_bytes(),
-            &BTreeMap::new(),
-        )
-        .await?;
+/// Records `tx`'s event again, as the healer would: it must change nothing.
+async fn record_again(pool: &PgPool, tx: &Transaction) -> TestResult {
+    let again = webhooks::record_event(pool, &announce::completed(tx)?).await?;
+    assert!(
+        !again.created,
+        "the event was recorded with the state change"
+    );
     Ok(())
 }
 
@@ -330,7 +325,6 @@ async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once
     )
     .await?;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(
         &pool,
         merchant,
@@ -338,9 +332,9 @@ async fn signed_webhook_verifies_independently_and_a_replayed_event_is_sent_once
         TransactionStatus::Succeeded,
     )
     .await?;
-    // The completion is emitted twice (a replay): the merchant must be told once.
-    publish_completed(&producer, &tx).await?;
-    publish_completed(&producer, &tx).await?;
+    // The event is recorded again twice (replays): the merchant must be told once.
+    record_again(&pool, &tx).await?;
+    record_again(&pool, &tx).await?;
 
     eventually("both destinations told", WAIT, || async {
         receiver.received().len() >= 2
@@ -425,9 +419,8 @@ async fn a_receiver_failing_three_times_gets_the_event_on_the_fourth_attempt() -
     )
     .await?;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Failed).await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
 
     eventually("four attempts", WAIT, || async {
         receiver.received().len() >= 4
@@ -506,9 +499,8 @@ async fn a_secret_sealed_under_an_unknown_key_is_never_signed_with() -> TestResu
     )
     .await?;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
 
     eventually("the orphan's attempts failed", WAIT, || async {
         webhook_endpoints::list_attempts(&pool, tx.id, 100)
@@ -562,9 +554,8 @@ async fn gone_disables_the_endpoint() -> TestResult {
     )
     .await?;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
 
     let keys = keyring(&config)?;
     eventually("endpoint disabled", WAIT, || async {
@@ -589,7 +580,7 @@ async fn gone_disables_the_endpoint() -> TestResult {
 
     // Nothing more goes to it: not a retry, not the next event.
     let next = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
-    publish_completed(&producer, &next).await?;
+    record_again(&pool, &next).await?;
     eventually("second event recorded", WAIT, || async {
         count(&pool, "SELECT count(*) FROM webhook_events").await == 2
     })
@@ -632,11 +623,10 @@ async fn a_hanging_endpoint_does_not_delay_another_endpoint() -> TestResult {
     )
     .await?;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let mut txs = Vec::new();
     for _ in 0..3 {
         let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
-        publish_completed(&producer, &tx).await?;
+        record_again(&pool, &tx).await?;
         txs.push(tx);
     }
 
@@ -692,9 +682,8 @@ async fn a_retry_pending_when_the_dispatcher_stops_is_delivered_after_restart() 
     )
     .await?;
     let first = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
     let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
 
     eventually("first attempt logged", WAIT, || async {
@@ -780,7 +769,6 @@ async fn internal_destinations_are_refused_before_connecting() -> TestResult {
         webhook_endpoints::create(&pool, &keyring(&config)?, merchant, &url, None).await?;
     }
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(
         &pool,
         merchant,
@@ -788,7 +776,7 @@ async fn internal_destinations_are_refused_before_connecting() -> TestResult {
         TransactionStatus::Succeeded,
     )
     .await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
     let event = webhooks::event_id_for(tx.id, TransactionStatus::Succeeded);
     eventually("all five deliveries failed", WAIT, || async {
         webhooks::deliveries_for_event(&pool, event)
@@ -831,9 +819,8 @@ async fn redelivery_reaches_current_destinations_signed_with_both_secrets_while_
     )
     .await?;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
     eventually("first delivery", WAIT, || async {
         receiver.received().len() == 1
     })
@@ -902,9 +889,8 @@ async fn an_endpoint_failing_for_too_long_is_disabled() -> TestResult {
     )
     .await?;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
 
     eventually("endpoint disabled", WAIT, || async {
         webhook_endpoints::endpoint_disabled_reason(&pool, endpoint.id)
@@ -937,7 +923,6 @@ async fn an_unresolved_payment_is_told_once_and_its_settlement_follows() -> Test
     let receiver = Receiver::start(Behaviour::FailFirst(vec![])).await?;
     let merchant = merchants::create(&pool, "shop").await?.id;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(
         &pool,
         merchant,
@@ -945,7 +930,7 @@ async fn an_unresolved_payment_is_told_once_and_its_settlement_follows() -> Test
         TransactionStatus::Unresolved,
     )
     .await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
     eventually("the unresolved event delivered", WAIT, || async {
         !receiver.received().is_empty()
     })
@@ -959,16 +944,16 @@ async fn an_unresolved_payment_is_told_once_and_its_settlement_follows() -> Test
         webhooks::event_id_for(tx.id, TransactionStatus::Unresolved).to_string()
     );
 
-    // The provider's answer settles it; the old announcement is replayed afterwards.
-    let settled = transactions::apply(
-        &pool,
-        &tx.advance(TransactionStatus::Succeeded, Utc::now())?
-            .clear_failure(),
-    )
-    .await?
-    .ok_or("settlement not applied")?;
-    publish_completed(&producer, &tx).await?;
-    publish_completed(&producer, &settled).await?;
+    // The provider's answer settles it; the old event is recorded again afterwards.
+    let update = tx
+        .advance(TransactionStatus::Succeeded, Utc::now())?
+        .clear_failure();
+    let settled =
+        transactions::apply_with_event(&pool, &update, &announce::completed(&update.next)?)
+            .await?
+            .ok_or("settlement not applied")?;
+    record_again(&pool, &tx).await?;
+    record_again(&pool, &settled).await?;
     eventually("the settlement delivered", WAIT, || async {
         receiver.received().len() >= 2
     })
@@ -1004,7 +989,6 @@ async fn a_succeeded_refund_is_recorded_and_delivered_as_refund_succeeded() -> T
     )
     .await?;
     let dispatcher = Running::start(&config).await?;
-    let producer = Producer::new(&config.kafka)?;
     let tx = completed_transaction(&pool, merchant, None, TransactionStatus::Succeeded).await?;
     let inserted = refunds::insert(
         &pool,
@@ -1030,27 +1014,26 @@ async fn a_succeeded_refund_is_recorded_and_delivered_as_refund_succeeded() -> T
         return Err(format!("not created: {inserted:?}").into());
     };
     let update = refund.transition(RefundState::Succeeded, Utc::now())?;
-    let done = refunds::apply_and_announce(&pool, &update, None)
+    let event = announce::refund_completed(&update.next, None)?;
+    refunds::apply_with_event(&pool, &update, Some(&event))
         .await?
         .ok_or("not applied")?;
-    let message = paygate_core::announce::refund_completed(&done, None);
-    // Twice (a replay): one event, one delivery.
-    for _ in 0..2 {
-        producer
-            .send(
-                Topic::TransactionsCompleted,
-                &message.key,
-                &message.payload,
-                &BTreeMap::new(),
-            )
-            .await?;
-    }
+    // Recorded again (a replay): one event, one delivery.
+    assert!(!webhooks::record_event(&pool, &event).await?.created);
+    // The payment's own `transaction.succeeded` went to the endpoint too, before.
+    let refund_hits = || {
+        receiver
+            .on("/endpoint")
+            .into_iter()
+            .filter(|r| r.json()["type"] == "refund.succeeded")
+            .collect::<Vec<_>>()
+    };
     eventually("the endpoint told", WAIT, || async {
-        !receiver.received().is_empty()
+        !refund_hits().is_empty()
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let hits = receiver.on("/endpoint");
+    let hits = refund_hits();
     assert_eq!(hits.len(), 1);
     let payload = hits[0].json();
     let event_id = webhooks::event_id_for_refund(refund.id, RefundState::Succeeded).to_string();
@@ -1092,12 +1075,11 @@ async fn a_merchant_with_many_hanging_endpoints_cannot_take_every_worker() -> Te
     }
     let url = format!("{}/fast", fast.base);
     webhook_endpoints::create(&pool, &keyring, other, &url, None).await?;
-    let producer = Producer::new(&config.kafka)?;
     let dispatcher = Running::start(&config).await?;
     // The greedy merchant's deliveries are recorded (and due) first.
     for _ in 0..3 {
         let tx = completed_transaction(&pool, greedy, None, TransactionStatus::Succeeded).await?;
-        publish_completed(&producer, &tx).await?;
+        record_again(&pool, &tx).await?;
     }
     eventually(
         "the greedy merchant's 12 deliveries recorded",
@@ -1111,7 +1093,7 @@ async fn a_merchant_with_many_hanging_endpoints_cannot_take_every_worker() -> Te
     .await?;
     let first_hang = hanging.received()[0].at;
     let tx = completed_transaction(&pool, other, None, TransactionStatus::Succeeded).await?;
-    publish_completed(&producer, &tx).await?;
+    record_again(&pool, &tx).await?;
 
     eventually("the other merchant's webhook delivered", WAIT, || async {
         !fast.received().is_empty()

@@ -1,6 +1,6 @@
-//! The webhook healer with the real dispatcher: a terminal transaction whose `completed`
-//! event the broker lost is announced again from Postgres, and announcing it twice still
-//! makes one webhook event and one delivery (deterministic event ids).
+//! The webhook healer with the real dispatcher: a terminal transaction with no webhook event
+//! (finished before events were recorded with the state change, or written by hand) gets its
+//! event recorded from Postgres, once, and the merchant is told once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::Router;
 use chrono::Utc;
-use paygate_core::bus::{OutboxRelay, Producer, RelaySettings, Topic};
+use paygate_core::bus::Topic;
 use paygate_core::db::heal::HealKind;
 use paygate_core::db::outbox::OutboxMessage;
 use paygate_core::db::{merchants, transactions};
@@ -19,7 +19,6 @@ use paygate_core::domain::{
 use paygate_core::heal::{HealSettings, Healer};
 use paygate_testkit::isolated_config;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type TestResult = Result<(), Error>;
@@ -43,8 +42,7 @@ async fn receiver() -> Result<(String, Arc<AtomicUsize>), Error> {
     Ok((url, hits))
 }
 
-/// A succeeded transaction whose `completed` announcement was never written (as if the
-/// broker lost it): `apply` changes state without an outbox row.
+/// A succeeded transaction with no webhook event: `apply` changes state without one.
 async fn succeeded_without_announcement(
     pool: &PgPool,
     callback_url: String,
@@ -93,79 +91,63 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_completed_event_announced_twice_makes_one_webhook_event_and_one_delivery(
-) -> TestResult {
+async fn a_terminal_payment_without_an_event_gets_one_event_and_one_delivery() -> TestResult {
     let (mut config, pool) = isolated_config().await?;
     paygate_testkit::allow_loopback(&mut config);
     config.dispatcher.scheduler_poll = Duration::from_millis(50);
-    // The dispatcher's own healer waits long enough not to add announcements of its own.
+    // The dispatcher's own healer waits long enough not to record anything itself.
     config.recovery.webhook_missing = Duration::from_secs(3_600);
     let (url, hits) = receiver().await?;
     let tx = succeeded_without_announcement(&pool, url).await?;
 
-    // Two scans with a zero bound: the transaction is announced, then announced again
-    // because no webhook event exists yet.
+    // A scan with a zero bound records the event and its delivery at once, in its commit;
+    // the next finds nothing left to heal.
     let mut settings = HealSettings::completed(&config.recovery);
     settings.bound = Duration::ZERO;
     assert_eq!(settings.kind, HealKind::Completed);
     let mut healer = Healer::new(pool.clone(), settings);
     assert_eq!(healer.scan_once().await?, 1);
-    assert_eq!(healer.scan_once().await?, 1);
-    let completed_rows = format!(
-        "SELECT count(*) FROM outbox WHERE topic = 'transactions.completed' AND message_key = '{}'",
-        tx.id
+    let events = paygate_core::db::webhooks::events_for_transaction(&pool, tx.id).await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type.as_str(), "transaction.succeeded");
+    assert_eq!(
+        events[0].id,
+        paygate_core::db::webhooks::event_id_for(tx.id, TransactionStatus::Succeeded)
     );
-    assert_eq!(count(&pool, &completed_rows).await, 2);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM webhook_deliveries").await,
+        1
+    );
+    assert_eq!(healer.scan_once().await?, 0);
     let marked: i32 = sqlx::query_scalar(
         "SELECT times FROM heal_marks WHERE transaction_id = $1 AND kind = 'completed'",
     )
     .bind(tx.id.as_uuid())
     .fetch_one(&pool)
     .await?;
-    assert_eq!(marked, 2, "each re-announcement is stamped");
-
-    // Publish both and run the dispatcher.
-    paygate_core::bus::ensure_topics(&config.kafka).await?;
-    let stop = CancellationToken::new();
-    let relay = OutboxRelay::new(
-        pool.clone(),
-        Producer::new(&config.kafka)?,
-        RelaySettings {
-            batch_size: 16,
-            poll_interval: Duration::from_millis(50),
-            failure_backoff: Duration::from_millis(200),
-        },
-    );
-    let relay_task = tokio::spawn(relay.run(stop.clone()));
-    let dispatcher = paygate_testkit::spawn_dispatcher(&config).await?;
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hits.load(Ordering::SeqCst) == 0
-        || count(
+    assert_eq!(marked, 1, "stamped once");
+    assert_eq!(
+        count(
             &pool,
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            "SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'"
         )
-        .await
-            > 0
-    {
+        .await,
+        0,
+        "nothing goes through the broker"
+    );
+
+    let dispatcher = paygate_testkit::spawn_dispatcher(&config).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hits.load(Ordering::SeqCst) == 0 {
         if Instant::now() > deadline {
             return Err("the webhook was never delivered".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Both messages are consumed by now or soon: give the second time to do harm.
+    // Give a second delivery time to do harm.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count(&pool, "SELECT count(*) FROM webhook_events").await, 1);
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM webhook_deliveries").await,
-        1
-    );
     assert_eq!(hits.load(Ordering::SeqCst), 1, "one delivery");
-
-    // With the event recorded, nothing is left to heal.
-    assert_eq!(healer.scan_once().await?, 0);
-    stop.cancel();
-    relay_task.await?;
     dispatcher.shutdown().await?;
     Ok(())
 }

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use paygate_core::db::outbox::{self, OutboxMessage};
 use paygate_core::db::transactions::{self, Bindable, UPDATE_SQL};
+use paygate_core::db::webhooks::{self, NewEvent};
 use paygate_core::db::DbError;
 use paygate_core::domain::{
     GatewayName, Money, TransactionId, TransactionStatus, TransactionUpdate,
@@ -163,19 +163,16 @@ static INSERT_AND_APPLY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// [`insert_and_apply`] with the outbox row (`$14..=$17`, [`transactions::bind_announcement`])
-/// written only when the update applied: the row from `$18`.
-static INSERT_APPLY_AND_ANNOUNCE: LazyLock<String> = LazyLock::new(|| {
+/// [`insert_and_apply`] with the merchant's webhook event (`$14..=$21`,
+/// [`webhooks::bind_event`]) recorded only when the update applied: the row from `$22`.
+static INSERT_APPLY_AND_RECORD: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH {}, {}, {},
-         announced AS (
-             INSERT INTO outbox (topic, message_key, payload, headers)
-             SELECT $14, $15, $16, $17 FROM applied
-         )
+        "WITH {}, {}, {}, {}
          SELECT EXISTS (SELECT 1 FROM cur), EXISTS (SELECT 1 FROM logged), EXISTS (SELECT 1 FROM applied)",
         current_row("UPDATE"),
-        log_row(18),
-        *APPLY_IF_LOGGED
+        log_row(22),
+        *APPLY_IF_LOGGED,
+        webhooks::record_event_ctes(Some("applied"), 14)
     )
 });
 
@@ -194,23 +191,20 @@ pub async fn insert_if_current<'q>(
     Ok(Written::from_flags(current, logged))
 }
 
-/// Logs the event and applies `update` with its announcement (if any) in one statement, so
-/// one round trip and one commit (the ledger's trigger on `transactions` writes its entries
-/// in it): nothing at all when the version moved or the event was logged before. Run inside
-/// a group's transaction, the caller tells the relay ([`outbox::committed`]) once that
-/// transaction committed.
+/// Logs the provider's event and applies `update` with the merchant's webhook event (if
+/// any) in one statement, so one round trip and one commit (the ledger's trigger on
+/// `transactions` writes its entries in it): nothing at all when the version moved or the
+/// provider's event was logged before.
 pub async fn insert_and_apply<'q>(
     exec: impl PgExecutor<'_>,
     entry: &'q NewEntry<'q>,
     update: &'q TransactionUpdate,
-    announcement: Option<&'q OutboxMessage>,
+    event: Option<&'q NewEvent>,
 ) -> Result<Written, DbError> {
-    let row: (bool, bool, bool) = match announcement {
-        Some(message) => {
-            let headers = outbox::encode_headers(&message.headers)?;
-            let query =
-                transactions::bind_update(sqlx::query_as(&INSERT_APPLY_AND_ANNOUNCE), update);
-            let query = transactions::bind_announcement(query, message, headers);
+    let row: (bool, bool, bool) = match event {
+        Some(event) => {
+            let query = transactions::bind_update(sqlx::query_as(&INSERT_APPLY_AND_RECORD), update);
+            let query = webhooks::bind_event(query, event);
             bind_entry(query, entry).fetch_one(exec).await?
         }
         None => {

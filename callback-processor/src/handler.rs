@@ -280,9 +280,7 @@ impl Handler for CallbackHandler {
     async fn handle(&self, delivery: &Delivery) -> Result<(), HandlerError> {
         let parsed = self.parse_event(delivery)?;
         if let CallbackEvent::Refund(report) = parsed.event {
-            let settled =
-                crate::refund::settle(&self.pool, &parsed.gateway, &report, delivery.traceparent())
-                    .await;
+            let settled = crate::refund::settle(&self.pool, &parsed.gateway, &report).await;
             return match settled {
                 Ok((outcome, merchant)) => {
                     count(outcome.as_str());

@@ -3,14 +3,14 @@
 //! Consumes `<prefix>.callbacks.received` (authenticated by the API), parses each callback
 //! again with its gateway, and settles it against the transaction under a Redis lock keyed
 //! by transaction id: at most one state change per outcome, a callback log row per provider
-//! event, and the `TransactionCompleted` event through the outbox in the same commit. Runs
-//! an outbox relay too, so its completed events reach Kafka even when the API is down.
+//! event, and the merchant's webhook event with its deliveries in the same statement (the
+//! dispatcher takes them from Postgres). It writes no outbox rows, so it runs no relay.
 //!
 //! ```text
-//! callbacks.received ─▶ handle_callback ─▶ lock(txn) ─▶ BEGIN
+//! callbacks.received ─▶ handle_callback ─▶ lock(txn) ─▶ one statement (group commit):
 //!                                                         callback_log (unique event id)
 //!                                                         UPDATE … WHERE version = $v
-//!                                                         outbox: transactions.completed
+//!                                                         webhook_events + webhook_deliveries
 //!                                                       COMMIT ─▶ DEL cache ─▶ unlock
 //! ```
 //!
@@ -24,7 +24,7 @@ pub mod settle;
 
 use std::sync::Arc;
 
-use paygate_core::bus::{BusError, ConsumerRunner, ConsumerSettings, OutboxRelay, Topic};
+use paygate_core::bus::{BusError, ConsumerRunner, ConsumerSettings, Topic};
 use paygate_core::config::Config;
 use paygate_core::db::DbError;
 use paygate_core::startup::{Foundation, StartupError, Topics};
@@ -55,10 +55,9 @@ pub fn group_id(config: &Config) -> String {
     format!("{}.callback-processor", config.kafka.group_prefix)
 }
 
-/// The callback processor: a consumer runner over `callbacks.received` and an outbox relay.
+/// The callback processor: a consumer runner over `callbacks.received`.
 pub struct CallbackProcessor {
     runner: ConsumerRunner,
-    relay: OutboxRelay,
     handler: Arc<CallbackHandler>,
     pool: PgPool,
     /// What `/readyz` reports (registered when the processor runs).
@@ -82,10 +81,8 @@ impl CallbackProcessor {
             base.producer.clone(),
         )?;
         let readiness = base.worker_readiness(&config, runner.probe());
-        let relay = base.relay();
         Ok(Self {
             runner,
-            relay,
             handler,
             pool,
             readiness,
@@ -101,18 +98,11 @@ impl CallbackProcessor {
         &self.pool
     }
 
-    /// Consumes until `shutdown`, then drains running handlers, commits offsets and stops
-    /// the relay (rows it has not published wait for the next relay).
+    /// Consumes until `shutdown`, then drains running handlers and commits offsets.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
         paygate_core::ready::register(self.readiness.clone());
-        let relay_stop = shutdown.child_token();
-        let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
         tracing::info!("callback processor started");
         let consumed = self.runner.run(shutdown).await;
-        relay_stop.cancel();
-        if let Err(error) = relay.await {
-            tracing::warn!(%error, "outbox relay task ended abnormally");
-        }
         tracing::info!("callback processor stopped");
         consumed.map_err(ProcessorError::from)
     }

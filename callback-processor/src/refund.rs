@@ -6,8 +6,7 @@
 
 use chrono::Utc;
 use paygate_core::announce;
-use paygate_core::bus::trace::TraceParent;
-use paygate_core::db::{outbox, refunds, DbError};
+use paygate_core::db::{refunds, transactions, DbError};
 use paygate_core::domain::{Failure, GatewayName, MerchantId, Refund, RefundState};
 use paygate_gateways::{RefundReport, RefundStatus};
 use sqlx::PgPool;
@@ -38,7 +37,6 @@ pub async fn settle(
     pool: &PgPool,
     gateway: &GatewayName,
     report: &RefundReport,
-    trace: Option<TraceParent>,
 ) -> Result<(Outcome, Option<MerchantId>), RefundSettleError> {
     let found = match report.refund_id {
         Some(id) => refunds::get(pool, id).await?,
@@ -77,20 +75,23 @@ pub async fn settle(
         db.commit().await?;
         return Ok((outcome, None));
     };
-    let message = update
-        .next
-        .status
-        .is_terminal()
-        .then(|| announce::refund_completed(&update.next, trace));
-    if refunds::apply_and_announce_in(&mut *db, &update, message.as_ref())
+    let event = if update.next.status.is_terminal() {
+        let callback_url = transactions::callback_url_of(&mut *db, refund.transaction_id).await?;
+        Some(announce::refund_completed(
+            &update.next,
+            callback_url.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    if refunds::apply_with_event(&mut *db, &update, event.as_ref())
         .await?
         .is_none()
     {
         return Err(RefundSettleError::Raced);
     }
     db.commit().await?;
-    if message.is_some() {
-        outbox::committed();
+    if event.is_some() {
         return Ok((outcome, Some(refund.merchant_id)));
     }
     Ok((outcome, None))

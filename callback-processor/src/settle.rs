@@ -1,5 +1,6 @@
 //! Settling one authenticated callback in Postgres: the decision, the version-checked
-//! update, the callback log row and the completed event, all in ONE database transaction,
+//! update, the callback log row and the merchant's webhook event with its deliveries, all in
+//! ONE database transaction,
 //! which in the common case is ONE statement (data-modifying CTEs): the snapshot load and
 //! that statement are the two round trips of a first delivery.
 //!
@@ -14,8 +15,8 @@
 //!   paused past its lease) changes nothing and decides again on a fresh load;
 //! - the unique `(gateway, provider_event_id)` in `callback_log`: a second delivery of the
 //!   same event, even one racing the first, finds it logged and does nothing;
-//! - the outbox row written in the same commit: the completed event cannot be lost between
-//!   the commit and the publish, whatever process dies when.
+//! - the webhook event recorded in the same commit: the merchant's event cannot be lost
+//!   between the settlement and the dispatcher, whatever process dies when.
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use futures::future::BoxFuture;
 use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
 use paygate_core::db::group_commit::{GroupCommit, Write};
-use paygate_core::db::outbox::{self, OutboxMessage};
+use paygate_core::db::webhooks::NewEvent;
 use paygate_core::db::{transactions, DbError};
 use paygate_core::domain::{GatewayName, Transaction, TransactionId, TransactionUpdate};
 use paygate_gateways::{CallbackOutcome, ReportedStatus};
@@ -155,10 +156,10 @@ enum Change {
         needs_review: bool,
         detail: String,
     },
-    /// Logs the event and applies the update, with its announcement when terminal.
+    /// Logs the event and applies the update, with the merchant's event when terminal.
     Apply {
         update: Box<TransactionUpdate>,
-        announcement: Option<OutboxMessage>,
+        event: Option<NewEvent>,
     },
 }
 
@@ -199,12 +200,9 @@ async fn write_change(
             let entry = log_entry(callback, snapshot, *outcome, *needs_review, Some(detail));
             callback_log::insert_if_current(conn, &entry, snapshot.version).await
         }
-        Change::Apply {
-            update,
-            announcement,
-        } => {
+        Change::Apply { update, event } => {
             let entry = log_entry(callback, snapshot, Outcome::Applied, false, None);
-            callback_log::insert_and_apply(conn, &entry, update, announcement.as_ref()).await
+            callback_log::insert_and_apply(conn, &entry, update, event.as_ref()).await
         }
     }
 }
@@ -282,8 +280,8 @@ fn log_entry<'a>(
     }
 }
 
-/// Logs the event and applies the version-checked state change with its announcement (when
-/// terminal) in one statement; `None` when the version moved meanwhile.
+/// Logs the event and applies the version-checked state change with the merchant's event
+/// (when terminal) in one statement; `None` when the version moved meanwhile.
 async fn apply_update(
     writer: &SettleWriter,
     update: Box<TransactionUpdate>,
@@ -296,23 +294,15 @@ async fn apply_update(
         detail: None,
         transaction: update.next.clone(),
     };
-    let announcement = applied
-        .transaction
-        .status
-        .is_terminal()
-        .then(|| announce::completed(&applied.transaction, callback.traceparent));
-    let announced = announcement.is_some();
-    let change = Change::Apply {
-        update,
-        announcement,
+    let event = if applied.transaction.status.is_terminal() {
+        Some(announce::completed(&applied.transaction)?)
+    } else {
+        None
     };
+    let change = Change::Apply { update, event };
     let written = writer
         .write(settling_write(callback, snapshot, change))
         .await?;
-    if announced && written == Written::Logged {
-        // Committed (the writer answers after the commit): the relay may publish it now.
-        outbox::committed();
-    }
     settled(writer, callback, snapshot, written, applied).await
 }
 

@@ -12,7 +12,6 @@ use paygate_callback_processor::handler::lock_name;
 use paygate_callback_processor::{
     settle, settle_against, CallbackHandler, Outcome, ReceivedCallback,
 };
-use paygate_core::bus::Topic;
 use paygate_core::cache_keys::transaction_cache_key;
 use paygate_core::db;
 use paygate_core::domain::TransactionStatus;
@@ -21,7 +20,7 @@ use paygate_gateways::ReportedStatus;
 
 /// 20 deliveries of one callback at the same moment (two handler instances with their own
 /// pools, as two processes would be, plus the same 20 through Kafka): one transition, one
-/// log row, one completed event on the topic.
+/// log row, one webhook event for the merchant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_deliveries_of_one_callback_apply_exactly_once() -> anyhow::Result<()> {
     let h = Harness::new().await?;
@@ -54,7 +53,6 @@ async fn twenty_concurrent_deliveries_of_one_callback_apply_exactly_once() -> an
     let callback = fields(&tx, ReportedStatus::Succeeded, "evt_concurrent_1");
     let delivery = h.delivery(Format::Json, &callback);
 
-    let completed = h.watch(Topic::TransactionsCompleted).await?;
     let processor = h.start_processor().await?;
     // The same 20 through Kafka as well, racing the direct deliveries.
     for _ in 0..20 {
@@ -100,21 +98,15 @@ async fn twenty_concurrent_deliveries_of_one_callback_apply_exactly_once() -> an
         Ok((h.log(tx.id).await?.len() >= 2).then_some(()))
     })
     .await?;
-    completed
-        .wait_for(tx.id, 1, Duration::from_secs(60))
-        .await?;
-    // Give a second completed event, if there were one, time to show up.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every delivery, direct or through Kafka, has been handled: nothing more is recorded.
     processor.shutdown().await?;
 
     let after = h.reload(tx.id).await?;
     let log = h.log(tx.id).await?;
-    let published = completed.count_key(tx.id);
     let cached: Option<String> = redis::cmd("GET")
         .arg(&cache_key)
         .query_async(&mut redis)
         .await?;
-    completed.stop().await?;
 
     // Kafka's copies may win the race, so the direct ones are at most one applied.
     assert!(applied <= 1, "applied {applied} times: {outcomes:?}");
@@ -134,8 +126,12 @@ async fn twenty_concurrent_deliveries_of_one_callback_apply_exactly_once() -> an
         "one callback log row for the 40 deliveries"
     );
     eprintln!("direct deliveries: {applied} applied, {duplicates} duplicates");
-    assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
-    assert_eq!(published, 1, "one completed event on the topic");
+    let event = h.the_event(tx.id, TransactionStatus::Succeeded).await?;
+    assert!(
+        h.committed_together(tx.id, event.id).await?,
+        "the event was recorded in the one transition's commit"
+    );
+    assert_eq!(h.completed_in_outbox().await?, 0, "nothing for the outbox");
     assert_eq!(cached, None, "the cached transaction was dropped");
     Ok(())
 }
@@ -220,7 +216,9 @@ async fn a_lock_holder_paused_past_its_lease_cannot_overwrite_the_newer_state() 
             ("evt_a", Outcome::Conflict, true)
         ]
     );
-    assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
+    // One event, B's: A's refused write and its conflict told the merchant nothing.
+    h.the_event(tx.id, TransactionStatus::Failed).await?;
+    assert_eq!(h.completed_in_outbox().await?, 0);
     Ok(())
 }
 
@@ -259,7 +257,7 @@ async fn a_recording_decision_on_a_stale_snapshot_is_also_refused() -> anyhow::R
 
 /// The settling statement locks the row only at the expected version: when another writer
 /// holds the row and then commits a version change, the statement waits for it, finds the
-/// version moved and writes nothing at all (no log row, no update, no completed event).
+/// version moved and writes nothing at all (no log row, no update, no webhook event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_change_committed_while_settling_leaves_nothing_written() -> anyhow::Result<()> {
     let h = Harness::new().await?;
@@ -291,7 +289,8 @@ async fn a_version_change_committed_while_settling_leaves_nothing_written() -> a
     let now = h.reload(tx.id).await?;
     assert_eq!(now.status, TransactionStatus::RetryScheduled);
     assert_eq!(now.version, snapshot.version + 1);
-    assert_eq!(h.completed_in_outbox(tx.id).await?, 0);
+    assert!(h.events(tx.id).await?.is_empty(), "no webhook event");
+    assert_eq!(h.completed_in_outbox().await?, 0);
     Ok(())
 }
 
@@ -326,7 +325,7 @@ async fn a_recording_decision_racing_a_version_change_leaves_no_log_row() -> any
 }
 
 /// A concurrent write that keeps the version (scheduling bookkeeping) is not a reason to
-/// refuse: the statement waits for it, then logs, applies and announces.
+/// refuse: the statement waits for it, then logs, applies and records the webhook event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrent_write_that_keeps_the_version_does_not_refuse_the_callback(
 ) -> anyhow::Result<()> {
@@ -358,7 +357,8 @@ async fn a_concurrent_write_that_keeps_the_version_does_not_refuse_the_callback(
     assert_eq!(now.status, TransactionStatus::Succeeded);
     assert_eq!(now.version, snapshot.version + 1);
     assert_eq!(h.log(tx.id).await?.len(), 1);
-    assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
+    h.the_event(tx.id, TransactionStatus::Succeeded).await?;
+    assert_eq!(h.completed_in_outbox().await?, 0);
     Ok(())
 }
 
@@ -402,12 +402,13 @@ async fn an_event_logged_concurrently_is_a_duplicate_and_applies_nothing() -> an
     assert_eq!(now.status, TransactionStatus::Submitted);
     assert_eq!(now.version, snapshot.version);
     assert_eq!(h.log(tx.id).await?.len(), 1);
-    assert_eq!(h.completed_in_outbox(tx.id).await?, 0);
+    assert!(h.events(tx.id).await?.is_empty(), "no webhook event");
+    assert_eq!(h.completed_in_outbox().await?, 0);
     Ok(())
 }
 
 /// Settlements of one merchant that queue while the writer is busy are written in one
-/// database transaction (group commit), each with its ledger transfer and its completed
+/// database transaction (group commit), each with its ledger transfer and its webhook
 /// event, and each is answered only after that transaction committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_merchants_settlements_that_queue_commit_together_each_with_its_ledger_and_event(
@@ -453,8 +454,16 @@ async fn one_merchants_settlements_that_queue_commit_together_each_with_its_ledg
         assert_eq!(settled.outcome, Outcome::Applied);
         assert_eq!(settled.transaction.status, TransactionStatus::Succeeded);
         assert_eq!(h.reload(tx.id).await?.status, TransactionStatus::Succeeded);
-        assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
+        let event = h.the_event(tx.id, TransactionStatus::Succeeded).await?;
+        assert!(
+            h.committed_together(tx.id, event.id).await?,
+            "{}: the event was not in its settlement's commit",
+            tx.id
+        );
     }
+    let event = h.the_event(txs[0].id, TransactionStatus::Succeeded).await?;
+    assert!(h.committed_together(txs[0].id, event.id).await?);
+    assert_eq!(h.completed_in_outbox().await?, 0);
     let xmin = |id: paygate_core::domain::TransactionId| {
         sqlx::query_scalar::<_, String>("SELECT xmin::text FROM transactions WHERE id = $1")
             .bind(id.as_uuid())

@@ -1,7 +1,8 @@
-//! The processor killed between the Postgres commit and the Kafka publish: the completed
-//! event is in the outbox, committed with the state change, and a restarted processor's
-//! relay publishes it. The replayed callback message (its offset was never committed)
-//! changes nothing.
+//! The processor killed right after the settling commit: the merchant's webhook event and
+//! its delivery rows were recorded in that very commit, so they are already in Postgres and
+//! nothing waits in the outbox (there is no window between a commit and a publish left to
+//! lose them in). A restarted processor handles the replayed callback message (its offset
+//! was never committed) as a duplicate: no second event, no second delivery.
 
 mod common;
 
@@ -9,26 +10,43 @@ use std::time::Duration;
 
 use common::{eventually, fields, Format, Harness};
 use paygate_callback_processor::{CallbackProcessor, Outcome};
-use paygate_core::bus::Topic;
+use paygate_core::db::webhook_endpoints;
+use paygate_core::db::webhooks::{callback_destination, DeliveryState};
 use paygate_core::domain::TransactionStatus;
 use paygate_gateways::ReportedStatus;
 
+const CALLBACK_URL: &str = "https://shop.example/paygate/callback";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_completed_event_committed_before_a_crash_is_published_after_restart(
+async fn a_settlement_committed_before_a_crash_has_its_webhook_event_and_deliveries(
 ) -> anyhow::Result<()> {
     let mut h = Harness::new().await?;
     // Static membership (KIP-345), as deployments run it: the second life's member takes
     // the first one's place at once instead of waiting out a rebalance.
     h.config.kafka.instance_id = Some("callback-processor-1".into());
-    let completed = h.watch(Topic::TransactionsCompleted).await?;
+    // Two destinations: an enabled endpoint of the merchant and the payment's callback_url.
+    let keyring = paygate_testkit::keyring(&h.config)?;
+    let endpoint = webhook_endpoints::create(
+        &h.pool,
+        &keyring,
+        h.merchant,
+        "https://shop.example/webhooks",
+        None,
+    )
+    .await?;
     let tx = h
-        .transaction(Format::Protobuf, TransactionStatus::Submitted)
+        .transaction_with_callback(
+            Format::Protobuf,
+            TransactionStatus::Submitted,
+            Some(CALLBACK_URL),
+        )
         .await?;
     let callback = fields(&tx, ReportedStatus::Succeeded, "evt_crash");
 
-    // First life: the handler commits (state + log row + outbox row), and the process dies
-    // before its relay ever runs. The message stays on the topic, its offset uncommitted.
+    // First life: the handler commits (state + log row + webhook event + deliveries), and
+    // the process dies right after. The message stays on the topic, its offset uncommitted.
     h.produce(Format::Protobuf, &callback).await?;
+    let outbox_before = h.outbox_rows().await?;
     let first = CallbackProcessor::build(h.config.clone(), h.registry.clone()).await?;
     let settled = first
         .handler()
@@ -38,28 +56,48 @@ async fn a_completed_event_committed_before_a_crash_is_published_after_restart(
     assert_eq!(settled.outcome, Outcome::Applied);
     drop(first);
 
+    // Already in Postgres, with nothing left for a relay to do.
     assert_eq!(h.reload(tx.id).await?.status, TransactionStatus::Succeeded);
-    assert_eq!(
-        h.unpublished_completed().await?,
-        1,
-        "the event waits in the outbox"
+    let event = h.the_event(tx.id, TransactionStatus::Succeeded).await?;
+    assert!(
+        h.committed_together(tx.id, event.id).await?,
+        "the event was recorded in the settling commit"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        completed.count_key(tx.id),
-        0,
-        "nothing reached Kafka before the crash"
+    let deliveries = h.deliveries(event.id).await?;
+    let mut destinations: Vec<_> = deliveries
+        .iter()
+        .map(|d| (d.destination.clone(), d.url.clone(), d.endpoint_id))
+        .collect();
+    destinations.sort();
+    let mut expected = vec![
+        (
+            format!("we_{}", endpoint.id.as_uuid().simple()),
+            endpoint.url.clone(),
+            Some(endpoint.id),
+        ),
+        (
+            callback_destination(CALLBACK_URL),
+            CALLBACK_URL.to_owned(),
+            None,
+        ),
+    ];
+    expected.sort();
+    assert_eq!(destinations, expected, "one delivery per destination");
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d.generation == 0 && d.attempts == 0 && d.state == DeliveryState::Pending),
+        "due and untried: {deliveries:?}"
     );
+    assert_eq!(
+        h.outbox_rows().await?,
+        outbox_before,
+        "the settlement wrote nothing to the outbox"
+    );
+    assert_eq!(h.completed_in_outbox().await?, 0);
 
-    // Second life: the relay publishes the row; the replayed message is a duplicate.
+    // Second life: the replayed message is a duplicate.
     let restarted = h.start_processor().await?;
-    completed
-        .wait_for(tx.id, 1, Duration::from_secs(60))
-        .await?;
-    eventually(Duration::from_secs(30), "outbox drained", || async {
-        Ok((h.unpublished_completed().await? == 0).then_some(()))
-    })
-    .await?;
     // A later callback with the same key is handled after the replay (per-key order):
     // once it is logged, the replay has been handled too.
     h.produce(
@@ -73,16 +111,8 @@ async fn a_completed_event_committed_before_a_crash_is_published_after_restart(
         Ok((h.log(tx.id).await?.len() == 2).then_some(()))
     })
     .await?;
-    // Give a duplicate publish, if there were one, time to show.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     restarted.shutdown().await?;
 
-    let published = completed.count_key(tx.id);
-    assert!(published >= 1, "the completed event was lost");
-    assert_eq!(
-        published, 1,
-        "published once here (at-least-once in general)"
-    );
     let log = h.log(tx.id).await?;
     let rows: Vec<_> = log
         .iter()
@@ -97,7 +127,13 @@ async fn a_completed_event_committed_before_a_crash_is_published_after_restart(
     );
     let after = h.reload(tx.id).await?;
     assert_eq!(after.version, tx.version + 1, "the replay changed nothing");
-    assert_eq!(h.completed_in_outbox(tx.id).await?, 1);
-    completed.stop().await?;
+    let again = h.the_event(tx.id, TransactionStatus::Succeeded).await?;
+    assert_eq!(again, event, "the replay recorded no second event");
+    assert_eq!(
+        h.deliveries(event.id).await?,
+        deliveries,
+        "and scheduled no second delivery"
+    );
+    assert_eq!(h.completed_in_outbox().await?, 0);
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Refund callbacks: a signed `refund.processed` finishes the refund (found by our refund id
-//! or, failing that, by the provider's reference) with the ledger's posting; a duplicate
+//! or, failing that, by the provider's reference) with the ledger's posting and the
+//! merchant's `refund.*` webhook event, sent to the payment's `callback_url` too; a duplicate
 //! provider event changes nothing.
 
 use std::collections::BTreeMap;
@@ -17,9 +18,16 @@ use paygate_gateways::Secret;
 mod common;
 use common::{Format, Harness, WEBHOOK_SECRET};
 
+const CALLBACK_URL: &str = "https://shop.example/paygate/callback";
+
+/// A refund of a succeeded payment created with [`CALLBACK_URL`].
 async fn refund(h: &Harness, amount: i64) -> anyhow::Result<Refund> {
     let tx = h
-        .transaction(Format::Json, TransactionStatus::Submitted)
+        .transaction_with_callback(
+            Format::Json,
+            TransactionStatus::Submitted,
+            Some(CALLBACK_URL),
+        )
         .await?;
     sqlx::query(
         "UPDATE transactions SET status = 'succeeded', version = version + 1 WHERE id = $1",
@@ -124,13 +132,14 @@ async fn a_refund_callback_succeeds_the_refund_once() -> anyhow::Result<()> {
         .fetch_one(&h.pool)
         .await?;
     assert_eq!(logged, 1);
-    let announced: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE topic = 'transactions.completed' AND message_key = $1",
-    )
-    .bind(r.transaction_id.to_string())
-    .fetch_one(&h.pool)
-    .await?;
-    assert_eq!(announced, 1);
+    // One refund.succeeded event (listed under the payment), delivered to its callback_url.
+    let event = h
+        .the_refund_event(r.transaction_id, r.id, RefundState::Succeeded)
+        .await?;
+    let deliveries = h.deliveries(event.id).await?;
+    let urls: Vec<_> = deliveries.iter().map(|d| d.url.as_str()).collect();
+    assert_eq!(urls, vec![CALLBACK_URL], "{deliveries:?}");
+    assert_eq!(h.completed_in_outbox().await?, 0);
     Ok(())
 }
 
@@ -147,7 +156,7 @@ async fn a_refund_named_only_by_the_providers_reference_is_found_and_failed() ->
     let r = refund(&h, 300).await?;
     let mut submitted = r.transition(RefundState::Submitted, Utc::now())?;
     submitted.next.provider_reference = Some("rf_77".into());
-    refunds::apply_and_announce(&h.pool, &submitted, None).await?;
+    refunds::apply_with_event(&h.pool, &submitted, None).await?;
     let failed = delivery(
         &h,
         &r,
@@ -166,5 +175,8 @@ async fn a_refund_named_only_by_the_providers_reference_is_found_and_failed() ->
     assert_eq!(done.status, RefundState::Failed);
     assert!(done.failure.is_some());
     assert!(ledger::check(&h.pool).await?.is_empty());
+    h.the_refund_event(r.transaction_id, r.id, RefundState::Failed)
+        .await?;
+    assert_eq!(h.completed_in_outbox().await?, 0);
     Ok(())
 }

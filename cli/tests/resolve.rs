@@ -1,6 +1,6 @@
 //! `paygate transactions resolve`, run as the binary against a real Postgres: an unresolved
-//! payment is settled by hand with an audit row and its announcement, in one commit; anything
-//! else is refused with a message naming the problem, and nothing is written.
+//! payment is settled by hand with an audit row and the merchant's webhook event, in one commit;
+//! anything else is refused with a message naming the problem, and nothing is written.
 
 mod common;
 
@@ -9,12 +9,16 @@ use common::paygate;
 use paygate_core::announce;
 use paygate_core::config::Config;
 use paygate_core::db::transactions;
+use paygate_core::db::webhooks::{self, EventType};
 use paygate_core::domain::{
     CustomerReference, Money, NewTransaction, Transaction, TransactionKind, TransactionStatus,
 };
 use sqlx::PgPool;
 
 type TestResult = anyhow::Result<()>;
+
+/// Where the merchant wants to hear about each payment: one delivery per event.
+const CALLBACK_URL: &str = "https://merchant.example/paygate/events";
 
 async fn world() -> anyhow::Result<(Config, PgPool)> {
     paygate_testkit::isolated_config().await
@@ -32,7 +36,7 @@ async fn transaction(pool: &PgPool, path: &[TransactionStatus]) -> anyhow::Resul
             money: Money::from_parts(2_500, "EUR")?,
             customer: CustomerReference::parse("cust_1")?,
             gateway: None,
-            callback_url: None,
+            callback_url: Some(CALLBACK_URL.to_owned()),
             metadata: serde_json::json!({}),
         },
         Utc::now(),
@@ -50,19 +54,63 @@ async fn transaction(pool: &PgPool, path: &[TransactionStatus]) -> anyhow::Resul
                 .pin_ambiguous(Utc::now())
                 .failure("outcome_unknown", "502");
         }
-        tx = transactions::apply(pool, &update)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("update did not apply"))?;
+        // A status the merchant is told of is recorded with its event, as the processor does.
+        let applied = if EventType::for_status(*status).is_some() {
+            let event = announce::completed(&update.next)?;
+            transactions::apply_with_event(pool, &update, &event).await?
+        } else {
+            transactions::apply(pool, &update).await?
+        };
+        tx = applied.ok_or_else(|| anyhow::anyhow!("update did not apply"))?;
     }
     Ok(tx)
 }
 
-async fn completed_rows(pool: &PgPool) -> anyhow::Result<i64> {
+/// What the merchant was told about `tx`, oldest first: each webhook event's type with its
+/// body's `data.status` and `data.failure.code`, after checking the event is `tx`'s (its
+/// merchant, its deterministic (transaction, status) id, a body naming the same type and id).
+async fn told(
+    pool: &PgPool,
+    tx: &Transaction,
+) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+    let mut told = Vec::new();
+    for event in webhooks::events_for_transaction(pool, tx.id).await? {
+        let body: serde_json::Value = serde_json::from_str(&event.payload)?;
+        let status = body["data"]["status"].as_str().unwrap_or_default();
+        let kind = event.event_type.as_str();
+        anyhow::ensure!(
+            body["type"] == kind
+                && body["id"] == event.id.to_string()
+                && body["data"]["id"] == tx.id.to_string()
+                && event.merchant_id == tx.merchant_id
+                && event.id == webhooks::event_id_for(tx.id, status.parse()?),
+            "{} is not the event of {} being {status}: {event:?}",
+            event.id,
+            tx.id
+        );
+        let code = body["data"]["failure"]["code"].as_str().map(str::to_owned);
+        told.push((kind.to_owned(), status.to_owned(), code));
+    }
+    Ok(told)
+}
+
+/// Announcements through the retired `transactions.completed` outbox topic: none any more.
+async fn retired_rows(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'")
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// What the merchant was told of a payment that went unresolved (`outcome_unknown`), and
+/// nothing since.
+fn unresolved_only() -> Vec<(String, String, Option<String>)> {
+    vec![(
+        "transaction.unresolved".to_owned(),
+        "unresolved".to_owned(),
+        Some("outcome_unknown".to_owned()),
+    )]
 }
 
 use TransactionStatus::*;
@@ -71,6 +119,7 @@ use TransactionStatus::*;
 async fn an_unresolved_payment_is_resolved_with_an_audit_row_and_a_webhook() -> TestResult {
     let (config, pool) = world().await?;
     let tx = transaction(&pool, &[Submitting, Unresolved]).await?;
+    assert_eq!(told(&pool, &tx).await?, unresolved_only());
     let id = tx.id.to_string();
     let out = paygate(
         &config,
@@ -105,7 +154,20 @@ async fn an_unresolved_payment_is_resolved_with_an_audit_row_and_a_webhook() -> 
     assert_eq!(audit[0].resolved_status, Succeeded);
     assert_eq!(audit[0].resolution.actor, "ops@example.com");
     assert_eq!(audit[0].resolution.reason, "provider dashboard: paid 12:03");
-    assert_eq!(completed_rows(&pool).await?, 1, "the merchant is told");
+    let succeeded = (
+        "transaction.succeeded".to_owned(),
+        "succeeded".to_owned(),
+        None,
+    );
+    let mut expected = unresolved_only();
+    expected.push(succeeded);
+    assert_eq!(told(&pool, &tx).await?, expected, "the merchant is told");
+    // ... and its delivery to the transaction's callback_url is scheduled in that commit.
+    let deliveries =
+        webhooks::deliveries_for_event(&pool, webhooks::event_id_for(tx.id, Succeeded)).await?;
+    let urls: Vec<&str> = deliveries.iter().map(|d| d.url.as_str()).collect();
+    assert_eq!(urls, vec![CALLBACK_URL], "{deliveries:?}");
+    assert_eq!(retired_rows(&pool).await?, 0);
     let eur = paygate_core::domain::Currency::parse("EUR")?;
     let account = paygate_core::db::ledger::account(&pool, now.merchant_id, eur).await?;
     assert_eq!(account, (0, 0), "the hold is posted: the money left");
@@ -125,7 +187,7 @@ async fn an_unresolved_payment_is_resolved_with_an_audit_row_and_a_webhook() -> 
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("is succeeded, not unresolved"));
     assert_eq!(transactions::resolutions(&pool, tx.id).await?.len(), 1);
-    assert_eq!(completed_rows(&pool).await?, 1);
+    assert_eq!(told(&pool, &tx).await?, expected, "nothing more is told");
     Ok(())
 }
 
@@ -156,6 +218,17 @@ async fn a_failed_resolution_names_its_reason_on_the_transaction() -> TestResult
     let failure = now.failure.ok_or_else(|| anyhow::anyhow!("no failure"))?;
     assert_eq!(failure.code, paygate_core::resolution::RESOLVED_FAILED);
     assert!(failure.message.contains("provider: never received"));
+    let mut expected = unresolved_only();
+    expected.push((
+        "transaction.failed".to_owned(),
+        "failed".to_owned(),
+        Some(paygate_core::resolution::RESOLVED_FAILED.to_owned()),
+    ));
+    assert_eq!(
+        told(&pool, &tx).await?,
+        expected,
+        "the merchant is told why"
+    );
     // The unresolved withdrawal kept its hold until now; failing it releases the funds.
     let eur = paygate_core::domain::Currency::parse("EUR")?;
     let account = paygate_core::db::ledger::account(&pool, now.merchant_id, eur).await?;
@@ -235,6 +308,8 @@ async fn bad_requests_are_refused_and_write_nothing() -> TestResult {
         assert_eq!(now.version, tx.version, "nothing written");
         assert!(transactions::resolutions(&pool, tx.id).await?.is_empty());
     }
-    assert_eq!(completed_rows(&pool).await?, 0);
+    assert!(told(&pool, &in_flight).await?.is_empty(), "nothing told");
+    assert_eq!(told(&pool, &unresolved).await?, unresolved_only());
+    assert_eq!(retired_rows(&pool).await?, 0);
     Ok(())
 }

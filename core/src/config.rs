@@ -548,6 +548,10 @@ pub struct DispatcherConfig {
     /// An endpoint failing without a success for this long is disabled.
     #[serde(rename = "disable_after_failing_secs", with = "units::secs")]
     pub disable_after_failing: Duration,
+    /// How often the scheduler looks for due deliveries when nothing woke it. New events
+    /// are recorded by other processes (with the state change that makes them), so this is
+    /// how soon a webhook leaves: 20 ms, an idle query of a few µs on a partial index,
+    /// cheaper than the Kafka hop it replaced (docs/ARCHITECTURE.md, change 27).
     #[serde(rename = "scheduler_poll_ms", with = "units::ms")]
     pub scheduler_poll: Duration,
 }
@@ -658,7 +662,7 @@ impl Default for Config {
                 jitter_percent: 20,
                 retry_after_max: Duration::from_secs(3_600),
                 disable_after_failing: Duration::from_secs(5 * 24 * 3_600),
-                scheduler_poll: Duration::from_millis(500),
+                scheduler_poll: Duration::from_millis(20),
             },
             gateways: BTreeMap::new(),
             recovery: RecoveryConfig::default(),

@@ -6,14 +6,16 @@
 //!   announced again (`transactions.pending`, at its current version) — run by the payment
 //!   processor, whose relay publishes it at once;
 //! - a terminal (`succeeded`/`failed`) transaction with no webhook event
-//!   `recovery.webhook_missing_secs` after it became terminal has its `completed` event
-//!   announced again — run by the callback dispatcher, which owns webhook events.
+//!   `recovery.webhook_missing_secs` after it became terminal has its event recorded —
+//!   run by the callback dispatcher, which owns webhook events. Since the event commits with
+//!   the terminal state (change 27) this finds only what that rule does not cover: rows
+//!   finished before it (an upgrade), or written by hand.
 //!
-//! Both go through the outbox (one commit with the stamp in `heal_marks`), in batches of at
-//! most `recovery.heal_batch`, through the same idempotent handlers: the processor acts only
-//! on the version it is told and under a version check; webhook event ids are deterministic.
-//! A repeat therefore changes nothing. A row is re-announced at most once per bound; if
-//! that announcement is lost too, it is re-announced after another bound.
+//! Each writes in one commit with its stamp in `heal_marks` (the `pending` one through the
+//! outbox), in batches of at most `recovery.heal_batch`, and idempotently: the processor acts
+//! only on the version it is told and under a version check; webhook event ids are
+//! deterministic. A repeat therefore changes nothing. A row is re-announced at most once per
+//! bound; if that announcement is lost too, it is re-announced after another bound.
 //!
 //! When a broker reset is recorded ([`crate::bus::reset`]: some process saw the broker
 //! lose its topics), each healer re-announces everything it watches at once instead of
@@ -32,7 +34,7 @@ use crate::announce;
 use crate::bus::reset;
 use crate::config::RecoveryConfig;
 use crate::db::heal::{self as queries, HealKind};
-use crate::db::{outbox, transactions, DbError};
+use crate::db::{outbox, transactions, webhooks, DbError};
 use crate::domain::{TransactionId, TransactionStatus};
 
 /// One healer's knobs.
@@ -216,7 +218,9 @@ impl Healer {
             self.checked_until = self.checked_until.max(next);
         }
         if announced > 0 {
-            outbox::committed();
+            if self.settings.kind == HealKind::Pending {
+                outbox::committed();
+            }
             metrics::counter!("paygate_heal_reannounced_total", "kind" => self.settings.kind.as_str())
                 .increment(announced as u64);
             tracing::warn!(
@@ -238,17 +242,16 @@ impl Healer {
         else {
             return Ok(false);
         };
-        let message = match self.settings.kind {
+        match self.settings.kind {
             HealKind::Pending if transaction.status == TransactionStatus::Pending => {
-                announce::pending(&transaction, None)
+                outbox::enqueue(&mut **db, &announce::pending(&transaction, None)).await?;
             }
             HealKind::Completed if transaction.status.is_terminal() => {
-                announce::completed(&transaction, None)
+                webhooks::record_event(&mut **db, &announce::completed(&transaction)?).await?;
             }
             // Moved on since the scan: its own handler has it.
             _ => return Ok(false),
-        };
-        outbox::enqueue(&mut **db, &message).await?;
+        }
         Ok(true)
     }
 }

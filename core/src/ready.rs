@@ -39,9 +39,11 @@ impl Report {
 /// What a worker checks. Build it after the worker's clients, then [`register`] it.
 pub struct Readiness {
     pool: PgPool,
-    /// `None` when the URL does not parse (config validation makes that rare).
-    redis: Option<redis::Client>,
-    producer: Producer,
+    /// `None`: not needed. An error when the URL does not parse (config validation makes
+    /// that rare).
+    redis: Option<Result<redis::Client, redis::RedisError>>,
+    /// `None`: not needed (the dispatcher uses no broker).
+    producer: Option<Producer>,
     consumer: Option<ConsumerProbe>,
     ttl: Duration,
     cached: tokio::sync::Mutex<Option<(Instant, Report)>>,
@@ -57,8 +59,8 @@ impl Readiness {
     ) -> Self {
         Self {
             pool,
-            redis: redis::Client::open(redis_url).ok(),
-            producer,
+            redis: Some(redis::Client::open(redis_url)),
+            producer: Some(producer),
             consumer,
             ttl,
             cached: tokio::sync::Mutex::new(None),
@@ -79,6 +81,19 @@ impl Readiness {
             Some(consumer),
             config.recovery.ready_cache,
         ))
+    }
+
+    /// The readiness of a service that needs Postgres alone (the dispatcher: its work is
+    /// in Postgres, so it delivers webhooks whether the broker and Redis are up or not).
+    pub fn postgres_only(config: &crate::config::Config, pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            redis: None,
+            producer: None,
+            consumer: None,
+            ttl: config.recovery.ready_cache,
+            cached: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// The latest report, probing again when the cached one is older than the TTL.
@@ -106,8 +121,10 @@ impl Readiness {
             }
         };
         let redis = async {
-            let Some(client) = &self.redis else {
-                return Some("redis: invalid redis.url".to_owned());
+            let client = match &self.redis {
+                None => return None,
+                Some(Ok(client)) => client,
+                Some(Err(_)) => return Some("redis: invalid redis.url".to_owned()),
             };
             let ping = async {
                 let mut conn = client.get_multiplexed_async_connection().await?;
@@ -120,17 +137,16 @@ impl Readiness {
             }
         };
         let broker = async {
-            if self.producer.is_reachable(CHECK_TIMEOUT).await {
-                None
-            } else {
-                Some("broker: no metadata answer within 1 s".to_owned())
+            let producer = self.producer.as_ref()?;
+            if !producer.is_reachable(CHECK_TIMEOUT).await {
+                return Some("broker: no metadata answer within 1 s".to_owned());
             }
+            producer
+                .fatal_error()
+                .map(|fatal| format!("broker: producer failed fatally ({fatal})"))
         };
         let (database, redis, broker) = tokio::join!(database, redis, broker);
         let mut problems: Vec<String> = [database, redis, broker].into_iter().flatten().collect();
-        if let Some(fatal) = self.producer.fatal_error() {
-            problems.push(format!("broker: producer failed fatally ({fatal})"));
-        }
         if problems.is_empty() {
             if let Some(consumer) = &self.consumer {
                 if let Some(problem) = idle_with_lag(consumer).await {

@@ -87,8 +87,8 @@ pub async fn resolve(
             format!("resolved by hand: {}", resolution.reason),
         ),
     };
-    let message = announce::completed(&update.next, None);
-    transactions::resolve(pool, &update, tx.status, &resolution, &message)
+    let event = announce::completed(&update.next)?;
+    transactions::resolve(pool, &update, tx.status, &resolution, &event)
         .await?
         .ok_or(ResolveError::Changed(id))
 }

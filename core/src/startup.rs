@@ -61,10 +61,7 @@ pub struct Foundation {
 impl Foundation {
     /// Connects, migrates when configured, ensures the topics and creates the producer.
     pub async fn start(config: &Config, topics: Topics) -> Result<Self, StartupError> {
-        let pool = open_database(&config.database).await?;
-        db::deployment::claim(&pool, &config.kafka.topic_prefix)
-            .await
-            .map_err(StartupError::Deployment)?;
+        let pool = postgres(config).await?;
         let topics_ready = ensure_topics(&config.kafka, topics).await?;
         let producer = Producer::new(&config.kafka).map_err(StartupError::Producer)?;
         Ok(Self {
@@ -86,6 +83,16 @@ impl Foundation {
     pub fn worker_readiness(&self, config: &Config, consumer: ConsumerProbe) -> Arc<Readiness> {
         Readiness::for_worker(config, self.pool.clone(), self.producer.clone(), consumer)
     }
+}
+
+/// Postgres alone, for a service that needs nothing else (the dispatcher): a pool on
+/// `database.url`, migrated when configured, and claimed for this deployment.
+pub async fn postgres(config: &Config) -> Result<PgPool, StartupError> {
+    let pool = open_database(&config.database).await?;
+    db::deployment::claim(&pool, &config.kafka.topic_prefix)
+        .await
+        .map_err(StartupError::Deployment)?;
+    Ok(pool)
 }
 
 /// A pool on `database.url`, migrated when `database.migrate_on_start`.

@@ -7,7 +7,7 @@ use paygate_core::db::outbox::OutboxMessage;
 use paygate_core::db::timeline::{self, TimelineKind};
 use paygate_core::db::transactions::{self, Resolution};
 use paygate_core::db::webhook_endpoints::{self, NewDeliveryAttempt};
-use paygate_core::db::webhooks::{self, EventType, NewEvent};
+use paygate_core::db::webhooks::{self, EventType};
 use paygate_core::db::{activity, history, merchants};
 use paygate_core::domain::{
     CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction,
@@ -173,31 +173,21 @@ async fn the_timeline_merges_history_callbacks_resolutions_events_and_deliveries
     .bind(tx.version)
     .execute(&pool)
     .await?;
+    // The resolution records the merchant's event in its own commit.
+    let update = tx.advance(Succeeded, Utc::now())?;
     let resolved = transactions::resolve(
         &pool,
-        &tx.advance(Succeeded, Utc::now())?,
+        &update,
         Unresolved,
         &Resolution {
             actor: "ops@example.com".into(),
             reason: "provider dashboard shows it paid".into(),
         },
-        &announcement(&tx),
+        &paygate_core::announce::completed(&update.next)?,
     )
     .await?
     .ok_or("not resolved")?;
     let event_id = webhooks::event_id_for(tx.id, Succeeded);
-    webhooks::record_event(
-        &pool,
-        &NewEvent {
-            id: event_id,
-            merchant_id: merchant.id,
-            transaction_id: tx.id,
-            event_type: EventType::TransactionSucceeded,
-            payload: "{}".into(),
-            callback_url: None,
-        },
-    )
-    .await?;
     for (attempt, code, error) in [(1, None, Some("connection refused")), (2, Some(200), None)] {
         webhook_endpoints::record_attempt(
             &pool,

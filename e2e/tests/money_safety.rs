@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure, Context};
 use futures::future::join_all;
 use paygate_cli::receiver::ReceivedWebhook;
-use paygate_core::bus::events::{Body, Envelope};
-use paygate_core::domain::TransactionId;
+use paygate_core::db::webhooks;
+use paygate_core::domain::{EventId, TransactionId, TransactionStatus};
 use paygate_e2e::{Kind, Merchant, Topology, TopologyOptions};
 use paygate_testkit::admin::{AdminClient, Outcome};
 use serde_json::{json, Value};
@@ -180,18 +180,47 @@ async fn run(topology: &mut Topology) -> anyhow::Result<()> {
         "failed although a provider executed them: {failed_but_executed:?}"
     );
 
-    // The merchant: every transaction that went unresolved was announced so; each has
-    // exactly one verified webhook with its true terminal status, and nothing else but (at
-    // most) the `transaction.unresolved` one.
-    let announced_unresolved = announced_unresolved(topology).await?;
+    // The merchant, as recorded: every state change it is told of wrote its webhook event in
+    // the same commit, so every transaction ever seen unresolved has its
+    // `transaction.unresolved` event, and each has exactly one event with its true terminal
+    // status (after the unresolved one, if any) and nothing else. Nothing goes through the
+    // retired `transactions.completed` outbox topic.
+    let recorded = recorded_events(topology, &merchant).await?;
+    check_recorded(&recorded, &finals)?;
+    let announced_unresolved: BTreeSet<String> = recorded
+        .iter()
+        .filter(|(_, events)| events.iter().any(|e| e.status == "unresolved"))
+        .map(|(id, _)| id.clone())
+        .collect();
     ensure!(
         !announced_unresolved.is_empty(),
         "no transaction went through unresolved: the scenario proves nothing"
     );
+    let seen_unresolved: BTreeSet<String> = first_seen
+        .iter()
+        .filter(|(_, status)| status.as_str() == "unresolved")
+        .map(|(id, _)| id.clone())
+        .chain(reasons.iter().map(|(id, _, _)| id.to_string()))
+        .collect();
+    let untold: Vec<&String> = seen_unresolved.difference(&announced_unresolved).collect();
+    ensure!(
+        untold.is_empty(),
+        "seen unresolved but never announced so: {untold:?}"
+    );
+    let retired: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'")
+            .fetch_one(&topology.pool)
+            .await?;
+    ensure!(retired == 0, "{retired} transactions.completed outbox rows");
+
+    // The merchant, as delivered: each transaction has exactly one verified webhook with its
+    // true terminal status, and nothing else but (at most) the `transaction.unresolved` one;
+    // every webhook is a recorded event, and every recorded event arrived.
     let received = topology
         .wait_webhooks(&merchant, &distinct, PHASE, Duration::from_millis(1_500))
         .await?;
     check_webhooks(&received, &finals)?;
+    check_delivered(&received, &recorded)?;
     let unresolved_webhooks = received
         .iter()
         .filter(|w| w.event_type.as_deref() == Some("transaction.unresolved"))
@@ -274,21 +303,124 @@ async fn final_states(
         .collect())
 }
 
-/// The transactions the processor announced as `unresolved` (outbox rows).
-async fn announced_unresolved(topology: &Topology) -> anyhow::Result<BTreeSet<String>> {
-    let payloads: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT payload FROM outbox WHERE topic = 'transactions.completed'")
-            .fetch_all(&topology.pool)
-            .await?;
-    let mut ids = BTreeSet::new();
-    for payload in payloads {
-        if let Some(Body::TransactionCompleted(done)) = Envelope::decode_checked(&payload)?.body {
-            if done.status == "unresolved" {
-                ids.insert(done.transaction_id);
-            }
-        }
+/// One webhook event recorded for the merchant (`webhook_events`).
+struct Recorded {
+    /// The event id's external form: the `webhook-id` its deliveries carry.
+    id: String,
+    /// `transaction.succeeded`, `transaction.unresolved`, ...
+    event_type: String,
+    /// `data.status` of its body.
+    status: String,
+}
+
+/// Every webhook event recorded for `merchant`, by transaction, oldest first; each checked to
+/// be well formed: its body's `type`, `id` and `data.id` are the row's, its type is
+/// `transaction.<data.status>`, and its id is the deterministic one of (transaction, status).
+async fn recorded_events(
+    topology: &Topology,
+    merchant: &Merchant,
+) -> anyhow::Result<BTreeMap<String, Vec<Recorded>>> {
+    let rows: Vec<(EventId, TransactionId, String, String)> = sqlx::query_as(
+        "SELECT id, transaction_id, event_type, payload::text FROM webhook_events
+         WHERE merchant_id = $1 ORDER BY created_at, id",
+    )
+    .bind(merchant.id.as_uuid())
+    .fetch_all(&topology.pool)
+    .await
+    .context("reading webhook events")?;
+    let mut by_tx: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
+    for (id, transaction, event_type, payload) in rows {
+        let body: Value =
+            serde_json::from_str(&payload).with_context(|| format!("{id}: payload is not JSON"))?;
+        let status = body["data"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let parsed: TransactionStatus = status
+            .parse()
+            .with_context(|| format!("{id} ({event_type}): data.status {status:?}"))?;
+        ensure!(
+            body["type"] == event_type.as_str()
+                && body["id"] == id.to_string()
+                && body["data"]["id"] == transaction.to_string()
+                && event_type == format!("transaction.{status}")
+                && id == webhooks::event_id_for(transaction, parsed),
+            "{id} of {transaction} ({event_type}) is not its (transaction, status) event: {body}"
+        );
+        by_tx
+            .entry(transaction.to_string())
+            .or_default()
+            .push(Recorded {
+                id: id.to_string(),
+                event_type,
+                status,
+            });
     }
-    Ok(ids)
+    Ok(by_tx)
+}
+
+/// Each transaction's recorded events: exactly one with its final status, last, preceded by
+/// at most a `transaction.unresolved` one; none for transactions we did not create.
+fn check_recorded(
+    recorded: &BTreeMap<String, Vec<Recorded>>,
+    finals: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    for (id, status) in finals {
+        let told: Vec<&str> = recorded
+            .get(id)
+            .map(|events| events.iter().map(|e| e.status.as_str()).collect())
+            .unwrap_or_default();
+        ensure!(
+            told == [status.as_str()] || told == ["unresolved", status.as_str()],
+            "{id} is {status} but the recorded events told {told:?}"
+        );
+    }
+    let unknown: Vec<&String> = recorded
+        .keys()
+        .filter(|id| !finals.contains_key(*id))
+        .collect();
+    ensure!(
+        unknown.is_empty(),
+        "events for unknown transactions: {unknown:?}"
+    );
+    Ok(())
+}
+
+/// Every received webhook is a recorded event of its transaction (same `webhook-id` and
+/// type), and every recorded event was received.
+fn check_delivered(
+    received: &[ReceivedWebhook],
+    recorded: &BTreeMap<String, Vec<Recorded>>,
+) -> anyhow::Result<()> {
+    let events: BTreeSet<(&str, &str, &str)> = recorded
+        .iter()
+        .flat_map(|(tx, events)| {
+            events
+                .iter()
+                .map(move |e| (tx.as_str(), e.event_type.as_str(), e.id.as_str()))
+        })
+        .collect();
+    let delivered: BTreeSet<(&str, &str, &str)> = received
+        .iter()
+        .map(|w| {
+            (
+                w.transaction_id.as_deref().unwrap_or_default(),
+                w.event_type.as_deref().unwrap_or_default(),
+                w.webhook_id.as_str(),
+            )
+        })
+        .collect();
+    let unrecorded: Vec<_> = delivered.difference(&events).collect();
+    ensure!(
+        unrecorded.is_empty(),
+        "webhooks that are no recorded event: {unrecorded:?}"
+    );
+    let undelivered: Vec<_> = events.difference(&delivered).collect();
+    ensure!(
+        undelivered.is_empty(),
+        "recorded events never delivered: {undelivered:?}"
+    );
+    Ok(())
 }
 
 /// Each transaction: all webhooks verified, exactly one (distinct `webhook-id`) with its

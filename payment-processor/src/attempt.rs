@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use paygate_core::announce;
-use paygate_core::bus::trace::TraceParent;
 use paygate_core::db::transactions;
 use paygate_core::db::DbError;
 use paygate_core::domain::clock;
@@ -174,12 +173,7 @@ enum AfterAsking {
 
 impl Engine {
     /// Handles one `transactions.pending` event for `id` at `version`.
-    pub async fn process(
-        &self,
-        id: TransactionId,
-        version: i64,
-        trace: Option<TraceParent>,
-    ) -> Result<Outcome, ProcessError> {
+    pub async fn process(&self, id: TransactionId, version: i64) -> Result<Outcome, ProcessError> {
         let lease = self
             .lock
             .acquire(
@@ -190,7 +184,7 @@ impl Engine {
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?
             .ok_or_else(|| ProcessError::Transient(format!("{id} is locked by another worker")))?;
-        let result = self.process_locked(id, version, trace).await;
+        let result = self.process_locked(id, version).await;
         if let Err(error) = self.lock.release(lease).await {
             tracing::warn!(%error, %id, "lock release failed; it expires by itself");
         }
@@ -204,21 +198,20 @@ impl Engine {
         &self,
         id: TransactionId,
         version: i64,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         let (tx, enabled) = match self.claimable(id, version).await? {
             ControlFlow::Continue(claimable) => claimable,
             ControlFlow::Break(outcome) => return Ok(outcome),
         };
-        let tx = match self.ask_if_pinned(tx, trace).await? {
+        let tx = match self.ask_if_pinned(tx).await? {
             AfterAsking::Done(outcome) => return Ok(outcome),
             AfterAsking::Attempt(tx) => *tx,
         };
         if tx.attempts >= self.settings.max_attempts {
             let reason = format!("gave up after {} attempts", tx.attempts);
-            return self.give_up(&tx, reason, trace).await;
+            return self.give_up(&tx, reason).await;
         }
-        let route = match self.route_or_fail(&tx, enabled.as_deref(), trace).await? {
+        let route = match self.route_or_fail(&tx, enabled.as_deref()).await? {
             ControlFlow::Continue(route) => route,
             ControlFlow::Break(outcome) => return Ok(outcome),
         };
@@ -235,7 +228,7 @@ impl Engine {
             return Ok(Outcome::Skipped("claimed by another worker"));
         };
         let result = submit(&claimed, &gateway_name, &entry).await;
-        self.record(&claimed, &route, result, trace).await
+        self.record(&claimed, &route, result).await
     }
 
     /// The transaction as this event may act on it: known, still waiting for an attempt,
@@ -270,7 +263,6 @@ impl Engine {
         &self,
         tx: &Transaction,
         enabled: Option<&[GatewayName]>,
-        trace: Option<TraceParent>,
     ) -> Result<ControlFlow<Outcome, Route>, ProcessError> {
         let enabled = match &tx.gateway {
             // Named by the merchant: the API allowed it.
@@ -282,14 +274,14 @@ impl Engine {
             Err(error @ (RouteError::NoRoute | RouteError::NoEnabledGateway)) => {
                 let failure = Some((codes::NO_ROUTE, error.to_string()));
                 let outcome = self
-                    .finish(tx, TransactionStatus::Failed, failure, None, trace)
+                    .finish(tx, TransactionStatus::Failed, failure, None)
                     .await?;
                 Ok(ControlFlow::Break(outcome))
             }
             Err(error @ RouteError::UnknownGateway(_)) => {
                 // Terminal for the merchant, and dead-lettered for the operator to see.
                 let failure = Some((codes::UNKNOWN_GATEWAY, error.to_string()));
-                self.finish(tx, TransactionStatus::Failed, failure, None, trace)
+                self.finish(tx, TransactionStatus::Failed, failure, None)
                     .await?;
                 Err(ProcessError::Poison(error.to_string()))
             }
@@ -300,11 +292,7 @@ impl Engine {
     /// a conclusive answer finishes it, an inconclusive one schedules the next question
     /// (or, after `unresolved_after`, makes it `unresolved`), and only "never executed" or
     /// "no status query" lets an attempt go ahead.
-    async fn ask_if_pinned(
-        &self,
-        tx: Transaction,
-        trace: Option<TraceParent>,
-    ) -> Result<AfterAsking, ProcessError> {
+    async fn ask_if_pinned(&self, tx: Transaction) -> Result<AfterAsking, ProcessError> {
         let (Some(since), Some(gateway)) = (tx.ambiguous_since, tx.routed_gateway.clone()) else {
             return Ok(AfterAsking::Attempt(Box::new(tx)));
         };
@@ -312,7 +300,7 @@ impl Engine {
             // The gateway left the configuration: nobody can find out here.
             let reason = format!("gateway {gateway} that may hold this payment is not configured");
             return self
-                .unresolve(&tx, codes::STATUS_UNKNOWN, reason, trace)
+                .unresolve(&tx, codes::STATUS_UNKNOWN, reason)
                 .await
                 .map(AfterAsking::Done);
         };
@@ -325,17 +313,14 @@ impl Engine {
                 let reason = format!(
                     "{gateway} may hold this payment, cannot be asked, and would execute a resubmit twice"
                 );
-                self.unresolve(&tx, codes::OUTCOME_UNKNOWN, reason, trace)
-                    .await?
+                self.unresolve(&tx, codes::OUTCOME_UNKNOWN, reason).await?
             }
             Step::Resubmit => return Ok(AfterAsking::Attempt(Box::new(tx))),
             Step::NeverExecuted => {
                 metrics::counter!("paygate_processor_never_executed_total", "gateway" => gateway.to_string()).increment(1);
                 return Ok(AfterAsking::Attempt(Box::new(never_executed(tx))));
             }
-            step @ (Step::Finish { .. } | Step::Mismatch(_)) => {
-                self.settle(&tx, step, trace).await?
-            }
+            step @ (Step::Finish { .. } | Step::Mismatch(_)) => self.settle(&tx, step).await?,
             Step::Executing | Step::AwaitingCustomer => {
                 let update = tx.advance(TransactionStatus::Submitted, now)?;
                 // A provider that refused our resubmit as a duplicate holds the reference:
@@ -356,8 +341,7 @@ impl Engine {
                         "no conclusive answer from {gateway} for {}s: {why}",
                         self.settings.unresolved_after.as_secs()
                     );
-                    self.unresolve(&tx, codes::STATUS_UNKNOWN, reason, trace)
-                        .await?
+                    self.unresolve(&tx, codes::STATUS_UNKNOWN, reason).await?
                 } else {
                     transactions::reschedule(&self.pool, tx.id, tx.version, Some(at), None).await?;
                     tracing::info!(id = %tx.id, %gateway, %at, why, "asking the provider again later");
@@ -428,13 +412,12 @@ impl Engine {
         claimed: &Transaction,
         route: &Route,
         result: Result<SubmitOutcome, BreakerError>,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         let now = Utc::now();
         let (outcome, gateway) = match (result, claimed.routed_gateway.clone()) {
             (Ok(outcome), Some(gateway)) => (outcome, gateway),
             (Ok(_), None) => return Err(ProcessError::Poison("attempt without a gateway".into())),
-            (Err(error), _) => return self.record_failure(claimed, route, error, trace).await,
+            (Err(error), _) => return self.record_failure(claimed, route, error).await,
         };
         let reported = Reported {
             money: outcome.money,
@@ -444,12 +427,12 @@ impl Engine {
         if let Err(mismatch) = check_outcome(claimed, &gateway, &reported) {
             // The provider took *something* under our reference: it may hold money.
             return self
-                .flag_mismatch(claimed, &gateway, "submit", &mismatch.to_string(), trace)
+                .flag_mismatch(claimed, &gateway, "submit", &mismatch.to_string())
                 .await;
         }
         match outcome.status {
             SubmitStatus::RequiresAction { url } => {
-                self.await_customer(claimed, &gateway, outcome.provider_reference, url, trace)
+                self.await_customer(claimed, &gateway, outcome.provider_reference, url)
                     .await
             }
             SubmitStatus::Accepted => {
@@ -469,7 +452,6 @@ impl Engine {
                     TransactionStatus::Succeeded,
                     None,
                     Some(outcome.provider_reference),
-                    trace,
                 )
                 .await
             }
@@ -485,7 +467,6 @@ impl Engine {
         gateway: &GatewayName,
         provider_reference: String,
         url: String,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         let now = Utc::now();
         let expires_after = self
@@ -499,9 +480,9 @@ impl Engine {
             .next_action(url)
             .retry_at(clock::after(now, expires_after))
             .clear_failure();
-        let message = announce::completed(&update.next, trace);
+        let event = announce::completed(&update.next)?;
         Ok(
-            match transactions::apply_and_announce(&self.pool, &update, Some(&message)).await? {
+            match transactions::apply_with_event(&self.pool, &update, &event).await? {
                 Some(_) => Outcome::RequiresAction,
                 None => Outcome::Skipped("callback arrived first"),
             },
@@ -513,7 +494,6 @@ impl Engine {
         claimed: &Transaction,
         route: &Route,
         error: BreakerError,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         let now = Utc::now();
         let pinned = claimed.ambiguous_since.is_some();
@@ -540,7 +520,6 @@ impl Engine {
                     TransactionStatus::Failed,
                     Some((&code, reason)),
                     None,
-                    trace,
                 )
                 .await
             }
@@ -566,8 +545,7 @@ impl Engine {
                 } else {
                     codes::RETRYABLE
                 };
-                self.retry_or_give_up(claimed, code, reason, delay, trace)
-                    .await
+                self.retry_or_give_up(claimed, code, reason, delay).await
             }
             BreakerError::Gateway(ref error @ GatewayError::Ambiguous { ref reason }) => {
                 // A duplicate-reference refusal proves the provider holds the payment.
@@ -621,11 +599,10 @@ impl Engine {
         code: &str,
         reason: String,
         delay: Duration,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         if tx.attempts >= self.settings.max_attempts {
             let reason = format!("gave up after {} attempts; last: {reason}", tx.attempts);
-            return self.give_up(tx, reason, trace).await;
+            return self.give_up(tx, reason).await;
         }
         let now = Utc::now();
         let update = tx
@@ -637,24 +614,16 @@ impl Engine {
 
     /// Attempts are used up. A payment that may be at a provider becomes `unresolved`
     /// (never `failed`: the provider may have executed it); any other fails.
-    async fn give_up(
-        &self,
-        tx: &Transaction,
-        reason: String,
-        trace: Option<TraceParent>,
-    ) -> Result<Outcome, ProcessError> {
+    async fn give_up(&self, tx: &Transaction, reason: String) -> Result<Outcome, ProcessError> {
         if tx.ambiguous_since.is_some() {
             let reason = format!("{reason}; the provider may have executed it");
-            return self
-                .unresolve(tx, codes::OUTCOME_UNKNOWN, reason, trace)
-                .await;
+            return self.unresolve(tx, codes::OUTCOME_UNKNOWN, reason).await;
         }
         self.finish(
             tx,
             TransactionStatus::Failed,
             Some((codes::MAX_ATTEMPTS, reason)),
             None,
-            trace,
         )
         .await
     }
@@ -675,7 +644,6 @@ impl Engine {
         gateway: &GatewayName,
         source: &'static str,
         detail: &str,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         tracing::warn!(id = %tx.id, %gateway, source, detail, "provider outcome does not match the payment; flagged for review");
         metrics::counter!("paygate_processor_outcome_mismatches_total", "gateway" => gateway.to_string(), "source" => source).increment(1);
@@ -689,8 +657,7 @@ impl Engine {
             transactions::reschedule(&self.pool, tx.id, tx.version, None, Some(&failure)).await?;
             return Ok(Outcome::StillUnresolved);
         }
-        self.unresolve(tx, codes::OUTCOME_MISMATCH, reason, trace)
-            .await
+        self.unresolve(tx, codes::OUTCOME_MISMATCH, reason).await
     }
 
     /// Moves to `unresolved` and tells the merchant (`transaction.unresolved`), in one
@@ -700,7 +667,6 @@ impl Engine {
         tx: &Transaction,
         code: &str,
         reason: String,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         let now = Utc::now();
         let since = tx.ambiguous_since.unwrap_or(now);
@@ -710,9 +676,9 @@ impl Engine {
             .pin_ambiguous(since)
             .retry_at(self.settings.pacing.next(since, now))
             .failure(code, reason);
-        let message = announce::completed(&update.next, trace);
+        let event = announce::completed(&update.next)?;
         Ok(
-            match transactions::apply_and_announce(&self.pool, &update, Some(&message)).await? {
+            match transactions::apply_with_event(&self.pool, &update, &event).await? {
                 Some(_) => {
                     tracing::warn!(id = %tx.id, code, "transaction unresolved: the provider may have executed it");
                     metrics::counter!("paygate_processor_unresolved_total", "code" => code.to_owned()).increment(1);
@@ -730,7 +696,6 @@ impl Engine {
         status: TransactionStatus,
         failure: Option<(&str, String)>,
         provider_reference: Option<String>,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         let mut update = tx.advance(status, Utc::now())?;
         update = match failure {
@@ -740,9 +705,9 @@ impl Engine {
         if let Some(reference) = provider_reference {
             update = update.provider_reference(reference);
         }
-        let message = announce::completed(&update.next, trace);
+        let event = announce::completed(&update.next)?;
         Ok(
-            match transactions::apply_and_announce(&self.pool, &update, Some(&message)).await? {
+            match transactions::apply_with_event(&self.pool, &update, &event).await? {
                 Some(done) => {
                     metrics::counter!("paygate_processor_completed_total", "status" => done.status.as_str()).increment(1);
                     Outcome::Completed(done.status)

@@ -22,7 +22,7 @@ impl Handler for PendingHandler {
             .map_err(|e| HandlerError::Reject(e.to_string()))?;
         let pending = match envelope.body {
             Some(Body::TransactionPending(pending)) => pending,
-            Some(Body::RefundPending(refund)) => return self.refund(refund, delivery).await,
+            Some(Body::RefundPending(refund)) => return self.refund(refund).await,
             _ => {
                 return Err(HandlerError::Reject(
                     "not a transaction-pending or refund-pending event".into(),
@@ -31,11 +31,7 @@ impl Handler for PendingHandler {
         };
         let id = TransactionId::parse(&pending.transaction_id)
             .map_err(|e| HandlerError::Reject(e.to_string()))?;
-        match self
-            .engine
-            .process(id, pending.version, delivery.traceparent())
-            .await
-        {
+        match self.engine.process(id, pending.version).await {
             Ok(outcome) => {
                 tracing::debug!(%id, ?outcome, "pending event handled");
                 Ok(())
@@ -48,14 +44,10 @@ impl Handler for PendingHandler {
 
 impl PendingHandler {
     /// A refund rides the same topic: same consumer, same DLQ for what can never work.
-    async fn refund(&self, event: RefundPending, delivery: &Delivery) -> Result<(), HandlerError> {
+    async fn refund(&self, event: RefundPending) -> Result<(), HandlerError> {
         let id =
             RefundId::parse(&event.refund_id).map_err(|e| HandlerError::Reject(e.to_string()))?;
-        match self
-            .engine
-            .process_refund(id, event.version, delivery.traceparent())
-            .await
-        {
+        match self.engine.process_refund(id, event.version).await {
             Ok(outcome) => {
                 tracing::debug!(%id, ?outcome, "refund event handled");
                 Ok(())

@@ -7,7 +7,6 @@
 //! dropped reconciliation leaves either no write or a complete one. Its lease then expires.
 
 use chrono::{DateTime, Utc};
-use paygate_core::bus::trace::TraceParent;
 use paygate_core::db::transactions;
 use paygate_core::domain::clock;
 use paygate_core::domain::{Transaction, TransactionId, TransactionStatus};
@@ -44,7 +43,7 @@ impl Engine {
                 },
             };
             match step {
-                Step::Finish { .. } | Step::Mismatch(_) => self.settle(&tx, step, None).await,
+                Step::Finish { .. } | Step::Mismatch(_) => self.settle(&tx, step).await,
                 Step::Executing | Step::AwaitingCustomer => {
                     // Still executing at the provider: look again after `stuck_after`.
                     transactions::touch(&self.pool, tx.id, tx.version).await?;
@@ -76,7 +75,7 @@ impl Engine {
             metrics::counter!("paygate_processor_unresolved_checks_total").increment(1);
             match step {
                 Some(step @ (Step::Finish { .. } | Step::Mismatch(_))) => {
-                    self.settle(&tx, step, None).await
+                    self.settle(&tx, step).await
                 }
                 Some(Step::NeverExecuted) => {
                     let reason = "the provider confirmed, past its settle window, that it never received the payment".to_owned();
@@ -84,7 +83,6 @@ impl Engine {
                         &tx,
                         TransactionStatus::Failed,
                         Some((codes::NOT_EXECUTED, reason)),
-                        None,
                         None,
                     )
                     .await
@@ -128,7 +126,7 @@ impl Engine {
             metrics::counter!("paygate_processor_actions_expired_checks_total").increment(1);
             match self.status_of(&tx, since, now).await {
                 Some(step @ (Step::Finish { .. } | Step::Mismatch(_))) => {
-                    self.settle(&tx, step, None).await
+                    self.settle(&tx, step).await
                 }
                 Some(Step::AwaitingCustomer | Step::NeverExecuted) => {
                     let reason = "the customer did not finish the payment at the provider in time";
@@ -136,7 +134,6 @@ impl Engine {
                         &tx,
                         TransactionStatus::Failed,
                         Some((codes::ACTION_EXPIRED, reason.to_owned())),
-                        None,
                         None,
                     )
                     .await
@@ -155,7 +152,7 @@ impl Engine {
                 }
                 Some(Step::Resubmit) | None => {
                     let reason = "the customer's time is up and the provider cannot be asked whether they paid".to_owned();
-                    self.unresolve(&tx, codes::STATUS_UNKNOWN, reason, None)
+                    self.unresolve(&tx, codes::STATUS_UNKNOWN, reason)
                         .await
                 }
             }
@@ -220,7 +217,6 @@ impl Engine {
         &self,
         tx: &Transaction,
         step: Step,
-        trace: Option<TraceParent>,
     ) -> Result<Outcome, ProcessError> {
         match step {
             Step::Finish {
@@ -229,14 +225,13 @@ impl Engine {
                 provider_reference,
             } => {
                 let failure = failure.as_ref().map(|(c, r)| (c.as_str(), r.clone()));
-                self.finish(tx, status, failure, provider_reference, trace)
-                    .await
+                self.finish(tx, status, failure, provider_reference).await
             }
             Step::Mismatch(mismatch) => {
                 let gateway = tx.routed_gateway.clone().ok_or_else(|| {
                     ProcessError::Poison("mismatch reported for an unrouted transaction".into())
                 })?;
-                self.flag_mismatch(tx, &gateway, "status", &mismatch.to_string(), trace)
+                self.flag_mismatch(tx, &gateway, "status", &mismatch.to_string())
                     .await
             }
             _ => Ok(Outcome::Skipped("not conclusive")),

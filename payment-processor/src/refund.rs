@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use paygate_core::announce;
-use paygate_core::bus::trace::TraceParent;
 use paygate_core::db::{refunds, transactions};
 use paygate_core::domain::{clock, Failure, Refund, RefundId, RefundState, RefundUpdate};
 use paygate_gateways::breaker::BreakerError;
@@ -52,7 +51,6 @@ impl Engine {
         &self,
         id: RefundId,
         version: i64,
-        trace: Option<TraceParent>,
     ) -> Result<RefundHandled, ProcessError> {
         let lease = self
             .lock
@@ -64,7 +62,7 @@ impl Engine {
             .await
             .map_err(|e| ProcessError::Transient(e.to_string()))?
             .ok_or_else(|| ProcessError::Transient(format!("{id} is locked by another worker")))?;
-        let result = self.refund_locked(id, version, trace).await;
+        let result = self.refund_locked(id, version).await;
         if let Err(error) = self.lock.release(lease).await {
             tracing::warn!(%error, %id, "lock release failed; it expires by itself");
         }
@@ -75,7 +73,6 @@ impl Engine {
         &self,
         id: RefundId,
         version: i64,
-        trace: Option<TraceParent>,
     ) -> Result<RefundHandled, ProcessError> {
         let refund = refunds::get(&self.pool, id)
             .await?
@@ -96,7 +93,7 @@ impl Engine {
         else {
             let failure = failure("no_gateway", "the payment was never routed to a gateway");
             return self
-                .finish_refund(&refund, RefundState::Failed, None, Some(failure), trace)
+                .finish_refund(&refund, RefundState::Failed, None, Some(failure))
                 .await;
         };
         let Some(entry) = self.registry.entry(&gateway) else {
@@ -118,7 +115,7 @@ impl Engine {
         let now = Utc::now();
         let mut claim = refund.retry_at(clock::after(now, CLAIM_GRACE), None, now);
         claim.next.attempts = refund.attempts.saturating_add(1);
-        let Some(claimed) = refunds::apply_and_announce(&self.pool, &claim, None).await? else {
+        let Some(claimed) = refunds::apply_with_event(&self.pool, &claim, None).await? else {
             return Ok(RefundHandled::Skipped("claimed by another worker"));
         };
         let request = RefundRequest {
@@ -131,14 +128,13 @@ impl Engine {
             .await;
         metrics::counter!("paygate_processor_refund_attempts_total", "gateway" => gateway.to_string(), "outcome" => class(&result))
             .increment(1);
-        self.record_refund(&claimed, result, trace).await
+        self.record_refund(&claimed, result).await
     }
 
     async fn record_refund(
         &self,
         claimed: &Refund,
         result: Result<RefundOutcome, BreakerError>,
-        trace: Option<TraceParent>,
     ) -> Result<RefundHandled, ProcessError> {
         match result {
             Ok(RefundOutcome {
@@ -152,7 +148,7 @@ impl Engine {
                         (RefundState::Failed, Some(failure(&code, &reason)))
                     }
                 };
-                self.finish_refund(claimed, to, Some(provider_reference), failed, trace)
+                self.finish_refund(claimed, to, Some(provider_reference), failed)
                     .await
             }
             Err(BreakerError::Gateway(GatewayError::Permanent { code, reason })) => {
@@ -161,7 +157,6 @@ impl Engine {
                     RefundState::Failed,
                     None,
                     Some(failure(&code, &reason)),
-                    trace,
                 )
                 .await
             }
@@ -201,7 +196,6 @@ impl Engine {
         to: RefundState,
         provider_reference: Option<String>,
         failed: Option<Failure>,
-        trace: Option<TraceParent>,
     ) -> Result<RefundHandled, ProcessError> {
         let mut update: RefundUpdate = refund
             .transition(to, Utc::now())
@@ -214,10 +208,17 @@ impl Engine {
         } else {
             None
         };
-        let message = to
-            .is_terminal()
-            .then(|| announce::refund_completed(&update.next, trace));
-        match refunds::apply_and_announce(&self.pool, &update, message.as_ref()).await? {
+        let event = if to.is_terminal() {
+            let callback_url =
+                transactions::callback_url_of(&self.pool, refund.transaction_id).await?;
+            Some(announce::refund_completed(
+                &update.next,
+                callback_url.as_deref(),
+            )?)
+        } else {
+            None
+        };
+        match refunds::apply_with_event(&self.pool, &update, event.as_ref()).await? {
             None => Ok(RefundHandled::Skipped("changed by another writer")),
             Some(done) if done.status.is_terminal() => {
                 tracing::info!(refund = %done.id, status = %done.status, "refund finished");
@@ -245,7 +246,7 @@ impl Engine {
     ) -> Result<RefundHandled, ProcessError> {
         let now = Utc::now();
         let update = refund.retry_at(clock::after(now, delay), why, now);
-        match refunds::apply_and_announce(&self.pool, &update, None).await? {
+        match refunds::apply_with_event(&self.pool, &update, None).await? {
             None => Ok(RefundHandled::Skipped("changed by another writer")),
             Some(_) => Ok(RefundHandled::Retrying),
         }

@@ -5,9 +5,9 @@
 //! 1. executed at most once over all gateways (the sandbox's references report, and its
 //!    `executed_elsewhere` counter stays 0);
 //! 2. our final state is what the provider decided (the report's `decided` outcome);
-//! 3. the merchant was told the truth: the `transactions.completed` outbox rows (what the
-//!    dispatcher turns into webhooks) announce exactly that, and never `failed` for a
-//!    payment a provider executed.
+//! 3. the merchant was told the truth: the webhook events recorded with each state change
+//!    (`webhook_events`, what the dispatcher delivers) announce exactly that, in order, and
+//!    never `failed` for a payment a provider executed.
 //!
 //! The sandbox's callbacks are pointed at a closed port: a callback only marks the
 //! provider's record final (so its status query reports the outcome), and the processor
@@ -105,6 +105,19 @@ fn matches_provider(tx: &Transaction, execution: &ExecutionReport) {
         "{}: the provider's reference is recorded",
         tx.id
     );
+}
+
+/// The failure code the merchant's one `transaction.unresolved` event carries.
+async fn unresolved_reason(w: &World, id: TransactionId) -> Result<Option<String>, BoxError> {
+    let told = w.told(id).await?;
+    let mut unresolved = told.into_iter().filter(|t| t.status == "unresolved");
+    let one = unresolved
+        .next()
+        .ok_or(format!("{id}: never told unresolved"))?;
+    if unresolved.next().is_some() {
+        return Err(format!("{id}: told unresolved twice").into());
+    }
+    Ok(one.failure_code)
 }
 
 /// Case a: gateway A of a failover route [A, B] executes, then answers 502 (a load
@@ -233,6 +246,11 @@ async fn a_duplicate_reference_refusal_of_a_resubmit_leads_to_a_status_query() -
     let execution = executed_once(&w, id, A).await?;
     matches_provider(&tx, &execution);
     assert_eq!(w.announced(id).await?, vec!["unresolved", "succeeded"]);
+    assert_eq!(
+        unresolved_reason(&w, id).await?.as_deref(),
+        Some(codes::DUPLICATE_REFERENCE),
+        "the unresolved event names the refusal"
+    );
     let a = account(&w.stats().await?, A);
     assert_eq!(
         a.duplicate_references_refused, 1,
@@ -274,6 +292,10 @@ async fn a_status_answer_with_the_wrong_amount_is_flagged_never_applied() -> Tes
     let execution = executed_once(&w, id, A).await?;
     assert_eq!(execution.amount, 5_000, "the provider moved our amount");
     assert_eq!(w.announced(id).await?, vec!["unresolved"]);
+    assert_eq!(
+        unresolved_reason(&w, id).await?.as_deref(),
+        Some(codes::OUTCOME_MISMATCH)
+    );
     // Let reconciliation look at it: it asks at most once more, records the mismatch again
     // and stops asking; the wrong answer is never applied.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -337,6 +359,10 @@ async fn failing_status_queries_make_it_unresolved_and_reconciliation_finishes_i
         "unresolved because the queries failed: {failure:?}"
     );
     assert_eq!(w.announced(id).await?, vec!["unresolved"]);
+    assert_eq!(
+        unresolved_reason(&w, id).await?.as_deref(),
+        Some(codes::STATUS_UNKNOWN)
+    );
     let during = account(&w.stats().await?, A);
     assert!(during.outage_rejections >= 1, "{during:?}");
 

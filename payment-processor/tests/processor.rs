@@ -278,12 +278,16 @@ async fn a_permanent_decline_fails_at_once_without_retry_and_is_announced() -> T
             w.insert(TransactionKind::Deposit, gateway, 5_000).await?.id,
         ));
     }
+    let mut failures = Vec::new();
     for (gateway, id) in &ids {
         let tx = w
             .wait(*id, "failed", |t| t.status == TransactionStatus::Failed)
             .await?;
         assert_eq!(tx.attempts, 1, "{gateway}: no retry after a decline");
-        assert!(tx.failure.is_some(), "{gateway}: the reason is recorded");
+        let failure = tx
+            .failure
+            .ok_or(format!("{gateway}: no failure recorded"))?;
+        failures.push((*gateway, *id, failure.code));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stats = w.stats().await?;
@@ -294,11 +298,26 @@ async fn a_permanent_decline_fails_at_once_without_retry_and_is_announced() -> T
             "{gateway}: one call, no retry"
         );
     }
-    let completed: i64 =
+    // Each failure is told once, with the reason recorded on the transaction.
+    for (gateway, id, code) in &failures {
+        let told = w.told(*id).await?;
+        let seen: Vec<(&str, Option<&str>)> = told
+            .iter()
+            .map(|t| (t.status.as_str(), t.failure_code.as_deref()))
+            .collect();
+        assert_eq!(seen, vec![("failed", Some(code.as_str()))], "{gateway}");
+    }
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE merchant_id = $1")
+            .bind(w.merchant.as_uuid())
+            .fetch_one(&w.pool)
+            .await?;
+    assert_eq!(events, 3, "each failure announced once, nothing else");
+    let retired: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'")
             .fetch_one(&w.pool)
             .await?;
-    assert_eq!(completed, 3, "each failure announced once");
+    assert_eq!(retired, 0, "no transactions.completed outbox rows");
     stop.cancel();
     task.await?;
     Ok(())

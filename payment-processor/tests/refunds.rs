@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
 use paygate_core::announce;
-use paygate_core::bus::events::{Body, Envelope};
 use paygate_core::db::refunds::{self, RefundInsert};
+use paygate_core::db::webhooks::{self, EventType};
 use paygate_core::db::{ledger, DbError};
 use paygate_core::domain::{
     Currency, NewRefund, Refund, RefundId, RefundState, TransactionId, TransactionKind,
@@ -119,21 +119,31 @@ async fn the_processor_turns_a_refund_into_succeeded_through_the_sandbox() -> Te
     assert_eq!(reserved, 0);
     assert!(ledger::check(&w.pool).await?.is_empty());
 
-    // The merchant is told: one refund-completed announcement, keyed by the payment.
-    let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT payload FROM outbox WHERE topic = 'transactions.completed' AND message_key = $1",
-    )
-    .bind(payment.to_string())
-    .fetch_all(&w.pool)
-    .await?;
-    let completed: Vec<String> = payloads
-        .iter()
-        .filter_map(|p| match Envelope::decode_checked(p).ok()?.body {
-            Some(Body::RefundCompleted(c)) => Some(c.status),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(completed, vec!["succeeded".to_owned()]);
+    // The merchant is told: one `refund.succeeded` event, listed under the payment, telling
+    // the refund as it ended; nothing through the retired `transactions.completed` topic.
+    let events = w.events(payment).await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event.event_type, EventType::RefundSucceeded);
+    assert_eq!(
+        event.id,
+        webhooks::event_id_for_refund(r.id, RefundState::Succeeded)
+    );
+    assert_eq!(event.merchant_id, w.merchant);
+    assert_eq!(event.transaction_id, payment);
+    let body: serde_json::Value = serde_json::from_str(&event.payload)?;
+    assert_eq!(body["type"], "refund.succeeded", "{body}");
+    assert_eq!(body["id"], event.id.to_string(), "{body}");
+    assert_eq!(body["data"]["id"], r.id.to_string(), "{body}");
+    assert_eq!(body["data"]["transaction"], payment.to_string(), "{body}");
+    assert_eq!(body["data"]["status"], "succeeded", "{body}");
+    assert_eq!(body["data"]["amount"], 400, "{body}");
+    assert_eq!(body["data"]["failure"], serde_json::Value::Null, "{body}");
+    let retired: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'")
+            .fetch_one(&w.pool)
+            .await?;
+    assert_eq!(retired, 0, "no transactions.completed outbox rows");
     stop.cancel();
     task.await?;
     Ok(())

@@ -68,6 +68,19 @@ async fn an_abandoned_checkout_fails_at_expiry_and_the_merchant_was_told_where_t
     let failure = failed.failure.ok_or("no failure")?;
     assert_eq!(failure.code, "action_expired");
     assert_eq!(failed.next_action_url, None);
+    let told: Vec<(String, Option<String>)> = w
+        .told(tx.id)
+        .await?
+        .into_iter()
+        .map(|t| (t.status, t.failure_code))
+        .collect();
+    assert_eq!(
+        told,
+        vec![
+            ("requires_action".to_owned(), None),
+            ("failed".to_owned(), Some("action_expired".to_owned())),
+        ]
+    );
     stop.cancel();
     let _ = task.await;
     Ok(())
@@ -96,6 +109,10 @@ async fn a_customer_who_paid_is_completed_by_the_expiry_question_even_without_a_
         })
         .await?;
     assert_eq!(done.failure, None);
+    assert_eq!(
+        w.announced(tx.id).await?,
+        vec!["requires_action", "succeeded"]
+    );
     stop.cancel();
     let _ = task.await;
     Ok(())

@@ -395,20 +395,20 @@ async fn the_ledger_posts_a_succeeded_refund_and_voids_a_failed_one() -> TestRes
         .await?
         .ok_or_else(|| anyhow::anyhow!("gone"))?;
     let update = succeeded.transition(RefundState::Submitted, Utc::now())?;
-    let submitted = refunds::apply_and_announce(&app.pool, &update, None)
+    let submitted = refunds::apply_with_event(&app.pool, &update, None)
         .await?
         .ok_or_else(|| anyhow::anyhow!("not applied"))?;
     let update = submitted.transition(RefundState::Succeeded, Utc::now())?;
-    let done = refunds::apply_and_announce(
+    let done = refunds::apply_with_event(
         &app.pool,
         &update,
-        Some(&announce::refund_completed(&update.next, None)),
+        Some(&announce::refund_completed(&update.next, None)?),
     )
     .await?;
     assert!(done.is_some());
     // A stale writer changes nothing.
     assert_eq!(
-        refunds::apply_and_announce(&app.pool, &update, None).await?,
+        refunds::apply_with_event(&app.pool, &update, None).await?,
         None
     );
     assert_eq!(usd(&app, &merchant).await?, (500, 200));
@@ -422,7 +422,7 @@ async fn the_ledger_posts_a_succeeded_refund_and_voids_a_failed_one() -> TestRes
         .await?
         .ok_or_else(|| anyhow::anyhow!("gone"))?;
     let update = failing.transition(RefundState::Failed, Utc::now())?;
-    refunds::apply_and_announce(&app.pool, &update, None).await?;
+    refunds::apply_with_event(&app.pool, &update, None).await?;
     assert_eq!(usd(&app, &merchant).await?, (700, 0));
     assert!(
         ledger::check(&app.pool).await?.is_empty(),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use paygate_callback_processor::callback_log::{self, Entry};
@@ -22,10 +22,11 @@ use paygate_core::bus::{
     Topic,
 };
 use paygate_core::config::{Config, GatewayConfig};
+use paygate_core::db::webhooks::{self, EventType, WebhookEvent};
 use paygate_core::db::{merchants, transactions};
 use paygate_core::domain::{
-    CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
-    TransactionKind, TransactionStatus,
+    CustomerReference, EventId, GatewayName, MerchantId, Money, NewTransaction, RefundId,
+    RefundState, Transaction, TransactionId, TransactionKind, TransactionStatus,
 };
 use paygate_gateways::{
     json, protobuf, soap, CallbackFields, GatewayRegistry, ReportedStatus, Secret, SignedCallback,
@@ -121,6 +122,17 @@ impl Harness {
         format: Format,
         status: TransactionStatus,
     ) -> anyhow::Result<Transaction> {
+        self.transaction_with_callback(format, status, None).await
+    }
+
+    /// [`Harness::transaction`], created with `callback_url` (a webhook destination besides
+    /// the merchant's endpoints).
+    pub async fn transaction_with_callback(
+        &self,
+        format: Format,
+        status: TransactionStatus,
+        callback_url: Option<&str>,
+    ) -> anyhow::Result<Transaction> {
         let tx = Transaction::create(
             NewTransaction {
                 merchant_id: self.merchant,
@@ -128,7 +140,7 @@ impl Harness {
                 money: Money::from_parts(1050, "USD")?,
                 customer: CustomerReference::parse("cust_42")?,
                 gateway: None,
-                callback_url: None,
+                callback_url: callback_url.map(str::to_owned),
                 metadata: serde_json::json!({}),
             },
             Utc::now(),
@@ -174,20 +186,116 @@ impl Harness {
         Ok(callback_log::for_transaction(&self.pool, id).await?)
     }
 
-    /// Completed events for `id` in the outbox (published or not).
-    pub async fn completed_in_outbox(&self, id: TransactionId) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE topic = 'transactions.completed' AND message_key = $1",
-        )
-        .bind(id.to_string())
-        .fetch_one(&self.pool)
-        .await?)
+    /// The webhook events recorded for `id`, oldest first (a refund's events are listed
+    /// under the refunded payment).
+    pub async fn events(&self, id: TransactionId) -> anyhow::Result<Vec<WebhookEvent>> {
+        Ok(webhooks::events_for_transaction(&self.pool, id).await?)
     }
 
-    pub async fn unpublished_completed(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE topic = 'transactions.completed' AND published_at IS NULL",
+    /// The one webhook event recorded for `id`, checked to be the one telling the merchant
+    /// that it reached `status`: its deterministic id, its type, this merchant, and a body
+    /// whose `data` is this transaction in `status`. Fails when there is none, or more.
+    pub async fn the_event(
+        &self,
+        id: TransactionId,
+        status: TransactionStatus,
+    ) -> anyhow::Result<WebhookEvent> {
+        let event_type = EventType::for_status(status)
+            .ok_or_else(|| anyhow!("merchants are not told of {status}"))?;
+        let event = self.only_event(id).await?;
+        ensure!(
+            event.id == webhooks::event_id_for(id, status),
+            "{id}: event {} is not the one for {status}",
+            event.id
+        );
+        check_event(&event, event_type, self.merchant, id)?;
+        let data = payload_data(&event, event_type)?;
+        ensure!(
+            data["id"] == id.to_string() && data["status"] == status.as_str(),
+            "{id}: the event's data is not this transaction in {status}: {data}"
+        );
+        Ok(event)
+    }
+
+    /// The one webhook event recorded for `transaction` (the refunded payment), checked to
+    /// be the one telling the merchant that `refund` reached `status`.
+    pub async fn the_refund_event(
+        &self,
+        transaction: TransactionId,
+        refund: RefundId,
+        status: RefundState,
+    ) -> anyhow::Result<WebhookEvent> {
+        let event_type = match status {
+            RefundState::Succeeded => EventType::RefundSucceeded,
+            RefundState::Failed => EventType::RefundFailed,
+            other => bail!("merchants are not told of refund {other}"),
+        };
+        let event = self.only_event(transaction).await?;
+        ensure!(
+            event.id == webhooks::event_id_for_refund(refund, status),
+            "{refund}: event {} is not the one for {}",
+            event.id,
+            status.as_str()
+        );
+        check_event(&event, event_type, self.merchant, transaction)?;
+        let data = payload_data(&event, event_type)?;
+        ensure!(
+            data["id"] == refund.to_string()
+                && data["transaction"] == transaction.to_string()
+                && data["status"] == status.as_str(),
+            "{refund}: the event's data is not this refund in {}: {data}",
+            status.as_str()
+        );
+        Ok(event)
+    }
+
+    async fn only_event(&self, id: TransactionId) -> anyhow::Result<WebhookEvent> {
+        let mut events = self.events(id).await?;
+        ensure!(
+            events.len() == 1,
+            "{id}: expected exactly one webhook event, found {}: {events:?}",
+            events.len()
+        );
+        Ok(events.remove(0))
+    }
+
+    /// The delivery rows scheduled for `event`, in order.
+    pub async fn deliveries(&self, event: EventId) -> anyhow::Result<Vec<webhooks::Delivery>> {
+        Ok(webhooks::deliveries_for_event(&self.pool, event).await?)
+    }
+
+    /// Outbox rows on the retired `transactions.completed` topic, published or not: a
+    /// settlement records its webhook event itself now and writes none.
+    pub async fn completed_in_outbox(&self) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM outbox WHERE topic = 'transactions.completed'",
+            )
+            .fetch_one(&self.pool)
+            .await?,
         )
+    }
+
+    /// Outbox rows of any topic, published or not.
+    pub async fn outbox_rows(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Whether the webhook event `event` was written by the same database transaction as
+    /// the current version of transaction `id` (same `xmin`).
+    pub async fn committed_together(
+        &self,
+        id: TransactionId,
+        event: EventId,
+    ) -> anyhow::Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT t.xmin::text = e.xmin::text FROM transactions t, webhook_events e
+             WHERE t.id = $1 AND e.id = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(event.as_uuid())
         .fetch_one(&self.pool)
         .await?)
     }
@@ -275,6 +383,36 @@ impl Harness {
         let task = tokio::spawn(runner.run(stop.clone()));
         Ok(Watch { seen, stop, task })
     }
+}
+
+/// `event`'s type, merchant and transaction.
+fn check_event(
+    event: &WebhookEvent,
+    event_type: EventType,
+    merchant: MerchantId,
+    transaction: TransactionId,
+) -> anyhow::Result<()> {
+    ensure!(
+        event.event_type == event_type
+            && event.merchant_id == merchant
+            && event.transaction_id == transaction,
+        "expected a {} event of {merchant} about {transaction}, found {event:?}",
+        event_type.as_str()
+    );
+    Ok(())
+}
+
+/// `event`'s body, checked to name the event, and its `data`.
+fn payload_data(event: &WebhookEvent, event_type: EventType) -> anyhow::Result<serde_json::Value> {
+    let mut body: serde_json::Value =
+        serde_json::from_str(&event.payload).context("the event's payload is not JSON")?;
+    ensure!(
+        body["type"] == event_type.as_str() && body["id"] == event.id.to_string(),
+        "the body does not name event {} ({}): {body}",
+        event.id,
+        event_type.as_str()
+    );
+    Ok(body["data"].take())
 }
 
 /// Callback fields for `tx` as its provider would report them.

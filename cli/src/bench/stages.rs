@@ -11,8 +11,8 @@
 //! | `accepted→submitting` | outbox relay, Kafka hop 1, payment processor's queue and lock |
 //! | `submitting→submitted` | the provider call |
 //! | `submitted→settled` | the provider's callback delay, the API, Kafka hop 2, callback processor |
-//! | `settled→event` | outbox relay, Kafka hop 3, the dispatcher recording the event |
-//! | `event→delivered` | the dispatcher's scheduling and the webhook's HTTP exchange |
+//! | `settled→event` | 0: the settling statement records the event (before change 27, the outbox relay, Kafka hop 3 and the dispatcher's consumer) |
+//! | `event→delivered` | the dispatcher's poll (`dispatcher.scheduler_poll_ms`), its scheduling and the webhook's HTTP exchange |
 //!
 //! The times are Postgres's `now()`, the start of the writing transaction: one clock, and
 //! a stage ends when the work of the next one started writing.

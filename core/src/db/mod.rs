@@ -53,6 +53,10 @@ pub enum DbError {
     /// group's commit failed, or the writer stopped): retry it on a fresh read.
     #[error("group commit: {0}")]
     GroupCommit(String),
+    /// A webhook event that cannot be built (a status merchants are not told of, a body
+    /// that does not serialise): a bug, never input.
+    #[error("webhook event: {0}")]
+    Event(String),
 }
 
 /// Opens a pool (lazily: the first query connects), sized from config.

@@ -7,13 +7,15 @@
 //! voids that hold in the same commit. Here nothing is checked before writing, so nothing
 //! can be raced.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 
 use super::outbox::{self, OutboxMessage};
-use super::transactions::{stored_outcome, InsertOutcome};
+use super::transactions::{stored_outcome, Bindable, InsertOutcome};
+use super::webhooks::{self, NewEvent};
 use super::DbError;
 use crate::domain::{
     clock, Failure, MerchantId, Money, NewRefund, Refund, RefundId, RefundState, RefundUpdate,
@@ -256,59 +258,60 @@ const UPDATE_SQL: &str =
      provider_reference = $7, failure_code = $8, failure_message = $9, updated_at = $10
  WHERE id = $1 AND version = $2";
 
-/// Writes `update` only if the row still has its expected version and, only then, enqueues
-/// `announcement` in the same statement (so the same commit, with the ledger's posting or
-/// void the status change triggers). `None`: another writer got there first.
-pub async fn apply_and_announce(
-    pool: &PgPool,
-    update: &RefundUpdate,
-    announcement: Option<&OutboxMessage>,
-) -> Result<Option<Refund>, DbError> {
-    let applied = apply_and_announce_in(pool, update, announcement).await?;
-    if applied.is_some() && announcement.is_some() {
-        outbox::committed();
-    }
-    Ok(applied)
-}
-
-/// [`apply_and_announce`] inside the caller's database transaction (the caller calls
-/// `outbox::committed` after its commit).
-pub async fn apply_and_announce_in<'e>(
+/// Writes `update` only if the row still has its expected version and, only then, records
+/// `event` (the merchant's `refund.*` webhook event and its deliveries,
+/// [`crate::announce::refund_completed`]) in the same statement, so the same commit as the
+/// ledger's posting or void the status change triggers. `None`: another writer got there
+/// first. Runs as its own commit on a pool, or inside the caller's transaction.
+pub async fn apply_with_event<'e>(
     exec: impl PgExecutor<'e>,
     update: &RefundUpdate,
-    announcement: Option<&OutboxMessage>,
+    event: Option<&NewEvent>,
 ) -> Result<Option<Refund>, DbError> {
-    let r = &update.next;
-    let headers = match announcement {
-        Some(message) => Some(outbox::encode_headers(&message.headers)?),
-        None => None,
+    let applied: bool = match event {
+        Some(event) => {
+            let query = bind_update(sqlx::query_scalar(&APPLY_WITH_EVENT), update);
+            webhooks::bind_event(query, event).fetch_one(exec).await?
+        }
+        None => {
+            bind_update(sqlx::query_scalar(&APPLY), update)
+                .fetch_one(exec)
+                .await?
+        }
     };
-    let applied: bool = sqlx::query_scalar(&format!(
-        "WITH applied AS ({UPDATE_SQL} RETURNING 1),
-         announced AS (
-             INSERT INTO outbox (topic, message_key, payload, headers)
-             SELECT $11, $12, $13, $14 FROM applied WHERE $11::text IS NOT NULL
-         )
-         SELECT EXISTS (SELECT 1 FROM applied)"
-    ))
-    .bind(r.id.as_uuid())
-    .bind(update.expected_version)
-    .bind(r.status.as_str())
-    .bind(r.version)
-    .bind(r.attempts)
-    .bind(r.next_attempt_at)
-    .bind(r.provider_reference.as_deref())
-    .bind(r.failure.as_ref().map(|f| f.code.as_str()))
-    .bind(r.failure.as_ref().map(|f| f.message.as_str()))
-    .bind(r.updated_at)
-    .bind(announcement.map(|m| m.topic.suffix()))
-    .bind(announcement.map(|m| m.key.as_str()))
-    .bind(announcement.map(|m| m.payload.as_slice()))
-    .bind(headers)
-    .fetch_one(exec)
-    .await?;
     Ok(applied.then(|| update.next.clone()))
 }
+
+/// Binds `update` as `$1..=$10` of [`UPDATE_SQL`].
+fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q RefundUpdate) -> Q {
+    let r = &update.next;
+    query
+        .bind_value(r.id.as_uuid())
+        .bind_value(update.expected_version)
+        .bind_value(r.status.as_str())
+        .bind_value(r.version)
+        .bind_value(r.attempts)
+        .bind_value(r.next_attempt_at)
+        .bind_value(r.provider_reference.as_deref())
+        .bind_value(r.failure.as_ref().map(|f| f.code.as_str()))
+        .bind_value(r.failure.as_ref().map(|f| f.message.as_str()))
+        .bind_value(r.updated_at)
+}
+
+/// [`apply_with_event`] without an event: answers whether the update applied.
+static APPLY: LazyLock<String> = LazyLock::new(|| {
+    format!("WITH applied AS ({UPDATE_SQL} RETURNING 1) SELECT EXISTS (SELECT 1 FROM applied)")
+});
+
+/// [`apply_with_event`] with the event from `$11` ([`webhooks::bind_event`]), recorded only
+/// when the update applied.
+static APPLY_WITH_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH applied AS ({UPDATE_SQL} RETURNING 1), {}
+         SELECT EXISTS (SELECT 1 FROM applied)",
+        webhooks::record_event_ctes(Some("applied"), 11)
+    )
+});
 
 /// Pending refunds whose next provider call is due: up to `limit`, their due time pushed
 /// forward by `requeue_after` (scheduling, not state: no version bump) so the next scan does

@@ -10,6 +10,7 @@ use sqlx::{PgExecutor, PgPool, Postgres};
 
 use super::ledger::Refusal;
 use super::outbox::{self, OutboxMessage};
+use super::webhooks::{self, NewEvent};
 use super::DbError;
 use crate::domain::{
     ApiKeyId, CustomerReference, Failure, GatewayName, MerchantId, Money, Transaction,
@@ -182,6 +183,20 @@ pub async fn remember_refusal(
         request.retention,
     )
     .await
+}
+
+/// The `callback_url` a payment was created with (`None`: no such payment, or none given):
+/// its refunds' events are sent there too.
+pub async fn callback_url_of<'e>(
+    exec: impl PgExecutor<'e>,
+    id: TransactionId,
+) -> Result<Option<String>, DbError> {
+    let url: Option<Option<String>> =
+        sqlx::query_scalar("SELECT callback_url FROM transactions WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(exec)
+            .await?;
+    Ok(url.flatten())
 }
 
 /// The merchant a transaction belongs to (`None`: no such transaction).
@@ -414,25 +429,17 @@ pub fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q TransactionUpdate)
         .bind_value(t.next_action_url.as_deref())
 }
 
-/// Applies `update` and, only if it applied, enqueues `announcement` in the same commit:
-/// the state change and the event that announces it are written together or not at all.
-/// One statement (a data-modifying CTE), so one round trip instead of four.
-pub async fn apply_and_announce(
+/// Applies `update` and, only if it applied, records `event` (the merchant's webhook event
+/// and its deliveries, [`crate::announce::completed`]) in the same commit: the state change
+/// and what tells it are written together or not at all. One statement (a data-modifying
+/// CTE), so one round trip.
+pub async fn apply_with_event(
     pool: &PgPool,
     update: &TransactionUpdate,
-    announcement: Option<&OutboxMessage>,
+    event: &NewEvent,
 ) -> Result<Option<Transaction>, DbError> {
-    let Some(message) = announcement else {
-        return apply(pool, update).await;
-    };
-    let headers = outbox::encode_headers(&message.headers)?;
-    let query = bind_update(sqlx::query_scalar(&APPLY_AND_ANNOUNCE), update);
-    let applied: bool = bind_announcement(query, message, headers)
-        .fetch_one(pool)
-        .await?;
-    if applied {
-        outbox::committed();
-    }
+    let query = bind_update(sqlx::query_scalar(&APPLY_WITH_EVENT), update);
+    let applied: bool = webhooks::bind_event(query, event).fetch_one(pool).await?;
     Ok(applied.then(|| update.next.clone()))
 }
 
@@ -443,15 +450,13 @@ pub const UPDATE_SQL: &str = "UPDATE transactions SET status = $3, version = $4,
      next_action_url = $13
  WHERE id = $1 AND version = $2";
 
-/// The update and, when it applied, the outbox row `$14..=$17`. Answers whether it applied.
-static APPLY_AND_ANNOUNCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// The update and, when it applied, the event from `$14` ([`webhooks::bind_event`]).
+/// Answers whether it applied.
+static APPLY_WITH_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH applied AS ({UPDATE_SQL} RETURNING 1),
-         announced AS (
-             INSERT INTO outbox (topic, message_key, payload, headers)
-             SELECT $14, $15, $16, $17 FROM applied
-         )
-         SELECT EXISTS (SELECT 1 FROM applied)"
+        "WITH applied AS ({UPDATE_SQL} RETURNING 1), {}
+         SELECT EXISTS (SELECT 1 FROM applied)",
+        webhooks::record_event_ctes(Some("applied"), 14)
     )
 });
 
@@ -463,43 +468,36 @@ pub struct Resolution {
 }
 
 /// Applies a person's resolution of an unresolved transaction: the version-checked update,
-/// its audit row (who, when, why, the previous state) and the announcement, in one commit.
+/// its audit row (who, when, why, the previous state) and the merchant's event, in one commit.
 /// `None` when the transaction changed since it was read (nothing written).
 pub async fn resolve(
     pool: &PgPool,
     update: &TransactionUpdate,
     previous: TransactionStatus,
     resolution: &Resolution,
-    announcement: &OutboxMessage,
+    event: &NewEvent,
 ) -> Result<Option<Transaction>, DbError> {
-    let headers = outbox::encode_headers(&announcement.headers)?;
     let query = bind_update(sqlx::query_scalar(&RESOLVE), update);
-    let applied: bool = bind_announcement(query, announcement, headers)
+    let applied: bool = webhooks::bind_event(query, event)
         .bind(previous.as_str())
         .bind(&resolution.actor)
         .bind(&resolution.reason)
         .fetch_one(pool)
         .await?;
-    if applied {
-        outbox::committed();
-    }
     Ok(applied.then(|| update.next.clone()))
 }
 
-/// [`APPLY_AND_ANNOUNCE`] plus the audit row: `$18` previous status, `$19` actor, `$20` reason.
+/// [`APPLY_WITH_EVENT`] plus the audit row: `$22` previous status, `$23` actor, `$24` reason.
 static RESOLVE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH applied AS ({UPDATE_SQL} RETURNING 1),
-         announced AS (
-             INSERT INTO outbox (topic, message_key, payload, headers)
-             SELECT $14, $15, $16, $17 FROM applied
-         ),
+        "WITH applied AS ({UPDATE_SQL} RETURNING 1), {},
          audited AS (
              INSERT INTO transaction_resolutions
                  (transaction_id, previous_status, previous_version, resolved_status, actor, reason)
-             SELECT $1, $18, $2, $3, $19, $20 FROM applied
+             SELECT $1, $22, $2, $3, $23, $24 FROM applied
          )
-         SELECT EXISTS (SELECT 1 FROM applied)"
+         SELECT EXISTS (SELECT 1 FROM applied)",
+        webhooks::record_event_ctes(Some("applied"), 14)
     )
 });
 

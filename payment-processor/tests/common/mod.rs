@@ -7,15 +7,15 @@
 
 use chrono::Utc;
 use paygate_core::announce;
-use paygate_core::bus::events::{Body, Envelope};
 use paygate_core::config::Config;
 use paygate_core::config::RouteRule;
 use paygate_core::db::transactions;
+use paygate_core::db::webhooks::{self, WebhookEvent};
 use std::time::Duration;
 
 use paygate_core::domain::{
     CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction, TransactionId,
-    TransactionKind,
+    TransactionKind, TransactionStatus,
 };
 use paygate_testkit::admin::{AdminClient, Knobs, Stats, StatsReport};
 use paygate_testkit::services::{sandbox_settings, spawn_sandbox, SandboxHandle};
@@ -139,24 +139,76 @@ impl World {
         AdminClient::with_client(self.sandbox_url.clone(), self.http.clone())
     }
 
-    /// The statuses the merchant was told about `id`, in order: every
-    /// `transactions.completed` outbox row (terminal states and `unresolved`) for it.
+    /// The statuses the merchant was told about `id`, in order: the `transaction.*` webhook
+    /// events (terminal states, `unresolved`, `requires_action`) recorded for it, each
+    /// checked by [`World::told`].
     pub async fn announced(&self, id: TransactionId) -> Result<Vec<String>, BoxError> {
-        let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT payload FROM outbox WHERE topic = 'transactions.completed' AND message_key = $1
-             ORDER BY id",
+        Ok(self
+            .told(id)
+            .await?
+            .into_iter()
+            .map(|told| told.status)
+            .collect())
+    }
+
+    /// The `transaction.*` webhook events recorded for `id`, oldest first, each checked to be
+    /// what the writer must record: this world's merchant, the deterministic id of
+    /// (transaction, status), a body whose `type`, `id`, `data.id` and `data.status` agree
+    /// with the row. A refund's event listed under `id` is an error here (see
+    /// [`World::events`]), and so is any `transactions.completed` outbox row for `id`: that
+    /// announcement path is gone, the event is written with the state change.
+    pub async fn told(&self, id: TransactionId) -> Result<Vec<Told>, BoxError> {
+        let retired: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE topic = 'transactions.completed' AND message_key = $1",
         )
         .bind(id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        let mut statuses = Vec::with_capacity(payloads.len());
-        for payload in payloads {
-            match Envelope::decode_checked(&payload)?.body {
-                Some(Body::TransactionCompleted(done)) => statuses.push(done.status),
-                other => return Err(format!("{id}: not a completed event: {other:?}").into()),
-            }
+        if retired != 0 {
+            return Err(format!("{id}: {retired} transactions.completed outbox rows").into());
         }
-        Ok(statuses)
+        let mut told = Vec::new();
+        for event in self.events(id).await? {
+            let kind = event.event_type.as_str();
+            let body: serde_json::Value = serde_json::from_str(&event.payload)?;
+            let status = body["data"]["status"]
+                .as_str()
+                .ok_or_else(|| format!("{id}: {kind} without data.status: {body}"))?
+                .to_owned();
+            let parsed: TransactionStatus = status.parse()?;
+            let expected_id = webhooks::event_id_for(id, parsed);
+            let checks = [
+                (kind.starts_with("transaction."), "a transaction event"),
+                (
+                    kind == format!("transaction.{status}"),
+                    "type = data.status",
+                ),
+                (body["type"] == kind, "body type = row type"),
+                (body["id"] == event.id.to_string(), "body id = row id"),
+                (event.id == expected_id, "the (transaction, status) id"),
+                (
+                    body["data"]["id"] == id.to_string(),
+                    "data.id = transaction",
+                ),
+                (event.merchant_id == self.merchant, "this merchant"),
+                (event.transaction_id == id, "listed under the transaction"),
+            ];
+            if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
+                return Err(format!("{id}: event is not {what}: {event:?}").into());
+            }
+            let failure_code = body["data"]["failure"]["code"].as_str().map(str::to_owned);
+            told.push(Told {
+                status,
+                failure_code,
+                event,
+            });
+        }
+        Ok(told)
+    }
+
+    /// Every webhook event recorded under `id` (its own and its refunds'), oldest first.
+    pub async fn events(&self, id: TransactionId) -> Result<Vec<WebhookEvent>, BoxError> {
+        Ok(webhooks::events_for_transaction(&self.pool, id).await?)
     }
 
     /// Builds and runs a payment processor on this world's config until the token is cancelled.
@@ -207,6 +259,16 @@ impl World {
     pub async fn stats(&self) -> Result<StatsReport, BoxError> {
         Ok(self.admin().stats().await?)
     }
+}
+
+/// One `transaction.*` webhook event the merchant was told, read back by [`World::told`].
+#[derive(Debug)]
+pub struct Told {
+    /// `data.status` of the body.
+    pub status: String,
+    /// `data.failure.code` of the body.
+    pub failure_code: Option<String>,
+    pub event: WebhookEvent,
 }
 
 /// One account's counters (zero when it saw nothing).

@@ -51,8 +51,9 @@ pub(super) async fn schedule(
     Ok(usize::try_from(scheduled).unwrap_or(0))
 }
 
-/// Binds `to` as `$1..=$6` of [`DESTINATIONS`] and [`DELIVERY_ROWS`]: event, merchant,
-/// transaction, `callback_url` (NULL when there is none), its destination, generation.
+/// Binds `to` as the six parameters of [`destinations`] and [`delivery_rows`], in order:
+/// event, merchant, transaction, `callback_url` (NULL when there is none), its destination,
+/// generation.
 pub(super) fn bind_destinations<'q, Q: Bindable<'q>>(query: Q, to: &Destinations<'q>) -> Q {
     let callback_url = to.callback_url.filter(|u| !u.is_empty());
     query
@@ -64,41 +65,54 @@ pub(super) fn bind_destinations<'q, Q: Bindable<'q>>(query: Q, to: &Destinations
         .bind_value(to.generation)
 }
 
-/// The current destinations (`$2` merchant, `$4` `callback_url`, `$5` its destination): the
-/// enabled endpoints by id (destination `we_<hex>`, an endpoint id's external form), then the
-/// `callback_url`, numbered from 0 in that order.
-pub(super) const DESTINATIONS: &str = "destinations AS (
+/// The `destinations` CTE: the current destinations of the merchant, the enabled endpoints
+/// by id (destination `we_<hex>`, an endpoint id's external form), then the `callback_url`,
+/// numbered from 0 in that order. Its parameters start at `$first` ([`bind_destinations`]'s
+/// order), so that a statement which changes a transaction can record the event too.
+pub(super) fn destinations(first: usize) -> String {
+    let (merchant, url, destination) = (first + 1, first + 3, first + 4);
+    format!(
+        "destinations AS (
     SELECT endpoint_id, url, destination,
            (row_number() OVER (ORDER BY part, endpoint_id) - 1)::int AS ord
     FROM (
         SELECT id AS endpoint_id, url, 'we_' || replace(id::text, '-', '') AS destination, 0 AS part
-        FROM webhook_endpoints WHERE merchant_id = $2 AND disabled_at IS NULL
+        FROM webhook_endpoints WHERE merchant_id = ${merchant} AND disabled_at IS NULL
         UNION ALL
-        SELECT NULL::uuid, $4::text, $5::text, 1 WHERE $4::text IS NOT NULL
+        SELECT NULL::uuid, ${url}::text, ${destination}::text, 1 WHERE ${url}::text IS NOT NULL
     ) listed
-)";
+)"
+    )
+}
 
-/// A delivery row per destination (event `$1`, transaction `$3`, generation `$6`), selected
-/// from `destinations`: the caller adds its own condition. Ids are UUIDv7 (the statement's
-/// millisecond, then the destination's number as the counter), in the destinations' order
-/// as when each was made by `Uuid::now_v7()`.
-pub(super) const DELIVERY_ROWS: &str = "INSERT INTO webhook_deliveries
+/// A delivery row per destination, selected from [`destinations`] (same parameters): the
+/// caller adds its own condition. Ids are UUIDv7 (the statement's millisecond, then the
+/// destination's number as the counter), in the destinations' order as when each was made
+/// by `Uuid::now_v7()`.
+pub(super) fn delivery_rows(first: usize) -> String {
+    let (event, merchant, transaction, generation) = (first, first + 1, first + 2, first + 5);
+    format!(
+        "INSERT INTO webhook_deliveries
         (id, event_id, merchant_id, transaction_id, endpoint_id, url, destination, generation)
     SELECT encode(overlay(overlay(uuid_send(gen_random_uuid())
                    placing substring(int8send((extract(epoch FROM statement_timestamp()) * 1000)::int8) FROM 3) FROM 1 FOR 6)
                    placing int2send((28672 + ord % 4096)::int2) FROM 7 FOR 2), 'hex')::uuid,
-           $1, $2, $3, endpoint_id, url, destination, $6
-    FROM destinations";
+           ${event}, ${merchant}, ${transaction}, endpoint_id, url, destination, ${generation}
+    FROM destinations"
+    )
+}
 
 /// [`schedule`]: answers how many rows were scheduled.
 static SCHEDULE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH {DESTINATIONS},
+        "WITH {},
          scheduled AS (
-             {DELIVERY_ROWS}
+             {}
              ON CONFLICT (event_id, destination, generation) DO NOTHING RETURNING 1
          )
-         SELECT count(*) FROM scheduled"
+         SELECT count(*) FROM scheduled",
+        destinations(1),
+        delivery_rows(1)
     )
 });
 

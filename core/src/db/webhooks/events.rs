@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::deliveries::{self, bind_destinations, Destinations, DELIVERY_ROWS, DESTINATIONS};
+use super::deliveries::{self, bind_destinations, delivery_rows, destinations, Destinations};
+use crate::db::transactions::Bindable;
 use crate::db::DbError;
 use crate::domain::{EventId, MerchantId, RefundId, RefundState, TransactionId, TransactionStatus};
 
@@ -107,19 +108,15 @@ pub struct Recorded {
 /// Records an event and schedules its deliveries (due at once) to the merchant's enabled
 /// endpoints and the transaction's `callback_url`, all in one commit. Idempotent by event id:
 /// a recorded event schedules nothing more. One statement ([`RECORD_EVENT`]), so one round
-/// trip instead of a transaction of one per destination.
-pub async fn record_event(pool: &PgPool, event: &NewEvent) -> Result<Recorded, DbError> {
-    let to = Destinations {
-        event: event.id,
-        merchant: event.merchant_id,
-        transaction: event.transaction_id,
-        callback_url: event.callback_url.as_deref(),
-        generation: 0,
-    };
-    let (created, scheduled): (bool, i64) = bind_destinations(sqlx::query_as(&RECORD_EVENT), &to)
-        .bind(event.event_type.as_str())
-        .bind(event.payload.as_str())
-        .fetch_one(pool)
+/// trip instead of a transaction of one per destination. The services that change a
+/// transaction record its event inside their own statement instead ([`record_event_ctes`]);
+/// this is for the healer, the refunds' writers and tests.
+pub async fn record_event<'e>(
+    exec: impl PgExecutor<'e>,
+    event: &NewEvent,
+) -> Result<Recorded, DbError> {
+    let (created, scheduled): (bool, i64) = bind_event(sqlx::query_as(&RECORD_EVENT), event)
+        .fetch_one(exec)
         .await?;
     Ok(Recorded {
         created,
@@ -127,22 +124,53 @@ pub async fn record_event(pool: &PgPool, event: &NewEvent) -> Result<Recorded, D
     })
 }
 
-/// [`record_event`]: the event (`$7` type, `$8` payload; the rest as
-/// [`deliveries::bind_destinations`] binds) and, only when it was new, its delivery rows.
-/// Answers `(created, scheduled)`.
-static RECORD_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// Binds `event` as the eight parameters of [`record_event_ctes`]: the six of
+/// [`deliveries::bind_destinations`] (generation 0), then its type and its body.
+pub fn bind_event<'q, Q: Bindable<'q>>(query: Q, event: &'q NewEvent) -> Q {
+    let to = Destinations {
+        event: event.id,
+        merchant: event.merchant_id,
+        transaction: event.transaction_id,
+        callback_url: event.callback_url.as_deref(),
+        generation: 0,
+    };
+    bind_destinations(query, &to)
+        .bind_value(event.event_type.as_str())
+        .bind_value(event.payload.as_str())
+}
+
+/// The CTEs that record an event and, only when it is new, its delivery rows:
+/// `webhook_event` (the ids of the events inserted) and `webhook_scheduled` (a row per
+/// delivery). Parameters from `$first`, as [`bind_event`] binds them. With `gate`, the
+/// event is written only if the named CTE has a row (the version-checked update that made
+/// it true), so a state change and the event telling it commit together or not at all.
+pub fn record_event_ctes(gate: Option<&str>, first: usize) -> String {
+    let (merchant, transaction) = (first + 1, first + 2);
+    let (event_type, payload) = (first + 6, first + 7);
+    let from = gate.map(|g| format!("FROM {g}")).unwrap_or_default();
     format!(
-        "WITH event AS (
+        "webhook_event AS (
              INSERT INTO webhook_events (id, merchant_id, transaction_id, event_type, payload)
-             VALUES ($1, $2, $3, $7, $8::json) ON CONFLICT (id) DO NOTHING
+             SELECT ${first}, ${merchant}, ${transaction}, ${event_type}, ${payload}::json {from}
+             ON CONFLICT (id) DO NOTHING
              RETURNING id
          ),
-         {DESTINATIONS},
-         scheduled AS (
-             {DELIVERY_ROWS} WHERE EXISTS (SELECT 1 FROM event)
+         {},
+         webhook_scheduled AS (
+             {} WHERE EXISTS (SELECT 1 FROM webhook_event)
              ON CONFLICT (event_id, destination, generation) DO NOTHING RETURNING 1
-         )
-         SELECT EXISTS (SELECT 1 FROM event), (SELECT count(*) FROM scheduled)"
+         )",
+        destinations(first),
+        delivery_rows(first)
+    )
+}
+
+/// [`record_event`]: answers `(created, scheduled)`.
+static RECORD_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH {}
+         SELECT EXISTS (SELECT 1 FROM webhook_event), (SELECT count(*) FROM webhook_scheduled)",
+        record_event_ctes(None, 1)
     )
 });
 

@@ -30,9 +30,9 @@ pub use deliveries::{
     Finished, InFlight, StreakChange,
 };
 pub use events::{
-    event_id_for, event_id_for_refund, events_for_transaction, get_event, record_event, redeliver,
-    redeliver_within, EventType, NewEvent, Recorded, Redelivery, RedeliveryOutcome, WebhookEvent,
-    REDELIVERIES_PER_HOUR,
+    bind_event, event_id_for, event_id_for_refund, events_for_transaction, get_event, record_event,
+    record_event_ctes, redeliver, redeliver_within, EventType, NewEvent, Recorded, Redelivery,
+    RedeliveryOutcome, WebhookEvent, REDELIVERIES_PER_HOUR,
 };
 pub use secrets::{
     merchant_default_secret, rotate_endpoint_secret, rotate_merchant_default_secret, SigningSecret,

@@ -2,12 +2,12 @@
 //! shown as the API shows it (`GET /v1/transactions/{id}`); a refund's event carries the
 //! refund as `GET /v1/refunds/{id}` shows it.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use paygate_core::db::webhooks::EventType;
-use paygate_core::domain::{
+use crate::db::webhooks::EventType;
+use crate::domain::{
     EventId, Failure, NextAction, Refund, RefundId, RefundState, Transaction, TransactionId,
     TransactionKind, TransactionStatus,
 };
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 #[derive(Serialize)]
