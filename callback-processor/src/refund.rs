@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use paygate_core::announce;
-use paygate_core::db::{refunds, transactions, DbError};
+use paygate_core::db::{refunds, DbError};
 use paygate_core::domain::{Failure, GatewayName, MerchantId, Refund, RefundState};
 use paygate_gateways::{RefundReport, RefundStatus};
 use sqlx::PgPool;
@@ -75,15 +75,7 @@ pub async fn settle(
         db.commit().await?;
         return Ok((outcome, None));
     };
-    let event = if update.next.status.is_terminal() {
-        let callback_url = transactions::callback_url_of(&mut *db, refund.transaction_id).await?;
-        Some(announce::refund_completed(
-            &update.next,
-            callback_url.as_deref(),
-        )?)
-    } else {
-        None
-    };
+    let event = announce::refund_event_if_final(&mut *db, &update.next).await?;
     if refunds::apply_with_event(&mut *db, &update, event.as_ref())
         .await?
         .is_none()

@@ -208,16 +208,7 @@ impl Engine {
         } else {
             None
         };
-        let event = if to.is_terminal() {
-            let callback_url =
-                transactions::callback_url_of(&self.pool, refund.transaction_id).await?;
-            Some(announce::refund_completed(
-                &update.next,
-                callback_url.as_deref(),
-            )?)
-        } else {
-            None
-        };
+        let event = announce::refund_event_if_final(&self.pool, &update.next).await?;
         match refunds::apply_with_event(&self.pool, &update, event.as_ref()).await? {
             None => Ok(RefundHandled::Skipped("changed by another writer")),
             Some(done) if done.status.is_terminal() => {

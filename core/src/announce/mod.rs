@@ -79,6 +79,21 @@ pub fn refund_pending(refund: &Refund, trace: Option<TraceParent>) -> OutboxMess
     }
 }
 
+/// What a refund writer records with `refund`'s change: its [`refund_completed`] event when
+/// the change is final (with the payment's `callback_url`, read through `exec`), nothing
+/// otherwise. One place for the rule both refund writers follow.
+pub async fn refund_event_if_final<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    refund: &Refund,
+) -> Result<Option<NewEvent>, DbError> {
+    if !refund.status.is_terminal() {
+        return Ok(None);
+    }
+    let callback_url =
+        crate::db::transactions::callback_url_of(exec, refund.transaction_id).await?;
+    refund_completed(refund, callback_url.as_deref()).map(Some)
+}
+
 /// The `refund.succeeded` / `refund.failed` webhook event of a refund in its final state,
 /// listed under the refunded payment and sent to the payment's `callback_url` too, to
 /// record in the commit that finishes the refund. Deterministic id per (refund, status).

@@ -110,7 +110,7 @@ pub struct Recorded {
 /// a recorded event schedules nothing more. One statement ([`RECORD_EVENT`]), so one round
 /// trip instead of a transaction of one per destination. The services that change a
 /// transaction record its event inside their own statement instead ([`record_event_ctes`]);
-/// this is for the healer, the refunds' writers and tests.
+/// this is for the healer and tests.
 pub async fn record_event<'e>(
     exec: impl PgExecutor<'e>,
     event: &NewEvent,
