@@ -18,6 +18,12 @@ async fn scratch() -> Result<PgPool, Box<dyn std::error::Error>> {
     sqlx::query("CREATE TABLE gc (id int PRIMARY KEY, seq bigserial, grp uuid NOT NULL)")
         .execute(&pool)
         .await?;
+    // Checked when its transaction commits, as the ledger's postings run.
+    sqlx::query(
+        "CREATE TABLE gc_once (v int, CONSTRAINT gc_once_v UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .execute(&pool)
+    .await?;
     Ok(pool)
 }
 
@@ -57,6 +63,25 @@ fn failing(group: Uuid) -> Write<i32> {
             |conn: &mut PgConnection| -> BoxFuture<'_, Result<i32, DbError>> {
                 Box::pin(async move {
                     sqlx::query("SELECT 1 / 0").execute(&mut *conn).await?;
+                    Ok(-1)
+                })
+            },
+        ),
+    }
+}
+
+/// A write whose statement succeeds but whose transaction cannot commit (two rows that a
+/// deferred unique constraint refuses at the `COMMIT`).
+fn failing_at_commit(group: Uuid) -> Write<i32> {
+    Write {
+        group,
+        order: "m".to_owned(),
+        statement: Box::new(
+            |conn: &mut PgConnection| -> BoxFuture<'_, Result<i32, DbError>> {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO gc_once (v) VALUES (1), (1)")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(-1)
                 })
             },
@@ -175,6 +200,41 @@ async fn a_failing_write_fails_alone_and_the_rest_of_its_group_is_written() -> T
         .fetch_one(&pool)
         .await?;
     assert_eq!(rows, 3);
+    Ok(())
+}
+
+/// A refusal that comes only at the `COMMIT` (a deferred trigger, as the ledger's postings
+/// are) is read as nothing written: each write of the group goes again alone, and only the
+/// bad one fails, with the server's reason.
+#[tokio::test]
+async fn a_write_refused_at_commit_fails_alone_and_the_rest_of_its_group_is_written() -> TestResult
+{
+    let pool = scratch().await?;
+    let a = A;
+    let (writer, first) = busy_writer(&pool, 64).await;
+    let one = spawn_write(&writer, &pool, insert(1, a, "a", 0));
+    let bad = {
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.write(failing_at_commit(a)).await })
+    };
+    let two = spawn_write(&writer, &pool, insert(2, a, "z", 0));
+
+    assert_eq!(first.await??, (0, true));
+    assert_eq!(one.await??, (1, true));
+    assert_eq!(two.await??, (2, true));
+    let error = match bad.await? {
+        Err(error) => error.to_string(),
+        Ok(answer) => return Err(format!("the refused write answered {answer}").into()),
+    };
+    assert!(error.contains("gc_once_v"), "{error}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gc")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(rows, 3);
+    let once: i64 = sqlx::query_scalar("SELECT count(*) FROM gc_once")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(once, 0);
     Ok(())
 }
 

@@ -118,6 +118,46 @@ async fn a_withdrawal_holds_then_posts_or_releases_and_a_deposit_credits_on_succ
     Ok(())
 }
 
+/// A payment's posting runs when its database transaction commits, not when its status
+/// changes: a writer that finishes several payments in one transaction (the callback
+/// processor's group commit) leaves the merchant's account row free until then, so the
+/// merchant's withdrawals are accepted meanwhile instead of waiting for that row; and the
+/// postings commit with the state changes.
+#[tokio::test]
+async fn a_final_status_posts_at_commit_and_leaves_the_merchant_row_free_until_then() -> TestResult
+{
+    use TransactionStatus::*;
+    let (pool, _) = fresh_database().await?;
+    let merchant = funded_merchant(&pool, 1_000).await?;
+    let (deposit, _) = accept(&pool, merchant, TransactionKind::Deposit, 50).await?;
+    let deposit = walk(&pool, deposit, &[Submitting, Submitted]).await?;
+    let (payout, _) = accept(&pool, merchant, TransactionKind::Withdrawal, 300).await?;
+    let payout = walk(&pool, payout, &[Submitting, Submitted]).await?;
+
+    let mut round = pool.begin().await?;
+    for tx in [deposit, payout] {
+        let update = tx.advance(Succeeded, Utc::now())?;
+        transactions::apply(&mut *round, &update)
+            .await?
+            .ok_or("the version check refused a fresh update")?;
+    }
+    let meanwhile = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        accept(&pool, merchant, TransactionKind::Withdrawal, 100),
+    )
+    .await
+    .map_err(|_| "a withdrawal waited for the merchant's row an open settlement holds")??;
+    assert_eq!(meanwhile.1, InsertOutcome::Created);
+    // Nothing of the round is posted yet: 1,000 less two holds.
+    assert_eq!(ledger::account(&pool, merchant, usd()?).await?, (600, 400));
+
+    round.commit().await?;
+    // 1,000 + 50 − 300 posted, the new withdrawal's 100 held.
+    assert_eq!(ledger::account(&pool, merchant, usd()?).await?, (650, 100));
+    assert_eq!(ledger::check(&pool).await?, vec![]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_withdrawal_over_the_available_balance_writes_nothing() -> TestResult {
     let (pool, _) = fresh_database().await?;

@@ -15,7 +15,8 @@
 //!   its own connection (no `BEGIN`/`COMMIT` round trips of a batch of one);
 //! - one write that fails does not fail the others: the group's transaction is rolled back
 //!   and each of its writes runs again alone (so a write must be safe to run again after a
-//!   rollback, which any statement is);
+//!   rollback, which any statement is). A failure may come at the `COMMIT` (a deferred
+//!   trigger: the ledger's postings run there), and is handled the same way;
 //! - a transaction holds one group's writes only, in their `order`. For settlements a group
 //!   is a merchant, whose ledger account is the only row its writes share with anyone else's,
 //!   so two groups' transactions never wait on each other; two processes' transactions for
@@ -141,9 +142,11 @@ fn by_group<T>(round: Vec<Pending<T>>) -> Vec<Vec<Pending<T>>> {
 
 /// Why a group's transaction did not commit.
 enum Failed {
-    /// A statement failed (or the transaction could not begin): nothing was written.
+    /// A statement failed, the transaction could not begin, or the server refused the
+    /// `COMMIT` (a deferred trigger or constraint failed, as a ledger posting may since it
+    /// runs at commit): nothing was written.
     Statement(DbError),
-    /// The commit failed: whether it took effect is unknown.
+    /// The commit got no answer from the server: whether it took effect is unknown.
     Commit(sqlx::Error),
 }
 
@@ -195,7 +198,11 @@ async fn together<T>(pool: &PgPool, group: &[Pending<T>]) -> Result<Vec<T>, Fail
             }
         }
     }
-    tx.commit().await.map_err(Failed::Commit)?;
+    tx.commit().await.map_err(|error| match error {
+        // The server answered the `COMMIT` with an error: it rolled the transaction back.
+        sqlx::Error::Database(_) => Failed::Statement(error.into()),
+        other => Failed::Commit(other),
+    })?;
     Ok(results)
 }
 
