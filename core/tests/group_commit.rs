@@ -54,15 +54,15 @@ fn insert(id: i32, group: Uuid, order: &str, pause_ms: u64) -> Write<i32> {
     }
 }
 
-/// A write whose statement fails (division by zero).
-fn failing(group: Uuid) -> Write<i32> {
+/// A write of `group` that runs `sql` and answers -1.
+fn running(group: Uuid, sql: &'static str) -> Write<i32> {
     Write {
         group,
         order: "m".to_owned(),
         statement: Box::new(
-            |conn: &mut PgConnection| -> BoxFuture<'_, Result<i32, DbError>> {
+            move |conn: &mut PgConnection| -> BoxFuture<'_, Result<i32, DbError>> {
                 Box::pin(async move {
-                    sqlx::query("SELECT 1 / 0").execute(&mut *conn).await?;
+                    sqlx::query(sql).execute(&mut *conn).await?;
                     Ok(-1)
                 })
             },
@@ -70,23 +70,15 @@ fn failing(group: Uuid) -> Write<i32> {
     }
 }
 
+/// A write whose statement fails (division by zero).
+fn failing(group: Uuid) -> Write<i32> {
+    running(group, "SELECT 1 / 0")
+}
+
 /// A write whose statement succeeds but whose transaction cannot commit (two rows that a
 /// deferred unique constraint refuses at the `COMMIT`).
 fn failing_at_commit(group: Uuid) -> Write<i32> {
-    Write {
-        group,
-        order: "m".to_owned(),
-        statement: Box::new(
-            |conn: &mut PgConnection| -> BoxFuture<'_, Result<i32, DbError>> {
-                Box::pin(async move {
-                    sqlx::query("INSERT INTO gc_once (v) VALUES (1), (1)")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(-1)
-                })
-            },
-        ),
-    }
+    running(group, "INSERT INTO gc_once (v) VALUES (1), (1)")
 }
 
 /// Writes `write` and, once answered, says whether its row is visible to another connection
@@ -176,30 +168,39 @@ async fn writes_that_queue_behind_a_round_commit_together_per_group_in_order() -
     Ok(())
 }
 
-#[tokio::test]
-async fn a_failing_write_fails_alone_and_the_rest_of_its_group_is_written() -> TestResult {
-    let pool = scratch().await?;
-    let a = A;
-    let (writer, first) = busy_writer(&pool, 64).await;
-    let one = spawn_write(&writer, &pool, insert(1, a, "a", 0));
+/// Writes rows 1 and 2 of group `A` with `bad` queued between them behind a busy round,
+/// checks that the round's other writes were written and answered after their commit, and
+/// answers the bad write's error.
+async fn round_with_a_bad_write(
+    pool: &PgPool,
+    bad: Write<i32>,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let (writer, first) = busy_writer(pool, 64).await;
+    let one = spawn_write(&writer, pool, insert(1, A, "a", 0));
     let bad = {
         let writer = writer.clone();
-        tokio::spawn(async move { writer.write(failing(a)).await })
+        tokio::spawn(async move { writer.write(bad).await })
     };
-    let two = spawn_write(&writer, &pool, insert(2, a, "z", 0));
+    let two = spawn_write(&writer, pool, insert(2, A, "z", 0));
 
     assert_eq!(first.await??, (0, true));
     assert_eq!(one.await??, (1, true));
     assert_eq!(two.await??, (2, true));
-    let error = match bad.await? {
-        Err(error) => error.to_string(),
-        Ok(answer) => return Err(format!("the failing write answered {answer}").into()),
-    };
-    assert!(error.contains("division by zero"), "{error}");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gc")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
     assert_eq!(rows, 3);
+    match bad.await? {
+        Err(error) => Ok(error.to_string()),
+        Ok(answer) => Err(format!("the bad write answered {answer}").into()),
+    }
+}
+
+#[tokio::test]
+async fn a_failing_write_fails_alone_and_the_rest_of_its_group_is_written() -> TestResult {
+    let pool = scratch().await?;
+    let error = round_with_a_bad_write(&pool, failing(A)).await?;
+    assert!(error.contains("division by zero"), "{error}");
     Ok(())
 }
 
@@ -210,27 +211,8 @@ async fn a_failing_write_fails_alone_and_the_rest_of_its_group_is_written() -> T
 async fn a_write_refused_at_commit_fails_alone_and_the_rest_of_its_group_is_written() -> TestResult
 {
     let pool = scratch().await?;
-    let a = A;
-    let (writer, first) = busy_writer(&pool, 64).await;
-    let one = spawn_write(&writer, &pool, insert(1, a, "a", 0));
-    let bad = {
-        let writer = writer.clone();
-        tokio::spawn(async move { writer.write(failing_at_commit(a)).await })
-    };
-    let two = spawn_write(&writer, &pool, insert(2, a, "z", 0));
-
-    assert_eq!(first.await??, (0, true));
-    assert_eq!(one.await??, (1, true));
-    assert_eq!(two.await??, (2, true));
-    let error = match bad.await? {
-        Err(error) => error.to_string(),
-        Ok(answer) => return Err(format!("the refused write answered {answer}").into()),
-    };
+    let error = round_with_a_bad_write(&pool, failing_at_commit(A)).await?;
     assert!(error.contains("gc_once_v"), "{error}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gc")
-        .fetch_one(&pool)
-        .await?;
-    assert_eq!(rows, 3);
     let once: i64 = sqlx::query_scalar("SELECT count(*) FROM gc_once")
         .fetch_one(&pool)
         .await?;
