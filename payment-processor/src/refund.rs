@@ -22,7 +22,9 @@ use std::time::Duration;
 use chrono::Utc;
 use paygate_core::announce;
 use paygate_core::db::{refunds, transactions};
-use paygate_core::domain::{clock, Failure, Refund, RefundId, RefundState, RefundUpdate};
+use paygate_core::domain::{
+    clock, Failure, Refund, RefundId, RefundState, RefundUpdate, Transaction,
+};
 use paygate_gateways::breaker::BreakerError;
 use paygate_gateways::{GatewayError, RefundOutcome, RefundRequest, RefundStatus};
 
@@ -93,7 +95,7 @@ impl Engine {
         else {
             let failure = failure("no_gateway", "the payment was never routed to a gateway");
             return self
-                .finish_refund(&refund, RefundState::Failed, None, Some(failure))
+                .finish_refund(&payment, &refund, RefundState::Failed, None, Some(failure))
                 .await;
         };
         let Some(entry) = self.registry.entry(&gateway) else {
@@ -128,11 +130,12 @@ impl Engine {
             .await;
         metrics::counter!("paygate_processor_refund_attempts_total", "gateway" => gateway.to_string(), "outcome" => class(&result))
             .increment(1);
-        self.record_refund(&claimed, result).await
+        self.record_refund(&payment, &claimed, result).await
     }
 
     async fn record_refund(
         &self,
+        payment: &Transaction,
         claimed: &Refund,
         result: Result<RefundOutcome, BreakerError>,
     ) -> Result<RefundHandled, ProcessError> {
@@ -148,11 +151,12 @@ impl Engine {
                         (RefundState::Failed, Some(failure(&code, &reason)))
                     }
                 };
-                self.finish_refund(claimed, to, Some(provider_reference), failed)
+                self.finish_refund(payment, claimed, to, Some(provider_reference), failed)
                     .await
             }
             Err(BreakerError::Gateway(GatewayError::Permanent { code, reason })) => {
                 self.finish_refund(
+                    payment,
                     claimed,
                     RefundState::Failed,
                     None,
@@ -188,10 +192,11 @@ impl Engine {
         }
     }
 
-    /// A state change with its announcement (terminal ones tell the merchant) and the
-    /// ledger's posting or void, in one commit.
+    /// A state change with its announcement (terminal ones tell the merchant, at the refunded
+    /// `payment`'s `callback_url` too) and the ledger's posting or void, in one commit.
     async fn finish_refund(
         &self,
+        payment: &Transaction,
         refund: &Refund,
         to: RefundState,
         provider_reference: Option<String>,
@@ -208,7 +213,7 @@ impl Engine {
         } else {
             None
         };
-        let event = announce::refund_event_if_final(&self.pool, &update.next).await?;
+        let event = announce::refund_event(&update.next, payment.callback_url.as_deref())?;
         match refunds::apply_with_event(&self.pool, &update, event.as_ref()).await? {
             None => Ok(RefundHandled::Skipped("changed by another writer")),
             Some(done) if done.status.is_terminal() => {

@@ -80,8 +80,20 @@ pub fn refund_pending(refund: &Refund, trace: Option<TraceParent>) -> OutboxMess
 }
 
 /// What a refund writer records with `refund`'s change: its [`refund_completed`] event when
-/// the change is final (with the payment's `callback_url`, read through `exec`), nothing
-/// otherwise. One place for the rule both refund writers follow.
+/// the change is final, sent to the refunded payment's `callback_url` too; nothing otherwise.
+/// One place for the rule both refund writers follow.
+pub fn refund_event(
+    refund: &Refund,
+    callback_url: Option<&str>,
+) -> Result<Option<NewEvent>, DbError> {
+    if !refund.status.is_terminal() {
+        return Ok(None);
+    }
+    refund_completed(refund, callback_url).map(Some)
+}
+
+/// [`refund_event`] for a writer that has not read the refunded payment: its `callback_url`
+/// is read through `exec`, and only when the change is final.
 pub async fn refund_event_if_final<'e>(
     exec: impl sqlx::PgExecutor<'e>,
     refund: &Refund,
@@ -91,7 +103,7 @@ pub async fn refund_event_if_final<'e>(
     }
     let callback_url =
         crate::db::transactions::callback_url_of(exec, refund.transaction_id).await?;
-    refund_completed(refund, callback_url.as_deref()).map(Some)
+    refund_event(refund, callback_url.as_deref())
 }
 
 /// The `refund.succeeded` / `refund.failed` webhook event of a refund in its final state,
