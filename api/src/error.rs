@@ -218,6 +218,21 @@ impl HttpError {
         error
     }
 
+    /// 503 before a create is read further: the pipeline is far behind on the payments it
+    /// has (`crate::admission`); nothing was written.
+    pub fn overloaded(retry_after: Duration) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::ApiError,
+            "overloaded",
+            "paygate is behind on the payments it has already accepted and takes no new ones \
+             for now; nothing was created: retry with the same Idempotency-Key after the \
+             Retry-After delay",
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     /// 500, or 503 when the cause is Postgres being unreachable (see [`db_unavailable`]):
     /// then the request could not commit and a retry with the same `Idempotency-Key` after
     /// `Retry-After` is the right move, not a bug report. The detail is logged, never sent.

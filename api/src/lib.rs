@@ -9,6 +9,7 @@
 //! Kafka being unreachable does not stop the API: payments are committed with their outbox
 //! rows and wait; `/readyz` reports `degraded` and callbacks get 503 until it is back.
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod cache;
@@ -83,6 +84,11 @@ pub struct Shared {
     pub known_keys: auth::KnownKeys,
     /// `/readyz`'s last answer, reused for a second.
     pub readiness: routes::health::ReadinessCache,
+    /// Refuses new payments while the pipeline is far behind (`api.shed_after_wait_ms`).
+    pub admission: Arc<admission::Admission>,
+    /// What the admission sampler reads the workers' waits with.
+    admission_redis: ConnectionManager,
+    redis_prefix: String,
     /// The OpenAPI document served at `/openapi.json`, made exact for this registry's
     /// gateways once at start-up (`openapi::served_document`).
     pub openapi: Arc<String>,
@@ -152,6 +158,7 @@ impl Application {
                 gateways: registry.names().map(|g| g.as_str().to_owned()).collect(),
             })
         });
+        let admission_redis = redis.clone();
         let cache = cache::TransactionCache::new(
             redis,
             config.redis.key_prefix.clone(),
@@ -211,6 +218,9 @@ impl Application {
             unknown_keys: auth::UnknownKeys::default(),
             known_keys: auth::known_keys(config.api.key_cache),
             readiness: routes::health::ReadinessCache::default(),
+            admission: Arc::new(admission::Admission::new(config.api.shed_after_wait)),
+            admission_redis,
+            redis_prefix: config.redis.key_prefix.clone(),
         }));
         Ok(Self {
             listener,
@@ -264,6 +274,12 @@ impl Application {
             background.clone(),
         );
         let purger = spawn_idempotency_purge(state.pool.clone(), &state.config, background.clone());
+        let admission = admission::spawn_sampler(
+            state.admission.clone(),
+            state.admission_redis.clone(),
+            state.redis_prefix.clone(),
+            background.clone(),
+        );
         if !state.topics_ready.load(Ordering::Relaxed) {
             spawn_topic_retry(kafka, state.topics_ready.clone(), background.clone());
         }
@@ -283,6 +299,7 @@ impl Application {
         let _ = relay_task.await;
         let _ = sampler.await;
         let _ = purger.await;
+        let _ = admission.await;
         for producer in [&relay_producer, &state.producer] {
             if let Err(error) = producer.flush(Duration::from_secs(5)) {
                 tracing::warn!(%error, "producer flush at shutdown");

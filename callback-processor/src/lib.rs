@@ -60,6 +60,9 @@ pub struct CallbackProcessor {
     runner: ConsumerRunner,
     handler: Arc<CallbackHandler>,
     pool: PgPool,
+    /// Where the runner's wait is published for the API's admission control.
+    redis: ConnectionManager,
+    redis_prefix: String,
     /// What `/readyz` reports (registered when the processor runs).
     readiness: Arc<paygate_core::ready::Readiness>,
 }
@@ -71,7 +74,12 @@ impl CallbackProcessor {
         let base = Foundation::start(&config, Topics::Required).await?;
         let pool = base.pool.clone();
         let redis = ConnectionManager::new(redis::Client::open(config.redis.url.as_str())?).await?;
-        let handler = Arc::new(CallbackHandler::new(pool.clone(), registry, redis, &config));
+        let handler = Arc::new(CallbackHandler::new(
+            pool.clone(),
+            registry,
+            redis.clone(),
+            &config,
+        ));
         let mut settings = ConsumerSettings::new(group_id(&config), vec![Topic::CallbacksReceived]);
         settings.concurrency = config.callbacks.concurrency;
         let runner = ConsumerRunner::new(
@@ -85,6 +93,8 @@ impl CallbackProcessor {
             runner,
             handler,
             pool,
+            redis,
+            redis_prefix: config.redis.key_prefix.clone(),
             readiness,
         })
     }
@@ -98,11 +108,21 @@ impl CallbackProcessor {
         &self.pool
     }
 
-    /// Consumes until `shutdown`, then drains running handlers and commits offsets.
+    /// Consumes until `shutdown`, then drains running handlers and commits offsets; meanwhile
+    /// publishes how long its messages wait (for the API's admission control).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
         paygate_core::ready::register(self.readiness.clone());
         tracing::info!("callback processor started");
-        let consumed = self.runner.run(shutdown).await;
+        let waits = tokio::spawn(paygate_core::pipeline_wait::publish_until(
+            self.runner.wait_gauge(),
+            self.redis,
+            self.redis_prefix,
+            self.runner.group_id().to_owned(),
+            shutdown.clone(),
+        ));
+        let consumed = self.runner.run(shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = waits.await;
         tracing::info!("callback processor stopped");
         consumed.map_err(ProcessorError::from)
     }

@@ -320,6 +320,19 @@ pub struct ApiConfig {
         default = "default_key_cache"
     )]
     pub key_cache: Duration,
+    /// Admission control: while the workers' messages wait longer than this before a handler
+    /// takes them (`paygate_core::pipeline_wait`), new deposits and withdrawals are refused
+    /// with 503 and a `Retry-After`, nothing written. Ten times the accept→webhook time of
+    /// a loaded pipeline (BENCHMARKS.md), so only one falling behind its load sheds; a worker
+    /// restarted after a crash also reads messages that waited out its restart, and creates
+    /// are refused for the seconds it takes to catch up. 0 turns it off. Key:
+    /// `shed_after_wait_ms`.
+    #[serde(
+        rename = "shed_after_wait_ms",
+        with = "units::ms",
+        default = "default_shed_after_wait"
+    )]
+    pub shed_after_wait: Duration,
 }
 
 /// A quarter of the default `dispatcher.concurrency`: three merchants at their share
@@ -334,6 +347,10 @@ fn default_header_read_timeout() -> Duration {
 
 fn default_max_connections() -> usize {
     4_096
+}
+
+fn default_shed_after_wait() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_key_cache() -> Duration {
@@ -621,6 +638,7 @@ impl Default for Config {
                 header_read_timeout: default_header_read_timeout(),
                 max_connections: default_max_connections(),
                 key_cache: default_key_cache(),
+                shed_after_wait: default_shed_after_wait(),
             },
             outbox: OutboxConfig::default(),
             destinations: DestinationsConfig::default(),

@@ -23,6 +23,7 @@ pub mod gateway_health;
 pub mod heal;
 pub mod keyring;
 pub mod lock;
+pub mod pipeline_wait;
 pub mod ready;
 pub mod resolution;
 pub mod secret;

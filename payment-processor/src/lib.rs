@@ -28,6 +28,7 @@ use paygate_core::bus::{self, ConsumerRunner, ConsumerSettings, OutboxRelay, Top
 use paygate_core::config::Config;
 use paygate_core::db;
 use paygate_core::lock::RedisLock;
+use paygate_core::pipeline_wait;
 use paygate_core::startup::{Foundation, StartupError, Topics};
 use paygate_gateways::GatewayRegistry;
 use tokio_util::sync::CancellationToken;
@@ -149,7 +150,8 @@ impl PaymentProcessor {
     }
 
     /// Runs the consumer, the retry scheduler, the pending healer, an outbox relay and the
-    /// breaker publisher until `shutdown`.
+    /// publishers of its breakers and of its messages' wait (for the API's admission control)
+    /// until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
         paygate_core::ready::register(self.readiness.clone());
         let scheduler = tokio::spawn(scheduler::run(
@@ -170,9 +172,18 @@ impl PaymentProcessor {
                 shutdown.clone(),
             ))
         });
+        let waits = self.engine.cache.clone().map(|redis| {
+            tokio::spawn(pipeline_wait::publish_until(
+                self.consumer.wait_gauge(),
+                redis,
+                self.engine.cache_prefix.clone(),
+                self.consumer.group_id().to_owned(),
+                shutdown.clone(),
+            ))
+        });
         let consumed = self.consumer.run(shutdown.clone()).await;
         shutdown.cancel();
-        if let Some(publisher) = publisher {
+        for publisher in [publisher, waits].into_iter().flatten() {
             let _ = publisher.await;
         }
         let _ = healer.await;

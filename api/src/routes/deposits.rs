@@ -35,7 +35,7 @@ use crate::AppState;
         (status = 415, description = "Content-Type is not application/json", body = crate::error::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with a different request", body = crate::error::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = crate::error::ErrorBody),
-        (status = 503, description = "Postgres unavailable: the request could not commit; retry with the same Idempotency-Key after Retry-After", body = crate::error::ErrorBody),
+        (status = 503, description = "Nothing was created; retry with the same Idempotency-Key after `Retry-After` (1 to 5 s). `overloaded`: the pipeline is behind on the payments it already has (its workers' messages wait longer than `api.shed_after_wait_ms`, 10 s by default). `service_unavailable`: Postgres is unavailable and the request could not commit", body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -74,7 +74,7 @@ pub async fn create_deposit(
         (status = 415, description = "Content-Type is not application/json", body = crate::error::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with a different request", body = crate::error::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = crate::error::ErrorBody),
-        (status = 503, description = "Postgres unavailable: the request could not commit; retry with the same Idempotency-Key after Retry-After", body = crate::error::ErrorBody),
+        (status = 503, description = "Nothing was created; retry with the same Idempotency-Key after `Retry-After` (1 to 5 s). `overloaded`: the pipeline is behind on the payments it already has (its workers' messages wait longer than `api.shed_after_wait_ms`, 10 s by default). `service_unavailable`: Postgres is unavailable and the request could not commit", body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -123,7 +123,8 @@ enum Source {
     Postgres,
 }
 
-/// Creates as `merchant`, authenticated from the key cache; when the attempt finds the
+/// Creates as `merchant` unless the pipeline is too far behind to take more
+/// ([`crate::admission`]), authenticated from the key cache; when the attempt finds the
 /// cache out of date, the key is looked up afresh (401 if revoked) and the create tried once
 /// more with what Postgres says now.
 async fn create(
@@ -135,6 +136,7 @@ async fn create(
     headers: HeaderMap,
     body: serde_json::Value,
 ) -> Result<Response, HttpError> {
+    state.admission.admit()?;
     let received = Received {
         kind,
         method,

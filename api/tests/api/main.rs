@@ -2,6 +2,7 @@
 //! Kafka (tansu), each test with its own database, Redis prefix and topics.
 
 mod abuse;
+mod admission;
 mod auth;
 mod bench;
 mod callbacks;

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ use crate::receiver::{Logging, ReceivedWebhook, WebhookReceiver, RECEIVER_PATH};
 /// The API limits each key's rate; the bench spreads its requests over this many keys of its
 /// merchant so the limiter is not what it measures.
 const BENCH_KEYS: usize = 4;
+/// How long one create is sent again (refused with `Retry-After`, or no answer) before the
+/// bench counts it as an error.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
 #[derive(Args, Debug, Clone)]
 pub struct E2eArgs {
@@ -101,6 +105,9 @@ pub struct E2eReport {
     pub send_secs: f64,
     pub accepted: u64,
     pub accept_errors: u64,
+    /// Creates sent again with the same Idempotency-Key: after a refusal with `Retry-After`
+    /// (the pipeline too far behind, a rate limit) or no answer.
+    pub resent: u64,
     pub accept_per_sec: f64,
     pub accept_latency_ms: Percentiles,
     /// Accepted payments whose signed webhook arrived (one each counted).
@@ -280,12 +287,15 @@ async fn run(
     let tcp_before = TcpSnapshot::take();
     let started = Instant::now();
     let status_receiver = receiver.clone();
+    let failover = Arc::new(load::Failover::new(apis.to_vec(), GIVE_UP_AFTER)?);
+    let resent = Arc::new(AtomicU64::new(0));
     let send = {
-        let (starts, apis) = (starts.clone(), apis.clone());
+        let (starts, resent) = (starts.clone(), resent.clone());
         move |n: u64, start: Instant| {
-            let (client, apis, keys, gateways, starts) = (
+            let (client, failover, resent, keys, gateways, starts) = (
                 client.clone(),
-                apis.clone(),
+                failover.clone(),
+                resent.clone(),
                 keys.clone(),
                 gateways.clone(),
                 starts.clone(),
@@ -299,11 +309,13 @@ async fn run(
                 // By pairs, as the APIs below: each key (each merchant) gets both kinds.
                 let key = &keys[((n / 2) % keys.len() as u64) as usize];
                 // By pairs: each API gets deposits and withdrawals alike (by `n` alone, two
-                // APIs would split them one kind each).
-                let api = round_robin(&apis, n / 2);
+                // APIs would split them one kind each). A refusal with `Retry-After` (the
+                // pipeline too far behind, `overloaded`) is sent again after it, as a
+                // merchant's client would: its wait counts in the accept latency.
                 let body = payment_body(n, &gateways);
-                let created =
-                    load::create_payment(&client, &format!("{api}/v1/{path}"), key, &body).await?;
+                let created = failover.create(&client, n / 2, path, key, &body).await?;
+                resent.fetch_add(u64::from(created.retries), Ordering::Relaxed);
+                let created = created.body;
                 let id = created["id"]
                     .as_str()
                     .ok_or_else(|| format!("202 without an id: {created}"))?
@@ -398,6 +410,7 @@ async fn run(
         send_secs,
         accepted: expected,
         accept_errors: recorder.errors(),
+        resent: resent.load(Ordering::Relaxed),
         accept_per_sec: expected as f64 / send_secs,
         accept_latency_ms: recorder.percentiles(),
         delivered: outcome.delivered,
@@ -436,15 +449,6 @@ fn api_urls(urls: &[String]) -> anyhow::Result<Vec<String>> {
         .iter()
         .map(|u| u.trim_end_matches('/').to_owned())
         .collect())
-}
-
-/// The API request `n` goes to: each in turn (`apis` is never empty: [`api_urls`]).
-fn round_robin(apis: &[String], n: u64) -> &str {
-    let len = (apis.len() as u64).max(1);
-    usize::try_from(n % len)
-        .ok()
-        .and_then(|at| apis.get(at))
-        .map_or("", String::as_str)
 }
 
 /// A deposit (even `n`) or withdrawal (odd) body; gateways named in turn when given.
@@ -592,8 +596,8 @@ pub fn print(r: &E2eReport) {
     );
     println!("  sent for            {:>10.1} s", r.send_secs);
     println!(
-        "  accepted            {:>10}   ({:.0}/s, {} errors)",
-        r.accepted, r.accept_per_sec, r.accept_errors
+        "  accepted            {:>10}   ({:.0}/s, {} errors, {} sent again)",
+        r.accepted, r.accept_per_sec, r.accept_errors, r.resent
     );
     println!("  accept latency      {}", pct(&r.accept_latency_ms));
     println!(
@@ -649,10 +653,9 @@ mod tests {
     #[test]
     fn requests_go_to_each_api_in_turn() -> anyhow::Result<()> {
         let apis = api_urls(&["http://a/".to_owned(), "http://b".to_owned()])?;
-        let picked: Vec<&str> = (0..4).map(|n| round_robin(&apis, n)).collect();
+        let failover = load::Failover::new(apis, GIVE_UP_AFTER)?;
+        let picked: Vec<&str> = (0..4).map(|n| failover.url(n, 0)).collect();
         assert_eq!(picked, ["http://a", "http://b", "http://a", "http://b"]);
-        let one = api_urls(&["http://a".to_owned()])?;
-        assert_eq!(round_robin(&one, 7), "http://a");
         assert!(api_urls(&[]).is_err());
         Ok(())
     }

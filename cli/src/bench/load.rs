@@ -271,6 +271,14 @@ pub enum CreateError {
     Transport(String),
     /// An HTTP answer other than `202`.
     Status(u16, String),
+    /// `429` or `503` with a `Retry-After`: nothing was created; the same request may be sent
+    /// again after that long (a rate limit, Postgres unreachable, or the pipeline too far
+    /// behind to take more: `overloaded`).
+    Later {
+        status: u16,
+        retry_after: Duration,
+        body: String,
+    },
 }
 
 impl CreateError {
@@ -280,8 +288,16 @@ impl CreateError {
     /// the API's word on the request, and sending it again would not change it.
     pub fn retryable(&self) -> bool {
         match self {
-            CreateError::Transport(_) => true,
+            CreateError::Transport(_) | CreateError::Later { .. } => true,
             CreateError::Status(code, _) => matches!(code, 409 | 502 | 503 | 504),
+        }
+    }
+
+    /// How long the API asked to be left alone before the request is sent again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CreateError::Later { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }
@@ -291,6 +307,15 @@ impl std::fmt::Display for CreateError {
         match self {
             CreateError::Transport(error) => f.write_str(error),
             CreateError::Status(code, body) => write!(f, "HTTP {code}: {body}"),
+            CreateError::Later {
+                status,
+                retry_after,
+                body,
+            } => write!(
+                f,
+                "HTTP {status} (retry after {} s): {body}",
+                retry_after.as_secs()
+            ),
         }
     }
 }
@@ -320,10 +345,20 @@ pub async fn create_payment_keyed(
             .await
             .map_err(|e| CreateError::Transport(error_chain(&e)))
     } else {
-        Err(CreateError::Status(
-            status.as_u16(),
-            response.text().await.unwrap_or_default(),
-        ))
+        let retry_after = matches!(status.as_u16(), 429 | 503)
+            .then(|| response.headers().get(reqwest::header::RETRY_AFTER))
+            .flatten()
+            .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.text().await.unwrap_or_default();
+        Err(match retry_after {
+            Some(retry_after) => CreateError::Later {
+                status: status.as_u16(),
+                retry_after,
+                body,
+            },
+            None => CreateError::Status(status.as_u16(), body),
+        })
     }
 }
 
@@ -341,7 +376,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// How a client with several API instances sends one create: request (slot) `n` goes to
 /// `urls[n % len]`; when it gets no answer (or a retryable one), the same request with the
-/// same Idempotency-Key goes to the next URL, and so on, until `give_up_after` has passed.
+/// same Idempotency-Key goes to the next URL, after the answer's `Retry-After` when it gave
+/// one, and so on, until `give_up_after` has passed.
 #[derive(Debug, Clone)]
 pub struct Failover {
     urls: Vec<String>,
@@ -416,7 +452,8 @@ impl Failover {
                 }
                 Err(error) if error.retryable() && Instant::now() < deadline => {
                     attempt = attempt.saturating_add(1);
-                    tokio::time::sleep(Self::pause(attempt)).await;
+                    let pause = Self::pause(attempt).max(error.retry_after().unwrap_or_default());
+                    tokio::time::sleep(pause).await;
                 }
                 Err(error) => {
                     return Err(format!(

@@ -38,6 +38,7 @@ use super::producer::client_config;
 use super::trace::{TraceParent, TRACEPARENT};
 use super::{BusError, Producer, Topic, Topics};
 use crate::config::{KafkaConfig, HEARTBEAT_INTERVAL_MS};
+use crate::pipeline_wait::WaitGauge;
 
 /// One message as a handler sees it (owned: it outlives the broker's buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +209,9 @@ struct Worker {
     shutdown: CancellationToken,
     /// Jobs waiting behind a running job with the same key.
     queues: Mutex<HashMap<Vec<u8>, VecDeque<Job>>>,
+    /// The longest wait before a handler started, for admission control
+    /// ([`crate::pipeline_wait`]).
+    wait: WaitGauge,
 }
 
 /// A consumer group member running one [`Handler`].
@@ -426,6 +430,7 @@ impl ConsumerRunner {
             settings,
             shutdown: CancellationToken::new(),
             queues: Mutex::new(HashMap::new()),
+            wait: WaitGauge::default(),
         });
         Ok(Self {
             consumer: Arc::new(consumer),
@@ -450,6 +455,17 @@ impl ConsumerRunner {
                 .map(|t| self.topics.name(*t))
                 .collect(),
         }
+    }
+
+    /// How long this runner's messages wait before their handler starts: the worker
+    /// publishes it for the API's admission control ([`crate::pipeline_wait`]).
+    pub fn wait_gauge(&self) -> WaitGauge {
+        self.worker.wait.clone()
+    }
+
+    /// The consumer group this runner is a member of.
+    pub fn group_id(&self) -> &str {
+        &self.worker.settings.group_id
     }
 
     /// Runs until `shutdown` is cancelled, then drains and commits.
@@ -721,6 +737,8 @@ impl Worker {
                 .max(0);
             metrics::histogram!("paygate_consumer_wait_seconds", "topic" => delivery.topic.clone())
                 .record(age_ms as f64 / 1000.0);
+            self.wait
+                .record(Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)));
         }
         let started = std::time::Instant::now();
         let handled = self.handle_until_done(delivery).instrument(span).await;

@@ -1,0 +1,259 @@
+//! How far behind the pipeline is, for the API's admission control (docs/ARCHITECTURE.md,
+//! change 29): each worker publishes how long its messages waited before a handler took
+//! them, and the API refuses new payments with a `503` while that wait passes a bound.
+//!
+//! Why this signal: past the machine's pace the API, which is cheap, accepts payments faster
+//! than the workers finish them, and the difference waits in Kafka, so every payment takes
+//! longer and the merchant learns of it only from a late webhook (BENCHMARKS.md, issue 18
+//! session 18: 714 accepted a second, 314 delivered, accept→webhook p50 10.6 s). The wait of a
+//! message between its produce and its handler is that queue, measured where it forms (a
+//! consumer's fetch, its runner's permits, per-key order), the same for every worker kind,
+//! and independent of how long a provider takes to answer (which is not paygate's backlog).
+//!
+//! ## In Redis
+//!
+//! One hash, [`waits_key`] (`<redis.key_prefix>:pipeline_waits`), field
+//! `<consumer group>|<instance>`, value a JSON [`WaitReport`]: the longest wait of the
+//! messages that instance's handlers started in the last [`PUBLISH_EVERY`] (0 when none
+//! started: an idle worker is not behind). Readers take the largest fresh report (younger
+//! than [`FRESH_FOR`]): a worker that stopped stops counting, so a dead worker does not shed
+//! load (its backlog is the healer's and the restart's to clear, and the restarted worker
+//! reports the wait of what it then reads). An instance withdraws its field when it stops; the
+//! hash expires [`KEY_TTL`] after the last publication, and readers remove fields older than
+//! [`FORGET_AFTER`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// How often each worker publishes its wait.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+/// Reports older than this are not counted: their instance stopped publishing.
+pub const FRESH_FOR: chrono::Duration = chrono::Duration::seconds(3);
+/// Reports older than this are removed by a reader.
+pub const FORGET_AFTER: chrono::Duration = chrono::Duration::minutes(5);
+/// The hash expires this long after the last publication of any instance.
+pub const KEY_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("could not encode a wait report: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// One worker instance's wait at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitReport {
+    /// The longest time, in milliseconds, a message waited between its produce and the start
+    /// of its handler, over the messages started since the previous report.
+    pub wait_ms: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// The longest wait seen since it was last taken; the consumer runner records into it.
+#[derive(Debug, Clone, Default)]
+pub struct WaitGauge(Arc<AtomicU64>);
+
+impl WaitGauge {
+    /// A message's handler starts after `wait`.
+    pub fn record(&self, wait: Duration) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The longest wait recorded since the last call, and a fresh start.
+    pub fn take(&self) -> Duration {
+        Duration::from_millis(self.0.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// The hash every worker publishes to.
+pub fn waits_key(prefix: &str) -> String {
+    format!("{prefix}:pipeline_waits")
+}
+
+fn field(group: &str, instance: &str) -> String {
+    format!("{group}|{instance}")
+}
+
+/// Publishes one instance's report and renews the hash's expiry.
+pub async fn publish(
+    redis: &mut ConnectionManager,
+    prefix: &str,
+    group: &str,
+    instance: &str,
+    report: WaitReport,
+) -> Result<(), WaitError> {
+    let key = waits_key(prefix);
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("HSET")
+        .arg(&key)
+        .arg(field(group, instance))
+        .arg(serde_json::to_string(&report)?)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&key)
+        .arg(u64::try_from(KEY_TTL.as_millis()).unwrap_or(u64::MAX))
+        .ignore();
+    let () = pipe.query_async(redis).await?;
+    Ok(())
+}
+
+/// Removes one instance's report (at shutdown), so it stops counting at once.
+pub async fn withdraw(
+    redis: &mut ConnectionManager,
+    prefix: &str,
+    group: &str,
+    instance: &str,
+) -> Result<(), WaitError> {
+    let _: i64 = redis::cmd("HDEL")
+        .arg(waits_key(prefix))
+        .arg(field(group, instance))
+        .query_async(redis)
+        .await?;
+    Ok(())
+}
+
+/// What a reader makes of the hash: the longest fresh wait, and the fields to forget.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    pub longest: Duration,
+    pub forgotten: Vec<String>,
+}
+
+/// Reads the published reports as of `now` (pure, for [`longest_wait`]). A field that does
+/// not parse is skipped; one older than [`FORGET_AFTER`] is listed for removal.
+pub fn read(fields: HashMap<String, String>, now: DateTime<Utc>) -> Reading {
+    let mut reading = Reading::default();
+    for (name, value) in fields {
+        let Ok(report) = serde_json::from_str::<WaitReport>(&value) else {
+            tracing::debug!(field = %name, "unreadable wait report; skipped");
+            continue;
+        };
+        let age = now.signed_duration_since(report.at);
+        if age > FORGET_AFTER {
+            reading.forgotten.push(name);
+        } else if age <= FRESH_FOR {
+            reading.longest = reading.longest.max(Duration::from_millis(report.wait_ms));
+        }
+    }
+    reading
+}
+
+/// The longest wait any worker published recently (zero when none did).
+pub async fn longest_wait(
+    redis: &mut ConnectionManager,
+    prefix: &str,
+) -> Result<Duration, WaitError> {
+    let key = waits_key(prefix);
+    let fields: HashMap<String, String> =
+        redis::cmd("HGETALL").arg(&key).query_async(redis).await?;
+    let reading = read(fields, Utc::now());
+    if !reading.forgotten.is_empty() {
+        // Housekeeping only: a failure leaves them for the next reader.
+        let removed: Result<i64, _> = redis::cmd("HDEL")
+            .arg(&key)
+            .arg(&reading.forgotten)
+            .query_async(redis)
+            .await;
+        if let Err(error) = removed {
+            tracing::debug!(%error, "could not remove old wait reports");
+        }
+    }
+    Ok(reading.longest)
+}
+
+/// Publishes `gauge` for consumer group `group` every [`PUBLISH_EVERY`] until `shutdown`,
+/// then withdraws it. A Redis failure is logged and the next tick tries again: admission
+/// control is a protection, and without reports the API admits everything.
+pub async fn publish_until(
+    gauge: WaitGauge,
+    mut redis: ConnectionManager,
+    prefix: String,
+    group: String,
+    shutdown: CancellationToken,
+) {
+    let instance = crate::gateway_health::instance_id();
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let report = WaitReport {
+            wait_ms: u64::try_from(gauge.take().as_millis()).unwrap_or(u64::MAX),
+            at: Utc::now(),
+        };
+        if let Err(error) = publish(&mut redis, &prefix, &group, &instance, report).await {
+            tracing::warn!(%error, %group, "could not publish the pipeline wait");
+        }
+    }
+    if let Err(error) = withdraw(&mut redis, &prefix, &group, &instance).await {
+        tracing::debug!(%error, "could not withdraw the pipeline wait; it ages out");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(wait_ms: u64, age: chrono::Duration, now: DateTime<Utc>) -> String {
+        serde_json::to_string(&WaitReport {
+            wait_ms,
+            at: now - age,
+        })
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_longest_fresh_wait_counts_and_stale_or_unreadable_reports_do_not() {
+        let now = Utc::now();
+        let fields = HashMap::from([
+            (
+                "pp|a".to_owned(),
+                report(1_200, chrono::Duration::zero(), now),
+            ),
+            (
+                "cp|b".to_owned(),
+                report(4_000, chrono::Duration::seconds(2), now),
+            ),
+            (
+                "cp|dead".to_owned(),
+                report(90_000, chrono::Duration::seconds(4), now),
+            ),
+            (
+                "pp|old".to_owned(),
+                report(7, chrono::Duration::minutes(6), now),
+            ),
+            ("pp|junk".to_owned(), "{\"wait_ms\": -1}".to_owned()),
+        ]);
+        let reading = read(fields, now);
+        assert_eq!(reading.longest, Duration::from_millis(4_000));
+        assert_eq!(reading.forgotten, vec!["pp|old".to_owned()]);
+    }
+
+    #[test]
+    fn no_reports_read_as_no_wait() {
+        assert_eq!(read(HashMap::new(), Utc::now()), Reading::default());
+    }
+
+    #[test]
+    fn the_gauge_keeps_the_longest_wait_until_taken() {
+        let gauge = WaitGauge::default();
+        gauge.record(Duration::from_millis(30));
+        gauge.record(Duration::from_millis(900));
+        gauge.record(Duration::from_millis(5));
+        assert_eq!(gauge.take(), Duration::from_millis(900));
+        assert_eq!(gauge.take(), Duration::ZERO);
+    }
+}
