@@ -5,7 +5,8 @@
 //! finish them; the difference waits in Kafka and every payment, the merchant's and everyone
 //! else's, takes longer. Refusing new work while the workers' messages wait longer than
 //! `api.shed_after_wait_ms` keeps that queue bounded, and tells the merchant at once instead
-//! of by a webhook many seconds late. The wait comes from the workers themselves
+//! of by a webhook many seconds late. The wait (each worker kind's longest, added: a payment
+//! queues at each in turn) comes from the workers themselves
 //! ([`paygate_core::pipeline_wait`]), read from Redis every [`SAMPLE_EVERY`]; only creates of
 //! deposits and withdrawals are refused. Reads, refunds, provider callbacks (which finish
 //! payments already taken, and so shorten the queue) and everything else are served as usual.
@@ -93,7 +94,7 @@ pub fn spawn_sampler(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match pipeline_wait::longest_wait(&mut redis, &prefix).await {
+            match pipeline_wait::pipeline_wait(&mut redis, &prefix).await {
                 Ok(wait) => {
                     failing = false;
                     admission.set(wait);

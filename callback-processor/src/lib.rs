@@ -113,15 +113,16 @@ impl CallbackProcessor {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
         paygate_core::ready::register(self.readiness.clone());
         tracing::info!("callback processor started");
+        let publishing = shutdown.child_token();
         let waits = tokio::spawn(paygate_core::pipeline_wait::publish_until(
             self.runner.wait_gauge(),
             self.redis,
             self.redis_prefix,
             self.runner.group_id().to_owned(),
-            shutdown.clone(),
+            publishing.clone(),
         ));
-        let consumed = self.runner.run(shutdown.clone()).await;
-        shutdown.cancel();
+        let consumed = self.runner.run(shutdown).await;
+        publishing.cancel();
         let _ = waits.await;
         tracing::info!("callback processor stopped");
         consumed.map_err(ProcessorError::from)

@@ -15,8 +15,9 @@
 //! One hash, [`waits_key`] (`<redis.key_prefix>:pipeline_waits`), field
 //! `<consumer group>|<instance>`, value a JSON [`WaitReport`]: the longest wait of the
 //! messages that instance's handlers started in the last [`PUBLISH_EVERY`] (0 when none
-//! started: an idle worker is not behind). Readers take the largest fresh report (younger
-//! than [`FRESH_FOR`]): a worker that stopped stops counting, so a dead worker does not shed
+//! started: an idle worker is not behind). Readers take each consumer group's longest fresh
+//! report (younger than [`FRESH_FOR`]) and add them up, a payment waiting in each group's
+//! queue in turn ([`read`]): a worker that stopped stops counting, so a dead worker does not shed
 //! load (its backlog is the healer's and the restart's to clear, and the restarted worker
 //! reports the wait of what it then reads). An instance withdraws its field when it stops; the
 //! hash expires [`KEY_TTL`] after the last publication, and readers remove fields older than
@@ -123,17 +124,21 @@ pub async fn withdraw(
     Ok(())
 }
 
-/// What a reader makes of the hash: the longest fresh wait, and the fields to forget.
+/// What a reader makes of the hash: the pipeline's wait, and the fields to forget.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reading {
-    pub longest: Duration,
+    /// The longest fresh wait of each consumer group, added over the groups: a payment waits
+    /// in each group's queue in turn (the payment processor's, then the callback
+    /// processor's), so the sum is how long a payment taken now would queue.
+    pub wait: Duration,
     pub forgotten: Vec<String>,
 }
 
-/// Reads the published reports as of `now` (pure, for [`longest_wait`]). A field that does
+/// Reads the published reports as of `now` (pure, for [`pipeline_wait`]). A field that does
 /// not parse is skipped; one older than [`FORGET_AFTER`] is listed for removal.
 pub fn read(fields: HashMap<String, String>, now: DateTime<Utc>) -> Reading {
-    let mut reading = Reading::default();
+    let mut longest: HashMap<String, Duration> = HashMap::new();
+    let mut forgotten = Vec::new();
     for (name, value) in fields {
         let Ok(report) = serde_json::from_str::<WaitReport>(&value) else {
             tracing::debug!(field = %name, "unreadable wait report; skipped");
@@ -141,16 +146,25 @@ pub fn read(fields: HashMap<String, String>, now: DateTime<Utc>) -> Reading {
         };
         let age = now.signed_duration_since(report.at);
         if age > FORGET_AFTER {
-            reading.forgotten.push(name);
+            forgotten.push(name);
         } else if age <= FRESH_FOR {
-            reading.longest = reading.longest.max(Duration::from_millis(report.wait_ms));
+            let group = name
+                .split_once('|')
+                .map_or(name.as_str(), |(group, _)| group);
+            let wait = Duration::from_millis(report.wait_ms);
+            let entry = longest.entry(group.to_owned()).or_default();
+            *entry = (*entry).max(wait);
         }
     }
-    reading
+    let wait = longest
+        .into_values()
+        .fold(Duration::ZERO, Duration::saturating_add);
+    Reading { wait, forgotten }
 }
 
-/// The longest wait any worker published recently (zero when none did).
-pub async fn longest_wait(
+/// How long a payment taken now would queue, as the workers published it recently (zero
+/// when none did): [`Reading::wait`].
+pub async fn pipeline_wait(
     redis: &mut ConnectionManager,
     prefix: &str,
 ) -> Result<Duration, WaitError> {
@@ -169,7 +183,7 @@ pub async fn longest_wait(
             tracing::debug!(%error, "could not remove old wait reports");
         }
     }
-    Ok(reading.longest)
+    Ok(reading.wait)
 }
 
 /// Publishes `gauge` for consumer group `group` every [`PUBLISH_EVERY`] until `shutdown`,
@@ -216,12 +230,16 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_fresh_wait_counts_and_stale_or_unreadable_reports_do_not() {
+    fn each_groups_longest_fresh_wait_adds_up_and_stale_or_unreadable_reports_do_not() {
         let now = Utc::now();
         let fields = HashMap::from([
             (
                 "pp|a".to_owned(),
                 report(1_200, chrono::Duration::zero(), now),
+            ),
+            (
+                "pp|c".to_owned(),
+                report(800, chrono::Duration::zero(), now),
             ),
             (
                 "cp|b".to_owned(),
@@ -238,7 +256,8 @@ mod tests {
             ("pp|junk".to_owned(), "{\"wait_ms\": -1}".to_owned()),
         ]);
         let reading = read(fields, now);
-        assert_eq!(reading.longest, Duration::from_millis(4_000));
+        // The longest of each group (pp 1.2 s, cp 4 s), added: a payment waits in both.
+        assert_eq!(reading.wait, Duration::from_millis(5_200));
         assert_eq!(reading.forgotten, vec!["pp|old".to_owned()]);
     }
 
