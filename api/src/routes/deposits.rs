@@ -35,7 +35,7 @@ use crate::AppState;
         (status = 415, description = "Content-Type is not application/json", body = crate::error::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with a different request", body = crate::error::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = crate::error::ErrorBody),
-        (status = 503, description = "Nothing was created; retry with the same Idempotency-Key after `Retry-After` (1 to 5 s). `overloaded`: the pipeline is behind on the payments it already has (its workers' messages wait longer than `api.shed_after_wait_ms`, 10 s by default). `service_unavailable`: Postgres is unavailable and the request could not commit", body = crate::error::ErrorBody),
+        (status = 503, description = "Nothing was created; retry with the same Idempotency-Key after `Retry-After` (1 to 5 s). `overloaded`: the pipeline is behind on the payments it already has (its workers' messages wait longer than `api.shed_after_wait_ms`, 5 s by default). `service_unavailable`: Postgres is unavailable and the request could not commit", body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -74,7 +74,7 @@ pub async fn create_deposit(
         (status = 415, description = "Content-Type is not application/json", body = crate::error::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with a different request", body = crate::error::ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = crate::error::ErrorBody),
-        (status = 503, description = "Nothing was created; retry with the same Idempotency-Key after `Retry-After` (1 to 5 s). `overloaded`: the pipeline is behind on the payments it already has (its workers' messages wait longer than `api.shed_after_wait_ms`, 10 s by default). `service_unavailable`: Postgres is unavailable and the request could not commit", body = crate::error::ErrorBody),
+        (status = 503, description = "Nothing was created; retry with the same Idempotency-Key after `Retry-After` (1 to 5 s). `overloaded`: the pipeline is behind on the payments it already has (its workers' messages wait longer than `api.shed_after_wait_ms`, 5 s by default). `service_unavailable`: Postgres is unavailable and the request could not commit", body = crate::error::ErrorBody),
     ),
     security(("api_key" = []))
 )]
