@@ -1,5 +1,6 @@
 // The remaining pages answer and are screenshot for a reviewer: the merchant's balance and
-// webhooks, the operator's review queue, gateway health and dead-letter queue. A merchant
+// webhooks, the operator's review queue, gateway health (with the pipeline's wait) and
+// dead-letter queue. A merchant
 // user is refused every operator page. The dashboard's chart counts a payment made here.
 
 import assert from 'node:assert/strict';
@@ -74,6 +75,15 @@ test("the operator's pages", async () => {
     assert.equal(new URL(page.url()).pathname, route, `${route} is not redirected`);
     assert.equal(await page.locator('[data-testid=whoami]').count(), 1, `${route} is a signed-in page`);
     await screenshot(page, `operator-${shotName(route)}`);
+  }
+  // Gateway health opens with the pipeline: how long a payment would queue in the workers,
+  // which both processors of this `paygate dev` publish every 500 ms.
+  await visit(page, dev, '/console/ops/gateways');
+  const wait = await page.locator('[data-testid=pipeline-wait]').textContent();
+  assert.match(wait ?? '', /^\d+\.\d s$/, `the pipeline's wait: ${wait}`);
+  const pipeline = (await page.locator('[data-testid=pipeline]').textContent()) ?? '';
+  for (const worker of ['payment-processor', 'callback-processor']) {
+    assert.match(pipeline, new RegExp(`${worker}: \\d+\\.\\d s`), `the ${worker}'s wait is shown: ${pipeline}`);
   }
   await context.close();
 });

@@ -156,6 +156,7 @@ impl Application {
                 config: config.console.clone(),
                 kafka: config.kafka.clone(),
                 gateways: registry.names().map(|g| g.as_str().to_owned()).collect(),
+                shed_after_wait: config.api.shed_after_wait,
             })
         });
         let admission_redis = redis.clone();

@@ -30,6 +30,7 @@ pub mod viewer;
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -62,6 +63,9 @@ pub struct Shared {
     pub kafka: KafkaConfig,
     /// The configured gateways (the transactions filter's choices).
     pub gateways: Vec<String>,
+    /// `api.shed_after_wait_ms`, shown beside the pipeline's wait (zero: admission control is
+    /// off).
+    pub shed_after_wait: Duration,
 }
 
 impl Deref for ConsoleState {
@@ -80,6 +84,8 @@ pub struct ConsoleParts {
     pub config: ConsoleConfig,
     pub kafka: KafkaConfig,
     pub gateways: Vec<String>,
+    /// `api.shed_after_wait_ms`: the pipeline wait past which the API refuses new payments.
+    pub shed_after_wait: Duration,
 }
 
 impl ConsoleState {
@@ -101,6 +107,7 @@ impl ConsoleState {
             config: parts.config,
             kafka: parts.kafka,
             gateways: parts.gateways,
+            shed_after_wait: parts.shed_after_wait,
         }))
     }
 }

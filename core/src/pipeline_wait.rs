@@ -23,7 +23,7 @@
 //! hash expires [`KEY_TTL`] after the last publication, and readers remove fields older than
 //! [`FORGET_AFTER`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,20 +124,23 @@ pub async fn withdraw(
     Ok(())
 }
 
-/// What a reader makes of the hash: the pipeline's wait, and the fields to forget.
+/// What a reader makes of the hash: the pipeline's wait, each group's part of it, and the
+/// fields to forget.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reading {
     /// The longest fresh wait of each consumer group, added over the groups: a payment waits
     /// in each group's queue in turn (the payment processor's, then the callback
     /// processor's), so the sum is how long a payment taken now would queue.
     pub wait: Duration,
+    /// Each consumer group's longest fresh wait (the console shows them).
+    pub by_group: BTreeMap<String, Duration>,
     pub forgotten: Vec<String>,
 }
 
 /// Reads the published reports as of `now` (pure, for [`pipeline_wait`]). A field that does
 /// not parse is skipped; one older than [`FORGET_AFTER`] is listed for removal.
 pub fn read(fields: HashMap<String, String>, now: DateTime<Utc>) -> Reading {
-    let mut longest: HashMap<String, Duration> = HashMap::new();
+    let mut by_group: BTreeMap<String, Duration> = BTreeMap::new();
     let mut forgotten = Vec::new();
     for (name, value) in fields {
         let Ok(report) = serde_json::from_str::<WaitReport>(&value) else {
@@ -152,14 +155,18 @@ pub fn read(fields: HashMap<String, String>, now: DateTime<Utc>) -> Reading {
                 .split_once('|')
                 .map_or(name.as_str(), |(group, _)| group);
             let wait = Duration::from_millis(report.wait_ms);
-            let entry = longest.entry(group.to_owned()).or_default();
+            let entry = by_group.entry(group.to_owned()).or_default();
             *entry = (*entry).max(wait);
         }
     }
-    let wait = longest
-        .into_values()
-        .fold(Duration::ZERO, Duration::saturating_add);
-    Reading { wait, forgotten }
+    let wait = by_group
+        .values()
+        .fold(Duration::ZERO, |sum, wait| sum.saturating_add(*wait));
+    Reading {
+        wait,
+        by_group,
+        forgotten,
+    }
 }
 
 /// How long a payment taken now would queue, as the workers published it recently (zero
@@ -168,6 +175,12 @@ pub async fn pipeline_wait(
     redis: &mut ConnectionManager,
     prefix: &str,
 ) -> Result<Duration, WaitError> {
+    Ok(current(redis, prefix).await?.wait)
+}
+
+/// The workers' recent reports as [`read`] makes them out (fields older than
+/// [`FORGET_AFTER`] are removed on the way).
+pub async fn current(redis: &mut ConnectionManager, prefix: &str) -> Result<Reading, WaitError> {
     let key = waits_key(prefix);
     let fields: HashMap<String, String> =
         redis::cmd("HGETALL").arg(&key).query_async(redis).await?;
@@ -183,7 +196,7 @@ pub async fn pipeline_wait(
             tracing::debug!(%error, "could not remove old wait reports");
         }
     }
-    Ok(reading.wait)
+    Ok(reading)
 }
 
 /// Publishes `gauge` for consumer group `group` every [`PUBLISH_EVERY`] until `shutdown`,
@@ -258,6 +271,13 @@ mod tests {
         let reading = read(fields, now);
         // The longest of each group (pp 1.2 s, cp 4 s), added: a payment waits in both.
         assert_eq!(reading.wait, Duration::from_millis(5_200));
+        assert_eq!(
+            reading.by_group,
+            BTreeMap::from([
+                ("cp".to_owned(), Duration::from_millis(4_000)),
+                ("pp".to_owned(), Duration::from_millis(1_200)),
+            ])
+        );
         assert_eq!(reading.forgotten, vec!["pp|old".to_owned()]);
     }
 

@@ -761,3 +761,55 @@ async fn operator_pages_show_breakers_attempts_dead_letters_reviews_and_the_char
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_page_shows_how_long_payments_queue_and_whether_new_ones_are_refused(
+) -> TestResult {
+    use paygate_core::pipeline_wait::{self, WaitReport};
+    let app = spawn_app().await?;
+    let client = redis::Client::open(app.config.redis.url.as_str())?;
+    let mut redis = client.get_connection_manager().await?;
+    let prefix = app.config.redis.key_prefix.clone();
+    let mut report = |group: &'static str, wait_ms: u64| {
+        let (mut redis, prefix) = (redis.clone(), prefix.clone());
+        async move {
+            let at = chrono::Utc::now();
+            pipeline_wait::publish(
+                &mut redis,
+                &prefix,
+                group,
+                "one",
+                WaitReport { wait_ms, at },
+            )
+            .await
+        }
+    };
+    // The two worker kinds, 2 s and 4.5 s: a payment would queue 6.5 s, past the default 5 s.
+    report("pgt.payment-processor", 2_000).await?;
+    report("pgt.callback-processor", 4_500).await?;
+    let mut operator = signed_in(&app, "ops@example.com", Role::Operator).await?;
+    let (status, page, _) = operator.get("/console/ops/gateways").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("data-testid=\"pipeline-wait\">6.5 s<")
+            && page.contains("pgt.callback-processor: 4.5 s")
+            && page.contains("pgt.payment-processor: 2.0 s"),
+        "{page}"
+    );
+    assert!(page.contains("refusing new payments"), "{page}");
+
+    // The callback processor caught up: 2.5 s in all, under the bound.
+    report("pgt.callback-processor", 500).await?;
+    let (_, page, _) = operator.get("/console/ops/gateways").await?;
+    assert!(
+        page.contains("data-testid=\"pipeline-wait\">2.5 s<"),
+        "{page}"
+    );
+    assert!(!page.contains("refusing new payments"), "{page}");
+    assert!(page.contains("while the wait is above 5.0 s"), "{page}");
+    let _ = redis::cmd("DEL")
+        .arg(pipeline_wait::waits_key(&prefix))
+        .query_async::<i64>(&mut redis)
+        .await;
+    Ok(())
+}

@@ -6,14 +6,17 @@
 //! transactions resolve` ([`paygate_core::resolution`]): who (the operator's email), when,
 //! why, and the merchant's webhook, in one commit.
 
+use std::time::Duration;
+
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use maud::html;
+use maud::{html, Markup};
 use paygate_core::bus::dlq;
 use paygate_core::db::review;
 use paygate_core::db::transactions::{self, SearchQuery};
 use paygate_core::domain::{bounded_text, TransactionId, TransactionStatus};
 use paygate_core::gateway_health;
+use paygate_core::pipeline_wait;
 use paygate_core::resolution::{self, ResolveError, Verdict};
 use serde::Deserialize;
 
@@ -207,7 +210,9 @@ const HEALTH_WINDOW_MINUTES: i64 = 60;
 const DEAD_LETTERS: usize = 100;
 
 /// `GET /console/ops/gateways`: each gateway's breaker as every payment processor last
-/// reported it (Redis, fresh reports only) and its attempts over the last hour (Postgres).
+/// reported it (Redis, fresh reports only) and its attempts over the last hour (Postgres);
+/// above them, how long payments queue in the workers and whether the API is refusing new
+/// ones for it ([`paygate_core::pipeline_wait`]).
 pub async fn gateways(
     State(state): State<ConsoleState>,
     Operator(viewer): Operator,
@@ -227,6 +232,10 @@ pub async fn gateways(
                 )
             }
         };
+    let pipeline = pipeline_wait::current(&mut redis, &state.redis_prefix)
+        .await
+        .map_err(|error| tracing::warn!(%error, "pipeline waits unreadable"))
+        .ok();
     let mut names: Vec<String> = state.gateways.clone();
     for name in stats
         .iter()
@@ -248,6 +257,7 @@ pub async fn gateways(
         flash: None,
     };
     Ok(page.render(html! {
+        (pipeline_panel(pipeline.as_ref(), state.shed_after_wait))
         @if let Some(problem) = breakers_error { p.error { (problem) } }
         p.muted { "Breakers as each payment processor reported them in the last 30 s; attempts over the last hour." }
         table {
@@ -281,6 +291,41 @@ pub async fn gateways(
             }
         }
     }).into_response())
+}
+
+/// How long a payment taken now would queue in the workers, each kind's part, and whether
+/// the API refuses new payments for it (admission control, `api.shed_after_wait_ms`).
+fn pipeline_panel(reading: Option<&pipeline_wait::Reading>, bound: Duration) -> Markup {
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    html! {
+        section data-testid="pipeline" {
+            h2 { "Pipeline" }
+            @match reading {
+                None => {
+                    p.error { "The workers' waits are unavailable (Redis did not answer)." }
+                }
+                Some(reading) => {
+                    p {
+                        "A payment taken now would queue "
+                        strong data-testid="pipeline-wait" { (secs(reading.wait)) }
+                        " in the workers"
+                        @if reading.by_group.is_empty() { " (no worker reported in the last 3 s)" }
+                        "."
+                        @for (group, wait) in &reading.by_group {
+                            " " span.muted { (group) ": " (secs(*wait)) }
+                        }
+                    }
+                    @if bound.is_zero() {
+                        p.muted { "Admission control is off (api.shed_after_wait_ms = 0)." }
+                    } @else if reading.wait > bound {
+                        p { span.status.failed data-testid="shedding" { "refusing new payments" } " — new deposits and withdrawals get 503 overloaded while the wait is above " (secs(bound)) "." }
+                    } @else {
+                        p.muted { "New deposits and withdrawals are refused (503 overloaded) while the wait is above " (secs(bound)) "." }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn breaker_class(state: gateway_health::BreakerState) -> &'static str {
