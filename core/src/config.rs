@@ -320,9 +320,9 @@ pub struct ApiConfig {
         default = "default_key_cache"
     )]
     pub key_cache: Duration,
-    /// Admission control: while the workers' messages wait longer than this before a handler
-    /// takes them (`paygate_core::pipeline_wait`), new deposits and withdrawals are refused
-    /// with 503 and a `Retry-After`, nothing written. Some thirty times a loaded pipeline's
+    /// Admission control: once the workers' messages have waited longer than this before a
+    /// handler took them (`paygate_core::pipeline_wait`) for a second, new deposits and
+    /// withdrawals are refused with 503 and a `Retry-After`, nothing written. Some thirty times a loaded pipeline's
     /// p99 accept→webhook at 300 payments/s (BENCHMARKS.md), so only one falling behind its
     /// load sheds; overloaded, it keeps a payment's queueing near this bound (session 19: p99
     /// 6.4 s with 5 s, 17 s unbounded, in 30 s). A worker restarted after a crash also reads

@@ -318,9 +318,9 @@ fn pipeline_panel(reading: Option<&pipeline_wait::Reading>, bound: Duration) -> 
                     @if bound.is_zero() {
                         p.muted { "Admission control is off (api.shed_after_wait_ms = 0)." }
                     } @else if reading.wait > bound {
-                        p { span.status.failed data-testid="shedding" { "refusing new payments" } " — new deposits and withdrawals get 503 overloaded while the wait is above " (secs(bound)) "." }
+                        p { span.status.failed data-testid="over-bound" { "above the bound" } " — new deposits and withdrawals get 503 overloaded while the wait stays above " (secs(bound)) " for a second." }
                     } @else {
-                        p.muted { "New deposits and withdrawals are refused (503 overloaded) while the wait is above " (secs(bound)) "." }
+                        p.muted { "New deposits and withdrawals are refused (503 overloaded) while the wait stays above " (secs(bound)) " for a second." }
                     }
                 }
             }
