@@ -770,7 +770,7 @@ async fn the_gateways_page_shows_how_long_payments_queue_and_whether_new_ones_ar
     let client = redis::Client::open(app.config.redis.url.as_str())?;
     let mut redis = client.get_connection_manager().await?;
     let prefix = app.config.redis.key_prefix.clone();
-    let mut report = |group: &'static str, wait_ms: u64| {
+    let report = |group: &'static str, wait_ms: u64| {
         let (mut redis, prefix) = (redis.clone(), prefix.clone());
         async move {
             let at = chrono::Utc::now();
