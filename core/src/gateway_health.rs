@@ -9,7 +9,8 @@
 //! value a JSON [`BreakerReport`]. Readers ignore reports older than [`FRESH_FOR`] (an
 //! instance that stopped or crashed); an instance that stops removes its own fields, the key
 //! expires [`KEY_TTL`] after the last publication, and a reader removes fields older than
-//! [`FORGET_AFTER`] (a crashed instance's), so the hash stays small.
+//! [`FORGET_AFTER`] (a crashed instance's), so the hash stays small
+//! ([`crate::instance_reports`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use sqlx::PgPool;
 
 use crate::db::DbError;
 use crate::domain::GatewayName;
+use crate::instance_reports::{ReportHash, Stamped};
 
 /// How often each payment processor publishes its breakers.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
@@ -31,13 +33,7 @@ pub const FORGET_AFTER: chrono::Duration = chrono::Duration::minutes(5);
 /// The hash expires this long after the last publication of any instance.
 pub const KEY_TTL: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum HealthError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("could not encode a breaker report: {0}")]
-    Encode(#[from] serde_json::Error),
-}
+pub use crate::instance_reports::ReportError as HealthError;
 
 /// A circuit breaker's state: the breakers' own (`paygate_gateways::breaker` uses this type),
 /// and what is published.
@@ -72,6 +68,12 @@ pub struct BreakerReport {
     pub at: DateTime<Utc>,
 }
 
+impl Stamped for BreakerReport {
+    fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+}
+
 /// A fresh report read back, with whose it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayBreaker {
@@ -84,6 +86,15 @@ pub struct GatewayBreaker {
 /// The hash every instance publishes to.
 pub fn breakers_key(prefix: &str) -> String {
     format!("{prefix}:gateway_breakers")
+}
+
+fn hash(prefix: &str) -> ReportHash {
+    ReportHash {
+        key: breakers_key(prefix),
+        fresh_for: FRESH_FOR,
+        forget_after: FORGET_AFTER,
+        ttl: KEY_TTL,
+    }
 }
 
 /// This process's name in [`breakers_key`]: its pid and a random part (pids repeat across
@@ -108,26 +119,11 @@ pub async fn publish(
     instance: &str,
     reports: &[(GatewayName, BreakerReport)],
 ) -> Result<(), HealthError> {
-    if reports.is_empty() {
-        return Ok(());
-    }
-    let key = breakers_key(prefix);
-    let mut hset = redis::cmd("HSET");
-    hset.arg(&key);
-    for (gateway, report) in reports {
-        hset.arg(field(gateway, instance))
-            .arg(serde_json::to_string(report)?);
-    }
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .add_command(hset)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(u64::try_from(KEY_TTL.as_millis()).unwrap_or(u64::MAX))
-        .ignore();
-    let () = pipe.query_async(redis).await?;
-    Ok(())
+    let fields: Vec<(String, &BreakerReport)> = reports
+        .iter()
+        .map(|(gateway, report)| (field(gateway, instance), report))
+        .collect();
+    hash(prefix).publish(redis, &fields).await
 }
 
 /// Removes this instance's reports (at shutdown), so readers stop showing it at once.
@@ -137,16 +133,8 @@ pub async fn withdraw(
     instance: &str,
     gateways: &[GatewayName],
 ) -> Result<(), HealthError> {
-    if gateways.is_empty() {
-        return Ok(());
-    }
-    let mut hdel = redis::cmd("HDEL");
-    hdel.arg(breakers_key(prefix));
-    for gateway in gateways {
-        hdel.arg(field(gateway, instance));
-    }
-    let _: i64 = hdel.query_async(redis).await?;
-    Ok(())
+    let fields: Vec<String> = gateways.iter().map(|g| field(g, instance)).collect();
+    hash(prefix).withdraw(redis, &fields).await
 }
 
 /// Every fresh report (younger than [`FRESH_FOR`]), by gateway then instance. Fields that do
@@ -155,45 +143,21 @@ pub async fn breakers(
     redis: &mut ConnectionManager,
     prefix: &str,
 ) -> Result<Vec<GatewayBreaker>, HealthError> {
-    let key = breakers_key(prefix);
-    let all: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(redis).await?;
-    let now = Utc::now();
-    let mut fresh = Vec::new();
-    let mut forgotten = Vec::new();
-    for (name, value) in all {
-        let Some((gateway, instance)) = parse_field(&name) else {
-            tracing::warn!(field = %name, "unreadable breaker report field; skipped");
-            continue;
-        };
-        let report: BreakerReport = match serde_json::from_str(&value) {
-            Ok(report) => report,
-            Err(error) => {
-                tracing::warn!(field = %name, %error, "unreadable breaker report; skipped");
-                continue;
-            }
-        };
-        let age = now.signed_duration_since(report.at);
-        if age > FORGET_AFTER {
-            forgotten.push(name);
-        } else if age <= FRESH_FOR {
-            fresh.push(GatewayBreaker {
+    let reports: Vec<(String, BreakerReport)> = hash(prefix).fresh(redis).await?;
+    let mut fresh: Vec<GatewayBreaker> = reports
+        .into_iter()
+        .filter_map(|(name, report)| {
+            let Some((gateway, instance)) = parse_field(&name) else {
+                tracing::warn!(field = %name, "unreadable breaker report field; skipped");
+                return None;
+            };
+            Some(GatewayBreaker {
                 gateway,
                 instance: instance.to_owned(),
                 report,
-            });
-        }
-    }
-    if !forgotten.is_empty() {
-        // Housekeeping only: a failure leaves them for the next reader.
-        let removed: Result<i64, _> = redis::cmd("HDEL")
-            .arg(&key)
-            .arg(&forgotten)
-            .query_async(redis)
-            .await;
-        if let Err(error) = removed {
-            tracing::debug!(%error, "could not remove old breaker reports");
-        }
-    }
+            })
+        })
+        .collect();
     fresh.sort_by(|a, b| (&a.gateway, &a.instance).cmp(&(&b.gateway, &b.instance)));
     Ok(fresh)
 }

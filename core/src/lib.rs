@@ -21,6 +21,7 @@ pub mod destination;
 pub mod domain;
 pub mod gateway_health;
 pub mod heal;
+pub mod instance_reports;
 pub mod keyring;
 pub mod lock;
 pub mod pipeline_wait;

@@ -23,7 +23,7 @@
 //! hash expires [`KEY_TTL`] after the last publication, and readers remove fields older than
 //! [`FORGET_AFTER`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,8 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::instance_reports::{ReportHash, Stamped};
 
 /// How often each worker publishes its wait.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
@@ -42,13 +44,7 @@ pub const FORGET_AFTER: chrono::Duration = chrono::Duration::minutes(5);
 /// The hash expires this long after the last publication of any instance.
 pub const KEY_TTL: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum WaitError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("could not encode a wait report: {0}")]
-    Encode(#[from] serde_json::Error),
-}
+pub use crate::instance_reports::ReportError as WaitError;
 
 /// One worker instance's wait at `at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +53,12 @@ pub struct WaitReport {
     /// of its handler, over the messages started since the previous report.
     pub wait_ms: u64,
     pub at: DateTime<Utc>,
+}
+
+impl Stamped for WaitReport {
+    fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
 }
 
 /// The longest wait seen since it was last taken; the consumer runner records into it.
@@ -85,6 +87,15 @@ fn field(group: &str, instance: &str) -> String {
     format!("{group}|{instance}")
 }
 
+fn hash(prefix: &str) -> ReportHash {
+    ReportHash {
+        key: waits_key(prefix),
+        fresh_for: FRESH_FOR,
+        forget_after: FORGET_AFTER,
+        ttl: KEY_TTL,
+    }
+}
+
 /// Publishes one instance's report and renews the hash's expiry.
 pub async fn publish(
     redis: &mut ConnectionManager,
@@ -93,20 +104,9 @@ pub async fn publish(
     instance: &str,
     report: WaitReport,
 ) -> Result<(), WaitError> {
-    let key = waits_key(prefix);
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("HSET")
-        .arg(&key)
-        .arg(field(group, instance))
-        .arg(serde_json::to_string(&report)?)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(u64::try_from(KEY_TTL.as_millis()).unwrap_or(u64::MAX))
-        .ignore();
-    let () = pipe.query_async(redis).await?;
-    Ok(())
+    hash(prefix)
+        .publish(redis, &[(field(group, instance), report)])
+        .await
 }
 
 /// Removes one instance's report (at shutdown), so it stops counting at once.
@@ -116,16 +116,12 @@ pub async fn withdraw(
     group: &str,
     instance: &str,
 ) -> Result<(), WaitError> {
-    let _: i64 = redis::cmd("HDEL")
-        .arg(waits_key(prefix))
-        .arg(field(group, instance))
-        .query_async(redis)
-        .await?;
-    Ok(())
+    hash(prefix)
+        .withdraw(redis, &[field(group, instance)])
+        .await
 }
 
-/// What a reader makes of the hash: the pipeline's wait, each group's part of it, and the
-/// fields to forget.
+/// What a reader makes of the fresh reports: the pipeline's wait and each group's part.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reading {
     /// The longest fresh wait of each consumer group, added over the groups: a payment waits
@@ -134,39 +130,20 @@ pub struct Reading {
     pub wait: Duration,
     /// Each consumer group's longest fresh wait (the console shows them).
     pub by_group: BTreeMap<String, Duration>,
-    pub forgotten: Vec<String>,
 }
 
-/// Reads the published reports as of `now` (pure, for [`pipeline_wait`]). A field that does
-/// not parse is skipped; one older than [`FORGET_AFTER`] is listed for removal.
-pub fn read(fields: HashMap<String, String>, now: DateTime<Utc>) -> Reading {
+/// Makes out the fresh reports, by field (pure, for [`current`]).
+pub fn read(fresh: Vec<(String, WaitReport)>) -> Reading {
     let mut by_group: BTreeMap<String, Duration> = BTreeMap::new();
-    let mut forgotten = Vec::new();
-    for (name, value) in fields {
-        let Ok(report) = serde_json::from_str::<WaitReport>(&value) else {
-            tracing::debug!(field = %name, "unreadable wait report; skipped");
-            continue;
-        };
-        let age = now.signed_duration_since(report.at);
-        if age > FORGET_AFTER {
-            forgotten.push(name);
-        } else if age <= FRESH_FOR {
-            let group = name
-                .split_once('|')
-                .map_or(name.as_str(), |(group, _)| group);
-            let wait = Duration::from_millis(report.wait_ms);
-            let entry = by_group.entry(group.to_owned()).or_default();
-            *entry = (*entry).max(wait);
-        }
+    for (name, report) in fresh {
+        let group = name.split_once('|').map_or(name.as_str(), |(group, _)| group);
+        let entry = by_group.entry(group.to_owned()).or_default();
+        *entry = (*entry).max(Duration::from_millis(report.wait_ms));
     }
     let wait = by_group
         .values()
         .fold(Duration::ZERO, |sum, wait| sum.saturating_add(*wait));
-    Reading {
-        wait,
-        by_group,
-        forgotten,
-    }
+    Reading { wait, by_group }
 }
 
 /// How long a payment taken now would queue, as the workers published it recently (zero
@@ -178,25 +155,9 @@ pub async fn pipeline_wait(
     Ok(current(redis, prefix).await?.wait)
 }
 
-/// The workers' recent reports as [`read`] makes them out (fields older than
-/// [`FORGET_AFTER`] are removed on the way).
+/// The workers' recent reports, made out by [`read`].
 pub async fn current(redis: &mut ConnectionManager, prefix: &str) -> Result<Reading, WaitError> {
-    let key = waits_key(prefix);
-    let fields: HashMap<String, String> =
-        redis::cmd("HGETALL").arg(&key).query_async(redis).await?;
-    let reading = read(fields, Utc::now());
-    if !reading.forgotten.is_empty() {
-        // Housekeeping only: a failure leaves them for the next reader.
-        let removed: Result<i64, _> = redis::cmd("HDEL")
-            .arg(&key)
-            .arg(&reading.forgotten)
-            .query_async(redis)
-            .await;
-        if let Err(error) = removed {
-            tracing::debug!(%error, "could not remove old wait reports");
-        }
-    }
-    Ok(reading)
+    Ok(read(hash(prefix).fresh(redis).await?))
 }
 
 /// Publishes `gauge` for consumer group `group` every [`PUBLISH_EVERY`] until `shutdown`,
@@ -234,41 +195,18 @@ pub async fn publish_until(
 mod tests {
     use super::*;
 
-    fn report(wait_ms: u64, age: chrono::Duration, now: DateTime<Utc>) -> String {
-        serde_json::to_string(&WaitReport {
-            wait_ms,
-            at: now - age,
-        })
-        .unwrap_or_default()
+    fn report(field: &str, wait_ms: u64) -> (String, WaitReport) {
+        let at = Utc::now();
+        (field.to_owned(), WaitReport { wait_ms, at })
     }
 
     #[test]
-    fn each_groups_longest_fresh_wait_adds_up_and_stale_or_unreadable_reports_do_not() {
-        let now = Utc::now();
-        let fields = HashMap::from([
-            (
-                "pp|a".to_owned(),
-                report(1_200, chrono::Duration::zero(), now),
-            ),
-            (
-                "pp|c".to_owned(),
-                report(800, chrono::Duration::zero(), now),
-            ),
-            (
-                "cp|b".to_owned(),
-                report(4_000, chrono::Duration::seconds(2), now),
-            ),
-            (
-                "cp|dead".to_owned(),
-                report(90_000, chrono::Duration::seconds(4), now),
-            ),
-            (
-                "pp|old".to_owned(),
-                report(7, chrono::Duration::minutes(6), now),
-            ),
-            ("pp|junk".to_owned(), "{\"wait_ms\": -1}".to_owned()),
+    fn each_groups_longest_wait_adds_up() {
+        let reading = read(vec![
+            report("pp|a", 1_200),
+            report("pp|c", 800),
+            report("cp|b", 4_000),
         ]);
-        let reading = read(fields, now);
         // The longest of each group (pp 1.2 s, cp 4 s), added: a payment waits in both.
         assert_eq!(reading.wait, Duration::from_millis(5_200));
         assert_eq!(
@@ -278,12 +216,11 @@ mod tests {
                 ("pp".to_owned(), Duration::from_millis(1_200)),
             ])
         );
-        assert_eq!(reading.forgotten, vec!["pp|old".to_owned()]);
     }
 
     #[test]
     fn no_reports_read_as_no_wait() {
-        assert_eq!(read(HashMap::new(), Utc::now()), Reading::default());
+        assert_eq!(read(Vec::new()), Reading::default());
     }
 
     #[test]

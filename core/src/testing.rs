@@ -8,7 +8,7 @@
 
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
 use crate::db;
 
 /// Server URL used to create test databases; override with `PAYGATE_TEST_DATABASE_URL`.
@@ -48,6 +48,19 @@ pub async fn fresh_database() -> Result<(PgPool, String), db::DbError> {
     Ok((pool, url))
 }
 
+/// The default Kafka settings with unique topic and group prefixes (`pgt_…`) and `partitions`
+/// per topic. Brokers come from `PAYGATE_KAFKA_BROKERS` when set.
+pub fn isolated_kafka(partitions: i32) -> KafkaConfig {
+    let mut kafka = Config::default().kafka;
+    kafka.topic_prefix = unique_name("pgt");
+    kafka.group_prefix = kafka.topic_prefix.clone();
+    kafka.partitions = partitions;
+    if let Ok(brokers) = std::env::var("PAYGATE_KAFKA_BROKERS") {
+        kafka.brokers = brokers;
+    }
+    kafka
+}
+
 /// The default config pointed at a fresh database, a unique Redis prefix and unique Kafka
 /// topic and group prefixes. Brokers come from `PAYGATE_KAFKA_BROKERS` when set.
 pub async fn isolated_config() -> Result<(Config, PgPool), db::DbError> {
@@ -57,12 +70,7 @@ pub async fn isolated_config() -> Result<(Config, PgPool), db::DbError> {
     // The public development key: tests seal webhook secrets like every deployment.
     config.secrets = crate::config::SecretsConfig::insecure_dev();
     config.redis.key_prefix = unique_name("pgt");
-    config.kafka.topic_prefix = unique_name("pgt");
-    config.kafka.group_prefix = config.kafka.topic_prefix.clone();
-    config.kafka.partitions = 2;
-    if let Ok(brokers) = std::env::var("PAYGATE_KAFKA_BROKERS") {
-        config.kafka.brokers = brokers;
-    }
+    config.kafka = isolated_kafka(2);
     if let Ok(redis) = std::env::var("PAYGATE_REDIS_URL") {
         config.redis.url = redis;
     }

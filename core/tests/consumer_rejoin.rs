@@ -51,13 +51,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_rejoins_its_group_gets_its_partitions_back_and_goes_on() -> TestResult {
-    let mut config = paygate_core::config::Config::default().kafka;
-    if let Ok(brokers) = std::env::var("PAYGATE_KAFKA_BROKERS") {
-        config.brokers = brokers;
-    }
-    config.topic_prefix = unique_name("pgt");
-    config.group_prefix = config.topic_prefix.clone();
-    config.partitions = 1;
+    let config = paygate_core::testing::isolated_kafka(1);
     ensure_topics(&config).await?;
     let producer = Producer::new(&config)?;
     let headers = BTreeMap::new();

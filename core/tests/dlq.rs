@@ -12,20 +12,10 @@ use paygate_core::testing::unique_name;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn kafka_config(partitions: i32) -> KafkaConfig {
-    let mut config = paygate_core::config::Config::default().kafka;
-    if let Ok(brokers) = std::env::var("PAYGATE_KAFKA_BROKERS") {
-        config.brokers = brokers;
-    }
-    config.topic_prefix = unique_name("pgt");
-    config.group_prefix = config.topic_prefix.clone();
-    config.partitions = partitions;
-    config
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peek_counts_the_dlq_and_reads_the_newest_messages_readably() -> TestResult {
-    let config = kafka_config(2);
+    let config = paygate_core::testing::isolated_kafka(2);
     ensure_topics(&config).await?;
     let empty = dlq::peek(&config, 10).await?;
     assert_eq!((empty.count, empty.messages.len()), (0, 0));

@@ -16,16 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn kafka_config(partitions: i32) -> KafkaConfig {
-    let mut config = paygate_core::config::Config::default().kafka;
-    if let Ok(brokers) = std::env::var("PAYGATE_KAFKA_BROKERS") {
-        config.brokers = brokers;
-    }
-    config.topic_prefix = unique_name("pgt");
-    config.group_prefix = config.topic_prefix.clone();
-    config.partitions = partitions;
-    config
-}
 
 /// A handler that records what it saw and can be told to fail or stall on some payloads.
 #[derive(Default)]
@@ -145,7 +135,7 @@ fn settings(config: &KafkaConfig, name: &str, topic: Topic) -> ConsumerSettings 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_round_trip_through_a_consumer_group() -> TestResult {
-    let config = kafka_config(2);
+    let config = paygate_core::testing::isolated_kafka(2);
     ensure_topics(&config).await?;
     ensure_topics(&config).await?; // idempotent: "already exists" is fine
     let producer = Producer::new(&config)?;
@@ -182,7 +172,7 @@ async fn messages_round_trip_through_a_consumer_group() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_message_is_not_committed_and_is_redelivered_after_restart() -> TestResult {
-    let config = kafka_config(1);
+    let config = paygate_core::testing::isolated_kafka(1);
     ensure_topics(&config).await?;
     let producer = Producer::new(&config)?;
     for payload in [b"a", b"b", b"c"] {
@@ -228,7 +218,7 @@ async fn a_failed_message_is_not_committed_and_is_redelivered_after_restart() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_never_skip_an_unhandled_message_when_handlers_finish_out_of_order() -> TestResult {
-    let config = kafka_config(1);
+    let config = paygate_core::testing::isolated_kafka(1);
     ensure_topics(&config).await?;
     let producer = Producer::new(&config)?;
     for i in 0..12_u8 {
@@ -278,7 +268,7 @@ async fn offsets_never_skip_an_unhandled_message_when_handlers_finish_out_of_ord
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_message_goes_to_the_dlq_whole_and_the_partition_moves_on() -> TestResult {
-    let config = kafka_config(1);
+    let config = paygate_core::testing::isolated_kafka(1);
     ensure_topics(&config).await?;
     let producer = Producer::new(&config)?;
     for payload in [&b"ok-1"[..], b"poison", b"ok-2"] {
@@ -317,7 +307,7 @@ async fn a_rejected_message_goes_to_the_dlq_whole_and_the_partition_moves_on() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_keys_messages_are_handled_in_order_while_keys_run_in_parallel() -> TestResult {
-    let config = kafka_config(1);
+    let config = paygate_core::testing::isolated_kafka(1);
     ensure_topics(&config).await?;
     let producer = Producer::new(&config)?;
     for i in 0..40_u8 {
@@ -366,7 +356,7 @@ async fn one_keys_messages_are_handled_in_order_while_keys_run_in_parallel() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_in_the_offsets_is_read_again_then_passed_and_nothing_is_lost() -> TestResult {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-    let mut config = kafka_config(1);
+    let mut config = paygate_core::testing::isolated_kafka(1);
     config.offset_gap_patience = Duration::from_millis(300);
     ensure_topics(&config).await?;
     let topic = paygate_core::bus::Topics::new(config.topic_prefix.clone())

@@ -52,13 +52,7 @@ impl Handler for Counter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_measures_how_long_its_messages_waited_since_they_were_produced() -> TestResult {
-    let mut config = paygate_core::config::Config::default().kafka;
-    if let Ok(brokers) = std::env::var("PAYGATE_KAFKA_BROKERS") {
-        config.brokers = brokers;
-    }
-    config.topic_prefix = unique_name("pgt");
-    config.group_prefix = config.topic_prefix.clone();
-    config.partitions = 1;
+    let config = paygate_core::testing::isolated_kafka(1);
     ensure_topics(&config).await?;
     let topic = Topics::new(config.topic_prefix.clone()).name(Topic::TransactionsPending);
     let producer: FutureProducer = rdkafka::ClientConfig::new()
