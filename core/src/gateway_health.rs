@@ -12,7 +12,6 @@
 //! [`FORGET_AFTER`] (a crashed instance's), so the hash stays small
 //! ([`crate::instance_reports`]).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

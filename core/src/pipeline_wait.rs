@@ -136,7 +136,9 @@ pub struct Reading {
 pub fn read(fresh: Vec<(String, WaitReport)>) -> Reading {
     let mut by_group: BTreeMap<String, Duration> = BTreeMap::new();
     for (name, report) in fresh {
-        let group = name.split_once('|').map_or(name.as_str(), |(group, _)| group);
+        let group = name
+            .split_once('|')
+            .map_or(name.as_str(), |(group, _)| group);
         let entry = by_group.entry(group.to_owned()).or_default();
         *entry = (*entry).max(Duration::from_millis(report.wait_ms));
     }

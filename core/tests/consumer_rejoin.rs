@@ -12,7 +12,6 @@ use paygate_core::bus::{
     ensure_topics, ConsumerRunner, ConsumerSettings, Delivery, Handler, HandlerError, Producer,
     Topic,
 };
-use paygate_core::testing::unique_name;
 use tokio_util::sync::CancellationToken;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;

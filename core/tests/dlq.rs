@@ -7,11 +7,8 @@ use std::time::Duration;
 use paygate_core::bus::dlq;
 use paygate_core::bus::events::{Body, DeadLetter, Envelope, TransactionPending};
 use paygate_core::bus::{ensure_topics, Producer, Topic};
-use paygate_core::config::KafkaConfig;
-use paygate_core::testing::unique_name;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peek_counts_the_dlq_and_reads_the_newest_messages_readably() -> TestResult {

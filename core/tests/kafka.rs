@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-
 /// A handler that records what it saw and can be told to fail or stall on some payloads.
 #[derive(Default)]
 struct Recorder {
