@@ -130,10 +130,10 @@ pub fn spawn_sampler(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let wait = match pipeline_wait::pipeline_wait(&mut redis, &prefix).await {
-                Ok(wait) => {
+            let wait = match pipeline_wait::current(&mut redis, &prefix).await {
+                Ok(reading) => {
                     failing = false;
-                    wait
+                    reading.wait
                 }
                 Err(error) => {
                     if !failing {

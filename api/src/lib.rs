@@ -86,9 +86,6 @@ pub struct Shared {
     pub readiness: routes::health::ReadinessCache,
     /// Refuses new payments while the pipeline is far behind (`api.shed_after_wait_ms`).
     pub admission: Arc<admission::Admission>,
-    /// What the admission sampler reads the workers' waits with.
-    admission_redis: ConnectionManager,
-    redis_prefix: String,
     /// The OpenAPI document served at `/openapi.json`, made exact for this registry's
     /// gateways once at start-up (`openapi::served_document`).
     pub openapi: Arc<String>,
@@ -113,6 +110,8 @@ pub struct Application {
     metrics_addr: Option<std::net::SocketAddr>,
     /// The web console (`console.enabled`), nested at `/console`.
     console: Option<paygate_console::ConsoleState>,
+    /// What the admission sampler reads the workers' waits with: Redis and its key prefix.
+    waits: (ConnectionManager, String),
 }
 
 impl Application {
@@ -220,8 +219,6 @@ impl Application {
             known_keys: auth::known_keys(config.api.key_cache),
             readiness: routes::health::ReadinessCache::default(),
             admission: Arc::new(admission::Admission::new(config.api.shed_after_wait)),
-            admission_redis,
-            redis_prefix: config.redis.key_prefix.clone(),
         }));
         Ok(Self {
             listener,
@@ -232,6 +229,7 @@ impl Application {
             kafka: config.kafka,
             metrics_addr,
             console,
+            waits: (admission_redis, config.redis.key_prefix),
         })
     }
 
@@ -262,6 +260,7 @@ impl Application {
             kafka,
             metrics_addr: _,
             console,
+            waits: (waits_redis, waits_prefix),
         } = self;
         tracing::info!(port, "paygate API listening");
         let background = shutdown.child_token();
@@ -277,8 +276,8 @@ impl Application {
         let purger = spawn_idempotency_purge(state.pool.clone(), &state.config, background.clone());
         let admission = admission::spawn_sampler(
             state.admission.clone(),
-            state.admission_redis.clone(),
-            state.redis_prefix.clone(),
+            waits_redis,
+            waits_prefix,
             background.clone(),
         );
         if !state.topics_ready.load(Ordering::Relaxed) {

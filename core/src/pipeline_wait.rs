@@ -148,16 +148,8 @@ pub fn read(fresh: Vec<(String, WaitReport)>) -> Reading {
     Reading { wait, by_group }
 }
 
-/// How long a payment taken now would queue, as the workers published it recently (zero
-/// when none did): [`Reading::wait`].
-pub async fn pipeline_wait(
-    redis: &mut ConnectionManager,
-    prefix: &str,
-) -> Result<Duration, WaitError> {
-    Ok(current(redis, prefix).await?.wait)
-}
-
-/// The workers' recent reports, made out by [`read`].
+/// The workers' recent reports, made out by [`read`]: [`Reading::wait`] is how long a payment
+/// taken now would queue (zero when no worker reported recently).
 pub async fn current(redis: &mut ConnectionManager, prefix: &str) -> Result<Reading, WaitError> {
     Ok(read(hash(prefix).fresh(redis).await?))
 }

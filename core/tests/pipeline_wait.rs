@@ -127,7 +127,7 @@ async fn a_worker_publishes_its_wait_until_it_stops_and_readers_add_up_the_group
     )
     .await?;
     assert_eq!(
-        pipeline_wait::pipeline_wait(&mut reader, &prefix).await?,
+        pipeline_wait::current(&mut reader, &prefix).await?.wait,
         Duration::from_millis(1_500)
     );
 
@@ -147,8 +147,9 @@ async fn a_worker_publishes_its_wait_until_it_stops_and_readers_add_up_the_group
         let prefix = prefix.clone();
         let mut reader = reader.clone();
         Box::pin(async move {
-            pipeline_wait::pipeline_wait(&mut reader, &prefix)
+            pipeline_wait::current(&mut reader, &prefix)
                 .await
+                .map(|reading| reading.wait)
                 .unwrap_or_default()
         })
     })
@@ -163,7 +164,7 @@ async fn a_worker_publishes_its_wait_until_it_stops_and_readers_add_up_the_group
     publisher.await?;
     // Withdrawn at stop: only the other instance's report counts, without waiting for age.
     assert_eq!(
-        pipeline_wait::pipeline_wait(&mut reader, &prefix).await?,
+        pipeline_wait::current(&mut reader, &prefix).await?.wait,
         Duration::from_millis(1_500)
     );
     Ok(())
