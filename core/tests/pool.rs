@@ -62,3 +62,30 @@ async fn a_connection_idle_past_the_setting_is_pinged_first() -> TestResult {
     assert_eq!(answer, 1);
     Ok(())
 }
+
+/// Connections name the program that opened them (`application_name`), so `pg_stat_activity`
+/// and the bench's CPU split say which service a backend serves; a name in the URL wins.
+#[tokio::test]
+async fn connections_are_named_for_the_program_unless_the_url_names_them() -> TestResult {
+    let (_, url) = fresh_database().await?;
+    let mut config = Config::default().database;
+    config.url = url.clone();
+    let pool = db::connect(&config).await?;
+    let named: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+        .fetch_one(&pool)
+        .await?;
+    let program = std::env::current_exe()?;
+    let program = program
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or("the test binary has a name")?;
+    assert_eq!(named, program);
+
+    config.url = format!("{url}?application_name=operator-chosen");
+    let pool = db::connect(&config).await?;
+    let named: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(named, "operator-chosen");
+    Ok(())
+}

@@ -8,11 +8,18 @@
 //! `tansu`, `redis-server`, and this benchmark itself (`bench`: the load generator and its
 //! webhook receiver). A process that exited during the run is missing from its part but not
 //! from the machine's total; what no part accounts for is reported as `other`.
+//!
+//! Postgres's part is split again by whom each backend served
+//! ([`CpuSnapshot::with_postgres_clients`]): a client backend by its connection's
+//! `application_name` (each paygate service names its connections after itself), the
+//! server's own processes by their kind (`walwriter`, `autovacuum worker`, …). Postgres is
+//! half of a payment's CPU, and this says which service's statements spent it.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
+use sqlx::Connection;
 
 /// `/proc` reports times in clock ticks of `USER_HZ`, which the kernel's ABI fixes at 100 on
 /// every architecture paygate runs on.
@@ -26,6 +33,8 @@ pub struct CpuSnapshot {
     machine_busy: u64,
     /// Ticks (user + system) by pid, with the kind each pid belongs to.
     processes: BTreeMap<u32, (String, u64)>,
+    /// Whom each Postgres process served when the snapshot was taken, by pid.
+    postgres_clients: BTreeMap<u32, String>,
 }
 
 /// What the run cost, from two snapshots.
@@ -38,7 +47,15 @@ pub struct CpuReport {
     pub machine_busy_pct: f64,
     /// CPU-seconds by kind (`paygate-api`, `postgres`, `tansu`, `bench`, `other`, …).
     pub by_kind_cpu_secs: BTreeMap<String, f64>,
+    /// `postgres` of `by_kind_cpu_secs` by whom its processes served: a client's
+    /// `application_name` (`paygate-api`, …), a server process's kind (`walwriter`, …), or
+    /// `unknown` (the postmaster, a backend that came and went).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub postgres_by_client_cpu_secs: BTreeMap<String, f64>,
 }
+
+/// The label of Postgres processes nobody's snapshot named.
+const UNKNOWN_CLIENT: &str = "unknown";
 
 impl CpuSnapshot {
     /// Reads the counters now.
@@ -64,7 +81,14 @@ impl CpuSnapshot {
             at: Instant::now(),
             machine_busy: machine_busy_ticks().unwrap_or(0),
             processes,
+            postgres_clients: BTreeMap::new(),
         }
+    }
+
+    /// This snapshot with whom each Postgres process serves ([`postgres_clients`]).
+    pub fn with_postgres_clients(mut self, clients: BTreeMap<u32, String>) -> Self {
+        self.postgres_clients = clients;
+        self
     }
 
     /// The CPU spent between `self` (earlier) and `later`.
@@ -72,14 +96,23 @@ impl CpuSnapshot {
         let seconds = later.at.saturating_duration_since(self.at).as_secs_f64();
         let machine = ticks_to_secs(later.machine_busy.saturating_sub(self.machine_busy));
         let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
+        let mut postgres_by_client: BTreeMap<String, f64> = BTreeMap::new();
         for (pid, (kind, ticks)) in &later.processes {
             let before = self
                 .processes
                 .get(pid)
                 .filter(|(k, _)| k == kind)
                 .map_or(0, |(_, t)| *t);
-            *by_kind.entry(kind.clone()).or_default() +=
-                ticks_to_secs(ticks.saturating_sub(before));
+            let spent = ticks_to_secs(ticks.saturating_sub(before));
+            *by_kind.entry(kind.clone()).or_default() += spent;
+            if kind == "postgres" && !later.postgres_clients.is_empty() {
+                let client = later
+                    .postgres_clients
+                    .get(pid)
+                    .or_else(|| self.postgres_clients.get(pid))
+                    .map_or(UNKNOWN_CLIENT, String::as_str);
+                *postgres_by_client.entry(client.to_owned()).or_default() += spent;
+            }
         }
         let accounted: f64 = by_kind.values().sum();
         by_kind.insert("other".to_owned(), (machine - accounted).max(0.0));
@@ -92,8 +125,33 @@ impl CpuSnapshot {
                 0.0
             },
             by_kind_cpu_secs: by_kind,
+            postgres_by_client_cpu_secs: postgres_by_client,
         }
     }
+}
+
+/// Whom each Postgres process serves, by pid, from `pg_stat_activity`: a client backend's
+/// `application_name` (or `unnamed`), any other process's `backend_type`. Empty when the
+/// database cannot be asked: the split is then left out, the totals stay.
+pub async fn postgres_clients(database_url: &str) -> BTreeMap<u32, String> {
+    let rows: Result<Vec<(i32, String)>, sqlx::Error> = async {
+        let mut connection = sqlx::PgConnection::connect(database_url).await?;
+        let rows = sqlx::query_as(
+            "SELECT pid, CASE WHEN backend_type = 'client backend' \
+                    THEN coalesce(nullif(application_name, ''), 'unnamed') \
+                    ELSE backend_type END \
+             FROM pg_stat_activity",
+        )
+        .fetch_all(&mut connection)
+        .await?;
+        connection.close().await?;
+        Ok(rows)
+    }
+    .await;
+    rows.unwrap_or_default()
+        .into_iter()
+        .filter_map(|(pid, client)| Some((u32::try_from(pid).ok()?, client)))
+        .collect()
 }
 
 impl CpuReport {
@@ -126,7 +184,19 @@ impl CpuReport {
         out
     }
 
-    /// Prints the table: CPU-seconds, share of one core and ms per unit, by kind.
+    /// `postgres_by_client_cpu_secs` in milliseconds per unit of work.
+    pub fn postgres_per_unit_ms(&self, units: u64) -> BTreeMap<String, f64> {
+        if units == 0 {
+            return BTreeMap::new();
+        }
+        self.postgres_by_client_cpu_secs
+            .iter()
+            .map(|(client, secs)| (client.clone(), 1_000.0 * secs / units as f64))
+            .collect()
+    }
+
+    /// Prints the table: CPU-seconds, share of one core and ms per unit, by kind, then
+    /// Postgres's part by client.
     pub fn print(&self, units: u64, unit: &str) {
         let per = self.per_unit_ms(units);
         println!(
@@ -154,6 +224,13 @@ impl CpuReport {
                 "",
                 per.get(total).copied().unwrap_or(0.0)
             );
+        }
+        let postgres = self.postgres_per_unit_ms(units);
+        if !postgres.is_empty() {
+            println!("  postgres by client:");
+        }
+        for (client, ms) in &postgres {
+            println!("    {client:<26} {ms:>26.3} ms/{unit}");
         }
     }
 }
@@ -266,6 +343,7 @@ mod tests {
             at,
             machine_busy: 1_000,
             processes: BTreeMap::from([(1, ("postgres".to_owned(), 100))]),
+            postgres_clients: BTreeMap::new(),
         };
         let after = CpuSnapshot {
             at: at + std::time::Duration::from_secs(10),
@@ -274,6 +352,7 @@ mod tests {
                 (1, ("postgres".to_owned(), 300)),
                 (2, ("bench".to_owned(), 100)),
             ]),
+            postgres_clients: BTreeMap::new(),
         };
         let report = before.until(&after);
         assert_eq!(report.machine_cpu_secs, 5.0);
@@ -289,5 +368,45 @@ mod tests {
             "postgres alone: bench and other are not the stack"
         );
         assert!(report.per_unit_ms(0).is_empty());
+        assert!(
+            report.postgres_by_client_cpu_secs.is_empty(),
+            "no clients read, no split"
+        );
+    }
+
+    #[test]
+    fn postgres_time_is_split_by_whom_each_process_served() {
+        let at = Instant::now();
+        let postgres = |ticks| ("postgres".to_owned(), ticks);
+        let before = CpuSnapshot {
+            at,
+            machine_busy: 0,
+            processes: BTreeMap::from([(10, postgres(100)), (11, postgres(0))]),
+            postgres_clients: BTreeMap::from([(10, "paygate-api".to_owned())]),
+        };
+        let after = CpuSnapshot {
+            at: at + std::time::Duration::from_secs(1),
+            machine_busy: 1_000,
+            processes: BTreeMap::from([
+                (10, postgres(400)),
+                (11, postgres(50)),
+                (12, postgres(20)),
+                (13, postgres(30)),
+                (14, ("tansu".to_owned(), 70)),
+            ]),
+            postgres_clients: BTreeMap::from([
+                (11, "walwriter".to_owned()),
+                (12, "paygate-api".to_owned()),
+                (14, "not postgres".to_owned()),
+            ]),
+        };
+        let report = before.until(&after);
+        let split = &report.postgres_by_client_cpu_secs;
+        assert_eq!(split["paygate-api"], 3.2, "pid 10 named before, 12 after");
+        assert_eq!(split["walwriter"], 0.5);
+        assert_eq!(split[UNKNOWN_CLIENT], 0.3, "pid 13 named by neither");
+        assert_eq!(split.len(), 3, "tansu is not Postgres: {split:?}");
+        assert_eq!(report.by_kind_cpu_secs["postgres"], 4.0);
+        assert_eq!(report.postgres_per_unit_ms(100)["walwriter"], 5.0);
     }
 }

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::cpu::{CpuReport, CpuSnapshot};
+use super::cpu::{postgres_clients, CpuReport, CpuSnapshot};
 use super::load::{self, Latencies, LoadSpec, Percentiles, Recorder};
 use super::net::{TcpReport, TcpSnapshot};
 use super::pgbench::{self, PgbenchReport};
@@ -139,6 +139,8 @@ pub struct E2eReport {
     pub cpu: CpuReport,
     /// `cpu` in milliseconds per delivered payment, by kind, `machine` and `machine - bench`.
     pub cpu_ms_per_payment: BTreeMap<String, f64>,
+    /// `cpu_ms_per_payment`'s `postgres` by whom it served (`paygate-api`, `walwriter`, …).
+    pub postgres_ms_per_payment_by_client: BTreeMap<String, f64>,
     /// TCP connections and segments over the same window, per delivered payment.
     pub tcp: TcpReport,
     /// Each hop's latency, from the database's history of the run's payments.
@@ -283,7 +285,8 @@ async fn run(
 
     let recorder = Arc::new(Recorder::new()?);
     let statements = StatementStats::start(database_url, args.statements).await;
-    let cpu_before = CpuSnapshot::take();
+    let cpu_before =
+        CpuSnapshot::take().with_postgres_clients(postgres_clients(database_url).await);
     let tcp_before = TcpSnapshot::take();
     let started = Instant::now();
     let status_receiver = receiver.clone();
@@ -348,7 +351,8 @@ async fn run(
         Duration::from_secs(args.drain_secs),
     )
     .await;
-    let cpu = cpu_before.until(&CpuSnapshot::take());
+    let cpu_after = CpuSnapshot::take().with_postgres_clients(postgres_clients(database_url).await);
+    let cpu = cpu_before.until(&cpu_after);
     let tcp_after = TcpSnapshot::take();
     let statements =
         StatementStats::finish_run(statements, recorder.ok(), "payment", args.statements).await;
@@ -426,6 +430,7 @@ async fn run(
         sandbox_duplicates_suppressed: delta(|s| s.duplicates_suppressed),
         peak_rss_mib: rss.peaks(),
         cpu_ms_per_payment: cpu.per_unit_ms(outcome.delivered),
+        postgres_ms_per_payment_by_client: cpu.postgres_per_unit_ms(outcome.delivered),
         cpu,
         tcp: tcp_before.until(&tcp_after, outcome.delivered),
         stages,

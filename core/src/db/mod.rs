@@ -18,7 +18,9 @@ pub mod transactions;
 pub mod webhook_endpoints;
 pub mod webhooks;
 
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::config::DatabaseConfig;
@@ -61,8 +63,32 @@ pub enum DbError {
 
 /// Opens a pool (lazily: the first query connects), sized from config.
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
-    let pool = pool_options(config).connect(&config.url).await?;
+    let pool = pool_options(config)
+        .connect_with(connect_options(&config.url)?)
+        .await?;
     Ok(pool)
+}
+
+/// The URL's connection settings, with this program's name (`paygate-api`, …) as the
+/// connections' `application_name` unless the URL names one. Why: an operator's
+/// `pg_stat_activity` then says which service holds a connection or runs a statement, and
+/// `paygate bench` charges Postgres's CPU to the service whose statements it ran.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    let options = PgConnectOptions::from_str(url)?;
+    if options.get_application_name().is_some() {
+        return Ok(options);
+    }
+    Ok(match program_name() {
+        Some(name) => options.application_name(&name),
+        None => options,
+    })
+}
+
+/// This executable's file name, without a directory or an extension.
+fn program_name() -> Option<String> {
+    let path = std::env::args_os().next()?;
+    let stem = std::path::Path::new(&path).file_stem()?;
+    Some(stem.to_string_lossy().into_owned())
 }
 
 /// The pool's settings. A connection is pinged before use only when it has been idle for
