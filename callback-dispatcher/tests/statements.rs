@@ -301,3 +301,63 @@ async fn a_claim_says_whether_it_left_due_deliveries_behind() -> TestResult {
     assert!(full.held_back, "every free slot taken: more may be due");
     Ok(())
 }
+
+/// A claim takes both kinds of due delivery, oldest due first: pending ones whose time has
+/// come, and leased ones whose lease ran out (a crashed worker's); never one due later, nor
+/// one whose lease still runs, nor one that finished.
+#[tokio::test]
+async fn a_claim_takes_due_and_abandoned_deliveries_oldest_first_and_nothing_else() -> TestResult {
+    let (config, pool) = isolated_config().await?;
+    let merchant = merchants::create(&pool, "shop").await?.id;
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        let tx = transaction(&pool, merchant).await?;
+        webhooks::record_event(&pool, &event(&tx)).await?;
+        events.push(webhooks::deliveries_for_event(&pool, event(&tx).id).await?[0].id);
+    }
+    let [abandoned, finished, running, due, later] = events[..] else {
+        return Err("five deliveries".into());
+    };
+    // Due times, oldest first: the abandoned lease's delivery, then the due one; the one
+    // due later is in the future.
+    let due_in = |id, secs: f64| {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => $2)
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(secs)
+        .execute(&pool)
+    };
+    due_in(abandoned, -30.0).await?;
+    due_in(finished, -25.0).await?;
+    due_in(running, -20.0).await?;
+    due_in(due, -10.0).await?;
+    due_in(later, 60.0).await?;
+    sqlx::query(
+        "UPDATE webhook_deliveries SET state = 'delivering', attempts = 1,
+             locked_until = now() + make_interval(secs => CASE WHEN id = $1 THEN -1 ELSE 60 END)
+         WHERE id = ANY($2)",
+    )
+    .bind(abandoned)
+    .bind(vec![abandoned, running])
+    .execute(&pool)
+    .await?;
+    sqlx::query("UPDATE webhook_deliveries SET state = 'succeeded' WHERE id = $1")
+        .bind(finished)
+        .execute(&pool)
+        .await?;
+
+    let claimed = claim_all(&config, &pool).await?;
+    let taken: Vec<_> = claimed.iter().map(|d| (d.id, d.attempt)).collect();
+    assert_eq!(
+        taken,
+        vec![(abandoned, 2), (due, 1)],
+        "abandoned {abandoned}, due {due}; not finished {finished}, running {running}, later {later}"
+    );
+    assert!(
+        claim_all(&config, &pool).await?.is_empty(),
+        "both now leased"
+    );
+    Ok(())
+}
