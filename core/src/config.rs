@@ -79,7 +79,9 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `postgres://user@host:port/db`.
+    /// `postgres://user@host:port/db`. Connections carry the program's name as their
+    /// `application_name` (`pg_stat_activity` shows which service holds one) unless the URL
+    /// sets `?application_name=…`.
     pub url: String,
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before failing.
