@@ -77,7 +77,7 @@ impl Stamped for BreakerReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayBreaker {
     pub gateway: GatewayName,
-    /// The publishing process ([`instance_id`]).
+    /// The publishing process ([`crate::instance_reports::instance_id`]).
     pub instance: String,
     pub report: BreakerReport,
 }
@@ -94,17 +94,6 @@ fn hash(prefix: &str) -> ReportHash {
         forget_after: FORGET_AFTER,
         ttl: KEY_TTL,
     }
-}
-
-/// This process's name in [`breakers_key`]: its pid and a random part (pids repeat across
-/// containers and restarts).
-pub fn instance_id() -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "{}-{}",
-        std::process::id(),
-        random.get(..8).unwrap_or(&random)
-    )
 }
 
 fn field(gateway: &GatewayName, instance: &str) -> String {

@@ -26,6 +26,17 @@ pub enum ReportError {
     Encode(#[from] serde_json::Error),
 }
 
+/// This process's name in a report hash's fields: its pid and a random part (pids repeat
+/// across containers and restarts).
+pub fn instance_id() -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{}-{}",
+        std::process::id(),
+        random.get(..8).unwrap_or(&random)
+    )
+}
+
 /// A report says when it was made.
 pub trait Stamped {
     fn at(&self) -> DateTime<Utc>;

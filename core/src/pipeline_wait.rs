@@ -164,7 +164,7 @@ pub async fn publish_until(
     group: String,
     shutdown: CancellationToken,
 ) {
-    let instance = crate::gateway_health::instance_id();
+    let instance = crate::instance_reports::instance_id();
     let mut tick = tokio::time::interval(PUBLISH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

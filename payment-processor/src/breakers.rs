@@ -34,7 +34,7 @@ pub async fn run(
     prefix: String,
     shutdown: CancellationToken,
 ) {
-    let instance = gateway_health::instance_id();
+    let instance = paygate_core::instance_reports::instance_id();
     let gateways: Vec<GatewayName> = engine.registry.names().cloned().collect();
     let mut tick = tokio::time::interval(gateway_health::PUBLISH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
