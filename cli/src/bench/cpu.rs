@@ -10,7 +10,7 @@
 //! from the machine's total; what no part accounts for is reported as `other`.
 //!
 //! Postgres's part is split again by whom each backend served
-//! ([`CpuSnapshot::with_postgres_clients`]): a client backend by its connection's
+//! ([`CpuSnapshot::take_with_postgres_clients`]): a client backend by its connection's
 //! `application_name` (each paygate service names its connections after itself), the
 //! server's own processes by their kind (`walwriter`, `autovacuum worker`, …). Postgres is
 //! half of a payment's CPU, and this says which service's statements spent it.
@@ -85,10 +85,14 @@ impl CpuSnapshot {
         }
     }
 
-    /// This snapshot with whom each Postgres process serves ([`postgres_clients`]).
-    pub fn with_postgres_clients(mut self, clients: BTreeMap<u32, String>) -> Self {
-        self.postgres_clients = clients;
-        self
+    /// Reads the counters now, with whom each Postgres process serves (asked of the server
+    /// at `database_url`, [`postgres_clients`]), so the report splits Postgres's part.
+    pub async fn take_with_postgres_clients(database_url: &str) -> Self {
+        let clients = postgres_clients(database_url).await;
+        Self {
+            postgres_clients: clients,
+            ..Self::take()
+        }
     }
 
     /// The CPU spent between `self` (earlier) and `later`.
@@ -133,7 +137,7 @@ impl CpuSnapshot {
 /// Whom each Postgres process serves, by pid, from `pg_stat_activity`: a client backend's
 /// `application_name` (or `unnamed`), any other process's `backend_type`. Empty when the
 /// database cannot be asked: the split is then left out, the totals stay.
-pub async fn postgres_clients(database_url: &str) -> BTreeMap<u32, String> {
+async fn postgres_clients(database_url: &str) -> BTreeMap<u32, String> {
     let rows: Result<Vec<(i32, String)>, sqlx::Error> = async {
         let mut connection = sqlx::PgConnection::connect(database_url).await?;
         let rows = sqlx::query_as(

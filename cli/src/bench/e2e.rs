@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::cpu::{postgres_clients, CpuReport, CpuSnapshot};
+use super::cpu::{CpuReport, CpuSnapshot};
 use super::load::{self, Latencies, LoadSpec, Percentiles, Recorder};
 use super::net::{TcpReport, TcpSnapshot};
 use super::pgbench::{self, PgbenchReport};
@@ -285,8 +285,7 @@ async fn run(
 
     let recorder = Arc::new(Recorder::new()?);
     let statements = StatementStats::start(database_url, args.statements).await;
-    let cpu_before =
-        CpuSnapshot::take().with_postgres_clients(postgres_clients(database_url).await);
+    let cpu_before = CpuSnapshot::take_with_postgres_clients(database_url).await;
     let tcp_before = TcpSnapshot::take();
     let started = Instant::now();
     let status_receiver = receiver.clone();
@@ -351,8 +350,7 @@ async fn run(
         Duration::from_secs(args.drain_secs),
     )
     .await;
-    let cpu_after = CpuSnapshot::take().with_postgres_clients(postgres_clients(database_url).await);
-    let cpu = cpu_before.until(&cpu_after);
+    let cpu = cpu_before.until(&CpuSnapshot::take_with_postgres_clients(database_url).await);
     let tcp_after = TcpSnapshot::take();
     let statements =
         StatementStats::finish_run(statements, recorder.ok(), "payment", args.statements).await;
