@@ -448,6 +448,11 @@ pub struct ProcessorConfig {
     #[serde(rename = "scheduler_poll_ms", with = "units::ms")]
     pub scheduler_poll: Duration,
     pub scheduler_batch: i64,
+    /// The most reads, or version-checked updates, of transactions sent as one statement:
+    /// those that concurrent attempts send while a statement is running go together in the
+    /// next (grouped by merchant), one round trip and commit for all. 1 sends each alone.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
     /// A transaction in `submitting`/`submitted` untouched this long is reconciled.
     #[serde(rename = "stuck_after_secs", with = "units::secs")]
     pub stuck_after: Duration,
@@ -536,6 +541,10 @@ pub struct CallbacksConfig {
 }
 
 fn default_settle_batch_max() -> usize {
+    64
+}
+
+fn default_batch_max() -> usize {
     64
 }
 
@@ -655,6 +664,7 @@ impl Default for Config {
                 breaker_deferral: Duration::from_millis(5_000),
                 scheduler_poll: Duration::from_millis(500),
                 scheduler_batch: 256,
+                batch_max: default_batch_max(),
                 stuck_after: Duration::from_secs(300),
                 max_retry_after: defaults::max_retry_after(),
                 unresolved_after: defaults::unresolved_after(),

@@ -444,3 +444,102 @@ async fn a_transaction_is_read_with_its_merchants_enabled_gateways() -> TestResu
         .is_none());
     Ok(())
 }
+
+/// Several version-checked updates in one statement: each applies or not on its own row, as
+/// alone; the rows that applied carry every column of their update, and each status change
+/// is in the history (the trigger runs per row).
+#[tokio::test]
+async fn updates_sent_together_are_each_version_checked_on_their_own_row() -> TestResult {
+    let (pool, _) = fresh_database().await?;
+    let merchant = merchants::create(&pool, "Acme").await?;
+    let mut rows = Vec::new();
+    for amount in [100, 200, 300] {
+        let tx = new_transaction(&pool, merchant.id, amount).await?;
+        transactions::insert(&pool, &tx, None, &announcement(&tx)).await?;
+        rows.push(tx);
+    }
+    // The second row moved on since it was read: its update must not apply.
+    let moved = rows[1]
+        .advance(TransactionStatus::Submitting, Utc::now())?
+        .start_attempt();
+    transactions::apply(&pool, &moved).await?.ok_or("moved")?;
+
+    let gateway = paygate_core::domain::GatewayName::parse("paystack")?;
+    let updates: Vec<_> = rows
+        .iter()
+        .map(|tx| {
+            Ok(tx
+                .advance(TransactionStatus::Submitting, Utc::now())?
+                .start_attempt()
+                .routed_to(gateway.clone())
+                .failure("retryable", "the last attempt's error"))
+        })
+        .collect::<Result<_, paygate_core::domain::InvalidTransition>>()?;
+    let applied = transactions::apply_all(&pool, &updates).await?;
+    assert_eq!(applied, vec![true, false, true]);
+
+    for (tx, update) in [(&rows[0], &updates[0]), (&rows[2], &updates[2])] {
+        let stored = transactions::get(&pool, tx.id).await?.ok_or("missing")?;
+        assert_eq!(summary(&stored), summary(&update.next), "the update is written");
+    }
+    let stored = transactions::get(&pool, rows[1].id).await?.ok_or("missing")?;
+    assert_eq!(
+        summary(&stored),
+        summary(&moved.next),
+        "the moved row keeps its other writer's change"
+    );
+    let entered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM transaction_history WHERE to_status = 'submitting'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(entered, 3, "two from the grouped update, one from the other writer");
+    Ok(())
+}
+
+/// What an update sets, without the timestamps (Postgres keeps microseconds).
+fn summary(
+    tx: &Transaction,
+) -> (
+    TransactionStatus,
+    i64,
+    i32,
+    Option<paygate_core::domain::GatewayName>,
+    Option<paygate_core::domain::Failure>,
+) {
+    (
+        tx.status,
+        tx.version,
+        tx.attempts,
+        tx.routed_gateway.clone(),
+        tx.failure.clone(),
+    )
+}
+
+/// Several transactions read in one round trip: one answer per id, in the order asked, with
+/// each merchant's enabled gateways, and nothing for an unknown id.
+#[tokio::test]
+async fn transactions_read_together_answer_in_the_order_asked() -> TestResult {
+    let (pool, _) = fresh_database().await?;
+    let open = merchants::create(&pool, "Open").await?;
+    let narrow = merchants::create(&pool, "Narrow").await?;
+    let only = vec![paygate_core::domain::GatewayName::parse("paystack")?];
+    merchants::set_enabled_gateways(&pool, narrow.id, Some(&only)).await?;
+    let first = new_transaction(&pool, open.id, 100).await?;
+    let second = new_transaction(&pool, narrow.id, 200).await?;
+    for tx in [&first, &second] {
+        transactions::insert(&pool, tx, None, &announcement(tx)).await?;
+    }
+    let unknown = paygate_core::domain::TransactionId::new();
+
+    let read =
+        transactions::get_all_with_enabled_gateways(&pool, &[second.id, unknown, first.id])
+            .await?;
+    assert_eq!(read.len(), 3);
+    let (tx, enabled) = read[0].clone().ok_or("second exists")?;
+    assert_eq!((tx.id, enabled), (second.id, Some(only)));
+    assert!(read[1].is_none(), "an unknown id reads as nothing");
+    let (tx, enabled) = read[2].clone().ok_or("first exists")?;
+    assert_eq!((tx.id, enabled), (first.id, None));
+    Ok(())
+}

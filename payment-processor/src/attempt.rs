@@ -2,7 +2,8 @@
 //! record the outcome. Also the reconciliation of a transaction stuck mid-flight.
 //!
 //! Safety rests on these, in this order:
-//! 1. every write is version-checked (`db::transactions::apply`), so a second worker that
+//! 1. every write is version-checked (`db::transactions::apply`, or `apply_all` when
+//!    [`crate::store`] sends several together), so a second worker that
 //!    read the same row cannot claim it again, and a stale worker cannot overwrite;
 //! 2. every provider call carries our transaction id as its idempotency reference, so a
 //!    retry after an ambiguous outcome cannot execute the payment twice;
@@ -155,6 +156,8 @@ impl From<InvalidTransition> for ProcessError {
 
 pub struct Engine {
     pub(crate) pool: PgPool,
+    /// The hot reads and version-checked updates, coalesced across concurrent attempts.
+    pub(crate) store: crate::store::Store,
     pub(crate) registry: GatewayRegistry,
     pub(crate) router: Router,
     pub(crate) lock: RedisLock,
@@ -224,7 +227,7 @@ impl Engine {
             .advance(TransactionStatus::Submitting, Utc::now())?
             .start_attempt()
             .routed_to(gateway_name.clone());
-        let Some(claimed) = transactions::apply(&self.pool, &claim).await? else {
+        let Some(claimed) = self.store.apply(&claim).await? else {
             return Ok(Outcome::Skipped("claimed by another worker"));
         };
         let result = submit(&claimed, &gateway_name, &entry).await;
@@ -239,7 +242,7 @@ impl Engine {
         id: TransactionId,
         version: i64,
     ) -> Result<ControlFlow<Outcome, (Transaction, Option<Vec<GatewayName>>)>, ProcessError> {
-        let Some((tx, enabled)) = transactions::get_with_enabled_gateways(&self.pool, id).await?
+        let Some((tx, enabled)) = self.store.read(id).await?
         else {
             return Err(ProcessError::Poison(format!("unknown transaction {id}")));
         };
@@ -330,7 +333,7 @@ impl Engine {
                 } else {
                     update.clear_failure()
                 };
-                match transactions::apply(&self.pool, &update).await? {
+                match self.store.apply(&update).await? {
                     Some(_) => Outcome::Submitted,
                     None => Outcome::Skipped("changed while asking the provider"),
                 }
@@ -401,7 +404,7 @@ impl Engine {
                 codes::BREAKER_OPEN,
                 "every gateway for this transaction has an open circuit breaker",
             );
-        match transactions::apply(&self.pool, &update).await? {
+        match self.store.apply(&update).await? {
             Some(_) => Ok(Outcome::Deferred),
             None => Ok(Outcome::Skipped("changed while deferring")),
         }
@@ -440,7 +443,7 @@ impl Engine {
                     .advance(TransactionStatus::Submitted, now)?
                     .provider_reference(outcome.provider_reference)
                     .clear_failure();
-                Ok(match transactions::apply(&self.pool, &update).await? {
+                Ok(match self.store.apply(&update).await? {
                     Some(_) => Outcome::Submitted,
                     // The provider's callback overtook us and already finished it: fine.
                     None => Outcome::Skipped("callback arrived first"),
@@ -629,7 +632,7 @@ impl Engine {
     }
 
     async fn schedule(&self, update: TransactionUpdate) -> Result<Outcome, ProcessError> {
-        Ok(match transactions::apply(&self.pool, &update).await? {
+        Ok(match self.store.apply(&update).await? {
             Some(_) => Outcome::RetryScheduled,
             None => Outcome::Skipped("changed while scheduling a retry"),
         })

@@ -20,6 +20,7 @@ pub mod refund;
 pub mod routing;
 pub mod scheduler;
 pub mod status_step;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ use paygate_gateways::GatewayRegistry;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::{Engine, Settings};
+use crate::store::Store;
 use crate::backoff::Backoff;
 use crate::routing::Router;
 use crate::scheduler::SchedulerSettings;
@@ -86,6 +88,7 @@ impl PaymentProcessor {
         let registry_reconcile = registry.shortest_reconcile_after(p.stuck_after);
         let engine = Arc::new(Engine {
             pool: pool.clone(),
+            store: Store::start(pool.clone(), p.batch_max),
             registry,
             router,
             lock,

@@ -140,7 +140,7 @@ impl Engine {
                 }
                 Some(Step::Executing) => {
                     let update = tx.advance(TransactionStatus::Submitted, now)?;
-                    Ok(match transactions::apply(&self.pool, &update).await? {
+                    Ok(match self.store.apply(&update).await? {
                         Some(_) => Outcome::Submitted,
                         None => Outcome::Skipped("changed while asking the provider"),
                     })
@@ -251,7 +251,7 @@ impl Engine {
             .pin_ambiguous(since)
             .retry_at(at)
             .failure(codes::AMBIGUOUS, why);
-        Ok(match transactions::apply(&self.pool, &update).await? {
+        Ok(match self.store.apply(&update).await? {
             Some(_) => Outcome::RetryScheduled,
             None => Outcome::Skipped("changed while reconciling"),
         })
@@ -269,7 +269,7 @@ impl Engine {
                 codes::RETRYABLE,
                 "stuck mid-flight; the provider has no record of it after its settle window",
             );
-        Ok(match transactions::apply(&self.pool, &update).await? {
+        Ok(match self.store.apply(&update).await? {
             Some(_) => Outcome::RetryScheduled,
             None => Outcome::Skipped("changed while reconciling"),
         })

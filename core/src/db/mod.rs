@@ -3,6 +3,7 @@
 
 pub mod activity;
 pub mod broker_resets;
+pub mod coalesce;
 pub mod console_users;
 pub mod deployment;
 pub mod group_commit;

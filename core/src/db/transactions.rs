@@ -410,6 +410,109 @@ pub async fn apply<'e>(
     Ok((result.rows_affected() == 1).then(|| update.next.clone()))
 }
 
+/// Writes each of `updates` only if its row still has its `expected_version`, in ONE
+/// statement: one round trip and one commit for all of them ([`super::coalesce`]). Answers
+/// one flag per update, in order: whether it applied. An update whose row another writer
+/// moved on changes nothing, as with [`apply`].
+///
+/// The ids must differ (a row joined twice is updated once, by whichever match comes first):
+/// the caller sends a second update of one row alone. Two such statements that lock the same
+/// rows in another order may deadlock; Postgres then fails one, and its caller writes each
+/// update alone (each payment has one writer at a time, so this is rare).
+pub async fn apply_all<'e>(
+    exec: impl PgExecutor<'e>,
+    updates: &[TransactionUpdate],
+) -> Result<Vec<bool>, DbError> {
+    let mut columns = UpdateColumns::default();
+    for update in updates {
+        columns.push(update);
+    }
+    let applied: Vec<uuid::Uuid> = columns
+        .bind(sqlx::query_scalar(APPLY_ALL_SQL))
+        .fetch_all(exec)
+        .await?;
+    let applied: std::collections::HashSet<uuid::Uuid> = applied.into_iter().collect();
+    Ok(updates
+        .iter()
+        .map(|u| applied.contains(&u.next.id.as_uuid()))
+        .collect())
+}
+
+/// [`UPDATE_SQL`] over arrays, one element per update (`$1..=$13` in the same order).
+const APPLY_ALL_SQL: &str = "WITH input AS (
+         SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::int[],
+                              $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
+                              $11::timestamptz[], $12::timestamptz[], $13::text[])
+             AS i(id, expected, status, version, attempts, next_attempt_at, routed_gateway,
+                  provider_reference, failure_code, failure_message, updated_at,
+                  ambiguous_since, next_action_url)
+     )
+     UPDATE transactions t SET status = i.status, version = i.version, attempts = i.attempts,
+         next_attempt_at = i.next_attempt_at, routed_gateway = i.routed_gateway,
+         provider_reference = i.provider_reference, failure_code = i.failure_code,
+         failure_message = i.failure_message, updated_at = i.updated_at,
+         ambiguous_since = i.ambiguous_since, next_action_url = i.next_action_url
+     FROM input i
+     WHERE t.id = i.id AND t.version = i.expected
+     RETURNING t.id";
+
+/// The columns of [`APPLY_ALL_SQL`], one vector per parameter.
+#[derive(Default)]
+struct UpdateColumns {
+    id: Vec<uuid::Uuid>,
+    expected: Vec<i64>,
+    status: Vec<&'static str>,
+    version: Vec<i64>,
+    attempts: Vec<i32>,
+    next_attempt_at: Vec<Option<DateTime<Utc>>>,
+    routed_gateway: Vec<Option<String>>,
+    provider_reference: Vec<Option<String>>,
+    failure_code: Vec<Option<String>>,
+    failure_message: Vec<Option<String>>,
+    updated_at: Vec<DateTime<Utc>>,
+    ambiguous_since: Vec<Option<DateTime<Utc>>>,
+    next_action_url: Vec<Option<String>>,
+}
+
+impl UpdateColumns {
+    fn push(&mut self, update: &TransactionUpdate) {
+        let t = &update.next;
+        self.id.push(t.id.as_uuid());
+        self.expected.push(update.expected_version);
+        self.status.push(t.status.as_str());
+        self.version.push(t.version);
+        self.attempts.push(t.attempts);
+        self.next_attempt_at.push(t.next_attempt_at);
+        self.routed_gateway
+            .push(t.routed_gateway.as_ref().map(|g| g.as_str().to_owned()));
+        self.provider_reference.push(t.provider_reference.clone());
+        self.failure_code
+            .push(t.failure.as_ref().map(|f| f.code.clone()));
+        self.failure_message
+            .push(t.failure.as_ref().map(|f| f.message.clone()));
+        self.updated_at.push(t.updated_at);
+        self.ambiguous_since.push(t.ambiguous_since);
+        self.next_action_url.push(t.next_action_url.clone());
+    }
+
+    fn bind<'q, Q: Bindable<'q>>(self, query: Q) -> Q {
+        query
+            .bind_value(self.id)
+            .bind_value(self.expected)
+            .bind_value(self.status)
+            .bind_value(self.version)
+            .bind_value(self.attempts)
+            .bind_value(self.next_attempt_at)
+            .bind_value(self.routed_gateway)
+            .bind_value(self.provider_reference)
+            .bind_value(self.failure_code)
+            .bind_value(self.failure_message)
+            .bind_value(self.updated_at)
+            .bind_value(self.ambiguous_since)
+            .bind_value(self.next_action_url)
+    }
+}
+
 /// Binds `update` as `$1..=$13` of [`UPDATE_SQL`]; works for any query kind.
 pub fn bind_update<'q, Q: Bindable<'q>>(query: Q, update: &'q TransactionUpdate) -> Q {
     let t = &update.next;
@@ -717,6 +820,34 @@ static GET_WITH_ENABLED_GATEWAYS: LazyLock<String> = LazyLock::new(|| {
         "SELECT {COLUMNS},
             (SELECT m.enabled_gateways FROM merchants m WHERE m.id = t.merchant_id) AS enabled_gateways
          FROM transactions t WHERE t.id = $1"
+    )
+});
+
+/// [`get_with_enabled_gateways`] for several transactions in one round trip
+/// ([`super::coalesce`]): one answer per id, in order (`None`: no such transaction).
+pub async fn get_all_with_enabled_gateways<'e>(
+    exec: impl PgExecutor<'e>,
+    ids: &[TransactionId],
+) -> Result<Vec<Option<(Transaction, Option<Vec<GatewayName>>)>>, DbError> {
+    let wanted: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let rows: Vec<WithGateways> = sqlx::query_as(&GET_ALL_WITH_ENABLED_GATEWAYS)
+        .bind(&wanted)
+        .fetch_all(exec)
+        .await?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let enabled = super::merchants::parse_gateways(row.enabled_gateways)?;
+        let transaction = Transaction::try_from(row.transaction)?;
+        found.insert(transaction.id, (transaction, enabled));
+    }
+    Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+}
+
+static GET_ALL_WITH_ENABLED_GATEWAYS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS},
+            (SELECT m.enabled_gateways FROM merchants m WHERE m.id = t.merchant_id) AS enabled_gateways
+         FROM transactions t WHERE t.id = ANY($1)"
     )
 });
 

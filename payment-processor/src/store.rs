@@ -1,0 +1,157 @@
+//! The engine's hot reads and writes of transactions, coalesced: the reads and version-checked
+//! updates that concurrent attempts send while a statement is running go together as one
+//! statement ([`paygate_core::db::coalesce`]). At low load each goes alone, at once, as the
+//! single-row statement it always was.
+//!
+//! What stays as it was: each update is version-checked on its own row and answered on its
+//! own (applied or not), and only after the statement that carried it committed. A grouped
+//! statement holds one merchant's payments only (a final state's ledger posting locks the
+//! merchant's account row at commit, so a statement never holds two merchants' rows), and
+//! when one fails, each of its updates is written again alone, so one payment's error is
+//! never another's.
+
+use std::collections::{BTreeMap, HashSet};
+
+use futures::future::join_all;
+use futures::FutureExt;
+use paygate_core::db::coalesce::Coalescer;
+use paygate_core::db::{transactions, DbError};
+use paygate_core::domain::{
+    GatewayName, MerchantId, Transaction, TransactionId, TransactionUpdate,
+};
+use sqlx::PgPool;
+
+/// A transaction with the gateways its merchant enabled (`None`: every gateway).
+pub type WithGateways = (Transaction, Option<Vec<GatewayName>>);
+
+/// The coalesced front of the engine's hot statements. Clones share the tasks.
+#[derive(Clone)]
+pub struct Store {
+    reads: Coalescer<TransactionId, Option<WithGateways>>,
+    writes: Coalescer<TransactionUpdate, bool>,
+}
+
+impl Store {
+    /// Starts the two coalescing tasks; `max_batch` bounds the rows one statement carries.
+    pub fn start(pool: PgPool, max_batch: usize) -> Self {
+        let reading = pool.clone();
+        let reads = Coalescer::start(
+            "processor_reads",
+            max_batch,
+            Box::new(move |ids| read_all(reading.clone(), ids).boxed()),
+        );
+        let writes = Coalescer::start(
+            "processor_writes",
+            max_batch,
+            Box::new(move |updates| write_all(pool.clone(), updates).boxed()),
+        );
+        Self { reads, writes }
+    }
+
+    /// The transaction `id` with its merchant's enabled gateways, `None` when unknown.
+    pub async fn read(&self, id: TransactionId) -> Result<Option<WithGateways>, DbError> {
+        self.reads.call(id).await
+    }
+
+    /// Writes `update` only if its row still has `update.expected_version`: the new
+    /// transaction when it applied, `None` when another writer got there first.
+    pub async fn apply(&self, update: &TransactionUpdate) -> Result<Option<Transaction>, DbError> {
+        let applied = self.writes.call(update.clone()).await?;
+        Ok(applied.then(|| update.next.clone()))
+    }
+}
+
+/// One read for the batch; if it fails, each id is read alone (so each caller gets its own
+/// error, and a bad row fails only its own reader).
+async fn read_all(
+    pool: PgPool,
+    ids: Vec<TransactionId>,
+) -> Vec<Result<Option<WithGateways>, DbError>> {
+    if ids.len() > 1 {
+        match transactions::get_all_with_enabled_gateways(&pool, &ids).await {
+            Ok(found) => return found.into_iter().map(Ok).collect(),
+            Err(error) => {
+                tracing::info!(%error, reads = ids.len(), "a grouped read failed; reading each alone")
+            }
+        }
+    }
+    join_all(
+        ids.iter()
+            .map(|&id| transactions::get_with_enabled_gateways(&pool, id)),
+    )
+    .await
+}
+
+/// The batch's updates by merchant, one statement per merchant (concurrently); a second
+/// update of a row already in its group goes alone after the group.
+async fn write_all(pool: PgPool, updates: Vec<TransactionUpdate>) -> Vec<Result<bool, DbError>> {
+    let mut groups: BTreeMap<MerchantId, Vec<usize>> = BTreeMap::new();
+    let mut seen = HashSet::with_capacity(updates.len());
+    let mut repeats = Vec::new();
+    for (at, update) in updates.iter().enumerate() {
+        if seen.insert(update.next.id) {
+            groups
+                .entry(update.next.merchant_id)
+                .or_default()
+                .push(at);
+        } else {
+            repeats.push(at);
+        }
+    }
+    let mut answers: Vec<Option<Result<bool, DbError>>> = updates.iter().map(|_| None).collect();
+    let grouped = join_all(
+        groups
+            .into_values()
+            .map(|group| write_group(&pool, &updates, group)),
+    )
+    .await;
+    for (at, answer) in grouped.into_iter().flatten() {
+        answers[at] = Some(answer);
+    }
+    for at in repeats {
+        answers[at] = Some(write_one(&pool, &updates[at]).await);
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| Err(DbError::GroupCommit("an update was not written".into())))
+        })
+        .collect()
+}
+
+/// One merchant's updates (`group`, indexes into `updates`) in one statement, or each alone
+/// when the server refused that statement (nothing of it was written). When the statement got
+/// no answer at all, whether it committed is unknown: each caller is told so, and its message
+/// is retried on a fresh read (the version check refuses what did commit).
+async fn write_group(
+    pool: &PgPool,
+    updates: &[TransactionUpdate],
+    group: Vec<usize>,
+) -> Vec<(usize, Result<bool, DbError>)> {
+    if group.len() > 1 {
+        let rows: Vec<TransactionUpdate> = group.iter().map(|&at| updates[at].clone()).collect();
+        match transactions::apply_all(pool, &rows).await {
+            Ok(applied) => return group.into_iter().zip(applied.into_iter().map(Ok)).collect(),
+            Err(DbError::Sqlx(error @ sqlx::Error::Database(_))) => {
+                tracing::info!(%error, writes = group.len(), "a grouped update was refused; writing each alone")
+            }
+            Err(error) => {
+                tracing::warn!(%error, writes = group.len(), "a grouped update got no answer");
+                let unknown = format!("the grouped update got no answer, so whether it took effect is unknown: {error}");
+                return group
+                    .into_iter()
+                    .map(|at| (at, Err(DbError::GroupCommit(unknown.clone()))))
+                    .collect();
+            }
+        }
+    }
+    let mut answers = Vec::with_capacity(group.len());
+    for at in group {
+        answers.push((at, write_one(pool, &updates[at]).await));
+    }
+    answers
+}
+
+async fn write_one(pool: &PgPool, update: &TransactionUpdate) -> Result<bool, DbError> {
+    Ok(transactions::apply(pool, update).await?.is_some())
+}
