@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use paygate_core::announce;
 use paygate_core::bus::trace::TraceParent;
+use paygate_core::db::coalesce::{keyed_reads, Coalescer};
 use paygate_core::db::group_commit::{GroupCommit, Write};
 use paygate_core::db::webhooks::NewEvent;
 use paygate_core::db::{transactions, DbError};
@@ -38,8 +39,50 @@ use crate::decide::{decide, target_status, Decision, Outcome};
 /// before the message is retried later (each loss means another writer made progress).
 pub const MAX_STALE_ATTEMPTS: usize = 8;
 
-/// Writes settling statements by group commit; reads go to its pool.
-pub type SettleWriter = GroupCommit<Written>;
+/// Writes settling statements by group commit, and reads the snapshots they are decided on
+/// coalesced ([`paygate_core::db::coalesce`]: the snapshot reads of concurrent callbacks go as
+/// one statement). Clones share its tasks.
+#[derive(Clone)]
+pub struct SettleWriter {
+    commits: GroupCommit<Written>,
+    snapshots: Coalescer<TransactionId, Option<Transaction>>,
+}
+
+impl SettleWriter {
+    /// Starts the writer and the reader; `max_batch` bounds both (`callbacks.settle_batch_max`).
+    pub fn start(pool: PgPool, max_batch: usize) -> Self {
+        let snapshots = Coalescer::start(
+            "settle_snapshots",
+            max_batch,
+            keyed_reads(
+                pool.clone(),
+                |pool, ids: Vec<TransactionId>| async move {
+                    transactions::get_all(&pool, &ids).await
+                },
+                |pool, id| async move { transactions::get(&pool, id).await },
+            ),
+        );
+        Self {
+            commits: GroupCommit::start(pool, max_batch),
+            snapshots,
+        }
+    }
+
+    /// The pool, for reads and for writes that should not wait for a round.
+    pub fn pool(&self) -> &PgPool {
+        self.commits.pool()
+    }
+
+    /// Writes `write` with whatever else is waiting, and answers once it is committed.
+    pub async fn write(&self, write: Write<Written>) -> Result<Written, DbError> {
+        self.commits.write(write).await
+    }
+
+    /// The transaction as it stands now (`None`: unknown).
+    pub async fn snapshot(&self, id: TransactionId) -> Result<Option<Transaction>, DbError> {
+        self.snapshots.call(id).await
+    }
+}
 
 /// An authenticated, parsed callback, ready to settle.
 #[derive(Debug, Clone)]
@@ -86,7 +129,8 @@ pub async fn settle(
 ) -> Result<Settled, SettleError> {
     let id = callback.outcome.transaction_id;
     for _ in 0..MAX_STALE_ATTEMPTS {
-        let snapshot = transactions::get(writer.pool(), id)
+        let snapshot = writer
+            .snapshot(id)
             .await?
             .ok_or(SettleError::UnknownTransaction(id))?;
         if let Some(settled) = settle_against(writer, callback, &snapshot, Utc::now()).await? {

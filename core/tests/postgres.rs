@@ -541,5 +541,16 @@ async fn transactions_read_together_answer_in_the_order_asked() -> TestResult {
     assert!(read[1].is_none(), "an unknown id reads as nothing");
     let (tx, enabled) = read[2].clone().ok_or("first exists")?;
     assert_eq!((tx.id, enabled), (first.id, None));
+
+    let plain: Vec<_> = transactions::get_all(&pool, &[first.id, unknown, second.id, first.id])
+        .await?
+        .into_iter()
+        .map(|found| found.map(|tx| (tx.id, tx.money.amount.minor_units())))
+        .collect();
+    assert_eq!(
+        plain,
+        vec![Some((first.id, 100)), None, Some((second.id, 200)), Some((first.id, 100))],
+        "in the order asked, a repeated id answered twice"
+    );
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use futures::future::join_all;
 use futures::FutureExt;
-use paygate_core::db::coalesce::Coalescer;
+use paygate_core::db::coalesce::{keyed_reads, Coalescer};
 use paygate_core::db::{transactions, DbError};
 use paygate_core::domain::{
     GatewayName, MerchantId, Transaction, TransactionId, TransactionUpdate,
@@ -34,11 +34,16 @@ pub struct Store {
 impl Store {
     /// Starts the two coalescing tasks; `max_batch` bounds the rows one statement carries.
     pub fn start(pool: PgPool, max_batch: usize) -> Self {
-        let reading = pool.clone();
         let reads = Coalescer::start(
             "processor_reads",
             max_batch,
-            Box::new(move |ids| read_all(reading.clone(), ids).boxed()),
+            keyed_reads(
+                pool.clone(),
+                |pool, ids: Vec<TransactionId>| async move {
+                    transactions::get_all_with_enabled_gateways(&pool, &ids).await
+                },
+                |pool, id| async move { transactions::get_with_enabled_gateways(&pool, id).await },
+            ),
         );
         let writes = Coalescer::start(
             "processor_writes",
@@ -59,27 +64,6 @@ impl Store {
         let applied = self.writes.call(update.clone()).await?;
         Ok(applied.then(|| update.next.clone()))
     }
-}
-
-/// One read for the batch; if it fails, each id is read alone (so each caller gets its own
-/// error, and a bad row fails only its own reader).
-async fn read_all(
-    pool: PgPool,
-    ids: Vec<TransactionId>,
-) -> Vec<Result<Option<WithGateways>, DbError>> {
-    if ids.len() > 1 {
-        match transactions::get_all_with_enabled_gateways(&pool, &ids).await {
-            Ok(found) => return found.into_iter().map(Ok).collect(),
-            Err(error) => {
-                tracing::info!(%error, reads = ids.len(), "a grouped read failed; reading each alone")
-            }
-        }
-    }
-    join_all(
-        ids.iter()
-            .map(|&id| transactions::get_with_enabled_gateways(&pool, id)),
-    )
-    .await
 }
 
 /// The batch's updates by merchant, one statement per merchant (concurrently); a second

@@ -17,7 +17,11 @@
 //!   function: the payment processor's writes, for one, are grouped by merchant and written
 //!   again one by one when a grouped statement fails ([`crate::db::transactions::apply_all`]).
 
-use futures::future::BoxFuture;
+use std::future::Future;
+
+use futures::future::{join_all, BoxFuture};
+use futures::FutureExt;
+use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::DbError;
@@ -99,12 +103,43 @@ async fn drive<I, O>(
     }
 }
 
+/// The batch function of a coalesced read by key: `all` reads a batch of several in one
+/// statement (one answer per key, in order); if it fails, `one` reads each key alone, so each
+/// caller gets its own error and a row that does not parse fails only its own reader. A batch
+/// of one goes to `one` straight away: the single-row statement, as without coalescing.
+pub fn keyed_reads<K, V, All, AllFut, One, OneFut>(pool: PgPool, all: All, one: One) -> BatchFn<K, V>
+where
+    K: Copy + Send + Sync + 'static,
+    V: Send + 'static,
+    All: Fn(PgPool, Vec<K>) -> AllFut + Send + Sync + 'static,
+    AllFut: Future<Output = Result<Vec<V>, DbError>> + Send + 'static,
+    One: Fn(PgPool, K) -> OneFut + Send + Sync + Clone + 'static,
+    OneFut: Future<Output = Result<V, DbError>> + Send + 'static,
+{
+    Box::new(move |keys: Vec<K>| {
+        let batch = (keys.len() > 1).then(|| all(pool.clone(), keys.clone()));
+        let (pool, one) = (pool.clone(), one.clone());
+        async move {
+            if let Some(batch) = batch {
+                match batch.await {
+                    Ok(values) if values.len() == keys.len() => {
+                        return values.into_iter().map(Ok).collect()
+                    }
+                    Ok(_) => tracing::warn!("a grouped read answered the wrong number of rows; reading each alone"),
+                    Err(error) => {
+                        tracing::info!(%error, reads = keys.len(), "a grouped read failed; reading each alone")
+                    }
+                }
+            }
+            join_all(keys.into_iter().map(|key| one(pool.clone(), key))).await
+        }
+        .boxed()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
-
-    use futures::future::join_all;
-    use futures::FutureExt;
 
     use super::*;
 

@@ -797,6 +797,27 @@ pub async fn get<'e>(
     row.map(Transaction::try_from).transpose()
 }
 
+/// [`get`] for several transactions in one round trip ([`super::coalesce`]): one answer per
+/// id, in order (`None`: no such transaction).
+pub async fn get_all<'e>(
+    exec: impl PgExecutor<'e>,
+    ids: &[TransactionId],
+) -> Result<Vec<Option<Transaction>>, DbError> {
+    let wanted: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let rows: Vec<TransactionRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM transactions WHERE id = ANY($1)"
+    ))
+    .bind(&wanted)
+    .fetch_all(exec)
+    .await?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let transaction = Transaction::try_from(row)?;
+        found.insert(transaction.id, transaction);
+    }
+    Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+}
+
 /// Any merchant's transaction with the gateways its merchant enabled (`None`: every
 /// gateway), in one read: what the payment processor needs to route an attempt, one round
 /// trip per attempt fewer than reading the merchant after.
