@@ -56,9 +56,7 @@ impl SettleWriter {
             max_batch,
             keyed_reads(
                 pool.clone(),
-                |pool, ids: Vec<TransactionId>| async move {
-                    transactions::get_all(&pool, &ids).await
-                },
+                |pool, ids: Vec<TransactionId>| async move { transactions::get_all(&pool, &ids).await },
                 |pool, id| async move { transactions::get(&pool, id).await },
             ),
         );

@@ -480,9 +480,15 @@ async fn updates_sent_together_are_each_version_checked_on_their_own_row() -> Te
 
     for (tx, update) in [(&rows[0], &updates[0]), (&rows[2], &updates[2])] {
         let stored = transactions::get(&pool, tx.id).await?.ok_or("missing")?;
-        assert_eq!(summary(&stored), summary(&update.next), "the update is written");
+        assert_eq!(
+            summary(&stored),
+            summary(&update.next),
+            "the update is written"
+        );
     }
-    let stored = transactions::get(&pool, rows[1].id).await?.ok_or("missing")?;
+    let stored = transactions::get(&pool, rows[1].id)
+        .await?
+        .ok_or("missing")?;
     assert_eq!(
         summary(&stored),
         summary(&moved.next),
@@ -493,7 +499,10 @@ async fn updates_sent_together_are_each_version_checked_on_their_own_row() -> Te
     )
     .fetch_one(&pool)
     .await?;
-    assert_eq!(entered, 3, "two from the grouped update, one from the other writer");
+    assert_eq!(
+        entered, 3,
+        "two from the grouped update, one from the other writer"
+    );
     Ok(())
 }
 
@@ -533,8 +542,7 @@ async fn transactions_read_together_answer_in_the_order_asked() -> TestResult {
     let unknown = paygate_core::domain::TransactionId::new();
 
     let read =
-        transactions::get_all_with_enabled_gateways(&pool, &[second.id, unknown, first.id])
-            .await?;
+        transactions::get_all_with_enabled_gateways(&pool, &[second.id, unknown, first.id]).await?;
     assert_eq!(read.len(), 3);
     let (tx, enabled) = read[0].clone().ok_or("second exists")?;
     assert_eq!((tx.id, enabled), (second.id, Some(only)));
@@ -549,7 +557,12 @@ async fn transactions_read_together_answer_in_the_order_asked() -> TestResult {
         .collect();
     assert_eq!(
         plain,
-        vec![Some((first.id, 100)), None, Some((second.id, 200)), Some((first.id, 100))],
+        vec![
+            Some((first.id, 100)),
+            None,
+            Some((second.id, 200)),
+            Some((first.id, 100))
+        ],
         "in the order asked, a repeated id answered twice"
     );
     Ok(())

@@ -242,8 +242,7 @@ impl Engine {
         id: TransactionId,
         version: i64,
     ) -> Result<ControlFlow<Outcome, (Transaction, Option<Vec<GatewayName>>)>, ProcessError> {
-        let Some((tx, enabled)) = self.store.read(id).await?
-        else {
+        let Some((tx, enabled)) = self.store.read(id).await? else {
             return Err(ProcessError::Poison(format!("unknown transaction {id}")));
         };
         if !matches!(

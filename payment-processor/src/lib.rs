@@ -35,11 +35,11 @@ use paygate_gateways::GatewayRegistry;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::{Engine, Settings};
-use crate::store::Store;
 use crate::backoff::Backoff;
 use crate::routing::Router;
 use crate::scheduler::SchedulerSettings;
 use crate::status_step::AskPacing;
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {

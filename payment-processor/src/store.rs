@@ -74,10 +74,7 @@ async fn write_all(pool: PgPool, updates: Vec<TransactionUpdate>) -> Vec<Result<
     let mut repeats = Vec::new();
     for (at, update) in updates.iter().enumerate() {
         if seen.insert(update.next.id) {
-            groups
-                .entry(update.next.merchant_id)
-                .or_default()
-                .push(at);
+            groups.entry(update.next.merchant_id).or_default().push(at);
         } else {
             repeats.push(at);
         }

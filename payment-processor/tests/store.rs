@@ -17,7 +17,10 @@ use sqlx::PgPool;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-async fn stored(pool: &PgPool, merchant: MerchantId) -> Result<Transaction, Box<dyn std::error::Error>> {
+async fn stored(
+    pool: &PgPool,
+    merchant: MerchantId,
+) -> Result<Transaction, Box<dyn std::error::Error>> {
     let tx = Transaction::create(
         NewTransaction {
             merchant_id: merchant,
@@ -73,7 +76,10 @@ async fn claims_sent_together_each_apply_once_and_a_stale_one_does_not() -> Test
     assert_eq!(answers, vec![true, true, true, true, true, false]);
     for tx in &rows {
         let now = transactions::get(&pool, tx.id).await?.ok_or("missing")?;
-        assert_eq!((now.status, now.version, now.attempts), (TransactionStatus::Submitting, 1, 1));
+        assert_eq!(
+            (now.status, now.version, now.attempts),
+            (TransactionStatus::Submitting, 1, 1)
+        );
     }
 
     // Read back together, each as it now stands.
@@ -100,7 +106,11 @@ async fn an_update_the_server_refuses_fails_alone() -> TestResult {
 
     let answers = join_all(claims.iter().map(|c| store.apply(c))).await;
     assert!(matches!(answers[0], Ok(Some(_))), "{:?}", answers[0]);
-    assert!(matches!(answers[1], Err(DbError::Sqlx(_))), "{:?}", answers[1]);
+    assert!(
+        matches!(answers[1], Err(DbError::Sqlx(_))),
+        "{:?}",
+        answers[1]
+    );
     assert!(matches!(answers[2], Ok(Some(_))), "{:?}", answers[2]);
     for (i, tx) in rows.iter().enumerate() {
         let now = transactions::get(&pool, tx.id).await?.ok_or("missing")?;

@@ -133,6 +133,9 @@ pub struct E2eReport {
     /// The sandbox's counters over the run (other traffic to it would count too).
     pub sandbox_executions: Option<u64>,
     pub sandbox_duplicates_suppressed: Option<u64>,
+    /// Callbacks the sandbox sent again after paygate refused or did not answer one (the
+    /// callback flood guard's `429`, a `503`): each is a payment settled a retry delay late.
+    pub sandbox_callback_retries: Option<u64>,
     /// Peak resident memory by paygate process, MiB.
     pub peak_rss_mib: BTreeMap<String, f64>,
     /// CPU from the first request to the last webhook (before pgbench), by process kind.
@@ -426,6 +429,7 @@ async fn run(
         e2e_latency_ms: outcome.latencies.percentiles(),
         sandbox_executions: delta(|s| s.executions),
         sandbox_duplicates_suppressed: delta(|s| s.duplicates_suppressed),
+        sandbox_callback_retries: delta(|s| s.callback_retries),
         peak_rss_mib: rss.peaks(),
         cpu_ms_per_payment: cpu.per_unit_ms(outcome.delivered),
         postgres_ms_per_payment_by_client: cpu.postgres_per_unit_ms(outcome.delivered),
@@ -622,9 +626,13 @@ pub fn print(r: &E2eReport) {
         r.while_sending.delivered_per_sec, r.while_sending.backlog_at_end
     );
     println!("  accept→webhook      {}", pct(&r.e2e_latency_ms));
-    match (r.sandbox_executions, r.sandbox_duplicates_suppressed) {
-        (Some(executions), Some(duplicates)) => println!(
-            "  sandbox             {executions:>10} executions, {duplicates} repeats suppressed"
+    match (
+        r.sandbox_executions,
+        r.sandbox_duplicates_suppressed,
+        r.sandbox_callback_retries,
+    ) {
+        (Some(executions), Some(duplicates), Some(retries)) => println!(
+            "  sandbox             {executions:>10} executions, {duplicates} repeats suppressed, {retries} callbacks sent again"
         ),
         _ => println!("  sandbox             (stats not reachable)"),
     }

@@ -107,7 +107,11 @@ async fn drive<I, O>(
 /// statement (one answer per key, in order); if it fails, `one` reads each key alone, so each
 /// caller gets its own error and a row that does not parse fails only its own reader. A batch
 /// of one goes to `one` straight away: the single-row statement, as without coalescing.
-pub fn keyed_reads<K, V, All, AllFut, One, OneFut>(pool: PgPool, all: All, one: One) -> BatchFn<K, V>
+pub fn keyed_reads<K, V, All, AllFut, One, OneFut>(
+    pool: PgPool,
+    all: All,
+    one: One,
+) -> BatchFn<K, V>
 where
     K: Copy + Send + Sync + 'static,
     V: Send + 'static,
