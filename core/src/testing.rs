@@ -76,3 +76,35 @@ pub async fn isolated_config() -> Result<(Config, PgPool), db::DbError> {
     }
     Ok((config, pool))
 }
+
+/// A pending deposit of `minor_units` in `currency` for `merchant`, stored with its outbox
+/// row as the API stores one: the starting point of every test of what happens to a payment
+/// after it was accepted.
+pub async fn stored_deposit(
+    pool: &PgPool,
+    merchant: crate::domain::MerchantId,
+    minor_units: i64,
+    currency: &str,
+) -> Result<crate::domain::Transaction, Box<dyn std::error::Error>> {
+    use crate::domain::{CustomerReference, Money, NewTransaction, Transaction, TransactionKind};
+    let tx = Transaction::create(
+        NewTransaction {
+            merchant_id: merchant,
+            kind: TransactionKind::Deposit,
+            money: Money::from_parts(minor_units, currency)?,
+            customer: CustomerReference::parse("cust_1")?,
+            gateway: None,
+            callback_url: None,
+            metadata: serde_json::json!({}),
+        },
+        chrono::Utc::now(),
+    );
+    let announcement = db::outbox::OutboxMessage {
+        topic: crate::bus::Topic::TransactionsPending,
+        key: tx.id.to_string(),
+        payload: b"event".to_vec(),
+        headers: Default::default(),
+    };
+    db::transactions::insert(pool, &tx, None, &announcement).await?;
+    Ok(tx)
+}

@@ -2,16 +2,11 @@
 //! statistics from the real Postgres history.
 
 use chrono::{DateTime, Duration, Utc};
-use paygate_core::bus::Topic;
 use paygate_core::db::merchants;
-use paygate_core::db::outbox::OutboxMessage;
 use paygate_core::db::transactions;
-use paygate_core::domain::{
-    CustomerReference, GatewayName, Money, NewTransaction, Transaction, TransactionKind,
-    TransactionStatus,
-};
+use paygate_core::domain::{GatewayName, Transaction, TransactionStatus};
 use paygate_core::gateway_health::{self, BreakerReport, BreakerState};
-use paygate_core::testing::{fresh_database, unique_name};
+use paygate_core::testing::{fresh_database, stored_deposit, unique_name};
 use sqlx::PgPool;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -137,26 +132,7 @@ async fn breakers_of_two_instances_read_back_and_old_reports_are_ignored() -> Te
 
 async fn accepted(pool: &PgPool) -> Result<Transaction, Box<dyn std::error::Error>> {
     let merchant = merchants::create(pool, "Acme").await?;
-    let tx = Transaction::create(
-        NewTransaction {
-            merchant_id: merchant.id,
-            kind: TransactionKind::Deposit,
-            money: Money::from_parts(500, "USD")?,
-            customer: CustomerReference::parse("cust_1")?,
-            gateway: None,
-            callback_url: None,
-            metadata: serde_json::json!({}),
-        },
-        Utc::now(),
-    );
-    let announcement = OutboxMessage {
-        topic: Topic::TransactionsPending,
-        key: tx.id.to_string(),
-        payload: b"event".to_vec(),
-        headers: Default::default(),
-    };
-    transactions::insert(pool, &tx, None, &announcement).await?;
-    Ok(tx)
+    stored_deposit(pool, merchant.id, 500, "USD").await
 }
 
 /// One provider attempt at `gateway` ending in `result` that took `took_ms`, finishing

@@ -2,18 +2,13 @@
 //! and the per-minute activity, against the real Postgres; each test has its own database.
 
 use chrono::{DateTime, Utc};
-use paygate_core::bus::Topic;
-use paygate_core::db::outbox::OutboxMessage;
 use paygate_core::db::timeline::{self, TimelineKind};
 use paygate_core::db::transactions::{self, Resolution};
 use paygate_core::db::webhook_endpoints::{self, NewDeliveryAttempt};
 use paygate_core::db::webhooks::{self, EventType};
 use paygate_core::db::{activity, history, merchants};
-use paygate_core::domain::{
-    CustomerReference, GatewayName, MerchantId, Money, NewTransaction, Transaction,
-    TransactionKind, TransactionStatus,
-};
-use paygate_core::testing::fresh_database;
+use paygate_core::domain::{GatewayName, MerchantId, Transaction, TransactionStatus};
+use paygate_core::testing::{fresh_database, stored_deposit};
 use sqlx::PgPool;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -21,30 +16,8 @@ type Error = Box<dyn std::error::Error>;
 
 use TransactionStatus::*;
 
-fn announcement(tx: &Transaction) -> OutboxMessage {
-    OutboxMessage {
-        topic: Topic::TransactionsPending,
-        key: tx.id.to_string(),
-        payload: b"event".to_vec(),
-        headers: Default::default(),
-    }
-}
-
 async fn accepted(pool: &PgPool, merchant: MerchantId) -> Result<Transaction, Error> {
-    let tx = Transaction::create(
-        NewTransaction {
-            merchant_id: merchant,
-            kind: TransactionKind::Deposit,
-            money: Money::from_parts(1000, "USD")?,
-            customer: CustomerReference::parse("cust_1")?,
-            gateway: None,
-            callback_url: None,
-            metadata: serde_json::json!({}),
-        },
-        Utc::now(),
-    );
-    transactions::insert(pool, &tx, None, &announcement(&tx)).await?;
-    Ok(tx)
+    stored_deposit(pool, merchant, 1000, "USD").await
 }
 
 /// Moves `tx` to `to` with the repository's version-checked update.

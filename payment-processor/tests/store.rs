@@ -4,14 +4,9 @@
 
 use chrono::Utc;
 use futures::future::join_all;
-use paygate_core::bus::Topic;
-use paygate_core::db::outbox::OutboxMessage;
 use paygate_core::db::{merchants, transactions, DbError};
-use paygate_core::domain::{
-    CustomerReference, MerchantId, Money, NewTransaction, Transaction, TransactionKind,
-    TransactionStatus, TransactionUpdate,
-};
-use paygate_core::testing::fresh_database;
+use paygate_core::domain::{Transaction, TransactionStatus, TransactionUpdate};
+use paygate_core::testing::{fresh_database, stored_deposit};
 use paygate_payment_processor::store::Store;
 use sqlx::PgPool;
 
@@ -19,28 +14,9 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn stored(
     pool: &PgPool,
-    merchant: MerchantId,
+    merchant: paygate_core::domain::MerchantId,
 ) -> Result<Transaction, Box<dyn std::error::Error>> {
-    let tx = Transaction::create(
-        NewTransaction {
-            merchant_id: merchant,
-            kind: TransactionKind::Deposit,
-            money: Money::from_parts(500, "USD")?,
-            customer: CustomerReference::parse("cust_1")?,
-            gateway: None,
-            callback_url: None,
-            metadata: serde_json::json!({}),
-        },
-        Utc::now(),
-    );
-    let announcement = OutboxMessage {
-        topic: Topic::TransactionsPending,
-        key: tx.id.to_string(),
-        payload: b"event".to_vec(),
-        headers: Default::default(),
-    };
-    transactions::insert(pool, &tx, None, &announcement).await?;
-    Ok(tx)
+    stored_deposit(pool, merchant, 500, "USD").await
 }
 
 fn claim(tx: &Transaction) -> Result<TransactionUpdate, Box<dyn std::error::Error>> {
