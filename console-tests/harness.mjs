@@ -102,12 +102,27 @@ export async function psql(url, sql) {
   return stdout.trim();
 }
 
+/** How many sets of free ports `startDev` tries before it gives up. */
+const PORT_ATTEMPTS = 3;
+
 /**
  * Starts `paygate dev` on free ports with a fresh database (`pgt_console_<random>`, created by
  * dev, dropped by `stop()`) and waits for its banner. With `console: true` (the default) the
  * banner must name the console and both of its users.
  */
-export async function startDev({ console: needConsole = true } = {}) {
+export async function startDev(options = {}) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await startDevOnce(options);
+    } catch (error) {
+      // A port found free can be taken before dev binds it (by any socket's ephemeral port,
+      // another run's included): that start is tried again on other ports; nothing else is.
+      if (attempt >= PORT_ATTEMPTS || !/Address already in use/.test(String(error?.message))) throw error;
+    }
+  }
+}
+
+async function startDevOnce({ console: needConsole = true } = {}) {
   const [port, sandboxPort, receiverPort] = await freePorts(3);
   const suffix = randomBytes(6).toString('hex');
   const database = `pgt_console_${suffix}`;
