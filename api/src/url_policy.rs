@@ -29,15 +29,26 @@ pub async fn check_url(
     field: &str,
 ) -> Result<CheckedDestination, HttpError> {
     if raw.chars().count() > MAX_URL_LEN {
-        return Err(HttpError::invalid_param(
-            "url_invalid",
-            field,
-            format!("{field} must be at most {MAX_URL_LEN} characters"),
-        ));
+        return Err(too_long(field));
     }
-    check_destination(raw, policy)
+    let checked = check_destination(raw, policy)
         .await
-        .map_err(|refused| refusal(&refused, field))
+        .map_err(|refused| refusal(&refused, field))?;
+    // What is stored is the URL as the guard normalised it, percent-encoded, which can be up to
+    // three times what was sent: the bound holds for it too, so a stored URL is always one
+    // the API would accept again (found by the `api_bodies` fuzz target).
+    if checked.url.as_str().chars().count() > MAX_URL_LEN {
+        return Err(too_long(field));
+    }
+    Ok(checked)
+}
+
+fn too_long(field: &str) -> HttpError {
+    HttpError::invalid_param(
+        "url_invalid",
+        field,
+        format!("{field} must be at most {MAX_URL_LEN} characters, percent-encoded"),
+    )
 }
 
 fn refusal(refused: &Refused, field: &str) -> HttpError {
@@ -92,6 +103,28 @@ mod tests {
         assert_eq!(
             verdict(&long, strict).await,
             Err(("url_invalid".to_owned(), "url".to_owned()))
+        );
+    }
+
+    /// The bound holds for the URL as stored: one that fits as sent but not once
+    /// percent-encoded is refused, and one that fits both ways is accepted as normalised.
+    #[tokio::test]
+    async fn the_bound_holds_for_the_url_as_stored() {
+        let strict = DestinationPolicy::STRICT;
+        // 700 braces: 716 characters as sent, 2,116 once each is `%7B`.
+        let grows = format!("https://8.8.8.8/{}", "{".repeat(700));
+        assert!(grows.chars().count() <= MAX_URL_LEN);
+        assert_eq!(
+            verdict(&grows, strict).await,
+            Err(("url_invalid".to_owned(), "url".to_owned()))
+        );
+        let fits = format!("https://8.8.8.8/{}", "{".repeat(600));
+        let checked = check_url(&fits, strict, "url").await;
+        let stored = checked.map(|c| c.url.to_string()).unwrap_or_default();
+        assert_eq!(stored.chars().count(), "https://8.8.8.8/".len() + 3 * 600);
+        assert!(
+            check_url(&stored, strict, "url").await.is_ok(),
+            "stored URL accepted again"
         );
     }
 

@@ -140,7 +140,9 @@ pub mod schema {
 
     pub fn endpoint_url() -> utoipa::openapi::Object {
         url(SchemaType::Type(Type::String))
-            .description(Some("Where to deliver events: https, a public host"))
+            .description(Some(
+                "Where to deliver events: https, a public host; the bound also holds for the URL once percent-encoded (as stored)",
+            ))
             .examples([serde_json::json!(
                 "https://merchant.example/paygate/webhooks"
             )])
@@ -150,7 +152,7 @@ pub mod schema {
     pub fn callback_url() -> utoipa::openapi::Object {
         url(nullable(Type::String))
             .description(Some(
-                "Also notify this URL of the outcome: https, a public host",
+                "Also notify this URL of the outcome: https, a public host; the bound also holds for the URL once percent-encoded (as stored)",
             ))
             .build()
     }
