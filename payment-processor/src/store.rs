@@ -67,68 +67,66 @@ impl Store {
 }
 
 /// The batch's updates by merchant, one statement per merchant (concurrently); a second
-/// update of a row already in its group goes alone after the group.
+/// update of a row already in its group goes alone after the groups.
 async fn write_all(pool: PgPool, updates: Vec<TransactionUpdate>) -> Vec<Result<bool, DbError>> {
-    let mut groups: BTreeMap<MerchantId, Vec<usize>> = BTreeMap::new();
-    let mut seen = HashSet::with_capacity(updates.len());
+    let count = updates.len();
+    let mut groups: BTreeMap<MerchantId, Group> = BTreeMap::new();
+    let mut seen = HashSet::with_capacity(count);
     let mut repeats = Vec::new();
-    for (at, update) in updates.iter().enumerate() {
+    for (at, update) in updates.into_iter().enumerate() {
         if seen.insert(update.next.id) {
-            groups.entry(update.next.merchant_id).or_default().push(at);
+            let group = groups.entry(update.next.merchant_id).or_default();
+            group.at.push(at);
+            group.updates.push(update);
         } else {
-            repeats.push(at);
+            repeats.push((at, update));
         }
     }
-    let mut answers: Vec<Option<Result<bool, DbError>>> = updates.iter().map(|_| None).collect();
-    let grouped = join_all(
-        groups
-            .into_values()
-            .map(|group| write_group(&pool, &updates, group)),
-    )
-    .await;
+    let mut answers: Vec<Result<bool, DbError>> = (0..count)
+        .map(|_| Err(DbError::GroupCommit("an update was not written".into())))
+        .collect();
+    let grouped = join_all(groups.into_values().map(|group| write_group(&pool, group))).await;
     for (at, answer) in grouped.into_iter().flatten() {
-        answers[at] = Some(answer);
+        answers[at] = answer;
     }
-    for at in repeats {
-        answers[at] = Some(write_one(&pool, &updates[at]).await);
+    for (at, update) in repeats {
+        answers[at] = write_one(&pool, &update).await;
     }
     answers
-        .into_iter()
-        .map(|answer| {
-            answer.unwrap_or_else(|| Err(DbError::GroupCommit("an update was not written".into())))
-        })
-        .collect()
 }
 
-/// One merchant's updates (`group`, indexes into `updates`) in one statement, or each alone
-/// when the server refused that statement (nothing of it was written). When the statement got
-/// no answer at all, whether it committed is unknown: each caller is told so, and its message
-/// is retried on a fresh read (the version check refuses what did commit).
-async fn write_group(
-    pool: &PgPool,
-    updates: &[TransactionUpdate],
-    group: Vec<usize>,
-) -> Vec<(usize, Result<bool, DbError>)> {
-    if group.len() > 1 {
-        let rows: Vec<TransactionUpdate> = group.iter().map(|&at| updates[at].clone()).collect();
-        match transactions::apply_all(pool, &rows).await {
-            Ok(applied) => return group.into_iter().zip(applied.into_iter().map(Ok)).collect(),
+/// One merchant's updates and where each stands in the batch.
+#[derive(Default)]
+struct Group {
+    at: Vec<usize>,
+    updates: Vec<TransactionUpdate>,
+}
+
+/// One merchant's updates in one statement, or each alone when the server refused that
+/// statement (nothing of it was written). When the statement got no answer at all, whether it
+/// committed is unknown: each caller is told so, and its message is retried on a fresh read
+/// (the version check refuses what did commit).
+async fn write_group(pool: &PgPool, group: Group) -> Vec<(usize, Result<bool, DbError>)> {
+    let Group { at, updates } = group;
+    if updates.len() > 1 {
+        match transactions::apply_all(pool, &updates).await {
+            Ok(applied) => return at.into_iter().zip(applied.into_iter().map(Ok)).collect(),
             Err(DbError::Sqlx(error @ sqlx::Error::Database(_))) => {
-                tracing::info!(%error, writes = group.len(), "a grouped update was refused; writing each alone")
+                tracing::info!(%error, writes = updates.len(), "a grouped update was refused; writing each alone")
             }
             Err(error) => {
-                tracing::warn!(%error, writes = group.len(), "a grouped update got no answer");
+                tracing::warn!(%error, writes = updates.len(), "a grouped update got no answer");
                 let unknown = format!("the grouped update got no answer, so whether it took effect is unknown: {error}");
-                return group
+                return at
                     .into_iter()
                     .map(|at| (at, Err(DbError::GroupCommit(unknown.clone()))))
                     .collect();
             }
         }
     }
-    let mut answers = Vec::with_capacity(group.len());
-    for at in group {
-        answers.push((at, write_one(pool, &updates[at]).await));
+    let mut answers = Vec::with_capacity(updates.len());
+    for (at, update) in at.into_iter().zip(&updates) {
+        answers.push((at, write_one(pool, update).await));
     }
     answers
 }

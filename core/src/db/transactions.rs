@@ -825,24 +825,11 @@ pub async fn get_with_enabled_gateways<'e>(
     exec: impl PgExecutor<'e>,
     id: TransactionId,
 ) -> Result<Option<(Transaction, Option<Vec<GatewayName>>)>, DbError> {
-    let row: Option<WithGateways> = sqlx::query_as(&GET_WITH_ENABLED_GATEWAYS)
-        .bind(id.as_uuid())
-        .fetch_optional(exec)
-        .await?;
-    row.map(|row| {
-        let enabled = super::merchants::parse_gateways(row.enabled_gateways)?;
-        Ok((Transaction::try_from(row.transaction)?, enabled))
-    })
-    .transpose()
+    Ok(get_all_with_enabled_gateways(exec, &[id])
+        .await?
+        .pop()
+        .flatten())
 }
-
-static GET_WITH_ENABLED_GATEWAYS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {COLUMNS},
-            (SELECT m.enabled_gateways FROM merchants m WHERE m.id = t.merchant_id) AS enabled_gateways
-         FROM transactions t WHERE t.id = $1"
-    )
-});
 
 /// [`get_with_enabled_gateways`] for several transactions in one round trip
 /// ([`super::coalesce`]): one answer per id, in order (`None`: no such transaction).
